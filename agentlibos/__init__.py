@@ -1,0 +1,3 @@
+"""Agent libOS: LLM agents as sandboxed host processes behind a capability broker."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The syscall broker: wire protocol, ROUTER endpoint and syscall table."""

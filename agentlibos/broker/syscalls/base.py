@@ -1,0 +1,197 @@
+"""The syscall table's machinery: parameter schemas, the registry, deferred replies.
+
+Handlers live one family per module (fs.py, obj.py, proc.py, cap.py, tool.py), each
+declaring its parameters beside it. A handler receives the :class:`Host` (the services
+the supervisor provides), the authenticated :class:`Caller` and validated arguments; it
+returns a JSON value, a :class:`Reply` with blobs, or a :class:`Pending` to answer later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+from agentlibos.errors import InvalidArgument, LibOSError, UnknownSyscall
+
+if TYPE_CHECKING:
+    from agentlibos.kernel.caps import CapPattern
+    from agentlibos.kernel.image import AgentImage
+    from agentlibos.kernel.policy import Decision, Policy, Request
+    from agentlibos.kernel.store import ObjectQuota, Store
+    from agentlibos.providers.fs import LocalFs
+
+
+class _Any:
+    """Marker type: any JSON value."""
+
+
+ANY: Final = _Any
+
+
+@dataclass(frozen=True)
+class Param:
+    type: type | tuple[type, ...]
+    required: bool = True
+    default: Any = None
+    max_len: int | None = None  # for str, list and dict
+
+    def check(self, call: str, name: str, value: Any) -> Any:
+        if value is None:
+            if self.required:
+                raise InvalidArgument(f"{call}: missing required argument {name!r}")
+            return self.default
+        types = self.type if isinstance(self.type, tuple) else (self.type,)
+        if _Any not in types:
+            ok = any(
+                isinstance(value, t) and not (t in (int, float) and isinstance(value, bool))
+                for t in types
+            )
+            if float in types and isinstance(value, int) and not isinstance(value, bool):
+                ok = True
+            if not ok:
+                want = " or ".join(t.__name__ for t in types)
+                raise InvalidArgument(
+                    f"{call}: argument {name!r} must be {want}, got {type(value).__name__}"
+                )
+        if (self.max_len is not None and isinstance(value, str | list | dict)
+                and len(value) > self.max_len):
+            raise InvalidArgument(f"{call}: argument {name!r} is longer than {self.max_len}")
+        return value
+
+
+@dataclass
+class Caller:
+    """The authenticated process a syscall comes from, as the handlers see it."""
+
+    pid: int
+    ppid: int | None
+    root_pid: int
+    cwd: str
+    image: AgentImage
+    caps: list[CapPattern]
+    policy: Policy
+    # Set when the call arrives through a tool (JIT or builtin); audited with each check.
+    via_tool: str | None = None
+
+
+@dataclass
+class Reply:
+    result: Any
+    blobs: list[bytes] = field(default_factory=list)
+
+
+class Pending:
+    """A reply that will be given later (``proc.wait`` on a live child, say).
+
+    The broker binds it to the request's routing id; :meth:`resolve` or :meth:`reject`
+    queue the reply, which is sent after the next group commit.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid  # the caller, so its pending replies can be dropped when it dies
+        self._sink: Callable[[Reply | LibOSError], None] | None = None
+        self._early: Reply | LibOSError | None = None
+        self.done = False
+        # Called once when the reply is decided (the supervisor marks the caller
+        # running again).
+        self.on_done: Callable[[], None] | None = None
+
+    def bind(self, sink: Callable[[Reply | LibOSError], None]) -> None:
+        self._sink = sink
+        if self._early is not None:
+            sink(self._early)
+
+    def resolve(self, result: Any, blobs: list[bytes] | None = None) -> None:
+        self._finish(Reply(result, blobs or []))
+
+    def reject(self, error: LibOSError) -> None:
+        self._finish(error)
+
+    def _finish(self, outcome: Reply | LibOSError) -> None:
+        if self.done:
+            return
+        self.done = True
+        if self.on_done is not None:
+            self.on_done()
+        if self._sink is None:
+            self._early = outcome
+        else:
+            self._sink(outcome)
+
+
+Result = Any  # a JSON value, a Reply or a Pending
+
+
+class Host(Protocol):
+    """Services the supervisor gives syscall handlers."""
+
+    @property
+    def store(self) -> Store: ...
+    @property
+    def fs(self) -> LocalFs: ...
+    @property
+    def object_quota(self) -> ObjectQuota: ...
+
+    def decide(self, caller: Caller, request: Request) -> Decision: ...
+    def authorize(self, caller: Caller, call: str, request: Request) -> None: ...
+    def audit(
+        self, caller: Caller, call: str, request: str, verdict: str, detail: dict[str, Any]
+    ) -> None: ...
+    def start_info(self, caller: Caller) -> dict[str, Any]: ...
+    def spawn(
+        self, caller: Caller, image: str, args: dict[str, Any], caps: list[str] | None,
+        cwd: str | None,
+    ) -> int: ...
+    def wait(self, caller: Caller, pid: int, timeout_s: float | None) -> Result: ...
+    def kill(self, caller: Caller, pid: int) -> None: ...
+    def exit(self, caller: Caller, status: str, result: Any, error: str | None) -> None: ...
+    def children(self, caller: Caller) -> list[dict[str, Any]]: ...
+    def drop_caps(self, caller: Caller, cap: str) -> list[str]: ...
+    def dispatch(self, caller: Caller, call: str, args: dict[str, Any],
+                 blobs: list[bytes]) -> Result: ...
+
+
+Handler = Callable[[Host, Caller, dict[str, Any], list[bytes]], Result]
+
+
+@dataclass(frozen=True)
+class Syscall:
+    name: str
+    params: dict[str, Param]
+    handler: Handler
+    doc: str
+    tool_ok: bool  # may be wrapped as a builtin tool
+
+    def validate(self, args: dict[str, Any]) -> dict[str, Any]:
+        unknown = set(args) - set(self.params)
+        if unknown:
+            raise InvalidArgument(
+                f"{self.name}: unknown argument(s) {', '.join(sorted(unknown))} "
+                f"(takes {', '.join(self.params) or 'none'})"
+            )
+        return {k: p.check(self.name, k, args.get(k)) for k, p in self.params.items()}
+
+
+REGISTRY: dict[str, Syscall] = {}
+
+
+def syscall(
+    name: str, /, *, tool_ok: bool = True, **params: Param
+) -> Callable[[Handler], Handler]:
+    """Register a handler under ``name`` with its parameter schema."""
+
+    def register(fn: Handler) -> Handler:
+        if name in REGISTRY:
+            raise RuntimeError(f"syscall {name} registered twice")
+        REGISTRY[name] = Syscall(name, dict(params), fn, (fn.__doc__ or "").strip(), tool_ok)
+        return fn
+
+    return register
+
+
+def lookup(name: str) -> Syscall:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise UnknownSyscall(f"no syscall named {name!r}") from None

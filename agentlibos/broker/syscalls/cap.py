@@ -1,0 +1,19 @@
+"""``cap.*``: a process may look at its own capabilities and give them up, never add."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agentlibos.broker.syscalls.base import Caller, Host, Param, syscall
+
+
+@syscall("cap.list")
+def cap_list(host: Host, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
+    """The capabilities the caller holds, as strings."""
+    return [str(c) for c in caller.caps]
+
+
+@syscall("cap.drop", cap=Param(str, max_len=4096))
+def cap_drop(host: Host, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
+    """Give up a capability (or the rights it names); returns what is still held."""
+    return host.drop_caps(caller, args["cap"])

@@ -1,0 +1,76 @@
+"""``fs.*``: file access, resolved against the caller's libOS cwd, checked on real paths."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agentlibos.broker.syscalls.base import Caller, Host, Param, Reply, syscall
+from agentlibos.errors import InvalidArgument
+from agentlibos.kernel.policy import Request
+from agentlibos.providers.fs import MAX_PATH, Resolved
+
+_PATH = Param(str, max_len=MAX_PATH)
+MAX_RECURSIVE_DELETE = 100_000
+
+
+def _check(host: Host, caller: Caller, call: str, right: str, path: str) -> Resolved:
+    r = host.fs.resolve(caller.cwd, path)
+    host.authorize(caller, call, Request("fs", right, r.real, r.aliases))
+    return r
+
+
+@syscall("fs.read", path=_PATH, max_bytes=Param(int, required=False))
+def fs_read(host: Host, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Reply:
+    """Read a whole file; the bytes come back as a blob. Needs fs:read."""
+    r = _check(host, caller, "fs.read", "read", args["path"])
+    data = host.fs.read(r.real, args["max_bytes"])
+    return Reply({"size": len(data), "path": r.real}, [data])
+
+
+@syscall("fs.write", path=_PATH, append=Param(bool, required=False, default=False))
+def fs_write(host: Host, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
+    """Write (atomically replace) or append to a file from the first blob. Needs fs:write."""
+    if len(blobs) != 1:
+        raise InvalidArgument("fs.write: needs exactly one data blob")
+    r = _check(host, caller, "fs.write", "write", args["path"])
+    n = host.fs.write(r.real, blobs[0], append=args["append"])
+    return {"size": n, "path": r.real}
+
+
+@syscall("fs.list", path=Param(str, required=False, default=".", max_len=MAX_PATH),
+         limit=Param(int, required=False, default=10_000))
+def fs_list(host: Host, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
+    """List a directory: name, type, size, mtime, mode of each entry. Needs fs:read."""
+    r = _check(host, caller, "fs.list", "read", args["path"])
+    return host.fs.listdir(r.real, max(1, min(args["limit"], 100_000)))
+
+
+@syscall("fs.stat", path=_PATH)
+def fs_stat(host: Host, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
+    """Type, size, mtime and mode of one path (symlinks are not followed). Needs fs:read."""
+    r = _check(host, caller, "fs.stat", "read", args["path"])
+    return host.fs.stat(r.real)
+
+
+@syscall("fs.mkdir", path=_PATH, parents=Param(bool, required=False, default=False),
+         exist_ok=Param(bool, required=False, default=False))
+def fs_mkdir(host: Host, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
+    """Create a directory. Needs fs:write."""
+    r = _check(host, caller, "fs.mkdir", "write", args["path"])
+    host.fs.mkdir(r.real, parents=args["parents"], exist_ok=args["exist_ok"])
+    return {"path": r.real}
+
+
+@syscall("fs.delete", path=_PATH, recursive=Param(bool, required=False, default=False))
+def fs_delete(host: Host, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
+    """Delete a file, an empty directory, or (recursive) a tree. Needs fs:delete."""
+    r = _check(host, caller, "fs.delete", "delete", args["path"])
+    if args["recursive"]:
+        # The root being deletable says nothing about what lies below it (a policy may
+        # deny **/.env, a capability may cover only *.txt): check every entry first.
+        for path in host.fs.walk(r.real, limit=MAX_RECURSIVE_DELETE):
+            d = host.decide(caller, Request("fs", "delete", path))
+            if not d.allowed:
+                host.authorize(caller, "fs.delete", Request("fs", "delete", path))
+    host.fs.delete(r.real, recursive=args["recursive"])
+    return {"path": r.real}

@@ -1,0 +1,137 @@
+"""``obj.*``: typed, versioned, namespace-local Object Memory.
+
+``self`` is the caller's own namespace ``proc/<pid>``, always usable (like its own
+memory); every other namespace needs an ``obj`` capability. Values are JSON; each object
+carries a type tag that every later put must repeat (change it by deleting first), and
+a version that ``expect_version`` compares-and-sets (``0`` means "must not exist yet").
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Final
+
+from agentlibos.broker.syscalls.base import ANY, Caller, Host, Param, syscall
+from agentlibos.errors import InvalidArgument, LimitExceeded
+from agentlibos.kernel.policy import Request
+
+NS_RE: Final = re.compile(r"^[a-z0-9_][a-z0-9_.-]*(/[a-z0-9_][a-z0-9_.-]*)*$")
+TYPE_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+MAX_NAME: Final = 256
+MAX_VALUE_BYTES: Final = 1 << 20
+
+# Builtin type tags check the JSON value's shape; any other tag is the agent's own
+# name for a structure and only has to stay the same across puts.
+_PRIMITIVE: Final[dict[str, tuple[type, ...]]] = {
+    "str": (str,),
+    "int": (int,),
+    "float": (int, float),
+    "bool": (bool,),
+    "list": (list,),
+    "dict": (dict,),
+    "null": (type(None),),
+}
+
+
+def _own_ns(caller: Caller) -> str:
+    return f"proc/{caller.pid}"
+
+
+def _ns(host: Host, caller: Caller, call: str, ns: str, right: str) -> str:
+    """Resolve ``ns`` and check the caller may use it; return the real namespace."""
+    if ns == "self" or ns == _own_ns(caller):
+        real = _own_ns(caller)
+        host.audit(caller, call, f"obj:{right}:{real}", "allow",
+                   {"reason": "a process's own namespace"})
+        return real
+    if len(ns) > 128 or not NS_RE.match(ns) or ".." in ns.split("/"):
+        raise InvalidArgument(
+            f"{call}: namespace {ns!r} must be 'self' or lower-case path segments like "
+            "'shared/plans'"
+        )
+    host.authorize(caller, call, Request("obj", right, ns))
+    return ns
+
+
+def _name(call: str, name: str) -> str:
+    if not name or len(name) > MAX_NAME or "\x00" in name:
+        raise InvalidArgument(f"{call}: object name must be 1-{MAX_NAME} characters, no NUL")
+    return name
+
+
+@syscall(
+    "obj.put",
+    name=Param(str),
+    value=Param(ANY, required=False),
+    type=Param(str, required=False, default="json"),
+    ns=Param(str, required=False, default="self"),
+    expect_version=Param(int, required=False),
+)
+def obj_put(host: Host, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
+    """Store a JSON value under a name; returns its stat (type, version, size)."""
+    name = _name("obj.put", args["name"])
+    type_ = args["type"]
+    if not TYPE_RE.match(type_):
+        raise InvalidArgument(f"obj.put: type tag {type_!r} must be an identifier")
+    value = args["value"]
+    want = _PRIMITIVE.get(type_)
+    if want is not None and (
+        not isinstance(value, want) or (type_ in ("int", "float") and isinstance(value, bool))
+    ):
+        raise InvalidArgument(
+            f"obj.put: value for {name!r} is a {type(value).__name__}, not a {type_}"
+        )
+    value_json = json.dumps(value, separators=(",", ":"))
+    if len(value_json) > MAX_VALUE_BYTES:
+        raise LimitExceeded(
+            f"obj.put: value of {len(value_json)} bytes exceeds {MAX_VALUE_BYTES}"
+        )
+    ns = _ns(host, caller, "obj.put", args["ns"], "write")
+    rec = host.store.put_object(ns, name, type_, value_json, caller.pid,
+                                args["expect_version"], host.object_quota)
+    return rec.stat()
+
+
+@syscall("obj.get", name=Param(str), ns=Param(str, required=False, default="self"))
+def obj_get(host: Host, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
+    """Fetch an object: its value, type and version."""
+    name = _name("obj.get", args["name"])
+    ns = _ns(host, caller, "obj.get", args["ns"], "read")
+    rec = host.store.get_object(ns, name)
+    return {**rec.stat(), "value": rec.value}
+
+
+@syscall("obj.stat", name=Param(str), ns=Param(str, required=False, default="self"))
+def obj_stat(host: Host, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
+    """Type, version, size and times of an object, without its value."""
+    name = _name("obj.stat", args["name"])
+    ns = _ns(host, caller, "obj.stat", args["ns"], "read")
+    return host.store.get_object(ns, name).stat()
+
+
+@syscall(
+    "obj.list",
+    ns=Param(str, required=False, default="self"),
+    prefix=Param(str, required=False, default="", max_len=MAX_NAME),
+    limit=Param(int, required=False, default=1000),
+)
+def obj_list(host: Host, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
+    """Stats of the objects in a namespace whose names start with ``prefix``."""
+    ns = _ns(host, caller, "obj.list", args["ns"], "read")
+    limit = max(1, min(args["limit"], 10_000))
+    return [r.stat() for r in host.store.list_objects(ns, args["prefix"], limit)]
+
+
+@syscall(
+    "obj.delete",
+    name=Param(str),
+    ns=Param(str, required=False, default="self"),
+    expect_version=Param(int, required=False),
+)
+def obj_delete(host: Host, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
+    """Delete an object (optionally only if it is still at ``expect_version``)."""
+    name = _name("obj.delete", args["name"])
+    ns = _ns(host, caller, "obj.delete", args["ns"], "write")
+    host.store.delete_object(ns, name, args["expect_version"])
+    return {"deleted": name, "ns": ns}

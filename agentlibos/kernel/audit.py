@@ -1,0 +1,119 @@
+"""The audit hash chain: how a record's hash is computed and how a chain is verified.
+
+Each record's hash covers its own fields and the hash of the record before it, so a
+modified record breaks its own hash, a deleted one breaks the next record's link, and a
+reordering breaks both. The store also keeps the chain's head (last seq and hash)
+beside it, so a truncated tail is caught too. This detects tampering by anyone who
+cannot recompute the whole chain after the point they changed; it does not stop the
+owner of the database file from rewriting everything (see docs/audit.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+GENESIS: Final[str] = "0" * 64
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    seq: int
+    ts: float
+    pid: int | None
+    call: str
+    request: str
+    verdict: str  # allow | deny | ask | info | error
+    detail: dict[str, Any]
+    prev: str
+    hash: str
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "ts": self.ts,
+            "pid": self.pid,
+            "call": self.call,
+            "request": self.request,
+            "verdict": self.verdict,
+            "detail": self.detail,
+            "prev": self.prev,
+            "hash": self.hash,
+        }
+
+
+def record_hash(
+    seq: int,
+    ts: float,
+    pid: int | None,
+    call: str,
+    request: str,
+    verdict: str,
+    detail_json: str,
+    prev: str,
+) -> str:
+    # repr(ts) is exact for floats, so a round trip through SQLite REAL re-hashes equal.
+    body = canonical_json([seq, repr(ts), pid, call, request, verdict, detail_json, prev])
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    ok: bool
+    count: int
+    first_bad_seq: int | None = None
+    problem: str | None = None
+
+
+def verify_chain(
+    rows: Iterable[tuple[int, float, int | None, str, str, str, str, str, str]],
+    head: tuple[int, str] | None,
+) -> VerifyResult:
+    """Check rows ``(seq, ts, pid, call, request, verdict, detail_json, prev, hash)``.
+
+    Rows must come in ascending ``seq``; ``head`` is the stored (last seq, last hash).
+    """
+    prev_hash = GENESIS
+    expected_seq = 1
+    count = 0
+    for seq, ts, pid, call, request, verdict, detail_json, prev, h in rows:
+        count += 1
+        if seq != expected_seq:
+            return VerifyResult(
+                False,
+                count,
+                seq,
+                f"record {seq} follows record {expected_seq - 1}: "
+                f"record(s) {expected_seq}..{seq - 1} are missing or reordered",
+            )
+        if prev != prev_hash:
+            return VerifyResult(
+                False, count, seq, f"record {seq} does not link to the record before it"
+            )
+        if record_hash(seq, ts, pid, call, request, verdict, detail_json, prev) != h:
+            return VerifyResult(
+                False, count, seq, f"record {seq} was modified: its hash does not match"
+            )
+        prev_hash = h
+        expected_seq += 1
+    last_seq = expected_seq - 1
+    if head is not None:
+        head_seq, head_hash = head
+        if head_seq != last_seq or head_hash != prev_hash:
+            return VerifyResult(
+                False,
+                count,
+                last_seq + 1 if head_seq > last_seq else last_seq,
+                f"the chain ends at record {last_seq} but its head says {head_seq}: "
+                "records were removed from the end or the head was altered",
+            )
+    elif count:
+        return VerifyResult(False, count, last_seq, "the chain has records but no head")
+    return VerifyResult(True, count)

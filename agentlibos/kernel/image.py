@@ -1,0 +1,256 @@
+"""AgentImage: an ``image.toml`` plus the agent's code, loaded and validated.
+
+Validation happens here, in the trusted supervisor, before anything is forked: a
+malformed image is refused with one message naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from agentlibos.errors import ImageError, InvalidArgument, PolicyError
+from agentlibos.kernel.caps import CapPattern, parse_cap
+from agentlibos.kernel.units import parse_duration, parse_size
+
+NAME_RE: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+TOOL_NAME_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+_IDENT_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+MAX_IMAGE_TOML_BYTES: Final = 256 * 1024
+
+# Builtin tools and the syscall each wraps. The LLM-facing schemas live with the
+# syscalls (agentlibos/broker/syscalls); a tool adds no authority of its own.
+BUILTIN_TOOLS: Final[dict[str, str]] = {
+    "fs.read": "fs.read",
+    "fs.write": "fs.write",
+    "fs.list": "fs.list",
+    "fs.stat": "fs.stat",
+    "fs.mkdir": "fs.mkdir",
+    "fs.delete": "fs.delete",
+    "obj.put": "obj.put",
+    "obj.get": "obj.get",
+    "obj.stat": "obj.stat",
+    "obj.list": "obj.list",
+    "obj.delete": "obj.delete",
+    "proc.spawn": "proc.spawn",
+    "proc.wait": "proc.wait",
+    "proc.kill": "proc.kill",
+    "proc.children": "proc.children",
+    "proc.getpid": "proc.getpid",
+    "cap.list": "cap.list",
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits; ``None`` means "the operator's default"."""
+
+    memory_max_bytes: int | None = None
+    pids_max: int | None = None
+    cpu_max_cores: float | None = None
+    wall_limit_s: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "memory_max_bytes": self.memory_max_bytes,
+            "pids_max": self.pids_max,
+            "cpu_max_cores": self.cpu_max_cores,
+            "wall_limit_s": self.wall_limit_s,
+        }
+
+    @staticmethod
+    def from_json(d: dict[str, Any]) -> Limits:
+        return Limits(
+            memory_max_bytes=d.get("memory_max_bytes"),
+            pids_max=d.get("pids_max"),
+            cpu_max_cores=d.get("cpu_max_cores"),
+            wall_limit_s=d.get("wall_limit_s"),
+        )
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    name: str
+    kind: Literal["builtin", "jit"]
+    ref: str  # the syscall name for builtins, the path (relative to the image) for jit
+
+    @property
+    def target(self) -> str:
+        return f"{self.kind}:{self.ref}"
+
+
+@dataclass(frozen=True)
+class AgentImage:
+    name: str
+    version: str
+    entry_module: str
+    entry_function: str
+    description: str
+    path: Path  # absolute image directory
+    tools: tuple[ToolSpec, ...]
+    requested: tuple[CapPattern, ...]  # unresolved: relative paths are still relative
+    limits: Limits
+
+    @property
+    def entry(self) -> str:
+        return f"{self.entry_module}:{self.entry_function}"
+
+    def tool(self, name: str) -> ToolSpec | None:
+        return next((t for t in self.tools if t.name == name), None)
+
+
+def _table(data: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    v = data.get(key, {})
+    if not isinstance(v, dict):
+        raise ImageError(f"{where}: [{key}] must be a table")
+    return v
+
+
+def _str(table: dict[str, Any], key: str, where: str, *, required: bool = True) -> str:
+    v = table.get(key)
+    if v is None and not required:
+        return ""
+    if not isinstance(v, str) or (required and not v.strip()):
+        raise ImageError(f"{where}: [image] {key} must be a non-empty string")
+    return v
+
+
+def _check_keys(table: dict[str, Any], allowed: set[str], section: str, where: str) -> None:
+    unknown = set(table) - allowed
+    if unknown:
+        raise ImageError(
+            f"{where}: unknown key(s) in [{section}]: {', '.join(sorted(unknown))} "
+            f"(known: {', '.join(sorted(allowed))})"
+        )
+
+
+def load_image(directory: str | Path) -> AgentImage:
+    """Load and validate the image in ``directory``; raise :class:`ImageError` if malformed."""
+    root = Path(directory).resolve()
+    toml_path = root / "image.toml"
+    where = str(toml_path)
+    if not root.is_dir():
+        raise ImageError(f"image directory {str(root)!r} does not exist")
+    try:
+        if toml_path.stat().st_size > MAX_IMAGE_TOML_BYTES:
+            raise ImageError(f"{where}: larger than {MAX_IMAGE_TOML_BYTES} bytes")
+        text = toml_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ImageError(f"{str(root)!r} is not an image: it has no image.toml") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ImageError(f"{where}: cannot read: {e}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ImageError(f"{where}: not valid TOML: {e}") from None
+
+    _check_keys(data, {"image", "tools", "capabilities", "limits"}, "top level", where)
+    img = _table(data, "image", where)
+    if not img:
+        raise ImageError(f"{where}: missing the [image] table")
+    _check_keys(img, {"name", "version", "entry", "description"}, "image", where)
+    name = _str(img, "name", where)
+    if not NAME_RE.match(name):
+        raise ImageError(
+            f"{where}: image name {name!r} must be 1-64 of a-z, 0-9, '.', '_', '-' "
+            "starting with a letter or digit"
+        )
+    version = _str(img, "version", where, required=False) or "0.0.0"
+    description = _str(img, "description", where, required=False)
+    entry = _str(img, "entry", where)
+    module, sep, func = entry.partition(":")
+    if not sep or not _IDENT_RE.match(module) or not func.isidentifier():
+        raise ImageError(f"{where}: entry {entry!r} must be 'module:function'")
+    mod_path = root.joinpath(*module.split("."))
+    if not (mod_path.with_suffix(".py").is_file() or (mod_path / "__init__.py").is_file()):
+        raise ImageError(
+            f"{where}: entry module {module!r} not found (looked for "
+            f"{mod_path.with_suffix('.py').name} in {root})"
+        )
+
+    tools: list[ToolSpec] = []
+    for tname, target in _table(data, "tools", where).items():
+        if not TOOL_NAME_RE.match(tname):
+            raise ImageError(f"{where}: tool name {tname!r} is not a valid identifier")
+        if not isinstance(target, str) or ":" not in target:
+            raise ImageError(
+                f"{where}: tool {tname!r} must be 'builtin:NAME' or 'jit:PATH', got {target!r}"
+            )
+        kind, _, ref = target.partition(":")
+        if kind == "builtin":
+            if ref not in BUILTIN_TOOLS:
+                raise ImageError(
+                    f"{where}: tool {tname!r}: unknown builtin {ref!r} "
+                    f"(known: {', '.join(sorted(BUILTIN_TOOLS))})"
+                )
+            tools.append(ToolSpec(tname, "builtin", BUILTIN_TOOLS[ref]))
+        elif kind == "jit":
+            tool_path = (root / ref).resolve()
+            if not tool_path.is_relative_to(root) or tool_path.suffix != ".ts":
+                raise ImageError(
+                    f"{where}: tool {tname!r}: {ref!r} must be a .ts file inside the image"
+                )
+            if not tool_path.is_file():
+                raise ImageError(f"{where}: tool {tname!r}: {ref!r} does not exist")
+            tools.append(ToolSpec(tname, "jit", str(tool_path.relative_to(root))))
+        else:
+            raise ImageError(f"{where}: tool {tname!r}: kind {kind!r} is not builtin or jit")
+
+    caps_table = _table(data, "capabilities", where)
+    _check_keys(caps_table, {"request"}, "capabilities", where)
+    raw_caps = caps_table.get("request", [])
+    if not isinstance(raw_caps, list):
+        raise ImageError(f"{where}: [capabilities] request must be a list of strings")
+    requested: list[CapPattern] = []
+    for c in raw_caps:
+        try:
+            requested.append(parse_cap(c))
+        except PolicyError as e:
+            raise ImageError(f"{where}: [capabilities] {e.message}") from None
+
+    lim = _table(data, "limits", where)
+    _check_keys(lim, {"memory", "pids", "cpu", "wall"}, "limits", where)
+    try:
+        limits = Limits(
+            memory_max_bytes=(
+                parse_size(lim["memory"], what="[limits] memory") if "memory" in lim else None
+            ),
+            pids_max=_positive_int(lim.get("pids"), "[limits] pids"),
+            cpu_max_cores=_positive_float(lim.get("cpu"), "[limits] cpu"),
+            wall_limit_s=(
+                parse_duration(lim["wall"], what="[limits] wall") if "wall" in lim else None
+            ),
+        )
+    except InvalidArgument as e:
+        raise ImageError(f"{where}: {e.message}") from None
+
+    return AgentImage(
+        name=name,
+        version=version,
+        entry_module=module,
+        entry_function=func,
+        description=description,
+        path=root,
+        tools=tuple(tools),
+        requested=tuple(requested),
+        limits=limits,
+    )
+
+
+def _positive_int(v: object, what: str) -> int | None:
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise InvalidArgument(f"{what} must be a positive integer, got {v!r}")
+    return v
+
+
+def _positive_float(v: object, what: str) -> float | None:
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
+        raise InvalidArgument(f"{what} must be a positive number, got {v!r}")
+    return float(v)

@@ -1,0 +1,175 @@
+"""Operator policy and the authorisation decision. Pure code: no I/O beyond reading TOML.
+
+A request is authorised in this order (docs/policy.md):
+
+1. a policy ``deny`` pattern matches any name of the resource   -> deny
+2. no capability the process holds allows it                   -> deny (names what is missing)
+3. a policy ``ask`` pattern matches                             -> ask (a human decides)
+4. a policy ``allow`` pattern matches                           -> allow
+5. otherwise the policy's ``default``.
+
+So capabilities say what a process *may ever* do, the policy what the operator lets
+happen *now*; both must agree, and deny always wins.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Final
+
+from agentlibos.errors import PolicyError
+from agentlibos.kernel.caps import CapPattern, Verdict, parse_cap
+
+VERDICTS: Final[tuple[Verdict, ...]] = ("allow", "ask", "deny")
+
+BUILTIN_POLICY_TOML: Final[str] = """\
+# The built-in policy: used when `agentlibos run` is given no --policy.
+# fs inside the process's own cwd, object memory, processes, JIT tools, events and
+# sleeps are allowed; everything else (shell, network, models, images, humans)
+# needs a human's approval.
+deny = []
+ask = []
+allow = ["fs:*:./**", "obj:*:*", "proc:*:*", "jit:*:*", "event:*:*", "clock:*:*"]
+default = "ask"
+"""
+
+
+@dataclass(frozen=True)
+class Request:
+    """One concrete thing a syscall wants to do, e.g. ``fs:write:/home/u/proj/out/a.txt``.
+
+    ``aliases`` are other names of the same resource (the path as the agent spelled it,
+    before symlinks were resolved); deny rules are checked against every name.
+    """
+
+    kind: str
+    right: str
+    resource: str
+    aliases: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.right}:{self.resource}"
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    reason: str
+    rule: str | None = None  # the capability or policy pattern that decided
+
+    @property
+    def allowed(self) -> bool:
+        return self.verdict == "allow"
+
+
+@dataclass(frozen=True)
+class Policy:
+    deny: tuple[CapPattern, ...] = ()
+    ask: tuple[CapPattern, ...] = ()
+    allow: tuple[CapPattern, ...] = ()
+    default: Verdict = "ask"
+    source: str = "<built-in>"
+    text: str = field(default="", compare=False, repr=False)
+
+    def resolved_for(self, cwd: str) -> Policy:
+        """The policy with relative ``fs`` patterns made absolute against ``cwd``."""
+        return _resolve(self, cwd)
+
+
+@lru_cache(maxsize=256)
+def _resolve(policy: Policy, cwd: str) -> Policy:
+    return Policy(
+        deny=tuple(p.resolved(cwd) for p in policy.deny),
+        ask=tuple(p.resolved(cwd) for p in policy.ask),
+        allow=tuple(p.resolved(cwd) for p in policy.allow),
+        default=policy.default,
+        source=policy.source,
+        text=policy.text,
+    )
+
+
+def _patterns(data: dict[str, Any], key: str, source: str) -> tuple[CapPattern, ...]:
+    raw = data.get(key, [])
+    if not isinstance(raw, list):
+        raise PolicyError(f"{source}: '{key}' must be a list of capability patterns")
+    out = []
+    for item in raw:
+        try:
+            out.append(parse_cap(item, allow_wildcard_kind=True))
+        except PolicyError as e:
+            raise PolicyError(f"{source}: in '{key}': {e.message}") from None
+    return tuple(out)
+
+
+def parse_policy(text: str, source: str) -> Policy:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise PolicyError(f"{source}: not valid TOML: {e}") from None
+    unknown = set(data) - {"deny", "ask", "allow", "default"}
+    if unknown:
+        raise PolicyError(
+            f"{source}: unknown key(s) {', '.join(sorted(unknown))}; "
+            "a policy has deny, ask, allow and default"
+        )
+    default = data.get("default", "ask")
+    if default not in VERDICTS:
+        raise PolicyError(f"{source}: default must be one of allow, ask, deny; got {default!r}")
+    return Policy(
+        deny=_patterns(data, "deny", source),
+        ask=_patterns(data, "ask", source),
+        allow=_patterns(data, "allow", source),
+        default=default,
+        source=source,
+        text=text,
+    )
+
+
+def load_policy(path: str | Path) -> Policy:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PolicyError(f"policy file {str(p)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise PolicyError(f"cannot read policy file {str(p)!r}: {e}") from None
+    return parse_policy(text, str(p))
+
+
+BUILTIN_POLICY: Final[Policy] = parse_policy(BUILTIN_POLICY_TOML, "<built-in>")
+
+
+def authorize(
+    held: Sequence[CapPattern], policy: Policy, request: Request, cwd: str
+) -> Decision:
+    """Decide one request. ``policy`` may be unresolved; relative patterns use ``cwd``."""
+    pol = policy.resolved_for(cwd)
+    names = (request.resource, *request.aliases)
+    for pat in pol.deny:
+        if any(pat.allows(request.kind, request.right, n) for n in names):
+            return Decision("deny", f"{request} is denied by policy rule '{pat}'", str(pat))
+    holder = next(
+        (c for c in held if c.allows(request.kind, request.right, request.resource)), None
+    )
+    if holder is None:
+        return Decision(
+            "deny",
+            f"{request} needs a capability '{request.kind}:{request.right}:...' covering "
+            f"{request.resource!r}, which this process does not hold",
+            None,
+        )
+    for pat in pol.ask:
+        if pat.allows(request.kind, request.right, request.resource):
+            return Decision("ask", f"policy rule '{pat}' asks a human for {request}", str(pat))
+    for pat in pol.allow:
+        if pat.allows(request.kind, request.right, request.resource):
+            return Decision("allow", f"{request} allowed by '{holder}' and '{pat}'", str(holder))
+    return Decision(
+        pol.default,
+        f"no policy rule matches {request}; the policy's default is '{pol.default}'",
+        None,
+    )

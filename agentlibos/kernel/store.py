@@ -1,0 +1,636 @@
+"""Durable state: the process table, capabilities, object memory, images and the audit chain.
+
+:class:`Store` is the interface the rest of the runtime uses; :class:`SQLiteStore` is the
+one implementation today (SQLite in WAL mode). A PostgreSQL store will implement the same
+protocol; nothing outside this module writes SQL.
+
+Concurrency model: the supervisor's broker loop is the only writer while it runs (it
+holds ``run/supervisor.lock``); the CLI opens the database read-only for ``ps`` and
+``audit``. Writes are grouped: the broker handles every message that is ready, then
+commits once, then sends the replies, so no agent ever sees an answer whose state is not
+on disk (group commit).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+from agentlibos.errors import Conflict, LibOSError, LimitExceeded, NoSuchProcess, NotFound
+from agentlibos.kernel.audit import GENESIS, AuditRecord, VerifyResult, record_hash, verify_chain
+from agentlibos.kernel.process import ProcessRecord, State
+
+SCHEMA_VERSION: Final = 1
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS policies (
+    id     INTEGER PRIMARY KEY,
+    source TEXT NOT NULL,
+    text   TEXT NOT NULL,
+    UNIQUE (source, text)
+);
+CREATE TABLE IF NOT EXISTS processes (
+    pid            INTEGER PRIMARY KEY AUTOINCREMENT,
+    ppid           INTEGER,
+    root_pid       INTEGER NOT NULL,
+    host_pid       INTEGER,
+    image          TEXT NOT NULL,
+    image_path     TEXT NOT NULL,
+    state          TEXT NOT NULL,
+    exit_reason    TEXT,
+    result         TEXT,
+    error          TEXT,
+    cwd            TEXT NOT NULL,
+    args           TEXT NOT NULL,
+    limits         TEXT NOT NULL,
+    layers         TEXT NOT NULL DEFAULT '[]',
+    missing_layers TEXT NOT NULL DEFAULT '[]',
+    policy_id      INTEGER NOT NULL,
+    created_at     REAL NOT NULL,
+    started_at     REAL,
+    ready_at       REAL,
+    ended_at       REAL
+);
+CREATE INDEX IF NOT EXISTS processes_ppid ON processes (ppid);
+CREATE INDEX IF NOT EXISTS processes_state ON processes (state);
+CREATE TABLE IF NOT EXISTS capabilities (
+    pid  INTEGER NOT NULL,
+    cap  TEXT NOT NULL,
+    PRIMARY KEY (pid, cap)
+);
+CREATE TABLE IF NOT EXISTS objects (
+    ns         TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    type       TEXT NOT NULL,
+    version    INTEGER NOT NULL,
+    value      TEXT NOT NULL,
+    size       INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    updated_by INTEGER,
+    PRIMARY KEY (ns, name)
+);
+CREATE TABLE IF NOT EXISTS images (
+    name          TEXT PRIMARY KEY,
+    version       TEXT NOT NULL,
+    path          TEXT NOT NULL,
+    description   TEXT NOT NULL,
+    registered_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    seq     INTEGER PRIMARY KEY,
+    ts      REAL NOT NULL,
+    pid     INTEGER,
+    call    TEXT NOT NULL,
+    request TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    detail  TEXT NOT NULL,
+    prev    TEXT NOT NULL,
+    hash    TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_pid ON audit (pid);
+"""
+
+_PROC_COLS: Final = (
+    "pid, ppid, root_pid, host_pid, image, image_path, state, exit_reason, result, error, "
+    "cwd, args, limits, layers, missing_layers, policy_id, created_at, started_at, "
+    "ready_at, ended_at"
+)
+
+
+@dataclass(frozen=True)
+class ObjectRecord:
+    ns: str
+    name: str
+    type: str
+    version: int
+    value: Any
+    size: int
+    created_at: float
+    updated_at: float
+    updated_by: int | None
+
+    def stat(self) -> dict[str, Any]:
+        return {
+            "ns": self.ns,
+            "name": self.name,
+            "type": self.type,
+            "version": self.version,
+            "size": self.size,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "updated_by": self.updated_by,
+        }
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    name: str
+    version: str
+    path: str
+    description: str
+    registered_at: float
+
+
+@dataclass(frozen=True)
+class ObjectQuota:
+    max_objects_per_ns: int = 10_000
+    max_bytes_per_ns: int = 64 << 20
+
+
+class Store(Protocol):
+    """What the runtime needs from durable state. See :class:`SQLiteStore`."""
+
+    def close(self) -> None: ...
+    def transaction(self) -> AbstractContextManager[None]: ...
+    def batch(self) -> AbstractContextManager[None]: ...
+    def savepoint(self) -> AbstractContextManager[None]: ...
+    def mark_orphans(self, reason: str, now: float) -> list[int]: ...
+    # processes
+    def policy_id(self, source: str, text: str) -> int: ...
+    def policy_text(self, policy_id: int) -> tuple[str, str]: ...
+    def create_process(self, rec: ProcessRecord) -> ProcessRecord: ...
+    def update_process(self, pid: int, **fields: Any) -> None: ...
+    def get_process(self, pid: int) -> ProcessRecord: ...
+    def list_processes(self, *, live_only: bool = False) -> list[ProcessRecord]: ...
+    def children(self, pid: int) -> list[ProcessRecord]: ...
+    # capabilities
+    def set_caps(self, pid: int, caps: list[str]) -> None: ...
+    def get_caps(self, pid: int) -> list[str]: ...
+    def drop_cap(self, pid: int, cap: str) -> bool: ...
+    # objects
+    def get_object(self, ns: str, name: str) -> ObjectRecord: ...
+    def put_object(
+        self, ns: str, name: str, type_: str, value_json: str, pid: int | None,
+        expect_version: int | None, quota: ObjectQuota,
+    ) -> ObjectRecord: ...
+    def list_objects(self, ns: str, prefix: str, limit: int) -> list[ObjectRecord]: ...
+    def delete_object(self, ns: str, name: str, expect_version: int | None) -> None: ...
+    # images
+    def put_image(self, rec: ImageRecord) -> None: ...
+    def get_image(self, name: str) -> ImageRecord | None: ...
+    def list_images(self) -> list[ImageRecord]: ...
+    # audit
+    def append_audit(
+        self, pid: int | None, call: str, request: str, verdict: str, detail: dict[str, Any]
+    ) -> int: ...
+    def audit_records(
+        self, *, pid: int | None = None, since_seq: int = 0, limit: int | None = None
+    ) -> list[AuditRecord]: ...
+    def verify_audit(self) -> VerifyResult: ...
+
+
+class SQLiteStore:
+    """SQLite in WAL mode. One instance per thread; the broker loop owns the writer."""
+
+    def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        if readonly:
+            if not self.path.exists():
+                raise NotFound(f"no state database at {self.path}: nothing has run yet")
+            uri = f"file:{self.path}?mode=ro"
+            self._db = sqlite3.connect(uri, uri=True, isolation_level=None,
+                                       check_same_thread=False)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(self.path), isolation_level=None,
+                                       check_same_thread=False)
+        # busy_timeout: the CLI reading while the broker commits must wait, not fail.
+        self._db.execute("PRAGMA busy_timeout = 5000")
+        if not readonly:
+            self._db.execute("PRAGMA journal_mode = WAL")
+            # NORMAL in WAL mode: a power loss may lose the last commits but never
+            # corrupts; a kill -9 of the supervisor loses nothing that was committed.
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._db.execute("PRAGMA foreign_keys = ON")
+            self._db.executescript(_SCHEMA)
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+        self._depth = 0  # nesting of batch()/transaction() contexts
+        self._begun = False  # BEGIN IMMEDIATE issued, COMMIT pending
+        self._sp_wanted = False  # inside savepoint(): open one at the first write
+        self._sp_active = False
+        self._audit_head: tuple[int, str] | None = None
+        self._head_dirty = False
+
+    def close(self) -> None:
+        self._db.close()
+
+    # ------------------------------------------------------------------ transactions
+    #
+    # batch() groups everything one turn of the broker loop writes into one commit; it
+    # starts the SQLite transaction lazily, at the first write, so a turn that only
+    # reads costs no lock. transaction() is a write transaction that joins an open
+    # batch; savepoint() scopes one syscall so a handler *bug* can be rolled back
+    # without losing the rest of the batch (typed errors keep their writes: the audit
+    # record of a refusal must survive the refusal).
+
+    def _ensure_begun(self) -> None:
+        if not self._begun:
+            # IMMEDIATE takes the write lock now, so reads inside the transaction see
+            # the state they will write over (the audit head above all).
+            self._db.execute("BEGIN IMMEDIATE")
+            self._begun = True
+        if self._sp_wanted and not self._sp_active:
+            self._db.execute("SAVEPOINT handler")
+            self._sp_active = True
+
+    def _commit(self) -> None:
+        if not self._begun:
+            return
+        if self._head_dirty and self._audit_head is not None:
+            seq, h = self._audit_head
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('audit_head', ?)",
+                (f"{seq}:{h}",),
+            )
+        self._db.execute("COMMIT")
+        self._begun = False
+        self._head_dirty = False
+
+    def _rollback(self) -> None:
+        if self._begun:
+            self._db.execute("ROLLBACK")
+        self._begun = False
+        self._head_dirty = False
+        self._audit_head = None
+
+    @contextmanager
+    def _scope(self, *, begin: bool) -> Iterator[None]:
+        if begin:
+            self._ensure_begun()
+        self._depth += 1
+        try:
+            yield
+        except BaseException:
+            self._depth -= 1
+            if self._depth == 0:
+                self._rollback()
+            raise
+        self._depth -= 1
+        if self._depth == 0:
+            self._commit()
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """A write transaction; joins an open batch or transaction."""
+        return self._scope(begin=True)
+
+    def batch(self) -> AbstractContextManager[None]:
+        """Group every write until the end of the block into one commit (lazily begun)."""
+        return self._scope(begin=False)
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """Scope one syscall: roll its writes back if it fails with a non-typed error."""
+        if self._depth == 0:
+            with self.transaction():
+                yield
+            return
+        self._sp_wanted = True
+        try:
+            yield
+        except LibOSError:
+            raise
+        except BaseException:
+            if self._sp_active:
+                self._db.execute("ROLLBACK TO handler")
+                self._audit_head = None  # reloaded from the table at the next append
+            raise
+        finally:
+            if self._sp_active:
+                self._db.execute("RELEASE handler")
+            self._sp_wanted = self._sp_active = False
+
+    def _write(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        with self.transaction():
+            return self._db.execute(sql, params)
+
+    # --------------------------------------------------------------------- policies
+
+    def policy_id(self, source: str, text: str) -> int:
+        row = self._db.execute(
+            "SELECT id FROM policies WHERE source = ? AND text = ?", (source, text)
+        ).fetchone()
+        if row:
+            return int(row[0])
+        cur = self._write("INSERT INTO policies (source, text) VALUES (?, ?)", (source, text))
+        return int(cur.lastrowid or 0)
+
+    def policy_text(self, policy_id: int) -> tuple[str, str]:
+        row = self._db.execute(
+            "SELECT source, text FROM policies WHERE id = ?", (policy_id,)
+        ).fetchone()
+        if not row:
+            raise NotFound(f"no policy with id {policy_id}")
+        return str(row[0]), str(row[1])
+
+    # -------------------------------------------------------------------- processes
+
+    def create_process(self, rec: ProcessRecord) -> ProcessRecord:
+        """Insert ``rec`` (its pid is ignored) and return it with the allocated pid."""
+        with self.transaction():
+            cur = self._db.execute(
+                "INSERT INTO processes (ppid, root_pid, image, image_path, state, cwd, args,"
+                " limits, policy_id, created_at) VALUES (?, 0, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    rec.ppid,
+                    rec.image,
+                    rec.image_path,
+                    rec.state,
+                    rec.cwd,
+                    json.dumps(rec.args),
+                    json.dumps(rec.limits),
+                    rec.policy_id,
+                    rec.created_at or time.time(),
+                ),
+            )
+            pid = int(cur.lastrowid or 0)
+            root = rec.root_pid if rec.ppid is not None else pid
+            self._db.execute("UPDATE processes SET root_pid = ? WHERE pid = ?", (root, pid))
+        return self.get_process(pid)
+
+    _JSON_FIELDS: Final = frozenset({"result", "args", "limits", "layers", "missing_layers"})
+    _UPDATABLE: Final = frozenset(
+        {
+            "host_pid", "state", "exit_reason", "result", "error", "cwd", "layers",
+            "missing_layers", "started_at", "ready_at", "ended_at", "limits",
+        }
+    )
+
+    def update_process(self, pid: int, **fields: Any) -> None:
+        if not fields:
+            return
+        bad = set(fields) - self._UPDATABLE
+        if bad:
+            raise ValueError(f"cannot update process fields {bad}")
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        values = tuple(
+            json.dumps(v) if k in self._JSON_FIELDS else v for k, v in fields.items()
+        )
+        self._write(f"UPDATE processes SET {cols} WHERE pid = ?", (*values, pid))  # noqa: S608
+
+    @staticmethod
+    def _proc(row: tuple[Any, ...]) -> ProcessRecord:
+        (pid, ppid, root_pid, host_pid, image, image_path, state, exit_reason, result,
+         error, cwd, args, limits, layers, missing, policy_id, created_at, started_at,
+         ready_at, ended_at) = row
+        return ProcessRecord(
+            pid=pid, ppid=ppid, root_pid=root_pid, host_pid=host_pid, image=image,
+            image_path=image_path, state=state, exit_reason=exit_reason,
+            result=json.loads(result) if result is not None else None, error=error,
+            cwd=cwd, args=json.loads(args), limits=json.loads(limits),
+            layers=json.loads(layers), missing_layers=json.loads(missing),
+            policy_id=policy_id, created_at=created_at, started_at=started_at,
+            ready_at=ready_at, ended_at=ended_at,
+        )
+
+    def get_process(self, pid: int) -> ProcessRecord:
+        row = self._db.execute(
+            f"SELECT {_PROC_COLS} FROM processes WHERE pid = ?", (pid,)  # noqa: S608
+        ).fetchone()
+        if not row:
+            raise NoSuchProcess(f"no process with pid {pid}")
+        return self._proc(row)
+
+    def list_processes(self, *, live_only: bool = False) -> list[ProcessRecord]:
+        where = " WHERE state IN ('created', 'running', 'waiting')" if live_only else ""
+        rows = self._db.execute(
+            f"SELECT {_PROC_COLS} FROM processes{where} ORDER BY pid"  # noqa: S608
+        ).fetchall()
+        return [self._proc(r) for r in rows]
+
+    def children(self, pid: int) -> list[ProcessRecord]:
+        rows = self._db.execute(
+            f"SELECT {_PROC_COLS} FROM processes WHERE ppid = ? ORDER BY pid", (pid,)  # noqa: S608
+        ).fetchall()
+        return [self._proc(r) for r in rows]
+
+    def mark_orphans(self, reason: str, now: float) -> list[int]:
+        """Processes left live by a supervisor that died: mark them failed."""
+        rows = self._db.execute(
+            "SELECT pid FROM processes WHERE state IN ('created', 'running', 'waiting')"
+        ).fetchall()
+        pids = [int(r[0]) for r in rows]
+        state: State = "failed"
+        for pid in pids:
+            self.update_process(pid, state=state, exit_reason=reason, ended_at=now,
+                                error="the supervisor stopped while this process was live")
+        return pids
+
+    # ------------------------------------------------------------------ capabilities
+
+    def set_caps(self, pid: int, caps: list[str]) -> None:
+        with self.transaction():
+            self._db.execute("DELETE FROM capabilities WHERE pid = ?", (pid,))
+            self._db.executemany(
+                "INSERT OR IGNORE INTO capabilities (pid, cap) VALUES (?, ?)",
+                [(pid, c) for c in caps],
+            )
+
+    def get_caps(self, pid: int) -> list[str]:
+        rows = self._db.execute(
+            "SELECT cap FROM capabilities WHERE pid = ? ORDER BY rowid", (pid,)
+        ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def drop_cap(self, pid: int, cap: str) -> bool:
+        cur = self._write("DELETE FROM capabilities WHERE pid = ? AND cap = ?", (pid, cap))
+        return cur.rowcount > 0
+
+    # ------------------------------------------------------------------ object memory
+
+    @staticmethod
+    def _obj(row: tuple[Any, ...]) -> ObjectRecord:
+        ns, name, type_, version, value, size, created, updated, by = row
+        return ObjectRecord(ns, name, type_, version, json.loads(value), size, created,
+                            updated, by)
+
+    _OBJ_COLS: Final = "ns, name, type, version, value, size, created_at, updated_at, updated_by"
+
+    def get_object(self, ns: str, name: str) -> ObjectRecord:
+        row = self._db.execute(
+            f"SELECT {self._OBJ_COLS} FROM objects WHERE ns = ? AND name = ?",  # noqa: S608
+            (ns, name),
+        ).fetchone()
+        if not row:
+            raise NotFound(f"no object {name!r} in namespace {ns!r}")
+        return self._obj(row)
+
+    def put_object(
+        self,
+        ns: str,
+        name: str,
+        type_: str,
+        value_json: str,
+        pid: int | None,
+        expect_version: int | None,
+        quota: ObjectQuota,
+    ) -> ObjectRecord:
+        now = time.time()
+        size = len(value_json.encode("utf-8"))
+        with self.transaction():
+            row = self._db.execute(
+                "SELECT type, version, size FROM objects WHERE ns = ? AND name = ?", (ns, name)
+            ).fetchone()
+            current = int(row[1]) if row else 0
+            if expect_version is not None and expect_version != current:
+                raise Conflict(
+                    f"object {name!r} in {ns!r} is at version {current}, "
+                    f"not the expected {expect_version}",
+                    current_version=current,
+                )
+            if row and row[0] != type_:
+                raise Conflict(
+                    f"object {name!r} in {ns!r} has type {row[0]!r}; cannot put a {type_!r} "
+                    "(delete it first to change its type)",
+                    current_type=row[0],
+                )
+            count, total = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM objects WHERE ns = ?", (ns,)
+            ).fetchone()
+            old_size = int(row[2]) if row else 0
+            if not row and count >= quota.max_objects_per_ns:
+                raise LimitExceeded(
+                    f"namespace {ns!r} already holds {count} objects "
+                    f"(limit {quota.max_objects_per_ns})"
+                )
+            if total - old_size + size > quota.max_bytes_per_ns:
+                raise LimitExceeded(
+                    f"namespace {ns!r} would hold {total - old_size + size} bytes "
+                    f"(limit {quota.max_bytes_per_ns})"
+                )
+            if row:
+                self._db.execute(
+                    "UPDATE objects SET version = ?, value = ?, size = ?, updated_at = ?,"
+                    " updated_by = ? WHERE ns = ? AND name = ?",
+                    (current + 1, value_json, size, now, pid, ns, name),
+                )
+            else:
+                self._db.execute(
+                    "INSERT INTO objects (ns, name, type, version, value, size, created_at,"
+                    " updated_at, updated_by) VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?)",
+                    (ns, name, type_, value_json, size, now, now, pid),
+                )
+        return self.get_object(ns, name)
+
+    def list_objects(self, ns: str, prefix: str, limit: int) -> list[ObjectRecord]:
+        # GLOB-free prefix match: escape nothing, compare the prefix substring.
+        rows = self._db.execute(
+            f"SELECT {self._OBJ_COLS} FROM objects WHERE ns = ? "  # noqa: S608
+            "AND substr(name, 1, ?) = ? ORDER BY name LIMIT ?",
+            (ns, len(prefix), prefix, limit),
+        ).fetchall()
+        return [self._obj(r) for r in rows]
+
+    def delete_object(self, ns: str, name: str, expect_version: int | None) -> None:
+        with self.transaction():
+            row = self._db.execute(
+                "SELECT version FROM objects WHERE ns = ? AND name = ?", (ns, name)
+            ).fetchone()
+            if not row:
+                raise NotFound(f"no object {name!r} in namespace {ns!r}")
+            if expect_version is not None and int(row[0]) != expect_version:
+                raise Conflict(
+                    f"object {name!r} in {ns!r} is at version {row[0]}, "
+                    f"not the expected {expect_version}",
+                    current_version=int(row[0]),
+                )
+            self._db.execute("DELETE FROM objects WHERE ns = ? AND name = ?", (ns, name))
+
+    # ------------------------------------------------------------------------ images
+
+    def put_image(self, rec: ImageRecord) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO images (name, version, path, description, registered_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (rec.name, rec.version, rec.path, rec.description, rec.registered_at),
+        )
+
+    def get_image(self, name: str) -> ImageRecord | None:
+        row = self._db.execute(
+            "SELECT name, version, path, description, registered_at FROM images WHERE name = ?",
+            (name,),
+        ).fetchone()
+        return ImageRecord(*row) if row else None
+
+    def list_images(self) -> list[ImageRecord]:
+        rows = self._db.execute(
+            "SELECT name, version, path, description, registered_at FROM images ORDER BY name"
+        ).fetchall()
+        return [ImageRecord(*r) for r in rows]
+
+    # ------------------------------------------------------------------------- audit
+
+    def _head(self) -> tuple[int, str]:
+        if self._audit_head is None:
+            row = self._db.execute(
+                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
+            self._audit_head = (int(row[0]), str(row[1])) if row else (0, GENESIS)
+        return self._audit_head
+
+    def append_audit(
+        self, pid: int | None, call: str, request: str, verdict: str, detail: dict[str, Any]
+    ) -> int:
+        """Append one record to the chain; returns its seq. Joins the open transaction."""
+        with self.transaction():
+            last_seq, last_hash = self._head()
+            seq = last_seq + 1
+            ts = time.time()
+            detail_json = json.dumps(detail, sort_keys=True, separators=(",", ":"),
+                                     default=str)
+            h = record_hash(seq, ts, pid, call, request, verdict, detail_json, last_hash)
+            self._db.execute(
+                "INSERT INTO audit (seq, ts, pid, call, request, verdict, detail, prev, hash)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (seq, ts, pid, call, request, verdict, detail_json, last_hash, h),
+            )
+            # The head row in meta is written once, at commit (see _commit).
+            self._audit_head = (seq, h)
+            self._head_dirty = True
+        return seq
+
+    def audit_records(
+        self, *, pid: int | None = None, since_seq: int = 0, limit: int | None = None
+    ) -> list[AuditRecord]:
+        sql = "SELECT seq, ts, pid, call, request, verdict, detail, prev, hash FROM audit"
+        sql += " WHERE seq > ?"
+        params: list[Any] = [since_seq]
+        if pid is not None:
+            sql += " AND pid = ?"
+            params.append(pid)
+        sql += " ORDER BY seq"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [
+            AuditRecord(s, ts, p, c, r, v, json.loads(d), prev, h)
+            for s, ts, p, c, r, v, d, prev, h in self._db.execute(sql, params)
+        ]
+
+    def verify_audit(self) -> VerifyResult:
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'audit_head'").fetchone()
+        head: tuple[int, str] | None = None
+        if row:
+            seq_s, _, h = str(row[0]).partition(":")
+            head = (int(seq_s), h)
+        # Ordered by rowid (= seq, an INTEGER PRIMARY KEY): a record moved to another
+        # seq shows up as a broken link.
+        cur = self._db.execute(
+            "SELECT seq, ts, pid, call, request, verdict, detail, prev, hash FROM audit "
+            "ORDER BY seq"
+        )
+        return verify_chain(cur, head)

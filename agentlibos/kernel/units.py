@@ -1,0 +1,86 @@
+"""Parsing of human-written sizes ("256MiB") and durations ("10m") in images and policies."""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from agentlibos.errors import InvalidArgument
+
+_SIZE_UNITS: Final[dict[str, int]] = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1 << 10,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1 << 20,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1 << 30,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "tib": 1 << 40,
+}
+
+_DURATION_UNITS: Final[dict[str, float]] = {
+    "": 1.0,
+    "ms": 0.001,
+    "s": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+}
+
+_NUMBER_UNIT = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(value: object, *, what: str = "size") -> int:
+    """Bytes from an int or a string such as ``"256MiB"``, ``"1.5G"`` or ``"4096"``."""
+    if isinstance(value, bool):
+        raise InvalidArgument(f"{what}: expected a size like '256MiB', got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise InvalidArgument(f"{what}: must not be negative, got {value}")
+        return value
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{what}: expected a size like '256MiB', got {value!r}")
+    m = _NUMBER_UNIT.match(value)
+    if not m or m.group(2).lower() not in _SIZE_UNITS:
+        raise InvalidArgument(
+            f"{what}: cannot parse {value!r}; use a number with B, KiB, MiB, GiB (or K, M, G)"
+        )
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
+def parse_duration(value: object, *, what: str = "duration") -> float:
+    """Seconds from a number or a string such as ``"10m"``, ``"500ms"``, ``"2h"``."""
+    if isinstance(value, bool):
+        raise InvalidArgument(f"{what}: expected a duration like '10m', got {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise InvalidArgument(f"{what}: must not be negative, got {value}")
+        return float(value)
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{what}: expected a duration like '10m', got {value!r}")
+    m = _NUMBER_UNIT.match(value)
+    if not m or m.group(2).lower() not in _DURATION_UNITS:
+        raise InvalidArgument(f"{what}: cannot parse {value!r}; use a number with ms, s, m or h")
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2).lower()]
+
+
+def format_size(n: int) -> str:
+    """The shortest exact binary-unit spelling, for `ps` and docs."""
+    for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= factor and n % factor == 0:
+            return f"{n // factor}{unit}"
+    return f"{n}B"
+
+
+def format_duration(s: float) -> str:
+    for unit, factor in (("h", 3600.0), ("m", 60.0)):
+        if s >= factor and s % factor == 0:
+            return f"{int(s // factor)}{unit}"
+    return f"{s:g}s"

@@ -1,0 +1,320 @@
+"""The local file-system provider: path resolution and symlink-safe file operations.
+
+Threat: an agent plants a symlink (or races one into place) inside a directory it may
+write, pointing at a file it may not touch, then asks the broker -- which runs with the
+operator's authority -- to follow it. Defence in two steps:
+
+1. :meth:`LocalFs.resolve` turns the agent's path into the *real* path (every symlink in
+   the existing prefix resolved); capabilities and policy are checked against that path,
+   so a link is followed only when its target is itself permitted.
+2. Every operation then opens the real path with ``openat2(RESOLVE_NO_SYMLINKS)`` (or a
+   component-by-component ``O_NOFOLLOW`` walk where openat2 is missing), so a symlink
+   swapped in after the check makes the call fail instead of escaping.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import shutil
+import stat as stat_mod
+from dataclasses import dataclass
+from typing import Any, Final
+
+from agentlibos.errors import (
+    Conflict,
+    InvalidArgument,
+    LibOSError,
+    LimitExceeded,
+    PermissionDenied,
+    from_oserror,
+)
+
+MAX_PATH: Final = 4096
+
+# openat2(2): struct open_how { u64 flags; u64 mode; u64 resolve; }
+_SYS_OPENAT2: Final = 437  # same number on x86_64 and aarch64 (generic table)
+_RESOLVE_NO_MAGICLINKS: Final = 0x02
+_RESOLVE_NO_SYMLINKS: Final = 0x04
+_AT_FDCWD: Final = -100
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = (
+        ("flags", ctypes.c_uint64),
+        ("mode", ctypes.c_uint64),
+        ("resolve", ctypes.c_uint64),
+    )
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+# Whether this kernel has openat2 (5.6+); learnt at the first call.
+_openat2_state: dict[str, bool] = {}
+
+
+def _openat2(path: str, flags: int, mode: int) -> int:
+    # openat2 rejects a mode without O_CREAT/O_TMPFILE (EINVAL), unlike open(2).
+    # (O_TMPFILE contains the O_DIRECTORY bit, so test for all of its bits.)
+    if not flags & os.O_CREAT and (flags & os.O_TMPFILE) != os.O_TMPFILE:
+        mode = 0
+    how = _OpenHow(flags | os.O_CLOEXEC, mode, _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS)
+    # syscall(2) is variadic: pass every argument as a full-width long, or the size_t
+    # argument arrives with garbage in its upper half (EINVAL).
+    fd = int(
+        _libc.syscall(
+            ctypes.c_long(_SYS_OPENAT2), ctypes.c_long(_AT_FDCWD),
+            ctypes.c_char_p(os.fsencode(path)), ctypes.byref(how),
+            ctypes.c_size_t(ctypes.sizeof(how)),
+        )
+    )
+    if fd < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e), path)
+    return fd
+
+
+def _walk_open(path: str, flags: int, mode: int) -> int:
+    """Fallback for kernels without openat2: open each component with O_NOFOLLOW."""
+    parts = [p for p in path.split("/") if p]
+    fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for comp in parts[:-1]:
+            nfd = os.open(comp, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                          dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        if not parts:
+            return os.open("/", flags | os.O_CLOEXEC)
+        return os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def safe_open(path: str, flags: int, mode: int = 0o644) -> int:
+    """Open an absolute path, refusing to traverse any symlink (ELOOP if one is there)."""
+    if _openat2_state.get("available", True):
+        try:
+            return _openat2(path, flags, mode)
+        except OSError as e:
+            if e.errno != errno.ENOSYS:
+                raise
+            _openat2_state["available"] = False
+    return _walk_open(path, flags, mode)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    lexical: str  # the agent's path joined to its cwd, '..' collapsed
+    real: str  # with every existing symlink resolved: what the check is made against
+
+    @property
+    def aliases(self) -> tuple[str, ...]:
+        return (self.lexical,) if self.lexical != self.real else ()
+
+
+def _fs_error(e: OSError, what: str, path: str) -> LibOSError:
+    if e.errno == errno.ELOOP:
+        return PermissionDenied(
+            f"{what} {path!r}: a symbolic link appeared in the path after it was checked",
+            path=path,
+        )
+    return from_oserror(e, f"{what} {path!r}")
+
+
+class LocalFs:
+    """File operations on the host, always by real (symlink-free) absolute paths."""
+
+    def __init__(self, *, max_read_bytes: int = 16 << 20) -> None:
+        self.max_read_bytes = max_read_bytes
+
+    @staticmethod
+    def resolve(cwd: str, path: str) -> Resolved:
+        if not path or "\x00" in path or len(path) > MAX_PATH:
+            raise InvalidArgument(f"invalid path {path[:80]!r}: empty, too long or has NUL")
+        lexical = os.path.normpath(os.path.join(cwd, path))
+        if lexical.startswith("//"):
+            lexical = "/" + lexical.lstrip("/")
+        return Resolved(lexical, os.path.realpath(lexical))
+
+    def _parent_fd(self, real: str) -> tuple[int, str]:
+        parent, name = os.path.split(real)
+        if not name:
+            raise InvalidArgument("the root directory cannot be the target of this call")
+        try:
+            return safe_open(parent, os.O_PATH | os.O_DIRECTORY), name
+        except OSError as e:
+            raise _fs_error(e, "cannot open the directory of", real) from None
+
+    def read(self, real: str, max_bytes: int | None) -> bytes:
+        limit = min(max_bytes if max_bytes is not None else self.max_read_bytes,
+                    self.max_read_bytes)
+        try:
+            fd = safe_open(real, os.O_RDONLY)
+        except OSError as e:
+            raise _fs_error(e, "cannot read", real) from None
+        try:
+            st = os.fstat(fd)
+            if stat_mod.S_ISDIR(st.st_mode):
+                raise InvalidArgument(f"cannot read {real!r}: it is a directory")
+            if not stat_mod.S_ISREG(st.st_mode):
+                raise InvalidArgument(f"cannot read {real!r}: not a regular file")
+            if st.st_size > limit:
+                raise LimitExceeded(
+                    f"{real!r} is {st.st_size} bytes; the read limit is {limit}",
+                    size=st.st_size, limit=limit,
+                )
+            chunks = []
+            remaining = limit + 1
+            while remaining > 0:
+                b = os.read(fd, min(remaining, 1 << 20))
+                if not b:
+                    break
+                chunks.append(b)
+                remaining -= len(b)
+            data = b"".join(chunks)
+            if len(data) > limit:
+                raise LimitExceeded(f"{real!r} grew past the read limit of {limit} bytes")
+            return data
+        finally:
+            os.close(fd)
+
+    def write(self, real: str, data: bytes, *, append: bool = False) -> int:
+        """Write a whole file atomically (temp file + rename), or append to it."""
+        dfd, name = self._parent_fd(real)
+        try:
+            if append:
+                try:
+                    fd = os.open(name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                                 | os.O_CLOEXEC, 0o644, dir_fd=dfd)
+                except OSError as e:
+                    raise _fs_error(e, "cannot append to", real) from None
+                try:
+                    os.write(fd, data)
+                finally:
+                    os.close(fd)
+                return len(data)
+            tmp = f".{name}.alos-{os.getpid()}-{os.urandom(4).hex()}"
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, 0o644, dir_fd=dfd)
+            except OSError as e:
+                raise _fs_error(e, "cannot write", real) from None
+            try:
+                view = memoryview(data)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                os.fsync(fd)
+            except OSError as e:
+                os.close(fd)
+                os.unlink(tmp, dir_fd=dfd)
+                raise _fs_error(e, "cannot write", real) from None
+            os.close(fd)
+            try:
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                if stat_mod.S_ISDIR(st.st_mode):
+                    os.unlink(tmp, dir_fd=dfd)
+                    raise InvalidArgument(f"cannot write {real!r}: it is a directory")
+            except FileNotFoundError:
+                pass
+            # rename() replaces a symlink at `name` itself rather than following it.
+            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            return len(data)
+        finally:
+            os.close(dfd)
+
+    def stat(self, real: str) -> dict[str, Any]:
+        dfd, name = (-1, "")
+        try:
+            if real == "/":
+                st = os.stat("/")
+            else:
+                dfd, name = self._parent_fd(real)
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        except OSError as e:
+            raise _fs_error(e, "cannot stat", real) from None
+        finally:
+            if dfd >= 0:
+                os.close(dfd)
+        return _stat_dict(os.path.basename(real) or "/", st)
+
+    def listdir(self, real: str, limit: int) -> list[dict[str, Any]]:
+        try:
+            fd = safe_open(real, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as e:
+            raise _fs_error(e, "cannot list", real) from None
+        out: list[dict[str, Any]] = []
+        try:
+            with os.scandir(fd) as it:
+                for entry in it:
+                    st = entry.stat(follow_symlinks=False)
+                    out.append(_stat_dict(entry.name, st))
+                    if len(out) >= limit:
+                        break
+        finally:
+            os.close(fd)
+        out.sort(key=lambda d: str(d["name"]))
+        return out
+
+    def mkdir(self, real: str, *, parents: bool, exist_ok: bool) -> None:
+        if parents:
+            parent = os.path.dirname(real)
+            if parent != real and not os.path.isdir(parent):
+                self.mkdir(parent, parents=True, exist_ok=True)
+        dfd, name = self._parent_fd(real)
+        try:
+            os.mkdir(name, 0o755, dir_fd=dfd)
+        except FileExistsError:
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            if not (exist_ok and stat_mod.S_ISDIR(st.st_mode)):
+                raise Conflict(f"cannot create directory {real!r}: it exists") from None
+        except OSError as e:
+            raise _fs_error(e, "cannot create directory", real) from None
+        finally:
+            os.close(dfd)
+
+    def walk(self, real: str, *, limit: int) -> list[str]:
+        """Every path below directory ``real`` (not following symlinks), at most ``limit``."""
+        out: list[str] = []
+        if not os.path.isdir(real) or os.path.islink(real):
+            return out
+        for top, dirs, files in os.walk(real, followlinks=False):
+            for n in dirs + files:
+                out.append(os.path.join(top, n))
+                if len(out) > limit:
+                    raise LimitExceeded(f"more than {limit} entries below {real!r}")
+        return out
+
+    def delete(self, real: str, *, recursive: bool) -> None:
+        dfd, name = self._parent_fd(real)
+        try:
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            if stat_mod.S_ISDIR(st.st_mode):
+                if recursive:
+                    # rmtree with dir_fd works on fds and never follows symlinks on Linux.
+                    shutil.rmtree(name, dir_fd=dfd)
+                else:
+                    os.rmdir(name, dir_fd=dfd)
+            else:
+                os.unlink(name, dir_fd=dfd)
+        except OSError as e:
+            if e.errno == errno.ENOTEMPTY:
+                raise Conflict(
+                    f"cannot delete {real!r}: the directory is not empty (pass recursive=True)"
+                ) from None
+            raise _fs_error(e, "cannot delete", real) from None
+        finally:
+            os.close(dfd)
+
+
+def _stat_dict(name: str, st: os.stat_result) -> dict[str, Any]:
+    mode = st.st_mode
+    kind = (
+        "dir" if stat_mod.S_ISDIR(mode)
+        else "file" if stat_mod.S_ISREG(mode)
+        else "symlink" if stat_mod.S_ISLNK(mode)
+        else "other"
+    )
+    return {"name": name, "type": kind, "size": st.st_size, "mtime": st.st_mtime,
+            "mode": stat_mod.S_IMODE(mode)}

@@ -1,0 +1,1 @@
+"""OS isolation for AgentProcesses. ``contain.apply`` runs the layers in order."""

@@ -1,0 +1,190 @@
+"""The Agent SDK: what agent code imports inside the sandbox.
+
+Every method is one broker syscall; nothing here carries authority of its own. A refused
+call raises the typed error from :mod:`agentlibos.errors`.
+
+    from agentlibos.sdk import Context
+
+    def main(ctx: Context, args: dict) -> dict:
+        text = ctx.fs.read_text("notes.txt")
+        ...
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+from typing import Any, NoReturn
+
+from agentlibos.errors import NotFound
+from agentlibos.sdk.client import Client
+
+__all__ = ["Caps", "Context", "Fs", "Jit", "Obj", "Proc", "Tools"]
+
+
+class _Family:
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def _call(self, name: str, args: dict[str, Any] | None = None,
+              blobs: list[bytes] | None = None) -> Any:
+        return self._c.call(name, args, blobs)[0]
+
+
+class Fs(_Family):
+    """Files, by paths relative to the process's libOS cwd (or absolute)."""
+
+    def read_bytes(self, path: str, *, max_bytes: int | None = None) -> bytes:
+        args: dict[str, Any] = {"path": path}
+        if max_bytes is not None:
+            args["max_bytes"] = max_bytes
+        _, blobs = self._c.call("fs.read", args)
+        return blobs[0] if blobs else b""
+
+    def read_text(self, path: str, *, encoding: str = "utf-8",
+                  max_bytes: int | None = None) -> str:
+        return self.read_bytes(path, max_bytes=max_bytes).decode(encoding)
+
+    def write_bytes(self, path: str, data: bytes, *, append: bool = False) -> int:
+        return int(self._call("fs.write", {"path": path, "append": append}, [bytes(data)])["size"])
+
+    def write_text(self, path: str, text: str, *, encoding: str = "utf-8",
+                   append: bool = False) -> int:
+        return self.write_bytes(path, text.encode(encoding), append=append)
+
+    def list(self, path: str = ".") -> list[dict[str, Any]]:
+        return list(self._call("fs.list", {"path": path}))
+
+    def stat(self, path: str) -> dict[str, Any]:
+        return dict(self._call("fs.stat", {"path": path}))
+
+    def exists(self, path: str) -> bool:
+        try:
+            self.stat(path)
+        except NotFound:
+            return False
+        return True
+
+    def mkdir(self, path: str, *, parents: bool = False, exist_ok: bool = False) -> None:
+        self._call("fs.mkdir", {"path": path, "parents": parents, "exist_ok": exist_ok})
+
+    def delete(self, path: str, *, recursive: bool = False) -> None:
+        self._call("fs.delete", {"path": path, "recursive": recursive})
+
+
+class Obj(_Family):
+    """Typed, versioned Object Memory. ``ns="self"`` is the process's own namespace."""
+
+    def put(self, name: str, value: Any, *, type: str = "json", ns: str = "self",
+            expect_version: int | None = None) -> dict[str, Any]:
+        args: dict[str, Any] = {"name": name, "value": value, "type": type, "ns": ns}
+        if expect_version is not None:
+            args["expect_version"] = expect_version
+        return dict(self._call("obj.put", args))
+
+    def get(self, name: str, *, ns: str = "self") -> Any:
+        return self._call("obj.get", {"name": name, "ns": ns})["value"]
+
+    def get_record(self, name: str, *, ns: str = "self") -> dict[str, Any]:
+        """The value with its type, version and times."""
+        return dict(self._call("obj.get", {"name": name, "ns": ns}))
+
+    def stat(self, name: str, *, ns: str = "self") -> dict[str, Any]:
+        return dict(self._call("obj.stat", {"name": name, "ns": ns}))
+
+    def list(self, *, ns: str = "self", prefix: str = "") -> list[dict[str, Any]]:
+        return list(self._call("obj.list", {"ns": ns, "prefix": prefix}))
+
+    def delete(self, name: str, *, ns: str = "self", expect_version: int | None = None) -> None:
+        args: dict[str, Any] = {"name": name, "ns": ns}
+        if expect_version is not None:
+            args["expect_version"] = expect_version
+        self._call("obj.delete", args)
+
+
+class Proc(_Family):
+    """Processes: spawn children, wait for them, stop them, end yourself."""
+
+    def __init__(self, client: Client, pid: int, ppid: int | None) -> None:
+        super().__init__(client)
+        self._pid = pid
+        self._ppid = ppid
+
+    def spawn(self, image: str, *, args: dict[str, Any] | None = None,
+              caps: list[str] | None = None, cwd: str | None = None) -> int:
+        """Start a child; ``caps`` (default: all yours) must lie within your own."""
+        req: dict[str, Any] = {"image": image, "args": args or {}}
+        if caps is not None:
+            req["caps"] = list(caps)
+        if cwd is not None:
+            req["cwd"] = cwd
+        return int(self._call("proc.spawn", req)["pid"])
+
+    def wait(self, pid: int, *, timeout: float | None = None) -> dict[str, Any]:
+        """Block until ``pid`` ends; returns {pid, state, exit_reason, result}."""
+        args: dict[str, Any] = {"pid": pid}
+        if timeout is not None:
+            args["timeout"] = timeout
+        return dict(self._call("proc.wait", args))
+
+    def kill(self, pid: int) -> None:
+        self._call("proc.kill", {"pid": pid})
+
+    def children(self) -> list[dict[str, Any]]:
+        return list(self._call("proc.children"))
+
+    def getpid(self) -> int:
+        return self._pid
+
+    def getppid(self) -> int | None:
+        return self._ppid
+
+    def exit(self, result: Any = None) -> NoReturn:
+        """End this process now with ``result`` (what ``wait`` and ``run`` report)."""
+        self._call("proc.exit", {"status": "returned", "result": result})
+        os._exit(0)
+
+
+class Caps(_Family):
+    def list(self) -> list[str]:
+        return [str(c) for c in self._call("cap.list")]
+
+    def drop(self, cap: str) -> builtins.list[str]:
+        """Give up ``cap`` (or the rights it names); returns what you still hold."""
+        return [str(c) for c in self._call("cap.drop", {"cap": cap})]
+
+
+class Tools(_Family):
+    def call(self, name: str, args: dict[str, Any] | None = None) -> Any:
+        """Call a tool from this image's tool table (builtin or JIT)."""
+        return self._call("tool.call", {"name": name, "args": args or {}})
+
+
+class Jit(_Family):
+    def register(self, name: str, source: str, schema: dict[str, Any] | None = None) -> None:
+        """Register a TypeScript tool at run time (needs ``jit:register:<name>``)."""
+        args: dict[str, Any] = {"name": name, "source": source}
+        if schema is not None:
+            args["schema"] = schema
+        self._call("jit.register", args)
+
+
+class Context:
+    """Everything an agent can do, each a brokered syscall."""
+
+    def __init__(self, client: Client, info: dict[str, Any]) -> None:
+        self.client = client
+        self.pid: int = int(info["pid"])
+        self.ppid: int | None = info.get("ppid")
+        self.image: str = str(info.get("image", ""))
+        self.fs = Fs(client)
+        self.obj = Obj(client)
+        self.proc = Proc(client, self.pid, self.ppid)
+        self.caps = Caps(client)
+        self.tools = Tools(client)
+        self.jit = Jit(client)
+
+    def syscall(self, name: str, args: dict[str, Any] | None = None,
+                blobs: list[bytes] | None = None) -> tuple[Any, list[bytes]]:
+        """A raw syscall, for calls the SDK does not wrap yet."""
+        return self.client.call(name, args, blobs)

@@ -1,0 +1,70 @@
+"""The in-sandbox runtime: connect, fetch the entry point, run it, report the result."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import signal
+import sys
+import traceback
+from types import FrameType
+from typing import Any
+
+from agentlibos.errors import LibOSError
+from agentlibos.sdk import Context
+from agentlibos.sdk.client import Client
+
+MAX_RESULT_BYTES = 1 << 20
+
+
+class Terminated(BaseException):
+    """Raised in the agent on SIGTERM (a kill with a grace period): clean up and leave."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise Terminated("terminated by the supervisor")
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, LibOSError):
+        return f"{type(e).__name__} [{e.code}]: {e.message}"
+    return f"{type(e).__name__}: {e}"
+
+
+def run_agent(endpoint: str, pid: int, token: bytes) -> int:
+    """Run the agent's entry function; return the process exit status."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    client = Client(endpoint, pid, token)
+    status, result, error = "returned", None, None
+    try:
+        info = client.call("proc.start")[0]
+        sys.path.insert(0, info["image_path"])
+        ctx = Context(client, info)
+        module = importlib.import_module(info["entry_module"])
+        entry = getattr(module, info["entry_function"])
+        result = entry(ctx, info.get("args") or {})
+        try:
+            encoded = json.dumps(result)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"the entry function returned a non-JSON value: {e}") from None
+        if len(encoded) > MAX_RESULT_BYTES:
+            raise ValueError(f"the result is {len(encoded)} bytes; the limit is "
+                             f"{MAX_RESULT_BYTES}")
+    except SystemExit as e:
+        if e.code not in (0, None):
+            status, error = "error", f"SystemExit({e.code!r})"
+    except BaseException as e:  # noqa: BLE001 - the agent's failure is reported, not re-raised
+        traceback.print_exc()
+        status, result, error = "error", None, _describe(e)
+    try:
+        args: dict[str, Any] = {"status": status, "result": result}
+        if error is not None:
+            args["error"] = error[:60000]
+        client.call("proc.exit", args, timeout_s=30)
+    except BaseException:  # noqa: BLE001 - nothing more can be reported; exit status says it
+        traceback.print_exc()
+        return 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    return 0 if status == "returned" else 1

@@ -1,0 +1,80 @@
+"""What a freshly forked AgentProcess does before the agent's first line runs.
+
+Runs in the zygote's child, single-threaded. Everything here was decided by the
+supervisor and arrives in ``spec``; the child does no thinking, only applies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import traceback
+from typing import Any, NoReturn
+
+from agentlibos.sandbox import contain
+from agentlibos.sdk.runtime import run_agent
+from agentlibos.supervisor.pdeathsig import set_pdeathsig
+
+# Exit status of a child that could not be contained or started (the reason went down
+# the report pipe first).
+START_FAILED_STATUS = 121
+
+
+def _report(fd: int, msg: dict[str, Any]) -> None:
+    data = json.dumps(msg).encode()
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _redirect_stdio(log_path: str) -> None:
+    null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+    os.dup2(null, 0)
+    os.close(null)
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+
+
+def run_child(spec: dict[str, Any], report_fd: int, *, zygote_pid: int) -> NoReturn:
+    try:
+        # If the zygote (and so the supervisor) dies, so do we: no unsupervised agents.
+        set_pdeathsig(signal.SIGKILL)
+        if os.getppid() != zygote_pid:
+            os._exit(START_FAILED_STATUS)
+        # Our own process group: a kill of the group reaches whatever the agent forks.
+        os.setpgid(0, 0)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        _redirect_stdio(spec["log"])
+        # Close everything inherited except stdio and the report pipe.
+        os.closerange(3, report_fd)
+        os.closerange(report_fd + 1, 1 << 16)
+        contained = contain.apply(spec.get("profile", {}))
+        os.chdir(spec["scratch"])
+        os.environ.clear()
+        os.environ.update(
+            {
+                "PATH": "/usr/local/bin:/usr/bin:/bin",
+                "HOME": spec["scratch"],
+                "TMPDIR": spec["scratch"],
+                "LANG": "C.UTF-8",
+                "PYTHONDONTWRITEBYTECODE": "1",
+            }
+        )
+        _report(report_fd, {"ok": True, "layers": contained.layers,
+                            "missing": contained.missing})
+    except BaseException as e:  # noqa: BLE001 - anything here means "did not start"
+        try:
+            _report(report_fd, {"ok": False, "error": f"{type(e).__name__}: {e}"})
+            traceback.print_exc()
+        finally:
+            os._exit(START_FAILED_STATUS)
+
+    code = run_agent(spec["endpoint"], spec["pid"], bytes.fromhex(spec["token"]))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

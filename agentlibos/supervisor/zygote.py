@@ -1,0 +1,162 @@
+"""The zygote: a preloaded, single-threaded process that forks every AgentProcess.
+
+Started once per supervisor as a fresh interpreter (``python -m
+agentlibos.supervisor.zygote FD SUPERVISOR_PID``), so it never inherits the supervisor's
+ZeroMQ I/O threads or SQLite handles: forking a process that has other threads copies
+locks held by threads that do not exist in the child. It imports everything an agent's
+runtime needs *before* forking (the child pays no import cost) and never creates a
+ZeroMQ context; each child creates its own after its sandbox is in place.
+
+Protocol on the SOCK_SEQPACKET socket ``FD`` (one JSON object per packet):
+
+  supervisor -> zygote  {"op": "spawn", "pid", "spec": {...}} | {"op": "exit"}
+  zygote -> supervisor  {"op": "spawned", "pid", "host_pid"} + [pidfd, report_fd] as
+                        SCM_RIGHTS;  {"op": "spawn-failed", "pid", "error"};
+                        {"op": "exited", "pid", "host_pid", "status"}
+
+The zygote reaps its children (it is their parent) and reports each wait status; the
+supervisor signals them through the pidfds, which cannot hit a recycled pid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import gc
+import json
+import os
+import select
+import signal
+import socket
+import sys
+from typing import Any, Final
+
+# Imported here, at the top, so the zygote has everything a child needs loaded before
+# it forks: children share these pages copy-on-write and pay no import cost.
+from agentlibos.supervisor.child import run_child
+from agentlibos.supervisor.pdeathsig import set_pdeathsig
+
+MAX_PACKET: Final = 1 << 20
+
+
+class Zygote:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.children: dict[int, int] = {}  # host pid -> libOS pid
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def send(self, msg: dict[str, Any], fds: list[int] | None = None) -> None:
+        data = json.dumps(msg).encode()
+        try:
+            if fds:
+                socket.send_fds(self.sock, [data], fds)
+            else:
+                self.sock.send(data)
+        except OSError:
+            # The supervisor is gone; PDEATHSIG will end us. Nothing to report to.
+            pass
+
+    def spawn(self, msg: dict[str, Any]) -> None:
+        pid = int(msg["pid"])
+        report_r, report_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            host_pid = os.fork()
+        except OSError as e:
+            os.close(report_r)
+            os.close(report_w)
+            self.send({"op": "spawn-failed", "pid": pid, "error": f"fork: {e}"})
+            return
+        if host_pid == 0:  # the child: never returns
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            for fd in (report_r, self.wake_r, self.wake_w, self.sock.fileno()):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            run_child(msg["spec"], report_w, zygote_pid=os.getppid())
+        os.close(report_w)
+        self.children[host_pid] = pid
+        try:
+            pidfd = os.pidfd_open(host_pid)
+        except OSError as e:
+            os.kill(host_pid, signal.SIGKILL)
+            os.close(report_r)
+            self.send({"op": "spawn-failed", "pid": pid, "error": f"pidfd_open: {e}"})
+            return
+        self.send({"op": "spawned", "pid": pid, "host_pid": host_pid}, [pidfd, report_r])
+        os.close(pidfd)
+        os.close(report_r)
+
+    def reap(self) -> None:
+        while True:
+            try:
+                host_pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if host_pid == 0:
+                return
+            pid = self.children.pop(host_pid, None)
+            self.send({"op": "exited", "pid": pid, "host_pid": host_pid, "status": status})
+
+    def shutdown(self) -> None:
+        for host_pid in list(self.children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(host_pid, signal.SIGKILL)
+        while self.children:
+            try:
+                host_pid, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+            pid = self.children.pop(host_pid, None)
+            self.send({"op": "exited", "pid": pid, "host_pid": host_pid, "status": status})
+
+    def loop(self) -> None:
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.set_wakeup_fd(self.wake_w)
+        # Python does not restart select() on EINTR with a handler that returns, but
+        # PEP 475 retries it; the wakeup fd is what makes the loop notice SIGCHLD.
+        self.reap()
+        while True:
+            ready, _, _ = select.select([self.sock.fileno(), self.wake_r], [], [])
+            if self.wake_r in ready:
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(self.wake_r, 4096):
+                        pass
+                self.reap()
+            if self.sock.fileno() in ready:
+                try:
+                    data = self.sock.recv(MAX_PACKET)
+                except OSError as e:
+                    if e.errno in (errno.EINTR, errno.EAGAIN):
+                        continue
+                    data = b""
+                if not data:
+                    self.shutdown()
+                    return
+                msg = json.loads(data)
+                if msg.get("op") == "spawn":
+                    self.spawn(msg)
+                elif msg.get("op") == "exit":
+                    self.shutdown()
+                    return
+
+
+def main() -> None:
+    fd, supervisor_pid = int(sys.argv[1]), int(sys.argv[2])
+    set_pdeathsig(signal.SIGKILL)
+    if os.getppid() != supervisor_pid:  # the supervisor died before prctl took effect
+        os._exit(1)
+    # Agents are forked from here; they must not inherit the supervisor's signal setup.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    sock = socket.socket(fileno=fd)
+    zygote = Zygote(sock)
+    # Freeze what the preload allocated: the children then do not touch (and copy) those
+    # pages when their garbage collector runs.
+    gc.collect()
+    gc.freeze()
+    zygote.send({"op": "ready", "pid": os.getpid()})
+    zygote.loop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""The supervisor's side of the zygote: start it, ask it to fork, hear about exits."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agentlibos.errors import Unavailable
+from agentlibos.supervisor.zygote import MAX_PACKET
+
+
+@dataclass
+class ZygoteEvent:
+    op: str  # ready | spawned | spawn-failed | exited
+    msg: dict[str, Any]
+    fds: list[int] = field(default_factory=list)
+
+
+class ZygoteHandle:
+    def __init__(self, log_path: Path, *, ready_timeout_s: float = 30.0) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        for s in (ours, theirs):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self.log = open(log_path, "ab")  # noqa: SIM115 - lives as long as the zygote
+        self.proc = subprocess.Popen(
+            # -c rather than -m: runpy warns when the package has imported the module.
+            [sys.executable, "-c", "from agentlibos.supervisor.zygote import main; main()",
+             str(theirs.fileno()), str(os.getpid())],
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=self.log,
+            close_fds=True,
+        )
+        theirs.close()
+        self.sock = ours
+        self.sock.setblocking(False)
+        self.pid = self.proc.pid
+        deadline = time.monotonic() + ready_timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self.proc.poll() is not None:
+                self.close()
+                raise Unavailable(
+                    f"the zygote did not start (see {log_path}); exit status {self.proc.poll()}"
+                )
+            select.select([self.sock], [], [], min(remaining, 0.5))
+            events = self.receive()
+            if any(e.op == "ready" for e in events):
+                break
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def spawn(self, pid: int, spec: dict[str, Any]) -> None:
+        data = json.dumps({"op": "spawn", "pid": pid, "spec": spec}).encode()
+        if len(data) > MAX_PACKET:
+            raise Unavailable(f"spawn request for pid {pid} is too large")
+        self.sock.setblocking(True)
+        try:
+            self.sock.send(data)
+        except OSError as e:
+            raise Unavailable(f"the zygote is gone: {e}") from None
+        finally:
+            self.sock.setblocking(False)
+
+    def receive(self) -> list[ZygoteEvent]:
+        """Every event waiting on the socket; an ``eof`` event if the zygote died."""
+        out: list[ZygoteEvent] = []
+        while True:
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(self.sock, MAX_PACKET, 4)
+            except BlockingIOError:
+                return out
+            except OSError:
+                data, fds = b"", []
+            if not data:
+                for fd in fds:
+                    os.close(fd)
+                out.append(ZygoteEvent("eof", {}))
+                return out
+            msg = json.loads(data)
+            out.append(ZygoteEvent(str(msg.get("op")), msg, list(fds)))
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self, timeout_s: float = 5.0) -> list[ZygoteEvent]:
+        """Ask the zygote to kill and reap its children, then exit; returns last events."""
+        events: list[ZygoteEvent] = []
+        with contextlib.suppress(OSError):
+            self.sock.setblocking(True)
+            self.sock.send(json.dumps({"op": "exit"}).encode())
+            self.sock.setblocking(False)
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        with contextlib.suppress(OSError):
+            events = [e for e in self.receive() if e.op != "eof"]
+        self.sock.close()
+        self.log.close()
+        return events
