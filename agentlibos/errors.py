@@ -31,6 +31,7 @@ __all__ = [
     "ToolError",
     "Unavailable",
     "UnknownSyscall",
+    "UsageError",
     "from_oserror",
     "from_wire",
     "to_wire",
@@ -96,6 +97,12 @@ class ImageError(InvalidArgument):
     """An AgentImage (its ``image.toml`` or entry point) is malformed. The image author's side."""
 
     code = "EIMAGE"
+
+
+class UsageError(InvalidArgument):
+    """A mistake on the command line (a bad --arg, a missing directory). The user's side."""
+
+    code = "EUSAGE"
 
 
 class PolicyError(InvalidArgument):
@@ -164,6 +171,7 @@ _ALL: Final[tuple[type[LibOSError], ...]] = (
     InvalidArgument,
     UnknownSyscall,
     ImageError,
+    UsageError,
     PolicyError,
     ProtocolError,
     LimitExceeded,

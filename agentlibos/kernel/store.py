@@ -260,6 +260,9 @@ class SQLiteStore:
         self._db.execute("COMMIT")
         self._begun = False
         self._head_dirty = False
+        # Another writer (the CLI's `image add`) may append after us: re-read the head
+        # inside the next write transaction rather than trusting this cache.
+        self._audit_head = None
 
     def _rollback(self) -> None:
         if self._begun:

@@ -258,6 +258,13 @@ class Supervisor:
             self.step(0.5 if deadline is None else min(0.5, deadline - time.monotonic()))
         return True
 
+    def settle(self, timeout_s: float) -> bool:
+        """Step until no process is live, even after a stop request (to record kills)."""
+        deadline = time.monotonic() + timeout_s
+        while self.live and time.monotonic() < deadline:
+            self.step(min(0.5, max(0.0, deadline - time.monotonic())))
+        return not self.live
+
     # ------------------------------------------------------------------------ timers
 
     def _at(self, delay_s: float, fn: Callable[[], None]) -> int:
