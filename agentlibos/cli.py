@@ -8,34 +8,34 @@ and exits non-zero. A traceback here is always a bug.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import fcntl
 import json
 import os
 import re
-import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from types import FrameType
 from typing import Any, Final, NoReturn
 
 from agentlibos import __version__
 from agentlibos.config import Paths
+from agentlibos.demo import run_demo
 from agentlibos.errors import (
     Conflict,
     InvalidArgument,
     LibOSError,
     NotFound,
-    Unavailable,
     UsageError,
 )
-from agentlibos.kernel.image import load_image
-from agentlibos.kernel.policy import Policy, load_policy
+from agentlibos.kernel.policy import load_policy
 from agentlibos.kernel.process import ProcessRecord
+from agentlibos.kernel.registry import register_image
 from agentlibos.kernel.store import SQLiteStore
-from agentlibos.kernel.units import format_duration, format_size
+from agentlibos.launcher import resolve_image_arg, run_image, signals
+from agentlibos.supervisor import Supervisor
+from agentlibos.supervisor.control import control_call, ping
+from agentlibos.ui import format_ps
 
 EXIT_OK: Final = 0
 EXIT_AGENT_FAILED: Final = 1
@@ -94,88 +94,7 @@ def _supervisor_alive(paths: Paths) -> bool:
     return False
 
 
-@contextlib.contextmanager
-def _signals(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
 # ---------------------------------------------------------------------------- run
-
-
-def _resolve_image_arg(ref: str) -> str:
-    """A directory becomes an absolute path (validated now); a name stays a name."""
-    p = Path(ref)
-    if "/" in ref or ref.startswith(".") or p.is_dir():
-        img = load_image(p)  # raises ImageError with the file and the problem
-        return str(img.path)
-    return ref
-
-
-def run_image(
-    paths: Paths,
-    image: str,
-    args: dict[str, Any],
-    *,
-    cwd: str | None = None,
-    policy: Policy | None = None,
-    on_start: Callable[[int], None] | None = None,
-) -> ProcessRecord | dict[str, Any]:
-    """Run an image to completion, on the daemon if one is up, else on an embedded one."""
-    from agentlibos.supervisor import Supervisor
-    from agentlibos.supervisor.control import control_call, ping
-
-    paths.ensure()
-    deadline = time.monotonic() + 10
-    while True:
-        if ping(paths.control_endpoint) is not None:
-            req: dict[str, Any] = {"op": "run", "image": image, "args": args, "cwd": cwd,
-                                   "wait": True}
-            if policy is not None:
-                req["policy_text"], req["policy_source"] = policy.text, policy.source
-            return dict(control_call(paths.control_endpoint, req, timeout_s=None)["record"])
-        sup = Supervisor(paths, mode="embedded")
-        try:
-            sup.start()
-        except Conflict:
-            # Another supervisor holds the lock; it binds its control socket right after
-            # taking the lock, so wait for it to answer.
-            if time.monotonic() > deadline:
-                raise Unavailable(
-                    f"another supervisor holds {paths.lock} but does not answer on "
-                    f"{paths.control_endpoint}"
-                ) from None
-            time.sleep(0.05)
-            continue
-        break
-    interrupted = False
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        nonlocal interrupted
-        interrupted = True
-        sup.request_stop()
-
-    try:
-        with _signals(on_signal):
-            pid = sup.submit_run(image, args, cwd=cwd, policy=policy)
-            if on_start is not None:
-                on_start(pid)
-            # Serve until this tree is done and nobody else (a `run` that found us via
-            # the control socket) still has a live process here.
-            sup.run_until(lambda: not sup.live)
-            if interrupted:
-                for p in list(sup.live):
-                    sup.terminate(p, "killed", "interrupted by the operator")
-                sup.settle(timeout_s=sup.config.kill_grace_s + 5)
-            return sup.store.get_process(pid)
-    finally:
-        sup.stop()
-        if interrupted:
-            raise KeyboardInterrupt
 
 
 def _record_dict(rec: ProcessRecord | dict[str, Any]) -> dict[str, Any]:
@@ -185,7 +104,7 @@ def _record_dict(rec: ProcessRecord | dict[str, Any]) -> dict[str, Any]:
 def cmd_run(ns: argparse.Namespace) -> int:
     paths = _paths(ns)
     args = parse_args_kv(ns.arg or [])
-    image = _resolve_image_arg(ns.image)
+    image = resolve_image_arg(ns.image)
     policy = load_policy(ns.policy) if ns.policy else None
     cwd = None
     if ns.cwd is not None:
@@ -209,8 +128,6 @@ def cmd_run(ns: argparse.Namespace) -> int:
 
 
 def cmd_serve(ns: argparse.Namespace) -> int:
-    from agentlibos.supervisor import Supervisor
-
     paths = _paths(ns)
     sup = Supervisor(paths, mode="daemon")
     sup.start()
@@ -219,7 +136,7 @@ def cmd_serve(ns: argparse.Namespace) -> int:
         sup.request_stop()
 
     try:
-        with _signals(on_signal):
+        with signals(on_signal):
             print(f"agentlibos: supervisor {os.getpid()} serving {paths.home}", flush=True)
             while not sup.stop_requested:
                 sup.step(1.0)
@@ -230,57 +147,6 @@ def cmd_serve(ns: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- ps
-
-
-def _limits_text(limits: dict[str, Any]) -> str:
-    parts = []
-    if limits.get("memory_max_bytes"):
-        parts.append(f"mem={format_size(int(limits['memory_max_bytes']))}")
-    if limits.get("pids_max"):
-        parts.append(f"pids={limits['pids_max']}")
-    if limits.get("cpu_max_cores"):
-        parts.append(f"cpu={limits['cpu_max_cores']:g}")
-    if limits.get("wall_limit_s"):
-        parts.append(f"wall={format_duration(float(limits['wall_limit_s']))}")
-    return ",".join(parts) or "-"
-
-
-def _layers_text(rec: ProcessRecord) -> str:
-    text = ",".join(rec.layers) or "none"
-    if rec.missing_layers:
-        text += " (missing: " + ",".join(rec.missing_layers) + ")"
-    return text
-
-
-def _tree_order(recs: list[ProcessRecord]) -> list[tuple[int, ProcessRecord]]:
-    by_parent: dict[int | None, list[ProcessRecord]] = {}
-    pids = {r.pid for r in recs}
-    for r in recs:
-        parent = r.ppid if r.ppid in pids else None
-        by_parent.setdefault(parent, []).append(r)
-    out: list[tuple[int, ProcessRecord]] = []
-
-    def walk(parent: int | None, depth: int) -> None:
-        for r in by_parent.get(parent, []):
-            out.append((depth, r))
-            walk(r.pid, depth + 1)
-
-    walk(None, 0)
-    return out
-
-
-def format_ps(recs: list[ProcessRecord], *, tree: bool) -> str:
-    rows = [("PID", "PPID", "IMAGE", "STATE", "REASON", "LIMITS", "LAYERS")]
-    ordered = _tree_order(recs) if tree else [(0, r) for r in recs]
-    for depth, r in ordered:
-        image = ("  " * depth + ("└ " if depth else "")) + r.image
-        rows.append((str(r.pid), "-" if r.ppid is None else str(r.ppid), image, r.state,
-                     r.exit_reason or "-", _limits_text(r.limits), _layers_text(r)))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    )
 
 
 def cmd_ps(ns: argparse.Namespace) -> int:
@@ -305,8 +171,6 @@ def cmd_ps(ns: argparse.Namespace) -> int:
 
 
 def cmd_kill(ns: argparse.Namespace) -> int:
-    from agentlibos.supervisor.control import control_call, ping
-
     paths = _paths(ns)
     if ping(paths.control_endpoint) is None:
         store = _readonly_store(paths)
@@ -324,8 +188,6 @@ def cmd_kill(ns: argparse.Namespace) -> int:
 
 
 def cmd_image_add(ns: argparse.Namespace) -> int:
-    from agentlibos.kernel.registry import register_image
-
     paths = _paths(ns)
     paths.ensure()
     store = SQLiteStore(paths.db)
@@ -393,8 +255,6 @@ def cmd_audit(ns: argparse.Namespace) -> int:
 
 
 def cmd_demo(ns: argparse.Namespace) -> int:
-    from agentlibos.demo import run_demo
-
     return run_demo(keep=ns.keep)
 
 

@@ -18,6 +18,8 @@ from typing import Final
 from agentlibos.config import Paths
 from agentlibos.kernel.process import ProcessRecord
 from agentlibos.kernel.store import SQLiteStore
+from agentlibos.launcher import run_image
+from agentlibos.ui import format_ps
 
 IMAGES: Final = Path(__file__).resolve().parent / "images"
 
@@ -30,8 +32,6 @@ INPUT: Final = {
 
 
 def run_demo(*, keep: bool = False) -> int:
-    from agentlibos.cli import format_ps, run_image
-
     home = Path(tempfile.mkdtemp(prefix="agentlibos-demo-"))
     try:
         paths = Paths(home)
