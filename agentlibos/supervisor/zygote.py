@@ -88,12 +88,18 @@ class Zygote:
 
     def reap(self) -> None:
         while True:
+            # Look before reaping (WNOWAIT): while the child is an unreaped zombie its pid
+            # cannot be reused, so killing its process group now cannot hit a stranger.
+            # That ends whatever the agent forked and left behind.
             try:
-                host_pid, status = os.waitpid(-1, os.WNOHANG)
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             except ChildProcessError:
                 return
-            if host_pid == 0:
+            if info is None:
                 return
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(info.si_pid, signal.SIGKILL)
+            host_pid, status = os.waitpid(info.si_pid, 0)
             pid = self.children.pop(host_pid, None)
             self.send({"op": "exited", "pid": pid, "host_pid": host_pid, "status": status})
 

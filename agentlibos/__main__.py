@@ -1,0 +1,3 @@
+from agentlibos.cli import main
+
+main()

@@ -1,0 +1,64 @@
+"""Shared test helpers: image factories and running a process to its end."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from agentlibos.kernel.policy import Policy
+from agentlibos.kernel.process import ProcessRecord
+from agentlibos.supervisor import Supervisor
+
+
+def write_image(
+    root: Path,
+    name: str,
+    code: str,
+    *,
+    caps: list[str] | tuple[str, ...] = (),
+    limits: dict[str, Any] | None = None,
+    tools: dict[str, str] | None = None,
+    files: dict[str, str] | None = None,
+) -> Path:
+    """Create ``root/name`` with an image.toml and ``agent.py`` holding ``code``."""
+    d = root / name
+    d.mkdir(parents=True, exist_ok=True)
+    lines = ["[image]", f'name = "{name}"', 'version = "0.1.0"', 'entry = "agent:main"', ""]
+    if tools:
+        lines.append("[tools]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in tools.items()]
+        lines.append("")
+    lines += ["[capabilities]", f"request = {json.dumps(list(caps))}", ""]
+    if limits:
+        lines.append("[limits]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in limits.items()]
+    (d / "image.toml").write_text("\n".join(lines) + "\n")
+    (d / "agent.py").write_text(textwrap.dedent(code))
+    for rel, text in (files or {}).items():
+        p = d / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(textwrap.dedent(text))
+    return d
+
+
+def run_proc(
+    sup: Supervisor,
+    image: Path | str,
+    args: dict[str, Any] | None = None,
+    *,
+    cwd: str | Path | None = None,
+    policy: Policy | None = None,
+    timeout_s: float = 30.0,
+) -> ProcessRecord:
+    """Run an image as a root process on ``sup`` and return its final record."""
+    pid = sup.submit_run(str(image), args or {}, cwd=None if cwd is None else str(cwd),
+                         policy=policy)
+    assert sup.run_until(lambda: not sup.tree_live(pid), timeout_s), "process tree still live"
+    return sup.store.get_process(pid)
+
+
+def log_of(sup: Supervisor, pid: int) -> str:
+    p = sup.paths.logs / f"{pid}.log"
+    return p.read_text() if p.exists() else ""

@@ -1,0 +1,123 @@
+"""Nothing leaks: processes are reaped, fds closed, files and sockets removed."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+
+from agentlibos.config import Paths, SupervisorConfig
+from agentlibos.supervisor import Supervisor
+from tests.helpers import run_proc
+
+MakeImage = Callable[..., Path]
+
+
+def _fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_runs_leave_no_child_process_fd_or_scratch_dir_behind(
+    sup: Supervisor, make_image: MakeImage
+) -> None:
+    make_image("leaf", """
+        import os, time
+        def main(ctx, args):
+            # A forked helper the agent "forgets": it must not outlive the agent.
+            helper = os.fork()
+            if helper == 0:
+                time.sleep(600)
+                os._exit(0)
+            return helper
+    """)
+    img = make_image("tree", """
+        def main(ctx, args):
+            return [ctx.proc.wait(ctx.proc.spawn("leaf"))["result"] for _ in range(3)]
+    """, caps=["proc:spawn:leaf"])
+    run_proc(sup, img)  # warm up: lazily opened fds (the log, sqlite's WAL) settle
+    before = _fds()
+    rec = run_proc(sup, img)
+    assert rec.exit_reason == "returned", rec.error
+    zygote = psutil.Process(sup.zygote.pid)
+
+    def settled() -> bool:
+        return not zygote.children(recursive=True)
+
+    assert sup.run_until(settled, 10), zygote.children(recursive=True)
+
+    def helpers_gone() -> bool:
+        return all(not psutil.pid_exists(p) or psutil.Process(p).status() == "zombie"
+                   for p in rec.result)
+
+    assert sup.run_until(helpers_gone, 10)
+    assert _fds() == before
+    assert list(sup.paths.scratch.iterdir()) == []
+    assert sup.live == {}
+
+
+def test_stop_removes_sockets_ends_the_zygote_and_releases_the_lock(
+    paths: Paths, make_image: MakeImage
+) -> None:
+    before = _fds()
+    sup = Supervisor(paths)
+    sup.start()
+    zygote_pid = sup.zygote.pid
+    assert (paths.run / "broker.sock").exists() and (paths.run / "control.sock").exists()
+    run_proc(sup, make_image("one", "def main(ctx, args):\n    return 1\n"))
+    sup.stop()
+    assert not (paths.run / "broker.sock").exists()
+    assert not (paths.run / "control.sock").exists()
+    assert not psutil.pid_exists(zygote_pid) or psutil.Process(zygote_pid).status() == "zombie"
+    assert _fds() == before
+    again = Supervisor(paths)  # the lock was released
+    again.start()
+    again.stop()
+
+
+def test_sigterm_is_escalated_to_sigkill_after_the_grace_period(
+    paths: Paths, make_image: MakeImage
+) -> None:
+    img = make_image("stubborn", """
+        import signal, time
+        def main(ctx, args):
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            ctx.obj.put("ready", True)
+            time.sleep(600)
+    """)
+    with Supervisor(paths, SupervisorConfig(kill_grace_s=0.3)) as sup:
+        pid = sup.submit_run(str(img), {})
+
+        def ready() -> bool:
+            try:
+                sup.store.get_object(f"proc/{pid}", "ready")
+            except Exception:  # noqa: BLE001 - not there yet
+                return False
+            return True
+
+        assert sup.run_until(ready, 10)
+        sup.terminate(pid, "killed", "test")
+        assert sup.run_until(lambda: pid not in sup.live, 10)
+        rec = sup.store.get_process(pid)
+        assert (rec.state, rec.exit_reason) == ("killed", "killed")
+        exits = [a for a in sup.store.audit_records(pid=pid) if a.call == "proc.exit"]
+        assert exits[-1].detail["status"] is not None
+        assert os.WIFSIGNALED(exits[-1].detail["status"])
+        assert os.WTERMSIG(exits[-1].detail["status"]) == signal.SIGKILL
+
+
+def test_a_dead_zygote_fails_its_processes_and_is_replaced(
+    sup: Supervisor, make_image: MakeImage
+) -> None:
+    slow = make_image("slow", "import time\ndef main(ctx, args):\n    time.sleep(600)\n")
+    pid = sup.submit_run(str(slow), {})
+    assert sup.run_until(lambda: sup.store.get_process(pid).state == "running", 10)
+    old = sup.zygote.pid
+    os.kill(old, signal.SIGKILL)
+    assert sup.run_until(lambda: pid not in sup.live, 10)
+    rec = sup.store.get_process(pid)
+    assert rec.state == "failed" and rec.exit_reason == "crashed"
+    assert sup.zygote.pid != old
+    assert run_proc(sup, make_image("after", "def main(ctx, args):\n    return 7\n")).result == 7

@@ -1,0 +1,469 @@
+"""The runtime end to end, with real agent processes behind the real broker."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from agentlibos.kernel.policy import parse_policy
+from agentlibos.supervisor import Supervisor
+from tests.helpers import log_of, run_proc
+
+MakeImage = Callable[..., Path]
+
+
+def test_fs_calls_resolve_against_a_fresh_work_directory_by_default(
+    sup: Supervisor, make_image: MakeImage
+) -> None:
+    img = make_image("files", """
+        def main(ctx, args):
+            ctx.fs.mkdir("out/deep", parents=True)
+            ctx.fs.write_text("out/deep/a.txt", "alpha")
+            ctx.fs.write_bytes("out/b.bin", bytes(range(256)))
+            ctx.fs.write_text("out/deep/a.txt", "+more", append=True)
+            listing = [(e["name"], e["type"]) for e in ctx.fs.list("out")]
+            st = ctx.fs.stat("out/b.bin")
+            data = ctx.fs.read_bytes("out/b.bin")
+            ctx.fs.delete("out/b.bin")
+            return {"text": ctx.fs.read_text("out/deep/a.txt"), "listing": listing,
+                    "size": st["size"], "bytes_ok": data == bytes(range(256)),
+                    "exists_after_delete": ctx.fs.exists("out/b.bin")}
+    """, caps=["fs:rw:./**", "fs:delete:./**"])
+    rec = run_proc(sup, img)
+    assert rec.exit_reason == "returned", rec.error
+    assert rec.result == {"text": "alpha+more", "listing": [["b.bin", "file"], ["deep", "dir"]],
+                          "size": 256, "bytes_ok": True, "exists_after_delete": False}
+    assert rec.cwd == str(sup.paths.work / str(rec.pid))
+    assert (Path(rec.cwd) / "out/deep/a.txt").read_text() == "alpha+more"
+
+
+def test_a_refused_call_raises_a_typed_error_naming_request_and_capability(
+    sup: Supervisor, make_image: MakeImage, tmp_path: Path
+) -> None:
+    (tmp_path / "proj").mkdir()
+    img = make_image("reader", """
+        from agentlibos.errors import PermissionDenied
+        def main(ctx, args):
+            try:
+                ctx.fs.write_text("x.txt", "no")
+            except PermissionDenied as e:
+                return {"type": type(e).__name__, "code": e.code, "message": e.message}
+            return {"type": None}
+    """, caps=["fs:read:./**"])
+    rec = run_proc(sup, img, cwd=tmp_path / "proj")
+    assert rec.result["type"] == "PermissionDenied"
+    assert rec.result["code"] == "EPERM"
+    msg = rec.result["message"]
+    assert f"fs:write:{tmp_path}/proj/x.txt" in msg
+    assert "fs:write:..." in msg and "does not hold" in msg
+    assert not (tmp_path / "proj/x.txt").exists()
+    denials = [a for a in sup.store.audit_records(pid=rec.pid) if a.verdict == "deny"]
+    assert [a.call for a in denials] == ["fs.write"]
+
+
+def test_an_uncaught_refusal_fails_the_process_with_the_typed_error(
+    sup: Supervisor, make_image: MakeImage
+) -> None:
+    img = make_image("careless", """
+        def main(ctx, args):
+            ctx.fs.read_text("/etc/hostname")
+    """, caps=["fs:read:./**"])
+    rec = run_proc(sup, img)
+    assert (rec.state, rec.exit_reason) == ("failed", "error")
+    assert rec.error is not None and rec.error.startswith("PermissionDenied [EPERM]")
+    assert "Traceback" in log_of(sup, rec.pid)
+
+
+def test_object_memory_is_typed_versioned_and_private_by_default(
+    sup: Supervisor, make_image: MakeImage
+) -> None:
+    img = make_image("objs", """
+        from agentlibos.errors import Conflict, InvalidArgument, PermissionDenied
+        def main(ctx, args):
+            out = {}
+            out["v1"] = ctx.obj.put("plan", {"steps": [1]}, type="Plan")["version"]
+            out["v2"] = ctx.obj.put("plan", {"steps": [1, 2]}, type="Plan", expect_version=1)["version"]
+            try:
+                ctx.obj.put("plan", {}, type="Plan", expect_version=1)
+            except Conflict as e:
+                out["stale"] = e.code
+            try:
+                ctx.obj.put("plan", "text", type="Note")
+            except Conflict as e:
+                out["retype"] = e.code
+            try:
+                ctx.obj.put("n", "seven", type="int")
+            except InvalidArgument as e:
+                out["badint"] = e.code
+            out["get"] = ctx.obj.get("plan")
+            out["stat"] = {k: ctx.obj.stat("plan")[k] for k in ("type", "version")}
+            out["names"] = [o["name"] for o in ctx.obj.list()]
+            try:
+                ctx.obj.put("x", 1, ns="shared/other")
+            except PermissionDenied as e:
+                out["other_ns"] = e.code
+            ctx.obj.put("r", 1, type="int", ns="shared/mine")
+            ctx.obj.delete("plan", expect_version=2)
+            out["after_delete"] = [o["name"] for o in ctx.obj.list()]
+            return out
+    """, caps=["obj:rw:shared/mine"])
+    rec = run_proc(sup, img)
+    assert rec.exit_reason == "returned", rec.error
+    assert rec.result == {
+        "v1": 1, "v2": 2, "stale": "ECONFLICT", "retype": "ECONFLICT", "badint": "EINVAL",
+        "get": {"steps": [1, 2]}, "stat": {"type": "Plan", "version": 2}, "names": ["plan"],
+        "other_ns": "EPERM", "after_delete": [],
+    }
+    # Durable in the store, under the process's own namespace.
+    assert sup.store.get_object("shared/mine", "r").value == 1
+
+
+def test_spawn_attenuates_and_a_child_cannot_be_handed_more_than_the_parent_holds(
+    sup: Supervisor, make_image: MakeImage, tmp_path: Path
+) -> None:
+    proj = tmp_path / "proj"
+    (proj / "src").mkdir(parents=True)
+    (proj / "src/a.txt").write_text("source")
+    (proj / "secret.txt").write_text("secret")
+    make_image("child", """
+        from agentlibos.errors import PermissionDenied
+        def main(ctx, args):
+            out = {"caps": ctx.caps.list(), "src": ctx.fs.read_text("src/a.txt")}
+            try:
+                ctx.fs.read_text("secret.txt")
+            except PermissionDenied as e:
+                out["secret"] = e.code
+            return out
+    """, caps=["fs:rw:./**"])
+    parent = make_image("parent", """
+        from agentlibos.errors import PermissionDenied
+        def main(ctx, args):
+            out = {}
+            try:
+                ctx.proc.spawn("child", caps=["fs:rw:/**"])
+            except PermissionDenied as e:
+                out["too_much"] = e.message
+            kid = ctx.proc.spawn("child", caps=["fs:read:./src/**"])
+            out["child"] = ctx.proc.wait(kid)
+            return out
+    """, caps=["fs:read:./**", "proc:spawn:child"])
+    rec = run_proc(sup, parent, cwd=proj)
+    assert rec.exit_reason == "returned", rec.error
+    assert "cannot hand on 'fs:rw:/**'" in rec.result["too_much"]
+    child = rec.result["child"]
+    assert child["state"] == "exited" and child["exit_reason"] == "returned"
+    # The relative capability was resolved against the *parent's* cwd at grant time,
+    # and the child's request (fs:rw) was intersected down to the grant (read only).
+    assert child["result"]["caps"] == [f"fs:read:{proj}/src/**"]
+    assert child["result"]["src"] == "source"
+    assert child["result"]["secret"] == "EPERM"
+
+
+def test_caps_drop_gives_up_authority_for_good(
+    sup: Supervisor, make_image: MakeImage
+) -> None:
+    img = make_image("dropper", """
+        from agentlibos.errors import PermissionDenied, InvalidArgument
+        def main(ctx, args):
+            ctx.fs.write_text("a.txt", "1")
+            held = ctx.caps.drop("fs:write:./**")
+            out = {"held": held}
+            try:
+                ctx.fs.write_text("a.txt", "2")
+            except PermissionDenied as e:
+                out["write"] = e.code
+            out["read"] = ctx.fs.read_text("a.txt")
+            try:
+                ctx.caps.drop("fs:read:./sub/**")
+            except InvalidArgument as e:
+                out["partial"] = e.code
+            return out
+    """, caps=["fs:rw:./**"])
+    rec = run_proc(sup, img)
+    assert rec.exit_reason == "returned", rec.error
+    assert rec.result["held"] == [f"fs:read:{rec.cwd}/**"]
+    assert rec.result["write"] == "EPERM"
+    assert rec.result["read"] == "1"
+    assert rec.result["partial"] == "EINVAL"
+    assert sup.store.get_caps(rec.pid) == [f"fs:read:{rec.cwd}/**"]
+
+
+def test_policy_ask_without_a_human_channel_is_refused_with_that_reason(
+    sup: Supervisor, make_image: MakeImage
+) -> None:
+    policy = parse_policy('ask = ["fs:write:**"]\nallow = ["fs:*:**"]\n', "test-policy")
+    img = make_image("asker", """
+        from agentlibos.errors import PermissionDenied
+        def main(ctx, args):
+            try:
+                ctx.fs.write_text("a.txt", "1")
+            except PermissionDenied as e:
+                return e.message
+    """, caps=["fs:rw:./**"])
+    rec = run_proc(sup, img, policy=policy)
+    assert "needs a human's approval" in rec.result
+    assert "no human channel is available" in rec.result
+    asks = [a for a in sup.store.audit_records(pid=rec.pid) if a.verdict == "ask"]
+    assert len(asks) == 1 and "refused" in asks[0].detail["outcome"]
+
+
+def test_policy_deny_wins_over_a_held_capability(
+    sup: Supervisor, make_image: MakeImage
+) -> None:
+    policy = parse_policy('deny = ["fs:*:**/.env"]\nallow = ["fs:*:**"]\n', "p")
+    img = make_image("envreader", """
+        from agentlibos.errors import PermissionDenied
+        def main(ctx, args):
+            ctx.fs.write_text("ok.txt", "fine")
+            try:
+                ctx.fs.write_text(".env", "KEY=1")
+            except PermissionDenied as e:
+                return e.message
+    """, caps=["fs:rw:./**"])
+    rec = run_proc(sup, img, policy=policy)
+    assert "denied by policy rule 'fs:*:**/.env'" in rec.result
+
+
+def test_wait_returns_the_child_record_and_children_lists_them(
+    sup: Supervisor, make_image: MakeImage
+) -> None:
+    make_image("kid", """
+        def main(ctx, args):
+            return args["n"] * 2
+    """)
+    img = make_image("kids", """
+        def main(ctx, args):
+            pids = [ctx.proc.spawn("kid", args={"n": i}) for i in range(3)]
+            results = [ctx.proc.wait(p)["result"] for p in pids]
+            return {"results": results,
+                    "children": [(c["pid"], c["image"], c["state"]) for c in ctx.proc.children()],
+                    "pids": pids}
+    """, caps=["proc:spawn:kid"])
+    rec = run_proc(sup, img)
+    assert rec.exit_reason == "returned", rec.error
+    assert rec.result["results"] == [0, 2, 4]
+    assert rec.result["children"] == [[p, "kid", "exited"] for p in rec.result["pids"]]
+    for p in rec.result["pids"]:
+        child = sup.store.get_process(p)
+        assert child.ppid == rec.pid and child.root_pid == rec.pid
+
+
+def test_kill_stops_a_child_and_its_descendants(
+    sup: Supervisor, make_image: MakeImage
+) -> None:
+    make_image("sleeper", """
+        import time
+        def main(ctx, args):
+            if args.get("depth", 0) < 1:
+                ctx.proc.spawn("sleeper", args={"depth": 1})
+                ctx.obj.put("grandchild", True, ns="shared/sync")
+            time.sleep(600)
+    """, caps=["proc:spawn:sleeper", "obj:rw:shared/sync"])
+    img = make_image("killer", """
+        from agentlibos.errors import NotFound
+        def main(ctx, args):
+            kid = ctx.proc.spawn("sleeper")
+            while True:
+                try:
+                    ctx.obj.get("grandchild", ns="shared/sync")
+                    break
+                except NotFound:
+                    pass
+            ctx.proc.kill(kid)
+            return ctx.proc.wait(kid)
+    """, caps=["proc:spawn:sleeper", "obj:rw:shared/sync"])
+    rec = run_proc(sup, img)
+    assert rec.exit_reason == "returned", rec.error
+    assert rec.result["state"] == "killed" and rec.result["exit_reason"] == "killed"
+    procs = sup.store.list_processes()
+    assert [p.state for p in procs] == ["exited", "killed", "killed"]
+    assert procs[2].ppid == procs[1].pid
+
+
+def test_a_process_ending_stops_its_live_children(
+    sup: Supervisor, make_image: MakeImage
+) -> None:
+    make_image("forever", """
+        import time
+        def main(ctx, args):
+            time.sleep(600)
+    """)
+    img = make_image("leaver", """
+        def main(ctx, args):
+            return ctx.proc.spawn("forever")
+    """, caps=["proc:spawn:forever"])
+    rec = run_proc(sup, img)
+    child = sup.store.get_process(rec.result)
+    assert (child.state, child.exit_reason) == ("killed", "killed")
+    assert child.error == f"its parent {rec.pid} ended"
+
+
+def test_wall_clock_limit_kills_with_reason_wall(
+    sup: Supervisor, make_image: MakeImage
+) -> None:
+    img = make_image("spinner", """
+        def main(ctx, args):
+            while True:
+                pass
+    """, limits={"wall": "300ms"})
+    rec = run_proc(sup, img)
+    assert (rec.state, rec.exit_reason) == ("killed", "wall")
+    assert rec.ended_at is not None and rec.started_at is not None
+    assert rec.ended_at - rec.started_at < sup.config.kill_grace_s + 5
+
+
+@pytest.mark.parametrize(
+    ("code", "needle"),
+    [
+        ("import os\n    os._exit(3)", "exited with status 3"),
+        ("import os, signal\n    os.kill(os.getpid(), signal.SIGSEGV)", "SIGSEGV"),
+    ],
+)
+def test_a_crash_is_reported_as_crashed_with_its_cause(
+    sup: Supervisor, make_image: MakeImage, code: str, needle: str
+) -> None:
+    img = make_image("crasher", f"def main(ctx, args):\n    {code}\n")
+    rec = run_proc(sup, img)
+    assert (rec.state, rec.exit_reason) == ("failed", "crashed")
+    assert rec.error is not None and needle in rec.error
+
+
+def test_an_exception_in_the_entry_function_is_reason_error(
+    sup: Supervisor, make_image: MakeImage
+) -> None:
+    img = make_image("raiser", """
+        def main(ctx, args):
+            raise ValueError("bad input 42")
+    """)
+    rec = run_proc(sup, img)
+    assert (rec.state, rec.exit_reason, rec.error) == ("failed", "error",
+                                                       "ValueError: bad input 42")
+
+
+def test_a_non_json_result_is_an_error_not_a_crash(
+    sup: Supervisor, make_image: MakeImage
+) -> None:
+    img = make_image("setter", """
+        def main(ctx, args):
+            return {1, 2}
+    """)
+    rec = run_proc(sup, img)
+    assert rec.exit_reason == "error"
+    assert rec.error is not None and "non-JSON" in rec.error
+
+
+def test_exit_ends_the_process_with_a_result(sup: Supervisor, make_image: MakeImage) -> None:
+    img = make_image("exiter", """
+        def main(ctx, args):
+            ctx.proc.exit({"early": True})
+            raise AssertionError("not reached")
+    """)
+    rec = run_proc(sup, img)
+    assert (rec.exit_reason, rec.result) == ("returned", {"early": True})
+
+
+def test_wait_with_a_timeout_raises_timeout(sup: Supervisor, make_image: MakeImage) -> None:
+    make_image("slow", """
+        import time
+        def main(ctx, args):
+            time.sleep(600)
+    """)
+    img = make_image("impatient", """
+        from agentlibos.errors import Timeout
+        def main(ctx, args):
+            kid = ctx.proc.spawn("slow")
+            try:
+                ctx.proc.wait(kid, timeout=0.2)
+            except Timeout as e:
+                return e.code
+    """, caps=["proc:spawn:slow"])
+    rec = run_proc(sup, img)
+    assert rec.result == "ETIMEDOUT"
+
+
+def test_processes_of_another_tree_are_invisible(
+    sup: Supervisor, make_image: MakeImage
+) -> None:
+    first = run_proc(sup, make_image("first", "def main(ctx, args):\n    return 1\n"))
+    img = make_image("prober", """
+        from agentlibos.errors import NoSuchProcess
+        def main(ctx, args):
+            out = []
+            for call in (ctx.proc.wait, ctx.proc.kill):
+                try:
+                    call(args["other"])
+                except NoSuchProcess as e:
+                    out.append(e.code)
+            return out
+    """, caps=["proc:wait:*", "proc:signal:*"])
+    rec = run_proc(sup, img, {"other": first.pid})
+    assert rec.result == ["ESRCH", "ESRCH"]
+
+
+def test_builtin_tools_act_with_the_callers_authority_and_are_audited(
+    sup: Supervisor, make_image: MakeImage
+) -> None:
+    img = make_image("tooluser", """
+        from agentlibos.errors import NotFound, PermissionDenied
+        def main(ctx, args):
+            out = {}
+            ctx.fs.write_text("a.txt", "x")
+            out["listing"] = [e["name"] for e in ctx.tools.call("ls", {"path": "."})]
+            try:
+                ctx.tools.call("ls", {"path": "/etc"})
+            except PermissionDenied as e:
+                out["etc"] = e.code
+            try:
+                ctx.tools.call("nope", {})
+            except NotFound as e:
+                out["unknown"] = e.code
+            return out
+    """, caps=["fs:rw:./**"], tools={"ls": "builtin:fs.list"})
+    rec = run_proc(sup, img)
+    assert rec.result == {"listing": ["a.txt"], "etc": "EPERM", "unknown": "ENOENT"}
+    tool_records = [a for a in sup.store.audit_records(pid=rec.pid)
+                    if a.detail.get("tool") == "ls"]
+    assert [a.verdict for a in tool_records] == ["allow", "deny"]
+
+
+def test_many_processes_are_served_concurrently(
+    sup: Supervisor, make_image: MakeImage
+) -> None:
+    # Each child blocks in proc.wait on a sibling that is itself waiting: the broker must
+    # keep answering the others while replies are pending.
+    make_image("worker", """
+        def main(ctx, args):
+            total = 0
+            for i in range(50):
+                ctx.obj.put(f"k{i}", i, type="int")
+                total += ctx.obj.get(f"k{i}")
+            return total
+    """)
+    img = make_image("fanout", """
+        def main(ctx, args):
+            pids = [ctx.proc.spawn("worker") for _ in range(12)]
+            return [ctx.proc.wait(p)["result"] for p in pids]
+    """, caps=["proc:spawn:worker"])
+    rec = run_proc(sup, img, timeout_s=60)
+    assert rec.result == [sum(range(50))] * 12
+
+
+def test_state_transitions_are_recorded(sup: Supervisor, make_image: MakeImage) -> None:
+    make_image("napper", """
+        import time
+        def main(ctx, args):
+            time.sleep(0.5)
+    """)
+    img = make_image("waiter", """
+        def main(ctx, args):
+            return ctx.proc.wait(ctx.proc.spawn("napper"))["state"]
+    """, caps=["proc:spawn:napper"])
+    pid = sup.submit_run(str(img), {})
+    assert sup.store.get_process(pid).state == "created"
+    assert sup.run_until(lambda: sup.store.get_process(pid).state == "waiting", 10)
+    assert sup.run_until(lambda: not sup.tree_live(pid), 10)
+    rec = sup.store.get_process(pid)
+    assert rec.state == "exited" and rec.result == "exited"
+    assert rec.created_at <= (rec.started_at or 0) <= (rec.ready_at or 0) <= (rec.ended_at or 0)
