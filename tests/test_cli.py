@@ -246,7 +246,7 @@ def test_daemon_serves_runs_and_kill_from_the_cli(
         assert [(r["image"], r["state"]) for r in live] == [("sleeper", "running")]
         k = cli(home, "kill", str(live[0]["pid"]))
         assert k.returncode == 0, k.stderr
-        out, err = blocked.communicate(timeout=30)
+        out, _ = blocked.communicate(timeout=30)
         assert blocked.returncode == 1
         assert json.loads(out)["exit_reason"] == "killed"
     finally:

@@ -84,7 +84,8 @@ def test_object_memory_is_typed_versioned_and_private_by_default(
         def main(ctx, args):
             out = {}
             out["v1"] = ctx.obj.put("plan", {"steps": [1]}, type="Plan")["version"]
-            out["v2"] = ctx.obj.put("plan", {"steps": [1, 2]}, type="Plan", expect_version=1)["version"]
+            out["v2"] = ctx.obj.put("plan", {"steps": [1, 2]}, type="Plan",
+                                    expect_version=1)["version"]
             try:
                 ctx.obj.put("plan", {}, type="Plan", expect_version=1)
             except Conflict as e:
@@ -126,7 +127,7 @@ def test_spawn_attenuates_and_a_child_cannot_be_handed_more_than_the_parent_hold
     proj = tmp_path / "proj"
     (proj / "src").mkdir(parents=True)
     (proj / "src/a.txt").write_text("source")
-    (proj / "secret.txt").write_text("secret")
+    (proj / "secret.txt").write_text("top secret")
     make_image("child", """
         from agentlibos.errors import PermissionDenied
         def main(ctx, args):

@@ -86,10 +86,11 @@ def verify_chain(
     for seq, ts, pid, call, request, verdict, detail_json, prev, h in rows:
         count += 1
         if seq != expected_seq:
+            # The first bad record is the first one missing from its place.
             return VerifyResult(
                 False,
                 count,
-                seq,
+                expected_seq,
                 f"record {seq} follows record {expected_seq - 1}: "
                 f"record(s) {expected_seq}..{seq - 1} are missing or reordered",
             )

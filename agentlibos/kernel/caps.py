@@ -11,6 +11,7 @@ Glob semantics
   granter's cwd) and is made absolute by :meth:`CapPattern.resolved` at grant time;
   ``*``, ``**`` and patterns starting with ``**/`` mean "anywhere" and stay as they are.
 * every other kind: ``*`` and ``**`` match any string, ``?`` one character.
+* a policy pattern of kind ``*`` takes the semantics of the request's kind.
 
 Containment (:func:`covers`) is decided token by token and is *sound but conservative*:
 when it says a pattern lies within another, every string the first matches is matched
@@ -46,6 +47,9 @@ KIND_RIGHTS: Final[dict[str, frozenset[str]]] = {
 KINDS: Final[frozenset[str]] = frozenset(KIND_RIGHTS)
 _ALIASES: Final[dict[str, frozenset[str]]] = {"rw": frozenset({"read", "write"})}
 MAX_CAP_LEN: Final[int] = 4096
+_MAX_DOUBLE_STARS: Final[int] = 4
+# Kinds whose resource may be left out (``human:ask``); it then means ``*``.
+_RESOURCE_OPTIONAL: Final[frozenset[str]] = frozenset({"human", "clock"})
 
 
 # --------------------------------------------------------------------------- globs
@@ -184,7 +188,11 @@ class Glob:
 
     def covers(self, other: Glob) -> bool:
         """True when every string ``other`` matches, ``self`` matches too (conservative)."""
-        if self.pattern == other.pattern:
+        if self.paths and not other.paths:
+            # A flat '?' or '*' may match '/', which no path token absorbs: say no.
+            return False
+        if self.pattern == other.pattern and self.paths == other.paths:
+            # Only with equal semantics: flat "/**/a" does not match "/a"; path "/**/a" does.
             return True
         return all(
             any(_covers_plain(p, c, self.paths) for p in self._alts) for c in other._alts
@@ -215,6 +223,10 @@ class CapPattern:
 
     @property
     def relative(self) -> bool:
+        if self.kind == "*":
+            # A "*"-kind policy pattern is relative only when it says so explicitly:
+            # "shared/x" may be an object namespace, "./x" can only be a path.
+            return self.resource.startswith(("./", "../")) or self.resource in (".", "..")
         return self.kind == "fs" and not self.resource.startswith("/") and not _is_anywhere(
             self.resource
         )
@@ -233,8 +245,15 @@ class CapPattern:
         return (
             self.kind in ("*", kind)
             and right in self.rights
-            and self.glob.match(resource)
+            and self._glob_for(kind).match(resource)
         )
+
+    def _glob_for(self, kind: str) -> Glob:
+        """The glob with the semantics of ``kind``: a ``*``-kind policy pattern applied to
+        an ``fs`` request is a path glob (so ``*:*:/secret/**`` denies ``/secret`` too)."""
+        if self.kind == "*":
+            return _compile_glob(self.resource, kind == "fs")
+        return self.glob
 
     def covers(self, other: CapPattern) -> bool:
         """Is ``other`` within ``self`` (same kind, fewer rights, narrower resource)?"""
@@ -242,7 +261,7 @@ class CapPattern:
             return False
         if not other.rights <= self.rights:
             return False
-        return self.glob.covers(other.glob)
+        return self._glob_for(other.kind).covers(other.glob)
 
     def narrowed(self, rights: frozenset[str]) -> CapPattern:
         return _make(self.kind, rights, self.resource)
@@ -276,6 +295,9 @@ def parse_cap(text: object, *, allow_wildcard_kind: bool = False) -> CapPattern:
     if len(text) > MAX_CAP_LEN:
         raise PolicyError(f"capability longer than {MAX_CAP_LEN} characters")
     parts = text.split(":", 2)
+    if len(parts) == 2 and parts[0] in _RESOURCE_OPTIONAL and parts[1]:
+        # DESIGN.md's example image requests "human:ask": for these kinds, any topic.
+        parts.append("*")
     if len(parts) != 3 or not all(parts):
         raise PolicyError(f"capability {text!r} is not of the form KIND:RIGHTS:RESOURCE")
     kind, rights_text, resource = parts
@@ -305,8 +327,15 @@ def parse_cap(text: object, *, allow_wildcard_kind: bool = False) -> CapPattern:
             )
     if "\x00" in resource:
         raise PolicyError(f"capability {text!r}: NUL byte in resource")
-    if kind == "obj" and resource.startswith("self") and resource not in ("self",):
-        raise PolicyError(f"capability {text!r}: 'self' must stand alone")
+    if kind == "obj" and resource.startswith("self/"):
+        raise PolicyError(f"capability {text!r}: 'self' is a whole namespace; it has no parts")
+    if kind in ("fs", "*") and resource.count("/**") > _MAX_DOUBLE_STARS:
+        # Each "/**" doubles the alternatives a path glob expands to; past this many the
+        # matcher would have to give up exactness, which for a deny rule means denying
+        # less than written.
+        raise PolicyError(
+            f"capability {text!r}: more than {_MAX_DOUBLE_STARS} '/**' segments"
+        )
     return _make(kind, frozenset(rights), resource)
 
 

@@ -10,15 +10,16 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
 from agentlibos.errors import ImageError, InvalidArgument, PolicyError
 from agentlibos.kernel.caps import CapPattern, parse_cap
 from agentlibos.kernel.units import parse_duration, parse_size
 
-NAME_RE: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-TOOL_NAME_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
-_IDENT_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+# \Z, not $: "$" also matches before a trailing newline, so "x\n" would pass.
+NAME_RE: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}\Z")
+TOOL_NAME_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}\Z")
+_IDENT_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 MAX_IMAGE_TOML_BYTES: Final = 256 * 1024
 
 # Builtin tools and the syscall each wraps. The LLM-facing schemas live with the
@@ -215,13 +216,15 @@ def load_image(directory: str | Path) -> AgentImage:
     _check_keys(lim, {"memory", "pids", "cpu", "wall"}, "limits", where)
     try:
         limits = Limits(
-            memory_max_bytes=(
-                parse_size(lim["memory"], what="[limits] memory") if "memory" in lim else None
+            memory_max_bytes=_positive(
+                parse_size(lim["memory"], what="[limits] memory") if "memory" in lim else None,
+                "[limits] memory",
             ),
             pids_max=_positive_int(lim.get("pids"), "[limits] pids"),
             cpu_max_cores=_positive_float(lim.get("cpu"), "[limits] cpu"),
-            wall_limit_s=(
-                parse_duration(lim["wall"], what="[limits] wall") if "wall" in lim else None
+            wall_limit_s=_positive(
+                parse_duration(lim["wall"], what="[limits] wall") if "wall" in lim else None,
+                "[limits] wall",
             ),
         )
     except InvalidArgument as e:
@@ -238,6 +241,16 @@ def load_image(directory: str | Path) -> AgentImage:
         requested=tuple(requested),
         limits=limits,
     )
+
+
+_N = TypeVar("_N", int, float)
+
+
+def _positive(v: _N | None, what: str) -> _N | None:
+    """A zero limit would kill the process at once: refuse it rather than run it."""
+    if v is not None and v <= 0:
+        raise InvalidArgument(f"{what} must be greater than zero")
+    return v
 
 
 def _positive_int(v: object, what: str) -> int | None:

@@ -251,8 +251,10 @@ class SQLiteStore:
     def _commit(self) -> None:
         if not self._begun:
             return
-        if self._head_dirty and self._audit_head is not None:
-            seq, h = self._audit_head
+        if self._head_dirty:
+            # _head() re-reads the table when a rolled-back savepoint dropped the cache;
+            # skipping the write then would leave a stale head (a false tamper alarm).
+            seq, h = self._head()
             self._db.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('audit_head', ?)",
                 (f"{seq}:{h}",),
@@ -299,8 +301,17 @@ class SQLiteStore:
     def savepoint(self) -> Iterator[None]:
         """Scope one syscall: roll its writes back if it fails with a non-typed error."""
         if self._depth == 0:
-            with self.transaction():
-                yield
+            # Outside a batch, open one so that a typed error still commits the writes
+            # made before it (the refusal's audit record); only a bug rolls back.
+            refusal: LibOSError | None = None
+            with self.batch():
+                try:
+                    with self.savepoint():
+                        yield
+                except LibOSError as e:
+                    refusal = e
+            if refusal is not None:
+                raise refusal
             return
         self._sp_wanted = True
         try:

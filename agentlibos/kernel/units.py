@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import re
+from decimal import Decimal
+from fractions import Fraction
 from typing import Final
 
 from agentlibos.errors import InvalidArgument
@@ -34,6 +37,8 @@ _DURATION_UNITS: Final[dict[str, float]] = {
     "d": 86400.0,
 }
 
+MAX_DURATION_S: Final = 100 * 365 * 86400.0
+
 _NUMBER_UNIT = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
 
 
@@ -52,7 +57,9 @@ def parse_size(value: object, *, what: str = "size") -> int:
         raise InvalidArgument(
             f"{what}: cannot parse {value!r}; use a number with B, KiB, MiB, GiB (or K, M, G)"
         )
-    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+    # Fraction, not float: "2.01MB" must be 2010000 bytes, not 2009999, and a
+    # 400-digit number must not overflow a float.
+    return int(Fraction(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
 
 
 def parse_duration(value: object, *, what: str = "duration") -> float:
@@ -62,13 +69,18 @@ def parse_duration(value: object, *, what: str = "duration") -> float:
     if isinstance(value, int | float):
         if value < 0:
             raise InvalidArgument(f"{what}: must not be negative, got {value}")
+        if not math.isfinite(value) or value > MAX_DURATION_S:
+            raise InvalidArgument(f"{what}: {value!r} is longer than 100 years")
         return float(value)
     if not isinstance(value, str):
         raise InvalidArgument(f"{what}: expected a duration like '10m', got {value!r}")
     m = _NUMBER_UNIT.match(value)
     if not m or m.group(2).lower() not in _DURATION_UNITS:
         raise InvalidArgument(f"{what}: cannot parse {value!r}; use a number with ms, s, m or h")
-    return float(m.group(1)) * _DURATION_UNITS[m.group(2).lower()]
+    seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2).lower()]
+    if not math.isfinite(seconds) or seconds > MAX_DURATION_S:
+        raise InvalidArgument(f"{what}: {value!r} is longer than 100 years")
+    return seconds
 
 
 def format_size(n: int) -> str:
@@ -83,4 +95,6 @@ def format_duration(s: float) -> str:
     for unit, factor in (("h", 3600.0), ("m", 60.0)):
         if s >= factor and s % factor == 0:
             return f"{int(s // factor)}{unit}"
-    return f"{s:g}s"
+    # repr is the shortest exact spelling; Decimal writes it without an exponent
+    # ("1e+06s" would not parse back), normalize() drops a trailing ".0".
+    return f"{Decimal(repr(s)).normalize():f}s"
