@@ -88,7 +88,10 @@ def decode_request(frames: list[bytes], limits: WireLimits = DEFAULT_LIMITS) -> 
         )
     try:
         header = json.loads(header_raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    # ValueError, not just JSONDecodeError: an integer literal past the interpreter's
+    # int/str digit limit (4300) raises a plain ValueError, and one escaping here would
+    # stop the supervisor's loop for every process. UnicodeDecodeError is a ValueError.
+    except (ValueError, RecursionError) as e:
         raise WireError(ProtocolError(f"header is not valid JSON: {e}"), None) from None
     if not isinstance(header, dict):
         raise WireError(ProtocolError("header must be a JSON object"), None)
@@ -159,7 +162,7 @@ def decode_reply(frames: list[bytes]) -> WireReply:
         raise ProtocolError("malformed reply from the broker")
     try:
         header = json.loads(frames[1])
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # see decode_request
         raise ProtocolError(f"reply header is not valid JSON: {e}") from None
     if not isinstance(header, dict) or not isinstance(header.get("ok"), bool):
         raise ProtocolError("reply header must be an object with a boolean 'ok'")

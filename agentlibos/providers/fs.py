@@ -74,19 +74,46 @@ def _openat2(path: str, flags: int, mode: int) -> int:
     return fd
 
 
+def _as_eloop(e: OSError, name: str, dir_fd: int) -> OSError:
+    """O_NOFOLLOW with O_DIRECTORY meets a symlink as ENOTDIR: report ELOOP, as openat2 does.
+
+    Otherwise the refusal reaches the agent as "Not a directory" (EINVAL) on old kernels
+    and as a symlink refusal (EPERM) on new ones.
+    """
+    if e.errno == errno.ENOTDIR:
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            return e
+        if stat_mod.S_ISLNK(st.st_mode):
+            return OSError(errno.ELOOP, os.strerror(errno.ELOOP), name)
+    return e
+
+
 def _walk_open(path: str, flags: int, mode: int) -> int:
     """Fallback for kernels without openat2: open each component with O_NOFOLLOW."""
     parts = [p for p in path.split("/") if p]
     fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for comp in parts[:-1]:
-            nfd = os.open(comp, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                          dir_fd=fd)
+            try:
+                nfd = os.open(comp, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                              dir_fd=fd)
+            except OSError as e:
+                raise _as_eloop(e, comp, fd) from None
             os.close(fd)
             fd = nfd
         if not parts:
             return os.open("/", flags | os.O_CLOEXEC)
-        return os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=fd)
+        try:
+            last = os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=fd)
+        except OSError as e:
+            raise _as_eloop(e, parts[-1], fd) from None
+        # O_PATH|O_NOFOLLOW opens a symlink itself rather than failing; refuse it too.
+        if flags & os.O_PATH and stat_mod.S_ISLNK(os.fstat(last).st_mode):
+            os.close(last)
+            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), parts[-1])
+        return last
     finally:
         os.close(fd)
 
@@ -150,7 +177,9 @@ class LocalFs:
         limit = min(max_bytes if max_bytes is not None else self.max_read_bytes,
                     self.max_read_bytes)
         try:
-            fd = safe_open(real, os.O_RDONLY)
+            # O_NONBLOCK: opening a FIFO (or some devices) would otherwise wait for a
+            # peer, stopping the broker's one thread; the type is checked right after.
+            fd = safe_open(real, os.O_RDONLY | os.O_NONBLOCK)
         except OSError as e:
             raise _fs_error(e, "cannot read", real) from None
         try:
@@ -185,11 +214,17 @@ class LocalFs:
         try:
             if append:
                 try:
+                    # O_NONBLOCK: see read(); a FIFO with no reader fails with ENXIO.
                     fd = os.open(name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
-                                 | os.O_CLOEXEC, 0o644, dir_fd=dfd)
+                                 | os.O_NONBLOCK | os.O_CLOEXEC, 0o644, dir_fd=dfd)
                 except OSError as e:
+                    if e.errno == errno.ENXIO:
+                        raise InvalidArgument(
+                            f"cannot append to {real!r}: not a regular file") from None
                     raise _fs_error(e, "cannot append to", real) from None
                 try:
+                    if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
+                        raise InvalidArgument(f"cannot append to {real!r}: not a regular file")
                     os.write(fd, data)
                 finally:
                     os.close(fd)

@@ -117,6 +117,7 @@ class Supervisor:
         self.broker: Broker
         self.control: ControlServer
         self._ctx: zmq.Context[zmq.Socket[bytes]]
+        self._poller: zmq.Poller
         self._wake_r: socket.socket
         self._wake_w: socket.socket
 
@@ -137,6 +138,12 @@ class Supervisor:
             self._wake_r, self._wake_w = socket.socketpair()
             self._wake_r.setblocking(False)
             self._wake_w.setblocking(False)
+            # One poller for the supervisor's life; report pipes come and go on it.
+            self._poller = zmq.Poller()
+            for s in (self.broker.sock, self.control.sock):
+                self._poller.register(s, zmq.POLLIN)
+            for fd in (self.zygote.fileno(), self._wake_r.fileno()):
+                self._poller.register(fd, zmq.POLLIN)
         except BaseException:
             self._unlock()
             raise
@@ -220,16 +227,9 @@ class Supervisor:
 
     def step(self, timeout_s: float = 1.0) -> None:
         """One turn: wait for anything ready, handle it in one batch, commit, reply."""
-        poller = zmq.Poller()
-        poller.register(self.broker.sock, zmq.POLLIN)
-        poller.register(self.control.sock, zmq.POLLIN)
-        poller.register(self.zygote.fileno(), zmq.POLLIN)
-        poller.register(self._wake_r.fileno(), zmq.POLLIN)
-        for fd in self._report_fds:
-            poller.register(fd, zmq.POLLIN)
         if self._timers:
             timeout_s = max(0.0, min(timeout_s, self._timers[0][0] - time.monotonic()))
-        ready = dict(poller.poll(int(timeout_s * 1000)))
+        ready = dict(self._poller.poll(int(timeout_s * 1000)))
         with self.store.batch():
             if self.zygote.fileno() in ready:
                 for ev in self.zygote.receive():
@@ -301,6 +301,7 @@ class Supervisor:
             live.report_fd = report_fd
             os.set_blocking(report_fd, False)
             self._report_fds[report_fd] = pid
+            self._poller.register(report_fd, zmq.POLLIN)
             self.store.update_process(pid, host_pid=live.host_pid, started_at=time.time())
             if live.kill_reason is not None:  # killed before it existed
                 self._signal(live, signal.SIGKILL)
@@ -325,9 +326,11 @@ class Supervisor:
             live.kill_reason = live.kill_reason or "crashed"
             live.kill_detail = "the zygote died (every agent it forked dies with it)"
             self._finalize(pid, None)
+        self._poller.unregister(self.zygote.fileno())
         with contextlib.suppress(OSError):
             self.zygote.close(timeout_s=1)
         self.zygote = ZygoteHandle(self.paths.logs / "zygote.log")
+        self._poller.register(self.zygote.fileno(), zmq.POLLIN)
 
     def _on_report(self, fd: int) -> None:
         pid = self._report_fds[fd]
@@ -354,6 +357,8 @@ class Supervisor:
 
     def _close_report(self, fd: int) -> None:
         pid = self._report_fds.pop(fd, None)
+        if pid is not None:
+            self._poller.unregister(fd)
         with contextlib.suppress(OSError):
             os.close(fd)
         if pid is not None and pid in self.live:
