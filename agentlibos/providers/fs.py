@@ -156,13 +156,18 @@ class LocalFs:
         self.max_read_bytes = max_read_bytes
 
     @staticmethod
-    def resolve(cwd: str, path: str) -> Resolved:
+    def resolve(cwd: str, path: str, *, follow_last: bool = True) -> Resolved:
+        """Resolve ``path`` against ``cwd``; with ``follow_last=False`` a symlink in the
+        last component is the target itself (as lstat and unlink see it), not followed."""
         if not path or "\x00" in path or len(path) > MAX_PATH:
             raise InvalidArgument(f"invalid path {path[:80]!r}: empty, too long or has NUL")
         lexical = os.path.normpath(os.path.join(cwd, path))
         if lexical.startswith("//"):
             lexical = "/" + lexical.lstrip("/")
-        return Resolved(lexical, os.path.realpath(lexical))
+        if follow_last or lexical == "/":
+            return Resolved(lexical, os.path.realpath(lexical))
+        parent, name = os.path.split(lexical)
+        return Resolved(lexical, os.path.join(os.path.realpath(parent), name))
 
     def _parent_fd(self, real: str) -> tuple[int, str]:
         parent, name = os.path.split(real)
@@ -225,7 +230,9 @@ class LocalFs:
                 try:
                     if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
                         raise InvalidArgument(f"cannot append to {real!r}: not a regular file")
-                    os.write(fd, data)
+                    view = memoryview(data)
+                    while view:  # os.write may write less than asked
+                        view = view[os.write(fd, view):]
                 finally:
                     os.close(fd)
                 return len(data)

@@ -13,8 +13,9 @@ _PATH = Param(str, max_len=MAX_PATH)
 MAX_RECURSIVE_DELETE = 100_000
 
 
-def _check(host: Host, caller: Caller, call: str, right: str, path: str) -> Resolved:
-    r = host.fs.resolve(caller.cwd, path)
+def _check(host: Host, caller: Caller, call: str, right: str, path: str,
+           *, follow_last: bool = True) -> Resolved:
+    r = host.fs.resolve(caller.cwd, path, follow_last=follow_last)
     host.authorize(caller, call, Request("fs", right, r.real, r.aliases))
     return r
 
@@ -48,7 +49,7 @@ def fs_list(host: Host, caller: Caller, args: dict[str, Any], blobs: list[bytes]
 @syscall("fs.stat", path=_PATH)
 def fs_stat(host: Host, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
     """Type, size, mtime and mode of one path (symlinks are not followed). Needs fs:read."""
-    r = _check(host, caller, "fs.stat", "read", args["path"])
+    r = _check(host, caller, "fs.stat", "read", args["path"], follow_last=False)
     return host.fs.stat(r.real)
 
 
@@ -64,7 +65,8 @@ def fs_mkdir(host: Host, caller: Caller, args: dict[str, Any], blobs: list[bytes
 @syscall("fs.delete", path=_PATH, recursive=Param(bool, required=False, default=False))
 def fs_delete(host: Host, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
     """Delete a file, an empty directory, or (recursive) a tree. Needs fs:delete."""
-    r = _check(host, caller, "fs.delete", "delete", args["path"])
+    # A symlink is deleted itself, never its target: check and act on the link's path.
+    r = _check(host, caller, "fs.delete", "delete", args["path"], follow_last=False)
     if args["recursive"]:
         # The root being deletable says nothing about what lies below it (a policy may
         # deny **/.env, a capability may cover only *.txt): check every entry first.
