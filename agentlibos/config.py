@@ -103,3 +103,6 @@ class SupervisorConfig:
     object_quota: ObjectQuota = field(default_factory=ObjectQuota)
     # A process that has not made its first syscall this long after fork is killed.
     start_timeout_s: float = 30.0
+    # After serving a request the loop polls without sleeping this long, since the next
+    # request usually follows at once (0 disables; see Supervisor._busy_poll).
+    busy_poll_us: int = 150

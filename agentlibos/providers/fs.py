@@ -53,12 +53,13 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _openat2_state: dict[str, bool] = {}
 
 
-def _openat2(path: str, flags: int, mode: int) -> int:
+def _openat2(path: str, flags: int, mode: int,
+             resolve: int = _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS) -> int:
     # openat2 rejects a mode without O_CREAT/O_TMPFILE (EINVAL), unlike open(2).
     # (O_TMPFILE contains the O_DIRECTORY bit, so test for all of its bits.)
     if not flags & os.O_CREAT and (flags & os.O_TMPFILE) != os.O_TMPFILE:
         mode = 0
-    how = _OpenHow(flags | os.O_CLOEXEC, mode, _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS)
+    how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
     # syscall(2) is variadic: pass every argument as a full-width long, or the size_t
     # argument arrives with garbage in its upper half (EINVAL).
     fd = int(
@@ -130,6 +131,36 @@ def safe_open(path: str, flags: int, mode: int = 0o644) -> int:
     return _walk_open(path, flags, mode)
 
 
+def realpath(path: str) -> str:
+    """``os.path.realpath`` in two syscalls: let the kernel resolve, then ask it the answer.
+
+    Opens the path with O_PATH (following symlinks, but never /proc magic links) and
+    reads the name back from /proc/self/fd; a missing tail is resolved through its
+    parent. Falls back to ``os.path.realpath`` when that cannot give an exact answer.
+    """
+    if not path.startswith("/") or any(c in (".", "..") for c in path.split("/")):
+        # Only absolute, normalised paths take the fast way (the broker's always are):
+        # "missing/.." is resolved lexically by os.path.realpath, physically by the kernel.
+        return os.path.realpath(path)
+    try:
+        try:
+            fd = _openat2(path, os.O_PATH, 0, _RESOLVE_NO_MAGICLINKS)
+        except FileNotFoundError:
+            parent, name = os.path.split(path)
+            if path == "/" or os.path.islink(path):
+                return os.path.realpath(path)  # a dangling link names its target
+            return os.path.join(realpath(parent), name)
+        try:
+            real = os.readlink(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
+    except OSError:
+        return os.path.realpath(path)
+    if not real.startswith("/") or real.endswith(" (deleted)"):
+        return os.path.realpath(path)
+    return real
+
+
 @dataclass(frozen=True)
 class Resolved:
     lexical: str  # the agent's path joined to its cwd, '..' collapsed
@@ -165,9 +196,9 @@ class LocalFs:
         if lexical.startswith("//"):
             lexical = "/" + lexical.lstrip("/")
         if follow_last or lexical == "/":
-            return Resolved(lexical, os.path.realpath(lexical))
+            return Resolved(lexical, realpath(lexical))
         parent, name = os.path.split(lexical)
-        return Resolved(lexical, os.path.join(os.path.realpath(parent), name))
+        return Resolved(lexical, os.path.join(realpath(parent), name))
 
     def _parent_fd(self, real: str) -> tuple[int, str]:
         parent, name = os.path.split(real)
