@@ -8,6 +8,7 @@ and exits non-zero. A traceback here is always a bug.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fcntl
 import json
 import os
@@ -33,6 +34,8 @@ from agentlibos.kernel.process import ProcessRecord
 from agentlibos.kernel.registry import register_image
 from agentlibos.kernel.store import SQLiteStore
 from agentlibos.launcher import resolve_image_arg, run_image, signals
+from agentlibos.sandbox import doctor
+from agentlibos.sandbox.profile import SandboxConfig, load_config
 from agentlibos.supervisor import Supervisor
 from agentlibos.supervisor.control import control_call, ping
 from agentlibos.ui import format_ps
@@ -111,7 +114,8 @@ def cmd_run(ns: argparse.Namespace) -> int:
         cwd = os.path.realpath(ns.cwd)
         if not os.path.isdir(cwd):
             raise UsageError(f"--cwd {ns.cwd!r} is not a directory")
-    rec = _record_dict(run_image(paths, image, args, cwd=cwd, policy=policy))
+    rec = _record_dict(run_image(paths, image, args, cwd=cwd, policy=policy,
+                                 sandbox=_sandbox_config(ns)))
     if ns.json:
         print(json.dumps(rec))
     elif rec.get("exit_reason") == "returned":
@@ -129,7 +133,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
 
 def cmd_serve(ns: argparse.Namespace) -> int:
     paths = _paths(ns)
-    sup = Supervisor(paths, mode="daemon")
+    sup = Supervisor(paths, mode="daemon", sandbox=_sandbox_config(ns))
     sup.start()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -251,6 +255,27 @@ def cmd_audit(ns: argparse.Namespace) -> int:
         store.close()
 
 
+# ------------------------------------------------------------------------- doctor
+
+
+def _sandbox_config(ns: argparse.Namespace) -> SandboxConfig | None:
+    """--config if given; None lets the supervisor read $AGENTLIBOS_HOME/config.toml."""
+    return load_config(ns.config) if ns.config else None
+
+
+def cmd_doctor(ns: argparse.Namespace) -> int:
+    config = _sandbox_config(ns)
+    if config is None:
+        cfg = _paths(ns).home / "config.toml"
+        config = load_config(cfg if cfg.exists() else None)
+    report = doctor.run(config)
+    if ns.json:
+        print(json.dumps(dataclasses.asdict(report) | {"ok": report.ok}))
+    else:
+        print(doctor.format_report(report))
+    return EXIT_OK if report.ok else EXIT_AGENT_FAILED
+
+
 # --------------------------------------------------------------------------- demo
 
 
@@ -269,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"agentlibos {__version__}")
     p.add_argument("--home", help="state directory (default: $AGENTLIBOS_HOME or "
                                   "~/.local/state/agentlibos)")
+    p.add_argument("--config", help="operator config TOML: sandbox layers and limits "
+                                    "(default: $AGENTLIBOS_HOME/config.toml if present)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     r = sub.add_parser("run", help="start an AgentProcess and wait for it")
@@ -309,6 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--verify", action="store_true", help="check the hash chain")
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=cmd_audit)
+
+    dr = sub.add_parser("doctor", help="which isolation layers this host can enforce")
+    dr.add_argument("--json", action="store_true")
+    dr.set_defaults(func=cmd_doctor)
 
     d = sub.add_parser("demo", help="a deterministic end-to-end demonstration")
     d.add_argument("--keep", action="store_true",

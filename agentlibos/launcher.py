@@ -15,6 +15,7 @@ from agentlibos.errors import Conflict, Unavailable
 from agentlibos.kernel.image import load_image
 from agentlibos.kernel.policy import Policy
 from agentlibos.kernel.process import ProcessRecord
+from agentlibos.sandbox.profile import SandboxConfig
 from agentlibos.supervisor import Supervisor
 from agentlibos.supervisor.control import control_call, ping
 
@@ -46,6 +47,7 @@ def run_image(
     cwd: str | None = None,
     policy: Policy | None = None,
     on_start: Callable[[int], None] | None = None,
+    sandbox: SandboxConfig | None = None,
 ) -> ProcessRecord | dict[str, Any]:
     """Run an image to completion, on the daemon if one is up, else on an embedded one."""
     paths.ensure()
@@ -57,7 +59,7 @@ def run_image(
             if policy is not None:
                 req["policy_text"], req["policy_source"] = policy.text, policy.source
             return dict(control_call(paths.control_endpoint, req, timeout_s=None)["record"])
-        sup = Supervisor(paths, mode="embedded")
+        sup = Supervisor(paths, mode="embedded", sandbox=sandbox)
         try:
             sup.start()
         except Conflict:

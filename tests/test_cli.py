@@ -171,8 +171,10 @@ def test_ps_shows_the_table_tree_and_json(home: Path, make_image: MakeImage) -> 
         (1, None, "mom", "exited"), (2, 1, "kid", "exited")]
     tree = cli(home, "ps", "--all", "--tree", check=True).stdout.splitlines()
     assert tree[0].split() == ["PID", "PPID", "IMAGE", "STATE", "REASON", "LIMITS", "LAYERS"]
-    assert "pids=8,wall=10m" in tree[1]
+    # The image's own limits, the operator's defaults (512MiB, 1 core) for the rest.
+    assert "mem=512MiB,pids=8,cpu=1,wall=10m" in tree[1]
     assert "└ kid" in tree[2] and "mem=64MiB" in tree[2]
+    assert tree[1].endswith("cgroups,namespaces,rlimits,landlock,seccomp")
 
 
 def test_audit_shows_records_and_verify_detects_tampering(home: Path, hello: Path) -> None:

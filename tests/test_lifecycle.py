@@ -24,14 +24,15 @@ def test_runs_leave_no_child_process_fd_or_scratch_dir_behind(
     sup: Supervisor, make_image: MakeImage
 ) -> None:
     make_image("leaf", """
-        import os, time
+        import ctypes, os, time
         def main(ctx, args):
-            # A forked helper the agent "forgets": it must not outlive the agent.
-            helper = os.fork()
-            if helper == 0:
+            # A forked helper the agent "forgets": it must not outlive the agent. It names
+            # itself (PR_SET_NAME) so the host can look for it: its pid is the namespace's.
+            if os.fork() == 0:
+                ctypes.CDLL(None).prctl(15, b"alos-leftover", 0, 0, 0)
                 time.sleep(600)
                 os._exit(0)
-            return helper
+            return os.getpid()
     """)
     img = make_image("tree", """
         def main(ctx, args):
@@ -49,8 +50,8 @@ def test_runs_leave_no_child_process_fd_or_scratch_dir_behind(
     assert sup.run_until(settled, 10), zygote.children(recursive=True)
 
     def helpers_gone() -> bool:
-        return all(not psutil.pid_exists(p) or psutil.Process(p).status() == "zombie"
-                   for p in rec.result)
+        return not [p for p in psutil.process_iter(["name", "status"])
+                    if p.info["name"] == "alos-leftover" and p.info["status"] != "zombie"]
 
     assert sup.run_until(helpers_gone, 10)
     assert _fds() == before

@@ -1,25 +1,152 @@
 """The ordered containment steps a freshly forked AgentProcess runs before any agent code.
 
-The profile is prepared by the supervisor before fork; the child only applies it, in
-this order (each later step needs the earlier ones, see docs/sandbox.md):
+The profile was decided by the supervisor before fork (:mod:`.profile`); this file only
+applies it, top to bottom, each step needing the ones before it:
 
-    join cgroup -> unshare namespaces -> rlimits -> no_new_privs -> Landlock -> seccomp
+1. join the cgroups          -- first, so everything after (and every fork) is counted
+2. unshare the namespaces    -- user (if unprivileged), mnt, pid, net, ipc, uts at once
+3. fork into the pid namespace; the parent stays behind as a relay
+4. build the mount tree and pivot into it    (needs the new pid namespace for /proc)
+5. rlimits                   -- core 0, nofile, fsize
+6. drop capabilities, and the uid where the mount tree hides root-only paths
+7. no_new_privs              -- required by Landlock and seccomp
+8. Landlock                  -- per thread: before any thread exists
+9. seccomp, last, with TSYNC -- it also forbids the mount/unshare calls used above
 
-Then the runtime connects to the broker and imports the agent's code.
+Then the runtime connects to the broker. A layer that fails is fatal unless the operator
+made it optional; an optional one that fails is recorded as missing, with the reason.
+A layer is counted as applied only once it has been verified from inside.
 """
 
 from __future__ import annotations
 
+import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from agentlibos.errors import SandboxError
+from agentlibos.sandbox import cgroups, landlock, namespaces, privileges, rlimits, seccomp
+from agentlibos.sandbox.profile import SandboxProfile
 
 
 @dataclass
 class Contained:
     layers: list[str] = field(default_factory=list)  # applied and verified
-    missing: list[str] = field(default_factory=list)  # optional layers that could not be
+    missing: list[str] = field(default_factory=list)  # "layer: why" for optional/disabled ones
+    timings_ms: dict[str, float] = field(default_factory=dict)  # what each step cost
 
 
-def apply(profile: dict[str, Any]) -> Contained:
-    """Apply the profile's layers; raise SandboxError naming the layer if one fails."""
-    return Contained()
+def _step(profile: SandboxProfile, out: Contained, layer: str, fn: Callable[[], None]) -> bool:
+    mode = profile.modes.get(layer, "required")
+    if mode == "disabled":
+        out.missing.append(f"{layer}: disabled by the operator")
+        return False
+    t0 = time.perf_counter()
+    try:
+        fn()
+    except SandboxError as e:
+        if mode == "optional":
+            msg = e.message
+            out.missing.append(msg if msg.startswith(f"{layer}:") else f"{layer}: {msg}")
+            return False
+        raise
+    except OSError as e:
+        if mode == "optional":
+            out.missing.append(f"{layer}: {e}")
+            return False
+        raise SandboxError(f"{layer}: {e}") from None
+    finally:
+        out.timings_ms[layer] = round((time.perf_counter() - t0) * 1e3, 3)
+    out.layers.append(layer)
+    return True
+
+
+def _join_cgroups(profile: SandboxProfile) -> None:
+    if not profile.cgroup_procs:
+        raise SandboxError("cgroups: no cgroup was prepared for this process")
+    cgroups.join(profile.cgroup_procs)
+    # Verify from inside: every prepared cgroup shows up in /proc/self/cgroup.
+    with open("/proc/self/cgroup") as f:
+        mine = f.read()
+    for procs in profile.cgroup_procs:
+        leaf = os.path.basename(os.path.dirname(procs))
+        if f"/{leaf}\n" not in mine and not mine.rstrip().endswith(f"/{leaf}"):
+            raise SandboxError(f"cgroups: joined {procs} but /proc/self/cgroup does not show it")
+
+
+def _enter_namespaces(profile: SandboxProfile) -> None:
+    if not profile.namespaces or profile.mount is None:
+        raise SandboxError("namespaces: none were prepared for this process")
+    before = namespaces.current_namespaces()
+    namespaces.unshare(profile.namespaces)
+    if profile.id_map is not None:
+        namespaces.write_id_maps(*profile.id_map)
+    if "pid" in profile.namespaces:
+        namespaces.enter_pid_namespace()  # returns in the new child only
+        if os.getpid() != 1:
+            raise SandboxError(f"namespaces: expected pid 1 in the new pid namespace, "
+                               f"got {os.getpid()}")
+    namespaces.build_mount_tree(profile.mount)
+    after = namespaces.current_namespaces()
+    same = [n for n in profile.namespaces if n in before and before[n] == after.get(n)]
+    if same:
+        raise SandboxError(f"namespaces: still in the host's {', '.join(same)} namespace")
+
+
+def _landlock(profile: SandboxProfile, out: Contained) -> None:
+    # In its own pid namespace /proc shows only the process and its children. Without
+    # one, only its own /proc/<pid> (where /proc/self points when the rule is added):
+    # /proc/<other>/mem of a process of the same uid would otherwise be readable.
+    # Likewise "/" may be listed (names only, every file needs its own rule) when it is
+    # the private mount tree, not the host's.
+    private = "namespaces" in out.layers
+    landlock.apply(landlock.LandlockRules(
+        read_only=(*profile.landlock_ro, "/proc" if private else "/proc/self"),
+        read_write=profile.landlock_rw,
+        list_only=("/",) if private else ()))
+
+
+def _seccomp(profile: SandboxProfile) -> None:
+    if not profile.seccomp_bpf:
+        raise SandboxError("seccomp: no filter was compiled for this process")
+    seccomp.load_bpf(profile.seccomp_bpf)
+    status = privileges.read_status()
+    if status.get("Seccomp") != "2":
+        raise SandboxError(f"seccomp: loaded, but /proc/self/status says Seccomp: "
+                           f"{status.get('Seccomp')}")
+
+
+def _privileges(profile: SandboxProfile, out: Contained) -> None:
+    """Not a layer the operator can turn off: always on, and fatal if it fails."""
+    privileged = os.geteuid() == 0 or "user" in profile.namespaces
+    if privileged:
+        privileges.drop_bounding_set()
+    # The uid switch needs CAP_SETUID, so it comes after the bounding set is emptied
+    # and before the effective set is.
+    if profile.agent_ids is not None and "namespaces" in out.layers:
+        if profile.scratch:
+            os.chown(profile.scratch, *profile.agent_ids)  # its own, to write as itself
+        privileges.switch_uid(*profile.agent_ids)
+    if privileged:
+        privileges.clear_capabilities()
+    privileges.set_no_new_privs()
+
+
+def apply(profile_json: dict[str, Any]) -> Contained:
+    """Apply the profile; raise SandboxError naming the layer if a required one fails."""
+    out = Contained()
+    if not profile_json:
+        out.missing.append("all: no sandbox profile (the supervisor runs unsandboxed)")
+        return out
+    profile = SandboxProfile.from_json(profile_json)
+    _step(profile, out, "cgroups", lambda: _join_cgroups(profile))
+    _step(profile, out, "namespaces", lambda: _enter_namespaces(profile))
+    _step(profile, out, "rlimits", lambda: rlimits.apply(profile.rlimits))
+    t0 = time.perf_counter()
+    _privileges(profile, out)
+    out.timings_ms["privileges"] = round((time.perf_counter() - t0) * 1e3, 3)
+    _step(profile, out, "landlock", lambda: _landlock(profile, out))
+    _step(profile, out, "seccomp", lambda: _seccomp(profile))
+    return out

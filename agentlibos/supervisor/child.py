@@ -14,8 +14,8 @@ import traceback
 from typing import Any, NoReturn
 
 from agentlibos.sandbox import contain
+from agentlibos.sandbox.pdeathsig import set_pdeathsig
 from agentlibos.sdk.runtime import run_agent
-from agentlibos.supervisor.pdeathsig import set_pdeathsig
 
 # Exit status of a child that could not be contained or started (the reason went down
 # the report pipe first).
@@ -66,7 +66,7 @@ def run_child(spec: dict[str, Any], report_fd: int, *, zygote_pid: int) -> NoRet
             }
         )
         _report(report_fd, {"ok": True, "layers": contained.layers,
-                            "missing": contained.missing})
+                            "missing": contained.missing, "timings_ms": contained.timings_ms})
     except BaseException as e:  # noqa: BLE001 - anything here means "did not start"
         try:
             _report(report_fd, {"ok": False, "error": f"{type(e).__name__}: {e}"})

@@ -43,6 +43,7 @@ from agentlibos.errors import (
     NotFound,
     PermissionDenied,
     PolicyError,
+    SandboxError,
     Timeout,
     Unavailable,
 )
@@ -59,8 +60,10 @@ from agentlibos.kernel.policy import (
 from agentlibos.kernel.process import ProcessRecord, state_for_reason
 from agentlibos.kernel.store import SQLiteStore
 from agentlibos.providers.fs import LocalFs
+from agentlibos.sandbox.profile import SandboxConfig, effective_limits, load_config
 from agentlibos.supervisor.child import START_FAILED_STATUS
 from agentlibos.supervisor.control import ControlServer, Responder
+from agentlibos.supervisor.sandboxing import SandboxManager
 from agentlibos.supervisor.zygote_client import ZygoteEvent, ZygoteHandle
 
 log = logging.getLogger(__name__)
@@ -88,6 +91,7 @@ class LiveProcess:
     waiters: list[Pending] = field(default_factory=list)
     blocked: int = 0  # pending replies the process is waiting on
     timers: list[int] = field(default_factory=list)
+    cgroup: Any = None  # agentlibos.sandbox.cgroups.ProcessCgroup, when that layer is on
 
 
 class Supervisor:
@@ -97,9 +101,16 @@ class Supervisor:
         config: SupervisorConfig | None = None,
         *,
         mode: str = "embedded",
+        sandbox: SandboxConfig | None = None,
     ) -> None:
         self.paths = paths
         self.config = config or SupervisorConfig()
+        # The operator's sandbox config: given, else $AGENTLIBOS_HOME/config.toml if it
+        # exists, else the defaults (every layer required).
+        if sandbox is None:
+            cfg = paths.home / "config.toml"
+            sandbox = load_config(cfg if cfg.exists() else None)
+        self.sandbox = SandboxManager(paths, sandbox)
         self.mode = mode
         self.fs = LocalFs()
         self.object_quota = self.config.object_quota
@@ -108,6 +119,7 @@ class Supervisor:
         self._cancelled: set[int] = set()
         self._timer_ids = itertools.count(1)
         self._report_fds: dict[int, int] = {}  # fd -> pid
+        self._unreleased: dict[int, Any] = {}  # pid -> cgroup whose removal is retried
         self._control_waiters: dict[int, list[Responder]] = {}
         self._stop_requested = False
         self._started = False
@@ -130,11 +142,15 @@ class Supervisor:
         try:
             self.store = SQLiteStore(self.paths.db)
             self._recover()
+            self.sandbox.start()
             # The zygote is a fresh interpreter, started before this process creates its
             # ZeroMQ context, so nothing it forks has ever seen an I/O thread.
             self.zygote = ZygoteHandle(self.paths.logs / "zygote.log")
             self._ctx = zmq.Context(io_threads=1)
             self.broker = Broker(self._ctx, self.paths.broker_endpoint, self)
+            # Agents may run as an unprivileged uid; the socket file is reachable only
+            # through run/ (0700) or the bind mount into each agent's own tree.
+            os.chmod(self.paths.broker_endpoint[len("ipc://"):], 0o666)  # noqa: S103
             self.control = ControlServer(self._ctx, self.paths.control_endpoint)
             self._wake_r, self._wake_w = socket.socketpair()
             self._wake_r.setblocking(False)
@@ -199,11 +215,19 @@ class Supervisor:
         self.control.flush()
         for fd in list(self._report_fds):
             self._close_report(fd)
+        # The retry timers will not run again: finish removing cgroups now, blocking.
+        for pid, cgroup in list(self._unreleased.items()):
+            try:
+                cgroup.kill()
+                cgroup.remove(timeout_s=2.0)
+            except (SandboxError, OSError) as e:
+                log.error("cannot remove the cgroup of process %d: %s", pid, e)
         self.broker.close()
         self.control.close()
         self._wake_r.close()
         self._wake_w.close()
         self._ctx.term()
+        self.sandbox.stop()
         self.store.close()
         self._unlock()
 
@@ -368,7 +392,8 @@ class Supervisor:
                                       missing_layers=list(report.get("missing", [])))
             self.store.append_audit(pid, "proc.contain", f"proc:{pid}", "info",
                                     {"layers": report.get("layers", []),
-                                     "missing": report.get("missing", [])})
+                                     "missing": report.get("missing", []),
+                                     "timings_ms": report.get("timings_ms", {})})
         else:
             live.start_error = str(report.get("error"))
 
@@ -384,6 +409,11 @@ class Supervisor:
     # --------------------------------------------------------------------- lifecycle
 
     def _signal(self, live: LiveProcess, sig: int) -> None:
+        if sig == signal.SIGKILL and live.cgroup is not None:
+            # Everything in the cgroup, including what escaped the process group with
+            # setsid() or a double fork.
+            with contextlib.suppress(SandboxError, OSError):
+                live.cgroup.kill()
         if live.pidfd is not None:
             with contextlib.suppress(ProcessLookupError, OSError):
                 signal.pidfd_send_signal(live.pidfd, sig)
@@ -437,13 +467,21 @@ class Supervisor:
             status is not None and os.WIFEXITED(status)
             and os.WEXITSTATUS(status) == START_FAILED_STATUS and not live.ready
         ):
-            reason, error = "start-failed", live.start_error or "the process could not start"
+            reason, error = "start-failed", live.start_error or _last_line(live.log_path)
         elif live.exit_status == "returned":
             reason = "returned"
         elif live.exit_status == "error":
             reason, error = "error", live.exit_error
         else:
             reason, error = "crashed", _describe_status(status)
+        oom, pids_hit, usage = self.sandbox.verdict(live.cgroup)
+        if reason in ("crashed", "error", "killed") and oom:
+            reason, error = "memory", (
+                f"killed by the kernel for exceeding its memory limit of "
+                f"{live.limits.get('memory_max_bytes')} bytes")
+        elif reason in ("crashed", "error") and pids_hit:
+            reason, error = "pids", (f"stopped at its limit of {live.limits.get('pids_max')} "
+                                     f"processes ({error})")
         state = state_for_reason(reason)
         result = live.exit_result if reason == "returned" else None
         now = time.time()
@@ -451,7 +489,9 @@ class Supervisor:
                                   error=error, ended_at=now)
         self.store.append_audit(pid, "proc.exit", f"proc:{pid}", "info",
                                 {"state": state, "exit_reason": reason, "error": error,
-                                 "status": status})
+                                 "status": status, "usage": usage,
+                                 "pids_limit_hit": pids_hit})
+        self._release_cgroup(pid, live.cgroup)
         shutil.rmtree(live.scratch, ignore_errors=True)
         rec = self.store.get_process(pid)
         for w in live.waiters:
@@ -460,6 +500,25 @@ class Supervisor:
             self.terminate(child, "killed", f"its parent {pid} ended")
         for responder in self._control_waiters.pop(pid, []):
             responder({"ok": True, "record": rec.public()})
+
+    def _release_cgroup(self, pid: int, cgroup: Any, attempt: int = 0) -> None:
+        """Kill what is left in the cgroup and remove it, retrying without blocking the
+        loop while the kernel finishes tearing exited tasks down."""
+        if cgroup is None:
+            return
+        try:
+            cgroup.kill()
+            cgroup.remove(timeout_s=0)
+            self._unreleased.pop(pid, None)
+        except (SandboxError, OSError) as e:
+            self._unreleased[pid] = cgroup
+            if attempt < 50:
+                self._at(0.05 * (attempt + 1), lambda: self._release_cgroup(pid, cgroup,
+                                                                            attempt + 1))
+            else:
+                log.error("cannot remove the cgroup of process %d: %s", pid, e)
+                self.store.append_audit(pid, "proc.cleanup", f"proc:{pid}", "error",
+                                        {"reason": f"cgroup not removed: {e}"})
 
     def tree_live(self, root_pid: int) -> bool:
         return any(lv.caller.root_pid == root_pid for lv in self.live.values())
@@ -504,7 +563,8 @@ class Supervisor:
             raise LimitExceeded(f"args of {len(args_json)} bytes exceed "
                                 f"{self.config.max_args_bytes}")
         policy_id = self.store.policy_id(policy.source, policy.text)
-        limits = image.limits.to_json()
+        eff_limits = effective_limits(image.limits, self.sandbox.config)
+        limits = eff_limits.to_json()
         with self.store.transaction():
             rec = self.store.create_process(ProcessRecord(
                 pid=0, ppid=parent.pid if parent else None,
@@ -534,21 +594,24 @@ class Supervisor:
         live = LiveProcess(caller=caller, token=secrets.token_bytes(32), scratch=scratch,
                            log_path=self.paths.logs / f"{pid}.log", limits=limits)
         self.live[pid] = live
-        spec = {
-            "pid": pid,
-            "token": live.token.hex(),
-            "endpoint": self.paths.broker_endpoint,
-            "scratch": str(scratch),
-            "log": str(live.log_path),
-            "profile": {},
-        }
         try:
-            self.zygote.spawn(pid, spec)
-        except Unavailable as e:
+            # Decided here, before fork: the child only applies it (fail closed: a
+            # required layer this host cannot give stops the spawn with its reason).
+            prepared = self.sandbox.prepare(pid, eff_limits, str(image.path), scratch)
+            live.cgroup = prepared.cgroup
+            self.zygote.spawn(pid, {
+                "pid": pid,
+                "token": live.token.hex(),
+                "endpoint": self.paths.broker_endpoint,
+                "scratch": str(scratch),
+                "log": str(live.log_path),
+                "profile": prepared.profile,
+            })
+        except (Unavailable, SandboxError) as e:
             live.start_error = str(e)
             self._finalize(pid, None)
             return pid
-        wall = image.limits.wall_limit_s
+        wall = eff_limits.wall_limit_s
         if wall is not None:
             live.timers.append(self._at(wall, lambda: self.terminate(
                 pid, "wall", f"ran longer than its wall-clock limit of {wall:g} s")))
@@ -877,6 +940,18 @@ class Supervisor:
             self._control_waiters.setdefault(pid, []).append(respond)
         else:
             respond({"ok": True, "record": self.store.get_process(pid).public()})
+
+
+def _last_line(log_path: Path) -> str:
+    """Why a process that sent no start report could not start: its log's last line."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
+            lines = f.read().decode(errors="replace").strip().splitlines()
+    except OSError:
+        lines = []
+    return (f"the process could not start: {lines[-1]}" if lines
+            else "the process could not start (no report, empty log)")
 
 
 def _describe_status(status: int | None) -> str:

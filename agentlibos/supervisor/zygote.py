@@ -31,10 +31,11 @@ import socket
 import sys
 from typing import Any, Final
 
+from agentlibos.sandbox.pdeathsig import set_pdeathsig
+
 # Imported here, at the top, so the zygote has everything a child needs loaded before
 # it forks: children share these pages copy-on-write and pay no import cost.
 from agentlibos.supervisor.child import run_child
-from agentlibos.supervisor.pdeathsig import set_pdeathsig
 
 MAX_PACKET: Final = 1 << 20
 

@@ -1,0 +1,309 @@
+"""Linux namespaces: a private mount tree, and no network, pids, IPC or hostname of the host.
+
+What each namespace stops (see docs/threat-model.md):
+
+* ``net``  -- a new network namespace has only a loopback that is down: no TCP, UDP or
+  raw socket reaches anything. The broker is reached through a path-based ``ipc://``
+  socket, which lives in the file system, not the network namespace.
+* ``mnt``  -- the process sees a tmpfs root holding read-only binds of what Python needs
+  (the interpreter, its packages, the image) and its own writable scratch directory:
+  not the state database, other processes' directories, the user's files, or other
+  sockets. Every path keeps its host name, so the same paths serve Landlock whether or
+  not this layer is on.
+* ``pid``  -- the agent is pid 1 of its own pid namespace with a fresh ``/proc``: it
+  sees no other process, so it can neither signal nor inspect them, and when it exits
+  the kernel kills everything it forked.
+* ``ipc``, ``uts`` -- no System V IPC or POSIX message queues shared with the host; a
+  hostname of its own.
+* ``user`` -- only when the supervisor is not root: it lends the process the
+  capabilities (inside the namespace only) that the other namespaces need.
+
+Order matters: ``unshare`` (all at once) happens in the forked child; the pid namespace
+only applies to that child's *children*, so it forks once more (:func:`enter_pid_namespace`)
+and stays behind as a tiny relay. The grandchild -- the agent, pid 1 in its namespace --
+builds the mount tree (``/proc`` must be mounted from inside the new pid namespace).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import stat as stat_mod
+from dataclasses import dataclass
+from typing import Final, NoReturn
+
+from agentlibos.errors import SandboxError
+from agentlibos.sandbox.pdeathsig import set_pdeathsig
+
+NAMESPACES_LAYER: Final = "namespaces"
+
+CLONE_NEWNS: Final = 0x00020000
+CLONE_NEWUTS: Final = 0x04000000
+CLONE_NEWIPC: Final = 0x08000000
+CLONE_NEWUSER: Final = 0x10000000
+CLONE_NEWPID: Final = 0x20000000
+CLONE_NEWNET: Final = 0x40000000
+NS_FLAGS: Final[dict[str, int]] = {
+    "user": CLONE_NEWUSER,
+    "mnt": CLONE_NEWNS,
+    "pid": CLONE_NEWPID,
+    "net": CLONE_NEWNET,
+    "ipc": CLONE_NEWIPC,
+    "uts": CLONE_NEWUTS,
+}
+
+MS_RDONLY: Final = 1
+MS_NOSUID: Final = 2
+MS_NODEV: Final = 4
+MS_NOEXEC: Final = 8
+MS_REMOUNT: Final = 32
+MS_NOATIME: Final = 1024
+MS_NODIRATIME: Final = 2048
+MS_BIND: Final = 4096
+MS_REC: Final = 16384
+MS_PRIVATE: Final = 1 << 18
+MS_RELATIME: Final = 1 << 21
+MNT_DETACH: Final = 2
+
+_SYS_PIVOT_ROOT: Final[dict[str, int]] = {"x86_64": 155, "aarch64": 41}
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        e = ctypes.get_errno()
+        raise SandboxError(f"namespaces: {what}: {os.strerror(e)} (errno {e})", errno=e)
+
+
+def unshare(names: tuple[str, ...]) -> None:
+    """Enter new namespaces of the given kinds (keys of :data:`NS_FLAGS`), all at once."""
+    flags = 0
+    for n in names:
+        flags |= NS_FLAGS[n]
+    _check(_libc.unshare(ctypes.c_int(flags)), f"unshare({', '.join(names)})")
+
+
+def write_id_maps(uid: int, gid: int, inside_uid: int = 0, inside_gid: int = 0) -> None:
+    """Map ``inside`` ids to the outside ones in a fresh user namespace (unprivileged case)."""
+    try:
+        with open("/proc/self/setgroups", "w") as f:
+            f.write("deny")
+        with open("/proc/self/uid_map", "w") as f:
+            f.write(f"{inside_uid} {uid} 1\n")
+        with open("/proc/self/gid_map", "w") as f:
+            f.write(f"{inside_gid} {gid} 1\n")
+    except OSError as e:
+        raise SandboxError(f"namespaces: writing the user namespace id maps: {e}") from None
+
+
+def enter_pid_namespace(*, relay_signals: tuple[int, ...] = (signal.SIGTERM,)) -> None:
+    """Fork after ``unshare(pid)``: return in the child (pid 1 of the new namespace).
+
+    The parent never returns: it stays behind as a relay that forwards ``relay_signals``
+    to the child and finally exits with the child's own status -- re-raising the signal
+    that killed it, so the supervisor sees the agent's real cause of death. The child
+    dies with the relay (PDEATHSIG), and the relay dies with the zygote.
+    """
+    try:
+        child = os.fork()
+    except OSError as e:
+        raise SandboxError(f"namespaces: fork into the new pid namespace: {e}") from None
+    if child == 0:
+        set_pdeathsig(signal.SIGKILL)
+        return
+    _relay(child, relay_signals)
+
+
+def _relay(child: int, relay_signals: tuple[int, ...]) -> NoReturn:
+    def forward(signum: int, frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signum)
+
+    for s in relay_signals:
+        signal.signal(s, forward)
+    # Nothing else may keep resources open on the agent's behalf.
+    with contextlib.suppress(OSError):
+        os.closerange(3, 1 << 16)
+    while True:
+        try:
+            _, status = os.waitpid(child, 0)
+            break
+        except ChildProcessError:
+            os._exit(1)
+        except InterruptedError:
+            continue
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        for s in relay_signals:
+            signal.signal(s, signal.SIG_DFL)
+        signal.signal(sig, signal.SIG_DFL)
+        os.kill(os.getpid(), sig)
+        os._exit(128 + sig)  # only if the signal did not end us (it is blocked)
+    os._exit(os.waitstatus_to_exitcode(status))
+
+
+# ----------------------------------------------------------------------- the mount tree
+
+
+@dataclass(frozen=True)
+class MountPlan:
+    """The file-system view of one process, decided by the supervisor before fork."""
+
+    new_root: str  # an empty host directory; a tmpfs is mounted on it in the child
+    ro_binds: tuple[str, ...]  # host paths bound read-only at the same path
+    rw_binds: tuple[str, ...]  # host paths bound read-write at the same path
+    dev_nodes: tuple[str, ...]  # /dev/null and friends, bound from the host
+    symlinks: tuple[tuple[str, str], ...]  # (path, target), e.g. ("/lib", "usr/lib")
+    tmp_dir: str  # what /tmp points to (the scratch directory)
+    hostname: str = "agentlibos"
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "new_root": self.new_root,
+            "ro_binds": list(self.ro_binds),
+            "rw_binds": list(self.rw_binds),
+            "dev_nodes": list(self.dev_nodes),
+            "symlinks": [list(s) for s in self.symlinks],
+            "tmp_dir": self.tmp_dir,
+            "hostname": self.hostname,
+        }
+
+    @staticmethod
+    def from_json(d: dict[str, object]) -> MountPlan:
+        def strs(key: str) -> tuple[str, ...]:
+            v = d.get(key, [])
+            assert isinstance(v, list)
+            return tuple(str(x) for x in v)
+
+        links = d.get("symlinks", [])
+        assert isinstance(links, list)
+        return MountPlan(
+            new_root=str(d["new_root"]),
+            ro_binds=strs("ro_binds"),
+            rw_binds=strs("rw_binds"),
+            dev_nodes=strs("dev_nodes"),
+            symlinks=tuple((str(a), str(b)) for a, b in links),
+            tmp_dir=str(d["tmp_dir"]),
+            hostname=str(d.get("hostname", "agentlibos")),
+        )
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int,
+           data: str | None = None) -> None:
+    ret = _libc.mount(
+        None if source is None else os.fsencode(source),
+        os.fsencode(target),
+        None if fstype is None else fstype.encode(),
+        ctypes.c_ulong(flags),
+        None if data is None else data.encode(),
+    )
+    _check(ret, f"mount {source or fstype or '-'} on {target}")
+
+
+def _locked_flags(path: str) -> int:
+    """Flags a remount must keep: a bind remount that drops nosuid/nodev/noexec of its
+    source is refused (EPERM) inside a user namespace, where they are locked."""
+    f = os.statvfs(path).f_flag
+    out = 0
+    for st_flag, ms_flag in ((os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV),
+                             (os.ST_NOEXEC, MS_NOEXEC), (os.ST_NOATIME, MS_NOATIME),
+                             (os.ST_NODIRATIME, MS_NODIRATIME), (os.ST_RELATIME, MS_RELATIME)):
+        if f & st_flag:
+            out |= ms_flag
+    return out
+
+
+def _make_target(root: str, path: str, *, is_dir: bool) -> str:
+    target = root + path
+    if is_dir:
+        os.makedirs(target, mode=0o755, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
+        if not os.path.lexists(target):
+            os.close(os.open(target, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+    return target
+
+
+def _bind(root: str, path: str, *, read_only: bool) -> None:
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise SandboxError(f"namespaces: cannot bind {path}: {e.strerror}") from None
+    target = _make_target(root, path, is_dir=stat_mod.S_ISDIR(st.st_mode))
+    _mount(path, target, None, MS_BIND | MS_REC)
+    flags = MS_BIND | MS_REMOUNT | MS_NOSUID | _locked_flags(target)
+    if read_only:
+        flags |= MS_RDONLY
+    _mount(None, target, None, flags)
+
+
+def pivot_root(new_root: str) -> None:
+    nr = _SYS_PIVOT_ROOT.get(os.uname().machine)
+    if nr is None:
+        raise SandboxError(f"namespaces: pivot_root: unknown architecture {os.uname().machine}")
+    os.chdir(new_root)
+    # pivot_root(".", ".") stacks the old root under the new one at "/", then the lazy
+    # unmount drops it: no directory for the old root is needed (the runc idiom).
+    _check(_libc.syscall(ctypes.c_long(nr), b".", b"."), "pivot_root")
+    _check(_libc.umount2(b".", ctypes.c_int(MNT_DETACH)), "unmount the old root")
+    os.chdir("/")
+
+
+def build_mount_tree(plan: MountPlan) -> None:
+    """In the child (pid 1 of its pid namespace, in its own mount namespace): build the
+    view of ``plan`` and make it the root. Any failure raises SandboxError."""
+    # Nothing done here may propagate back to the host's mount table.
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    root = plan.new_root
+    _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=4m,mode=0755")
+    for path in plan.ro_binds:
+        _bind(root, path, read_only=True)
+    for path in plan.rw_binds:
+        _bind(root, path, read_only=False)
+    for node in plan.dev_nodes:
+        target = _make_target(root, node, is_dir=False)
+        # Device nodes need a mount without nodev: the bind keeps devtmpfs's own flags.
+        _mount(node, target, None, MS_BIND)
+    for link, dest in plan.symlinks:
+        os.makedirs(os.path.dirname(root + link), mode=0o755, exist_ok=True)
+        os.symlink(dest, root + link)
+    os.makedirs(root + "/proc", mode=0o555, exist_ok=True)
+    # A fresh procfs shows only this pid namespace; read-only, because uid 0 may write
+    # some /proc/sys files by owner permission alone (core_pattern is a host escape).
+    _mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY)
+    # /tmp is the scratch directory, unless binds already live under /tmp.
+    if not os.path.lexists(root + "/tmp"):  # noqa: S108 - a path in the new root
+        os.symlink(plan.tmp_dir, root + "/tmp")  # noqa: S108
+    # The tmpfs root itself becomes read-only: nothing can be created outside scratch.
+    _mount(None, root, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    pivot_root(root)
+    with contextlib.suppress(OSError):
+        socket.sethostname(plan.hostname)
+
+
+def current_namespaces() -> dict[str, int]:
+    """Inode of each namespace this process is in, to verify an unshare took."""
+    out: dict[str, int] = {}
+    for n in NS_FLAGS:
+        with contextlib.suppress(OSError):
+            out[n] = os.stat(f"/proc/self/ns/{n}").st_ino
+    return out
+
+
+def describe() -> str:
+    """One line for `agentlibos doctor`."""
+    try:
+        with open("/proc/sys/user/max_user_namespaces") as f:
+            max_user = int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        max_user = -1
+    have = [n for n in NS_FLAGS if os.path.exists(f"/proc/self/ns/{n}")]
+    priv = "root" if os.geteuid() == 0 else f"uid {os.geteuid()} (needs user namespaces)"
+    return (f"{', '.join(have)} available; as {priv}; max_user_namespaces={max_user}; "
+            f"pivot_root on {os.uname().machine}: "
+            f"{'yes' if os.uname().machine in _SYS_PIVOT_ROOT else 'unknown arch'}")
+

@@ -1,0 +1,320 @@
+"""Sandbox policy as data: the operator's config, and the per-process profile built from it.
+
+:class:`SandboxConfig` is what the operator writes in ``$AGENTLIBOS_HOME/config.toml``
+(every default below applies when it is absent). :func:`build_profile` turns it, the
+image's ``[limits]`` and facts about the host into a :class:`SandboxProfile` -- pure
+code, run in the supervisor before fork. The child only applies the profile
+(:mod:`agentlibos.sandbox.contain`), in order, failing closed.
+"""
+
+from __future__ import annotations
+
+import os
+import site
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import agentlibos
+from agentlibos.errors import InvalidArgument, PolicyError
+from agentlibos.kernel.image import Limits
+from agentlibos.kernel.units import parse_duration, parse_size
+from agentlibos.sandbox.namespaces import MountPlan
+
+# The layers, in the order contain.apply applies them. no_new_privs and dropping
+# capabilities are not layers: they cannot fail where the others work, and are always on.
+LAYERS: Final[tuple[str, ...]] = ("cgroups", "namespaces", "rlimits", "landlock", "seccomp")
+
+UserNamespace = Literal["auto", "always", "never"]
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """The operator's sandbox settings. See docs/sandbox.md for each one."""
+
+    # Layers that may be missing on this host: applied when possible, otherwise the
+    # process runs without them and `ps`, `doctor` and the audit say so.
+    optional: frozenset[str] = frozenset()
+    # Layers not applied at all (for debugging); recorded as missing like optional ones.
+    disabled: frozenset[str] = frozenset()
+    # Limits for images that set none, and ceilings no image may exceed (None: none).
+    default_limits: Limits = field(default_factory=lambda: Limits(
+        memory_max_bytes=512 << 20, pids_max=64, cpu_max_cores=1.0, wall_limit_s=3600.0))
+    ceiling_limits: Limits = field(default_factory=Limits)
+    nofile: int = 1024
+    fsize_bytes: int = 1 << 30
+    # The uid/gid agent code runs as when the mount namespace is in place (None: keep).
+    agent_uid: int | None = 65534
+    agent_gid: int | None = 65534
+    # "auto": a user namespace only when the supervisor is not root.
+    user_namespace: UserNamespace = "auto"
+    # Extra host paths every agent may read (model files, a shared corpus...).
+    read_only_paths: tuple[str, ...] = ()
+
+    def layer_mode(self, layer: str) -> Literal["required", "optional", "disabled"]:
+        if layer in self.disabled:
+            return "disabled"
+        return "optional" if layer in self.optional else "required"
+
+
+def _limits(table: object, where: str) -> Limits:
+    if not isinstance(table, dict):
+        raise PolicyError(f"{where} must be a table")
+    unknown = set(table) - {"memory", "pids", "cpu", "wall", "ceiling"}
+    if unknown:
+        raise PolicyError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    try:
+        return Limits(
+            memory_max_bytes=parse_size(table["memory"], what=f"{where} memory")
+            if "memory" in table else None,
+            pids_max=int(table["pids"]) if "pids" in table else None,
+            cpu_max_cores=float(table["cpu"]) if "cpu" in table else None,
+            wall_limit_s=parse_duration(table["wall"], what=f"{where} wall")
+            if "wall" in table else None,
+        )
+    except (InvalidArgument, TypeError, ValueError) as e:
+        raise PolicyError(f"{where}: {e}") from None
+
+
+def parse_config(text: str, source: str) -> SandboxConfig:
+    """Parse a config.toml; unknown keys and layers are errors naming the file."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise PolicyError(f"{source}: not valid TOML: {e}") from None
+    unknown = set(data) - {"sandbox", "limits"}
+    if unknown:
+        raise PolicyError(f"{source}: unknown section(s) {', '.join(sorted(unknown))}")
+    sb = data.get("sandbox", {})
+    if not isinstance(sb, dict):
+        raise PolicyError(f"{source}: [sandbox] must be a table")
+    known = {"optional", "disable", "nofile", "fsize", "agent_uid", "agent_gid",
+             "user_namespace", "read_only_paths"}
+    if set(sb) - known:
+        raise PolicyError(f"{source}: unknown key(s) in [sandbox]: "
+                          f"{', '.join(sorted(set(sb) - known))}")
+    layers: dict[str, frozenset[str]] = {}
+    for key in ("optional", "disable"):
+        names = sb.get(key, [])
+        if not isinstance(names, list) or any(n not in LAYERS for n in names):
+            raise PolicyError(f"{source}: [sandbox] {key} must list layers among "
+                              f"{', '.join(LAYERS)}; got {names!r}")
+        layers[key] = frozenset(names)
+    userns = sb.get("user_namespace", "auto")
+    if userns not in ("auto", "always", "never"):
+        raise PolicyError(f"{source}: [sandbox] user_namespace must be auto, always or never")
+    defaults = SandboxConfig()
+    lim = data.get("limits", {})
+    default_limits = defaults.default_limits
+    ceiling = Limits()
+    if lim:
+        given = _limits(lim, f"{source}: [limits]")
+        default_limits = Limits(
+            memory_max_bytes=given.memory_max_bytes or default_limits.memory_max_bytes,
+            pids_max=given.pids_max or default_limits.pids_max,
+            cpu_max_cores=given.cpu_max_cores or default_limits.cpu_max_cores,
+            wall_limit_s=given.wall_limit_s or default_limits.wall_limit_s,
+        )
+        if "ceiling" in lim:
+            ceiling = _limits(lim["ceiling"], f"{source}: [limits.ceiling]")
+    uid = sb.get("agent_uid", defaults.agent_uid)
+    gid = sb.get("agent_gid", uid if "agent_uid" in sb else defaults.agent_gid)
+    try:
+        return SandboxConfig(
+            optional=layers["optional"],
+            disabled=layers["disable"],
+            default_limits=default_limits,
+            ceiling_limits=ceiling,
+            nofile=int(sb.get("nofile", defaults.nofile)),
+            fsize_bytes=parse_size(sb.get("fsize", defaults.fsize_bytes), what="fsize"),
+            agent_uid=None if uid in (None, -1) else int(uid),
+            agent_gid=None if gid in (None, -1) else int(gid),
+            user_namespace=userns,
+            read_only_paths=tuple(str(p) for p in sb.get("read_only_paths", [])),
+        )
+    except (InvalidArgument, TypeError, ValueError) as e:
+        raise PolicyError(f"{source}: [sandbox]: {e}") from None
+
+
+def load_config(path: str | Path | None) -> SandboxConfig:
+    """The config at ``path``; with None, the built-in defaults."""
+    if path is None:
+        return SandboxConfig()
+    p = Path(path)
+    try:
+        return parse_config(p.read_text(encoding="utf-8"), str(p))
+    except FileNotFoundError:
+        raise PolicyError(f"config file {str(p)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise PolicyError(f"cannot read config file {str(p)!r}: {e}") from None
+
+
+def effective_limits(image: Limits, config: SandboxConfig) -> Limits:
+    """The image's limits, the operator's defaults where it sets none, capped by ceilings."""
+    d, c = config.default_limits, config.ceiling_limits
+
+    def pick(mine: Any, default: Any, ceiling: Any) -> Any:
+        v = mine if mine is not None else default
+        if v is not None and ceiling is not None:
+            v = min(v, ceiling)
+        return v
+
+    return Limits(
+        memory_max_bytes=pick(image.memory_max_bytes, d.memory_max_bytes, c.memory_max_bytes),
+        pids_max=pick(image.pids_max, d.pids_max, c.pids_max),
+        cpu_max_cores=pick(image.cpu_max_cores, d.cpu_max_cores, c.cpu_max_cores),
+        wall_limit_s=pick(image.wall_limit_s, d.wall_limit_s, c.wall_limit_s),
+    )
+
+
+# --------------------------------------------------------------------- the host view
+
+
+@dataclass(frozen=True)
+class HostView:
+    """What an agent's Python needs to see, read-only. Computed once per supervisor."""
+
+    ro_paths: tuple[str, ...]  # real host paths
+    symlinks: tuple[tuple[str, str], ...]  # top-level links such as /lib -> usr/lib
+    dev_nodes: tuple[str, ...]
+
+
+_ETC_FILES: Final = ("/etc/ld.so.cache", "/etc/localtime")
+_DEV_NODES: Final = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
+
+
+def _minimal(paths: list[str]) -> tuple[str, ...]:
+    """Drop paths inside others (one bind covers them) and duplicates; keep order."""
+    real = sorted({os.path.realpath(p) for p in paths if os.path.exists(p)})
+    out: list[str] = []
+    for p in real:
+        if not any(p == q or p.startswith(q.rstrip("/") + "/") for q in out):
+            out.append(p)
+    return tuple(out)
+
+
+def host_view(extra: tuple[str, ...] = ()) -> HostView:
+    """The interpreter, its standard library and packages, shared libraries, this package."""
+    paths: list[str] = ["/usr"]
+    links: list[tuple[str, str]] = []
+    for top in ("/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin"):
+        if os.path.islink(top):
+            links.append((top, os.readlink(top)))
+        elif os.path.isdir(top):
+            paths.append(top)  # not a merged-/usr system: bind the real directory
+    paths += [sys.base_prefix, sys.prefix, sys.exec_prefix, *site.getsitepackages()]
+    paths.append(str(Path(agentlibos.__file__).resolve().parent))
+    paths += [f for f in _ETC_FILES if os.path.exists(f)]
+    paths += list(extra)
+    return HostView(
+        ro_paths=_minimal(paths),
+        symlinks=tuple(links),
+        dev_nodes=tuple(n for n in _DEV_NODES if os.path.exists(n)),
+    )
+
+
+# ----------------------------------------------------------------------- the profile
+
+
+@dataclass(frozen=True)
+class SandboxProfile:
+    """Everything one child needs to contain itself; JSON-serialisable for the zygote."""
+
+    modes: dict[str, str]  # layer -> required | optional | disabled
+    cgroup_procs: tuple[str, ...] = ()
+    namespaces: tuple[str, ...] = ()
+    mount: MountPlan | None = None
+    id_map: tuple[int, int] | None = None  # outside uid, gid for a user namespace
+    agent_ids: tuple[int, int] | None = None  # uid, gid to become once contained
+    rlimits: dict[str, int] = field(default_factory=dict)
+    landlock_ro: tuple[str, ...] = ()
+    landlock_rw: tuple[str, ...] = ()
+    seccomp_bpf: bytes = b""
+    scratch: str = ""  # handed to the agent uid if the uid switch happens
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "scratch": self.scratch,
+            "modes": self.modes,
+            "cgroup_procs": list(self.cgroup_procs),
+            "namespaces": list(self.namespaces),
+            "mount": self.mount.to_json() if self.mount else None,
+            "id_map": list(self.id_map) if self.id_map else None,
+            "agent_ids": list(self.agent_ids) if self.agent_ids else None,
+            "rlimits": self.rlimits,
+            "landlock_ro": list(self.landlock_ro),
+            "landlock_rw": list(self.landlock_rw),
+            "seccomp_bpf": self.seccomp_bpf.hex(),
+        }
+
+    @staticmethod
+    def from_json(d: dict[str, Any]) -> SandboxProfile:
+        mount = d.get("mount")
+        id_map = d.get("id_map")
+        agent_ids = d.get("agent_ids")
+        return SandboxProfile(
+            modes=dict(d.get("modes", {})),
+            cgroup_procs=tuple(d.get("cgroup_procs", [])),
+            namespaces=tuple(d.get("namespaces", [])),
+            mount=MountPlan.from_json(mount) if mount else None,
+            id_map=(int(id_map[0]), int(id_map[1])) if id_map else None,
+            agent_ids=(int(agent_ids[0]), int(agent_ids[1])) if agent_ids else None,
+            rlimits={str(k): int(v) for k, v in d.get("rlimits", {}).items()},
+            landlock_ro=tuple(d.get("landlock_ro", [])),
+            landlock_rw=tuple(d.get("landlock_rw", [])),
+            seccomp_bpf=bytes.fromhex(d.get("seccomp_bpf", "")),
+            scratch=str(d.get("scratch", "")),
+        )
+
+
+def build_profile(
+    *,
+    config: SandboxConfig,
+    view: HostView,
+    image_dir: str,
+    scratch: str,
+    broker_socket: str,
+    new_root: str,
+    cgroup_procs: tuple[str, ...],
+    seccomp_bpf: bytes,
+    supervisor_uid: int,
+    supervisor_gid: int,
+) -> SandboxProfile:
+    """Decide one process's sandbox. Pure: everything it needs is an argument."""
+    modes: dict[str, str] = {layer: config.layer_mode(layer) for layer in LAYERS}
+    userns = config.user_namespace == "always" or (
+        config.user_namespace == "auto" and supervisor_uid != 0)
+    namespaces: tuple[str, ...] = ("mnt", "pid", "net", "ipc", "uts")
+    if userns:
+        namespaces = ("user", *namespaces)
+    ro = tuple(dict.fromkeys((*view.ro_paths, image_dir)))
+    mount = MountPlan(
+        new_root=new_root,
+        ro_binds=ro,
+        rw_binds=(scratch, broker_socket),
+        dev_nodes=view.dev_nodes,
+        symlinks=view.symlinks,
+        tmp_dir=scratch,
+    )
+    agent_ids = None
+    if config.agent_uid is not None and modes["namespaces"] != "disabled":
+        agent_ids = (config.agent_uid,
+                     config.agent_gid if config.agent_gid is not None else config.agent_uid)
+    return SandboxProfile(
+        modes=modes,
+        cgroup_procs=cgroup_procs if modes["cgroups"] != "disabled" else (),
+        namespaces=namespaces if modes["namespaces"] != "disabled" else (),
+        mount=mount if modes["namespaces"] != "disabled" else None,
+        id_map=(supervisor_uid, supervisor_gid) if userns else None,
+        agent_ids=agent_ids,
+        rlimits={"core": 0, "nofile": config.nofile, "fsize": config.fsize_bytes},
+        # The same host paths as the mount tree: Landlock holds even where the mount
+        # namespace is optional and missing. (/proc is added by contain.py, which knows
+        # whether the pid namespace took.)
+        landlock_ro=(*ro, *view.dev_nodes, broker_socket),
+        landlock_rw=(scratch, "/dev/null"),
+        seccomp_bpf=seccomp_bpf if modes["seccomp"] != "disabled" else b"",
+        scratch=scratch,
+    )
