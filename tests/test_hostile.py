@@ -56,6 +56,11 @@ def read(path):
             return fh.read(64).decode(errors="replace")
     return attempt(f)
 
+def pdeathsig():
+    sig = ctypes.c_int(-1)
+    libc.prctl(2, ctypes.byref(sig), 0, 0, 0)  # PR_GET_PDEATHSIG
+    return sig.value
+
 def status():
     out = {}
     with open("/proc/self/status") as f:
@@ -88,7 +93,7 @@ def test_inside_the_sandbox_every_layer_is_in_place(
             "pid": os.getpid(), "ppid": os.getppid(),
             "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
             "root": sorted(os.listdir("/")), "hostname": socket.gethostname(),
-            "cgroup": open("/proc/self/cgroup").read()}
+            "cgroup": open("/proc/self/cgroup").read(), "pdeathsig": pdeathsig()}
 """)
     rec = run_proc(sup, img)
     assert rec.exit_reason == "returned", (rec.error, log_of(sup, rec.pid))
@@ -100,6 +105,8 @@ def test_inside_the_sandbox_every_layer_is_in_place(
     assert r["status"]["Uid"].split()[0] == "65534"
     assert r["pid"] == 1 and r["ppid"] == 0 and r["pids"] == [1]
     assert r["hostname"] == "agentlibos"
+    # It dies with the zygote even though the uid switch cleared the first setting.
+    assert r["pdeathsig"] == 9
     assert "home" not in r["root"] and "etc" in r["root"]
     assert f"/{rec.pid}" in r["cgroup"]
     assert set(rec.layers) == set(LAYERS)

@@ -21,6 +21,7 @@ A layer is counted as applied only once it has been verified from inside.
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from typing import Any
 
 from agentlibos.errors import SandboxError
 from agentlibos.sandbox import cgroups, landlock, namespaces, privileges, rlimits, seccomp
+from agentlibos.sandbox.pdeathsig import set_pdeathsig
 from agentlibos.sandbox.profile import SandboxProfile
 
 
@@ -42,6 +44,9 @@ def _step(profile: SandboxProfile, out: Contained, layer: str, fn: Callable[[], 
     mode = profile.modes.get(layer, "required")
     if mode == "disabled":
         out.missing.append(f"{layer}: disabled by the operator")
+        return False
+    if layer in profile.skipped:  # optional, and the supervisor could not prepare it
+        out.missing.append(f"{layer}: {profile.skipped[layer]}")
         return False
     t0 = time.perf_counter()
     try:
@@ -76,21 +81,23 @@ def _join_cgroups(profile: SandboxProfile) -> None:
             raise SandboxError(f"cgroups: joined {procs} but /proc/self/cgroup does not show it")
 
 
-def _enter_namespaces(profile: SandboxProfile) -> None:
+def _enter_namespaces(profile: SandboxProfile, pid_ns_ready: bool) -> None:
     if not profile.namespaces or profile.mount is None:
         raise SandboxError("namespaces: none were prepared for this process")
     before = namespaces.current_namespaces()
-    namespaces.unshare(profile.namespaces)
+    # The zygote may already have forked us as pid 1 of a fresh pid namespace.
+    names = tuple(n for n in profile.namespaces if not (n == "pid" and pid_ns_ready))
+    namespaces.unshare(names)
     if profile.id_map is not None:
         namespaces.write_id_maps(*profile.id_map)
-    if "pid" in profile.namespaces:
+    if "pid" in names:
         namespaces.enter_pid_namespace()  # returns in the new child only
-        if os.getpid() != 1:
-            raise SandboxError(f"namespaces: expected pid 1 in the new pid namespace, "
-                               f"got {os.getpid()}")
+    if "pid" in profile.namespaces and os.getpid() != 1:
+        raise SandboxError(f"namespaces: expected pid 1 in the new pid namespace, "
+                           f"got {os.getpid()}")
     namespaces.build_mount_tree(profile.mount)
     after = namespaces.current_namespaces()
-    same = [n for n in profile.namespaces if n in before and before[n] == after.get(n)]
+    same = [n for n in names if n in before and before[n] == after.get(n)]
     if same:
         raise SandboxError(f"namespaces: still in the host's {', '.join(same)} namespace")
 
@@ -111,11 +118,7 @@ def _landlock(profile: SandboxProfile, out: Contained) -> None:
 def _seccomp(profile: SandboxProfile) -> None:
     if not profile.seccomp_bpf:
         raise SandboxError("seccomp: no filter was compiled for this process")
-    seccomp.load_bpf(profile.seccomp_bpf)
-    status = privileges.read_status()
-    if status.get("Seccomp") != "2":
-        raise SandboxError(f"seccomp: loaded, but /proc/self/status says Seccomp: "
-                           f"{status.get('Seccomp')}")
+    seccomp.load_bpf(profile.seccomp_bpf)  # verifies PR_GET_SECCOMP says "filter"
 
 
 def _privileges(profile: SandboxProfile, out: Contained) -> None:
@@ -129,12 +132,15 @@ def _privileges(profile: SandboxProfile, out: Contained) -> None:
         if profile.scratch:
             os.chown(profile.scratch, *profile.agent_ids)  # its own, to write as itself
         privileges.switch_uid(*profile.agent_ids)
+        # The kernel clears the parent-death signal on a uid change: set it again, or
+        # an agent would outlive a zygote (and supervisor) killed with SIGKILL.
+        set_pdeathsig(signal.SIGKILL)
     if privileged:
         privileges.clear_capabilities()
     privileges.set_no_new_privs()
 
 
-def apply(profile_json: dict[str, Any]) -> Contained:
+def apply(profile_json: dict[str, Any], *, pid_ns_ready: bool = False) -> Contained:
     """Apply the profile; raise SandboxError naming the layer if a required one fails."""
     out = Contained()
     if not profile_json:
@@ -142,7 +148,7 @@ def apply(profile_json: dict[str, Any]) -> Contained:
         return out
     profile = SandboxProfile.from_json(profile_json)
     _step(profile, out, "cgroups", lambda: _join_cgroups(profile))
-    _step(profile, out, "namespaces", lambda: _enter_namespaces(profile))
+    _step(profile, out, "namespaces", lambda: _enter_namespaces(profile, pid_ns_ready))
     _step(profile, out, "rlimits", lambda: rlimits.apply(profile.rlimits))
     t0 = time.perf_counter()
     _privileges(profile, out)

@@ -63,6 +63,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from agentlibos.errors import SandboxError
+from agentlibos.sandbox import libc
 
 __all__ = [
     "KNOWN_ABI",
@@ -319,8 +320,7 @@ def access_names(access: int) -> str:
 
 # --- the kernel side ---------------------------------------------------------------
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_syscall = _libc.syscall
+_syscall = libc.syscall
 _syscall.restype = ctypes.c_long
 
 
@@ -462,7 +462,7 @@ def _add_path_rule(ruleset_fd: int, rule: PathRule, optional: frozenset[str]) ->
 def _ensure_no_new_privs() -> None:
     def prctl(option: int, arg: int) -> int:
         # prctl(2) is variadic as well: sized arguments, zeros where unused.
-        return int(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg), ctypes.c_ulong(0),
+        return int(libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg), ctypes.c_ulong(0),
                                ctypes.c_ulong(0), ctypes.c_ulong(0)))
 
     if prctl(_PR_GET_NO_NEW_PRIVS, 0) == 1:
@@ -477,13 +477,10 @@ def _ensure_no_new_privs() -> None:
 
 
 def _thread_count() -> int:
+    # /proc/self/task, not /proc/self/status: generating status walks the memory map,
+    # which a freshly forked child pays for in page faults on its start-up path.
     try:
-        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("Threads:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError) as exc:
+        return len(os.listdir("/proc/self/task"))
+    except OSError as exc:
         raise SandboxError(f"landlock: cannot count this process's threads: {exc}",
                            layer=LANDLOCK_LAYER) from None
-    raise SandboxError("landlock: /proc/self/status has no Threads: line",
-                       layer=LANDLOCK_LAYER)

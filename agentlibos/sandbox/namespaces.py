@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Final, NoReturn
 
 from agentlibos.errors import SandboxError
+from agentlibos.sandbox import libc
 from agentlibos.sandbox.pdeathsig import set_pdeathsig
 
 NAMESPACES_LAYER: Final = "namespaces"
@@ -70,8 +71,6 @@ MNT_DETACH: Final = 2
 
 _SYS_PIVOT_ROOT: Final[dict[str, int]] = {"x86_64": 155, "aarch64": 41}
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
 
 def _check(ret: int, what: str) -> None:
     if ret != 0:
@@ -84,7 +83,7 @@ def unshare(names: tuple[str, ...]) -> None:
     flags = 0
     for n in names:
         flags |= NS_FLAGS[n]
-    _check(_libc.unshare(ctypes.c_int(flags)), f"unshare({', '.join(names)})")
+    _check(libc.unshare(ctypes.c_int(flags)), f"unshare({', '.join(names)})")
 
 
 def write_id_maps(uid: int, gid: int, inside_uid: int = 0, inside_gid: int = 0) -> None:
@@ -150,6 +149,13 @@ def _relay(child: int, relay_signals: tuple[int, ...]) -> NoReturn:
 
 
 @dataclass(frozen=True)
+class MountOps:
+    dirs: tuple[str, ...]  # directories to create in the new root, parents first
+    files: tuple[str, ...]  # empty files to create as mount points
+    binds: tuple[tuple[str, int], ...]  # (path, flags of its read-only/-write remount)
+
+
+@dataclass(frozen=True)
 class MountPlan:
     """The file-system view of one process, decided by the supervisor before fork."""
 
@@ -160,6 +166,9 @@ class MountPlan:
     symlinks: tuple[tuple[str, str], ...]  # (path, target), e.g. ("/lib", "usr/lib")
     tmp_dir: str  # what /tmp points to (the scratch directory)
     hostname: str = "agentlibos"
+    # Precomputed by the supervisor (compile_mounts): what to create and how to remount,
+    # so the child runs a short list of syscalls instead of stat-ing its way there.
+    ops: MountOps | None = None
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -170,6 +179,9 @@ class MountPlan:
             "symlinks": [list(s) for s in self.symlinks],
             "tmp_dir": self.tmp_dir,
             "hostname": self.hostname,
+            "ops": None if self.ops is None else {
+                "dirs": list(self.ops.dirs), "files": list(self.ops.files),
+                "binds": [list(b) for b in self.ops.binds]},
         }
 
     @staticmethod
@@ -181,6 +193,14 @@ class MountPlan:
 
         links = d.get("symlinks", [])
         assert isinstance(links, list)
+        ops = d.get("ops")
+        compiled = None
+        if isinstance(ops, dict):
+            compiled = MountOps(
+                dirs=tuple(str(x) for x in ops["dirs"]),
+                files=tuple(str(x) for x in ops["files"]),
+                binds=tuple((str(a), int(b)) for a, b in ops["binds"]),
+            )
         return MountPlan(
             new_root=str(d["new_root"]),
             ro_binds=strs("ro_binds"),
@@ -189,12 +209,13 @@ class MountPlan:
             symlinks=tuple((str(a), str(b)) for a, b in links),
             tmp_dir=str(d["tmp_dir"]),
             hostname=str(d.get("hostname", "agentlibos")),
+            ops=compiled,
         )
 
 
 def _mount(source: str | None, target: str, fstype: str | None, flags: int,
            data: str | None = None) -> None:
-    ret = _libc.mount(
+    ret = libc.mount(
         None if source is None else os.fsencode(source),
         os.fsencode(target),
         None if fstype is None else fstype.encode(),
@@ -217,30 +238,6 @@ def _locked_flags(path: str) -> int:
     return out
 
 
-def _make_target(root: str, path: str, *, is_dir: bool) -> str:
-    target = root + path
-    if is_dir:
-        os.makedirs(target, mode=0o755, exist_ok=True)
-    else:
-        os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
-        if not os.path.lexists(target):
-            os.close(os.open(target, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
-    return target
-
-
-def _bind(root: str, path: str, *, read_only: bool) -> None:
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        raise SandboxError(f"namespaces: cannot bind {path}: {e.strerror}") from None
-    target = _make_target(root, path, is_dir=stat_mod.S_ISDIR(st.st_mode))
-    _mount(path, target, None, MS_BIND | MS_REC)
-    flags = MS_BIND | MS_REMOUNT | MS_NOSUID | _locked_flags(target)
-    if read_only:
-        flags |= MS_RDONLY
-    _mount(None, target, None, flags)
-
-
 def pivot_root(new_root: str) -> None:
     nr = _SYS_PIVOT_ROOT.get(os.uname().machine)
     if nr is None:
@@ -248,9 +245,49 @@ def pivot_root(new_root: str) -> None:
     os.chdir(new_root)
     # pivot_root(".", ".") stacks the old root under the new one at "/", then the lazy
     # unmount drops it: no directory for the old root is needed (the runc idiom).
-    _check(_libc.syscall(ctypes.c_long(nr), b".", b"."), "pivot_root")
-    _check(_libc.umount2(b".", ctypes.c_int(MNT_DETACH)), "unmount the old root")
+    _check(libc.syscall(ctypes.c_long(nr), b".", b"."), "pivot_root")
+    _check(libc.umount2(b".", ctypes.c_int(MNT_DETACH)), "unmount the old root")
     os.chdir("/")
+
+
+def compile_mounts(plan: MountPlan) -> MountPlan:
+    """In the supervisor, before fork: stat every source once and decide the operations.
+
+    Raises SandboxError naming a source that is missing (fail closed, before fork).
+    """
+    dirs: list[str] = []
+    files: list[str] = []
+    binds: list[tuple[str, int]] = []
+
+    def parents(path: str) -> None:
+        parts = path.strip("/").split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            d = "/" + "/".join(parts[:i])
+            if d not in dirs:
+                dirs.append(d)
+
+    for path, read_only in [*((p, True) for p in plan.ro_binds),
+                            *((p, False) for p in plan.rw_binds)]:
+        try:
+            is_dir = stat_mod.S_ISDIR(os.stat(path).st_mode)
+            flags = MS_BIND | MS_REMOUNT | MS_NOSUID | _locked_flags(path)
+        except OSError as e:
+            raise SandboxError(f"namespaces: cannot bind {path}: {e.strerror}") from None
+        parents(path)
+        if is_dir:
+            if path not in dirs:
+                dirs.append(path)
+        else:
+            files.append(path)
+        binds.append((path, flags | (MS_RDONLY if read_only else 0)))
+    for node in plan.dev_nodes:
+        parents(node)
+        files.append(node)
+    for link, _ in plan.symlinks:
+        parents(link)
+    return MountPlan(plan.new_root, plan.ro_binds, plan.rw_binds, plan.dev_nodes,
+                     plan.symlinks, plan.tmp_dir, plan.hostname,
+                     MountOps(tuple(dirs), tuple(files), tuple(binds)))
 
 
 def build_mount_tree(plan: MountPlan) -> None:
@@ -260,16 +297,23 @@ def build_mount_tree(plan: MountPlan) -> None:
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     root = plan.new_root
     _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=4m,mode=0755")
-    for path in plan.ro_binds:
-        _bind(root, path, read_only=True)
-    for path in plan.rw_binds:
-        _bind(root, path, read_only=False)
+    if plan.ops is None:
+        plan = compile_mounts(plan)
+    assert plan.ops is not None
+    try:
+        for d in plan.ops.dirs:
+            os.mkdir(root + d, 0o755)
+        for f in plan.ops.files:
+            os.close(os.open(root + f, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+    except OSError as e:
+        raise SandboxError(f"namespaces: preparing the new root: {e}") from None
+    for path, flags in plan.ops.binds:
+        _mount(path, root + path, None, MS_BIND | MS_REC)
+        _mount(None, root + path, None, flags)
     for node in plan.dev_nodes:
-        target = _make_target(root, node, is_dir=False)
         # Device nodes need a mount without nodev: the bind keeps devtmpfs's own flags.
-        _mount(node, target, None, MS_BIND)
+        _mount(node, root + node, None, MS_BIND)
     for link, dest in plan.symlinks:
-        os.makedirs(os.path.dirname(root + link), mode=0o755, exist_ok=True)
         os.symlink(dest, root + link)
     os.makedirs(root + "/proc", mode=0o555, exist_ok=True)
     # A fresh procfs shows only this pid namespace; read-only, because uid 0 may write

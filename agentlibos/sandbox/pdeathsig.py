@@ -7,12 +7,14 @@ import os
 import signal
 from typing import Final
 
+from agentlibos.sandbox import libc
+
 PR_SET_PDEATHSIG: Final = 1
+
 
 
 def set_pdeathsig(sig: int = signal.SIGKILL) -> None:
     """Die with ``sig`` when the parent dies (kills orphans if the supervisor is kill -9'd)."""
-    libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
         e = ctypes.get_errno()
         raise OSError(e, f"prctl(PR_SET_PDEATHSIG): {os.strerror(e)}")

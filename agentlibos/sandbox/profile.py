@@ -233,9 +233,13 @@ class SandboxProfile:
     landlock_rw: tuple[str, ...] = ()
     seccomp_bpf: bytes = b""
     scratch: str = ""  # handed to the agent uid if the uid switch happens
+    # Optional layers the supervisor could not prepare, with the reason: the child
+    # records them as missing instead of trying.
+    skipped: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "skipped": self.skipped,
             "scratch": self.scratch,
             "modes": self.modes,
             "cgroup_procs": list(self.cgroup_procs),
@@ -266,6 +270,7 @@ class SandboxProfile:
             landlock_rw=tuple(d.get("landlock_rw", [])),
             seccomp_bpf=bytes.fromhex(d.get("seccomp_bpf", "")),
             scratch=str(d.get("scratch", "")),
+            skipped={str(k): str(v) for k, v in d.get("skipped", {}).items()},
         )
 
 

@@ -37,7 +37,8 @@ def run_agent(endpoint: str, pid: int, token: bytes) -> int:
     client = Client(endpoint, pid, token)
     status, result, error = "returned", None, None
     try:
-        info = client.call("proc.start")[0]
+        # Bounded: if the supervisor died between our fork and now, do not wait forever.
+        info = client.call("proc.start", timeout_s=30)[0]
         sys.path.insert(0, info["image_path"])
         ctx = Context(client, info)
         module = importlib.import_module(info["entry_module"])

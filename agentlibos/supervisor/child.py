@@ -53,7 +53,8 @@ def run_child(spec: dict[str, Any], report_fd: int, *, zygote_pid: int) -> NoRet
         # Close everything inherited except stdio and the report pipe.
         os.closerange(3, report_fd)
         os.closerange(report_fd + 1, 1 << 16)
-        contained = contain.apply(spec.get("profile", {}))
+        contained = contain.apply(spec.get("profile", {}),
+                                  pid_ns_ready=bool(spec.get("pid_ns_ready")))
         os.chdir(spec["scratch"])
         os.environ.clear()
         os.environ.update(

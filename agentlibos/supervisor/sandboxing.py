@@ -10,6 +10,7 @@ and the child records it as missing.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
@@ -20,7 +21,7 @@ from typing import Any
 from agentlibos.config import Paths
 from agentlibos.errors import LibOSError, SandboxError
 from agentlibos.kernel.image import Limits
-from agentlibos.sandbox import cgroups, landlock
+from agentlibos.sandbox import cgroups, landlock, namespaces
 from agentlibos.sandbox.profile import (
     LAYERS,
     HostView,
@@ -110,14 +111,17 @@ class SandboxManager:
         for layer in LAYERS:
             self._require(layer)  # fail closed before anything is created
         cgroup = None
+        skipped = {layer: why for layer, why in self.unavailable.items()
+                   if self.config.layer_mode(layer) == "optional"}
         if self.cgroups is not None and self._require("cgroups"):
             try:
                 cgroup = self.cgroups.create(str(pid), cgroups.CgroupLimits(
                     memory_max_bytes=limits.memory_max_bytes, pids_max=limits.pids_max,
                     cpu_max_cores=limits.cpu_max_cores))
-            except (SandboxError, OSError) as e:
+            except (LibOSError, OSError) as e:
                 if self.config.layer_mode("cgroups") == "required":
                     raise SandboxError(f"cgroups: {e}") from None
+                skipped["cgroups"] = str(e)
         profile = build_profile(
             config=self.config,
             view=self.view,
@@ -130,7 +134,18 @@ class SandboxManager:
             supervisor_uid=os.geteuid(),
             supervisor_gid=os.getegid(),
         )
-        return Prepared(profile.to_json(), cgroup)
+        if profile.mount is not None:
+            # Stat every bind source here, once, so the child only issues syscalls.
+            try:
+                profile = dataclasses.replace(profile, mount=namespaces.compile_mounts(
+                    profile.mount))
+            except SandboxError as e:
+                if self.config.layer_mode("namespaces") == "required":
+                    if cgroup is not None:
+                        cgroup.remove(timeout_s=0)
+                    raise
+                skipped["namespaces"] = e.message
+        return Prepared(dataclasses.replace(profile, skipped=skipped).to_json(), cgroup)
 
     @staticmethod
     def verdict(cgroup: Any) -> tuple[bool, bool, dict[str, int]]:

@@ -21,6 +21,7 @@ supervisor signals them through the pidfds, which cannot hit a recycled pid.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import gc
 import json
@@ -31,6 +32,8 @@ import socket
 import sys
 from typing import Any, Final
 
+from agentlibos.sandbox import libc
+from agentlibos.sandbox.namespaces import CLONE_NEWPID
 from agentlibos.sandbox.pdeathsig import set_pdeathsig
 
 # Imported here, at the top, so the zygote has everything a child needs loaded before
@@ -45,6 +48,11 @@ class Zygote:
         self.sock = sock
         self.children: dict[int, int] = {}  # host pid -> libOS pid
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        # Our own pid namespace, to return to after making one for a child (root only).
+        self.own_pid_ns: int | None = None
+        if os.geteuid() == 0:
+            with contextlib.suppress(OSError):
+                self.own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
 
     def send(self, msg: dict[str, Any], fds: list[int] | None = None) -> None:
         data = json.dumps(msg).encode()
@@ -57,12 +65,38 @@ class Zygote:
             # The supervisor is gone; PDEATHSIG will end us. Nothing to report to.
             pass
 
+    def _enter_child_pid_ns(self, spec: dict[str, Any]) -> bool:
+        """Make the next fork's child pid 1 of a new pid namespace, if the profile wants
+        one and this zygote may (root): it saves the child a second fork and a relay."""
+        namespaces = (spec.get("profile") or {}).get("namespaces") or []
+        if self.own_pid_ns is None or "pid" not in namespaces or "user" in namespaces:
+            return False
+        try:
+            libc.check(libc.unshare(ctypes.c_int(CLONE_NEWPID)), "unshare(CLONE_NEWPID)")
+        except OSError:
+            return False  # the child enters one itself, the slower way
+        spec["pid_ns_ready"] = True
+        return True
+
+    def _leave_child_pid_ns(self) -> None:
+        assert self.own_pid_ns is not None
+        try:
+            libc.check(libc.setns(ctypes.c_int(self.own_pid_ns), ctypes.c_int(CLONE_NEWPID)),
+                       "setns(own pid namespace)")
+        except OSError:
+            # Every later fork would land in a dead namespace: better to die and be
+            # replaced by the supervisor than to fail every spawn from now on.
+            os._exit(3)
+
     def spawn(self, msg: dict[str, Any]) -> None:
         pid = int(msg["pid"])
         report_r, report_w = os.pipe2(os.O_CLOEXEC)
+        new_ns = self._enter_child_pid_ns(msg["spec"])
         try:
             host_pid = os.fork()
         except OSError as e:
+            if new_ns:
+                self._leave_child_pid_ns()
             os.close(report_r)
             os.close(report_w)
             self.send({"op": "spawn-failed", "pid": pid, "error": f"fork: {e}"})
@@ -70,10 +104,13 @@ class Zygote:
         if host_pid == 0:  # the child: never returns
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            for fd in (report_r, self.wake_r, self.wake_w, self.sock.fileno()):
+            for fd in (report_r, self.wake_r, self.wake_w, self.sock.fileno(),
+                       self.own_pid_ns if self.own_pid_ns is not None else -1):
                 with contextlib.suppress(OSError):
                     os.close(fd)
             run_child(msg["spec"], report_w, zygote_pid=os.getppid())
+        if new_ns:
+            self._leave_child_pid_ns()
         os.close(report_w)
         self.children[host_pid] = pid
         try:
