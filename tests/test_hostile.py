@@ -93,7 +93,9 @@ def test_inside_the_sandbox_every_layer_is_in_place(
             "pid": os.getpid(), "ppid": os.getppid(),
             "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
             "root": sorted(os.listdir("/")), "hostname": socket.gethostname(),
-            "cgroup": open("/proc/self/cgroup").read(), "pdeathsig": pdeathsig()}
+            "cgroup": open("/proc/self/cgroup").read(), "pdeathsig": pdeathsig(),
+            "rlimits": {n: __import__("resource").getrlimit(getattr(__import__("resource"), n))
+                        for n in ("RLIMIT_CORE", "RLIMIT_NOFILE", "RLIMIT_FSIZE")}}
 """)
     rec = run_proc(sup, img)
     assert rec.exit_reason == "returned", (rec.error, log_of(sup, rec.pid))
@@ -107,12 +109,40 @@ def test_inside_the_sandbox_every_layer_is_in_place(
     assert r["hostname"] == "agentlibos"
     # It dies with the zygote even though the uid switch cleared the first setting.
     assert r["pdeathsig"] == 9
+    assert r["rlimits"] == {"RLIMIT_CORE": [0, 0], "RLIMIT_NOFILE": [1024, 1024],
+                            "RLIMIT_FSIZE": [1 << 30, 1 << 30]}
     assert "home" not in r["root"] and "etc" in r["root"]
     assert f"/{rec.pid}" in r["cgroup"]
     assert set(rec.layers) == set(LAYERS)
     assert rec.missing_layers == []
     contain = [a for a in sup.store.audit_records(pid=rec.pid) if a.call == "proc.contain"]
     assert contain and set(contain[0].detail["layers"]) == set(LAYERS)
+
+
+def test_with_a_user_namespace_every_layer_holds_too(
+    paths: Paths, make_image: MakeImage, secret: Path
+) -> None:
+    # What an unprivileged supervisor gets: a user namespace lends the child the
+    # capabilities the other namespaces need, and the pid namespace is entered by a
+    # second fork in the child (the zygote cannot make one without privilege).
+    img = hostile(make_image, "userns", """
+    st = status()
+    return {"status": {k: st.get(k) for k in ("NoNewPrivs", "Seccomp", "CapEff", "Uid")},
+            "pid": os.getpid(), "pids": sorted(int(p) for p in os.listdir("/proc")
+                                               if p.isdigit()),
+            "secret": read(args["secret"]), "userns": os.readlink("/proc/self/ns/user")}
+""")
+    host_userns = os.readlink("/proc/self/ns/user")
+    with Supervisor(paths, sandbox=SandboxConfig(user_namespace="always")) as sup:
+        rec = run_proc(sup, img, {"secret": str(secret)})
+    assert rec.exit_reason == "returned", rec.error
+    r = rec.result
+    assert set(rec.layers) == set(LAYERS)
+    assert (r["status"]["NoNewPrivs"], r["status"]["Seccomp"]) == ("1", "2")
+    assert r["status"]["CapEff"] == "0000000000000000"
+    assert r["pid"] == 1 and r["pids"] == [1]
+    assert r["secret"]["ok"] is False
+    assert r["userns"] != host_userns
 
 
 def test_raw_reads_and_writes_outside_scratch_fail(

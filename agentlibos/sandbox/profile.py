@@ -304,7 +304,9 @@ def build_profile(
         tmp_dir=scratch,
     )
     agent_ids = None
-    if config.agent_uid is not None and modes["namespaces"] != "disabled":
+    # In a user namespace only the supervisor's own id is mapped (to 0 inside): there is
+    # no other uid to become, and root inside is the unprivileged supervisor outside.
+    if config.agent_uid is not None and modes["namespaces"] != "disabled" and not userns:
         agent_ids = (config.agent_uid,
                      config.agent_gid if config.agent_gid is not None else config.agent_uid)
     return SandboxProfile(
