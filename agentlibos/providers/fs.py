@@ -22,6 +22,7 @@ import stat as stat_mod
 from dataclasses import dataclass
 from typing import Any, Final
 
+from agentlibos import libc
 from agentlibos.errors import (
     Conflict,
     InvalidArgument,
@@ -48,7 +49,6 @@ class _OpenHow(ctypes.Structure):
     )
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
 # Whether this kernel has openat2 (5.6+); learnt at the first call.
 _openat2_state: dict[str, bool] = {}
 
@@ -63,7 +63,7 @@ def _openat2(path: str, flags: int, mode: int,
     # syscall(2) is variadic: pass every argument as a full-width long, or the size_t
     # argument arrives with garbage in its upper half (EINVAL).
     fd = int(
-        _libc.syscall(
+        libc.syscall(
             ctypes.c_long(_SYS_OPENAT2), ctypes.c_long(_AT_FDCWD),
             ctypes.c_char_p(os.fsencode(path)), ctypes.byref(how),
             ctypes.c_size_t(ctypes.sizeof(how)),

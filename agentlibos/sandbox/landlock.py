@@ -62,8 +62,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Final
 
+from agentlibos import libc
 from agentlibos.errors import SandboxError
-from agentlibos.sandbox import libc
 
 __all__ = [
     "KNOWN_ABI",

@@ -35,8 +35,8 @@ import stat as stat_mod
 from dataclasses import dataclass
 from typing import Final, NoReturn
 
+from agentlibos import libc
 from agentlibos.errors import SandboxError
-from agentlibos.sandbox import libc
 from agentlibos.sandbox.pdeathsig import set_pdeathsig
 
 NAMESPACES_LAYER: Final = "namespaces"

@@ -7,7 +7,7 @@ import os
 import signal
 from typing import Final
 
-from agentlibos.sandbox import libc
+from agentlibos import libc
 
 PR_SET_PDEATHSIG: Final = 1
 

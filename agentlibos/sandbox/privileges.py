@@ -18,8 +18,8 @@ import ctypes
 import os
 from typing import Final
 
+from agentlibos import libc
 from agentlibos.errors import SandboxError
-from agentlibos.sandbox import libc
 
 PR_SET_NO_NEW_PRIVS: Final = 38
 PR_GET_NO_NEW_PRIVS: Final = 39

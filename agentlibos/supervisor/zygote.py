@@ -32,7 +32,7 @@ import socket
 import sys
 from typing import Any, Final
 
-from agentlibos.sandbox import libc
+from agentlibos import libc
 from agentlibos.sandbox.namespaces import CLONE_NEWPID
 from agentlibos.sandbox.pdeathsig import set_pdeathsig
 

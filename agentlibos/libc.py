@@ -1,4 +1,4 @@
-"""The C library functions the sandbox calls, resolved once, at import.
+"""The C library functions the runtime calls directly, resolved once, at import.
 
 Resolving a ctypes function (dlsym, building its function object) costs a few hundred
 microseconds the first time; done here, in the zygote before it forks, every child
