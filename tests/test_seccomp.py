@@ -234,10 +234,8 @@ def test_the_allowlist_allows_what_the_agent_runtime_was_seen_to_use() -> None:
         assert decide(p, name, args) == ALLOW, name
 
 
-def test_unknown_and_planned_variants_and_styles_are_refused_with_the_reason() -> None:
-    with pytest.raises(ValueError, match=r"Deno variant .* not written yet"):
-        build_profile("deno")
-    with pytest.raises(ValueError, match="unknown variant 'bogus'; known: agent"):
+def test_unknown_variants_and_styles_are_refused_with_the_reason() -> None:
+    with pytest.raises(ValueError, match="unknown variant 'bogus'; known: agent, deno"):
         build_profile("bogus")
     with pytest.raises(ValueError, match="unknown style 'greylist'"):
         build_profile("agent", "greylist")
@@ -822,3 +820,19 @@ def _no_filter_in_pytest() -> Iterator[None]:
     yield
     with open("/proc/self/status") as f:
         assert "Seccomp:\t0" in f.read()
+
+
+DENO_EXE_FD = seccomp.DENO_EXE_FD
+
+
+def test_the_deno_variant_execs_only_the_pre_opened_binary_and_nothing_by_path() -> None:
+    for style in ("allowlist", "denylist"):
+        p = build_profile("deno", style)
+        assert seccomp.decide(p, "execveat", (DENO_EXE_FD, 0, 0, 0, 0x1000)).action == "allow"
+        assert seccomp.decide(p, "execveat", (DENO_EXE_FD + 1, 0, 0, 0, 0x1000)).action \
+            == "errno"
+        assert seccomp.decide(p, "execveat", (DENO_EXE_FD, 0, 0, 0, 0)).action == "errno"
+        assert seccomp.decide(p, "execve").action == "errno"
+        # Everything the agent variant refuses, Deno is refused too.
+        for name in ("ptrace", "mount", "bpf", "io_uring_setup", "unshare"):
+            assert seccomp.decide(p, name).action == "errno", (style, name)

@@ -50,6 +50,40 @@ def dispatch(host: Host, caller: Caller, call: str, args: dict[str, Any],
     return sc.handler(host, caller, sc.validate(args), blobs)
 
 
+def run_syscall(
+    host: BrokerHost,
+    caller: Caller,
+    call: str,
+    args: dict[str, Any],
+    blobs: list[bytes],
+    sink: Callable[[Reply | LibOSError], None],
+) -> None:
+    """Run one syscall and hand its outcome -- now or, for a Pending, later -- to ``sink``.
+
+    The one place an exception becomes a reply: typed errors pass as they are, anything
+    else is a bug, logged and answered as InternalError with its writes rolled back.
+    Used for agents' requests and for the syscalls their JIT tools make.
+    """
+    try:
+        with host.savepoint():
+            result = dispatch(host, caller, call, args, blobs)
+    except LibOSError as e:
+        sink(e)
+        return
+    except Exception as e:  # a handler bug must not take the broker down
+        log.exception("syscall %s from pid %d failed", call, caller.pid)
+        host.on_internal_error(caller, call, e)
+        sink(InternalError(f"{call}: internal error ({type(e).__name__}); "
+                           "the supervisor log has the details"))
+        return
+    if isinstance(result, Pending):
+        result.bind(sink)
+    elif isinstance(result, Reply):
+        sink(result)
+    else:
+        sink(Reply(result))
+
+
 class Broker:
     def __init__(
         self,
@@ -131,22 +165,5 @@ class Broker:
             self.host.on_protocol_error(e, routing_id)
             self.outbox.append([routing_id, *encode_error(req.id, e)])
             return
-        sink = self._sink(routing_id, req.id, caller, req.call)
-        try:
-            with self.host.savepoint():
-                result = dispatch(self.host, caller, req.call, req.args, req.blobs)
-        except LibOSError as e:
-            sink(e)
-            return
-        except Exception as e:
-            log.exception("syscall %s from pid %d failed", req.call, req.pid)
-            self.host.on_internal_error(caller, req.call, e)
-            sink(InternalError(f"{req.call}: internal error ({type(e).__name__}); "
-                               "the supervisor log has the details"))
-            return
-        if isinstance(result, Pending):
-            result.bind(sink)
-        elif isinstance(result, Reply):
-            sink(result)
-        else:
-            sink(Reply(result))
+        run_syscall(self.host, caller, req.call, req.args, req.blobs,
+                    self._sink(routing_id, req.id, caller, req.call))

@@ -6,6 +6,7 @@ malformed image is refused with one message naming the file and the problem.
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from typing import Any, Final, Literal, TypeVar
 
 from agentlibos.errors import ImageError, InvalidArgument, PolicyError
 from agentlibos.kernel.caps import CapPattern, parse_cap
+from agentlibos.kernel.schema import check_schema
 from agentlibos.kernel.units import parse_duration, parse_size
 
 # \Z, not $: "$" also matches before a trailing newline, so "x\n" would pass.
@@ -77,6 +79,11 @@ class ToolSpec:
     name: str
     kind: Literal["builtin", "jit"]
     ref: str  # the syscall name for builtins, the path (relative to the image) for jit
+    # JIT tools only (the table form in [tools]): capabilities the tool is narrowed to
+    # (empty: the caller's own), a JSON schema its args must match, and a time limit.
+    caps: tuple[str, ...] = ()
+    schema: dict[str, Any] | None = None
+    timeout_s: float | None = None
 
     @property
     def target(self) -> str:
@@ -173,9 +180,16 @@ def load_image(directory: str | Path) -> AgentImage:
         )
 
     tools: list[ToolSpec] = []
-    for tname, target in _table(data, "tools", where).items():
+    for tname, entry in _table(data, "tools", where).items():
         if not TOOL_NAME_RE.match(tname):
             raise ImageError(f"{where}: tool name {tname!r} is not a valid identifier")
+        options: dict[str, Any] = {}
+        target = entry
+        if isinstance(entry, dict):
+            # name = { target = "jit:tools/x.ts", caps = [...], schema = {...}, timeout = "5s" }
+            _check_keys(entry, {"target", "caps", "schema", "timeout"}, f"tools.{tname}", where)
+            target = entry.get("target")
+            options = entry
         if not isinstance(target, str) or ":" not in target:
             raise ImageError(
                 f"{where}: tool {tname!r} must be 'builtin:NAME' or 'jit:PATH', got {target!r}"
@@ -187,6 +201,9 @@ def load_image(directory: str | Path) -> AgentImage:
                     f"{where}: tool {tname!r}: unknown builtin {ref!r} "
                     f"(known: {', '.join(sorted(BUILTIN_TOOLS))})"
                 )
+            if options.keys() - {"target"}:
+                raise ImageError(f"{where}: tool {tname!r}: caps, schema and timeout are "
+                                 "for JIT tools (a builtin tool has its caller's authority)")
             tools.append(ToolSpec(tname, "builtin", BUILTIN_TOOLS[ref]))
         elif kind == "jit":
             tool_path = (root / ref).resolve()
@@ -196,7 +213,8 @@ def load_image(directory: str | Path) -> AgentImage:
                 )
             if not tool_path.is_file():
                 raise ImageError(f"{where}: tool {tname!r}: {ref!r} does not exist")
-            tools.append(ToolSpec(tname, "jit", str(tool_path.relative_to(root))))
+            tools.append(ToolSpec(tname, "jit", str(tool_path.relative_to(root)),
+                                  **_jit_options(root, tname, options, where)))
         else:
             raise ImageError(f"{where}: tool {tname!r}: kind {kind!r} is not builtin or jit")
 
@@ -251,6 +269,42 @@ def _positive(v: _N | None, what: str) -> _N | None:
     if v is not None and v <= 0:
         raise InvalidArgument(f"{what} must be greater than zero")
     return v
+
+
+def _jit_options(root: Path, name: str, options: dict[str, Any], where: str) -> dict[str, Any]:
+    """caps, schema and timeout of a JIT tool's table form, validated."""
+    out: dict[str, Any] = {}
+    caps = options.get("caps", [])
+    if not isinstance(caps, list):
+        raise ImageError(f"{where}: tool {name!r}: caps must be a list of capabilities")
+    for c in caps:
+        try:
+            parse_cap(c)
+        except PolicyError as e:
+            raise ImageError(f"{where}: tool {name!r}: {e.message}") from None
+    out["caps"] = tuple(caps)
+    schema = options.get("schema")
+    if isinstance(schema, str):  # a JSON file inside the image
+        spath = (root / schema).resolve()
+        if not spath.is_relative_to(root) or not spath.is_file():
+            raise ImageError(f"{where}: tool {name!r}: schema file {schema!r} is not in the image")
+        try:
+            schema = json.loads(spath.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ImageError(f"{where}: tool {name!r}: schema {schema!r}: {e}") from None
+    if schema is not None:
+        try:
+            check_schema(schema, f"tool {name!r} schema")
+        except InvalidArgument as e:
+            raise ImageError(f"{where}: {e.message}") from None
+        out["schema"] = schema
+    if "timeout" in options:
+        try:
+            out["timeout_s"] = _positive(parse_duration(options["timeout"], what="timeout"),
+                                         "timeout")
+        except InvalidArgument as e:
+            raise ImageError(f"{where}: tool {name!r}: {e.message}") from None
+    return out
 
 
 def _positive_int(v: object, what: str) -> int | None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from agentlibos.config import Paths
 from agentlibos.errors import LibOSError
+from agentlibos.jit import deno
 from agentlibos.sandbox import cgroups, landlock, namespaces
 from agentlibos.sandbox.profile import LAYERS, SandboxConfig
 from agentlibos.supervisor import Supervisor
@@ -37,6 +38,7 @@ class LayerReport:
 class DoctorReport:
     kernel: str
     privileges: str
+    deno: str = ""  # what JIT tools run on
     layers: list[LayerReport] = field(default_factory=list)
     probe: dict[str, Any] | None = None
     probe_error: str | None = None
@@ -72,6 +74,7 @@ def run(config: SandboxConfig) -> DoctorReport:
         kernel=f"Linux {platform.release()} ({platform.machine()})",
         privileges=("root" if os.geteuid() == 0 else f"uid {os.geteuid()}")
         + f", Python {platform.python_version()}",
+        deno=deno.describe(),
     )
     for layer in LAYERS:
         report.layers.append(LayerReport(layer, config.layer_mode(layer), _describe(layer)))
@@ -99,7 +102,8 @@ def run(config: SandboxConfig) -> DoctorReport:
 
 
 def format_report(r: DoctorReport) -> str:
-    lines = [f"kernel: {r.kernel}; running as {r.privileges}", ""]
+    lines = [f"kernel: {r.kernel}; running as {r.privileges}",
+             f"JIT tools: {r.deno}", ""]
     for lr in r.layers:
         mark = "ok " if lr.applied else ("-- " if lr.mode != "required" else "NO ")
         lines.append(f"{mark} {lr.layer:<11} [{lr.mode}] {lr.host}")

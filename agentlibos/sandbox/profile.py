@@ -52,6 +52,13 @@ class SandboxConfig:
     user_namespace: UserNamespace = "auto"
     # Extra host paths every agent may read (model files, a shared corpus...).
     read_only_paths: tuple[str, ...] = ()
+    # JIT tools (each a Deno process): limits, V8 heap, a call's time limit, and how long
+    # an idle warm tool process is kept.
+    tool_limits: Limits = field(default_factory=lambda: Limits(
+        memory_max_bytes=256 << 20, pids_max=32, cpu_max_cores=1.0))
+    tool_heap_mb: int = 160
+    tool_timeout_s: float = 30.0
+    tool_idle_s: float = 300.0
 
     def layer_mode(self, layer: str) -> Literal["required", "optional", "disabled"]:
         if layer in self.disabled:
@@ -84,7 +91,7 @@ def parse_config(text: str, source: str) -> SandboxConfig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise PolicyError(f"{source}: not valid TOML: {e}") from None
-    unknown = set(data) - {"sandbox", "limits"}
+    unknown = set(data) - {"sandbox", "limits", "jit"}
     if unknown:
         raise PolicyError(f"{source}: unknown section(s) {', '.join(sorted(unknown))}")
     sb = data.get("sandbox", {})
@@ -119,6 +126,19 @@ def parse_config(text: str, source: str) -> SandboxConfig:
         )
         if "ceiling" in lim:
             ceiling = _limits(lim["ceiling"], f"{source}: [limits.ceiling]")
+    jit = data.get("jit", {})
+    if not isinstance(jit, dict) or set(jit) - {"memory", "pids", "cpu", "heap", "timeout",
+                                               "idle"}:
+        raise PolicyError(f"{source}: [jit] takes memory, pids, cpu, heap, timeout, idle")
+    tool_limits = defaults.tool_limits
+    if jit.keys() & {"memory", "pids", "cpu"}:
+        given = _limits({k: jit[k] for k in ("memory", "pids", "cpu") if k in jit},
+                        f"{source}: [jit]")
+        tool_limits = Limits(
+            memory_max_bytes=given.memory_max_bytes or tool_limits.memory_max_bytes,
+            pids_max=given.pids_max or tool_limits.pids_max,
+            cpu_max_cores=given.cpu_max_cores or tool_limits.cpu_max_cores,
+        )
     uid = sb.get("agent_uid", defaults.agent_uid)
     gid = sb.get("agent_gid", uid if "agent_uid" in sb else defaults.agent_gid)
     try:
@@ -133,6 +153,13 @@ def parse_config(text: str, source: str) -> SandboxConfig:
             agent_gid=None if gid in (None, -1) else int(gid),
             user_namespace=userns,
             read_only_paths=tuple(str(p) for p in sb.get("read_only_paths", [])),
+            tool_limits=tool_limits,
+            tool_heap_mb=parse_size(jit.get("heap", defaults.tool_heap_mb << 20),
+                                    what="[jit] heap") >> 20,
+            tool_timeout_s=parse_duration(jit.get("timeout", defaults.tool_timeout_s),
+                                          what="[jit] timeout"),
+            tool_idle_s=parse_duration(jit.get("idle", defaults.tool_idle_s),
+                                       what="[jit] idle"),
         )
     except (InvalidArgument, TypeError, ValueError) as e:
         raise PolicyError(f"{source}: [sandbox]: {e}") from None
@@ -287,18 +314,73 @@ def build_profile(
     supervisor_uid: int,
     supervisor_gid: int,
 ) -> SandboxProfile:
-    """Decide one process's sandbox. Pure: everything it needs is an argument."""
+    """Decide an AgentProcess's sandbox. Pure: everything it needs is an argument."""
+    return _assemble(
+        config=config,
+        ro=tuple(dict.fromkeys((*view.ro_paths, image_dir))),
+        rw=(scratch, broker_socket),
+        view=view,
+        scratch=scratch,
+        new_root=new_root,
+        cgroup_procs=cgroup_procs,
+        seccomp_bpf=seccomp_bpf,
+        supervisor_ids=(supervisor_uid, supervisor_gid),
+    )
+
+
+def build_tool_profile(
+    *,
+    config: SandboxConfig,
+    exe_files: tuple[str, ...],
+    symlinks: tuple[tuple[str, str], ...],
+    read_only_dirs: tuple[str, ...],
+    scratch: str,
+    new_root: str,
+    cgroup_procs: tuple[str, ...],
+    seccomp_bpf: bytes,
+    supervisor_uid: int,
+    supervisor_gid: int,
+) -> SandboxProfile:
+    """Decide a JIT tool's sandbox (a Deno process): the same layers as an agent, a tree
+    holding only Deno, its libraries, the runner and the tool, and no broker socket --
+    it talks to the supervisor over its stdin and stdout only. Pure."""
+    view = HostView(ro_paths=exe_files, symlinks=symlinks,
+                    dev_nodes=("/dev/null", "/dev/urandom"))
+    return _assemble(
+        config=config,
+        ro=tuple(dict.fromkeys((*exe_files, *read_only_dirs))),
+        rw=(scratch,),
+        view=view,
+        scratch=scratch,
+        new_root=new_root,
+        cgroup_procs=cgroup_procs,
+        seccomp_bpf=seccomp_bpf,
+        supervisor_ids=(supervisor_uid, supervisor_gid),
+    )
+
+
+def _assemble(
+    *,
+    config: SandboxConfig,
+    ro: tuple[str, ...],
+    rw: tuple[str, ...],
+    view: HostView,
+    scratch: str,
+    new_root: str,
+    cgroup_procs: tuple[str, ...],
+    seccomp_bpf: bytes,
+    supervisor_ids: tuple[int, int],
+) -> SandboxProfile:
     modes: dict[str, str] = {layer: config.layer_mode(layer) for layer in LAYERS}
     userns = config.user_namespace == "always" or (
-        config.user_namespace == "auto" and supervisor_uid != 0)
+        config.user_namespace == "auto" and supervisor_ids[0] != 0)
     namespaces: tuple[str, ...] = ("mnt", "pid", "net", "ipc", "uts")
     if userns:
         namespaces = ("user", *namespaces)
-    ro = tuple(dict.fromkeys((*view.ro_paths, image_dir)))
     mount = MountPlan(
         new_root=new_root,
         ro_binds=ro,
-        rw_binds=(scratch, broker_socket),
+        rw_binds=rw,
         dev_nodes=view.dev_nodes,
         symlinks=view.symlinks,
         tmp_dir=scratch,
@@ -314,13 +396,13 @@ def build_profile(
         cgroup_procs=cgroup_procs if modes["cgroups"] != "disabled" else (),
         namespaces=namespaces if modes["namespaces"] != "disabled" else (),
         mount=mount if modes["namespaces"] != "disabled" else None,
-        id_map=(supervisor_uid, supervisor_gid) if userns else None,
+        id_map=supervisor_ids if userns else None,
         agent_ids=agent_ids,
         rlimits={"core": 0, "nofile": config.nofile, "fsize": config.fsize_bytes},
         # The same host paths as the mount tree: Landlock holds even where the mount
         # namespace is optional and missing. (/proc is added by contain.py, which knows
         # whether the pid namespace took.)
-        landlock_ro=(*ro, *view.dev_nodes, broker_socket),
+        landlock_ro=(*ro, *view.dev_nodes, *rw[1:]),
         landlock_rw=(scratch, "/dev/null"),
         seccomp_bpf=seccomp_bpf if modes["seccomp"] != "disabled" else b"",
         scratch=scratch,

@@ -516,6 +516,32 @@ _ALLOW_PYTHON: Final[tuple[Rule, ...]] = (
 )
 
 
+# The Deno variant. The child opens the Deno binary, moves the fd to DENO_EXE_FD, loads
+# this filter and calls execveat(DENO_EXE_FD, "", argv, envp, AT_EMPTY_PATH): the only
+# program it can ever start. After the exec the fd is gone (O_CLOEXEC), and Landlock
+# grants EXECUTE on the Deno binary (and its loader) alone, so Deno cannot run anything
+# else even through a file it opens under that number.
+DENO_EXE_FD: Final = 100
+_AT_EMPTY_PATH: Final = 0x1000
+_DENY_PATH_EXEC: Final[tuple[Rule, ...]] = (
+    *_deny("running a program by path: a JIT tool's sandbox starts Deno by fd, then nothing",
+           "execve"),
+    *_deny("execveat of anything but the pre-opened Deno binary", "execveat",
+           checks=(_ne(0, DENO_EXE_FD),)),
+    *_deny("execveat by a path relative to the Deno binary's fd", "execveat",
+           checks=(_masked(4, _AT_EMPTY_PATH, 0),)),
+)
+_ALLOW_DENO: Final[tuple[Rule, ...]] = (
+    Rule("execveat", "allow", 0,
+         (_eq(0, DENO_EXE_FD), _masked(4, _AT_EMPTY_PATH, _AT_EMPTY_PATH)),
+         "execveat of the pre-opened Deno binary, once, to start the tool runner"),
+    *_allow("the dynamic loader sets up thread-local storage (x86_64)", "arch_prctl"),
+    *_allow("V8 asks for memory protection keys and copes when it gets none",
+            "pkey_alloc", "pkey_free", "pkey_mprotect"),
+    *_allow("Deno's module cache in its own scratch DENO_DIR", "fchown", "fchownat"),
+)
+
+
 @dataclass(frozen=True)
 class _Variant:
     deny: tuple[Rule, ...]
@@ -526,13 +552,12 @@ class _Variant:
 _VARIANTS: Final[dict[str, _Variant]] = {
     "agent": _Variant(_DENY_COMMON + _DENY_EXEC, _ALLOW_PYTHON,
                       "a CPython AgentProcess: pyzmq, threads, the standard library"),
-    # "deno": _Variant(_DENY_COMMON + <execveat of the pre-opened Deno fd only>,
-    #                  <what V8 and Deno's worker threads need>, "a JIT tool in Deno"),
+    "deno": _Variant(_DENY_COMMON + _DENY_PATH_EXEC, _ALLOW_PYTHON + _ALLOW_DENO,
+                     "a JIT tool: the Python child until it execs Deno, then Deno (V8, "
+                     "tokio threads) with no permissions"),
 }
 VARIANTS: Final[tuple[str, ...]] = tuple(_VARIANTS)
-_PLANNED: Final[dict[str, str]] = {
-    "deno": "the Deno variant (execve of the Deno binary only) is not written yet",
-}
+_PLANNED: Final[dict[str, str]] = {}
 
 
 def build_profile(variant: str = "agent", style: str = DEFAULT_STYLE) -> SeccompProfile:

@@ -161,12 +161,23 @@ class Tools(_Family):
 
 
 class Jit(_Family):
-    def register(self, name: str, source: str, schema: dict[str, Any] | None = None) -> None:
-        """Register a TypeScript tool at run time (needs ``jit:register:<name>``)."""
+    def register(self, name: str, source: str, schema: dict[str, Any] | None = None, *,
+                 caps: list[str] | None = None, timeout: float | None = None) -> str:
+        """Register a TypeScript tool at run time (needs ``jit:register:<name>``).
+
+        The source is type-checked offline with ``deno check`` first; code that fails is
+        refused with the compiler's message (InvalidArgument). ``caps`` narrows what the
+        tool may do to less than this process holds; ``timeout`` bounds each call.
+        Returns the registered version (a hash of the source).
+        """
         args: dict[str, Any] = {"name": name, "source": source}
         if schema is not None:
             args["schema"] = schema
-        self._call("jit.register", args)
+        if caps is not None:
+            args["caps"] = list(caps)
+        if timeout is not None:
+            args["timeout"] = timeout
+        return str(self._call("jit.register", args)["version"])
 
 
 class Context:

@@ -11,10 +11,12 @@ import os
 import signal
 import sys
 import traceback
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from agentlibos.sandbox import contain
 from agentlibos.sandbox.pdeathsig import set_pdeathsig
+from agentlibos.sandbox.seccomp import DENO_EXE_FD
 from agentlibos.sdk.runtime import run_agent
 
 # Exit status of a child that could not be contained or started (the reason went down
@@ -40,32 +42,13 @@ def _redirect_stdio(log_path: str) -> None:
     os.close(log)
 
 
-def run_child(spec: dict[str, Any], report_fd: int, *, zygote_pid: int) -> NoReturn:
+def _start(spec: dict[str, Any], report_fd: int, setup: Callable[[], None]) -> None:
+    """Set up, contain, enter scratch and report -- or report why not and exit."""
     try:
-        # If the zygote (and so the supervisor) dies, so do we: no unsupervised agents.
-        set_pdeathsig(signal.SIGKILL)
-        if os.getppid() != zygote_pid:
-            os._exit(START_FAILED_STATUS)
-        # Our own process group: a kill of the group reaches whatever the agent forks.
-        os.setpgid(0, 0)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        _redirect_stdio(spec["log"])
-        # Close everything inherited except stdio and the report pipe.
-        os.closerange(3, report_fd)
-        os.closerange(report_fd + 1, 1 << 16)
+        setup()
         contained = contain.apply(spec.get("profile", {}),
                                   pid_ns_ready=bool(spec.get("pid_ns_ready")))
         os.chdir(spec["scratch"])
-        os.environ.clear()
-        os.environ.update(
-            {
-                "PATH": "/usr/local/bin:/usr/bin:/bin",
-                "HOME": spec["scratch"],
-                "TMPDIR": spec["scratch"],
-                "LANG": "C.UTF-8",
-                "PYTHONDONTWRITEBYTECODE": "1",
-            }
-        )
         _report(report_fd, {"ok": True, "layers": contained.layers,
                             "missing": contained.missing, "timings_ms": contained.timings_ms})
     except BaseException as e:  # noqa: BLE001 - anything here means "did not start"
@@ -75,6 +58,66 @@ def run_child(spec: dict[str, Any], report_fd: int, *, zygote_pid: int) -> NoRet
         finally:
             os._exit(START_FAILED_STATUS)
 
+
+def _close_inherited(keep: int) -> None:
+    """Close everything inherited except stdio and ``keep`` (the report pipe)."""
+    os.closerange(3, keep)
+    os.closerange(keep + 1, 1 << 16)
+
+
+def run_exec(spec: dict[str, Any], report_fd: int, stdin_fd: int, stdout_fd: int) -> NoReturn:
+    """Contain this child, then exec ``spec["argv"]`` -- a JIT tool's Deno.
+
+    The program is opened before the sandbox closes and executed by fd
+    (``execveat(DENO_EXE_FD, "", ..., AT_EMPTY_PATH)``): the seccomp filter allows
+    exactly that one exec, and Landlock allows executing that one file.
+    """
+
+    def setup() -> None:
+        set_pdeathsig(signal.SIGKILL)
+        os.setpgid(0, 0)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.dup2(stdin_fd, 0)
+        os.dup2(stdout_fd, 1)
+        log = os.open(spec["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                      0o600)
+        os.dup2(log, 2)
+        _close_inherited(report_fd)
+        exe = os.open(spec["argv"][0], os.O_PATH | os.O_CLOEXEC)
+        os.dup2(exe, DENO_EXE_FD, inheritable=False)
+        os.close(exe)
+
+    _start(spec, report_fd, setup)
+    try:
+        os.execve(DENO_EXE_FD, spec["argv"], spec["env"])  # noqa: S606 - no shell, by fd
+    except OSError as e:
+        os.write(2, f"exec {spec['argv'][0]}: {e}\n".encode())
+    os._exit(START_FAILED_STATUS)
+
+
+def run_child(spec: dict[str, Any], report_fd: int, *, zygote_pid: int) -> NoReturn:
+    def setup() -> None:
+        # If the zygote (and so the supervisor) dies, so do we: no unsupervised agents.
+        set_pdeathsig(signal.SIGKILL)
+        if os.getppid() != zygote_pid:
+            os._exit(START_FAILED_STATUS)
+        # Our own process group: a kill of the group reaches whatever the agent forks.
+        os.setpgid(0, 0)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        _redirect_stdio(spec["log"])
+        _close_inherited(report_fd)
+
+    _start(spec, report_fd, setup)
+    os.environ.clear()
+    os.environ.update(
+        {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": spec["scratch"],
+            "TMPDIR": spec["scratch"],
+            "LANG": "C.UTF-8",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+    )
     code = run_agent(spec["endpoint"], spec["pid"], bytes.fromhex(spec["token"]))
     sys.stdout.flush()
     sys.stderr.flush()

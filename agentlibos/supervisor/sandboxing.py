@@ -14,19 +14,23 @@ import dataclasses
 import itertools
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agentlibos.config import Paths
-from agentlibos.errors import LibOSError, SandboxError
+from agentlibos.errors import LibOSError, SandboxError, Unavailable
+from agentlibos.jit import deno
 from agentlibos.kernel.image import Limits
 from agentlibos.sandbox import cgroups, landlock, namespaces
 from agentlibos.sandbox.profile import (
     LAYERS,
     HostView,
     SandboxConfig,
+    SandboxProfile,
     build_profile,
+    build_tool_profile,
     host_view,
 )
 
@@ -48,6 +52,9 @@ class SandboxManager:
         self.view: HostView | None = None
         self.cgroups: Any = None  # CgroupManager
         self.seccomp_bpf = b""
+        self.seccomp_bpf_deno = b""
+        self.deno: Any = None  # agentlibos.jit.deno.DenoView, once Deno is found
+        self.deno_problem: str | None = None
         self.new_root = paths.run / "root"
 
     # ------------------------------------------------------------------ start / stop
@@ -63,10 +70,15 @@ class SandboxManager:
                 from agentlibos.sandbox import seccomp  # noqa: PLC0415
 
                 self.seccomp_bpf = seccomp.compile_bpf(seccomp.build_profile("agent"))
+                self.seccomp_bpf_deno = seccomp.compile_bpf(seccomp.build_profile("deno"))
             except (SandboxError, ImportError, OSError) as e:
                 self.unavailable["seccomp"] = f"cannot compile the filter: {e}"
         if self.config.layer_mode("landlock") != "disabled" and landlock.abi_version() <= 0:
             self.unavailable["landlock"] = "the kernel does not offer Landlock"
+        try:
+            self.deno = deno.deno_view(deno.deno_binary())
+        except Unavailable as e:
+            self.deno_problem = e.message
 
     def _start_cgroups(self) -> None:
         try:
@@ -106,8 +118,44 @@ class SandboxManager:
         return False
 
     def prepare(self, pid: int, limits: Limits, image_dir: str, scratch: Path) -> Prepared:
-        """Everything decided before fork: cgroup created and limited, profile built."""
+        """Everything decided before fork for an AgentProcess: cgroup, profile."""
         assert self.view is not None
+        view = self.view
+        return self._prepare(str(pid), limits, lambda procs: build_profile(
+            config=self.config,
+            view=view,
+            image_dir=image_dir,
+            scratch=str(scratch),
+            broker_socket=self.paths.broker_endpoint[len("ipc://"):],
+            new_root=str(self.new_root),
+            cgroup_procs=procs,
+            seccomp_bpf=self.seccomp_bpf,
+            supervisor_uid=os.geteuid(),
+            supervisor_gid=os.getegid(),
+        ))
+
+    def prepare_tool(self, wid: int, read_only_dirs: tuple[str, ...],
+                     scratch: Path) -> Prepared:
+        """A JIT tool's Deno process: the agents' layers, Deno's view, the tool's limits."""
+        if self.deno is None:
+            raise Unavailable(self.deno_problem or "Deno is not available")
+        dv = self.deno
+        return self._prepare(f"t{-wid}", self.config.tool_limits, lambda procs:
+                             build_tool_profile(
+                                 config=self.config,
+                                 exe_files=dv.files,
+                                 symlinks=dv.symlinks,
+                                 read_only_dirs=read_only_dirs,
+                                 scratch=str(scratch),
+                                 new_root=str(self.new_root),
+                                 cgroup_procs=procs,
+                                 seccomp_bpf=self.seccomp_bpf_deno,
+                                 supervisor_uid=os.geteuid(),
+                                 supervisor_gid=os.getegid(),
+                             ))
+
+    def _prepare(self, name: str, limits: Limits,
+                 build: Callable[[tuple[str, ...]], SandboxProfile]) -> Prepared:
         for layer in LAYERS:
             self._require(layer)  # fail closed before anything is created
         cgroup = None
@@ -115,25 +163,14 @@ class SandboxManager:
                    if self.config.layer_mode(layer) == "optional"}
         if self.cgroups is not None and self._require("cgroups"):
             try:
-                cgroup = self.cgroups.create(str(pid), cgroups.CgroupLimits(
+                cgroup = self.cgroups.create(name, cgroups.CgroupLimits(
                     memory_max_bytes=limits.memory_max_bytes, pids_max=limits.pids_max,
                     cpu_max_cores=limits.cpu_max_cores))
             except (LibOSError, OSError) as e:
                 if self.config.layer_mode("cgroups") == "required":
                     raise SandboxError(f"cgroups: {e}") from None
                 skipped["cgroups"] = str(e)
-        profile = build_profile(
-            config=self.config,
-            view=self.view,
-            image_dir=image_dir,
-            scratch=str(scratch),
-            broker_socket=self.paths.broker_endpoint[len("ipc://"):],
-            new_root=str(self.new_root),
-            cgroup_procs=tuple(cgroup.procs_files) if cgroup is not None else (),
-            seccomp_bpf=self.seccomp_bpf,
-            supervisor_uid=os.geteuid(),
-            supervisor_gid=os.getegid(),
-        )
+        profile = build(tuple(cgroup.procs_files) if cgroup is not None else ())
         if profile.mount is not None:
             # Stat every bind source here, once, so the child only issues syscalls.
             try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import heapq
 import hmac
 import itertools
@@ -48,7 +49,7 @@ from agentlibos.errors import (
     Unavailable,
 )
 from agentlibos.kernel.caps import CapPattern, attenuate, parse_cap, within
-from agentlibos.kernel.image import NAME_RE, AgentImage, load_image
+from agentlibos.kernel.image import NAME_RE, AgentImage, ToolSpec, load_image
 from agentlibos.kernel.policy import (
     BUILTIN_POLICY,
     Decision,
@@ -63,6 +64,7 @@ from agentlibos.providers.fs import LocalFs
 from agentlibos.sandbox.profile import SandboxConfig, effective_limits, load_config
 from agentlibos.supervisor.child import START_FAILED_STATUS
 from agentlibos.supervisor.control import ControlServer, Responder
+from agentlibos.supervisor.jit import JitManager, ToolDef
 from agentlibos.supervisor.sandboxing import SandboxManager
 from agentlibos.supervisor.zygote_client import ZygoteEvent, ZygoteHandle
 
@@ -92,6 +94,7 @@ class LiveProcess:
     blocked: int = 0  # pending replies the process is waiting on
     timers: list[int] = field(default_factory=list)
     cgroup: Any = None  # agentlibos.sandbox.cgroups.ProcessCgroup, when that layer is on
+    jit_tools: dict[str, ToolDef] = field(default_factory=dict)  # registered at run time
 
 
 class Supervisor:
@@ -111,6 +114,7 @@ class Supervisor:
             cfg = paths.home / "config.toml"
             sandbox = load_config(cfg if cfg.exists() else None)
         self.sandbox = SandboxManager(paths, sandbox)
+        self.jit = JitManager(self)
         self.mode = mode
         self.fs = LocalFs()
         self.object_quota = self.config.object_quota
@@ -165,6 +169,12 @@ class Supervisor:
             self._unlock()
             raise
         self._started = True
+        self._at(30.0, self._housekeeping)
+
+    def _housekeeping(self) -> None:
+        """Every 30 s: end JIT tool processes idle longer than the operator allows."""
+        self.jit.reap_idle()
+        self._at(30.0, self._housekeeping)
 
     def _lock(self) -> None:
         fd = os.open(self.paths.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -264,6 +274,8 @@ class Supervisor:
                     self._on_zygote_event(ev)
             for fd in [fd for fd in self._report_fds if fd in ready]:
                 self._on_report(fd)
+            for fd in [fd for fd in self.jit.fds if fd in ready]:
+                self.jit.on_ready(fd, ready[fd])
             if self.broker.sock in ready:
                 self.broker.drain()
             if self.control.sock in ready:
@@ -328,6 +340,18 @@ class Supervisor:
     # ------------------------------------------------------------------ zygote events
 
     def _on_zygote_event(self, ev: ZygoteEvent) -> None:
+        wid = ev.msg.get("pid")
+        if isinstance(wid, int) and wid < 0:  # a JIT tool's Deno process
+            if ev.op == "spawned":
+                self.jit.on_spawned(wid, int(ev.msg["host_pid"]), ev.fds)
+            elif ev.op == "exited":
+                self.jit.on_exited(wid, int(ev.msg["status"]))
+            elif ev.op == "spawn-failed":
+                self.jit.spawn_failed(wid, str(ev.msg.get("error")))
+            if ev.op != "spawned":
+                for fd in ev.fds:
+                    os.close(fd)
+            return
         if ev.op == "spawned":
             pid = int(ev.msg["pid"])
             pidfd, report_fd = ev.fds
@@ -492,6 +516,7 @@ class Supervisor:
                                  "status": status, "usage": usage,
                                  "pids_limit_hit": pids_hit})
         self._release_cgroup(pid, live.cgroup)
+        self.jit.end_process(pid)
         shutil.rmtree(live.scratch, ignore_errors=True)
         rec = self.store.get_process(pid)
         for w in live.waiters:
@@ -899,6 +924,58 @@ class Supervisor:
         self.store.set_caps(caller.pid, [str(k) for k in kept])
         self.audit(caller, "cap.drop", str(c), "info", {"held": [str(k) for k in kept]})
         return [str(k) for k in kept]
+
+    # --------------------------------------------------------------- Host: tools
+
+    def find_tool(self, caller: Caller, name: str) -> ToolSpec | ToolDef:
+        """A registered JIT tool, else the image's tool of that name (builtin or JIT)."""
+        live = self.live[caller.pid]
+        if name in live.jit_tools:
+            return live.jit_tools[name]
+        spec = caller.image.tool(name)
+        if spec is None:
+            known = [t.name for t in caller.image.tools] + list(live.jit_tools)
+            raise NotFound(f"tool.call: no tool named {name!r} "
+                           f"(this process has: {', '.join(known) or 'none'})")
+        if spec.kind == "builtin":
+            return spec
+        return ToolDef(name=name, path=str(caller.image.path / spec.ref), caps=spec.caps,
+                       schema=spec.schema, timeout_s=spec.timeout_s, version="image")
+
+    def jit_call(self, caller: Caller, tool: ToolDef, args: dict[str, Any]) -> Result:
+        pending = self.jit.call(caller, tool, args)
+        self._block(caller.pid, pending)
+        return pending
+
+    def jit_register(self, caller: Caller, name: str, source: str,
+                     schema: dict[str, Any] | None, caps: tuple[str, ...],
+                     timeout_s: float | None) -> Result:
+        version = hashlib.sha256(source.encode()).hexdigest()[:16]
+        path = self.jit.tool_dir(caller.pid, name) / f"tool-{version}.ts"
+        path.write_text(source, encoding="utf-8")
+        os.chmod(path, 0o644)
+        tool = ToolDef(name=name, path=str(path), caps=caps, schema=schema,
+                       timeout_s=timeout_s, version=version)
+        pending = Pending(caller.pid)
+        pid = caller.pid
+
+        def done(ok: bool, output: str) -> None:
+            live = self.live.get(pid)
+            with self.store.transaction():
+                self.store.append_audit(pid, "jit.register", f"jit:register:{name}",
+                                        "info" if ok else "deny",
+                                        {"tool": name, "version": version, "checked": ok,
+                                         "caps": list(caps), "compiler": output[:2000]})
+            if not ok:
+                pending.reject(InvalidArgument(
+                    f"jit.register: {name!r} does not pass `deno check`:\n{output}"))
+            elif live is not None:
+                live.jit_tools[name] = tool
+                pending.resolve({"name": name, "version": version})
+
+        self.jit.check(pid, tool, done)
+        self._block(pid, pending)
+        return pending
 
     # ------------------------------------------------------------------- control
 

@@ -38,7 +38,7 @@ from agentlibos.sandbox.pdeathsig import set_pdeathsig
 
 # Imported here, at the top, so the zygote has everything a child needs loaded before
 # it forks: children share these pages copy-on-write and pay no import cost.
-from agentlibos.supervisor.child import run_child
+from agentlibos.supervisor.child import run_child, run_exec
 
 MAX_PACKET: Final = 1 << 20
 
@@ -89,40 +89,59 @@ class Zygote:
             os._exit(3)
 
     def spawn(self, msg: dict[str, Any]) -> None:
+        """Fork an AgentProcess (op "spawn") or a sandboxed program such as a JIT tool's
+        Deno (op "exec", which also gets a pipe for its stdin and one for its stdout)."""
         pid = int(msg["pid"])
+        is_exec = msg.get("op") == "exec"
         report_r, report_w = os.pipe2(os.O_CLOEXEC)
+        stdio: tuple[int, int, int, int] | None = None
+        if is_exec:
+            in_r, in_w = os.pipe2(os.O_CLOEXEC)
+            out_r, out_w = os.pipe2(os.O_CLOEXEC)
+            stdio = (in_r, in_w, out_r, out_w)
         new_ns = self._enter_child_pid_ns(msg["spec"])
         try:
             host_pid = os.fork()
         except OSError as e:
             if new_ns:
                 self._leave_child_pid_ns()
-            os.close(report_r)
-            os.close(report_w)
+            for fd in (report_r, report_w, *(stdio or ())):
+                os.close(fd)
             self.send({"op": "spawn-failed", "pid": pid, "error": f"fork: {e}"})
             return
         if host_pid == 0:  # the child: never returns
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             for fd in (report_r, self.wake_r, self.wake_w, self.sock.fileno(),
-                       self.own_pid_ns if self.own_pid_ns is not None else -1):
+                       self.own_pid_ns if self.own_pid_ns is not None else -1,
+                       *((stdio[1], stdio[2]) if stdio else ())):
                 with contextlib.suppress(OSError):
                     os.close(fd)
+            if stdio is not None:
+                run_exec(msg["spec"], report_w, stdio[0], stdio[3])
             run_child(msg["spec"], report_w, zygote_pid=os.getppid())
         if new_ns:
             self._leave_child_pid_ns()
         os.close(report_w)
+        extra: list[int] = []
+        if stdio is not None:
+            os.close(stdio[0])
+            os.close(stdio[3])
+            # The supervisor writes the child's stdin and reads its stdout.
+            extra = [stdio[1], stdio[2]]
         self.children[host_pid] = pid
         try:
             pidfd = os.pidfd_open(host_pid)
         except OSError as e:
             os.kill(host_pid, signal.SIGKILL)
-            os.close(report_r)
+            for fd in (report_r, *extra):
+                os.close(fd)
             self.send({"op": "spawn-failed", "pid": pid, "error": f"pidfd_open: {e}"})
             return
-        self.send({"op": "spawned", "pid": pid, "host_pid": host_pid}, [pidfd, report_r])
-        os.close(pidfd)
-        os.close(report_r)
+        self.send({"op": "spawned", "pid": pid, "host_pid": host_pid},
+                  [pidfd, report_r, *extra])
+        for fd in (pidfd, report_r, *extra):
+            os.close(fd)
 
     def reap(self) -> None:
         while True:
@@ -177,7 +196,7 @@ class Zygote:
                     self.shutdown()
                     return
                 msg = json.loads(data)
-                if msg.get("op") == "spawn":
+                if msg.get("op") in ("spawn", "exec"):
                     self.spawn(msg)
                 elif msg.get("op") == "exit":
                     self.shutdown()

@@ -62,8 +62,9 @@ class ZygoteHandle:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def spawn(self, pid: int, spec: dict[str, Any]) -> None:
-        data = json.dumps({"op": "spawn", "pid": pid, "spec": spec}).encode()
+    def spawn(self, pid: int, spec: dict[str, Any], *, op: str = "spawn") -> None:
+        """Fork an AgentProcess ("spawn") or a sandboxed program with piped stdio ("exec")."""
+        data = json.dumps({"op": op, "pid": pid, "spec": spec}).encode()
         if len(data) > MAX_PACKET:
             raise Unavailable(f"spawn request for pid {pid} is too large")
         self.sock.setblocking(True)

@@ -1,32 +1,82 @@
-"""``tool.call``: call a tool from the caller's tool table by name.
+"""``tool.call``: call a tool by name; ``jit.register``: add a TypeScript tool at run time.
 
 A builtin tool is a libc-like wrapper: it runs the syscall it names with the caller's
 own authority, checked exactly as if the agent had made the call, and audited with the
-tool's name. It adds no authority. JIT tools run in Deno (agentlibos/jit).
+tool's name. It adds no authority.
+
+A JIT tool is TypeScript run by Deno with no permissions, in its own sandbox; every
+``libos.syscall`` it makes comes back here as the calling process, narrowed to the
+capabilities the tool declares (agentlibos/supervisor/jit.py). Calling one needs
+``jit:invoke:<name>``; registering one needs ``jit:register:<name>`` and a source that
+passes ``deno check``.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import Any, Final
 
-from agentlibos.broker.syscalls.base import Caller, Host, Param, Result, lookup, syscall
-from agentlibos.errors import InvalidArgument, NotFound, Unavailable
+from agentlibos.broker.syscalls.base import (
+    Caller,
+    Host,
+    Param,
+    Result,
+    lookup,
+    syscall,
+)
+from agentlibos.errors import Conflict, InvalidArgument, PolicyError
+from agentlibos.kernel.caps import parse_cap
+from agentlibos.kernel.image import TOOL_NAME_RE, ToolSpec
+from agentlibos.kernel.policy import Request
+from agentlibos.kernel.schema import check_schema
+
+MAX_SOURCE_BYTES: Final = 256 * 1024
 
 
 @syscall("tool.call", tool_ok=False, name=Param(str, max_len=64),
          args=Param(dict, required=False))
 def tool_call(host: Host, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Result:
-    """Call a tool from the caller's image's tool table."""
+    """Call a tool: a builtin of the image's table, or a JIT tool (image or registered)."""
     name = args["name"]
-    spec = caller.image.tool(name)
-    if spec is None:
-        known = ", ".join(t.name for t in caller.image.tools) or "none"
-        raise NotFound(f"tool.call: no tool named {name!r} (this image has: {known})")
-    if spec.kind == "builtin":
-        target = lookup(spec.ref)
+    tool = host.find_tool(caller, name)
+    if isinstance(tool, ToolSpec):  # a builtin
+        target = lookup(tool.ref)
         if not target.tool_ok:
-            raise InvalidArgument(f"tool {name!r} wraps {spec.ref}, which is not a tool")
-        via = replace(caller, via_tool=name)
-        return host.dispatch(via, spec.ref, args["args"] or {}, blobs)
-    raise Unavailable(f"tool {name!r} is a JIT tool; JIT tools are not available yet")
+            raise InvalidArgument(f"tool {name!r} wraps {tool.ref}, which is not a tool")
+        return host.dispatch(replace(caller, via_tool=name), tool.ref, args["args"] or {},
+                             blobs)
+    host.authorize(caller, "tool.call", Request("jit", "invoke", name))
+    return host.jit_call(caller, tool, args["args"] or {})
+
+
+@syscall(
+    "jit.register",
+    tool_ok=False,
+    name=Param(str, max_len=64),
+    source=Param(str, max_len=MAX_SOURCE_BYTES),
+    schema=Param(dict, required=False),
+    caps=Param(list, required=False, max_len=64),
+    timeout=Param(float, required=False),
+)
+def jit_register(host: Host, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Result:
+    """Type-check a TypeScript tool offline and make it callable by this process."""
+    name = args["name"]
+    if not TOOL_NAME_RE.match(name):
+        raise InvalidArgument(f"jit.register: {name!r} is not a valid tool name")
+    host.authorize(caller, "jit.register", Request("jit", "register", name))
+    spec = caller.image.tool(name)
+    if spec is not None:
+        raise Conflict(f"jit.register: the image already has a tool named {name!r}")
+    if args["schema"] is not None:
+        check_schema(args["schema"], f"jit.register {name} schema")
+    caps = args["caps"] or []
+    for c in caps:
+        try:
+            parse_cap(c)
+        except PolicyError as e:
+            raise InvalidArgument(f"jit.register: {e.message}") from None
+    timeout = args["timeout"]
+    if timeout is not None and not 0 < timeout <= 3600:
+        raise InvalidArgument("jit.register: timeout must be between 0 and 3600 seconds")
+    return host.jit_register(caller, name, args["source"], args["schema"], tuple(caps),
+                             timeout)

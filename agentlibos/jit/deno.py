@@ -1,0 +1,146 @@
+"""Finding Deno and deciding how it runs. Nothing is downloaded: the binary comes from the
+PyPI package ``deno`` (pinned in pyproject.toml), installed beside this package.
+
+Every Deno process -- a tool runner or a type check -- runs with these flags and no
+``--allow-*`` at all:
+
+* ``--no-prompt``   a missing permission is an error, never a question;
+* ``--no-remote``   no http(s) imports;
+* ``--no-npm``      no ``npm:`` specifiers (which would fetch from the registry);
+* ``--cached-only`` nothing may be fetched into the cache either;
+* ``--no-config``   no deno.json/package.json discovered next to the tool.
+
+Local modules are another matter: Deno loads statically analysable imports (including a
+literal ``import("/etc/passwd")``, and JSON imports) while building the module graph,
+without asking for read permission. That is closed by the OS sandbox, not by Deno: the
+process's mount tree holds only the Deno binary and its libraries, the runner and the
+tool's own directory, and Landlock allows reading nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Final
+
+from agentlibos.errors import Unavailable
+
+JIT_DIR: Final = Path(__file__).resolve().parent
+# JavaScript (JSDoc-typed), so every cold start is spared transpiling it.
+RUNNER: Final = JIT_DIR / "runner.js"
+TYPES: Final = JIT_DIR / "libos.d.ts"
+
+FLAGS: Final = ("--no-prompt", "--no-remote", "--no-npm", "--cached-only", "--no-config")
+CHECK_FLAGS: Final = ("--no-remote", "--no-npm", "--no-config", "--quiet")
+
+
+def deno_binary() -> str:
+    """The Deno binary of the installed ``deno`` package; Unavailable if there is none."""
+    env = os.environ.get("AGENTLIBOS_DENO")
+    if env:
+        return env
+    try:
+        from deno._find_deno import find_deno_bin  # noqa: PLC0415 - optional at import
+
+        return str(Path(find_deno_bin()).resolve())
+    except (ImportError, FileNotFoundError):
+        pass
+    found = shutil.which("deno")
+    if found:
+        return str(Path(found).resolve())
+    raise Unavailable("Deno is not installed: pip install the pinned 'deno' package "
+                      "(it ships the binary)")
+
+
+@cache
+def deno_version(binary: str) -> str:
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30,
+                         check=False)
+    first = out.stdout.splitlines()[0] if out.stdout else ""
+    return first.strip() or f"unknown ({out.stderr.strip()[:100]})"
+
+
+@dataclass(frozen=True)
+class DenoView:
+    """What a Deno process must be able to see: the binary, its loader and libraries."""
+
+    exe: str
+    files: tuple[str, ...]  # bound read-only at these paths (symlink-free parents)
+    symlinks: tuple[tuple[str, str], ...]  # top-level links such as /lib64 -> usr/lib64
+
+
+_LDD_LINE = re.compile(r"(?:=>\s*)?(/\S+)\s+\(0x[0-9a-f]+\)")
+
+
+def _loader_paths(binary: str) -> list[str]:
+    """The dynamic loader and shared libraries ``binary`` needs, from ldd (run here, in
+    the trusted supervisor, on the binary of a package it installed)."""
+    try:
+        out = subprocess.run(["ldd", binary], capture_output=True, text=True, timeout=30,
+                             check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [m.group(1) for m in _LDD_LINE.finditer(out.stdout)]
+
+
+def _bind_path(path: str) -> str:
+    """The path to mount ``path`` at: its directory without symlinks, its own name kept
+    (so a loader named /lib64/ld-linux-x86-64.so.2 is found through the /lib64 link)."""
+    d, name = os.path.split(path)
+    return os.path.join(os.path.realpath(d), name)
+
+
+@cache
+def deno_view(binary: str) -> DenoView:
+    exe = str(Path(binary).resolve())
+    files = [exe]
+    libs = _loader_paths(exe)
+    if not libs:
+        # No ldd: fall back to the library directories themselves.
+        libs = [p for p in ("/usr/lib", "/lib64", "/usr/lib64") if os.path.isdir(p)]
+    files += [_bind_path(p) for p in libs]
+    if os.path.exists("/etc/ld.so.cache"):
+        files.append("/etc/ld.so.cache")
+    links = tuple((top, os.readlink(top)) for top in ("/lib", "/lib64", "/bin")
+                  if os.path.islink(top))
+    return DenoView(exe=exe, files=tuple(dict.fromkeys(files)), symlinks=links)
+
+
+def entry_source(tool_path: str) -> str:
+    """The module Deno runs for a tool: static imports, so neither needs read permission."""
+    return (
+        f'import tool from "{Path(tool_path).as_uri()}";\n'
+        f'import {{ serve }} from "{RUNNER.as_uri()}";\n'
+        "await serve(tool);\n"
+    )
+
+
+def check_source(tool_path: str) -> str:
+    """The module `deno check` type-checks: the tool against the contract."""
+    return (
+        f'/// <reference path="{TYPES.as_uri()}" />\n'
+        f'import tool from "{Path(tool_path).as_uri()}";\n'
+        "// The contract: the default export is (args, libos) => a JSON value (or a promise).\n"
+        "const _contract: (args: any, libos: Libos) => unknown = tool;\n"
+    )
+
+
+def run_argv(exe: str, entry: str, *, heap_mb: int) -> list[str]:
+    return [exe, "run", *FLAGS, f"--v8-flags=--max-old-space-size={heap_mb}", entry]
+
+
+def check_argv(exe: str, entry: str) -> list[str]:
+    return [exe, "check", *CHECK_FLAGS, entry]
+
+
+def describe() -> str:
+    try:
+        b = deno_binary()
+    except Unavailable as e:
+        return e.message
+    return f"{deno_version(b)} at {b}"

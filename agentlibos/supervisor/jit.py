@@ -1,0 +1,558 @@
+"""JIT tools: a warm Deno process per (AgentProcess, tool), spoken to over its stdio.
+
+Each worker is forked by the zygote with the agents' sandbox (its own cgroup, namespaces,
+Landlock, the "deno" seccomp variant) and execs Deno with no permissions. The supervisor
+is the worker's only peer: it writes calls to its stdin and reads, from its stdout,
+syscall requests (run as the calling AgentProcess, narrowed to the tool's capabilities,
+audited with the tool's name), results and errors. Everything is non-blocking and runs
+on the supervisor's one loop: a tool that stops reading or writes garbage cannot stall
+anything but itself.
+
+A worker serves one call at a time; calls queue. A call that runs past its time limit,
+a worker that dies (an exception escaping the runner, the OOM killer), output that is
+not the protocol -- each ends the worker (its whole cgroup is killed) and gives the
+agent a typed error; the next call starts a fresh worker.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import itertools
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import zmq
+
+from agentlibos.broker.server import run_syscall
+from agentlibos.broker.syscalls import Caller, Pending, Reply, lookup
+from agentlibos.errors import (
+    InvalidArgument,
+    LibOSError,
+    LimitExceeded,
+    Timeout,
+    ToolError,
+    Unavailable,
+    from_wire,
+    to_wire,
+)
+from agentlibos.jit import deno
+from agentlibos.kernel.caps import attenuate, parse_cap
+from agentlibos.kernel.schema import validate
+
+if TYPE_CHECKING:
+    from agentlibos.supervisor.supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+
+MAX_LINE: Final = 48 << 20  # one protocol message, base64 blobs included
+MAX_RESULT_BYTES: Final = 1 << 20
+START_TIMEOUT_S: Final = 30.0
+
+
+@dataclass(frozen=True)
+class ToolDef:
+    """A JIT tool as the manager runs it."""
+
+    name: str
+    path: str  # the .ts module (absolute)
+    caps: tuple[str, ...] = ()  # narrow the caller's capabilities to these (empty: don't)
+    schema: dict[str, Any] | None = None
+    timeout_s: float | None = None
+    version: str = ""  # changes when a registered tool is replaced
+
+
+@dataclass
+class Call:
+    args: dict[str, Any]
+    pending: Pending
+    caller: Caller
+    started: float = 0.0
+    timer: int | None = None
+
+
+@dataclass
+class Worker:
+    wid: int  # negative: the zygote's id space for non-agents
+    pid: int  # the AgentProcess it belongs to
+    tool: ToolDef
+    scratch: Path
+    log_path: Path
+    cgroup: Any = None
+    host_pid: int | None = None
+    pidfd: int | None = None
+    stdin: int | None = None
+    stdout: int | None = None
+    report: int | None = None
+    state: str = "starting"  # starting | ready | busy | dead
+    inbuf: bytearray = field(default_factory=bytearray)
+    outbuf: bytearray = field(default_factory=bytearray)
+    current: Call | None = None
+    queue: deque[Call] = field(default_factory=deque)
+    created: float = field(default_factory=time.monotonic)
+    last_used: float = field(default_factory=time.monotonic)
+    start_timer: int | None = None
+    calls: int = 0
+    error: LibOSError | None = None  # why it is being killed, for its queued calls
+    # A type check ("check") rather than a tool runner ("run"): its stdout is ignored and
+    # on_exit gets the exit status.
+    kind: str = "run"
+    on_exit: Callable[[int], None] | None = None
+
+
+class JitManager:
+    def __init__(self, sup: Supervisor) -> None:
+        self.sup = sup
+        self.workers: dict[tuple[int, str], Worker] = {}
+        self.by_wid: dict[int, Worker] = {}
+        self.fds: dict[int, Worker] = {}
+        self._ids = itertools.count(1)
+        self.dir = sup.paths.home / "jit"
+
+    # ------------------------------------------------------------------ calling a tool
+
+    def call(self, caller: Caller, tool: ToolDef, args: dict[str, Any]) -> Pending:
+        if tool.schema is not None:
+            validate(args, tool.schema, f"{tool.name}(args)")
+        key = (caller.pid, tool.name)
+        w = self.workers.get(key)
+        if w is not None and w.tool.version != tool.version:
+            self.kill(w, ToolError(f"tool {tool.name} was replaced"))
+            w = None
+        if w is None:
+            w = self._start(caller.pid, tool)
+        pending = Pending(caller.pid)
+        w.queue.append(Call(args, pending, caller))
+        self._next(w)
+        return pending
+
+    def _next(self, w: Worker) -> None:
+        if w.state != "ready" or w.current is not None or not w.queue:
+            return
+        call = w.queue.popleft()
+        w.current = call
+        w.state = "busy"
+        w.calls += 1
+        call.started = time.monotonic()
+        timeout = w.tool.timeout_s or self.sup.sandbox.config.tool_timeout_s
+        call.timer = self.sup._at(timeout, lambda: self._timeout(w, call, timeout))
+        self._send(w, {"op": "call", "id": w.calls, "args": call.args})
+
+    def _timeout(self, w: Worker, call: Call, limit: float) -> None:
+        if w.current is call:
+            self.kill(w, Timeout(f"tool {w.tool.name} did not return within {limit:g} s; "
+                                 "its process was killed"))
+
+    # -------------------------------------------------------------- starting a worker
+
+    def tool_dir(self, pid: int, name: str) -> Path:
+        d = self.dir / str(pid) / name
+        d.mkdir(parents=True, exist_ok=True)
+        os.chmod(d, 0o755)  # noqa: S103 - read by the tool's uid through a read-only bind
+        return d
+
+    def _launch(self, w: Worker, argv_for: Callable[[str], list[str]],
+                read_only: tuple[str, ...]) -> None:
+        """Fork ``w`` through the zygote, sandboxed, exec'ing Deno."""
+        self.by_wid[w.wid] = w
+        try:
+            prep = self.sup.sandbox.prepare_tool(w.wid, read_only, w.scratch)
+            w.cgroup = prep.cgroup
+            self.sup.zygote.spawn(w.wid, {
+                "pid": w.wid,
+                "argv": argv_for(self.sup.sandbox.deno.exe),
+                "env": self._env(w.scratch),
+                "scratch": str(w.scratch),
+                "log": str(w.log_path),
+                "profile": prep.profile,
+            }, op="exec")
+        except LibOSError as e:
+            self._drop(w, e)
+            raise
+        w.start_timer = self.sup._at(START_TIMEOUT_S, lambda: self._start_timeout(w))
+
+    def _new(self, pid: int, tool: ToolDef, log_path: Path) -> Worker:
+        wid = -next(self._ids)
+        scratch = self.sup.paths.scratch / f"t{-wid}"
+        scratch.mkdir(mode=0o700)
+        return Worker(wid, pid, tool, scratch, log_path)
+
+    def _start(self, pid: int, tool: ToolDef) -> Worker:
+        base = self.tool_dir(pid, tool.name)
+        entry = base / "entry.js"
+        entry.write_text(deno.entry_source(tool.path))
+        os.chmod(entry, 0o644)
+        w = self._new(pid, tool, self.sup.paths.logs / f"{pid}.{tool.name}.log")
+        self.workers[(pid, tool.name)] = w
+        heap = self.sup.sandbox.config.tool_heap_mb
+        self._launch(w, lambda exe: deno.run_argv(exe, str(entry), heap_mb=heap),
+                     (str(deno.JIT_DIR), str(base), str(Path(tool.path).parent)))
+        self.sup.store.append_audit(pid, "jit.start", f"jit:invoke:{tool.name}", "info",
+                                    {"tool": tool.name, "worker": -w.wid, "path": tool.path})
+        return w
+
+    def check(self, pid: int, tool: ToolDef, done: Callable[[bool, str], None]) -> None:
+        """Type-check ``tool`` with `deno check`, sandboxed like a run (type checking
+        resolves imports too); ``done(ok, compiler output)`` is called when it ends."""
+        base = self.tool_dir(pid, tool.name)
+        entry = base / "check.ts"
+        entry.write_text(deno.check_source(tool.path))
+        os.chmod(entry, 0o644)
+        log_path = base / "check.log"
+        log_path.unlink(missing_ok=True)
+        w = self._new(pid, tool, log_path)
+        w.kind = "check"
+
+        def on_exit(status: int) -> None:
+            output = _clean(log_path.read_text(errors="replace") if log_path.exists() else "")
+            done(os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0,
+                 output or _status(status))
+
+        w.on_exit = on_exit
+        self._launch(w, lambda exe: deno.check_argv(exe, str(entry)),
+                     (str(deno.JIT_DIR), str(base), str(Path(tool.path).parent)))
+
+    @staticmethod
+    def _env(scratch: Path) -> dict[str, str]:
+        return {"HOME": str(scratch), "DENO_DIR": str(scratch / "deno"), "NO_COLOR": "1",
+                "DENO_NO_UPDATE_CHECK": "1", "DENO_NO_PROMPT": "1", "TMPDIR": str(scratch)}
+
+    def _start_timeout(self, w: Worker) -> None:
+        if w.state == "starting":
+            self.kill(w, ToolError(f"tool {w.tool.name} did not start within "
+                                   f"{START_TIMEOUT_S:g} s"))
+
+    def on_spawned(self, wid: int, host_pid: int, fds: list[int]) -> None:
+        w = self.by_wid.get(wid)
+        if w is None or len(fds) != 4:
+            for fd in fds:
+                os.close(fd)
+            return
+        w.pidfd, w.report, w.stdin, w.stdout = fds
+        w.host_pid = host_pid
+        for fd in (w.report, w.stdin, w.stdout):
+            os.set_blocking(fd, False)
+        for fd in (w.report, w.stdout):
+            self.fds[fd] = w
+            self.sup._poller.register(fd, zmq.POLLIN)
+        if w.state == "dead":
+            self._signal_kill(w)
+
+    def on_exited(self, wid: int, status: int) -> None:
+        w = self.by_wid.get(wid)
+        if w is None:
+            return
+        if w.kind == "check":
+            self._drop(w, ToolError("type check finished"))
+            if w.on_exit is not None:
+                w.on_exit(status)
+            return
+        if w.stdout is not None and w.stdout in self.fds:
+            self._on_stdout(w)  # whatever it said last
+        oom, _, _ = self.sup.sandbox.verdict(w.cgroup)
+        if w.error is None:
+            if oom:
+                w.error = LimitExceeded(
+                    f"tool {w.tool.name} ran out of memory (limit "
+                    f"{self.sup.sandbox.config.tool_limits.memory_max_bytes} bytes)")
+            else:
+                w.error = ToolError(f"tool {w.tool.name} exited ({_status(status)}): "
+                                    f"{_tail(w.log_path)}")
+        self._drop(w, w.error)
+
+    def spawn_failed(self, wid: int, error: str) -> None:
+        w = self.by_wid.get(wid)
+        if w is not None:
+            self._drop(w, Unavailable(f"tool {w.tool.name} could not start: {error}"))
+
+    # --------------------------------------------------------------------- the pipes
+
+    def on_ready(self, fd: int, events: int) -> None:
+        w = self.fds.get(fd)
+        if w is None:
+            return
+        if fd == w.report:
+            self._on_report(w)
+        elif fd == w.stdout and events & zmq.POLLIN:
+            self._on_stdout(w)
+        elif fd == w.stdin and events & zmq.POLLOUT:
+            self._flush(w)
+
+    def _on_report(self, w: Worker) -> None:
+        assert w.report is not None
+        try:
+            data = os.read(w.report, 65536)
+        except BlockingIOError:
+            return
+        self._close(w, "report")
+        if not data:
+            return
+        try:
+            report = json.loads(data)
+        except json.JSONDecodeError:
+            report = {"ok": False, "error": "unreadable start report"}
+        self.sup.store.append_audit(
+            w.pid, "jit.contain", f"jit:invoke:{w.tool.name}", "info",
+            {"tool": w.tool.name, "worker": -w.wid, "layers": report.get("layers"),
+             "missing": report.get("missing"), "error": report.get("error"),
+             "timings_ms": report.get("timings_ms")})
+        if not report.get("ok"):
+            w.error = Unavailable(f"tool {w.tool.name} could not be sandboxed: "
+                                  f"{report.get('error')}")
+
+    def _on_stdout(self, w: Worker) -> None:
+        assert w.stdout is not None
+        while True:
+            try:
+                chunk = os.read(w.stdout, 1 << 20)
+            except BlockingIOError:
+                break
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self._close(w, "stdout")
+                break
+            w.inbuf += chunk
+            if len(w.inbuf) > MAX_LINE and b"\n" not in w.inbuf:
+                self.kill(w, ToolError(f"tool {w.tool.name} wrote a message over "
+                                       f"{MAX_LINE} bytes"))
+                return
+        if w.kind == "check":
+            w.inbuf.clear()  # `deno check` says nothing on stdout worth keeping
+            return
+        while w.state != "dead":
+            nl = w.inbuf.find(b"\n")
+            if nl < 0:
+                return
+            line = bytes(w.inbuf[:nl])
+            del w.inbuf[: nl + 1]
+            if line.strip():
+                self._message(w, line)
+
+    def _send(self, w: Worker, msg: dict[str, Any]) -> None:
+        if w.state == "dead" or w.stdin is None:
+            return
+        w.outbuf += json.dumps(msg, separators=(",", ":"), default=str).encode() + b"\n"
+        self._flush(w)
+
+    def _flush(self, w: Worker) -> None:
+        if w.stdin is None:
+            return
+        while w.outbuf:
+            try:
+                n = os.write(w.stdin, w.outbuf)
+            except BlockingIOError:
+                break
+            except OSError:  # it closed its stdin: it is dying; its exit says why
+                w.outbuf.clear()
+                break
+            del w.outbuf[:n]
+        # Wait for room only while something is waiting to be written.
+        want = zmq.POLLOUT if w.outbuf else 0
+        registered = w.stdin in self.fds
+        if want and not registered:
+            self.fds[w.stdin] = w
+            self.sup._poller.register(w.stdin, zmq.POLLOUT)
+        elif not want and registered:
+            del self.fds[w.stdin]
+            self.sup._poller.unregister(w.stdin)
+
+    # --------------------------------------------------------------- the protocol
+
+    def _message(self, w: Worker, line: bytes) -> None:
+        try:
+            msg = json.loads(line)
+            if not isinstance(msg, dict):
+                raise ValueError("not an object")
+        except (ValueError, RecursionError) as e:
+            self.kill(w, ToolError(f"tool {w.tool.name} wrote something that is not the "
+                                   f"protocol ({e}); a tool must not write to stdout"))
+            return
+        op = msg.get("op")
+        if op == "ready" and w.state == "starting":
+            w.state = "ready"
+            if w.start_timer is not None:
+                self.sup._cancel(w.start_timer)
+            self._next(w)
+        elif op == "load-error":
+            self.kill(w, ToolError(f"tool {w.tool.name} did not load: "
+                                   f"{(msg.get('error') or {}).get('message')}"))
+        elif op == "syscall" and w.current is not None:
+            self._syscall(w, msg)
+        elif op in ("return", "error") and w.current is not None and msg.get("id") == w.calls:
+            call = w.current
+            w.current = None
+            w.state = "ready"
+            w.last_used = time.monotonic()
+            if call.timer is not None:
+                self.sup._cancel(call.timer)
+            if op == "return":
+                self._returned(w, call, msg.get("value"))
+            else:
+                call.pending.reject(self._tool_error(w, msg.get("error")))
+            self._next(w)
+        else:
+            self.kill(w, ToolError(f"tool {w.tool.name} sent an unexpected {op!r} message"))
+
+    def _returned(self, w: Worker, call: Call, value: Any) -> None:
+        size = len(json.dumps(value))
+        if size > MAX_RESULT_BYTES:
+            call.pending.reject(LimitExceeded(
+                f"tool {w.tool.name} returned {size} bytes; the limit is {MAX_RESULT_BYTES}"))
+        else:
+            call.pending.resolve(value)
+
+    @staticmethod
+    def _tool_error(w: Worker, err: Any) -> LibOSError:
+        if not isinstance(err, dict):
+            return ToolError(f"tool {w.tool.name} failed")
+        if err.get("syscall"):
+            # A refused syscall the tool did not catch: the agent gets the same typed
+            # error the broker raised (PermissionDenied stays PermissionDenied).
+            e = from_wire(err)
+            e.details = {**e.details, "tool": w.tool.name}
+            return e
+        return ToolError(f"tool {w.tool.name} raised {err.get('type')}: {err.get('message')}",
+                         tool=w.tool.name, type=err.get("type"))
+
+    def _syscall(self, w: Worker, msg: dict[str, Any]) -> None:
+        assert w.current is not None
+        req_id = msg.get("id")
+        name, params = msg.get("name"), msg.get("params") or {}
+
+        def answer(outcome: Reply | LibOSError) -> None:
+            if isinstance(outcome, LibOSError):
+                self._send(w, {"op": "result", "id": req_id, "ok": False,
+                               "error": to_wire(outcome)})
+            else:
+                self._send(w, {"op": "result", "id": req_id, "ok": True,
+                               "result": outcome.result,
+                               "blobs": [base64.b64encode(b).decode() for b in outcome.blobs]})
+
+        try:
+            if not isinstance(name, str) or not isinstance(params, dict):
+                raise InvalidArgument("a tool's syscall needs a name and an object of params")
+            if not lookup(name).tool_ok:
+                raise InvalidArgument(f"{name} cannot be called from a tool")
+            blobs = [base64.b64decode(b, validate=True) for b in msg.get("blobs") or []]
+        except (LibOSError, ValueError, TypeError) as e:
+            answer(e if isinstance(e, LibOSError) else InvalidArgument(f"bad blob: {e}"))
+            return
+        run_syscall(self.sup, self._as_tool(w, w.current.caller), name, params, blobs, answer)
+
+    def _as_tool(self, w: Worker, caller: Caller) -> Caller:
+        """The calling process, marked as acting through this tool, with its capabilities
+        narrowed to those the tool declares (never widened)."""
+        caps = caller.caps
+        if w.tool.caps:
+            declared = [parse_cap(c).resolved(caller.cwd) for c in w.tool.caps]
+            caps = attenuate(declared, caller.caps)
+        return replace(caller, via_tool=w.tool.name, caps=caps)
+
+    # ------------------------------------------------------------------- ending them
+
+    def kill(self, w: Worker, error: LibOSError) -> None:
+        """End a worker and its whole process tree; its calls fail with ``error``."""
+        if w.state == "dead":
+            return
+        w.error = w.error or error
+        w.state = "dead"
+        self._signal_kill(w)
+        if w.host_pid is None:
+            return  # not forked yet: on_spawned kills it
+        # The exit event finishes the job (_drop); until then no new call reaches it.
+        if (w.pid, w.tool.name) in self.workers and self.workers[(w.pid, w.tool.name)] is w:
+            del self.workers[(w.pid, w.tool.name)]
+        for call in [c for c in (w.current, *w.queue) if c is not None]:
+            if call.timer is not None:
+                self.sup._cancel(call.timer)
+            call.pending.reject(error)
+        w.current = None
+        w.queue.clear()
+
+    def _signal_kill(self, w: Worker) -> None:
+        if w.cgroup is not None:
+            with contextlib.suppress(LibOSError, OSError):
+                w.cgroup.kill()
+        if w.pidfd is not None:
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(w.pidfd, signal.SIGKILL)
+
+    def _close(self, w: Worker, which: str) -> None:
+        fd = getattr(w, which)
+        if fd is None:
+            return
+        if fd in self.fds:
+            del self.fds[fd]
+            self.sup._poller.unregister(fd)
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        setattr(w, which, None)
+
+    def _drop(self, w: Worker, error: LibOSError) -> None:
+        """Forget a worker that has exited (or never started): fail its calls, clean up."""
+        self.kill(w, error)
+        for call in [c for c in (w.current, *w.queue) if c is not None]:
+            call.pending.reject(error)
+        w.current = None
+        w.queue.clear()
+        if self.workers.get((w.pid, w.tool.name)) is w:
+            del self.workers[(w.pid, w.tool.name)]
+        self.by_wid.pop(w.wid, None)
+        if w.start_timer is not None:
+            self.sup._cancel(w.start_timer)
+        for which in ("report", "stdout", "stdin", "pidfd"):
+            self._close(w, which)
+        self.sup._release_cgroup(w.wid, w.cgroup)
+        shutil.rmtree(w.scratch, ignore_errors=True)
+
+    def end_process(self, pid: int) -> None:
+        """An AgentProcess ended: so do its tools."""
+        for w in [w for w in self.by_wid.values() if w.pid == pid]:
+            self.kill(w, ToolError(f"process {pid} ended"))
+        shutil.rmtree(self.dir / str(pid), ignore_errors=True)
+
+    def reap_idle(self) -> None:
+        limit = self.sup.sandbox.config.tool_idle_s
+        now = time.monotonic()
+        for w in list(self.by_wid.values()):
+            if w.state == "ready" and not w.queue and now - w.last_used > limit:
+                self.kill(w, ToolError(f"tool {w.tool.name} was idle for {limit:g} s"))
+
+
+_ANSI: Final = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _clean(text: str, limit: int = 8000) -> str:
+    """Compiler output for a human: no colour codes, bounded."""
+    text = _ANSI.sub("", text).strip()
+    return text if len(text) <= limit else text[:limit] + "\n..."
+
+
+def _status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        try:
+            return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+        except ValueError:
+            return f"killed by signal {os.WTERMSIG(status)}"
+    return f"status {os.waitstatus_to_exitcode(status)}"
+
+
+def _tail(path: Path, lines: int = 6) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 8192))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return "(no log)"
+    return " | ".join(ln.strip() for ln in text.strip().splitlines()[-lines:]) or "(empty log)"

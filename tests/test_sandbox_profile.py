@@ -1,0 +1,120 @@
+"""The sandbox as data: config parsing, effective limits and profile decisions (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from agentlibos.errors import PolicyError
+from agentlibos.kernel.image import Limits
+from agentlibos.sandbox.profile import (
+    LAYERS,
+    HostView,
+    SandboxConfig,
+    SandboxProfile,
+    build_profile,
+    build_tool_profile,
+    effective_limits,
+    parse_config,
+)
+
+VIEW = HostView(ro_paths=("/usr", "/opt/py"), symlinks=(("/lib", "usr/lib"),),
+                dev_nodes=("/dev/null", "/dev/urandom"))
+
+
+def profile(config: SandboxConfig, uid: int = 0) -> SandboxProfile:
+    return build_profile(config=config, view=VIEW, image_dir="/img", scratch="/s/1",
+                         broker_socket="/run/b.sock", new_root="/run/root",
+                         cgroup_procs=("/cg/1/cgroup.procs",), seccomp_bpf=b"\0" * 8,
+                         supervisor_uid=uid, supervisor_gid=uid)
+
+
+def test_the_default_config_requires_every_layer() -> None:
+    p = profile(SandboxConfig())
+    assert p.modes == {layer: "required" for layer in LAYERS}
+    assert p.namespaces == ("mnt", "pid", "net", "ipc", "uts")
+    assert p.agent_ids == (65534, 65534)
+    assert p.mount is not None and p.mount.ro_binds == ("/usr", "/opt/py", "/img")
+    assert p.mount.rw_binds == ("/s/1", "/run/b.sock")
+    assert p.rlimits == {"core": 0, "nofile": 1024, "fsize": 1 << 30}
+    assert "/run/b.sock" in p.landlock_ro and p.landlock_rw == ("/s/1", "/dev/null")
+
+
+def test_an_unprivileged_supervisor_gets_a_user_namespace_and_keeps_its_uid() -> None:
+    p = profile(SandboxConfig(), uid=1000)
+    assert p.namespaces[0] == "user"
+    assert p.id_map == (1000, 1000)
+    assert p.agent_ids is None  # only the supervisor's own id is mapped
+
+
+def test_disabled_layers_are_not_prepared_and_optional_ones_are() -> None:
+    cfg = SandboxConfig(disabled=frozenset({"seccomp", "namespaces"}),
+                        optional=frozenset({"cgroups"}))
+    p = profile(cfg)
+    assert p.modes["seccomp"] == "disabled" and p.seccomp_bpf == b""
+    assert p.namespaces == () and p.mount is None and p.agent_ids is None
+    assert p.modes["cgroups"] == "optional" and p.cgroup_procs == ("/cg/1/cgroup.procs",)
+
+
+def test_a_profile_survives_the_trip_to_the_zygote() -> None:
+    p = profile(SandboxConfig())
+    assert SandboxProfile.from_json(p.to_json()) == p
+
+
+def test_a_tool_profile_sees_deno_and_its_tool_but_no_broker_socket() -> None:
+    p = build_tool_profile(config=SandboxConfig(),
+                           exe_files=("/venv/bin/deno", "/usr/lib/x/libc.so.6"),
+                           symlinks=(), read_only_dirs=("/pkg/jit", "/home/jit/7/t"),
+                           scratch="/s/t1", new_root="/run/root", cgroup_procs=(),
+                           seccomp_bpf=b"\0" * 8, supervisor_uid=0, supervisor_gid=0)
+    assert p.mount is not None
+    assert p.mount.ro_binds == ("/venv/bin/deno", "/usr/lib/x/libc.so.6", "/pkg/jit",
+                                "/home/jit/7/t")
+    assert p.mount.rw_binds == ("/s/t1",)
+    assert not any("sock" in x for x in (*p.landlock_ro, *p.landlock_rw))
+
+
+def test_limits_take_image_values_then_defaults_capped_by_ceilings() -> None:
+    cfg = SandboxConfig(
+        default_limits=Limits(memory_max_bytes=512 << 20, pids_max=64, cpu_max_cores=1.0,
+                              wall_limit_s=3600.0),
+        ceiling_limits=Limits(memory_max_bytes=1 << 30, pids_max=100),
+    )
+    eff = effective_limits(Limits(memory_max_bytes=4 << 30, cpu_max_cores=2.0), cfg)
+    assert eff == Limits(memory_max_bytes=1 << 30, pids_max=64, cpu_max_cores=2.0,
+                         wall_limit_s=3600.0)
+
+
+def test_the_config_file_sets_layers_limits_and_jit() -> None:
+    cfg = parse_config(
+        '[sandbox]\noptional = ["landlock"]\ndisable = ["seccomp"]\nagent_uid = -1\n'
+        'user_namespace = "always"\nnofile = 256\nfsize = "16MiB"\n'
+        'read_only_paths = ["/models"]\n'
+        '[limits]\nmemory = "1GiB"\nwall = "2h"\n[limits.ceiling]\npids = 200\n'
+        '[jit]\nmemory = "64MiB"\ntimeout = "5s"\nidle = "1m"\nheap = "48MiB"\n', "c.toml")
+    assert cfg.layer_mode("landlock") == "optional"
+    assert cfg.layer_mode("seccomp") == "disabled"
+    assert cfg.layer_mode("cgroups") == "required"
+    assert (cfg.agent_uid, cfg.user_namespace, cfg.nofile, cfg.fsize_bytes) == (
+        None, "always", 256, 16 << 20)
+    assert cfg.read_only_paths == ("/models",)
+    assert cfg.default_limits.memory_max_bytes == 1 << 30
+    assert cfg.default_limits.wall_limit_s == 7200.0
+    assert cfg.default_limits.pids_max == 64  # the built-in default, kept
+    assert cfg.ceiling_limits.pids_max == 200
+    assert cfg.tool_limits.memory_max_bytes == 64 << 20
+    assert (cfg.tool_timeout_s, cfg.tool_idle_s, cfg.tool_heap_mb) == (5.0, 60.0, 48)
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ("[sandbox\n", "not valid TOML"),
+    ("[network]\n", "unknown section"),
+    ('[sandbox]\noptional = ["selinux"]\n', "selinux"),
+    ("[sandbox]\ncolour = 1\n", "colour"),
+    ('[sandbox]\nuser_namespace = "sometimes"\n', "auto, always or never"),
+    ('[limits]\nmemory = "lots"\n', "cannot parse 'lots'"),
+    ("[jit]\nthreads = 4\n", "[jit] takes"),
+])
+def test_a_bad_config_names_the_file_and_the_problem(text: str, needle: str) -> None:
+    with pytest.raises(PolicyError) as e:
+        parse_config(text, "my-config.toml")
+    assert "my-config.toml" in e.value.message and needle in e.value.message
