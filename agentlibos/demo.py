@@ -56,7 +56,12 @@ def run_demo(*, keep: bool = False) -> int:
                       f"{rec.error}")
                 return 1
             print(f"coordinator result: {result['total_words']} words in "
-                  f"{len(result['files'])} files")
+                  f"{len(result['files'])} files, counted by the JIT tool word_count "
+                  "(TypeScript, in a Deno with no permissions)")
+            tool_reads = [a for a in store.audit_records() if a.detail.get("tool")
+                          == "word_count" and a.call == "fs.read"]
+            print(f"  the tool read {len(tool_reads)} files through the broker, as process "
+                  f"{tool_reads[0].pid if tool_reads else '?'}, each read audited")
             for f in sorted((project / "out").iterdir()):
                 print(f"  wrote out/{f.name} ({f.stat().st_size} bytes)")
             print("reviewer (fs:read only) tried to write and was refused, as it should be:")

@@ -13,7 +13,8 @@ def main(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     counter = ctx.proc.spawn(
         "demo-worker",
         args={"task": "count", "files": [f"input/{n}" for n in inputs]},
-        caps=["fs:read:./input/**", "fs:write:./out/**", "obj:write:shared/results"],
+        caps=["fs:read:./input/**", "fs:write:./out/**", "obj:write:shared/results",
+              "jit:invoke:word_count"],
     )
     # The reviewer may only read the input: its attempt to write a report is refused.
     reviewer = ctx.proc.spawn(

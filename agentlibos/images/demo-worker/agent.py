@@ -11,7 +11,9 @@ from agentlibos.sdk import Context
 def main(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     files: list[str] = args["files"]
     if args["task"] == "count":
-        counts = {f: len(ctx.fs.read_text(f).split()) for f in files}
+        # Counted by the image's JIT tool: TypeScript in a permission-stripped Deno that
+        # reads each file back through the broker, with this process's capabilities.
+        counts = {f: ctx.tools.call("word_count", {"path": f}) for f in files}
         ctx.fs.mkdir("out", exist_ok=True)
         ctx.fs.write_text("out/counts.txt", "".join(f"{f} {n}\n" for f, n in counts.items()))
         ctx.obj.put("counts", counts, type="WordCounts", ns="shared/results")
