@@ -129,6 +129,9 @@ class JitManager:
         if w is not None and w.tool.version != tool.version:
             self.kill(w, ToolError(f"tool {tool.name} was replaced"))
             w = None
+        if w is not None and w.state == "dead":  # being killed: the next call starts anew
+            self.workers.pop(key, None)
+            w = None
         if w is None:
             w = self._start(caller.pid, tool)
         pending = Pending(caller.pid)

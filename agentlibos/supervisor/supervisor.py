@@ -207,6 +207,8 @@ class Supervisor:
                 (self.paths.run / sock_name).unlink()
         for entry in self.paths.scratch.iterdir():
             shutil.rmtree(entry, ignore_errors=True)
+        # Tools registered by processes of a supervisor that died went with them.
+        shutil.rmtree(self.paths.home / "jit", ignore_errors=True)
 
     def stop(self) -> None:
         """Kill every live process, wait for their ends to be recorded, release all."""
