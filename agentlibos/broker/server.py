@@ -40,7 +40,6 @@ class BrokerHost(Host, Protocol):
     def savepoint(self) -> Any: ...
     def on_protocol_error(self, error: LibOSError, routing_id: bytes) -> None: ...
     def on_internal_error(self, caller: Caller, call: str, exc: BaseException) -> None: ...
-    def on_reply(self, caller: Caller, call: str, ok: bool) -> None: ...
 
 
 def dispatch(host: Host, caller: Caller, call: str, args: dict[str, Any],
@@ -107,7 +106,6 @@ class Broker:
         self.sock.setsockopt(zmq.RCVHWM, 10_000)
         self.sock.bind(endpoint)
         self.outbox: list[list[bytes]] = []
-        self.requests = 0
 
     def close(self) -> None:
         self.sock.close(0)
@@ -127,7 +125,6 @@ class Broker:
                 break
             n += 1
             self._handle(frames)
-        self.requests += n
         return n
 
     def flush(self) -> None:
@@ -138,16 +135,13 @@ class Broker:
             except zmq.Again:
                 log.warning("dropped a reply: the peer's queue is full")
 
-    def _sink(self, routing_id: bytes, req_id: int, caller: Caller,
-              call: str) -> Callable[[Reply | LibOSError], None]:
+    def _sink(self, routing_id: bytes, req_id: int) -> Callable[[Reply | LibOSError], None]:
         def sink(outcome: Reply | LibOSError) -> None:
             if isinstance(outcome, LibOSError):
                 self.outbox.append([routing_id, *encode_error(req_id, outcome)])
-                self.host.on_reply(caller, call, False)
             else:
                 self.outbox.append([routing_id, *encode_ok(req_id, outcome.result,
                                                           outcome.blobs)])
-                self.host.on_reply(caller, call, True)
 
         return sink
 
@@ -166,4 +160,4 @@ class Broker:
             self.outbox.append([routing_id, *encode_error(req.id, e)])
             return
         run_syscall(self.host, caller, req.call, req.args, req.blobs,
-                    self._sink(routing_id, req.id, caller, req.call))
+                    self._sink(routing_id, req.id))

@@ -64,6 +64,7 @@ from typing import Final
 
 from agentlibos import libc
 from agentlibos.errors import SandboxError
+from agentlibos.sandbox import privileges
 
 __all__ = [
     "KNOWN_ABI",
@@ -95,8 +96,6 @@ _SYS_RESTRICT_SELF: Final = 446
 _CREATE_RULESET_VERSION: Final = 1 << 0
 _RULE_PATH_BENEATH: Final = 1
 
-_PR_SET_NO_NEW_PRIVS: Final = 38
-_PR_GET_NO_NEW_PRIVS: Final = 39
 
 # Access rights, from include/uapi/linux/landlock.h.
 ACCESS_FS_EXECUTE: Final = 1 << 0
@@ -414,7 +413,7 @@ def apply(rules: LandlockRules, *, optional_paths: Collection[str] = ()) -> int:
     try:
         for rule in p.paths:
             _add_path_rule(ruleset_fd, rule, optional)
-        _ensure_no_new_privs()
+        privileges.set_no_new_privs()  # idempotent; contain.py has set it already
         r = int(_syscall(ctypes.c_long(_SYS_RESTRICT_SELF), ctypes.c_long(ruleset_fd),
                          ctypes.c_long(p.restrict_flags)))
         if r != 0:
@@ -457,23 +456,6 @@ def _add_path_rule(ruleset_fd: int, rule: PathRule, optional: frozenset[str]) ->
                 errno=errno.errorcode.get(e, str(e)))
     finally:
         os.close(fd)
-
-
-def _ensure_no_new_privs() -> None:
-    def prctl(option: int, arg: int) -> int:
-        # prctl(2) is variadic as well: sized arguments, zeros where unused.
-        return int(libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg), ctypes.c_ulong(0),
-                               ctypes.c_ulong(0), ctypes.c_ulong(0)))
-
-    if prctl(_PR_GET_NO_NEW_PRIVS, 0) == 1:
-        return
-    if prctl(_PR_SET_NO_NEW_PRIVS, 1) != 0:
-        e = ctypes.get_errno()
-        raise SandboxError(f"landlock: cannot set no_new_privs: {_errname(e)}",
-                           layer=LANDLOCK_LAYER, errno=errno.errorcode.get(e, str(e)))
-    if prctl(_PR_GET_NO_NEW_PRIVS, 0) != 1:
-        raise SandboxError("landlock: no_new_privs set, but the kernel does not report it",
-                           layer=LANDLOCK_LAYER)
 
 
 def _thread_count() -> int:

@@ -58,6 +58,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, NamedTuple
 
 from agentlibos.errors import SandboxError
+from agentlibos.sandbox import privileges
 
 __all__ = [
     "DEFAULT_STYLE",
@@ -871,7 +872,6 @@ _SECCOMP_SET_MODE_FILTER: Final = 1
 _SECCOMP_GET_ACTION_AVAIL: Final = 2
 _SECCOMP_FILTER_FLAG_TSYNC: Final = 1
 _PR_GET_SECCOMP: Final = 21
-_PR_SET_NO_NEW_PRIVS: Final = 38
 # seccomp(2)'s number per machine, so that loading needs no libseccomp (see _libseccomp).
 _NR_SECCOMP: Final = {"x86_64": 317, "aarch64": 277, "riscv64": 277}.get(platform.machine())
 
@@ -907,10 +907,7 @@ def load_bpf(bpf: bytes) -> None:
     if _NR_SECCOMP is None:
         raise SandboxError(f"seccomp: seccomp(2)'s number on {platform.machine()} is not known "
                            f"here", layer=SECCOMP_LAYER)
-    r, e = _prctl_call(_PR_SET_NO_NEW_PRIVS, 1)
-    if r != 0:
-        raise SandboxError(f"seccomp: prctl(PR_SET_NO_NEW_PRIVS) failed: {_errname(e)}",
-                           layer=SECCOMP_LAYER)
+    privileges.set_no_new_privs()  # idempotent; contain.py has set it already
     buf = ctypes.create_string_buffer(bpf, len(bpf))
     prog = _SockFprog(n, ctypes.addressof(buf))
     rc = int(_syscall(ctypes.c_long(_NR_SECCOMP), ctypes.c_long(_SECCOMP_SET_MODE_FILTER),

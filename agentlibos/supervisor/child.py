@@ -32,6 +32,17 @@ def _report(fd: int, msg: dict[str, Any]) -> None:
         os.close(fd)
 
 
+def parse_report(data: bytes) -> dict[str, Any]:
+    """The supervisor's side of ``_report``: a garbled report counts as a failure."""
+    try:
+        report = json.loads(data)
+    except (ValueError, RecursionError):
+        report = None
+    if not isinstance(report, dict):
+        return {"ok": False, "error": "unreadable start report"}
+    return report
+
+
 def _redirect_stdio(log_path: str) -> None:
     null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
     os.dup2(null, 0)

@@ -49,6 +49,8 @@ from agentlibos.errors import (
 from agentlibos.jit import deno
 from agentlibos.kernel.caps import attenuate, parse_cap
 from agentlibos.kernel.schema import validate
+from agentlibos.supervisor.child import parse_report
+from agentlibos.supervisor.exits import describe_status, log_tail
 
 if TYPE_CHECKING:
     from agentlibos.supervisor.supervisor import Supervisor
@@ -219,7 +221,7 @@ class JitManager:
         def on_exit(status: int) -> None:
             output = _clean(log_path.read_text(errors="replace") if log_path.exists() else "")
             done(os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0,
-                 output or _status(status))
+                 output or describe_status(status))
 
         w.on_exit = on_exit
         self._launch(w, lambda exe: deno.check_argv(exe, str(entry)),
@@ -269,8 +271,8 @@ class JitManager:
                     f"tool {w.tool.name} ran out of memory (limit "
                     f"{self.sup.sandbox.config.tool_limits.memory_max_bytes} bytes)")
             else:
-                w.error = ToolError(f"tool {w.tool.name} exited ({_status(status)}): "
-                                    f"{_tail(w.log_path)}")
+                w.error = ToolError(f"tool {w.tool.name} {describe_status(status)}: "
+                                    f"{' | '.join(log_tail(w.log_path, 6)) or '(empty log)'}")
         self._drop(w, w.error)
 
     def spawn_failed(self, wid: int, error: str) -> None:
@@ -300,10 +302,7 @@ class JitManager:
         self._close(w, "report")
         if not data:
             return
-        try:
-            report = json.loads(data)
-        except json.JSONDecodeError:
-            report = {"ok": False, "error": "unreadable start report"}
+        report = parse_report(data)
         self.sup.store.append_audit(
             w.pid, "jit.contain", f"jit:invoke:{w.tool.name}", "info",
             {"tool": w.tool.name, "worker": -w.wid, "layers": report.get("layers"),
@@ -472,10 +471,16 @@ class JitManager:
         w.state = "dead"
         self._signal_kill(w)
         if w.host_pid is None:
-            return  # not forked yet: on_spawned kills it
+            return  # not forked yet: on_spawned kills it, _drop fails its calls
         # The exit event finishes the job (_drop); until then no new call reaches it.
-        if (w.pid, w.tool.name) in self.workers and self.workers[(w.pid, w.tool.name)] is w:
+        self._unlist(w)
+        self._fail_calls(w, error)
+
+    def _unlist(self, w: Worker) -> None:
+        if self.workers.get((w.pid, w.tool.name)) is w:
             del self.workers[(w.pid, w.tool.name)]
+
+    def _fail_calls(self, w: Worker, error: LibOSError) -> None:
         for call in [c for c in (w.current, *w.queue) if c is not None]:
             if call.timer is not None:
                 self.sup._cancel(call.timer)
@@ -505,12 +510,8 @@ class JitManager:
     def _drop(self, w: Worker, error: LibOSError) -> None:
         """Forget a worker that has exited (or never started): fail its calls, clean up."""
         self.kill(w, error)
-        for call in [c for c in (w.current, *w.queue) if c is not None]:
-            call.pending.reject(error)
-        w.current = None
-        w.queue.clear()
-        if self.workers.get((w.pid, w.tool.name)) is w:
-            del self.workers[(w.pid, w.tool.name)]
+        self._fail_calls(w, error)
+        self._unlist(w)
         self.by_wid.pop(w.wid, None)
         if w.start_timer is not None:
             self.sup._cancel(w.start_timer)
@@ -540,22 +541,3 @@ def _clean(text: str, limit: int = 8000) -> str:
     """Compiler output for a human: no colour codes, bounded."""
     text = _ANSI.sub("", text).strip()
     return text if len(text) <= limit else text[:limit] + "\n..."
-
-
-def _status(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        try:
-            return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
-        except ValueError:
-            return f"killed by signal {os.WTERMSIG(status)}"
-    return f"status {os.waitstatus_to_exitcode(status)}"
-
-
-def _tail(path: Path, lines: int = 6) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - 8192))
-            text = f.read().decode(errors="replace")
-    except OSError:
-        return "(no log)"
-    return " | ".join(ln.strip() for ln in text.strip().splitlines()[-lines:]) or "(empty log)"

@@ -62,8 +62,9 @@ from agentlibos.kernel.process import ProcessRecord, state_for_reason
 from agentlibos.kernel.store import SQLiteStore
 from agentlibos.providers.fs import LocalFs
 from agentlibos.sandbox.profile import SandboxConfig, effective_limits, load_config
-from agentlibos.supervisor.child import START_FAILED_STATUS
+from agentlibos.supervisor.child import START_FAILED_STATUS, parse_report
 from agentlibos.supervisor.control import ControlServer, Responder
+from agentlibos.supervisor.exits import describe_status, log_tail
 from agentlibos.supervisor.jit import JitManager, ToolDef
 from agentlibos.supervisor.sandboxing import SandboxManager
 from agentlibos.supervisor.zygote_client import ZygoteEvent, ZygoteHandle
@@ -409,10 +410,7 @@ class Supervisor:
         live = self.live.get(pid)
         if live is None or not data:
             return
-        try:
-            report = json.loads(data)
-        except json.JSONDecodeError:
-            report = {"ok": False, "error": "unreadable start report"}
+        report = parse_report(data)
         if report.get("ok"):
             self.store.update_process(pid, layers=list(report.get("layers", [])),
                                       missing_layers=list(report.get("missing", [])))
@@ -697,9 +695,6 @@ class Supervisor:
     def on_internal_error(self, caller: Caller, call: str, exc: BaseException) -> None:
         self.store.append_audit(caller.pid, call, call, "error",
                                 {"exception": f"{type(exc).__name__}: {exc}"})
-
-    def on_reply(self, caller: Caller, call: str, ok: bool) -> None:
-        pass
 
     # -------------------------------------------------------- Host: authorisation
 
@@ -1023,27 +1018,13 @@ class Supervisor:
 
 def _last_line(log_path: Path) -> str:
     """Why a process that sent no start report could not start: its log's last line."""
-    try:
-        with open(log_path, "rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
-            lines = f.read().decode(errors="replace").strip().splitlines()
-    except OSError:
-        lines = []
-    return (f"the process could not start: {lines[-1]}" if lines
+    tail = log_tail(log_path, 1)
+    return (f"the process could not start: {tail[-1]}" if tail
             else "the process could not start (no report, empty log)")
 
 
 def _describe_status(status: int | None) -> str:
     if status is None:
         return "the process ended without a status"
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        try:
-            name = signal.Signals(sig).name
-        except ValueError:
-            name = str(sig)
-        return f"killed by signal {name} before reporting a result"
-    if os.WIFEXITED(status):
-        return f"exited with status {os.WEXITSTATUS(status)} before reporting a result"
-    return f"ended with wait status {status}"
+    return f"{describe_status(status)} before reporting a result"
 
