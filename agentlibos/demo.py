@@ -17,8 +17,8 @@ from typing import Final
 
 from agentlibos.config import Paths
 from agentlibos.kernel.process import ProcessRecord
-from agentlibos.kernel.store import SQLiteStore
 from agentlibos.launcher import run_image
+from agentlibos.store.sqlite import SQLiteStore
 from agentlibos.ui import format_ps
 
 IMAGES: Final = Path(__file__).resolve().parent / "images"

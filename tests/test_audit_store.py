@@ -25,7 +25,7 @@ import pytest
 
 from agentlibos.errors import Conflict, LimitExceeded, NotFound, PermissionDenied
 from agentlibos.kernel.audit import GENESIS, canonical_json, record_hash, verify_chain
-from agentlibos.kernel.store import ObjectQuota, SQLiteStore
+from agentlibos.store.sqlite import ObjectQuota, SQLiteStore
 
 QUOTA = ObjectQuota()
 
@@ -569,7 +569,7 @@ def test_a_conflict_inside_a_batch_leaves_the_other_writes_alone(store: SQLiteSt
 _WRITER = textwrap.dedent(
     """
     import json, sys
-    from agentlibos.kernel.store import ObjectQuota, SQLiteStore
+    from agentlibos.store.sqlite import ObjectQuota, SQLiteStore
 
     store = SQLiteStore(sys.argv[1])
     quota = ObjectQuota()

@@ -20,7 +20,7 @@ import zmq
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from agentlibos.broker.wire import MAGIC, TOKEN_BYTES, WireReply, decode_reply, encode_request
+from agentlibos.protocol.wire import MAGIC, TOKEN_BYTES, WireReply, decode_reply, encode_request
 from agentlibos.supervisor import Supervisor
 from tests.helpers import run_proc
 

@@ -15,7 +15,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agentlibos.broker.wire import (
+from agentlibos.errors import (
+    LibOSError,
+    LimitExceeded,
+    NotFound,
+    PermissionDenied,
+    ProtocolError,
+    from_wire,
+)
+from agentlibos.protocol.wire import (
     DEFAULT_LIMITS,
     MAGIC,
     TOKEN_BYTES,
@@ -27,14 +35,6 @@ from agentlibos.broker.wire import (
     encode_error,
     encode_ok,
     encode_request,
-)
-from agentlibos.errors import (
-    LibOSError,
-    LimitExceeded,
-    NotFound,
-    PermissionDenied,
-    ProtocolError,
-    from_wire,
 )
 
 TOKEN = bytes(range(TOKEN_BYTES))

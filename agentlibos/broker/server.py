@@ -22,7 +22,8 @@ import zmq
 
 from agentlibos.broker.syscalls import Caller, Pending, Reply, lookup
 from agentlibos.broker.syscalls.base import Host, Result
-from agentlibos.broker.wire import (
+from agentlibos.errors import InternalError, LibOSError
+from agentlibos.protocol.wire import (
     DEFAULT_LIMITS,
     WireError,
     WireLimits,
@@ -30,7 +31,6 @@ from agentlibos.broker.wire import (
     encode_error,
     encode_ok,
 )
-from agentlibos.errors import InternalError, LibOSError
 
 log = logging.getLogger(__name__)
 

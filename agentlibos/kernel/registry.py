@@ -15,7 +15,7 @@ from typing import Final
 
 from agentlibos.errors import ImageError, LimitExceeded
 from agentlibos.kernel.image import AgentImage, load_image
-from agentlibos.kernel.store import ImageRecord, SQLiteStore
+from agentlibos.store.sqlite import ImageRecord, SQLiteStore
 
 MAX_IMAGE_BYTES: Final = 64 << 20
 MAX_IMAGE_FILES: Final = 10_000

@@ -11,8 +11,8 @@ from typing import Any
 
 import zmq
 
-from agentlibos.broker.wire import decode_reply, encode_request
 from agentlibos.errors import ProtocolError, Timeout, from_wire
+from agentlibos.protocol.wire import decode_reply, encode_request
 
 
 class Client:

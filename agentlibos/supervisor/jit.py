@@ -49,8 +49,8 @@ from agentlibos.errors import (
 from agentlibos.jit import deno
 from agentlibos.kernel.caps import attenuate, parse_cap
 from agentlibos.kernel.schema import validate
-from agentlibos.supervisor.child import parse_report
 from agentlibos.supervisor.exits import describe_status, log_tail
+from agentlibos.zygote.child import parse_report
 
 if TYPE_CHECKING:
     from agentlibos.supervisor.supervisor import Supervisor

@@ -59,15 +59,15 @@ from agentlibos.kernel.policy import (
     parse_policy,
 )
 from agentlibos.kernel.process import ProcessRecord, state_for_reason
-from agentlibos.kernel.store import SQLiteStore
 from agentlibos.providers.fs import LocalFs
 from agentlibos.sandbox.profile import SandboxConfig, effective_limits, load_config
-from agentlibos.supervisor.child import START_FAILED_STATUS, parse_report
+from agentlibos.store.sqlite import SQLiteStore
 from agentlibos.supervisor.control import ControlServer, Responder
 from agentlibos.supervisor.exits import describe_status, log_tail
 from agentlibos.supervisor.jit import JitManager, ToolDef
 from agentlibos.supervisor.sandboxing import SandboxManager
 from agentlibos.supervisor.zygote_client import ZygoteEvent, ZygoteHandle
+from agentlibos.zygote.child import START_FAILED_STATUS, parse_report
 
 log = logging.getLogger(__name__)
 

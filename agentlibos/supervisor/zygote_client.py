@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from agentlibos.errors import Unavailable
-from agentlibos.supervisor.zygote import MAX_PACKET
+from agentlibos.zygote.zygote import MAX_PACKET
 
 
 @dataclass
@@ -34,7 +34,7 @@ class ZygoteHandle:
         self.log = open(log_path, "ab")  # noqa: SIM115 - lives as long as the zygote
         self.proc = subprocess.Popen(
             # -c rather than -m: runpy warns when the package has imported the module.
-            [sys.executable, "-c", "from agentlibos.supervisor.zygote import main; main()",
+            [sys.executable, "-c", "from agentlibos.zygote.zygote import main; main()",
              str(theirs.fileno()), str(os.getpid())],
             pass_fds=[theirs.fileno()],
             stdin=subprocess.DEVNULL,

@@ -18,8 +18,8 @@ if TYPE_CHECKING:
     from agentlibos.kernel.caps import CapPattern
     from agentlibos.kernel.image import AgentImage
     from agentlibos.kernel.policy import Decision, Policy, Request
-    from agentlibos.kernel.store import ObjectQuota, Store
     from agentlibos.providers.fs import LocalFs
+    from agentlibos.store.sqlite import ObjectQuota, Store
 
 
 class _Any:

@@ -1,7 +1,7 @@
 """The zygote: a preloaded, single-threaded process that forks every AgentProcess.
 
 Started once per supervisor as a fresh interpreter (``python -m
-agentlibos.supervisor.zygote FD SUPERVISOR_PID``), so it never inherits the supervisor's
+agentlibos.zygote.zygote FD SUPERVISOR_PID``), so it never inherits the supervisor's
 ZeroMQ I/O threads or SQLite handles: forking a process that has other threads copies
 locks held by threads that do not exist in the child. It imports everything an agent's
 runtime needs *before* forking (the child pays no import cost) and never creates a
@@ -38,7 +38,7 @@ from agentlibos.sandbox.pdeathsig import set_pdeathsig
 
 # Imported here, at the top, so the zygote has everything a child needs loaded before
 # it forks: children share these pages copy-on-write and pay no import cost.
-from agentlibos.supervisor.child import run_child, run_exec
+from agentlibos.zygote.child import run_child, run_exec
 
 MAX_PACKET: Final = 1 << 20
 

@@ -32,10 +32,10 @@ from agentlibos.errors import (
 from agentlibos.kernel.policy import load_policy
 from agentlibos.kernel.process import ProcessRecord
 from agentlibos.kernel.registry import register_image
-from agentlibos.kernel.store import SQLiteStore
 from agentlibos.launcher import resolve_image_arg, run_image, signals
 from agentlibos.sandbox import doctor
 from agentlibos.sandbox.profile import SandboxConfig, load_config
+from agentlibos.store.sqlite import SQLiteStore
 from agentlibos.supervisor import Supervisor
 from agentlibos.supervisor.control import control_call, ping
 from agentlibos.ui import format_ps
