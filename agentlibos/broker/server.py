@@ -1,13 +1,10 @@
 """The syscall broker: one ROUTER socket, every AgentProcess's only door.
 
 Single-threaded and non-blocking: the supervisor's loop calls :meth:`Broker.drain` when
-the socket is readable; each request is decoded, authenticated, validated and handed to
-its handler; replies wait in an outbox until the supervisor has committed the batch's
-state (:meth:`Broker.flush`), so an agent never sees an answer that is not on disk.
-Handlers that must wait (``proc.wait``) return a :class:`Pending` and the reply is sent
-whenever it resolves, so one slow call never blocks the others.
-
-This is the only place where exceptions become replies.
+the socket is readable; each request is decoded and authenticated here (the door), then
+handed to the one dispatch (``dispatch.py``); replies wait in an outbox until the loop
+has committed the turn's state (:meth:`Broker.flush`), so an agent never sees an answer
+that is not on disk.
 """
 
 from __future__ import annotations
@@ -16,13 +13,13 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 import zmq
 
-from agentlibos.broker.syscalls import Caller, Pending, Reply, lookup
-from agentlibos.broker.syscalls.base import Host, Result
-from agentlibos.errors import InternalError, LibOSError
+from agentlibos.broker.dispatch import Dispatcher, Outcome
+from agentlibos.broker.syscalls import Caller
+from agentlibos.errors import LibOSError
 from agentlibos.protocol.wire import (
     DEFAULT_LIMITS,
     WireError,
@@ -35,52 +32,11 @@ from agentlibos.protocol.wire import (
 log = logging.getLogger(__name__)
 
 
-class BrokerHost(Host, Protocol):
+class Door(Protocol):
+    """What the broker asks of the process table at the door."""
+
     def authenticate(self, pid: int, token: bytes) -> Caller: ...
-    def savepoint(self) -> Any: ...
     def on_protocol_error(self, error: LibOSError, routing_id: bytes) -> None: ...
-    def on_internal_error(self, caller: Caller, call: str, exc: BaseException) -> None: ...
-
-
-def dispatch(host: Host, caller: Caller, call: str, args: dict[str, Any],
-             blobs: list[bytes]) -> Result:
-    """Validate and run one syscall as ``caller``. Raises typed errors."""
-    sc = lookup(call)
-    return sc.handler(host, caller, sc.validate(args), blobs)
-
-
-def run_syscall(
-    host: BrokerHost,
-    caller: Caller,
-    call: str,
-    args: dict[str, Any],
-    blobs: list[bytes],
-    sink: Callable[[Reply | LibOSError], None],
-) -> None:
-    """Run one syscall and hand its outcome -- now or, for a Pending, later -- to ``sink``.
-
-    The one place an exception becomes a reply: typed errors pass as they are, anything
-    else is a bug, logged and answered as InternalError with its writes rolled back.
-    Used for agents' requests and for the syscalls their JIT tools make.
-    """
-    try:
-        with host.savepoint():
-            result = dispatch(host, caller, call, args, blobs)
-    except LibOSError as e:
-        sink(e)
-        return
-    except Exception as e:  # a handler bug must not take the broker down
-        log.exception("syscall %s from pid %d failed", call, caller.pid)
-        host.on_internal_error(caller, call, e)
-        sink(InternalError(f"{call}: internal error ({type(e).__name__}); "
-                           "the supervisor log has the details"))
-        return
-    if isinstance(result, Pending):
-        result.bind(sink)
-    elif isinstance(result, Reply):
-        sink(result)
-    else:
-        sink(Reply(result))
 
 
 class Broker:
@@ -88,11 +44,13 @@ class Broker:
         self,
         ctx: zmq.Context[zmq.Socket[bytes]],
         endpoint: str,
-        host: BrokerHost,
+        door: Door,
+        dispatcher: Dispatcher,
         limits: WireLimits = DEFAULT_LIMITS,
     ) -> None:
         self.endpoint = endpoint
-        self.host = host
+        self.door = door
+        self.dispatcher = dispatcher
         self.limits = limits
         self.sock: zmq.Socket[bytes] = ctx.socket(zmq.ROUTER)
         # Frames above this are refused by libzmq before they are buffered: the hard
@@ -135,8 +93,8 @@ class Broker:
             except zmq.Again:
                 log.warning("dropped a reply: the peer's queue is full")
 
-    def _sink(self, routing_id: bytes, req_id: int) -> Callable[[Reply | LibOSError], None]:
-        def sink(outcome: Reply | LibOSError) -> None:
+    def _sink(self, routing_id: bytes, req_id: int) -> Callable[[Outcome], None]:
+        def sink(outcome: Outcome) -> None:
             if isinstance(outcome, LibOSError):
                 self.outbox.append([routing_id, *encode_error(req_id, outcome)])
             else:
@@ -150,14 +108,15 @@ class Broker:
         try:
             req = decode_request(frames[1:], self.limits)
         except WireError as e:
-            self.host.on_protocol_error(e.error, routing_id)
+            self.door.on_protocol_error(e.error, routing_id)
             self.outbox.append([routing_id, *encode_error(e.req_id, e.error)])
             return
         try:
-            caller = self.host.authenticate(req.pid, req.token)
+            caller = self.door.authenticate(req.pid, req.token)
+            seq = self.dispatcher.next_seq(caller.pid, getattr(req, "seq", None))
         except LibOSError as e:
-            self.host.on_protocol_error(e, routing_id)
+            self.door.on_protocol_error(e, routing_id)
             self.outbox.append([routing_id, *encode_error(req.id, e)])
             return
-        run_syscall(self.host, caller, req.call, req.args, req.blobs,
-                    self._sink(routing_id, req.id))
+        self.dispatcher.submit(caller, req.call, req.args, req.blobs,
+                               self._sink(routing_id, req.id), seq=seq)

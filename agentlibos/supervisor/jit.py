@@ -1,6 +1,7 @@
 """JIT tools: a warm Deno process per (AgentProcess, tool), spoken to over its stdio.
 
-Each worker is forked by the zygote with the agents' sandbox (its own cgroup, namespaces,
+Each worker is a sandboxed helper process (``workers.py``) forked by the zygote with the
+agents' sandbox (its own cgroup, namespaces,
 Landlock, the "deno" seccomp variant) and execs Deno with no permissions. The supervisor
 is the worker's only peer: it writes calls to its stdin and reads, from its stdout,
 syscall requests (run as the calling AgentProcess, narrowed to the tool's capabilities,
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import itertools
 import json
 import logging
 import os
@@ -30,12 +30,13 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import zmq
 
-from agentlibos.broker.server import run_syscall
+from agentlibos.broker.dispatch import Dispatcher
 from agentlibos.broker.syscalls import Caller, Pending, Reply, lookup
+from agentlibos.config import Paths
 from agentlibos.errors import (
     InvalidArgument,
     LibOSError,
@@ -49,11 +50,12 @@ from agentlibos.errors import (
 from agentlibos.jit import deno
 from agentlibos.kernel.caps import attenuate, parse_cap
 from agentlibos.kernel.schema import validate
+from agentlibos.store import Store
 from agentlibos.supervisor.exits import describe_status, log_tail
+from agentlibos.supervisor.loop import Loop, Timer
+from agentlibos.supervisor.sandboxing import SandboxManager
+from agentlibos.supervisor.workers import Workers
 from agentlibos.zygote.child import parse_report
-
-if TYPE_CHECKING:
-    from agentlibos.supervisor.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +80,9 @@ class ToolDef:
 class Call:
     args: dict[str, Any]
     pending: Pending
-    caller: Caller
+    caller: Caller  # the calling process, narrowed to the tool's capabilities
     started: float = 0.0
-    timer: int | None = None
+    timer: Timer | None = None
 
 
 @dataclass
@@ -103,7 +105,7 @@ class Worker:
     queue: deque[Call] = field(default_factory=deque)
     created: float = field(default_factory=time.monotonic)
     last_used: float = field(default_factory=time.monotonic)
-    start_timer: int | None = None
+    start_timer: Timer | None = None
     calls: int = 0
     error: LibOSError | None = None  # why it is being killed, for its queued calls
     # A type check ("check") rather than a tool runner ("run"): its stdout is ignored and
@@ -113,13 +115,18 @@ class Worker:
 
 
 class JitManager:
-    def __init__(self, sup: Supervisor) -> None:
-        self.sup = sup
+    def __init__(self, paths: Paths, store: Store, loop: Loop, sandbox: SandboxManager,
+                 workers: Workers, dispatcher: Dispatcher) -> None:
+        self.paths = paths
+        self.store = store
+        self.loop = loop
+        self.sandbox = sandbox
+        self.helpers = workers
+        self.dispatcher = dispatcher
         self.workers: dict[tuple[int, str], Worker] = {}
         self.by_wid: dict[int, Worker] = {}
         self.fds: dict[int, Worker] = {}
-        self._ids = itertools.count(1)
-        self.dir = sup.paths.home / "jit"
+        self.dir = paths.home / "jit"
 
     # ------------------------------------------------------------------ calling a tool
 
@@ -137,7 +144,7 @@ class JitManager:
         if w is None:
             w = self._start(caller.pid, tool)
         pending = Pending(caller.pid)
-        w.queue.append(Call(args, pending, caller))
+        w.queue.append(Call(args, pending, self._as_tool(w, caller)))
         self._next(w)
         return pending
 
@@ -149,8 +156,8 @@ class JitManager:
         w.state = "busy"
         w.calls += 1
         call.started = time.monotonic()
-        timeout = w.tool.timeout_s or self.sup.sandbox.config.tool_timeout_s
-        call.timer = self.sup._at(timeout, lambda: self._timeout(w, call, timeout))
+        timeout = w.tool.timeout_s or self.sandbox.config.tool_timeout_s
+        call.timer = self.loop.call_later(timeout, lambda: self._timeout(w, call, timeout))
         self._send(w, {"op": "call", "id": w.calls, "args": call.args})
 
     def _timeout(self, w: Worker, call: Call, limit: float) -> None:
@@ -171,24 +178,17 @@ class JitManager:
         """Fork ``w`` through the zygote, sandboxed, exec'ing Deno."""
         self.by_wid[w.wid] = w
         try:
-            prep = self.sup.sandbox.prepare_tool(w.wid, read_only, w.scratch)
-            w.cgroup = prep.cgroup
-            self.sup.zygote.spawn(w.wid, {
-                "pid": w.wid,
-                "argv": argv_for(self.sup.sandbox.deno.exe),
-                "env": self._env(w.scratch),
-                "scratch": str(w.scratch),
-                "log": str(w.log_path),
-                "profile": prep.profile,
-            }, op="exec")
+            w.cgroup = self.helpers.launch(
+                w.wid, self, argv=argv_for(self.sandbox.deno.exe), env=self._env(w.scratch),
+                scratch=w.scratch, log_path=w.log_path, read_only=read_only)
         except LibOSError as e:
             self._drop(w, e)
             raise
-        w.start_timer = self.sup._at(START_TIMEOUT_S, lambda: self._start_timeout(w))
+        w.start_timer = self.loop.call_later(START_TIMEOUT_S, lambda: self._start_timeout(w))
 
     def _new(self, pid: int, tool: ToolDef, log_path: Path) -> Worker:
-        wid = -next(self._ids)
-        scratch = self.sup.paths.scratch / f"t{-wid}"
+        wid = self.helpers.new_id()
+        scratch = self.paths.scratch / f"t{-wid}"
         scratch.mkdir(mode=0o700)
         return Worker(wid, pid, tool, scratch, log_path)
 
@@ -197,12 +197,12 @@ class JitManager:
         entry = base / "entry.js"
         entry.write_text(deno.entry_source(tool.path))
         os.chmod(entry, 0o644)
-        w = self._new(pid, tool, self.sup.paths.logs / f"{pid}.{tool.name}.log")
+        w = self._new(pid, tool, self.paths.logs / f"{pid}.{tool.name}.log")
         self.workers[(pid, tool.name)] = w
-        heap = self.sup.sandbox.config.tool_heap_mb
+        heap = self.sandbox.config.tool_heap_mb
         self._launch(w, lambda exe: deno.run_argv(exe, str(entry), heap_mb=heap),
                      (str(deno.JIT_DIR), str(base), str(Path(tool.path).parent)))
-        self.sup.store.append_audit(pid, "jit.start", f"jit:invoke:{tool.name}", "info",
+        self.store.append_audit(pid, "jit.start", f"jit:invoke:{tool.name}", "info",
                                     {"tool": tool.name, "worker": -w.wid, "path": tool.path})
         return w
 
@@ -249,7 +249,7 @@ class JitManager:
             os.set_blocking(fd, False)
         for fd in (w.report, w.stdout):
             self.fds[fd] = w
-            self.sup._poller.register(fd, zmq.POLLIN)
+            self.loop.add_reader(fd, self._reader(fd))
         if w.state == "dead":
             self._signal_kill(w)
 
@@ -264,12 +264,12 @@ class JitManager:
             return
         if w.stdout is not None and w.stdout in self.fds:
             self._on_stdout(w)  # whatever it said last
-        oom, _, _ = self.sup.sandbox.verdict(w.cgroup)
+        oom, _, _ = self.sandbox.verdict(w.cgroup)
         if w.error is None:
             if oom:
                 w.error = LimitExceeded(
                     f"tool {w.tool.name} ran out of memory (limit "
-                    f"{self.sup.sandbox.config.tool_limits.memory_max_bytes} bytes)")
+                    f"{self.sandbox.config.tool_limits.memory_max_bytes} bytes)")
             else:
                 w.error = ToolError(f"tool {w.tool.name} {describe_status(status)}: "
                                     f"{' | '.join(log_tail(w.log_path, 6)) or '(empty log)'}")
@@ -281,6 +281,9 @@ class JitManager:
             self._drop(w, Unavailable(f"tool {w.tool.name} could not start: {error}"))
 
     # --------------------------------------------------------------------- the pipes
+
+    def _reader(self, fd: int) -> Callable[[int], None]:
+        return lambda events: self.on_ready(fd, events)
 
     def on_ready(self, fd: int, events: int) -> None:
         w = self.fds.get(fd)
@@ -303,7 +306,7 @@ class JitManager:
         if not data:
             return
         report = parse_report(data)
-        self.sup.store.append_audit(
+        self.store.append_audit(
             w.pid, "jit.contain", f"jit:invoke:{w.tool.name}", "info",
             {"tool": w.tool.name, "worker": -w.wid, "layers": report.get("layers"),
              "missing": report.get("missing"), "error": report.get("error"),
@@ -364,10 +367,10 @@ class JitManager:
         registered = w.stdin in self.fds
         if want and not registered:
             self.fds[w.stdin] = w
-            self.sup._poller.register(w.stdin, zmq.POLLOUT)
+            self.loop.add_reader(w.stdin, self._reader(w.stdin), zmq.POLLOUT)
         elif not want and registered:
             del self.fds[w.stdin]
-            self.sup._poller.unregister(w.stdin)
+            self.loop.remove_reader(w.stdin)
 
     # --------------------------------------------------------------- the protocol
 
@@ -384,7 +387,7 @@ class JitManager:
         if op == "ready" and w.state == "starting":
             w.state = "ready"
             if w.start_timer is not None:
-                self.sup._cancel(w.start_timer)
+                w.start_timer.cancel()
             self._next(w)
         elif op == "load-error":
             self.kill(w, ToolError(f"tool {w.tool.name} did not load: "
@@ -397,7 +400,7 @@ class JitManager:
             w.state = "ready"
             w.last_used = time.monotonic()
             if call.timer is not None:
-                self.sup._cancel(call.timer)
+                call.timer.cancel()
             if op == "return":
                 self._returned(w, call, msg.get("value"))
             else:
@@ -450,12 +453,14 @@ class JitManager:
         except (LibOSError, ValueError, TypeError) as e:
             answer(e if isinstance(e, LibOSError) else InvalidArgument(f"bad blob: {e}"))
             return
-        run_syscall(self.sup, self._as_tool(w, w.current.caller), name, params, blobs, answer)
+        # The tool acts as its calling process narrowed to the tool's capabilities; its
+        # calls are part of the journaled tool.call, so they carry no sequence number.
+        self.dispatcher.submit(w.current.caller, name, params, blobs, answer)
 
     def _as_tool(self, w: Worker, caller: Caller) -> Caller:
         """The calling process, marked as acting through this tool, with its capabilities
         narrowed to those the tool declares (never widened)."""
-        caps = caller.caps
+        caps = list(caller.caps)  # its own list: what the tool drops is never the caller's
         if w.tool.caps:
             declared = [parse_cap(c).resolved(caller.cwd) for c in w.tool.caps]
             caps = attenuate(declared, caller.caps)
@@ -483,7 +488,7 @@ class JitManager:
     def _fail_calls(self, w: Worker, error: LibOSError) -> None:
         for call in [c for c in (w.current, *w.queue) if c is not None]:
             if call.timer is not None:
-                self.sup._cancel(call.timer)
+                call.timer.cancel()
             call.pending.reject(error)
         w.current = None
         w.queue.clear()
@@ -502,7 +507,7 @@ class JitManager:
             return
         if fd in self.fds:
             del self.fds[fd]
-            self.sup._poller.unregister(fd)
+            self.loop.remove_reader(fd)
         with contextlib.suppress(OSError):
             os.close(fd)
         setattr(w, which, None)
@@ -514,10 +519,11 @@ class JitManager:
         self._unlist(w)
         self.by_wid.pop(w.wid, None)
         if w.start_timer is not None:
-            self.sup._cancel(w.start_timer)
+            w.start_timer.cancel()
         for which in ("report", "stdout", "stdin", "pidfd"):
             self._close(w, which)
-        self.sup._release_cgroup(w.wid, w.cgroup)
+        self.helpers.forget(w.wid)
+        self.helpers.release(w.wid, w.cgroup)
         shutil.rmtree(w.scratch, ignore_errors=True)
 
     def end_process(self, pid: int) -> None:
@@ -527,7 +533,7 @@ class JitManager:
         shutil.rmtree(self.dir / str(pid), ignore_errors=True)
 
     def reap_idle(self) -> None:
-        limit = self.sup.sandbox.config.tool_idle_s
+        limit = self.sandbox.config.tool_idle_s
         now = time.monotonic()
         for w in list(self.by_wid.values()):
             if w.state == "ready" and not w.queue and now - w.last_used > limit:

@@ -1,9 +1,9 @@
 """The syscall table's machinery: parameter schemas, the registry, deferred replies.
 
 Handlers live one family per module (fs.py, obj.py, proc.py, cap.py, tool.py), each
-declaring its parameters beside it. A handler receives the :class:`Host` (the services
-the supervisor provides), the authenticated :class:`Caller` and validated arguments; it
-returns a JSON value, a :class:`Reply` with blobs, or a :class:`Pending` to answer later.
+declaring its parameters beside it. A handler receives its family's services (a Protocol
+beside it), the authenticated :class:`Caller` and validated arguments; it returns a JSON
+value, a :class:`Reply` with blobs, or a :class:`Pending` to answer later.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ if TYPE_CHECKING:
     from agentlibos.kernel.caps import CapPattern
     from agentlibos.kernel.image import AgentImage
     from agentlibos.kernel.policy import Decision, Policy, Request
-    from agentlibos.providers.fs import LocalFs
-    from agentlibos.store.sqlite import ObjectQuota, Store
 
 
 class _Any:
@@ -123,41 +121,19 @@ class Pending:
 Result = Any  # a JSON value, a Reply or a Pending
 
 
-class Host(Protocol):
-    """Services the supervisor gives syscall handlers."""
-
-    @property
-    def store(self) -> Store: ...
-    @property
-    def fs(self) -> LocalFs: ...
-    @property
-    def object_quota(self) -> ObjectQuota: ...
+class Authorizer(Protocol):
+    """The authority check every family uses (agentlibos.broker.authz.Authz)."""
 
     def decide(self, caller: Caller, request: Request) -> Decision: ...
     def authorize(self, caller: Caller, call: str, request: Request) -> None: ...
     def audit(
         self, caller: Caller, call: str, request: str, verdict: str, detail: dict[str, Any]
     ) -> None: ...
-    def start_info(self, caller: Caller) -> dict[str, Any]: ...
-    def spawn(
-        self, caller: Caller, image: str, args: dict[str, Any], caps: list[str] | None,
-        cwd: str | None,
-    ) -> int: ...
-    def wait(self, caller: Caller, pid: int, timeout_s: float | None) -> Result: ...
-    def kill(self, caller: Caller, pid: int) -> None: ...
-    def exit(self, caller: Caller, status: str, result: Any, error: str | None) -> None: ...
-    def children(self, caller: Caller) -> list[dict[str, Any]]: ...
-    def drop_caps(self, caller: Caller, cap: str) -> list[str]: ...
-    def dispatch(self, caller: Caller, call: str, args: dict[str, Any],
-                 blobs: list[bytes]) -> Result: ...
-    def find_tool(self, caller: Caller, name: str) -> Any: ...
-    def jit_call(self, caller: Caller, tool: Any, args: dict[str, Any]) -> Result: ...
-    def jit_register(self, caller: Caller, name: str, source: str,
-                     schema: dict[str, Any] | None, caps: tuple[str, ...],
-                     timeout_s: float | None) -> Result: ...
 
 
-Handler = Callable[[Host, Caller, dict[str, Any], list[bytes]], Result]
+# A handler gets its family's services (a small Protocol declared beside the family,
+# e.g. fs.FsServices), never the supervisor: an obj handler cannot spawn.
+Handler = Callable[[Any, Caller, dict[str, Any], list[bytes]], Result]
 
 
 @dataclass(frozen=True)

@@ -2,77 +2,87 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
-from agentlibos.broker.syscalls.base import Caller, Host, Param, Reply, syscall
+from agentlibos.broker.syscalls.base import Authorizer, Caller, Param, Reply, syscall
 from agentlibos.errors import InvalidArgument
 from agentlibos.kernel.policy import Request
-from agentlibos.providers.fs import MAX_PATH, Resolved
+from agentlibos.providers.fs import MAX_PATH, LocalFs, Resolved
+
+
+class FsServices(Protocol):
+    """What fs handlers may use: the authority check and the file-system provider."""
+
+    @property
+    def authz(self) -> Authorizer: ...
+    @property
+    def fs(self) -> LocalFs: ...
+
 
 _PATH = Param(str, max_len=MAX_PATH)
 MAX_RECURSIVE_DELETE = 100_000
 
 
-def _check(host: Host, caller: Caller, call: str, right: str, path: str,
+def _check(svc: FsServices, caller: Caller, call: str, right: str, path: str,
            *, follow_last: bool = True) -> Resolved:
-    r = host.fs.resolve(caller.cwd, path, follow_last=follow_last)
-    host.authorize(caller, call, Request("fs", right, r.real, r.aliases))
+    r = svc.fs.resolve(caller.cwd, path, follow_last=follow_last)
+    svc.authz.authorize(caller, call, Request("fs", right, r.real, r.aliases))
     return r
 
 
 @syscall("fs.read", path=_PATH, max_bytes=Param(int, required=False))
-def fs_read(host: Host, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Reply:
+def fs_read(svc: FsServices, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Reply:
     """Read a whole file; the bytes come back as a blob. Needs fs:read."""
-    r = _check(host, caller, "fs.read", "read", args["path"])
-    data = host.fs.read(r.real, args["max_bytes"])
+    r = _check(svc, caller, "fs.read", "read", args["path"])
+    data = svc.fs.read(r.real, args["max_bytes"])
     return Reply({"size": len(data), "path": r.real}, [data])
 
 
 @syscall("fs.write", path=_PATH, append=Param(bool, required=False, default=False))
-def fs_write(host: Host, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
+def fs_write(svc: FsServices, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
     """Write (atomically replace) or append to a file from the first blob. Needs fs:write."""
     if len(blobs) != 1:
         raise InvalidArgument("fs.write: needs exactly one data blob")
-    r = _check(host, caller, "fs.write", "write", args["path"])
-    n = host.fs.write(r.real, blobs[0], append=args["append"])
+    r = _check(svc, caller, "fs.write", "write", args["path"])
+    n = svc.fs.write(r.real, blobs[0], append=args["append"])
     return {"size": n, "path": r.real}
 
 
 @syscall("fs.list", path=Param(str, required=False, default=".", max_len=MAX_PATH),
          limit=Param(int, required=False, default=10_000))
-def fs_list(host: Host, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
+def fs_list(svc: FsServices, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
     """List a directory: name, type, size, mtime, mode of each entry. Needs fs:read."""
-    r = _check(host, caller, "fs.list", "read", args["path"])
-    return host.fs.listdir(r.real, max(1, min(args["limit"], 100_000)))
+    r = _check(svc, caller, "fs.list", "read", args["path"])
+    return svc.fs.listdir(r.real, max(1, min(args["limit"], 100_000)))
 
 
 @syscall("fs.stat", path=_PATH)
-def fs_stat(host: Host, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
+def fs_stat(svc: FsServices, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
     """Type, size, mtime and mode of one path (symlinks are not followed). Needs fs:read."""
-    r = _check(host, caller, "fs.stat", "read", args["path"], follow_last=False)
-    return host.fs.stat(r.real)
+    r = _check(svc, caller, "fs.stat", "read", args["path"], follow_last=False)
+    return svc.fs.stat(r.real)
 
 
 @syscall("fs.mkdir", path=_PATH, parents=Param(bool, required=False, default=False),
          exist_ok=Param(bool, required=False, default=False))
-def fs_mkdir(host: Host, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
+def fs_mkdir(svc: FsServices, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
     """Create a directory. Needs fs:write."""
-    r = _check(host, caller, "fs.mkdir", "write", args["path"])
-    host.fs.mkdir(r.real, parents=args["parents"], exist_ok=args["exist_ok"])
+    r = _check(svc, caller, "fs.mkdir", "write", args["path"])
+    svc.fs.mkdir(r.real, parents=args["parents"], exist_ok=args["exist_ok"])
     return {"path": r.real}
 
 
 @syscall("fs.delete", path=_PATH, recursive=Param(bool, required=False, default=False))
-def fs_delete(host: Host, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
+def fs_delete(svc: FsServices, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
     """Delete a file, an empty directory, or (recursive) a tree. Needs fs:delete."""
     # A symlink is deleted itself, never its target: check and act on the link's path.
-    r = _check(host, caller, "fs.delete", "delete", args["path"], follow_last=False)
+    r = _check(svc, caller, "fs.delete", "delete", args["path"], follow_last=False)
     if args["recursive"]:
         # The root being deletable says nothing about what lies below it (a policy may
         # deny **/.env, a capability may cover only *.txt): check every entry first.
-        for path in host.fs.walk(r.real, limit=MAX_RECURSIVE_DELETE):
-            d = host.decide(caller, Request("fs", "delete", path))
+        for path in svc.fs.walk(r.real, limit=MAX_RECURSIVE_DELETE):
+            d = svc.authz.decide(caller, Request("fs", "delete", path))
             if not d.allowed:
-                host.authorize(caller, "fs.delete", Request("fs", "delete", path))
-    host.fs.delete(r.real, recursive=args["recursive"])
+                svc.authz.authorize(caller, "fs.delete", Request("fs", "delete", path))
+    svc.fs.delete(r.real, recursive=args["recursive"])
     return {"path": r.real}

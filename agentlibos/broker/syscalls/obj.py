@@ -10,11 +10,34 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
-from agentlibos.broker.syscalls.base import ANY, Caller, Host, Param, syscall
+from agentlibos.broker.syscalls.base import ANY, Authorizer, Caller, Param, syscall
 from agentlibos.errors import InvalidArgument, LimitExceeded
 from agentlibos.kernel.policy import Request
+from agentlibos.store import ObjectQuota, ObjectRecord
+
+
+class ObjectStore(Protocol):
+    """The part of the store obj handlers may touch: objects, nothing else."""
+
+    def get_object(self, ns: str, name: str) -> ObjectRecord: ...
+    def put_object(
+        self, ns: str, name: str, type_: str, value_json: str, pid: int | None,
+        expect_version: int | None, quota: ObjectQuota,
+    ) -> ObjectRecord: ...
+    def list_objects(self, ns: str, prefix: str, limit: int) -> list[ObjectRecord]: ...
+    def delete_object(self, ns: str, name: str, expect_version: int | None) -> None: ...
+
+
+class ObjServices(Protocol):
+    @property
+    def authz(self) -> Authorizer: ...
+    @property
+    def objects(self) -> ObjectStore: ...
+    @property
+    def object_quota(self) -> ObjectQuota: ...
+
 
 NS_RE: Final = re.compile(r"^[a-z0-9_][a-z0-9_.-]*(/[a-z0-9_][a-z0-9_.-]*)*$")
 TYPE_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
@@ -38,11 +61,11 @@ def _own_ns(caller: Caller) -> str:
     return f"proc/{caller.pid}"
 
 
-def _ns(host: Host, caller: Caller, call: str, ns: str, right: str) -> str:
+def _ns(svc: ObjServices, caller: Caller, call: str, ns: str, right: str) -> str:
     """Resolve ``ns`` and check the caller may use it; return the real namespace."""
     if ns == "self" or ns == _own_ns(caller):
         real = _own_ns(caller)
-        host.audit(caller, call, f"obj:{right}:{real}", "allow",
+        svc.authz.audit(caller, call, f"obj:{right}:{real}", "allow",
                    {"reason": "a process's own namespace"})
         return real
     if len(ns) > 128 or not NS_RE.match(ns) or ".." in ns.split("/"):
@@ -50,7 +73,7 @@ def _ns(host: Host, caller: Caller, call: str, ns: str, right: str) -> str:
             f"{call}: namespace {ns!r} must be 'self' or lower-case path segments like "
             "'shared/plans'"
         )
-    host.authorize(caller, call, Request("obj", right, ns))
+    svc.authz.authorize(caller, call, Request("obj", right, ns))
     return ns
 
 
@@ -68,7 +91,7 @@ def _name(call: str, name: str) -> str:
     ns=Param(str, required=False, default="self"),
     expect_version=Param(int, required=False),
 )
-def obj_put(host: Host, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
+def obj_put(svc: ObjServices, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
     """Store a JSON value under a name; returns its stat (type, version, size)."""
     name = _name("obj.put", args["name"])
     type_ = args["type"]
@@ -87,27 +110,27 @@ def obj_put(host: Host, caller: Caller, args: dict[str, Any], blobs: list[bytes]
         raise LimitExceeded(
             f"obj.put: value of {len(value_json)} bytes exceeds {MAX_VALUE_BYTES}"
         )
-    ns = _ns(host, caller, "obj.put", args["ns"], "write")
-    rec = host.store.put_object(ns, name, type_, value_json, caller.pid,
-                                args["expect_version"], host.object_quota)
+    ns = _ns(svc, caller, "obj.put", args["ns"], "write")
+    rec = svc.objects.put_object(ns, name, type_, value_json, caller.pid,
+                                args["expect_version"], svc.object_quota)
     return rec.stat()
 
 
 @syscall("obj.get", name=Param(str), ns=Param(str, required=False, default="self"))
-def obj_get(host: Host, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
+def obj_get(svc: ObjServices, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
     """Fetch an object: its value, type and version."""
     name = _name("obj.get", args["name"])
-    ns = _ns(host, caller, "obj.get", args["ns"], "read")
-    rec = host.store.get_object(ns, name)
+    ns = _ns(svc, caller, "obj.get", args["ns"], "read")
+    rec = svc.objects.get_object(ns, name)
     return {**rec.stat(), "value": rec.value}
 
 
 @syscall("obj.stat", name=Param(str), ns=Param(str, required=False, default="self"))
-def obj_stat(host: Host, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
+def obj_stat(svc: ObjServices, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
     """Type, version, size and times of an object, without its value."""
     name = _name("obj.stat", args["name"])
-    ns = _ns(host, caller, "obj.stat", args["ns"], "read")
-    return host.store.get_object(ns, name).stat()
+    ns = _ns(svc, caller, "obj.stat", args["ns"], "read")
+    return svc.objects.get_object(ns, name).stat()
 
 
 @syscall(
@@ -116,11 +139,11 @@ def obj_stat(host: Host, caller: Caller, args: dict[str, Any], blobs: list[bytes
     prefix=Param(str, required=False, default="", max_len=MAX_NAME),
     limit=Param(int, required=False, default=1000),
 )
-def obj_list(host: Host, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
+def obj_list(svc: ObjServices, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
     """Stats of the objects in a namespace whose names start with ``prefix``."""
-    ns = _ns(host, caller, "obj.list", args["ns"], "read")
+    ns = _ns(svc, caller, "obj.list", args["ns"], "read")
     limit = max(1, min(args["limit"], 10_000))
-    return [r.stat() for r in host.store.list_objects(ns, args["prefix"], limit)]
+    return [r.stat() for r in svc.objects.list_objects(ns, args["prefix"], limit)]
 
 
 @syscall(
@@ -129,9 +152,9 @@ def obj_list(host: Host, caller: Caller, args: dict[str, Any], blobs: list[bytes
     ns=Param(str, required=False, default="self"),
     expect_version=Param(int, required=False),
 )
-def obj_delete(host: Host, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
+def obj_delete(svc: ObjServices, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
     """Delete an object (optionally only if it is still at ``expect_version``)."""
     name = _name("obj.delete", args["name"])
-    ns = _ns(host, caller, "obj.delete", args["ns"], "write")
-    host.store.delete_object(ns, name, args["expect_version"])
+    ns = _ns(svc, caller, "obj.delete", args["ns"], "write")
+    svc.objects.delete_object(ns, name, args["expect_version"])
     return {"deleted": name, "ns": ns}

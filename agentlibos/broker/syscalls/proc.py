@@ -2,20 +2,40 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
-from agentlibos.broker.syscalls.base import ANY, Caller, Host, Param, Result, syscall
+from agentlibos.broker.syscalls.base import ANY, Caller, Param, Result, syscall
 from agentlibos.errors import InvalidArgument
 
 
+class ProcessService(Protocol):
+    """The process table's doors (agentlibos.supervisor.process_calls)."""
+
+    def start_info(self, caller: Caller) -> dict[str, Any]: ...
+    def spawn(
+        self, caller: Caller, image: str, args: dict[str, Any], caps: list[str] | None,
+        cwd: str | None,
+    ) -> int: ...
+    def wait(self, caller: Caller, pid: int, timeout_s: float | None) -> Result: ...
+    def kill(self, caller: Caller, pid: int) -> None: ...
+    def exit(self, caller: Caller, status: str, result: Any, error: str | None) -> None: ...
+    def children(self, caller: Caller) -> list[dict[str, Any]]: ...
+
+
+class ProcServices(Protocol):
+    @property
+    def processes(self) -> ProcessService: ...
+
+
+
 @syscall("proc.start", tool_ok=False)
-def proc_start(host: Host, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
+def proc_start(svc: ProcServices, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
     """The runtime's first call: the entry point, args and identity of this process."""
-    return host.start_info(caller)
+    return svc.processes.start_info(caller)
 
 
 @syscall("proc.getpid")
-def proc_getpid(host: Host, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
+def proc_getpid(svc: ProcServices, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
     """The caller's libOS pid and its parent's."""
     return {"pid": caller.pid, "ppid": caller.ppid}
 
@@ -27,28 +47,30 @@ def proc_getpid(host: Host, caller: Caller, args: dict[str, Any], blobs: list[by
     caps=Param(list, required=False, max_len=256),
     cwd=Param(str, required=False, max_len=4096),
 )
-def proc_spawn(host: Host, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
+def proc_spawn(svc: ProcServices, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
     """Start a child from an image; ``caps`` (default: all of the caller's) only attenuate."""
     caps = args["caps"]
     if caps is not None and not all(isinstance(c, str) for c in caps):
         raise InvalidArgument("proc.spawn: caps must be a list of capability strings")
-    pid = host.spawn(caller, args["image"], args["args"] or {}, caps, args["cwd"])
+    pid = svc.processes.spawn(caller, args["image"], args["args"] or {}, caps, args["cwd"])
     return {"pid": pid}
 
 
 @syscall("proc.wait", pid=Param(int), timeout=Param(float, required=False))
-def proc_wait(host: Host, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Result:
+def proc_wait(
+    svc: ProcServices, caller: Caller, args: dict[str, Any], blobs: list[bytes]
+) -> Result:
     """Block until a process ends; returns {pid, state, exit_reason, result}."""
     timeout = args["timeout"]
     if timeout is not None and timeout < 0:
         raise InvalidArgument("proc.wait: timeout must not be negative")
-    return host.wait(caller, args["pid"], timeout)
+    return svc.processes.wait(caller, args["pid"], timeout)
 
 
 @syscall("proc.kill", pid=Param(int))
-def proc_kill(host: Host, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
+def proc_kill(svc: ProcServices, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
     """Stop a process and all its descendants."""
-    host.kill(caller, args["pid"])
+    svc.processes.kill(caller, args["pid"])
     return {"pid": args["pid"]}
 
 
@@ -59,15 +81,17 @@ def proc_kill(host: Host, caller: Caller, args: dict[str, Any], blobs: list[byte
     result=Param(ANY, required=False),
     error=Param(str, required=False, max_len=64 * 1024),
 )
-def proc_exit(host: Host, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
+def proc_exit(svc: ProcServices, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
     """Record the caller's result; the runtime exits right after the reply."""
     if args["status"] not in ("returned", "error"):
         raise InvalidArgument("proc.exit: status must be 'returned' or 'error'")
-    host.exit(caller, args["status"], args["result"], args["error"])
+    svc.processes.exit(caller, args["status"], args["result"], args["error"])
     return {}
 
 
 @syscall("proc.children")
-def proc_children(host: Host, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
+def proc_children(
+    svc: ProcServices, caller: Caller, args: dict[str, Any], blobs: list[bytes]
+) -> Any:
     """The caller's children: pid, image, state, exit_reason."""
-    return host.children(caller)
+    return svc.processes.children(caller)

@@ -14,11 +14,11 @@ passes ``deno check``.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from agentlibos.broker.syscalls.base import (
+    Authorizer,
     Caller,
-    Host,
     Param,
     Result,
     lookup,
@@ -33,20 +33,43 @@ from agentlibos.kernel.schema import check_schema
 MAX_SOURCE_BYTES: Final = 256 * 1024
 
 
+class ToolService(Protocol):
+    """Finding, calling and registering tools (agentlibos.supervisor.tools)."""
+
+    def find(self, caller: Caller, name: str) -> Any: ...
+    def call_jit(self, caller: Caller, tool: Any, args: dict[str, Any]) -> Result: ...
+    def register(self, caller: Caller, name: str, source: str,
+                 schema: dict[str, Any] | None, caps: tuple[str, ...],
+                 timeout_s: float | None) -> Result: ...
+
+
+class ToolServices(Protocol):
+    @property
+    def authz(self) -> Authorizer: ...
+    @property
+    def tools(self) -> ToolService: ...
+
+    # A builtin tool re-enters the dispatch as the caller (the one entry for every call).
+    def dispatch(self, caller: Caller, call: str, args: dict[str, Any],
+                 blobs: list[bytes]) -> Result: ...
+
+
 @syscall("tool.call", tool_ok=False, name=Param(str, max_len=64),
          args=Param(dict, required=False))
-def tool_call(host: Host, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Result:
+def tool_call(
+    svc: ToolServices, caller: Caller, args: dict[str, Any], blobs: list[bytes]
+) -> Result:
     """Call a tool: a builtin of the image's table, or a JIT tool (image or registered)."""
     name = args["name"]
-    tool = host.find_tool(caller, name)
+    tool = svc.tools.find(caller, name)
     if isinstance(tool, ToolSpec):  # a builtin
         target = lookup(tool.ref)
         if not target.tool_ok:
             raise InvalidArgument(f"tool {name!r} wraps {tool.ref}, which is not a tool")
-        return host.dispatch(replace(caller, via_tool=name), tool.ref, args["args"] or {},
+        return svc.dispatch(replace(caller, via_tool=name), tool.ref, args["args"] or {},
                              blobs)
-    host.authorize(caller, "tool.call", Request("jit", "invoke", name))
-    return host.jit_call(caller, tool, args["args"] or {})
+    svc.authz.authorize(caller, "tool.call", Request("jit", "invoke", name))
+    return svc.tools.call_jit(caller, tool, args["args"] or {})
 
 
 @syscall(
@@ -58,12 +81,14 @@ def tool_call(host: Host, caller: Caller, args: dict[str, Any], blobs: list[byte
     caps=Param(list, required=False, max_len=64),
     timeout=Param(float, required=False),
 )
-def jit_register(host: Host, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Result:
+def jit_register(
+    svc: ToolServices, caller: Caller, args: dict[str, Any], blobs: list[bytes]
+) -> Result:
     """Type-check a TypeScript tool offline and make it callable by this process."""
     name = args["name"]
     if not TOOL_NAME_RE.match(name):
         raise InvalidArgument(f"jit.register: {name!r} is not a valid tool name")
-    host.authorize(caller, "jit.register", Request("jit", "register", name))
+    svc.authz.authorize(caller, "jit.register", Request("jit", "register", name))
     spec = caller.image.tool(name)
     if spec is not None:
         raise Conflict(f"jit.register: the image already has a tool named {name!r}")
@@ -78,5 +103,5 @@ def jit_register(host: Host, caller: Caller, args: dict[str, Any], blobs: list[b
     timeout = args["timeout"]
     if timeout is not None and not 0 < timeout <= 3600:
         raise InvalidArgument("jit.register: timeout must be between 0 and 3600 seconds")
-    return host.jit_register(caller, name, args["source"], args["schema"], tuple(caps),
+    return svc.tools.register(caller, name, args["source"], args["schema"], tuple(caps),
                              timeout)

@@ -1,8 +1,8 @@
 """The operator's control channel: the CLI talking to a running supervisor.
 
-A ROUTER socket at ``run/control.sock`` (inside the operator-only ``run/`` directory)
-takes one JSON object per request and answers one JSON object, possibly later (``run``
-with ``wait``). Operations: ``ping``, ``run``, ``wait``, ``kill``, ``shutdown``.
+The server and client ends. A ROUTER socket at ``run/control.sock`` (inside the
+operator-only ``run/`` directory) takes one JSON object per request and answers one JSON
+object, possibly later (``run`` with ``wait``). The operations are in ``ops.py``.
 """
 
 from __future__ import annotations

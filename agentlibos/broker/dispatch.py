@@ -1,0 +1,137 @@
+"""The one entry for every syscall, whether an agent sent it or a tool made it.
+
+decode and authenticate happen at the door (``server.py`` for agents, the JIT worker
+for tools); from there every call takes the same path::
+
+    validate -> handler in a savepoint (it authorizes through broker.authz, which audits)
+             -> a value: reply now        -> journal
+             -> a Pending: suspend; reply when it resolves -> journal
+
+Two hooks serve every handler. *Suspend*: a handler that must wait returns a
+:class:`Pending` (bound, by the supervisor's waits service, to the wait it stands for:
+``proc:7`` now, approvals, events and sleeps later); the reply goes out whenever it
+resolves, and nothing else waits meanwhile. *Journal*: each top-level call of a process
+carries a per-process sequence number; its name, argument digest and outcome are
+journaled in the same store transaction as its audit records (the loop's group commit),
+so durable execution can replay it.
+
+This is the only place an exception becomes a reply: typed errors pass as they are;
+anything else is a bug, logged, audited and answered as InternalError with the call's
+writes rolled back, and the broker goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+from agentlibos.broker.syscalls import FAMILY_OF_PREFIX, Caller, Pending, Reply, Result, lookup
+from agentlibos.errors import InternalError, LibOSError, ProtocolError
+
+log = logging.getLogger(__name__)
+
+Outcome = Reply | LibOSError
+Sink = Callable[[Outcome], None]
+
+
+class Journal(Protocol):
+    def last_seq(self, pid: int) -> int: ...
+    def record(self, caller: Caller, seq: int, call: str, args: dict[str, Any],
+               blobs: list[bytes], outcome: Outcome) -> None: ...
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        savepoint: Callable[[], AbstractContextManager[Any]],
+        services: Mapping[str, object] | None = None,
+        *,
+        journal: Journal | None = None,
+        on_internal_error: Callable[[Caller, str, BaseException], None] | None = None,
+    ) -> None:
+        self._savepoint = savepoint
+        self._services = dict(services or {})
+        self.journal = journal
+        self._on_internal_error = on_internal_error
+        self._next_seq: dict[int, int] = {}
+
+    def add_services(self, family: str, services: object) -> None:
+        """Wire ``family``'s services (a tool family needs the dispatcher itself)."""
+        self._services[family] = services
+
+    def services_for(self, call: str) -> object:
+        family = FAMILY_OF_PREFIX.get(call.split(".", 1)[0])
+        if family is None or family not in self._services:
+            lookup(call)  # raises UnknownSyscall for a name that is not in the table
+            raise InternalError(f"{call}: no services are wired for its family")
+        return self._services[family]
+
+    # ------------------------------------------------------------------- sequence
+
+    def next_seq(self, pid: int, seq: int | None) -> int:
+        """Check the client's sequence number for ``pid`` (or number the call for it).
+
+        The SDK numbers its calls 1, 2, 3...; a number out of order is a replayed or
+        forged frame, refused before anything runs.
+        """
+        expected = self._next_seq.get(pid)
+        if expected is None:
+            expected = (self.journal.last_seq(pid) if self.journal else 0) + 1
+        if seq is not None and seq != expected:
+            raise ProtocolError(f"call out of sequence for pid {pid}: expected {expected}, "
+                                f"got {seq}")
+        self._next_seq[pid] = expected + 1
+        return expected
+
+    def forget(self, pid: int) -> None:
+        self._next_seq.pop(pid, None)
+
+    # ---------------------------------------------------------------------- calls
+
+    def run(self, caller: Caller, call: str, args: dict[str, Any],
+            blobs: list[bytes]) -> Result:
+        """Validate and run one call inside the current savepoint; raises typed errors.
+
+        Used directly for a call nested in another (a builtin tool): it shares its
+        parent's savepoint and journal entry.
+        """
+        sc = lookup(call)
+        services = self.services_for(call)
+        return sc.handler(services, caller, sc.validate(args), blobs)
+
+    def submit(self, caller: Caller, call: str, args: dict[str, Any], blobs: list[bytes],
+               sink: Sink, *, seq: int | None = None) -> None:
+        """Run one call and hand its outcome -- now, or for a Pending later -- to ``sink``.
+
+        ``seq`` (a top-level call of the process) journals the outcome; a tool's
+        syscalls pass None: the tool call that made them is the journaled unit.
+        """
+        if seq is not None and self.journal is not None:
+            journal = self.journal
+            outer = sink
+
+            def sink(outcome: Outcome) -> None:
+                journal.record(caller, seq, call, args, blobs, outcome)
+                outer(outcome)
+
+        try:
+            with self._savepoint():
+                result = self.run(caller, call, args, blobs)
+        except LibOSError as e:
+            sink(e)
+            return
+        except Exception as e:  # a handler bug must not take the broker down
+            log.exception("syscall %s from pid %d failed", call, caller.pid)
+            if self._on_internal_error is not None:
+                self._on_internal_error(caller, call, e)
+            sink(InternalError(f"{call}: internal error ({type(e).__name__}); "
+                               "the supervisor log has the details"))
+            return
+        if isinstance(result, Pending):
+            result.bind(sink)
+        elif isinstance(result, Reply):
+            sink(result)
+        else:
+            sink(Reply(result))

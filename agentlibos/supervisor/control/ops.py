@@ -1,0 +1,29 @@
+"""The table of control operations: name -> the function in its own module."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from agentlibos.errors import InvalidArgument
+from agentlibos.supervisor.control import op_kill, op_ping, op_run, op_shutdown, op_wait
+from agentlibos.supervisor.control.context import ControlContext
+from agentlibos.supervisor.control.server import Responder
+
+Op = Callable[[ControlContext, dict[str, Any], Responder], None]
+
+OPS: dict[str, Op] = {
+    "ping": op_ping.ping,
+    "run": op_run.run,
+    "wait": op_wait.wait,
+    "kill": op_kill.kill,
+    "shutdown": op_shutdown.shutdown,
+}
+
+
+def handle(ctx: ControlContext, req: dict[str, Any], respond: Responder) -> None:
+    op = OPS.get(req["op"])
+    if op is None:
+        raise InvalidArgument(f"unknown control operation {req['op']!r} "
+                              f"(known: {', '.join(sorted(OPS))})")
+    op(ctx, req, respond)

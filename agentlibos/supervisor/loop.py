@@ -1,0 +1,193 @@
+"""The supervisor's event loop: polling, timers and wake-ups, knowing none of its clients.
+
+Owners (the broker, the control server, the zygote client, the process table, the
+workers) register what they need: a readable fd or ZeroMQ socket with a callback, a
+timer, a hook run around each turn. One thread runs everything, so clients need no
+locks; :meth:`Loop.wake` is the only method safe from another thread or a signal
+handler.
+
+A turn: poll -> inside the turn context (the store's group-commit batch) run every
+ready callback, then every due timer -> after-turn hooks (send the replies the batch
+made durable). A callback that raises is a bug in the runtime: it is logged, handed to
+the ``on_error`` hook (which audits it) and the loop goes on -- one bad event never
+takes the supervisor down for every agent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import logging
+import math
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from agentlibos.errors import InvalidArgument
+
+log = logging.getLogger(__name__)
+
+Reader = Callable[[int], None]  # called with the poll events (zmq.POLLIN | POLLOUT ...)
+PollTarget = int | zmq.Socket[bytes]
+
+
+@dataclass(order=True)
+class Timer:
+    when: float
+    tid: int
+    fn: Callable[[], None] = field(compare=False)
+    cancelled: bool = field(default=False, compare=False)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+def check_delay(delay_s: float, what: str = "a timer") -> float:
+    """A finite, non-negative delay, else InvalidArgument.
+
+    NaN compares false with everything: a NaN deadline at the top of the timer heap
+    would never be due and would stop every timer behind it (wall limits, SIGKILL
+    escalation). So nothing that is not a finite number reaches the heap.
+    """
+    if isinstance(delay_s, bool) or not isinstance(delay_s, int | float):
+        raise InvalidArgument(f"{what}: the delay must be a number")
+    if not math.isfinite(delay_s) or delay_s < 0:
+        raise InvalidArgument(f"{what}: the delay must be a finite number >= 0, "
+                              f"not {delay_s!r}")
+    return float(delay_s)
+
+
+class Loop:
+    def __init__(self, *, busy_poll_us: int = 0) -> None:
+        self._poller = zmq.Poller()
+        self._readers: dict[PollTarget, Reader] = {}
+        self._timers: list[Timer] = []
+        self._ids = itertools.count(1)
+        self._busy_poll_us = busy_poll_us
+        self._busy = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._poller.register(self._wake_r.fileno(), zmq.POLLIN)
+        self._readers[self._wake_r.fileno()] = self._drain_wake
+        self._turn: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
+        self._after: list[Callable[[], None]] = []
+        self.on_error: Callable[[str, BaseException], None] | None = None
+        self.stopping = False
+
+    # ---------------------------------------------------------------- registration
+
+    def add_reader(self, target: PollTarget, fn: Reader, events: int = zmq.POLLIN) -> None:
+        self._readers[target] = fn
+        self._poller.register(target, events)
+
+    def modify(self, target: PollTarget, events: int) -> None:
+        self._poller.modify(target, events)
+
+    def remove_reader(self, target: PollTarget) -> None:
+        if self._readers.pop(target, None) is not None:
+            with contextlib.suppress(KeyError):
+                self._poller.unregister(target)
+
+    def call_later(self, delay_s: float, fn: Callable[[], None]) -> Timer:
+        delay = check_delay(delay_s)
+        t = Timer(time.monotonic() + delay, next(self._ids), fn)
+        heapq.heappush(self._timers, t)
+        return t
+
+    def set_turn_context(self, ctx: Callable[[], AbstractContextManager[Any]]) -> None:
+        """Every turn's callbacks and timers run inside ``ctx()`` (the store batch)."""
+        self._turn = ctx
+
+    def after_turn(self, fn: Callable[[], None]) -> None:
+        self._after.append(fn)
+
+    def mark_busy(self) -> None:
+        """A client served a request: poll without sleeping for a moment next turn."""
+        self._busy = True
+
+    # --------------------------------------------------------------------- running
+
+    def wake(self) -> None:
+        """Interrupt a blocking poll (safe from other threads and signal handlers)."""
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+
+    def _drain_wake(self, events: int) -> None:
+        with contextlib.suppress(BlockingIOError):
+            self._wake_r.recv(4096)
+
+    def next_deadline(self) -> float | None:
+        while self._timers and self._timers[0].cancelled:
+            heapq.heappop(self._timers)
+        return self._timers[0].when if self._timers else None
+
+    def run_once(self, timeout_s: float = 1.0) -> None:
+        deadline = self.next_deadline()
+        if deadline is not None:
+            timeout_s = max(0.0, min(timeout_s, deadline - time.monotonic()))
+        ready = self._busy_poll() if self._busy else {}
+        self._busy = False
+        if not ready:
+            ready = dict(self._poller.poll(int(timeout_s * 1000)))
+        with self._turn():
+            for target, events in ready.items():
+                fn = self._readers.get(target)
+                if fn is not None:
+                    self._guard("fd", fn, events)
+            self._run_timers()
+        for hook in self._after:
+            self._guard("after-turn", hook)
+
+    def _busy_poll(self) -> dict[Any, int]:
+        """Right after serving a request, spin briefly before sleeping in poll().
+
+        An agent making a run of syscalls sends the next one tens of microseconds after
+        its reply; waking from a blocking poll costs about as much again on a VM.
+        """
+        end = time.perf_counter() + self._busy_poll_us / 1e6
+        while True:
+            ready = self._poller.poll(0)
+            if ready or time.perf_counter() >= end:
+                return dict(ready)
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        while self._timers and self._timers[0].when <= now:
+            t = heapq.heappop(self._timers)
+            if not t.cancelled:
+                self._guard("timer", t.fn)
+
+    def _guard(self, what: str, fn: Callable[..., None], *args: Any) -> None:
+        # The last-resort guard: a runtime bug in one callback fails that callback only.
+        try:
+            fn(*args)
+        except Exception as e:
+            log.exception("unexpected error in a loop %s callback", what)
+            if self.on_error is not None:
+                with contextlib.suppress(Exception):
+                    self.on_error(what, e)
+
+    def run_until(self, done: Callable[[], bool], timeout_s: float | None = None) -> bool:
+        """Turn until ``done()`` or a stop is requested; False on timeout or stop."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while not done():
+            if self.stopping:
+                return False
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            self.run_once(0.5 if deadline is None else min(0.5, deadline - time.monotonic()))
+        return True
+
+    def fds(self) -> Iterator[PollTarget]:
+        return iter(list(self._readers))
+
+    def close(self) -> None:
+        self._wake_r.close()
+        self._wake_w.close()

@@ -1,0 +1,429 @@
+"""The process table: every live AgentProcess and its lifecycle.
+
+created -> (forked by the zygote, reports its layers) -> running -> waiting <-> running
+-> exited | failed | killed. The store's process and capability tables are the truth;
+:class:`LiveProcess` is the in-memory cache of what a running process needs on the hot
+path (its token, its capabilities, its timers and pidfd).
+
+The table knows the loop only through timers and readers it registers, the zygote only
+through :meth:`spawn`, and tells others about an ending through ``ended`` hooks (the
+dispatcher forgets the sequence, JIT ends the process's tools).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agentlibos.broker.syscalls import Caller, Pending
+from agentlibos.config import Paths, SupervisorConfig
+from agentlibos.errors import (
+    AuthenticationFailed,
+    LibOSError,
+    LimitExceeded,
+    SandboxError,
+    Unavailable,
+)
+from agentlibos.kernel.caps import CapPattern
+from agentlibos.kernel.image import AgentImage
+from agentlibos.kernel.policy import Policy
+from agentlibos.kernel.process import ProcessRecord, state_for_reason
+from agentlibos.sandbox.profile import effective_limits
+from agentlibos.store import Store
+from agentlibos.supervisor.exits import describe_status, log_tail
+from agentlibos.supervisor.loop import Loop, Timer
+from agentlibos.supervisor.sandboxing import SandboxManager
+from agentlibos.supervisor.zygote_client import ZygoteEvent, ZygoteHandle
+from agentlibos.zygote.child import START_FAILED_STATUS, parse_report
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LiveProcess:
+    """The supervisor's in-memory view of a process that has not ended yet."""
+
+    caller: Caller
+    token: bytes
+    scratch: Path
+    log_path: Path
+    limits: dict[str, Any]
+    host_pid: int | None = None
+    pidfd: int | None = None
+    report_fd: int | None = None
+    ready: bool = False
+    exit_status: str | None = None  # what the agent said in proc.exit
+    exit_result: Any = None
+    exit_error: str | None = None
+    kill_reason: str | None = None  # why the supervisor stopped it
+    kill_detail: str | None = None
+    start_error: str | None = None
+    waiters: list[Pending] = field(default_factory=list)
+    waits: list[str] = field(default_factory=list)  # what its pending calls wait on
+    timers: list[Timer] = field(default_factory=list)
+    cgroup: Any = None  # agentlibos.sandbox.cgroups.ProcessCgroup, when that layer is on
+    jit_tools: dict[str, Any] = field(default_factory=dict)  # name -> ToolDef, at run time
+
+
+class ProcessTable:
+    def __init__(self, paths: Paths, config: SupervisorConfig, store: Store, loop: Loop,
+                 sandbox: SandboxManager, zygote: Callable[[], ZygoteHandle]) -> None:
+        self.paths = paths
+        self.config = config
+        self.store = store
+        self.loop = loop
+        self.sandbox = sandbox
+        self._zygote = zygote
+        self.live: dict[int, LiveProcess] = {}
+        self._unreleased: dict[int, Any] = {}  # pid -> cgroup whose removal is retried
+        # Called with the pid after a process's end is recorded.
+        self.ended: list[Callable[[int], None]] = []
+        # Called with (pid, record) to answer those waiting for it outside the broker.
+        self.ended_record: list[Callable[[int, dict[str, Any]], None]] = []
+
+    # ---------------------------------------------------------------- identity
+
+    def authenticate(self, pid: int, token: bytes) -> Caller:
+        live = self.live.get(pid)
+        # compare_digest: no timing hint about how much of a guessed token was right.
+        if live is None or not hmac.compare_digest(token, live.token):
+            raise AuthenticationFailed(
+                f"the credentials sent do not belong to pid {pid}; a process can only "
+                "act as itself"
+            )
+        return live.caller
+
+    def on_protocol_error(self, error: LibOSError, routing_id: bytes) -> None:
+        if isinstance(error, AuthenticationFailed):
+            self.store.append_audit(None, "auth", "broker", "deny",
+                                    {"reason": error.message, "peer": routing_id.hex()})
+
+    # ---------------------------------------------------------------- queries
+
+    def tree_live(self, root_pid: int) -> bool:
+        return any(lv.caller.root_pid == root_pid for lv in self.live.values())
+
+    def live_children(self, pid: int) -> list[int]:
+        return [p for p, lv in self.live.items() if lv.caller.ppid == pid]
+
+    def check_tree_limits(self, caller: Caller) -> None:
+        tree = sum(1 for lv in self.live.values() if lv.caller.root_pid == caller.root_pid)
+        if tree >= self.config.max_live_per_tree:
+            raise LimitExceeded(f"proc.spawn: the process tree already has {tree} live "
+                                f"processes (limit {self.config.max_live_per_tree})")
+        kids = len(self.live_children(caller.pid))
+        if kids >= self.config.max_children:
+            raise LimitExceeded(f"proc.spawn: {kids} live children already "
+                                f"(limit {self.config.max_children})")
+        depth, p = 0, caller.ppid
+        while p is not None and depth <= self.config.max_depth:
+            depth += 1
+            lv = self.live.get(p)
+            p = lv.caller.ppid if lv else self.store.get_process(p).ppid
+        if depth >= self.config.max_depth:
+            raise LimitExceeded(f"proc.spawn: tree depth limit {self.config.max_depth}")
+
+    # ---------------------------------------------------------------- creating
+
+    def create(
+        self,
+        image: AgentImage,
+        args: dict[str, Any],
+        *,
+        parent: Caller | None,
+        policy: Policy,
+        cwd: str | None,
+        held: Callable[[str], list[CapPattern]],
+    ) -> int:
+        """Record a new process, decide its sandbox, and ask the zygote to fork it."""
+        args_json = json.dumps(args)
+        if len(args_json) > self.config.max_args_bytes:
+            raise LimitExceeded(f"args of {len(args_json)} bytes exceed "
+                                f"{self.config.max_args_bytes}")
+        policy_id = self.store.policy_id(policy.source, policy.text)
+        eff_limits = effective_limits(image.limits, self.sandbox.config)
+        limits = eff_limits.to_json()
+        with self.store.transaction():
+            rec = self.store.create_process(ProcessRecord(
+                pid=0, ppid=parent.pid if parent else None,
+                root_pid=parent.root_pid if parent else 0, image=image.name,
+                image_path=str(image.path), state="created", cwd=cwd or "",
+                args=args, limits=limits, policy_id=policy_id, created_at=time.time(),
+            ))
+            pid = rec.pid
+            if cwd is None:
+                work = self.paths.work / str(pid)
+                work.mkdir(parents=True, exist_ok=True)
+                cwd = str(work)
+                self.store.update_process(pid, cwd=cwd)
+            caps = held(cwd)
+            self.store.set_caps(pid, [str(c) for c in caps])
+            self.store.append_audit(
+                pid, "proc.spawn" if parent else "proc.run", f"image:{image.name}", "info",
+                {"parent": parent.pid if parent else None, "image": image.name,
+                 "image_path": str(image.path), "cwd": cwd, "caps": [str(c) for c in caps],
+                 "policy": policy.source},
+            )
+        caller = Caller(pid=pid, ppid=parent.pid if parent else None,
+                        root_pid=rec.root_pid, cwd=cwd, image=image, caps=caps,
+                        policy=policy)
+        scratch = self.paths.scratch / str(pid)
+        scratch.mkdir(mode=0o700)
+        live = LiveProcess(caller=caller, token=secrets.token_bytes(32), scratch=scratch,
+                           log_path=self.paths.logs / f"{pid}.log", limits=limits)
+        self.live[pid] = live
+        try:
+            # Decided here, before fork: the child only applies it (fail closed: a
+            # required layer this host cannot give stops the spawn with its reason).
+            prepared = self.sandbox.prepare(pid, eff_limits, str(image.path), scratch)
+            live.cgroup = prepared.cgroup
+            self._zygote().spawn(pid, {
+                "pid": pid,
+                "token": live.token.hex(),
+                "endpoint": self.paths.broker_endpoint,
+                "scratch": str(scratch),
+                "log": str(live.log_path),
+                "profile": prepared.profile,
+            })
+        except (Unavailable, SandboxError) as e:
+            live.start_error = str(e)
+            self.finalize(pid, None)
+            return pid
+        wall = eff_limits.wall_limit_s
+        if wall is not None:
+            live.timers.append(self.loop.call_later(wall, lambda: self.terminate(
+                pid, "wall", f"ran longer than its wall-clock limit of {wall:g} s")))
+        live.timers.append(self.loop.call_later(self.config.start_timeout_s,
+                                                lambda: self._start_timeout(pid)))
+        return pid
+
+    def _start_timeout(self, pid: int) -> None:
+        live = self.live.get(pid)
+        if live is not None and not live.ready:
+            live.start_error = f"no first syscall within {self.config.start_timeout_s:g} s"
+            self.terminate(pid, "crashed", live.start_error, grace_s=0)
+
+    def mark_ready(self, pid: int) -> None:
+        live = self.live[pid]
+        if not live.ready:
+            live.ready = True
+            self.store.update_process(pid, state="running", ready_at=time.time())
+
+    # ---------------------------------------------------------------- the zygote's news
+
+    def on_zygote_event(self, ev: ZygoteEvent) -> None:
+        """``spawned`` / ``spawn-failed`` / ``exited`` for an AgentProcess."""
+        if ev.op == "spawned":
+            pid = int(ev.msg["pid"])
+            pidfd, report_fd = ev.fds
+            live = self.live.get(pid)
+            if live is None:  # ended while the fork was in flight
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                os.close(pidfd)
+                os.close(report_fd)
+                return
+            live.host_pid = int(ev.msg["host_pid"])
+            live.pidfd = pidfd
+            live.report_fd = report_fd
+            os.set_blocking(report_fd, False)
+            self.loop.add_reader(report_fd, lambda _ev: self._on_report(pid))
+            self.store.update_process(pid, host_pid=live.host_pid, started_at=time.time())
+            if live.kill_reason is not None:  # killed before it existed
+                self._signal(live, signal.SIGKILL)
+            return
+        if ev.op == "spawn-failed":
+            pid = int(ev.msg["pid"])
+            if pid in self.live:
+                self.live[pid].start_error = str(ev.msg.get("error"))
+                self.finalize(pid, None)
+        elif ev.op == "exited":
+            exited = ev.msg.get("pid")
+            if isinstance(exited, int) and exited in self.live:
+                self.finalize(exited, int(ev.msg["status"]))
+        for fd in ev.fds:
+            os.close(fd)
+
+    def on_zygote_lost(self) -> None:
+        for pid in list(self.live):
+            live = self.live[pid]
+            live.kill_reason = live.kill_reason or "crashed"
+            live.kill_detail = "the zygote died (every agent it forked dies with it)"
+            self.finalize(pid, None)
+
+    def _on_report(self, pid: int) -> None:
+        live = self.live.get(pid)
+        if live is None or live.report_fd is None:
+            return
+        try:
+            data = os.read(live.report_fd, 65536)
+        except BlockingIOError:
+            return
+        self._close_report(live)
+        if not data:
+            return
+        report = parse_report(data)
+        if report.get("ok"):
+            self.store.update_process(pid, layers=list(report.get("layers", [])),
+                                      missing_layers=list(report.get("missing", [])))
+            self.store.append_audit(pid, "proc.contain", f"proc:{pid}", "info",
+                                    {"layers": report.get("layers", []),
+                                     "missing": report.get("missing", []),
+                                     "timings_ms": report.get("timings_ms", {})})
+        else:
+            live.start_error = str(report.get("error"))
+
+    def _close_report(self, live: LiveProcess) -> None:
+        fd, live.report_fd = live.report_fd, None
+        if fd is not None:
+            self.loop.remove_reader(fd)
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    # ---------------------------------------------------------------- stopping
+
+    def _signal(self, live: LiveProcess, sig: int) -> None:
+        if sig == signal.SIGKILL and live.cgroup is not None:
+            # Everything in the cgroup, including what escaped the process group with
+            # setsid() or a double fork.
+            with contextlib.suppress(SandboxError, OSError):
+                live.cgroup.kill()
+        if live.pidfd is not None:
+            with contextlib.suppress(ProcessLookupError, OSError):
+                signal.pidfd_send_signal(live.pidfd, sig)
+        if live.host_pid is not None:
+            # The agent's own forks share its process group (set in the child). The pid
+            # cannot have been reused: it is unreaped until the zygote reports the exit.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(live.host_pid, sig)
+
+    def terminate(self, pid: int, reason: str, detail: str, *,
+                  grace_s: float | None = None) -> None:
+        """Stop ``pid`` and its live descendants: SIGTERM, then SIGKILL after the grace."""
+        live = self.live.get(pid)
+        if live is None:
+            return
+        if live.kill_reason is None:
+            live.kill_reason, live.kill_detail = reason, detail
+        grace = self.config.kill_grace_s if grace_s is None else grace_s
+        for child in self.live_children(pid):
+            self.terminate(child, "killed", f"its ancestor {pid} was stopped", grace_s=grace)
+        if live.host_pid is None:
+            return  # the spawned event will kill it
+        if grace > 0:
+            self._signal(live, signal.SIGTERM)
+            live.timers.append(self.loop.call_later(grace, lambda: self._escalate(pid)))
+        else:
+            self._signal(live, signal.SIGKILL)
+
+    def _escalate(self, pid: int) -> None:
+        live = self.live.get(pid)
+        if live is not None:
+            self._signal(live, signal.SIGKILL)
+
+    def finalize(self, pid: int, status: int | None) -> None:
+        """Record how ``pid`` ended, wake its waiters, stop its children, clean up."""
+        live = self.live.pop(pid)
+        for t in live.timers:
+            t.cancel()
+        if live.report_fd is not None:
+            self.live[pid] = live  # a last report may still be in the pipe
+            self._on_report(pid)
+            del self.live[pid]
+        if live.pidfd is not None:
+            os.close(live.pidfd)
+            live.pidfd = None
+        reason, error = self._why(live, status)
+        oom, pids_hit, usage = self.sandbox.verdict(live.cgroup)
+        if reason in ("crashed", "error", "killed") and oom:
+            mib = (live.limits.get("memory_max_bytes") or 0) / (1 << 20)
+            reason, error = "memory", (
+                f"killed by the kernel for exceeding its memory limit of {mib:g} MiB")
+        elif reason in ("crashed", "error") and pids_hit:
+            reason, error = "pids", (f"stopped at its limit of {live.limits.get('pids_max')} "
+                                     f"processes ({error})")
+        state = state_for_reason(reason)
+        result = live.exit_result if reason == "returned" else None
+        self.store.update_process(pid, state=state, exit_reason=reason, result=result,
+                                  error=error, ended_at=time.time())
+        self.store.append_audit(pid, "proc.exit", f"proc:{pid}", "info",
+                                {"state": state, "exit_reason": reason, "error": error,
+                                 "status": status, "usage": usage,
+                                 "pids_limit_hit": pids_hit})
+        self.release_cgroup(pid, live.cgroup)
+        shutil.rmtree(live.scratch, ignore_errors=True)
+        for hook in self.ended:
+            hook(pid)
+        record = self.store.get_process(pid).public()
+        for w in live.waiters:
+            w.resolve(record)
+        for child in self.live_children(pid):
+            self.terminate(child, "killed", f"its parent {pid} ended")
+        for hook2 in self.ended_record:
+            hook2(pid, record)
+
+    @staticmethod
+    def _why(live: LiveProcess, status: int | None) -> tuple[str, str | None]:
+        if live.kill_reason is not None:
+            return live.kill_reason, live.kill_detail
+        if live.start_error is not None or (
+            status is not None and os.WIFEXITED(status)
+            and os.WEXITSTATUS(status) == START_FAILED_STATUS and not live.ready
+        ):
+            return "start-failed", live.start_error or _last_line(live.log_path)
+        if live.exit_status == "returned":
+            return "returned", None
+        if live.exit_status == "error":
+            return "error", live.exit_error
+        if status is None:
+            return "crashed", "the process ended without a status"
+        return "crashed", f"{describe_status(status)} before reporting a result"
+
+    def release_cgroup(self, pid: int, cgroup: Any, attempt: int = 0) -> None:
+        """Kill what is left in the cgroup and remove it, retrying without blocking the
+        loop while the kernel finishes tearing exited tasks down."""
+        if cgroup is None:
+            return
+        try:
+            cgroup.kill()
+            cgroup.remove(timeout_s=0)
+            self._unreleased.pop(pid, None)
+        except (SandboxError, OSError) as e:
+            self._unreleased[pid] = cgroup
+            if attempt < 50:
+                self.loop.call_later(0.05 * (attempt + 1),
+                                     lambda: self.release_cgroup(pid, cgroup, attempt + 1))
+            else:
+                log.error("cannot remove the cgroup of process %d: %s", pid, e)
+                self.store.append_audit(pid, "proc.cleanup", f"proc:{pid}", "error",
+                                        {"reason": f"cgroup not removed: {e}"})
+
+    def release_all_cgroups(self) -> None:
+        """At stop, when retry timers will not run again: remove what is left, blocking."""
+        for pid, cgroup in list(self._unreleased.items()):
+            try:
+                cgroup.kill()
+                cgroup.remove(timeout_s=2.0)
+            except (SandboxError, OSError) as e:
+                log.error("cannot remove the cgroup of process %d: %s", pid, e)
+
+    def close_reports(self) -> None:
+        for live in self.live.values():
+            self._close_report(live)
+
+
+def _last_line(log_path: Path) -> str:
+    """Why a process that sent no start report could not start: its log's last line."""
+    tail = log_tail(log_path, 1)
+    return (f"the process could not start: {tail[-1]}" if tail
+            else "the process could not start (no report, empty log)")

@@ -1,0 +1,30 @@
+"""Cleaning up after a supervisor that died without stopping (kill -9, power loss).
+
+Processes it ran are recorded as ended (``supervisor-lost``); socket files, scratch
+directories and run-time JIT tools of the dead supervisor are removed. Durable
+execution will turn the first step into resuming them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+
+from agentlibos.config import Paths
+from agentlibos.store import Store
+
+
+def recover(store: Store, paths: Paths) -> None:
+    now = time.time()
+    with store.batch():
+        for pid in store.mark_orphans("supervisor-lost", now):
+            store.append_audit(pid, "proc.exit", f"proc:{pid}", "info",
+                               {"reason": "supervisor-lost"})
+    for sock_name in ("broker.sock", "control.sock"):
+        with contextlib.suppress(FileNotFoundError):
+            (paths.run / sock_name).unlink()
+    for entry in paths.scratch.iterdir():
+        shutil.rmtree(entry, ignore_errors=True)
+    # Tools registered by processes of a supervisor that died went with them.
+    shutil.rmtree(paths.home / "jit", ignore_errors=True)

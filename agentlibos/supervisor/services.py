@@ -1,0 +1,53 @@
+"""Each syscall family's services, as the dispatcher hands them out.
+
+One small frozen view per family (the Protocols are beside the handlers in
+``broker/syscalls/``): fs handlers get the authority check and the file provider, obj
+handlers the object store, proc handlers the process calls... and nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from agentlibos.broker.authz import Authz
+from agentlibos.broker.dispatch import Dispatcher
+from agentlibos.broker.syscalls import Caller, Result
+from agentlibos.providers.fs import LocalFs
+from agentlibos.store import ObjectQuota, Store
+from agentlibos.supervisor.process_calls import ProcessCalls
+from agentlibos.supervisor.tools import ToolCalls
+
+
+@dataclass(frozen=True)
+class FsView:
+    authz: Authz
+    fs: LocalFs
+
+
+@dataclass(frozen=True)
+class ObjView:
+    authz: Authz
+    objects: Store
+    object_quota: ObjectQuota
+
+
+@dataclass(frozen=True)
+class ProcView:
+    processes: ProcessCalls
+
+
+@dataclass(frozen=True)
+class CapView:
+    caps: ProcessCalls
+
+
+@dataclass(frozen=True)
+class ToolView:
+    authz: Authz
+    tools: ToolCalls
+    dispatcher: Dispatcher
+
+    def dispatch(self, caller: Caller, call: str, args: dict[str, Any],
+                 blobs: list[bytes]) -> Result:
+        return self.dispatcher.run(caller, call, args, blobs)

@@ -1,0 +1,77 @@
+"""The tool syscalls' services: find a tool, call a JIT tool, register one at run time.
+
+Implements ``broker.syscalls.tool.ToolService``. A JIT call or a type check suspends the
+calling syscall (``tool:NAME`` / ``jit.register:NAME``) through the waits service.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any
+
+from agentlibos.broker.syscalls import Caller, Pending, Result
+from agentlibos.errors import InvalidArgument, NotFound
+from agentlibos.kernel.image import ToolSpec
+from agentlibos.store import Store
+from agentlibos.supervisor.jit import JitManager, ToolDef
+from agentlibos.supervisor.processes import ProcessTable
+from agentlibos.supervisor.waits import Waits
+
+
+class ToolCalls:
+    def __init__(self, table: ProcessTable, jit: JitManager, waits: Waits,
+                 store: Store) -> None:
+        self._table = table
+        self._jit = jit
+        self._waits = waits
+        self._store = store
+
+    def find(self, caller: Caller, name: str) -> ToolSpec | ToolDef:
+        """A registered JIT tool, else the image's tool of that name (builtin or JIT)."""
+        live = self._table.live[caller.pid]
+        if name in live.jit_tools:
+            tool: ToolDef = live.jit_tools[name]
+            return tool
+        spec = caller.image.tool(name)
+        if spec is None:
+            known = [t.name for t in caller.image.tools] + list(live.jit_tools)
+            raise NotFound(f"tool.call: no tool named {name!r} "
+                           f"(this process has: {', '.join(known) or 'none'})")
+        if spec.kind == "builtin":
+            return spec
+        return ToolDef(name=name, path=str(caller.image.path / spec.ref), caps=spec.caps,
+                       schema=spec.schema, timeout_s=spec.timeout_s, version="image")
+
+    def call_jit(self, caller: Caller, tool: ToolDef, args: dict[str, Any]) -> Result:
+        pending = self._jit.call(caller, tool, args)
+        return self._waits.suspend(caller.pid, pending, f"tool:{tool.name}")
+
+    def register(self, caller: Caller, name: str, source: str,
+                 schema: dict[str, Any] | None, caps: tuple[str, ...],
+                 timeout_s: float | None) -> Result:
+        version = hashlib.sha256(source.encode()).hexdigest()[:16]
+        path = self._jit.tool_dir(caller.pid, name) / f"tool-{version}.ts"
+        path.write_text(source, encoding="utf-8")
+        os.chmod(path, 0o644)
+        tool = ToolDef(name=name, path=str(path), caps=caps, schema=schema,
+                       timeout_s=timeout_s, version=version)
+        pending = Pending(caller.pid)
+        pid = caller.pid
+
+        def done(ok: bool, output: str) -> None:
+            live = self._table.live.get(pid)
+            with self._store.transaction():
+                self._store.append_audit(pid, "jit.register", f"jit:register:{name}",
+                                         "info" if ok else "deny",
+                                         {"tool": name, "version": version, "checked": ok,
+                                          "caps": list(caps), "compiler": output[:2000]})
+            if not ok:
+                pending.reject(InvalidArgument(
+                    f"jit.register: {name!r} does not pass `deno check`:\n{output}"))
+            elif live is not None:
+                live.jit_tools[name] = tool
+                pending.resolve({"name": name, "version": version})
+
+        self._jit.check(pid, tool, done)
+        return self._waits.suspend(pid, pending, f"jit.register:{name}")
