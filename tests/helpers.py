@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from agentlibos.kernel.policy import Policy
 from agentlibos.kernel.process import ProcessRecord
 from agentlibos.supervisor import Supervisor
+
+# The `make_image` fixture's type: make_image(name, code, caps=..., limits=..., ...) -> dir.
+MakeImage = Callable[..., Path]
 
 
 def write_image(

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,9 +21,8 @@ from hypothesis import strategies as st
 
 from agentlibos.protocol.wire import MAGIC, TOKEN_BYTES, WireReply, decode_reply, encode_request
 from agentlibos.supervisor import Supervisor
-from tests.helpers import run_proc
+from tests.helpers import MakeImage, run_proc
 
-MakeImage = Callable[..., Path]
 # What an unauthenticated peer may be told: its frames were bad, too big, or not its own.
 REFUSALS = frozenset({"EPROTO", "ELIMIT", "EAUTH"})
 FORGED = bytes(TOKEN_BYTES)  # 32 zero bytes: the right shape, never a live process's token

@@ -11,7 +11,7 @@ import json
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +21,10 @@ import pytest
 from agentlibos.config import Paths
 from agentlibos.sandbox.profile import LAYERS, SandboxConfig
 from agentlibos.supervisor import Supervisor
-from tests.helpers import log_of, run_proc
+from tests.helpers import MakeImage, log_of, run_proc
 
 pytestmark = pytest.mark.privileged
 
-MakeImage = Callable[..., Path]
 
 # Each probe returns what happened as data; the tests assert on it.
 PROBES = r'''

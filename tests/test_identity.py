@@ -10,13 +10,10 @@ credentials must still work afterwards, for the attacker and for its victims.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 from agentlibos.supervisor import Supervisor
-from tests.helpers import run_proc
-
-MakeImage = Callable[..., Path]
+from tests.helpers import MakeImage, run_proc
 
 # Waits for a "go" object in its own namespace (put there by the test), then reports
 # what its namespace and capabilities look like. Its first act is to publish its own

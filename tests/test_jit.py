@@ -6,7 +6,7 @@ import json
 import socket
 import textwrap
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +16,10 @@ import pytest
 from agentlibos.kernel.policy import parse_policy
 from agentlibos.sandbox.profile import LAYERS
 from agentlibos.supervisor import Supervisor
-from tests.helpers import log_of, run_proc
+from tests.helpers import MakeImage, log_of, run_proc
 
 pytestmark = [pytest.mark.deno, pytest.mark.privileged]
 
-MakeImage = Callable[..., Path]
 
 # An agent that calls one tool with the args it was given and reports what happened.
 CALLER = """

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable
-from pathlib import Path
 
 import psutil
 
 from agentlibos.config import Paths, SupervisorConfig
 from agentlibos.supervisor import Supervisor
-from tests.helpers import run_proc
-
-MakeImage = Callable[..., Path]
+from tests.helpers import MakeImage, run_proc
 
 
 def _fds() -> set[str]:

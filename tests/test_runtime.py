@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from agentlibos.kernel.policy import parse_policy
 from agentlibos.supervisor import Supervisor
-from tests.helpers import log_of, run_proc
-
-MakeImage = Callable[..., Path]
+from tests.helpers import MakeImage, log_of, run_proc
 
 
 def test_fs_calls_resolve_against_a_fresh_work_directory_by_default(
@@ -434,38 +431,61 @@ def test_builtin_tools_act_with_the_callers_authority_and_are_audited(
 def test_many_processes_are_served_concurrently(
     sup: Supervisor, make_image: MakeImage
 ) -> None:
-    # Each child blocks in proc.wait on a sibling that is itself waiting: the broker must
-    # keep answering the others while replies are pending.
+    # A chain of waits: worker k is suspended in proc.wait(worker k-1) while worker 1
+    # still works, and worker 1 starts working only once every other worker has said it
+    # is about to wait. A broker that served one request at a time (blocking on a
+    # pending answer) would deadlock at the first wait: it must keep answering the
+    # others while replies are pending.
     make_image("worker", """
+        import time
         def main(ctx, args):
+            n, prev = args["n"], args.get("prev")
+            if prev is not None:
+                ctx.obj.put(f"ready-{ctx.proc.getpid()}", 1, type="int", ns="shared/bar")
+                return ctx.proc.wait(prev)["result"] + 1
+            while len(ctx.obj.list(ns="shared/bar")) < n - 1:
+                time.sleep(0.01)
             total = 0
             for i in range(50):
                 ctx.obj.put(f"k{i}", i, type="int")
                 total += ctx.obj.get(f"k{i}")
             return total
-    """)
+    """, caps=["proc:wait:worker", "obj:rw:shared/bar"])
     img = make_image("fanout", """
         def main(ctx, args):
-            pids = [ctx.proc.spawn("worker") for _ in range(12)]
-            return [ctx.proc.wait(p)["result"] for p in pids]
-    """, caps=["proc:spawn:worker"])
+            n = 12
+            prev = None
+            pids = []
+            for _ in range(n):
+                prev = ctx.proc.spawn("worker", args={"n": n, "prev": prev})
+                pids.append(prev)
+            return ctx.proc.wait(pids[-1])["result"]
+    """, caps=["proc:spawn:worker", "proc:wait:worker", "obj:rw:shared/bar"])
     rec = run_proc(sup, img, timeout_s=60)
-    assert rec.result == [sum(range(50))] * 12
+    assert rec.result == sum(range(50)) + 11
+    waits = [r for r in sup.store.audit_records() if r.call == "proc.wait"]
+    assert len(waits) >= 12
 
 
 def test_state_transitions_are_recorded(sup: Supervisor, make_image: MakeImage) -> None:
+    # The napper ends when the test says so (an object in a namespace it polls), not
+    # after a fixed time: the waiter is seen `waiting` however slow the machine is.
     make_image("napper", """
         import time
         def main(ctx, args):
-            time.sleep(0.5)
-    """)
+            while not ctx.obj.list(ns="shared/go"):
+                time.sleep(0.01)
+    """, caps=["obj:read:shared/go"])
     img = make_image("waiter", """
         def main(ctx, args):
             return ctx.proc.wait(ctx.proc.spawn("napper"))["state"]
-    """, caps=["proc:spawn:napper"])
+    """, caps=["proc:spawn:napper", "obj:read:shared/go"])
     pid = sup.submit_run(str(img), {})
     assert sup.store.get_process(pid).state == "created"
     assert sup.run_until(lambda: sup.store.get_process(pid).state == "waiting", 10)
+    assert sup.tree_live(pid)
+    with sup.store.transaction():
+        sup.store.put_object("shared/go", "now", "int", "1", None, None, sup.object_quota)
     assert sup.run_until(lambda: not sup.tree_live(pid), 10)
     rec = sup.store.get_process(pid)
     assert rec.state == "exited" and rec.result == "exited"

@@ -1,5 +1,9 @@
 """Seccomp: which system calls an AgentProcess may make at all, and with which arguments.
 
+Long because the rule table is the module: every rule sits with the threat it answers,
+and the pure evaluator and the BPF emulator that prove the compiled filter agrees with
+it must read the same table. Splitting them apart would separate a rule from its proof.
+
 The last layer :mod:`.contain` applies, and the narrowest: whatever the other layers
 leave reachable, an agent still cannot open a TCP socket, ``execve`` a binary, attach
 to another process with ``ptrace``, read its memory with ``process_vm_readv``, make

@@ -30,7 +30,7 @@ from agentlibos.broker.dispatch import Dispatcher
 from agentlibos.broker.server import Broker
 from agentlibos.broker.syscalls import Caller
 from agentlibos.config import Paths, SupervisorConfig
-from agentlibos.errors import Conflict, SandboxError
+from agentlibos.errors import Conflict
 from agentlibos.kernel.policy import Policy
 from agentlibos.providers.fs import LocalFs
 from agentlibos.sandbox.profile import SandboxConfig, load_config
@@ -272,5 +272,3 @@ class Supervisor:
                   grace_s: float | None = None) -> None:
         self.table.terminate(pid, reason, detail, grace_s=grace_s)
 
-
-__all__ = ["LiveProcess", "SandboxError", "Supervisor"]
