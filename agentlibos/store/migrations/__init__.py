@@ -143,8 +143,14 @@ def migrate(db: sqlite3.Connection, where: object) -> int:
                 )
                 version = mig.version
             db.execute("COMMIT")
-        except BaseException:
+        except BaseException as e:
             if db.in_transaction:  # some errors (disk full) already rolled it back
                 db.execute("ROLLBACK")
+            if isinstance(e, sqlite3.Error):
+                raise InternalError(
+                    f"migration {mig.name} failed on {where}: {e}; the database was left "
+                    f"at schema version {version}",
+                    migration=mig.name, db_version=version,
+                ) from e
             raise
     return version
