@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import threading
 import tomllib
 from contextlib import closing
 from fnmatch import fnmatch
@@ -124,6 +125,29 @@ def test_a_fresh_database_gets_every_migration(tmp_path: Path) -> None:
     assert version_of(db) == latest_version()
     assert tables(db) == V1_TABLES | {"journal"}
     assert query(db, "PRAGMA journal_mode") == [("wal",)]
+
+
+def test_stores_opening_one_new_database_at_once_migrate_it_once(tmp_path: Path) -> None:
+    # The supervisor and a CLI command may both be the first to open a new home.
+    db = tmp_path / "state.db"
+    start = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def open_it() -> None:
+        start.wait()
+        try:
+            SQLiteStore(db).close()
+        except BaseException as e:  # noqa: BLE001 - reported by the assert below
+            errors.append(e)
+
+    threads = [threading.Thread(target=open_it) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert version_of(db) == latest_version()
+    assert tables(db) == V1_TABLES | {"journal"}
 
 
 def test_reopening_a_current_database_changes_nothing(tmp_path: Path) -> None:
