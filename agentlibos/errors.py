@@ -242,3 +242,20 @@ def from_oserror(e: OSError, what: str) -> LibOSError:
     }
     cls = table.get(e.errno or 0, LibOSError)
     return cls(f"{what}: {reason}", errno=errno.errorcode.get(e.errno or 0, str(e.errno)))
+
+
+class UnsupportedStore(LibOSError):
+    """This agentlibos cannot open that store. The operator's side; retrying won't help.
+
+    Either the database was written by a newer agentlibos (its schema version is above
+    the one this code knows: upgrade agentlibos), or the URL names a backend this build
+    does not have yet (``postgresql://``). The message names both versions or the URL.
+    """
+
+    code = "ESTORE"
+
+
+# Appended after the tables above were built: register it so it survives the wire.
+__all__ += ["UnsupportedStore"]
+BY_NAME[UnsupportedStore.__name__] = UnsupportedStore
+BY_CODE[UnsupportedStore.code] = UnsupportedStore

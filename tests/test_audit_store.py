@@ -1,4 +1,4 @@
-"""The audit hash chain and the SQLite store (kernel/audit.py, kernel/store.py).
+"""The audit hash chain and the SQLite store (kernel/audit.py, store/sqlite.py).
 
 Tampering is done the way an attacker with the file would do it: a separate sqlite3
 connection that edits rows directly, never through the store's API.

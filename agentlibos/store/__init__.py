@@ -1,5 +1,11 @@
-"""Durable state behind one interface: :class:`Store`; SQLite today."""
+"""Durable state behind one interface: :class:`Store`, opened with :func:`open_store`.
 
-from agentlibos.store.sqlite import ImageRecord, ObjectQuota, ObjectRecord, SQLiteStore, Store
+SQLite today (:class:`SQLiteStore`); the schema is built by numbered migrations applied
+at open. See docs/store.md.
+"""
 
-__all__ = ["ImageRecord", "ObjectQuota", "ObjectRecord", "SQLiteStore", "Store"]
+from agentlibos.store.base import ImageRecord, ObjectQuota, ObjectRecord, Store
+from agentlibos.store.sqlite import SQLiteStore
+from agentlibos.store.url import open_store
+
+__all__ = ["ImageRecord", "ObjectQuota", "ObjectRecord", "SQLiteStore", "Store", "open_store"]

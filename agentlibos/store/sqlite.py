@@ -1,14 +1,13 @@
-"""Durable state: the process table, capabilities, object memory, images and the audit chain.
-
-:class:`Store` is the interface the rest of the runtime uses; :class:`SQLiteStore` is the
-one implementation today (SQLite in WAL mode). A PostgreSQL store will implement the same
-protocol; nothing outside this module writes SQL.
+"""SQLite in WAL mode: the one :class:`~agentlibos.store.base.Store` implementation today.
 
 Concurrency model: the supervisor's broker loop is the only writer while it runs (it
 holds ``run/supervisor.lock``); the CLI opens the database read-only for ``ps`` and
 ``audit``. Writes are grouped: the broker handles every message that is ready, then
 commits once, then sends the replies, so no agent ever sees an answer whose state is not
 on disk (group commit).
+
+The schema is built by the numbered files in ``migrations/``, applied at open (see
+:func:`agentlibos.store.migrations.migrate` and docs/store.md).
 """
 
 from __future__ import annotations
@@ -18,176 +17,29 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final
 
 from agentlibos.errors import Conflict, LibOSError, LimitExceeded, NoSuchProcess, NotFound
 from agentlibos.kernel.audit import GENESIS, AuditRecord, VerifyResult, record_hash, verify_chain
+from agentlibos.kernel.journal import SETTLED, JournalEntry, JournalStatus
 from agentlibos.kernel.process import ProcessRecord, State
+from agentlibos.store.base import ImageRecord, ObjectQuota, ObjectRecord, Store
+from agentlibos.store.migrations import check_version, migrate, read_version
 
-SCHEMA_VERSION: Final = 1
+# The records and the protocol live in base.py; they are re-exported here only for
+# callers that still import them from this module (import them from agentlibos.store).
+__all__ = ["ImageRecord", "ObjectQuota", "ObjectRecord", "SQLiteStore", "Store"]
 
-_SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS meta (
-    key   TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS policies (
-    id     INTEGER PRIMARY KEY,
-    source TEXT NOT NULL,
-    text   TEXT NOT NULL,
-    UNIQUE (source, text)
-);
-CREATE TABLE IF NOT EXISTS processes (
-    pid            INTEGER PRIMARY KEY AUTOINCREMENT,
-    ppid           INTEGER,
-    root_pid       INTEGER NOT NULL,
-    host_pid       INTEGER,
-    image          TEXT NOT NULL,
-    image_path     TEXT NOT NULL,
-    state          TEXT NOT NULL,
-    exit_reason    TEXT,
-    result         TEXT,
-    error          TEXT,
-    cwd            TEXT NOT NULL,
-    args           TEXT NOT NULL,
-    limits         TEXT NOT NULL,
-    layers         TEXT NOT NULL DEFAULT '[]',
-    missing_layers TEXT NOT NULL DEFAULT '[]',
-    policy_id      INTEGER NOT NULL,
-    created_at     REAL NOT NULL,
-    started_at     REAL,
-    ready_at       REAL,
-    ended_at       REAL
-);
-CREATE INDEX IF NOT EXISTS processes_ppid ON processes (ppid);
-CREATE INDEX IF NOT EXISTS processes_state ON processes (state);
-CREATE TABLE IF NOT EXISTS capabilities (
-    pid  INTEGER NOT NULL,
-    cap  TEXT NOT NULL,
-    PRIMARY KEY (pid, cap)
-);
-CREATE TABLE IF NOT EXISTS objects (
-    ns         TEXT NOT NULL,
-    name       TEXT NOT NULL,
-    type       TEXT NOT NULL,
-    version    INTEGER NOT NULL,
-    value      TEXT NOT NULL,
-    size       INTEGER NOT NULL,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    updated_by INTEGER,
-    PRIMARY KEY (ns, name)
-);
-CREATE TABLE IF NOT EXISTS images (
-    name          TEXT PRIMARY KEY,
-    version       TEXT NOT NULL,
-    path          TEXT NOT NULL,
-    description   TEXT NOT NULL,
-    registered_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS audit (
-    seq     INTEGER PRIMARY KEY,
-    ts      REAL NOT NULL,
-    pid     INTEGER,
-    call    TEXT NOT NULL,
-    request TEXT NOT NULL,
-    verdict TEXT NOT NULL,
-    detail  TEXT NOT NULL,
-    prev    TEXT NOT NULL,
-    hash    TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS audit_pid ON audit (pid);
-"""
+# The first schema version with the journal table. A read-only store on an older
+# database (it never migrates) reads the journal as empty: see __init__.
+_JOURNAL_VERSION: Final = 2
 
 _PROC_COLS: Final = (
     "pid, ppid, root_pid, host_pid, image, image_path, state, exit_reason, result, error, "
     "cwd, args, limits, layers, missing_layers, policy_id, created_at, started_at, "
     "ready_at, ended_at"
 )
-
-
-@dataclass(frozen=True)
-class ObjectRecord:
-    ns: str
-    name: str
-    type: str
-    version: int
-    value: Any
-    size: int
-    created_at: float
-    updated_at: float
-    updated_by: int | None
-
-    def stat(self) -> dict[str, Any]:
-        return {
-            "ns": self.ns,
-            "name": self.name,
-            "type": self.type,
-            "version": self.version,
-            "size": self.size,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-            "updated_by": self.updated_by,
-        }
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    name: str
-    version: str
-    path: str
-    description: str
-    registered_at: float
-
-
-@dataclass(frozen=True)
-class ObjectQuota:
-    max_objects_per_ns: int = 10_000
-    max_bytes_per_ns: int = 64 << 20
-
-
-class Store(Protocol):
-    """What the runtime needs from durable state. See :class:`SQLiteStore`."""
-
-    def close(self) -> None: ...
-    def transaction(self) -> AbstractContextManager[None]: ...
-    def batch(self) -> AbstractContextManager[None]: ...
-    def savepoint(self) -> AbstractContextManager[None]: ...
-    def mark_orphans(self, reason: str, now: float) -> list[int]: ...
-    # processes
-    def policy_id(self, source: str, text: str) -> int: ...
-    def policy_text(self, policy_id: int) -> tuple[str, str]: ...
-    def create_process(self, rec: ProcessRecord) -> ProcessRecord: ...
-    def update_process(self, pid: int, **fields: Any) -> None: ...
-    def get_process(self, pid: int) -> ProcessRecord: ...
-    def list_processes(self, *, live_only: bool = False) -> list[ProcessRecord]: ...
-    def children(self, pid: int) -> list[ProcessRecord]: ...
-    # capabilities
-    def set_caps(self, pid: int, caps: list[str]) -> None: ...
-    def get_caps(self, pid: int) -> list[str]: ...
-    def drop_cap(self, pid: int, cap: str) -> bool: ...
-    # objects
-    def get_object(self, ns: str, name: str) -> ObjectRecord: ...
-    def put_object(
-        self, ns: str, name: str, type_: str, value_json: str, pid: int | None,
-        expect_version: int | None, quota: ObjectQuota,
-    ) -> ObjectRecord: ...
-    def list_objects(self, ns: str, prefix: str, limit: int) -> list[ObjectRecord]: ...
-    def delete_object(self, ns: str, name: str, expect_version: int | None) -> None: ...
-    # images
-    def put_image(self, rec: ImageRecord) -> None: ...
-    def get_image(self, name: str) -> ImageRecord | None: ...
-    def list_images(self) -> list[ImageRecord]: ...
-    # audit
-    def append_audit(
-        self, pid: int | None, call: str, request: str, verdict: str, detail: dict[str, Any]
-    ) -> int: ...
-    def audit_records(
-        self, *, pid: int | None = None, since_seq: int = 0, limit: int | None = None
-    ) -> list[AuditRecord]: ...
-    def verify_audit(self) -> VerifyResult: ...
 
 
 class SQLiteStore:
@@ -206,19 +58,27 @@ class SQLiteStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(str(self.path), isolation_level=None,
                                        check_same_thread=False)
-        # busy_timeout: the CLI reading while the broker commits must wait, not fail.
-        self._db.execute("PRAGMA busy_timeout = 5000")
-        if not readonly:
-            self._db.execute("PRAGMA journal_mode = WAL")
-            # NORMAL in WAL mode: a power loss may lose the last commits but never
-            # corrupts; a kill -9 of the supervisor loses nothing that was committed.
-            self._db.execute("PRAGMA synchronous = NORMAL")
-            self._db.execute("PRAGMA foreign_keys = ON")
-            self._db.executescript(_SCHEMA)
-            self._db.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-                (str(SCHEMA_VERSION),),
-            )
+        try:
+            # busy_timeout: the CLI reading while the broker commits must wait, not fail.
+            self._db.execute("PRAGMA busy_timeout = 5000")
+            # Checked before anything writes, WAL mode included: a database from a newer
+            # agentlibos is left exactly as it was.
+            self.schema_version = check_version(read_version(self._db, self.path), self.path)
+            if readonly:
+                # A read-only open never migrates (it cannot write). It reads what this
+                # version's tables allow; what an older schema lacks reads as empty.
+                if self.schema_version == 0:
+                    raise NotFound(f"{self.path} holds no agentlibos state yet")
+            else:
+                self._db.execute("PRAGMA journal_mode = WAL")
+                # NORMAL in WAL mode: a power loss may lose the last commits but never
+                # corrupts; a kill -9 of the supervisor loses nothing that was committed.
+                self._db.execute("PRAGMA synchronous = NORMAL")
+                self._db.execute("PRAGMA foreign_keys = ON")
+                self.schema_version = migrate(self._db, self.path)
+        except BaseException:
+            self._db.close()
+            raise
         self._depth = 0  # nesting of batch()/transaction() contexts
         self._begun = False  # BEGIN IMMEDIATE issued, COMMIT pending
         self._sp_wanted = False  # inside savepoint(): open one at the first write
@@ -343,14 +203,6 @@ class SQLiteStore:
         cur = self._write("INSERT INTO policies (source, text) VALUES (?, ?)", (source, text))
         return int(cur.lastrowid or 0)
 
-    def policy_text(self, policy_id: int) -> tuple[str, str]:
-        row = self._db.execute(
-            "SELECT source, text FROM policies WHERE id = ?", (policy_id,)
-        ).fetchone()
-        if not row:
-            raise NotFound(f"no policy with id {policy_id}")
-        return str(row[0]), str(row[1])
-
     # -------------------------------------------------------------------- processes
 
     def create_process(self, rec: ProcessRecord) -> ProcessRecord:
@@ -459,10 +311,6 @@ class SQLiteStore:
             "SELECT cap FROM capabilities WHERE pid = ? ORDER BY rowid", (pid,)
         ).fetchall()
         return [str(r[0]) for r in rows]
-
-    def drop_cap(self, pid: int, cap: str) -> bool:
-        cur = self._write("DELETE FROM capabilities WHERE pid = ? AND cap = ?", (pid, cap))
-        return cur.rowcount > 0
 
     # ------------------------------------------------------------------ object memory
 
@@ -586,6 +434,83 @@ class SQLiteStore:
         ).fetchall()
         return [ImageRecord(*r) for r in rows]
 
+    # ----------------------------------------------------------------------- journal
+    #
+    # Written through transaction() like the audit, so a syscall's journal entry and its
+    # audit record commit in the same batch and roll back with the same savepoint. The
+    # store enforces one entry per (pid, seq); the broker owns the numbering.
+
+    _JOURNAL_COLS: Final = "pid, seq, call, digest, status, result"
+
+    def journal_append(self, entry: JournalEntry) -> None:
+        """Record one syscall of ``entry.pid``; a second entry at the same seq is a Conflict."""
+        now = time.time()
+        settled_at = None if entry.status == "intent" else now
+        with self.transaction():
+            try:
+                self._db.execute(
+                    "INSERT INTO journal (pid, seq, call, digest, status, result, created_at,"
+                    " settled_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (entry.pid, entry.seq, entry.call, entry.digest, entry.status,
+                     entry.result, now, settled_at),
+                )
+            except sqlite3.IntegrityError as e:
+                row = self._db.execute(
+                    "SELECT call FROM journal WHERE pid = ? AND seq = ?", (entry.pid, entry.seq)
+                ).fetchone()
+                if row is None:
+                    raise
+                raise Conflict(
+                    f"process {entry.pid} already has journal entry {entry.seq} "
+                    f"({row[0]}); cannot record {entry.call} there",
+                    pid=entry.pid, seq=entry.seq,
+                ) from e
+
+    def journal_settle(self, pid: int, seq: int, status: JournalStatus, result: str) -> None:
+        """Turn the intent at ``(pid, seq)`` into ``ok`` or ``error`` with its result."""
+        if status not in SETTLED:
+            raise ValueError(f"an intent settles as 'ok' or 'error', not {status!r}")
+        with self.transaction():
+            row = self._db.execute(
+                "SELECT status FROM journal WHERE pid = ? AND seq = ?", (pid, seq)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"process {pid} has no journal entry {seq}")
+            if row[0] != "intent":
+                raise Conflict(
+                    f"journal entry {seq} of process {pid} is already settled ({row[0]})",
+                    status=row[0],
+                )
+            self._db.execute(
+                "UPDATE journal SET status = ?, result = ?, settled_at = ?"
+                " WHERE pid = ? AND seq = ?",
+                (status, result, time.time(), pid, seq),
+            )
+
+    def journal_entries(
+        self, pid: int, *, after_seq: int = 0, limit: int = 1000
+    ) -> list[JournalEntry]:
+        """``pid``'s entries with seq > ``after_seq``, in order, at most ``limit``."""
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, not {limit}")
+        if self.schema_version < _JOURNAL_VERSION:
+            return []  # read-only on an older database: it has no journal
+        rows = self._db.execute(
+            f"SELECT {self._JOURNAL_COLS} FROM journal WHERE pid = ? AND seq > ?"  # noqa: S608
+            " ORDER BY seq LIMIT ?",
+            (pid, after_seq, limit),
+        ).fetchall()
+        return [JournalEntry(*r) for r in rows]
+
+    def journal_last_seq(self, pid: int) -> int:
+        """The highest journaled seq of ``pid``; 0 if it has none."""
+        if self.schema_version < _JOURNAL_VERSION:
+            return 0
+        row = self._db.execute(
+            "SELECT COALESCE(MAX(seq), 0) FROM journal WHERE pid = ?", (pid,)
+        ).fetchone()
+        return int(row[0])
+
     # ------------------------------------------------------------------------- audit
 
     def _head(self) -> tuple[int, str]:
@@ -648,3 +573,8 @@ class SQLiteStore:
             "ORDER BY seq"
         )
         return verify_chain(cur, head)
+
+
+if TYPE_CHECKING:
+    # mypy proves here that SQLiteStore provides everything callers type against.
+    _satisfies_store: type[Store] = SQLiteStore
