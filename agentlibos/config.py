@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Final
 
 from agentlibos.errors import InvalidArgument
-from agentlibos.store.sqlite import ObjectQuota
+from agentlibos.store import ObjectQuota
 
 # sun_path in struct sockaddr_un holds 108 bytes including the NUL.
 MAX_IPC_PATH: Final = 107

@@ -105,10 +105,10 @@ def test_there_is_no_import_cycle_inside_agentlibos() -> None:
     on_stack: set[str] = set()
     cycles: list[list[str]] = []
     counter = 0
-    for root in graph:
+    for root, edges in graph.items():
         if root in index:
             continue
-        work = [(root, iter(sorted(graph[root])))]
+        work = [(root, iter(sorted(edges)))]
         index[root] = low[root] = counter
         counter += 1
         stack.append(root)

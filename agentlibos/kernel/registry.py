@@ -15,7 +15,7 @@ from typing import Final
 
 from agentlibos.errors import ImageError, LimitExceeded
 from agentlibos.kernel.image import AgentImage, load_image
-from agentlibos.store.sqlite import ImageRecord, SQLiteStore
+from agentlibos.store import ImageRecord, Store
 
 MAX_IMAGE_BYTES: Final = 64 << 20
 MAX_IMAGE_FILES: Final = 10_000
@@ -43,7 +43,7 @@ def _check_tree(root: Path) -> None:
             )
 
 
-def register_image(store: SQLiteStore, images_dir: Path, source: str | Path,
+def register_image(store: Store, images_dir: Path, source: str | Path,
                    *, by_pid: int | None = None) -> tuple[ImageRecord, AgentImage]:
     """Validate ``source``, copy it into ``images_dir/<name>``, record it, audit it."""
     image = load_image(source)

@@ -27,6 +27,7 @@ import zmq
 
 from agentlibos.broker.authz import Authz
 from agentlibos.broker.dispatch import Dispatcher
+from agentlibos.broker.journal import StoreJournal
 from agentlibos.broker.server import Broker
 from agentlibos.broker.syscalls import Caller
 from agentlibos.config import Paths, SupervisorConfig
@@ -34,7 +35,7 @@ from agentlibos.errors import Conflict
 from agentlibos.kernel.policy import Policy
 from agentlibos.providers.fs import LocalFs
 from agentlibos.sandbox.profile import SandboxConfig, load_config
-from agentlibos.store import ObjectQuota, SQLiteStore, Store
+from agentlibos.store import ObjectQuota, Store, open_store
 from agentlibos.supervisor import control
 from agentlibos.supervisor.images import Images
 from agentlibos.supervisor.jit import JitManager
@@ -87,7 +88,7 @@ class Supervisor:
         self.paths.ensure()
         self._lock()
         try:
-            self.store = SQLiteStore(self.paths.db)
+            self.store = open_store(self.paths.db)
             recover(self.store, self.paths)
             self.sandbox.start()
             # The zygote is a fresh interpreter, started before this process creates its
@@ -110,7 +111,7 @@ class Supervisor:
         authz = Authz(store)
         self.waits = waits = Waits(table, loop)
         self.processes = ProcessCalls(table, Images(store), authz, self.fs, waits)
-        self.dispatcher = dispatcher = Dispatcher(store.savepoint,
+        self.dispatcher = dispatcher = Dispatcher(store.savepoint, journal=StoreJournal(store),
                                                   on_internal_error=self._on_internal_error)
         table.ended.append(dispatcher.forget)
         workers = Workers(self.sandbox, lambda: self.zygote, table)
