@@ -18,8 +18,9 @@ from typing import Protocol
 import zmq
 
 from agentlibos.broker.dispatch import Dispatcher, Outcome
+from agentlibos.broker.flow import FlowLimits, InFlight, RefusalLimiter
 from agentlibos.broker.syscalls import Caller
-from agentlibos.errors import LibOSError
+from agentlibos.errors import AuthenticationFailed, LibOSError, LimitExceeded
 from agentlibos.protocol.wire import (
     DEFAULT_LIMITS,
     WireError,
@@ -37,6 +38,7 @@ class Door(Protocol):
 
     def authenticate(self, pid: int, token: bytes) -> Caller: ...
     def on_protocol_error(self, error: LibOSError, routing_id: bytes) -> None: ...
+    def on_refusals_suppressed(self, routing_id: bytes, count: int, cut: bool) -> None: ...
 
 
 class Broker:
@@ -47,11 +49,16 @@ class Broker:
         door: Door,
         dispatcher: Dispatcher,
         limits: WireLimits = DEFAULT_LIMITS,
+        flow: FlowLimits | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.door = door
         self.dispatcher = dispatcher
         self.limits = limits
+        self.flow = flow or FlowLimits()
+        self.in_flight = InFlight(self.flow)
+        self.refusals = RefusalLimiter(self.flow)
+        self._turn_bytes = 0
         self.sock: zmq.Socket[bytes] = ctx.socket(zmq.ROUTER)
         # Frames above this are refused by libzmq before they are buffered: the hard
         # guard against a process exhausting the supervisor's memory.
@@ -60,7 +67,9 @@ class Broker:
         # Replies to a peer that is gone, or whose queue is full, are dropped rather
         # than blocking the one loop that serves everybody.
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
-        self.sock.setsockopt(zmq.SNDHWM, 10_000)
+        # A peer that does not read its replies holds at most this many in the
+        # supervisor; past it they are dropped (the SDK reads every reply it asks for).
+        self.sock.setsockopt(zmq.SNDHWM, self.flow.reply_queue_messages)
         self.sock.setsockopt(zmq.RCVHWM, 10_000)
         self.sock.bind(endpoint)
         self.outbox: list[list[bytes]] = []
@@ -73,10 +82,14 @@ class Broker:
                 os.unlink(self.endpoint[len("ipc://"):])
 
     def drain(self, max_messages: int = 512) -> int:
-        """Handle every request that is ready (bounded so timers and exits get a turn)."""
+        """Handle the requests that are ready, up to a turn's worth of work (so timers,
+        exits and the commit get their turn, and one flooding peer cannot hold the loop).
+        """
         n = 0
+        self._turn_bytes = 0
         # Asking ZMQ_EVENTS first is cheaper than ending every drain on a zmq.Again.
-        while n < max_messages and int(self.sock.get(zmq.EVENTS)) & zmq.POLLIN:
+        while (n < max_messages and self._turn_bytes < self.flow.max_turn_reply_bytes
+               and int(self.sock.get(zmq.EVENTS)) & zmq.POLLIN):
             try:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
@@ -93,30 +106,56 @@ class Broker:
             except zmq.Again:
                 log.warning("dropped a reply: the peer's queue is full")
 
-    def _sink(self, routing_id: bytes, req_id: int) -> Callable[[Outcome], None]:
+    def _sink(self, routing_id: bytes, req_id: int, pid: int) -> Callable[[Outcome], None]:
         def sink(outcome: Outcome) -> None:
+            self.in_flight.done(pid)
             if isinstance(outcome, LibOSError):
                 self.outbox.append([routing_id, *encode_error(req_id, outcome)])
             else:
-                self.outbox.append([routing_id, *encode_ok(req_id, outcome.result,
-                                                          outcome.blobs)])
+                frames = encode_ok(req_id, outcome.result, outcome.blobs)
+                self._turn_bytes += sum(len(f) for f in frames)
+                self.outbox.append([routing_id, *frames])
 
         return sink
 
+    def _refuse(self, routing_id: bytes, req_id: int | None, error: LibOSError,
+                *, bad_frame: bool) -> None:
+        """Answer a request refused at the door; audit it within the peer's allowance."""
+        if bad_frame:
+            audit, summary = self.refusals.refused(routing_id)
+            if summary:
+                self.door.on_refusals_suppressed(routing_id, summary,
+                                                 self.refusals.is_cut(routing_id))
+            if not audit:
+                self.outbox.append([routing_id, *encode_error(req_id, error)])
+                return
+        self.door.on_protocol_error(error, routing_id)
+        self.outbox.append([routing_id, *encode_error(req_id, error)])
+
     def _handle(self, frames: list[bytes]) -> None:
         routing_id = frames[0]
+        if self.refusals.is_cut(routing_id):
+            return  # a peer that kept sending bad frames: no more work, no more audit
         try:
             req = decode_request(frames[1:], self.limits)
         except WireError as e:
-            self.door.on_protocol_error(e.error, routing_id)
-            self.outbox.append([routing_id, *encode_error(e.req_id, e.error)])
+            self._refuse(routing_id, e.req_id, e.error, bad_frame=True)
             return
         try:
             caller = self.door.authenticate(req.pid, req.token)
-            seq = self.dispatcher.next_seq(caller.pid, getattr(req, "seq", None))
+        except AuthenticationFailed as e:
+            self._refuse(routing_id, req.id, e, bad_frame=True)
+            return
+        if not self.in_flight.admit(caller.pid):
+            self.outbox.append([routing_id, *encode_error(req.id, LimitExceeded(
+                f"{req.call}: process {caller.pid} already has "
+                f"{self.flow.max_in_flight} requests in flight; wait for their replies"))])
+            return
+        try:
+            seq = self.dispatcher.next_seq(caller.pid, req.seq)
         except LibOSError as e:
-            self.door.on_protocol_error(e, routing_id)
-            self.outbox.append([routing_id, *encode_error(req.id, e)])
+            self.in_flight.done(caller.pid)
+            self._refuse(routing_id, req.id, e, bad_frame=True)
             return
         self.dispatcher.submit(caller, req.call, req.args, req.blobs,
-                               self._sink(routing_id, req.id), seq=seq)
+                               self._sink(routing_id, req.id, caller.pid), seq=seq)

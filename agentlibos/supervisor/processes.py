@@ -105,9 +105,16 @@ class ProcessTable:
         return live.caller
 
     def on_protocol_error(self, error: LibOSError, routing_id: bytes) -> None:
-        if isinstance(error, AuthenticationFailed):
-            self.store.append_audit(None, "auth", "broker", "deny",
-                                    {"reason": error.message, "peer": routing_id.hex()})
+        self.store.append_audit(None, "auth" if isinstance(error, AuthenticationFailed)
+                                else "wire", "broker", "deny",
+                                {"reason": error.message, "peer": routing_id.hex()})
+
+    def on_refusals_suppressed(self, routing_id: bytes, count: int, cut: bool) -> None:
+        self.store.append_audit(None, "wire", "broker", "deny", {
+            "reason": f"{count} more refused frames from this peer were not audited one by "
+                      "one" + ("; the peer is cut off: its frames are now dropped" if cut
+                               else ""),
+            "peer": routing_id.hex(), "suppressed": count, "cut": cut})
 
     # ---------------------------------------------------------------- queries
 

@@ -1,0 +1,101 @@
+"""Flow control at the broker's door: no process can starve the others or grow the
+supervisor, and refusals cannot flood the audit.
+
+Pure bookkeeping, no sockets, so each rule is unit-tested on its own:
+
+* **In flight.** The SDK makes one call at a time; a process with ``max_in_flight``
+  requests already being served (or suspended) gets ``LimitExceeded`` at once for the
+  next, without any work done for it. Pipelining hundreds of 16 MiB reads buys nothing.
+* **Work per turn.** A drain stops once its replies hold ``max_turn_reply_bytes``; the
+  loop commits, sends, runs timers and comes straight back. The ROUTER fair-queues the
+  peers it reads from, so another agent waits for at most about one turn's work.
+* **Replies nobody reads** are bounded by the socket's per-peer high-water mark
+  (``reply_queue_messages``); past it a reply to that peer is dropped, never buffered.
+* **Refusals** (bad frames, wrong tokens) are audited ``audit_burst`` times per peer per
+  ``window_s``; the rest are counted and summarised in one record. A peer that sends
+  ``cut_after`` bad frames is cut: its frames are dropped unread, unanswered, unaudited.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class FlowLimits:
+    max_in_flight: int = 4
+    max_turn_reply_bytes: int = 8 << 20
+    reply_queue_messages: int = 8
+    audit_burst: int = 5
+    window_s: float = 60.0
+    cut_after: int = 1000
+
+
+@dataclass
+class _Peer:
+    window_start: float
+    audited: int = 0
+    suppressed: int = 0
+    bad_frames: int = 0
+
+
+@dataclass
+class RefusalLimiter:
+    """Which refusals from a peer are audited, summarised, or dropped outright."""
+
+    limits: FlowLimits = field(default_factory=FlowLimits)
+    clock: Callable[[], float] = time.monotonic
+    _peers: dict[bytes, _Peer] = field(default_factory=dict)
+    max_peers: int = 10_000  # forget the oldest beyond this: the table itself is bounded
+
+    def is_cut(self, peer: bytes) -> bool:
+        p = self._peers.get(peer)
+        return p is not None and p.bad_frames >= self.limits.cut_after
+
+    def refused(self, peer: bytes) -> tuple[bool, int]:
+        """Count one refusal: (audit this one?, refusals suppressed to summarise now)."""
+        now = self.clock()
+        p = self._peers.get(peer)
+        if p is None:
+            if len(self._peers) >= self.max_peers:
+                self._peers.pop(next(iter(self._peers)))
+            p = self._peers[peer] = _Peer(window_start=now)
+        p.bad_frames += 1
+        summary = 0
+        if now - p.window_start >= self.limits.window_s:
+            summary, p.suppressed, p.audited, p.window_start = p.suppressed, 0, 0, now
+        if p.audited < self.limits.audit_burst:
+            p.audited += 1
+            return True, summary
+        p.suppressed += 1
+        if p.bad_frames >= self.limits.cut_after:
+            # The last word on a peer that is being cut: everything not yet summarised.
+            summary, p.suppressed = summary + p.suppressed, 0
+        return False, summary
+
+
+@dataclass
+class InFlight:
+    """Requests of each process received and not yet answered."""
+
+    limits: FlowLimits = field(default_factory=FlowLimits)
+    _count: dict[int, int] = field(default_factory=dict)
+
+    def admit(self, pid: int) -> bool:
+        n = self._count.get(pid, 0)
+        if n >= self.limits.max_in_flight:
+            return False
+        self._count[pid] = n + 1
+        return True
+
+    def done(self, pid: int) -> None:
+        n = self._count.get(pid, 0) - 1
+        if n <= 0:
+            self._count.pop(pid, None)
+        else:
+            self._count[pid] = n
+
+    def of(self, pid: int) -> int:
+        return self._count.get(pid, 0)
