@@ -44,7 +44,7 @@ class _Printer:
         else:
             data = self.partial + data
             lines = data.split(b"\n")
-            self.partial = b"" if final else lines.pop()
+            self.partial = lines.pop()  # what follows the last newline
             for line in lines:
                 text = printable(line.decode("utf-8", errors="backslashreplace"))
                 sys.stdout.write(text + "\n")

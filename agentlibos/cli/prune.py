@@ -12,6 +12,7 @@ import argparse
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 from agentlibos.cli.common import (
     EXIT_FAILED,
@@ -95,12 +96,12 @@ def cmd_prune(ns: argparse.Namespace) -> int:
     finally:
         if store is not None:
             store.close()
-    report: list[dict[str, object]] = []
+    report: list[dict[str, Any]] = []
     failed = False
     logs = sorted(paths.logs.iterdir()) if paths.logs.is_dir() else []
     for rec in ended:
-        targets = [p for p in logs
-                   if p.name == f"{rec.pid}.log" or p.name.startswith(f"{rec.pid}.")]
+        # logs/<pid>.log and each JIT tool's logs/<pid>.<tool>.log
+        targets = [p for p in logs if p.name.startswith(f"{rec.pid}.")]
         work = paths.work / str(rec.pid)
         if work.is_dir() and Path(rec.cwd) == work:
             targets.append(work)
@@ -119,8 +120,7 @@ def cmd_prune(ns: argparse.Namespace) -> int:
         print_json(report)
     elif report:
         rows: list[tuple[str, ...]] = [("PID", "BYTES", "REMOVED")]
-        rows += [(str(r["pid"]), str(r["bytes"]), " ".join(map(str, r["removed"])))  # type: ignore[call-overload]
-                 for r in report]
+        rows += [(str(r["pid"]), str(r["bytes"]), " ".join(r["removed"])) for r in report]
         print(format_table(rows), flush=True)
     else:
         print("nothing to prune", flush=True)
