@@ -177,21 +177,32 @@ def run_image(
     on_start: Callable[[int], None] | None = None,
     sandbox: SandboxConfig | None = None,
 ) -> RunOutcome:
-    """Run an image to completion, on the daemon if one is up, else on an embedded one."""
+    """Run an image to completion, on the daemon if one is up, else on an embedded one.
+
+    One signal handler covers the whole call, so a Ctrl-C at any moment is seen: before
+    the process exists it ends the call (KeyboardInterrupt); after, it stops the tree.
+    """
     paths.ensure()
     interrupt = Interrupt()
-    with signals(interrupt):
+    sup: Supervisor | None = None
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        interrupt(signum, frame)
+        if sup is not None:
+            sup.request_stop()
+
+    with signals(on_signal):
         deadline = time.monotonic() + 10
-        while True:
+        while not interrupt:
             started = start_on_daemon(paths, image, args, cwd=cwd, policy=policy)
             if started is not None:
                 pid, supervisor = started
                 if on_start is not None:
                     on_start(pid)
                 return wait_on_daemon(paths, pid, supervisor, interrupt=interrupt)
-            sup = Supervisor(paths, mode="embedded", sandbox=sandbox)
+            candidate = Supervisor(paths, mode="embedded", sandbox=sandbox)
             try:
-                sup.start()
+                candidate.start()
             except Conflict:
                 # Another supervisor holds the lock; it binds its control socket right
                 # after taking the lock, so wait for it to answer.
@@ -202,33 +213,29 @@ def run_image(
                     ) from None
                 time.sleep(0.05)
                 continue
-            break
-    return _run_embedded(sup, image, args, cwd=cwd, policy=policy, on_start=on_start)
+            sup = candidate
+            try:
+                return _run_embedded(sup, image, args, cwd=cwd, policy=policy,
+                                     on_start=on_start, interrupt=interrupt)
+            finally:
+                sup.stop()
+    raise KeyboardInterrupt  # interrupted before any process was started
 
 
 def _run_embedded(
     sup: Supervisor, image: str, args: dict[str, Any], *, cwd: str | None,
-    policy: Policy | None, on_start: Callable[[int], None] | None,
+    policy: Policy | None, on_start: Callable[[int], None] | None, interrupt: Interrupt,
 ) -> RunOutcome:
-    interrupt = Interrupt()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        interrupt(signum, frame)
-        sup.request_stop()
-
-    try:
-        with signals(on_signal):
-            pid = sup.submit_run(image, args, cwd=cwd, policy=policy)
-            if on_start is not None:
-                on_start(pid)
-            # Serve until this tree is done and nobody else (a `run` that found us via
-            # the control socket) still has a live process here.
-            sup.run_until(lambda: not sup.live)
-            if interrupt:
-                for p in list(sup.live):
-                    sup.terminate(p, "killed", "interrupted by the operator")
-                sup.settle(timeout_s=sup.config.kill_grace_s + 5)
-            return RunOutcome(pid, sup.store.get_process(pid).public(),
-                              interrupted=bool(interrupt))
-    finally:
-        sup.stop()
+    if interrupt:
+        raise KeyboardInterrupt
+    pid = sup.submit_run(image, args, cwd=cwd, policy=policy)
+    if on_start is not None:
+        on_start(pid)
+    # Serve until this tree is done and nobody else (a `run` that found us via the
+    # control socket) still has a live process here; a signal stops the loop.
+    sup.run_until(lambda: not sup.live)
+    if interrupt:
+        for p in list(sup.live):
+            sup.terminate(p, "killed", "interrupted by the operator")
+        sup.settle(timeout_s=sup.config.kill_grace_s + 5)
+    return RunOutcome(pid, sup.store.get_process(pid).public(), interrupted=bool(interrupt))

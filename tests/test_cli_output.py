@@ -252,3 +252,16 @@ def test_demo_json_says_it_ignores_the_home(home: Path) -> None:
     assert out["coordinator"]["exit_reason"] == "returned"
     assert "the demo runs in a fresh temporary state directory" in p.stderr
     assert not (home / "state.db").exists()
+
+
+def test_a_config_error_names_the_file_once(home: Path, tmp_path: Path) -> None:
+    (home / "config.toml").write_text("[sandbox]\nnosuch = 1\n")
+    img = tmp_path / "img"
+    img.mkdir()
+    (img / "image.toml").write_text('[image]\nname = "x"\nentry = "agent:main"\n')
+    (img / "agent.py").write_text("def main(ctx, args):\n    return 1\n")
+    for argv in (["run", str(img)], ["doctor"], ["--config", str(home / "config.toml"),
+                                                  "doctor"]):
+        p = cli(home, *argv)
+        assert p.returncode == 2, p.stderr
+        assert p.stderr.count("config.toml") == 1, p.stderr
