@@ -77,7 +77,13 @@ class Paths:
     def control_endpoint(self) -> str:
         return self._ipc("control.sock")
 
+    def check(self) -> None:
+        """Refuse a home whose socket paths the kernel cannot bind, before anything exists."""
+        _ = self.broker_endpoint, self.control_endpoint
+
     def ensure(self) -> None:
+        # Check first: a refused home must leave no directories behind.
+        self.check()
         for d in (self.home, self.run, self.work, self.scratch, self.logs, self.images):
             d.mkdir(parents=True, exist_ok=True)
         # run/ holds the control socket: only the operator may reach it.

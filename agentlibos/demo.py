@@ -5,6 +5,10 @@ capabilities. The counter reads the input, writes files and a shared object; the
 reviewer holds only fs:read, so its writes come back as typed PermissionDenied errors,
 which it catches and reports. The coordinator collects both results. The demo ends by
 printing the process tree, the audit's refusals, and verifying the audit hash chain.
+
+The demo always runs in a fresh temporary state directory, never in
+``$AGENTLIBOS_HOME``: it must not mix its processes and audit records into the
+operator's, and it must show the same output on every run. ``--keep`` keeps it.
 """
 
 from __future__ import annotations
@@ -12,14 +16,14 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from agentlibos.config import Paths
-from agentlibos.kernel.process import ProcessRecord
 from agentlibos.launcher import run_image
 from agentlibos.store.sqlite import SQLiteStore
-from agentlibos.ui import format_ps
+from agentlibos.ui import format_ps, printable, ps_row
 
 IMAGES: Final = Path(__file__).resolve().parent / "images"
 
@@ -31,65 +35,78 @@ INPUT: Final = {
 }
 
 
-def run_demo(*, keep: bool = False) -> int:
-    home = Path(tempfile.mkdtemp(prefix="agentlibos-demo-"))
+def run_demo(*, keep: bool = False, as_json: bool = False) -> int:
+    """Run the demo; with ``as_json`` print one JSON object instead of the narration."""
+    say: Callable[[str], None] = (lambda _text: None) if as_json else print
+    home = Path(tempfile.mkdtemp(prefix="agentlibos-demo-", dir="/tmp"))
+    summary: dict[str, Any] = {"ok": False, "home": str(home) if keep else None}
     try:
         paths = Paths(home)
         project = home / "project"
         (project / "input").mkdir(parents=True)
         for name, text in INPUT.items():
             (project / "input" / name).write_text(text)
-        print("Agent libOS demo: three AgentProcesses, each a real OS process behind the broker")
-        print(f"  project directory (the coordinator's cwd) holds input/ with {len(INPUT)} files")
-        print()
-        rec = run_image(paths, str(IMAGES / "demo-coordinator"), {}, cwd=str(project))
-        assert isinstance(rec, ProcessRecord)
-        result = rec.result or {}
+        say("Agent libOS demo: three AgentProcesses, each a real OS process behind the broker")
+        say(f"  project directory (the coordinator's cwd) holds input/ with {len(INPUT)} "
+            "files")
+        say("")
+        rec = run_image(paths, str(IMAGES / "demo-coordinator"), {}, cwd=str(project)).record
+        summary["coordinator"] = rec
+        result = rec.get("result") or {}
         store = SQLiteStore(paths.db, readonly=True)
         try:
             procs = store.list_processes()
-            print("process tree:")
-            print("  " + format_ps(procs, tree=True).replace("\n", "\n  "))
-            print()
-            if rec.exit_reason != "returned":
-                print(f"the coordinator did not finish: {rec.state} ({rec.exit_reason}): "
-                      f"{rec.error}")
-                return 1
-            print(f"coordinator result: {result['total_words']} words in "
-                  f"{len(result['files'])} files, counted by the JIT tool word_count "
-                  "(TypeScript, in a Deno with no permissions)")
+            summary["processes"] = [ps_row(p) for p in procs]
+            say("process tree:")
+            say("  " + format_ps(procs, tree=True, now=0.0).replace("\n", "\n  "))
+            say("")
+            if rec.get("exit_reason") != "returned":
+                say(printable(f"the coordinator did not finish: {rec.get('state')} "
+                              f"({rec.get('exit_reason')}): {rec.get('error')}"))
+                return _end(summary, as_json, 1)
+            say(f"coordinator result: {result['total_words']} words in "
+                f"{len(result['files'])} files, counted by the JIT tool word_count "
+                "(TypeScript, in a Deno with no permissions)")
             tool_reads = [a for a in store.audit_records() if a.detail.get("tool")
                           == "word_count" and a.call == "fs.read"]
-            print(f"  the tool read {len(tool_reads)} files through the broker, as process "
-                  f"{tool_reads[0].pid if tool_reads else '?'}, each read audited")
+            say(f"  the tool read {len(tool_reads)} files through the broker, as process "
+                f"{tool_reads[0].pid if tool_reads else '?'}, each read audited")
             for f in sorted((project / "out").iterdir()):
-                print(f"  wrote out/{f.name} ({f.stat().st_size} bytes)")
-            print("reviewer (fs:read only) tried to write and was refused, as it should be:")
+                say(f"  wrote out/{f.name} ({f.stat().st_size} bytes)")
+            say("reviewer (fs:read only) tried to write and was refused, as it should be:")
             for r in result["reviewer_refused"]:
-                print(f"  {r['path']}: {r['error']}")
+                say(printable(f"  {r['path']}: {r['error']}"))
             denials = [a for a in store.audit_records() if a.verdict == "deny"]
-            print(f"audit: {len(denials)} refusals recorded, e.g.")
+            summary["refusals"] = len(denials)
+            say(f"audit: {len(denials)} refusals recorded, e.g.")
             for a in denials[:2]:
                 # Paths shown relative to the demo's temporary directories, so the
                 # output is the same on every run.
                 request = a.request.replace(str(project), "<project>").replace(str(home),
                                                                                "<state>")
-                print(f"  pid {a.pid} {a.call} {request}")
-            summary = store.get_object("proc/1", "summary")
-            print(f"object proc/1/summary ({summary.type}, v{summary.version}): "
-                  f"{json.dumps(summary.value['children'], sort_keys=True)}")
+                say(printable(f"  pid {a.pid} {a.call} {request}"))
+            obj = store.get_object("proc/1", "summary")
+            say(f"object proc/1/summary ({obj.type}, v{obj.version}): "
+                f"{json.dumps(obj.value['children'], sort_keys=True)}")
             check = store.verify_audit()
-            print()
-            if check.ok:
-                print(f"audit chain verified: {check.count} records, hash chain intact")
-            else:
-                print(f"audit chain BROKEN at record {check.first_bad_seq}: {check.problem}")
-                return 1
+            summary["audit"] = check.__dict__
+            say("")
+            if not check.ok:
+                say(f"audit chain BROKEN at record {check.first_bad_seq}: {check.problem}")
+                return _end(summary, as_json, 1)
+            say(f"audit chain verified: {check.count} records, hash chain intact")
         finally:
             store.close()
         if keep:
-            print(f"state kept in {home} (AGENTLIBOS_HOME={home} agentlibos ps --all --tree)")
-        return 0
+            say(f"state kept in {home} (AGENTLIBOS_HOME={home} agentlibos ps --all --tree)")
+        summary["ok"] = True
+        return _end(summary, as_json, 0)
     finally:
         if not keep:
             shutil.rmtree(home, ignore_errors=True)
+
+
+def _end(summary: dict[str, Any], as_json: bool, code: int) -> int:
+    if as_json:
+        print(json.dumps(summary, default=str), flush=True)
+    return code

@@ -1,23 +1,38 @@
-"""Starting a root AgentProcess: on the running daemon if there is one, else embedded."""
+"""Starting a root AgentProcess: on the running daemon if there is one, else embedded.
+
+Both ways end the same: a :class:`RunOutcome` saying what became of the process, and
+whether the operator interrupted the wait or the daemon died under it. Ctrl-C (SIGINT,
+SIGTERM) stops the tree this run started in both modes: embedded, the supervisor in
+this process terminates it; on a daemon, the control operation ``kill`` does.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Final
+
+import zmq
 
 from agentlibos.config import Paths
-from agentlibos.errors import Conflict, Unavailable
+from agentlibos.errors import Conflict, NotFound, ProtocolError, Unavailable, from_wire
 from agentlibos.kernel.image import load_image
 from agentlibos.kernel.policy import Policy
-from agentlibos.kernel.process import ProcessRecord
 from agentlibos.sandbox.profile import SandboxConfig
+from agentlibos.store.sqlite import SQLiteStore
 from agentlibos.supervisor import Supervisor
 from agentlibos.supervisor.control import control_call, ping
+
+# How often a wait on a daemon checks that the daemon still lives, and how long after
+# asking it to kill a tree we wait for the tree's record before giving up.
+DAEMON_CHECK_S: Final = 0.2
+KILL_WAIT_S: Final = 30.0
 
 
 @contextlib.contextmanager
@@ -30,6 +45,33 @@ def signals(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
             signal.signal(s, h)
 
 
+class Interrupt:
+    """A signal handler that only notes the signal; the waiting loop acts on it."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.signum = signum
+
+    def __bool__(self) -> bool:
+        return self.signum is not None
+
+
+@dataclass
+class RunOutcome:
+    """What became of a process this CLI started or waited for."""
+
+    pid: int
+    record: dict[str, Any]  # the public record (run --json); its last known state
+    interrupted: bool = False  # the operator pressed Ctrl-C (or sent SIGTERM)
+    lost: str | None = None  # why the supervisor serving it is gone, if it is
+
+    @property
+    def returned(self) -> bool:
+        return self.record.get("exit_reason") == "returned" and not self.lost
+
+
 def resolve_image_arg(ref: str) -> str:
     """A directory becomes an absolute path (validated now); a name stays a name."""
     p = Path(ref)
@@ -37,6 +79,92 @@ def resolve_image_arg(ref: str) -> str:
         img = load_image(p)  # raises ImageError with the file and the problem
         return str(img.path)
     return ref
+
+
+def stored_record(paths: Paths, pid: int) -> dict[str, Any]:
+    """The process's record as the store has it (read-only; no supervisor needed)."""
+    if not paths.db.exists():
+        raise NotFound(f"no process {pid}: nothing has run in {paths.home}")
+    store = SQLiteStore(paths.db, readonly=True)
+    try:
+        rec = store.get_process(pid)
+        out = rec.public()
+        out["live"] = rec.live
+        return out
+    finally:
+        store.close()
+
+
+def host_pid_alive(pid: int) -> bool:
+    """True while ``pid`` is a running (not zombie) host process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    # The state is the first field after the command name, which may hold ')'.
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+def wait_on_daemon(
+    paths: Paths, pid: int, daemon_pid: int, *, interrupt: Interrupt | None = None,
+    kill_on_interrupt: bool = True,
+) -> RunOutcome:
+    """Wait for ``pid`` on the daemon, noticing within a fraction of a second if it dies.
+
+    On an interrupt, ``kill_on_interrupt`` asks the daemon to stop the tree and waits for
+    its record; otherwise the wait just ends (``agentlibos wait``: the process goes on).
+    """
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+    sock: zmq.Socket[bytes] = ctx.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    killed_at: float | None = None
+    try:
+        sock.connect(paths.control_endpoint)
+        sock.send(json.dumps({"op": "wait", "pid": pid}).encode())
+        while True:
+            if sock.poll(int(DAEMON_CHECK_S * 1000)):
+                reply = json.loads(sock.recv())
+                if not isinstance(reply, dict):
+                    raise ProtocolError("malformed reply from the supervisor")
+                if not reply.get("ok"):
+                    raise from_wire(reply.get("error"))
+                return RunOutcome(pid, dict(reply["record"]), interrupted=bool(interrupt))
+            if not host_pid_alive(daemon_pid):
+                return RunOutcome(pid, stored_record(paths, pid), interrupted=bool(interrupt),
+                                  lost=f"the supervisor serving it (pid {daemon_pid}) died")
+            if interrupt and not kill_on_interrupt:
+                return RunOutcome(pid, stored_record(paths, pid), interrupted=True)
+            if interrupt and killed_at is None:
+                killed_at = time.monotonic()
+                with contextlib.suppress(Conflict):  # it ended already: the wait answers
+                    control_call(paths.control_endpoint, {"op": "kill", "pid": pid})
+            if killed_at is not None and time.monotonic() - killed_at > KILL_WAIT_S:
+                return RunOutcome(pid, stored_record(paths, pid), interrupted=True,
+                                  lost=f"the supervisor did not report its end within "
+                                       f"{KILL_WAIT_S:g} s of being asked to kill it")
+    finally:
+        sock.close(0)
+
+
+def daemon_pid(paths: Paths) -> int | None:
+    """The host pid of the daemon answering on the control socket, if one does."""
+    info = ping(paths.control_endpoint)
+    return None if info is None else int(info["pid"])
+
+
+def start_on_daemon(
+    paths: Paths, image: str, args: dict[str, Any], *, cwd: str | None,
+    policy: Policy | None,
+) -> tuple[int, int] | None:
+    """Submit the run to the daemon without waiting: (pid, daemon pid), or None if none is up."""
+    supervisor = daemon_pid(paths)
+    if supervisor is None:
+        return None
+    req: dict[str, Any] = {"op": "run", "image": image, "args": args, "cwd": cwd,
+                           "wait": False}
+    if policy is not None:
+        req["policy_text"], req["policy_source"] = policy.text, policy.source
+    return int(control_call(paths.control_endpoint, req)["pid"]), supervisor
 
 
 def run_image(
@@ -48,52 +176,66 @@ def run_image(
     policy: Policy | None = None,
     on_start: Callable[[int], None] | None = None,
     sandbox: SandboxConfig | None = None,
-) -> ProcessRecord | dict[str, Any]:
-    """Run an image to completion, on the daemon if one is up, else on an embedded one."""
+) -> RunOutcome:
+    """Run an image to completion, on the daemon if one is up, else on an embedded one.
+
+    One signal handler covers the whole call, so a Ctrl-C at any moment is seen: before
+    the process exists it ends the call (KeyboardInterrupt); after, it stops the tree.
+    """
     paths.ensure()
-    deadline = time.monotonic() + 10
-    while True:
-        if ping(paths.control_endpoint) is not None:
-            req: dict[str, Any] = {"op": "run", "image": image, "args": args, "cwd": cwd,
-                                   "wait": True}
-            if policy is not None:
-                req["policy_text"], req["policy_source"] = policy.text, policy.source
-            return dict(control_call(paths.control_endpoint, req, timeout_s=None)["record"])
-        sup = Supervisor(paths, mode="embedded", sandbox=sandbox)
-        try:
-            sup.start()
-        except Conflict:
-            # Another supervisor holds the lock; it binds its control socket right after
-            # taking the lock, so wait for it to answer.
-            if time.monotonic() > deadline:
-                raise Unavailable(
-                    f"another supervisor holds {paths.lock} but does not answer on "
-                    f"{paths.control_endpoint}"
-                ) from None
-            time.sleep(0.05)
-            continue
-        break
-    interrupted = False
+    interrupt = Interrupt()
+    sup: Supervisor | None = None
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        nonlocal interrupted
-        interrupted = True
-        sup.request_stop()
+        interrupt(signum, frame)
+        if sup is not None:
+            sup.request_stop()
 
-    try:
-        with signals(on_signal):
-            pid = sup.submit_run(image, args, cwd=cwd, policy=policy)
-            if on_start is not None:
-                on_start(pid)
-            # Serve until this tree is done and nobody else (a `run` that found us via
-            # the control socket) still has a live process here.
-            sup.run_until(lambda: not sup.live)
-            if interrupted:
-                for p in list(sup.live):
-                    sup.terminate(p, "killed", "interrupted by the operator")
-                sup.settle(timeout_s=sup.config.kill_grace_s + 5)
-            return sup.store.get_process(pid)
-    finally:
-        sup.stop()
-        if interrupted:
-            raise KeyboardInterrupt
+    with signals(on_signal):
+        deadline = time.monotonic() + 10
+        while not interrupt:
+            started = start_on_daemon(paths, image, args, cwd=cwd, policy=policy)
+            if started is not None:
+                pid, supervisor = started
+                if on_start is not None:
+                    on_start(pid)
+                return wait_on_daemon(paths, pid, supervisor, interrupt=interrupt)
+            candidate = Supervisor(paths, mode="embedded", sandbox=sandbox)
+            try:
+                candidate.start()
+            except Conflict:
+                # Another supervisor holds the lock; it binds its control socket right
+                # after taking the lock, so wait for it to answer.
+                if time.monotonic() > deadline:
+                    raise Unavailable(
+                        f"another supervisor holds {paths.lock} but does not answer on "
+                        f"{paths.control_endpoint}"
+                    ) from None
+                time.sleep(0.05)
+                continue
+            sup = candidate
+            try:
+                return _run_embedded(sup, image, args, cwd=cwd, policy=policy,
+                                     on_start=on_start, interrupt=interrupt)
+            finally:
+                sup.stop()
+    raise KeyboardInterrupt  # interrupted before any process was started
+
+
+def _run_embedded(
+    sup: Supervisor, image: str, args: dict[str, Any], *, cwd: str | None,
+    policy: Policy | None, on_start: Callable[[int], None] | None, interrupt: Interrupt,
+) -> RunOutcome:
+    if interrupt:
+        raise KeyboardInterrupt
+    pid = sup.submit_run(image, args, cwd=cwd, policy=policy)
+    if on_start is not None:
+        on_start(pid)
+    # Serve until this tree is done and nobody else (a `run` that found us via the
+    # control socket) still has a live process here; a signal stops the loop.
+    sup.run_until(lambda: not sup.live)
+    if interrupt:
+        for p in list(sup.live):
+            sup.terminate(p, "killed", "interrupted by the operator")
+        sup.settle(timeout_s=sup.config.kill_grace_s + 5)
+    return RunOutcome(pid, sup.store.get_process(pid).public(), interrupted=bool(interrupt))

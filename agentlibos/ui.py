@@ -1,11 +1,56 @@
-"""Text formatting for the command line: the process table."""
+"""Text for the operator's terminal: escaping what agents control, and the process table.
+
+Everything an agent chooses (its result, its error, the paths it names, its log lines,
+the image names it registers) can reach the operator's terminal. :func:`printable` is
+the one function that makes such text safe to print: no escape sequence reaches the
+terminal, no carriage return rewrites a line, no newline forges a record, no bidi
+override reorders what is shown. JSON output needs none of this (``json.dumps`` escapes
+control characters itself); every text output goes through :func:`printable`.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import time
+import unicodedata
+from typing import Any, Final
 
 from agentlibos.kernel.process import ProcessRecord
 from agentlibos.kernel.units import format_duration, format_size
+
+_SHORT: Final = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# Unicode categories never printed as themselves: controls (C0, DEL, C1), format
+# characters (bidi overrides and isolates, zero-width joiners, BOM), lone surrogates
+# (which would also fail to encode), private use, and line/paragraph separators.
+_UNSAFE_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
+
+
+def _escape(ch: str) -> str:
+    if ch in _SHORT:
+        return _SHORT[ch]
+    n = ord(ch)
+    return f"\\x{n:02x}" if n <= 0xFF else f"\\u{n:04x}" if n <= 0xFFFF else f"\\U{n:08x}"
+
+
+def printable(value: object, *, keep_newlines: bool = False) -> str:
+    """``value`` as text with every control, format and bidi character escaped.
+
+    The result is always one line unless ``keep_newlines`` (for multi-line text such as
+    a log, where ``\\n`` separates lines and is itself harmless); a tab is kept then too.
+    Backslashes are left alone: an agent that writes the four characters ``\\x1b``
+    shows them, which is harmless, and paths stay readable.
+    """
+    text = value if isinstance(value, str) else str(value)
+    if text.isascii() and text.isprintable():
+        return text  # the common case, fast
+    out = []
+    for ch in text:
+        if keep_newlines and ch in "\n\t":
+            out.append(ch)
+        elif ch in _SHORT or unicodedata.category(ch) in _UNSAFE_CATEGORIES:
+            out.append(_escape(ch))
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def limits_text(limits: dict[str, Any]) -> str:
@@ -28,6 +73,31 @@ def layers_text(rec: ProcessRecord) -> str:
     return text
 
 
+def age_text(since: float | None, now: float | None = None) -> str:
+    """How long ago ``since`` was, compactly (``4s``, ``12m``, ``3h``, ``2d``); ``-`` if never."""
+    if since is None:
+        return "-"
+    s = max(0.0, (time.time() if now is None else now) - since)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            return f"{int(s // size)}{unit}"
+    return f"{int(s)}s"
+
+
+def wait_of(rec: ProcessRecord) -> str | None:
+    """What a waiting process waits on (``proc:7``, ``approval:12``), where the record says."""
+    value = getattr(rec, "wait", None)
+    return None if value is None else str(value)
+
+
+def ps_row(rec: ProcessRecord) -> dict[str, Any]:
+    """One ``ps --json`` row: the record's table row plus the contract's ``wait``/``evicted``."""
+    row = rec.table_row()
+    row.setdefault("wait", wait_of(rec))
+    row.setdefault("evicted", bool(getattr(rec, "evicted", False)))
+    return row
+
+
 def _tree_order(recs: list[ProcessRecord]) -> list[tuple[int, ProcessRecord]]:
     by_parent: dict[int | None, list[ProcessRecord]] = {}
     pids = {r.pid for r in recs}
@@ -45,15 +115,24 @@ def _tree_order(recs: list[ProcessRecord]) -> list[tuple[int, ProcessRecord]]:
     return out
 
 
-def format_ps(recs: list[ProcessRecord], *, tree: bool) -> str:
-    rows = [("PID", "PPID", "IMAGE", "STATE", "REASON", "LIMITS", "LAYERS")]
-    ordered = _tree_order(recs) if tree else [(0, r) for r in recs]
-    for depth, r in ordered:
-        image = ("  " * depth + ("└ " if depth else "")) + r.image
-        rows.append((str(r.pid), "-" if r.ppid is None else str(r.ppid), image, r.state,
-                     r.exit_reason or "-", limits_text(r.limits), layers_text(r)))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+def format_table(rows: list[tuple[str, ...]]) -> str:
+    """Left-aligned columns, two spaces apart; cells are escaped here, once."""
+    safe = [tuple(printable(c) for c in row) for row in rows]
+    widths = [max(len(row[i]) for row in safe) for i in range(len(safe[0]))]
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-        for row in rows
+        for row in safe
     )
+
+
+def format_ps(recs: list[ProcessRecord], *, tree: bool, now: float | None = None) -> str:
+    rows: list[tuple[str, ...]] = [
+        ("PID", "PPID", "IMAGE", "STATE", "REASON", "WAIT", "AGE", "LIMITS", "LAYERS")]
+    ordered = _tree_order(recs) if tree else [(0, r) for r in recs]
+    for depth, r in ordered:
+        image = ("  " * depth + ("└ " if depth else "")) + printable(r.image)
+        rows.append((str(r.pid), "-" if r.ppid is None else str(r.ppid), image, r.state,
+                     r.exit_reason or "-", wait_of(r) or "-",
+                     age_text(r.started_at or r.created_at, now),
+                     limits_text(r.limits), layers_text(r)))
+    return format_table(rows)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -170,7 +171,11 @@ def test_ps_shows_the_table_tree_and_json(home: Path, make_image: MakeImage) -> 
     assert [(r["pid"], r["ppid"], r["image"], r["state"]) for r in rows] == [
         (1, None, "mom", "exited"), (2, 1, "kid", "exited")]
     tree = cli(home, "ps", "--all", "--tree", check=True).stdout.splitlines()
-    assert tree[0].split() == ["PID", "PPID", "IMAGE", "STATE", "REASON", "LIMITS", "LAYERS"]
+    assert tree[0].split() == ["PID", "PPID", "IMAGE", "STATE", "REASON", "WAIT", "AGE",
+                               "LIMITS", "LAYERS"]
+    assert all({"wait", "evicted", "created_at", "started_at", "limits"} <= set(r)
+               for r in rows)
+    assert [(r["wait"], r["evicted"]) for r in rows] == [(None, False), (None, False)]
     # The image's own limits, the operator's defaults (512MiB, 1 core) for the rest.
     assert "mem=512MiB,pids=8,cpu=1,wall=10m" in tree[1]
     assert "└ kid" in tree[2] and "mem=64MiB" in tree[2]
@@ -203,8 +208,9 @@ def test_demo_runs_end_to_end(home: Path) -> None:
     assert "demo-coordinator" in p.stdout and "└ demo-worker" in p.stdout
 
 
-@pytest.fixture
-def daemon(home: Path) -> Iterator[subprocess.Popen[str]]:
+@contextlib.contextmanager
+def serving(home: Path) -> Iterator[subprocess.Popen[str]]:
+    """A real `agentlibos serve` with its own AGENTLIBOS_HOME, stopped at the end."""
     env = {**os.environ, "AGENTLIBOS_HOME": str(home)}
     proc = subprocess.Popen([sys.executable, "-m", "agentlibos", "serve"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -223,6 +229,12 @@ def daemon(home: Path) -> Iterator[subprocess.Popen[str]]:
         for f in (proc.stdout, proc.stderr):
             if f:
                 f.close()
+
+
+@pytest.fixture
+def daemon(home: Path) -> Iterator[subprocess.Popen[str]]:
+    with serving(home) as proc:
+        yield proc
 
 
 def test_daemon_serves_runs_and_kill_from_the_cli(

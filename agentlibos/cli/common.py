@@ -1,0 +1,120 @@
+"""What every command shares, said once: exit codes, errors, paths, --json, stores."""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import re
+import sys
+import textwrap
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+from agentlibos.config import Paths
+from agentlibos.errors import UsageError
+from agentlibos.sandbox.profile import SandboxConfig, load_config
+from agentlibos.store.sqlite import SQLiteStore
+from agentlibos.ui import printable
+
+# The exit statuses of every command (docs/cli.md).
+EXIT_OK: Final = 0  # success
+EXIT_FAILED: Final = 1  # the agent or the operation failed
+EXIT_USAGE: Final = 2  # bad usage or bad input (argparse uses 2 as well)
+EXIT_INTERRUPTED: Final = 130  # Ctrl-C (SIGINT) or SIGTERM, as a shell reports 128+2
+
+Handler = Callable[[argparse.Namespace], int]
+
+_ARG_KEY: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+
+
+def err(msg: str) -> None:
+    """One line on stderr, agent-chosen text escaped."""
+    print(f"agentlibos: error: {printable(msg)}", file=sys.stderr, flush=True)
+
+
+def note(msg: str) -> None:
+    """A progress line on stderr (stdout stays the command's output)."""
+    print(f"agentlibos: {printable(msg)}", file=sys.stderr, flush=True)
+
+
+def print_json(value: Any) -> None:
+    """JSON on stdout. ``json.dumps`` escapes control characters, so this is always safe."""
+    print(json.dumps(value, default=str), flush=True)
+
+
+def add_command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, *, help: str,
+    example: str, func: Handler, json_flag: bool = True,
+) -> argparse.ArgumentParser:
+    """A subcommand whose --help ends with an example; --json where it prints something."""
+    p = sub.add_parser(
+        name, help=help, description=help[0].upper() + help[1:] + ".",
+        epilog="example:\n" + textwrap.indent(textwrap.dedent(example).strip(), "  "),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    if json_flag:
+        p.add_argument("--json", action="store_true", help="print JSON on stdout")
+    p.set_defaults(func=func)
+    return p
+
+
+def paths_of(ns: argparse.Namespace) -> Paths:
+    return Paths.from_env(ns.home)
+
+
+def readonly_store(paths: Paths) -> SQLiteStore | None:
+    """The state database opened read-only, or None when nothing has run here yet."""
+    if not paths.db.exists():
+        return None
+    return SQLiteStore(paths.db, readonly=True)
+
+
+def supervisor_alive(paths: Paths) -> bool:
+    """True if some process holds the supervisor lock."""
+    try:
+        fd = os.open(paths.lock, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def sandbox_config(ns: argparse.Namespace) -> SandboxConfig | None:
+    """--config if given; None lets the supervisor read $AGENTLIBOS_HOME/config.toml."""
+    return load_config(ns.config) if ns.config else None
+
+
+def parse_args_kv(items: Sequence[str]) -> dict[str, Any]:
+    """``--arg k=v`` pairs; a value that parses as JSON is used as JSON, else as text."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not _ARG_KEY.match(key):
+            raise UsageError(f"bad --arg {item!r}: expected KEY=VALUE with KEY like 'n' or "
+                             "'max_words'")
+        if key in out:
+            raise UsageError(f"--arg {key!r} given twice")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def log_path(paths: Paths, pid: int) -> str:
+    return str(paths.logs / f"{pid}.log")
+
+
+def describe_end(rec: dict[str, Any]) -> str:
+    """``pid 7 exited (returned)`` or ``pid 7 failed (error): RuntimeError: boom``."""
+    text = f"pid {rec['pid']} {rec.get('state')} ({rec.get('exit_reason') or 'no reason'})"
+    if rec.get("error"):
+        text += f": {rec['error']}"
+    return text

@@ -1,0 +1,38 @@
+"""``agentlibos doctor``: which isolation layers this host can enforce, and why not."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from agentlibos.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    add_command,
+    paths_of,
+    print_json,
+    sandbox_config,
+)
+from agentlibos.sandbox import doctor
+from agentlibos.sandbox.profile import load_config
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    add_command(sub, "doctor", help="show which isolation layers this host can enforce",
+                func=cmd_doctor, example="""
+        agentlibos doctor
+        agentlibos --config ./config.toml doctor --json
+    """)
+
+
+def cmd_doctor(ns: argparse.Namespace) -> int:
+    config = sandbox_config(ns)
+    if config is None:
+        cfg = paths_of(ns).home / "config.toml"
+        config = load_config(cfg if cfg.exists() else None)
+    report = doctor.run(config)
+    if ns.json:
+        print_json(dataclasses.asdict(report) | {"ok": report.ok})
+    else:
+        print(doctor.format_report(report), flush=True)
+    return EXIT_OK if report.ok else EXIT_FAILED

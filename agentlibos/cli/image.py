@@ -1,0 +1,108 @@
+"""``agentlibos image add|ls|show``: the registry of images by name."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from agentlibos.cli.common import EXIT_OK, add_command, paths_of, print_json, readonly_store
+from agentlibos.errors import NotFound
+from agentlibos.kernel.image import AgentImage, load_image
+from agentlibos.kernel.registry import register_image
+from agentlibos.store.sqlite import ImageRecord, SQLiteStore
+from agentlibos.ui import format_table, limits_text, printable
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    im = sub.add_parser("image", help="register, list and show images",
+                        description="Register, list and show images.")
+    imsub = im.add_subparsers(dest="image_command", metavar="SUBCOMMAND", required=True)
+    ia = add_command(imsub, "add", help="register the image in DIR under its name",
+                     func=cmd_image_add, example="""
+        agentlibos image add ./my-image && agentlibos run summarize
+    """)
+    ia.add_argument("dir")
+    add_command(imsub, "ls", help="list registered images", func=cmd_image_ls, example="""
+        agentlibos image ls --json
+    """)
+    sh = add_command(imsub, "show", help="show a registered image", func=cmd_image_show,
+                     example="""
+        agentlibos image show summarize --json
+    """)
+    sh.add_argument("name")
+
+
+def describe(rec: ImageRecord, img: AgentImage) -> dict[str, Any]:
+    """What ``image add --json`` and ``image show --json`` print."""
+    return {
+        "name": rec.name,
+        "version": rec.version,
+        "description": rec.description,
+        "path": rec.path,
+        "registered_at": rec.registered_at,
+        "entry": img.entry,
+        "tools": {t.name: t.target for t in img.tools},
+        "requested": [str(c) for c in img.requested],
+        "limits": img.limits.to_json(),
+    }
+
+
+def cmd_image_add(ns: argparse.Namespace) -> int:
+    paths = paths_of(ns)
+    paths.ensure()
+    store = SQLiteStore(paths.db)
+    try:
+        rec, img = register_image(store, paths.images, ns.dir)
+    finally:
+        store.close()
+    if ns.json:
+        print_json(describe(rec, img))
+    else:
+        print(printable(f"registered {rec.name} {rec.version} ({len(img.tools)} tools, "
+                        f"{len(img.requested)} capabilities requested) at {rec.path}"),
+              flush=True)
+    return EXIT_OK
+
+
+def cmd_image_ls(ns: argparse.Namespace) -> int:
+    store = readonly_store(paths_of(ns))
+    try:
+        recs = store.list_images() if store else []
+    finally:
+        if store is not None:
+            store.close()
+    if ns.json:
+        print_json([r.__dict__ for r in recs])
+    else:
+        rows: list[tuple[str, ...]] = [("NAME", "VERSION", "DESCRIPTION", "PATH")]
+        rows += [(r.name, r.version, r.description, r.path) for r in recs]
+        print(format_table(rows), flush=True)
+    return EXIT_OK
+
+
+def cmd_image_show(ns: argparse.Namespace) -> int:
+    store = readonly_store(paths_of(ns))
+    try:
+        rec = store.get_image(ns.name) if store else None
+    finally:
+        if store is not None:
+            store.close()
+    if rec is None:
+        raise NotFound(f"no image named {ns.name!r} is registered (`agentlibos image ls`)")
+    info = describe(rec, load_image(rec.path))
+    if ns.json:
+        print_json(info)
+        return EXIT_OK
+    registered = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec.registered_at))
+    lines = [
+        ("name", info["name"]), ("version", info["version"]),
+        ("description", info["description"] or "-"), ("path", info["path"]),
+        ("registered", registered), ("entry", info["entry"]),
+        ("requests", " ".join(info["requested"]) or "-"),
+        ("limits", limits_text(info["limits"])),
+        ("tools", " ".join(f"{k}={v}" for k, v in info["tools"].items()) or "-"),
+    ]
+    for key, value in lines:
+        print(f"{key + ':':<13}{printable(value)}")
+    return EXIT_OK

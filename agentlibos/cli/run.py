@@ -1,0 +1,125 @@
+"""``agentlibos run IMAGE``: start an AgentProcess, wait for it, print its result."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from agentlibos.cli.common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    add_command,
+    describe_end,
+    err,
+    log_path,
+    note,
+    parse_args_kv,
+    paths_of,
+    print_json,
+    readonly_store,
+    sandbox_config,
+)
+from agentlibos.config import Paths
+from agentlibos.errors import UsageError
+from agentlibos.kernel.policy import load_policy
+from agentlibos.launcher import RunOutcome, resolve_image_arg, run_image, start_on_daemon
+from agentlibos.ui import printable
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    r = add_command(sub, "run", help="start an AgentProcess and wait for it", func=cmd_run,
+                    example="""
+        agentlibos run ./my-image --arg topic=lighthouses --cwd ~/project
+        agentlibos run my-image --json        # {"pid", "state", "exit_reason", "result"}
+        pid=$(agentlibos run ./my-image --detach) && agentlibos wait "$pid"
+    """)
+    r.add_argument("image", help="an image directory or a registered image name")
+    r.add_argument("--arg", action="append", metavar="KEY=VALUE",
+                   help="an argument for the entry function (VALUE is JSON or text)")
+    r.add_argument("--cwd", help="the process's libOS working directory "
+                                 "(default: a fresh $AGENTLIBOS_HOME/work/<pid>)")
+    r.add_argument("--policy", help="operator policy TOML (default: the built-in policy)")
+    r.add_argument("--detach", "-d", action="store_true",
+                   help="print the pid and return (needs `agentlibos serve`); "
+                        "`agentlibos wait PID` waits")
+
+
+def resolve_image(paths: Paths, ref: str) -> str:
+    """A directory (validated) or a registered name; anything else is bad input (exit 2)."""
+    image = resolve_image_arg(ref)
+    if image != ref or Path(image).is_absolute():
+        return image
+    store = readonly_store(paths)
+    try:
+        if store is not None and store.get_image(ref) is not None:
+            return ref
+    finally:
+        if store is not None:
+            store.close()
+    raise UsageError(f"no image named {ref!r} is registered (`agentlibos image ls` lists "
+                     f"them) and there is no directory {ref!r} here; give a path such as "
+                     f"./{ref}")
+
+
+def report(paths: Paths, outcome: RunOutcome, *, as_json: bool) -> int:
+    """Print what became of a process this command started or waited for; its exit status."""
+    rec = outcome.record
+    public = {k: rec.get(k) for k in ("pid", "state", "exit_reason", "result")}
+    if rec.get("error") is not None:
+        public["error"] = rec["error"]
+    if as_json:
+        print_json(public)
+    elif outcome.returned:
+        # The result as JSON: json.dumps escapes every control character in it.
+        print(json.dumps(rec.get("result"), indent=2), flush=True)
+    log = log_path(paths, outcome.pid)
+    if outcome.lost:
+        err(f"{outcome.lost} while pid {outcome.pid} ran; the process tree died with it "
+            f"(agents cannot outlive their supervisor). It is recorded as "
+            f"{rec.get('state')} until a supervisor starts and marks it failed "
+            f"(supervisor-lost); log: {log}")
+        return EXIT_FAILED
+    if outcome.interrupted:
+        note(f"interrupted: {describe_end(rec)}; log: {log}")
+        return EXIT_INTERRUPTED
+    if outcome.returned:
+        note(f"{describe_end(rec)}; output: {log}")
+        return EXIT_OK
+    err(f"{describe_end(rec)}; log: {log}")
+    return EXIT_FAILED
+
+
+def cmd_run(ns: argparse.Namespace) -> int:
+    paths = paths_of(ns)
+    args = parse_args_kv(ns.arg or [])
+    image = resolve_image(paths, ns.image)
+    policy = load_policy(ns.policy) if ns.policy else None
+    cwd = None
+    if ns.cwd is not None:
+        cwd = os.path.realpath(ns.cwd)
+        if not os.path.isdir(cwd):
+            raise UsageError(f"--cwd {ns.cwd!r} is not a directory")
+    if ns.detach:
+        paths.check()
+        started = start_on_daemon(paths, image, args, cwd=cwd, policy=policy)
+        if started is None:
+            raise UsageError("--detach needs a running daemon: start one with "
+                             "`agentlibos serve --detach`")
+        pid = started[0]
+        if ns.json:
+            print_json({"pid": pid})
+        else:
+            print(pid, flush=True)
+        return EXIT_OK
+
+    def on_start(pid: int) -> None:
+        print(f"agentlibos: started pid {pid} (log: {printable(log_path(paths, pid))})",
+              file=sys.stderr, flush=True)
+
+    outcome = run_image(paths, image, args, cwd=cwd, policy=policy, on_start=on_start,
+                        sandbox=sandbox_config(ns))
+    return report(paths, outcome, as_json=ns.json)
