@@ -22,7 +22,7 @@ from typing import Any, Final
 
 from agentlibos.config import Paths
 from agentlibos.launcher import run_image
-from agentlibos.store.sqlite import SQLiteStore
+from agentlibos.store import open_store
 from agentlibos.ui import format_ps, printable, ps_row
 
 IMAGES: Final = Path(__file__).resolve().parent / "images"
@@ -53,7 +53,7 @@ def run_demo(*, keep: bool = False, as_json: bool = False) -> int:
         rec = run_image(paths, str(IMAGES / "demo-coordinator"), {}, cwd=str(project)).record
         summary["coordinator"] = rec
         result = rec.get("result") or {}
-        store = SQLiteStore(paths.db, readonly=True)
+        store = open_store(paths.db, readonly=True)
         try:
             procs = store.list_processes()
             summary["processes"] = [ps_row(p) for p in procs]

@@ -25,7 +25,7 @@ from agentlibos.errors import Conflict, NotFound, ProtocolError, Unavailable, fr
 from agentlibos.kernel.image import load_image
 from agentlibos.kernel.policy import Policy
 from agentlibos.sandbox.profile import SandboxConfig
-from agentlibos.store.sqlite import SQLiteStore
+from agentlibos.store import open_store
 from agentlibos.supervisor import Supervisor
 from agentlibos.supervisor.control import control_call, ping
 
@@ -85,7 +85,7 @@ def stored_record(paths: Paths, pid: int) -> dict[str, Any]:
     """The process's record as the store has it (read-only; no supervisor needed)."""
     if not paths.db.exists():
         raise NotFound(f"no process {pid}: nothing has run in {paths.home}")
-    store = SQLiteStore(paths.db, readonly=True)
+    store = open_store(paths.db, readonly=True)
     try:
         rec = store.get_process(pid)
         out = rec.public()

@@ -152,7 +152,7 @@ class Broker:
                 f"{self.flow.max_in_flight} requests in flight; wait for their replies"))])
             return
         try:
-            seq = self.dispatcher.next_seq(caller.pid, req.seq)
+            seq = self.dispatcher.next_seq(caller.pid, getattr(req, "seq", None))
         except LibOSError as e:
             self.in_flight.done(caller.pid)
             self._refuse(routing_id, req.id, e, bad_frame=True)

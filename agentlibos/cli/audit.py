@@ -20,7 +20,7 @@ from agentlibos.cli.common import (
 from agentlibos.errors import NotFound
 from agentlibos.kernel.audit import AuditRecord
 from agentlibos.launcher import Interrupt, signals
-from agentlibos.store.sqlite import SQLiteStore
+from agentlibos.store import Store
 from agentlibos.ui import printable
 
 VERDICTS: Final = ("allow", "deny", "ask", "info", "error")
@@ -67,7 +67,7 @@ def _emit(ns: argparse.Namespace, recs: Iterable[AuditRecord]) -> None:
             print(format_record(r), flush=True)
 
 
-def _verify(ns: argparse.Namespace, store: SQLiteStore) -> int:
+def _verify(ns: argparse.Namespace, store: Store) -> int:
     res = store.verify_audit()
     head = None
     if res.ok and res.count:

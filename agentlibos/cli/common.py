@@ -15,7 +15,7 @@ from typing import Any, Final
 from agentlibos.config import Paths
 from agentlibos.errors import UsageError
 from agentlibos.sandbox.profile import SandboxConfig, load_config
-from agentlibos.store.sqlite import SQLiteStore
+from agentlibos.store import Store, open_store
 from agentlibos.ui import printable
 
 # The exit statuses of every command (docs/cli.md).
@@ -64,11 +64,11 @@ def paths_of(ns: argparse.Namespace) -> Paths:
     return Paths.from_env(ns.home)
 
 
-def readonly_store(paths: Paths) -> SQLiteStore | None:
+def readonly_store(paths: Paths) -> Store | None:
     """The state database opened read-only, or None when nothing has run here yet."""
     if not paths.db.exists():
         return None
-    return SQLiteStore(paths.db, readonly=True)
+    return open_store(paths.db, readonly=True)
 
 
 def supervisor_alive(paths: Paths) -> bool:

@@ -10,7 +10,7 @@ from agentlibos.cli.common import EXIT_OK, add_command, paths_of, print_json, re
 from agentlibos.errors import NotFound
 from agentlibos.kernel.image import AgentImage, load_image
 from agentlibos.kernel.registry import register_image
-from agentlibos.store.sqlite import ImageRecord, SQLiteStore
+from agentlibos.store import ImageRecord, open_store
 from agentlibos.ui import format_table, limits_text, printable
 
 
@@ -51,7 +51,7 @@ def describe(rec: ImageRecord, img: AgentImage) -> dict[str, Any]:
 def cmd_image_add(ns: argparse.Namespace) -> int:
     paths = paths_of(ns)
     paths.ensure()
-    store = SQLiteStore(paths.db)
+    store = open_store(paths.db)
     try:
         rec, img = register_image(store, paths.images, ns.dir)
     finally:

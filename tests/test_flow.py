@@ -1,0 +1,133 @@
+"""Flow control at the broker's door: bounded work, bounded replies, bounded audit.
+
+Unit tests of the bookkeeping, then real hostile agents that ignore the SDK: one sends
+thousands of frames with a wrong token, one pipelines requests without waiting.
+"""
+
+from __future__ import annotations
+
+from agentlibos.broker.flow import FlowLimits, InFlight, RefusalLimiter
+from agentlibos.supervisor import Supervisor
+from tests.helpers import MakeImage, run_proc
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_first_refusals_of_a_peer_are_audited_and_the_rest_summarised() -> None:
+    clock = FakeClock()
+    lim = RefusalLimiter(FlowLimits(audit_burst=3, window_s=10, cut_after=100), clock)
+    verdicts = [lim.refused(b"p") for _ in range(8)]
+    assert [a for a, _ in verdicts] == [True] * 3 + [False] * 5
+    assert all(s == 0 for _, s in verdicts)
+    clock.now = 11.0  # a new window: the five suppressed ones are summarised
+    assert lim.refused(b"p") == (True, 5)
+
+
+def test_a_peer_that_keeps_sending_bad_frames_is_cut_off() -> None:
+    lim = RefusalLimiter(FlowLimits(audit_burst=2, window_s=1e9, cut_after=10), FakeClock())
+    results = [lim.refused(b"p") for _ in range(10)]
+    assert not lim.is_cut(b"other")
+    assert lim.is_cut(b"p")
+    assert results[-1] == (False, 8)  # the last word summarises everything suppressed
+
+
+def test_the_refusal_table_itself_is_bounded() -> None:
+    lim = RefusalLimiter(FlowLimits(), FakeClock(), max_peers=100)
+    for i in range(1000):
+        lim.refused(i.to_bytes(4, "big"))
+    assert len(lim._peers) == 100
+
+
+def test_a_process_has_at_most_max_in_flight_requests() -> None:
+    f = InFlight(FlowLimits(max_in_flight=2))
+    assert f.admit(7) and f.admit(7)
+    assert not f.admit(7)
+    assert f.admit(8)
+    f.done(7)
+    assert f.admit(7)
+    assert f.of(7) == 2
+
+
+BAD_CREDENTIAL_FLOOD = """
+    import json, secrets, zmq
+
+    def main(ctx, args):
+        z = zmq.Context()
+        s = z.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(ctx.client.endpoint)
+        bad = secrets.token_bytes(32)
+        for i in range(args["n"]):
+            h = {"id": i + 1, "pid": ctx.pid, "call": "proc.getpid", "args": {}}
+            s.send_multipart([b"ALOS/1", json.dumps(h).encode(), bad])
+        got = 0
+        while s.poll(1000):
+            s.recv_multipart()
+            got += 1
+        return {"replies": got, "pid": ctx.proc.getpid()}
+"""
+
+
+def test_thousands_of_bad_frames_leave_a_bounded_audit_and_a_working_broker(
+    sup: Supervisor, make_image: MakeImage
+) -> None:
+    img = make_image("flood", BAD_CREDENTIAL_FLOOD)
+    rec = run_proc(sup, img, {"n": 3000}, timeout_s=60)
+    assert rec.state == "exited", rec.error
+    assert rec.result["pid"] == rec.pid  # its own, correct calls still work
+    refusals = [r for r in sup.store.audit_records() if r.call in ("auth", "wire")]
+    # 5 audited one by one, then summaries; before, 3,000 frames made 3,000 records.
+    assert 5 <= len(refusals) <= 10, len(refusals)
+    summaries = [r for r in refusals if "suppressed" in r.detail]
+    assert summaries and summaries[-1].detail["cut"] is True
+    # Cut off after 1,000: the rest are dropped unanswered.
+    assert rec.result["replies"] <= 1000
+
+
+PIPELINER = """
+    import json, zmq
+
+    def main(ctx, args):
+        child = ctx.proc.spawn("sleeper")
+        z = zmq.Context()
+        s = z.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(ctx.client.endpoint)
+        token = ctx.client._token
+
+        def send(i, call, call_args):
+            h = {"id": i, "pid": ctx.pid, "call": call, "args": call_args}
+            s.send_multipart([b"ALOS/1", json.dumps(h).encode(), token])
+
+        # Four calls that stay in flight (suspended on a child that sleeps)...
+        for i in range(1, 5):
+            send(i, "proc.wait", {"pid": child, "timeout": 3})
+        # ...and one more, which must be refused at once, before the waits end.
+        send(5, "proc.getpid", {})
+        first = json.loads(s.recv_multipart()[1]) if s.poll(2000) else None
+        for _ in range(4):  # the waits time out; then its own calls fit again
+            if s.poll(10_000):
+                s.recv_multipart()
+        return first
+"""
+
+
+def test_a_request_beyond_the_in_flight_limit_is_refused_at_once_without_work(
+    sup: Supervisor, make_image: MakeImage
+) -> None:
+    make_image("sleeper", "import time\ndef main(ctx, args):\n    time.sleep(60)\n")
+    img = make_image("pipe", PIPELINER, caps=["proc:spawn:sleeper"])
+    rec = run_proc(sup, img, timeout_s=60)
+    assert rec.state == "exited", rec.error
+    first = rec.result
+    assert first is not None, "no reply within 2 s: the fifth call was not refused at once"
+    assert first["id"] == 5 and first["ok"] is False
+    assert first["error"]["type"] == "LimitExceeded"
+    served = [e.call for e in sup.store.journal_entries(rec.pid)]
+    assert "proc.getpid" not in served  # refused before any handler ran
