@@ -116,12 +116,14 @@ class Placement:
     why: str = ""  # one sentence for doctor: why this base
 
     def describe(self) -> str:
+        """One line for doctor: which of the placements it made, where, and why."""
         u = self.bases.get(UNIFIED)
-        where = {"own": f"its own cgroup ({u})",
-                 "root": f"a cgroup it created under the root ({u})",
-                 "delegated": f"the delegated cgroup {u or next(iter(self.bases.values()), '')}",
-                 "v1": "its own cgroups (cgroup v1 controllers)"}[self.kind]
-        return f"{self.kind}: group made in {where}" + (f"; {self.why}" if self.why else "")
+        what = {"own": f"own cgroup used ({u})",
+                "root": f"created under the root cgroup ({u})",
+                "delegated": "delegated cgroup used ("
+                             + (u or ", ".join(sorted(set(self.bases.values())))) + ")",
+                "v1": "v1: each v1 hierarchy's own cgroup"}[self.kind]
+        return what + (f": {self.why}" if self.why else "")
 
 
 @dataclass(frozen=True)
@@ -198,8 +200,9 @@ def plan_placement(d: HostDescription) -> Placement | Refusal:
                          why="configured by the operator")
 
     if UNIFIED not in host.own_dirs or not wanted:
-        return Placement("v1", dict(host.own_dirs), why="cgroup v1 holds the limit controllers"
-                         if UNIFIED in host.own_dirs else "")
+        return Placement("v1", dict(host.own_dirs),
+                         why="cgroup v1 holds memory, pids and cpu; cgroup2 is used for "
+                             "cgroup.kill only" if UNIFIED in host.own_dirs else "")
     own = d.own
     own_why = "its own cgroup is unknown" if own is None else _hosts(own, wanted)
     if own is not None and own_why is None:
