@@ -290,6 +290,7 @@ class CgroupManager:
             if gone:
                 raise SandboxError(f"cgroups: the parent of {name} ({parent.name}) has no "
                                    f"cgroup any more ({gone[0]} is gone)")
+            self._check_room(name, parent)
         versions: dict[str, Literal["v1", "v2"]] = {}
         for c, wanted in (("memory", limits.memory_max_bytes), ("pids", limits.pids_max),
                           ("cpu", limits.cpu_max_cores)):
@@ -326,6 +327,31 @@ class CgroupManager:
             _rmdir_all(fs, made, SWEEP_TIMEOUT_S)
             raise
         return pc
+
+    def _check_room(self, name: str, parent: ProcessCgroup) -> None:
+        """Refuse a child whose tree has no pid left for it.
+
+        Moving a process into a cgroup is not checked against pids.max (only fork is),
+        so a child forked outside the tree and joining it would overshoot the tree's
+        budget by one per spawn. Checked here, before fork; what remains is a race of
+        spawns in flight at the same moment (closed for good by forking the child
+        straight into its cgroup, clone3 CLONE_INTO_CGROUP).
+        """
+        h = self.layout.hierarchy_for("pids")
+        if h is None or parent.pids_dir is None:
+            return
+        top = self.layout.agents_dir(h)
+        d = parent.pids_dir
+        while d.startswith(top + "/"):
+            try:
+                limit = self.fs.read(f"{d}/pids.max").strip()
+                current = int(self.fs.read(f"{d}/pids.current"))
+            except (OSError, ValueError):
+                limit, current = "max", 0
+            if limit != "max" and current >= int(limit):
+                raise SandboxError(f"cgroups: no room for {name}: its tree {d} already holds "
+                                   f"{current} of its {limit} pids", path=d)
+            d = os.path.dirname(d)
 
     def _describe(self, name: str, trees: Mapping[Hierarchy, str]) -> ProcessCgroup:
         lay, fs = self.layout, self.fs
