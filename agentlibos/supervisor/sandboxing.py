@@ -115,6 +115,7 @@ class SandboxManager:
             self.cgroup_placement = f"none: {e}"
 
     def stop(self) -> None:
+        self._by_pid.clear()
         if self.cgroups is not None:
             try:
                 self.cgroups.teardown()
