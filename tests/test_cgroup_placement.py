@@ -285,3 +285,13 @@ def test_a_configured_cgroup_root_may_be_given_as_a_cgroupfs_path() -> None:
     d = describe_host(v2_host(), cgroup_root="/sys/fs/cgroup/agentlibos.slice", euid=0, fs=fake)
     assert d.delegated is not None and d.delegated.path == "/agentlibos.slice"
     assert planned(d).bases[UNIFIED] == "/sys/fs/cgroup/agentlibos.slice"
+
+
+def test_the_package_face_names_everything_others_import_and_nothing_private() -> None:
+    from agentlibos.sandbox import cgroups  # noqa: PLC0415
+
+    assert all(hasattr(cgroups, n) for n in cgroups.__all__)
+    assert not [n for n in cgroups.__all__ if n.startswith("_")]
+    for used in ("CgroupManager", "CgroupLimits", "ProcessCgroup", "detect", "join",
+                 "describe", "place", "Refusal", "UNIFIED", "CGROUPS_LAYER"):
+        assert used in cgroups.__all__
