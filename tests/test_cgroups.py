@@ -393,6 +393,7 @@ class FakeCgroup2:
         self.writes: list[tuple[str, str]] = []
         self.killed: list[int] = []
         self.fail: dict[str, int] = {}  # path -> errno to fail writes/mkdirs with
+        self.read_only: set[str] = set()  # cgroups this process may not write
 
     # test set-up
     def add(self, path: str, procs: tuple[int, ...] = (), subtree: tuple[str, ...] = ()) -> None:
@@ -514,6 +515,9 @@ class FakeCgroup2:
         for n in self.nodes.values():
             n.procs.discard(pid)
 
+    def writable(self, path: str) -> bool:
+        return path in self.nodes and path not in self.read_only
+
 
 SERVICE = "/system.slice/agentlibos.service"
 OWN = f"/sys/fs/cgroup{SERVICE}"
@@ -544,13 +548,15 @@ def test_v2_setup_moves_the_supervisor_into_a_leaf_then_enables_controllers() ->
     assert moved < enabled  # the other order is EBUSY: no internal processes
 
 
-def test_v2_create_writes_v2_files_and_one_procs_file() -> None:
+def test_v2_create_writes_v2_files_and_one_procs_file_in_a_leaf() -> None:
     fake = _v2_fake()
     m = CgroupManager(_v2_host(), "agentlibos-7", fs=fake)
     m.setup()
     pc = m.create("9", CgroupLimits(64 * MiB, 8, 1.5))
     agent = f"{OWN}/agentlibos-7/agents/9"
-    assert pc.procs_files == (f"{agent}/cgroup.procs",)
+    assert pc.procs_files == (f"{agent}/self/cgroup.procs",)
+    # Its tree holds no process itself, so its children's cgroups can have limits too.
+    assert fake.nodes[agent].subtree == {"cpu", "memory", "pids"}
     assert pc.kill_via == "cgroup.kill"
     assert fake.nodes[agent].values == {"memory.max": "67108864", "memory.swap.max": "0",
                                         "memory.oom.group": "1", "pids.max": "8",
@@ -888,7 +894,7 @@ def test_a_child_sees_itself_in_every_hierarchy(mgr: CgroupManager, reaper: Reap
     seen = {tuple(ln.split(":", 2)[1].split(",")): ln.split(":", 2)[2] for ln in lines[:-1]}
     for h in mgr.layout.hierarchies:
         key = ("",) if h.key == UNIFIED else next(k for k in seen if h.key in k)
-        assert seen[key].endswith(f"/{mgr.group}/agents/inside"), (h.key, seen[key])
+        assert seen[key].endswith(f"/{mgr.group}/agents/inside/self"), (h.key, seen[key])
     with open(f"{pc.memory_dir}/{'memory.max' if pc.memory_v2 else 'memory.limit_in_bytes'}",
               encoding="ascii") as f:
         assert int(f.read()) == 64 * MiB
@@ -1011,6 +1017,9 @@ class RecordingFs:
     def kill_pid(self, pid: int) -> None:
         self.log.append(("kill", str(pid)))
         self.inner.kill_pid(pid)
+
+    def writable(self, path: str) -> bool:
+        return self.inner.writable(path)
 
 
 def _assert_froze_before_killing(log: list[tuple[str, str]], via: str) -> None:

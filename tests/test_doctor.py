@@ -47,6 +47,37 @@ def test_doctor_says_what_is_missing_and_fails_when_a_required_layer_is(
     assert out["ok"] is True
 
 
+def test_doctor_says_where_the_supervisor_put_its_cgroups() -> None:
+    report = doctor.run(SandboxConfig())
+    assert report.cgroup_placement is not None
+    assert report.cgroup_placement.split(" ", 1)[0] in ("own", "created", "delegated", "v1:")
+    assert "cgroups placement: " in doctor.format_report(report)
+
+
+def test_with_cgroups_forced_to_fail_the_other_layers_still_report_yes(
+    home: Path, tmp_path: Path
+) -> None:
+    report = doctor.run(SandboxConfig(cgroup_root="/agentlibos-doctor-test-nowhere"))
+    by = {lr.layer: lr for lr in report.layers}
+    assert not by["cgroups"].applied and by["cgroups"].mode == "required"
+    assert by["cgroups"].why_missing is not None
+    assert "does not exist" in by["cgroups"].why_missing
+    assert [lr.layer for lr in report.layers if lr.applied] == [
+        "namespaces", "rlimits", "landlock", "seccomp"], doctor.format_report(report)
+    assert report.probe is not None and report.probe["status"]["Seccomp"] == "2"
+    assert not report.ok  # cgroups is required by this config
+    assert report.cgroup_placement is not None and report.cgroup_placement.startswith("none:")
+
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('[sandbox]\ncgroup_root = "/agentlibos-doctor-test-nowhere"\n')
+    p = cli(home, "--config", str(cfg), "doctor", "--json")
+    assert p.returncode == 1
+    out = json.loads(p.stdout)
+    assert {lr["layer"]: lr["applied"] for lr in out["layers"]} == {
+        "cgroups": False, "namespaces": True, "rlimits": True, "landlock": True,
+        "seccomp": True}
+
+
 def test_doctor_exits_nonzero_when_the_probe_cannot_run(home: Path, tmp_path: Path) -> None:
     cfg = tmp_path / "config.toml"
     # A memory ceiling far too small for Python: the probe dies, the verdict is no.

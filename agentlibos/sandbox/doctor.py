@@ -3,10 +3,18 @@
 Two kinds of evidence: what each layer's module detects about the host, and a probe --
 a real AgentProcess started through a throw-away supervisor with the operator's config
 -- that reports from inside what actually took. The verdict is the probe's.
+
+Each layer is probed on its own: the probe runs with every layer the operator did not
+disable made *optional*, so one that cannot be applied (cgroups on a host without a
+usable cgroup, say) is recorded as missing with its reason while the others are still
+applied and verified from inside. The verdict then asks whether every layer the
+operator *requires* took. It also says where the supervisor put its cgroups (its own
+cgroup, one it created under the root, a delegated one, or cgroup v1).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import shutil
@@ -42,6 +50,8 @@ class DoctorReport:
     layers: list[LayerReport] = field(default_factory=list)
     probe: dict[str, Any] | None = None
     probe_error: str | None = None
+    # Where the supervisor made its cgroups (cgroups.Placement.describe()), or why none.
+    cgroup_placement: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -78,9 +88,14 @@ def run(config: SandboxConfig) -> DoctorReport:
     )
     for layer in LAYERS:
         report.layers.append(LayerReport(layer, config.layer_mode(layer), _describe(layer)))
+    # Every layer the operator did not disable is tried, each on its own: a layer that
+    # fails is recorded with its reason instead of stopping the probe before the others.
+    probe_config = dataclasses.replace(
+        config, optional=frozenset(LAYERS) - config.disabled)
     home = Path(tempfile.mkdtemp(prefix="alos-doctor-", dir="/tmp"))
     try:
-        with Supervisor(Paths(home), sandbox=config) as sup:
+        with Supervisor(Paths(home), sandbox=probe_config) as sup:
+            report.cgroup_placement = sup.sandbox.cgroup_placement
             pid = sup.submit_run(str(PROBE_IMAGE), {})
             sup.run_until(lambda: not sup.tree_live(pid), 60)
             rec = sup.store.get_process(pid)
@@ -103,7 +118,8 @@ def run(config: SandboxConfig) -> DoctorReport:
 
 def format_report(r: DoctorReport) -> str:
     lines = [f"kernel: {r.kernel}; running as {r.privileges}",
-             f"JIT tools: {r.deno}", ""]
+             f"JIT tools: {r.deno}",
+             f"cgroups placement: {r.cgroup_placement or 'not attempted'}", ""]
     for lr in r.layers:
         mark = "ok " if lr.applied else ("-- " if lr.mode != "required" else "NO ")
         lines.append(f"{mark} {lr.layer:<11} [{lr.mode}] {lr.host}")
@@ -117,7 +133,8 @@ def format_report(r: DoctorReport) -> str:
             f"probe (an AgentProcess looking from inside): pid {p.get('pid')}, sees pids "
             f"{p.get('visible_pids')}, NoNewPrivs {st.get('NoNewPrivs')}, Seccomp "
             f"{st.get('Seccomp')}, CapEff {st.get('CapEff')}, uid {st.get('Uid', '?').split()[0]}, "
-            f"AF_INET socket {p.get('inet_socket')}, host file {p.get('host_file')}")
+            f"AF_INET socket {p.get('inet_socket')}, host file {p.get('host_file')}, "
+            f"cgroups {', '.join(p.get('cgroup') or ['?'])}")
     else:
         lines.append(f"probe failed: {r.probe_error}")
     lines.append("")

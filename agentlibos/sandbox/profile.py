@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 import agentlibos
-from agentlibos.errors import InvalidArgument, PolicyError
+from agentlibos.errors import InvalidArgument, LimitExceeded, PolicyError
 from agentlibos.kernel.image import Limits
-from agentlibos.kernel.units import parse_duration, parse_size
+from agentlibos.kernel.units import format_duration, format_size, parse_duration, parse_size
 from agentlibos.sandbox.namespaces import MountPlan
 
 # The layers, in the order contain.apply applies them. no_new_privs and dropping
@@ -28,6 +28,65 @@ from agentlibos.sandbox.namespaces import MountPlan
 LAYERS: Final[tuple[str, ...]] = ("cgroups", "namespaces", "rlimits", "landlock", "seccomp")
 
 UserNamespace = Literal["auto", "always", "never"]
+
+# The default [limits.ceiling]: what no image may ask for unless the operator raises it.
+# Memory: the smaller of 4 GiB and half the host's RAM (one agent must not be able to
+# ask for the host); pids: 1024 (a fork bomb stops there, a build with -j fits); cpu: the
+# host's cores (more is meaningless); wall: 24 h (longer work is durable and resumes).
+CEILING_MEMORY_BYTES: Final = 4 << 30
+CEILING_PIDS: Final = 1024
+CEILING_WALL_S: Final = 24 * 3600.0
+
+
+def default_ceiling(host_memory_bytes: int | None, host_cores: int | None) -> Limits:
+    """The built-in ceiling for a host with this much RAM and these many cores. Pure."""
+    memory = CEILING_MEMORY_BYTES
+    if host_memory_bytes:
+        memory = min(memory, max(host_memory_bytes // 2, 64 << 20))
+    return Limits(memory_max_bytes=memory, pids_max=CEILING_PIDS,
+                  cpu_max_cores=float(host_cores) if host_cores else None,
+                  wall_limit_s=CEILING_WALL_S)
+
+
+def host_ceiling() -> Limits:
+    """default_ceiling() for the host this runs on."""
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        ram = 0
+    return default_ceiling(ram if ram > 0 else None, os.cpu_count())
+
+
+class LimitAboveCeiling(LimitExceeded):
+    """An image asked for more of a resource than the operator's ceiling allows.
+
+    The image author's side (ask for less) or the operator's (raise [limits.ceiling]).
+    """
+
+    def __init__(self, limit: str, asked: float, ceiling: float) -> None:
+        self.limit, self.asked, self.ceiling = limit, asked, ceiling
+        super().__init__(f"the image asks for {limit} {_show(limit, asked)}, above the "
+                         f"ceiling of {_show(limit, ceiling)} ([limits.ceiling] {limit} in "
+                         f"the operator's config.toml)",
+                         limit=limit, asked=asked, ceiling=ceiling)
+
+
+def _show(limit: str, value: float) -> str:
+    if limit == "memory":
+        return format_size(int(value))
+    if limit == "wall":
+        return format_duration(value)
+    if limit == "cpu":
+        return f"{value:g} cores"
+    return f"{value:g}"
+
+
+@dataclass(frozen=True)
+class ParentBudget:
+    """What a spawning process has: its effective limits and how long it has left."""
+
+    limits: Limits
+    wall_left_s: float | None = None  # None: no wall limit
 
 
 @dataclass(frozen=True)
@@ -42,7 +101,11 @@ class SandboxConfig:
     # Limits for images that set none, and ceilings no image may exceed (None: none).
     default_limits: Limits = field(default_factory=lambda: Limits(
         memory_max_bytes=512 << 20, pids_max=64, cpu_max_cores=1.0, wall_limit_s=3600.0))
-    ceiling_limits: Limits = field(default_factory=Limits)
+    ceiling_limits: Limits = field(default_factory=host_ceiling)
+    # The cgroup the supervisor makes its group in (a delegated one); None: decided at
+    # start (its own cgroup, or as root one under the root cgroup). AGENTLIBOS_CGROUP_ROOT
+    # in the environment sets it too.
+    cgroup_root: str | None = None
     nofile: int = 1024
     fsize_bytes: int = 1 << 30
     # The uid/gid agent code runs as when the mount namespace is in place (None: keep).
@@ -98,7 +161,7 @@ def parse_config(text: str, source: str) -> SandboxConfig:
     if not isinstance(sb, dict):
         raise PolicyError(f"{source}: [sandbox] must be a table")
     known = {"optional", "disable", "nofile", "fsize", "agent_uid", "agent_gid",
-             "user_namespace", "read_only_paths"}
+             "user_namespace", "read_only_paths", "cgroup_root"}
     if set(sb) - known:
         raise PolicyError(f"{source}: unknown key(s) in [sandbox]: "
                           f"{', '.join(sorted(set(sb) - known))}")
@@ -115,7 +178,7 @@ def parse_config(text: str, source: str) -> SandboxConfig:
     defaults = SandboxConfig()
     lim = data.get("limits", {})
     default_limits = defaults.default_limits
-    ceiling = Limits()
+    ceiling = defaults.ceiling_limits
     if lim:
         given = _limits(lim, f"{source}: [limits]")
         default_limits = Limits(
@@ -125,7 +188,14 @@ def parse_config(text: str, source: str) -> SandboxConfig:
             wall_limit_s=given.wall_limit_s or default_limits.wall_limit_s,
         )
         if "ceiling" in lim:
-            ceiling = _limits(lim["ceiling"], f"{source}: [limits.ceiling]")
+            # Each key given replaces that one of the built-in ceiling; the rest stay.
+            raised = _limits(lim["ceiling"], f"{source}: [limits.ceiling]")
+            ceiling = Limits(
+                memory_max_bytes=raised.memory_max_bytes or ceiling.memory_max_bytes,
+                pids_max=raised.pids_max or ceiling.pids_max,
+                cpu_max_cores=raised.cpu_max_cores or ceiling.cpu_max_cores,
+                wall_limit_s=raised.wall_limit_s or ceiling.wall_limit_s,
+            )
     jit = data.get("jit", {})
     if not isinstance(jit, dict) or set(jit) - {"memory", "pids", "cpu", "heap", "timeout",
                                                "idle"}:
@@ -153,6 +223,7 @@ def parse_config(text: str, source: str) -> SandboxConfig:
             agent_gid=None if gid in (None, -1) else int(gid),
             user_namespace=userns,
             read_only_paths=tuple(str(p) for p in sb.get("read_only_paths", [])),
+            cgroup_root=_cgroup_root(sb.get("cgroup_root")),
             tool_limits=tool_limits,
             tool_heap_mb=parse_size(jit.get("heap", defaults.tool_heap_mb << 20),
                                     what="[jit] heap") >> 20,
@@ -178,22 +249,47 @@ def load_config(path: str | Path | None) -> SandboxConfig:
         raise PolicyError(f"cannot read config file {str(p)!r}: {e}") from None
 
 
-def effective_limits(image: Limits, config: SandboxConfig) -> Limits:
-    """The image's limits, the operator's defaults where it sets none, capped by ceilings."""
-    d, c = config.default_limits, config.ceiling_limits
+def _cgroup_root(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise InvalidArgument(f"cgroup_root must be an absolute cgroup path, got {value!r}")
+    return value
 
-    def pick(mine: Any, default: Any, ceiling: Any) -> Any:
-        v = mine if mine is not None else default
+
+_KEYS: Final = (("memory", "memory_max_bytes"), ("pids", "pids_max"),
+                ("cpu", "cpu_max_cores"), ("wall", "wall_limit_s"))
+
+
+def effective_limits(image: Limits, config: SandboxConfig,
+                     parent: ParentBudget | None = None) -> Limits:
+    """The limits a process runs with. Pure.
+
+    The image's own values, refused with :class:`LimitAboveCeiling` when above the
+    operator's ceiling; the operator's defaults where the image sets none (a default
+    above the ceiling is lowered to it: the image asked for nothing). With ``parent``
+    every value is then clamped to the parent's (a child never gets more memory, pids
+    or cores than the process that spawned it), and the wall limit to what the parent
+    has left: a tree lives within its root's budget.
+    """
+    d, c = config.default_limits, config.ceiling_limits
+    out: dict[str, Any] = {}
+    for name, attr in _KEYS:
+        mine, ceiling = getattr(image, attr), getattr(c, attr)
+        if mine is not None and ceiling is not None and mine > ceiling:
+            raise LimitAboveCeiling(name, mine, ceiling)
+        v = mine if mine is not None else getattr(d, attr)
         if v is not None and ceiling is not None:
             v = min(v, ceiling)
-        return v
-
-    return Limits(
-        memory_max_bytes=pick(image.memory_max_bytes, d.memory_max_bytes, c.memory_max_bytes),
-        pids_max=pick(image.pids_max, d.pids_max, c.pids_max),
-        cpu_max_cores=pick(image.cpu_max_cores, d.cpu_max_cores, c.cpu_max_cores),
-        wall_limit_s=pick(image.wall_limit_s, d.wall_limit_s, c.wall_limit_s),
-    )
+        if parent is not None:
+            cap = (parent.wall_left_s if attr == "wall_limit_s"
+                   else getattr(parent.limits, attr))
+            if cap is not None:
+                v = cap if v is None else min(v, cap)
+        out[attr] = v
+    if out["wall_limit_s"] is not None:
+        out["wall_limit_s"] = max(0.0, out["wall_limit_s"])
+    return Limits(**out)
 
 
 # --------------------------------------------------------------------- the host view

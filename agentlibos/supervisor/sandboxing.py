@@ -35,6 +35,9 @@ from agentlibos.sandbox.profile import (
 )
 
 log = logging.getLogger(__name__)
+
+# The environment's way to set [sandbox] cgroup_root (e.g. from a systemd unit).
+CGROUP_ROOT_ENV = "AGENTLIBOS_CGROUP_ROOT"
 _instances = itertools.count(1)
 
 
@@ -50,7 +53,11 @@ class SandboxManager:
         self.config = config
         self.unavailable: dict[str, str] = {}  # layer -> why this host cannot apply it
         self.view: HostView | None = None
-        self.cgroups: Any = None  # CgroupManager
+        self.cgroups: cgroups.CgroupManager | None = None
+        # One line for doctor and ps: where the supervisor's cgroup group went, or why none.
+        self.cgroup_placement: str | None = None
+        # Agents' cgroups by pid, so a child's is made inside its parent's.
+        self._by_pid: dict[int, cgroups.ProcessCgroup] = {}
         self.seccomp_bpf = b""
         self.seccomp_bpf_deno = b""
         self.deno: Any = None  # agentlibos.jit.deno.DenoView, once Deno is found
@@ -81,20 +88,34 @@ class SandboxManager:
             self.deno_problem = e.message
 
     def _start_cgroups(self) -> None:
+        """Place the supervisor's group (see cgroups.plan_placement) and move in.
+
+        Before the zygote starts: it and every helper inherit the supervisor's leaf.
+        """
+        root = self.config.cgroup_root or os.environ.get(CGROUP_ROOT_ENV) or None
         try:
             host = cgroups.detect()
+            plan = cgroups.place(host, cgroup_root=root)
+            if isinstance(plan, cgroups.Refusal):
+                self.unavailable["cgroups"] = plan.message()
+                self.cgroup_placement = f"none: {plan.message()}"
+                return
             # Unique per supervisor instance: a group a previous one in this same process
             # failed to tear down must not block this one.
-            mgr = cgroups.CgroupManager(host, f"agentlibos-{os.getpid()}-{next(_instances)}")
+            mgr = cgroups.CgroupManager(host, f"agentlibos-{os.getpid()}-{next(_instances)}",
+                                        placement=plan)
             mgr.setup()
             with contextlib.suppress(SandboxError):
                 for stale in mgr.cleanup_stale():
                     log.warning("removed a stale cgroup: %s", stale)
             self.cgroups = mgr
+            self.cgroup_placement = plan.describe()
         except (LibOSError, OSError) as e:
             self.unavailable["cgroups"] = str(e)
+            self.cgroup_placement = f"none: {e}"
 
     def stop(self) -> None:
+        self._by_pid.clear()
         if self.cgroups is not None:
             try:
                 self.cgroups.teardown()
@@ -117,11 +138,17 @@ class SandboxManager:
                                "without it)")
         return False
 
-    def prepare(self, pid: int, limits: Limits, image_dir: str, scratch: Path) -> Prepared:
-        """Everything decided before fork for an AgentProcess: cgroup, profile."""
+    def prepare(self, pid: int, limits: Limits, image_dir: str, scratch: Path,
+                parent_pid: int | None = None) -> Prepared:
+        """Everything decided before fork for an AgentProcess: cgroup, profile.
+
+        With ``parent_pid`` its cgroup is made inside its parent's, so the whole tree
+        counts against the root's limits (the limits themselves are clamped to the
+        parent's by effective_limits(..., parent=)).
+        """
         assert self.view is not None
         view = self.view
-        return self._prepare(str(pid), limits, lambda procs: build_profile(
+        prepared = self._prepare(str(pid), limits, parent_pid, lambda procs: build_profile(
             config=self.config,
             view=view,
             image_dir=image_dir,
@@ -133,14 +160,21 @@ class SandboxManager:
             supervisor_uid=os.geteuid(),
             supervisor_gid=os.getegid(),
         ))
+        if prepared.cgroup is not None:
+            self._by_pid[pid] = prepared.cgroup
+        return prepared
 
     def prepare_tool(self, wid: int, read_only_dirs: tuple[str, ...],
-                     scratch: Path) -> Prepared:
-        """A JIT tool's Deno process: the agents' layers, Deno's view, the tool's limits."""
+                     scratch: Path, owner_pid: int | None = None) -> Prepared:
+        """A JIT tool's Deno process: the agents' layers, Deno's view, the tool's limits.
+
+        With ``owner_pid`` (the AgentProcess calling the tool) its cgroup is made inside
+        the owner's, so the tool's memory, pids and CPU count against the owner's tree.
+        """
         if self.deno is None:
             raise Unavailable(self.deno_problem or "Deno is not available")
         dv = self.deno
-        return self._prepare(f"t{-wid}", self.config.tool_limits, lambda procs:
+        return self._prepare(f"t{-wid}", self.config.tool_limits, owner_pid, lambda procs:
                              build_tool_profile(
                                  config=self.config,
                                  exe_files=dv.files,
@@ -154,7 +188,12 @@ class SandboxManager:
                                  supervisor_gid=os.getegid(),
                              ))
 
-    def _prepare(self, name: str, limits: Limits,
+    def _parent_cgroup(self, parent_pid: int | None) -> cgroups.ProcessCgroup | None:
+        if parent_pid is None:
+            return None
+        return self._by_pid.get(parent_pid)
+
+    def _prepare(self, name: str, limits: Limits, parent_pid: int | None,
                  build: Callable[[tuple[str, ...]], SandboxProfile]) -> Prepared:
         for layer in LAYERS:
             self._require(layer)  # fail closed before anything is created
@@ -165,7 +204,7 @@ class SandboxManager:
             try:
                 cgroup = self.cgroups.create(name, cgroups.CgroupLimits(
                     memory_max_bytes=limits.memory_max_bytes, pids_max=limits.pids_max,
-                    cpu_max_cores=limits.cpu_max_cores))
+                    cpu_max_cores=limits.cpu_max_cores), parent=self._parent_cgroup(parent_pid))
             except (LibOSError, OSError) as e:
                 if self.config.layer_mode("cgroups") == "required":
                     raise SandboxError(f"cgroups: {e}") from None
@@ -184,11 +223,18 @@ class SandboxManager:
                 skipped["namespaces"] = e.message
         return Prepared(dataclasses.replace(profile, skipped=skipped).to_json(), cgroup)
 
-    @staticmethod
-    def verdict(cgroup: Any) -> tuple[bool, bool, dict[str, int]]:
+    def forget(self, pid: int) -> None:
+        """``pid`` ended: no child will be made inside its cgroup any more."""
+        self._by_pid.pop(pid, None)
+
+    def verdict(self, cgroup: Any) -> tuple[bool, bool, dict[str, int]]:
         """(OOM-killed, pids limit hit, stats) of a process's cgroup after it ended."""
         if cgroup is None:
             return False, False, {}
+        # Called once the process has ended: its cgroup takes no new children now.
+        name = getattr(cgroup, "name", "")
+        if name.isdigit() and self._by_pid.get(int(name)) is cgroup:
+            self.forget(int(name))
         try:
             return bool(cgroup.oom_killed()), bool(cgroup.pids_limit_hit()), cgroup.stats()
         except (SandboxError, OSError):

@@ -27,8 +27,14 @@ def main(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
         host_file = "readable"
     except OSError as e:
         host_file = f"refused ({e.strerror})"
+    try:
+        with open("/proc/self/cgroup") as f:
+            cgroup = sorted({line.split(":", 2)[2].strip() for line in f if line.count(":") >= 2})
+    except OSError as e:
+        cgroup = [f"unreadable ({e.strerror})"]
     return {
         "pid": os.getpid(),
+        "cgroup": cgroup,
         "visible_pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
         "status": status,
         "inet_socket": inet,
