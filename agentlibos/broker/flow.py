@@ -9,8 +9,11 @@ Pure bookkeeping, no sockets, so each rule is unit-tested on its own:
 * **Work per turn.** A drain stops once its replies hold ``max_turn_reply_bytes``; the
   loop commits, sends, runs timers and comes straight back. The ROUTER fair-queues the
   peers it reads from, so another agent waits for at most about one turn's work.
-* **Replies nobody reads** are bounded by the socket's per-peer high-water mark
-  (``reply_queue_messages``); past it a reply to that peer is dropped, never buffered.
+* **Replies nobody reads** are bounded: libzmq holds at most ``reply_queue_messages``
+  per peer; past that, replies wait in order in a backlog of at most
+  ``max_backlog_bytes`` per peer (small refusals in a burst are all answered) and any
+  reply that does not fit is dropped -- the peer that does not read pays, not the
+  supervisor's memory.
 * **Refusals** (bad frames, wrong tokens) are audited ``audit_burst`` times per peer per
   ``window_s``; the rest are counted and summarised in one record. A peer that sends
   ``cut_after`` bad frames is cut: its frames are dropped unread, unanswered, unaudited.
@@ -27,7 +30,8 @@ from dataclasses import dataclass, field
 class FlowLimits:
     max_in_flight: int = 4
     max_turn_reply_bytes: int = 8 << 20
-    reply_queue_messages: int = 8
+    reply_queue_messages: int = 4
+    max_backlog_bytes: int = 1 << 20
     audit_burst: int = 5
     window_s: float = 60.0
     cut_after: int = 1000
@@ -53,6 +57,16 @@ class RefusalLimiter:
     def is_cut(self, peer: bytes) -> bool:
         p = self._peers.get(peer)
         return p is not None and p.bad_frames >= self.limits.cut_after
+
+    def take_summaries(self) -> list[tuple[bytes, int, bool]]:
+        """Every (peer, refusals not yet audited, cut?) with a count, reset to zero: the
+        supervisor writes them out every few seconds, so the audit accounts for all."""
+        out = []
+        for peer, p in self._peers.items():
+            if p.suppressed:
+                out.append((peer, p.suppressed, p.bad_frames >= self.limits.cut_after))
+                p.suppressed = 0
+        return out
 
     def refused(self, peer: bytes) -> tuple[bool, int]:
         """Count one refusal: (audit this one?, refusals suppressed to summarise now)."""

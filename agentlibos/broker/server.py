@@ -9,6 +9,7 @@ that is not on disk.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -59,16 +60,20 @@ class Broker:
         self.in_flight = InFlight(self.flow)
         self.refusals = RefusalLimiter(self.flow)
         self._turn_bytes = 0
+        # Small replies that did not fit a peer's queue, kept in order (bounded).
+        self._backlog: dict[bytes, collections.deque[list[bytes]]] = {}
+        self._backlog_bytes: dict[bytes, int] = {}
+        self.dropped_replies = 0
         self.sock: zmq.Socket[bytes] = ctx.socket(zmq.ROUTER)
         # Frames above this are refused by libzmq before they are buffered: the hard
         # guard against a process exhausting the supervisor's memory.
         self.sock.setsockopt(zmq.MAXMSGSIZE, limits.zmq_maxmsgsize)
         self.sock.setsockopt(zmq.LINGER, 0)
-        # Replies to a peer that is gone, or whose queue is full, are dropped rather
-        # than blocking the one loop that serves everybody.
-        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
-        # A peer that does not read its replies holds at most this many in the
-        # supervisor; past it they are dropped (the SDK reads every reply it asks for).
+        # A send to a peer that is gone or whose queue is full fails at once (never
+        # blocks the one loop that serves everybody); flush() decides what to do.
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # A peer that does not read its replies holds at most this many in libzmq's
+        # queue; small replies past it wait in a bounded backlog, large ones are dropped.
         self.sock.setsockopt(zmq.SNDHWM, self.flow.reply_queue_messages)
         self.sock.setsockopt(zmq.RCVHWM, 10_000)
         self.sock.bind(endpoint)
@@ -98,13 +103,49 @@ class Broker:
             self._handle(frames)
         return n
 
+    def summarize_refusals(self) -> None:
+        """Audit one summary per peer for the refusals not audited one by one."""
+        for peer, count, cut in self.refusals.take_summaries():
+            self.door.on_refusals_suppressed(peer, count, cut)
+
+    @property
+    def backlogged(self) -> bool:
+        """Replies wait for room in a peer's queue: flush again soon."""
+        return bool(self._backlog)
+
     def flush(self) -> None:
+        for peer in list(self._backlog):
+            queue = self._backlog[peer]
+            while queue and self._send(queue[0]):
+                self._backlog_bytes[peer] -= sum(len(f) for f in queue.popleft())
+            if not queue:
+                del self._backlog[peer], self._backlog_bytes[peer]
         out, self.outbox = self.outbox, []
         for frames in out:
-            try:
-                self.sock.send_multipart(frames, zmq.NOBLOCK)
-            except zmq.Again:
-                log.warning("dropped a reply: the peer's queue is full")
+            peer = frames[0]
+            if peer not in self._backlog and self._send(frames):
+                continue
+            self._park(peer, frames)
+
+    def _send(self, frames: list[bytes]) -> bool:
+        try:
+            self.sock.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:
+            return False  # the peer's queue is full: it is not reading
+        except zmq.ZMQError:
+            pass  # the peer is gone (EHOSTUNREACH): nobody to answer
+        return True
+
+    def _park(self, peer: bytes, frames: list[bytes]) -> None:
+        size = sum(len(f) for f in frames)
+        used = self._backlog_bytes.get(peer, 0)
+        if size > self.flow.max_backlog_bytes - used:
+            # A peer that does not read: its replies cost it, never the supervisor.
+            self.dropped_replies += 1
+            log.warning("dropped a %d-byte reply: the peer is not reading its replies", size)
+            return
+        self._backlog.setdefault(peer, collections.deque()).append(frames)
+        self._backlog_bytes[peer] = used + size
 
     def _sink(self, routing_id: bytes, req_id: int, pid: int) -> Callable[[Outcome], None]:
         def sink(outcome: Outcome) -> None:

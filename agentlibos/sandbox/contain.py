@@ -75,9 +75,12 @@ def _join_cgroups(profile: SandboxProfile) -> None:
     # Verify from inside: every prepared cgroup shows up in /proc/self/cgroup.
     with open("/proc/self/cgroup") as f:
         mine = f.read()
+    paths = [line.split(":", 2)[2] for line in mine.splitlines() if line.count(":") >= 2]
     for procs in profile.cgroup_procs:
-        leaf = os.path.basename(os.path.dirname(procs))
-        if f"/{leaf}\n" not in mine and not mine.rstrip().endswith(f"/{leaf}"):
+        # The whole tail (agents/<pid>/self), not just the leaf's name: every process's
+        # leaf is called "self", so the name alone would prove nothing.
+        tail = "/" + "/".join(os.path.dirname(procs).split("/")[-3:])
+        if not any(p == tail or p.endswith(tail) for p in paths):
             raise SandboxError(f"cgroups: joined {procs} but /proc/self/cgroup does not show it")
 
 

@@ -179,8 +179,9 @@ class JitManager:
         self.by_wid[w.wid] = w
         try:
             w.cgroup = self.helpers.launch(
-                w.wid, self, argv=argv_for(self.sandbox.deno.exe), env=self._env(w.scratch),
-                scratch=w.scratch, log_path=w.log_path, read_only=read_only)
+                w.wid, self, for_pid=w.pid, argv=argv_for(self.sandbox.deno.exe),
+                env=self._env(w.scratch), scratch=w.scratch, log_path=w.log_path,
+                read_only=read_only)
         except LibOSError as e:
             self._drop(w, e)
             raise
@@ -269,7 +270,7 @@ class JitManager:
             if oom:
                 w.error = LimitExceeded(
                     f"tool {w.tool.name} ran out of memory (limit "
-                    f"{self.sandbox.config.tool_limits.memory_max_bytes} bytes)")
+                    f"{(self.sandbox.config.tool_limits.memory_max_bytes or 0) / (1 << 20):g} MiB)")
             else:
                 w.error = ToolError(f"tool {w.tool.name} {describe_status(status)}: "
                                     f"{' | '.join(log_tail(w.log_path, 6)) or '(empty log)'}")

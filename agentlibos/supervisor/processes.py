@@ -36,10 +36,10 @@ from agentlibos.errors import (
     Unavailable,
 )
 from agentlibos.kernel.caps import CapPattern
-from agentlibos.kernel.image import AgentImage
+from agentlibos.kernel.image import AgentImage, Limits
 from agentlibos.kernel.policy import Policy
 from agentlibos.kernel.process import ProcessRecord, state_for_reason
-from agentlibos.sandbox.profile import effective_limits
+from agentlibos.sandbox.profile import ParentBudget, effective_limits
 from agentlibos.store import Store
 from agentlibos.supervisor.exits import describe_status, log_tail
 from agentlibos.supervisor.loop import Loop, Timer
@@ -72,6 +72,7 @@ class LiveProcess:
     waiters: list[Pending] = field(default_factory=list)
     waits: list[str] = field(default_factory=list)  # what its pending calls wait on
     timers: list[Timer] = field(default_factory=list)
+    deadline: float | None = None  # monotonic end of its wall-clock budget
     cgroup: Any = None  # agentlibos.sandbox.cgroups.ProcessCgroup, when that layer is on
     jit_tools: dict[str, Any] = field(default_factory=dict)  # name -> ToolDef, at run time
 
@@ -158,8 +159,11 @@ class ProcessTable:
         if len(args_json) > self.config.max_args_bytes:
             raise LimitExceeded(f"args of {len(args_json)} bytes exceed "
                                 f"{self.config.max_args_bytes}")
+        # Limits compose: a child's lie within its parent's (and its wall within what the
+        # parent has left); an image above the operator's ceiling is refused here.
+        eff_limits = effective_limits(image.limits, self.sandbox.config,
+                                      parent=self._budget(parent))
         policy_id = self.store.policy_id(policy.source, policy.text)
-        eff_limits = effective_limits(image.limits, self.sandbox.config)
         limits = eff_limits.to_json()
         with self.store.transaction():
             rec = self.store.create_process(ProcessRecord(
@@ -193,7 +197,8 @@ class ProcessTable:
         try:
             # Decided here, before fork: the child only applies it (fail closed: a
             # required layer this host cannot give stops the spawn with its reason).
-            prepared = self.sandbox.prepare(pid, eff_limits, str(image.path), scratch)
+            prepared = self.sandbox.prepare(pid, eff_limits, str(image.path), scratch,
+                                            parent_pid=parent.pid if parent else None)
             live.cgroup = prepared.cgroup
             self._zygote().spawn(pid, {
                 "pid": pid,
@@ -209,11 +214,19 @@ class ProcessTable:
             return pid
         wall = eff_limits.wall_limit_s
         if wall is not None:
+            live.deadline = time.monotonic() + wall
             live.timers.append(self.loop.call_later(wall, lambda: self.terminate(
                 pid, "wall", f"ran longer than its wall-clock limit of {wall:g} s")))
         live.timers.append(self.loop.call_later(self.config.start_timeout_s,
                                                 lambda: self._start_timeout(pid)))
         return pid
+
+    def _budget(self, parent: Caller | None) -> ParentBudget | None:
+        if parent is None or parent.pid not in self.live:
+            return None
+        lv = self.live[parent.pid]
+        left = None if lv.deadline is None else max(0.0, lv.deadline - time.monotonic())
+        return ParentBudget(Limits.from_json(lv.limits), wall_left_s=left)
 
     def _start_timeout(self, pid: int) -> None:
         live = self.live.get(pid)
@@ -368,6 +381,7 @@ class ProcessTable:
                                  "status": status, "usage": usage,
                                  "pids_limit_hit": pids_hit})
         self.release_cgroup(pid, live.cgroup)
+        self.sandbox.forget(pid)
         shutil.rmtree(live.scratch, ignore_errors=True)
         for hook in self.ended:
             hook(pid)

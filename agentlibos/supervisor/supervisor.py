@@ -53,6 +53,7 @@ from agentlibos.supervisor.zygote_client import ZygoteEvent, ZygoteHandle
 log = logging.getLogger(__name__)
 
 HOUSEKEEPING_S = 30.0
+REFUSAL_SUMMARY_S = 5.0
 
 
 class Supervisor:
@@ -101,6 +102,11 @@ class Supervisor:
             raise
         self._started = True
         self.loop.call_later(HOUSEKEEPING_S, self._housekeeping)
+        self.loop.call_later(REFUSAL_SUMMARY_S, self._summarize_refusals)
+
+    def _summarize_refusals(self) -> None:
+        self.broker.summarize_refusals()
+        self.loop.call_later(REFUSAL_SUMMARY_S, self._summarize_refusals)
 
     def _wire(self) -> None:
         store, loop = self.store, self.loop
@@ -136,12 +142,17 @@ class Supervisor:
         loop.add_reader(self.control.sock,
                         lambda _ev: self.control.drain(self._on_control))
         loop.add_reader(self.zygote.fileno(), self._on_zygote)
-        loop.after_turn(self.broker.flush)
+        loop.after_turn(self._flush_broker)
         loop.after_turn(self.control.flush)
 
     def _on_broker(self, events: int) -> None:
         if self.broker.drain():
             self.loop.mark_busy()
+
+    def _flush_broker(self) -> None:
+        self.broker.flush()
+        if self.broker.backlogged:  # come back soon to send what did not fit
+            self.loop.call_later(0.002, _nothing)
 
     def _on_control(self, req: dict[str, Any], respond: control.Responder) -> None:
         control.handle(self.control_ctx, req, respond)
@@ -189,6 +200,7 @@ class Supervisor:
             self.table.terminate(pid, "killed", "the supervisor is stopping", grace_s=0)
         events = self.zygote.close()
         with self.store.batch():
+            self.broker.summarize_refusals()
             for ev in events:
                 self._on_zygote_event(ev)
             for pid in list(self.table.live):  # never reported: the zygote was gone
@@ -273,3 +285,6 @@ class Supervisor:
                   grace_s: float | None = None) -> None:
         self.table.terminate(pid, reason, detail, grace_s=grace_s)
 
+
+def _nothing() -> None:
+    """A timer that only wakes the loop."""

@@ -43,12 +43,15 @@ class Workers:
     def new_id(self) -> int:
         return -next(self._ids)
 
-    def launch(self, wid: int, owner: WorkerOwner, *, argv: list[str], env: dict[str, str],
-               scratch: Path, log_path: Path, read_only: tuple[str, ...]) -> Any:
-        """Fork a sandboxed helper exec'ing ``argv``; returns its cgroup (or None).
+    def launch(self, wid: int, owner: WorkerOwner, *, for_pid: int, argv: list[str],
+               env: dict[str, str], scratch: Path, log_path: Path,
+               read_only: tuple[str, ...]) -> Any:
+        """Fork a sandboxed helper exec'ing ``argv`` for AgentProcess ``for_pid``; returns
+        its cgroup (or None). The helper's cgroup lies inside ``for_pid``'s, so what it
+        uses counts against that process's tree.
 
         Raises the typed error of a layer that cannot be applied (fail closed)."""
-        prep = self._sandbox.prepare_tool(wid, read_only, scratch)
+        prep = self._sandbox.prepare_tool(wid, read_only, scratch, owner_pid=for_pid)
         self._owners[wid] = owner
         try:
             self._zygote().spawn(wid, {
