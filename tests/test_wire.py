@@ -32,6 +32,7 @@ from agentlibos.protocol.wire import (
     WireError,
     WireLimits,
     WireRequest,
+    check_args,
     decode_reply,
     decode_request,
     encode_error,
@@ -553,3 +554,19 @@ def test_a_seq_that_is_not_a_positive_integer_is_a_protocol_error(seq: str) -> N
 def test_any_valid_seq_survives_a_round_trip(seq: int, args: dict[str, Any]) -> None:
     req = decode_request(encode_request(3, 4, "obj.put", args, TOKEN, seq=seq))
     assert (req.seq, req.args) == (seq, args)
+
+
+def test_check_args_holds_other_channels_to_the_same_rules() -> None:
+    # A JIT tool's syscalls arrive over its pipe, not this wire: the same check applies.
+    check_args("fs.read", {"path": "a", "n": [1, 2.5, {"k": None}]})
+    for bad in [{"t": float("nan")}, {"t": [float("-inf")]}, {"p": "x\udc80"},
+                {"\ud800": 1}]:
+        with pytest.raises(InvalidArgument, match=r"^fs\.read: argument "):
+            check_args("fs.read", bad)
+    deep: Any = 1
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(InvalidArgument, match="nesting deeper than 64"):
+        check_args("fs.read", {"d": deep})
+    with pytest.raises(InvalidArgument, match="non-finite"):
+        check_args("tool.call", float("nan"))

@@ -98,10 +98,13 @@ def _loc(path: list[str | int]) -> str:
                             for k in path)
 
 
-def _check_args(call: str, args: dict[str, Any], max_depth: int, rid: int) -> None:
+def check_args(call: str, args: Any, max_depth: int = DEFAULT_LIMITS.max_depth) -> None:
     """Refuse non-finite numbers, non-text strings and keys, and deep nesting in ``args``.
 
-    Iterative: a stack of (value, path, depth); ``args`` itself is at depth 2.
+    Raises :class:`InvalidArgument` naming the call, the argument and where in it. Public
+    so that every other way arguments reach a handler (a JIT tool's syscalls over its
+    pipe) holds them to the same rules. Iterative: a stack of (value, path, depth);
+    ``args`` itself is at depth 2, under the header.
     """
     stack: list[tuple[Any, list[str | int], int]] = [(args, [], 2)]
     while stack:
@@ -127,10 +130,11 @@ def _check_args(call: str, args: dict[str, Any], max_depth: int, rid: int) -> No
                 stack.extend((v, [*path, i], depth + 1) for i, v in enumerate(value))
         if problem is not None:
             arg = json.dumps(path[0]) if path else "args"
-            raise WireError(InvalidArgument(
-                f"{call}: argument {arg} is invalid: {problem} at {_loc(path)}",
-                call=call, where=_loc(path),
-            ), rid)
+            safe_call = call if is_text(call) else json.dumps(call)
+            raise InvalidArgument(
+                f"{safe_call}: argument {arg} is invalid: {problem} at {_loc(path)}",
+                call=safe_call, where=_loc(path),
+            )
 
 
 def _skip_ws(text: str, i: int) -> int:
@@ -246,7 +250,10 @@ def decode_request(frames: list[bytes], limits: WireLimits = DEFAULT_LIMITS) -> 
     if ("\\u" in text or not is_text(text) or "NaN" in text or "Infinity" in text
             or _EXPONENT_OR_LONG.search(text) is not None
             or text.count("[") + text.count("{") >= limits.max_depth):
-        _check_args(call, args, limits.max_depth, rid)
+        try:
+            check_args(call, args, limits.max_depth)
+        except InvalidArgument as e:
+            raise WireError(e, rid) from None
     assert isinstance(pid, int)  # checked above; narrows for the type checker
     return WireRequest(rid, pid, call, args, token, list(blobs), seq)
 
