@@ -139,6 +139,27 @@ def _expand(toks: Sequence[Token]) -> list[tuple[Token, ...]]:
     return [tuple(_ANY if t == "\x00ANY!" else t for t in alt) for alt in alts]
 
 
+def _literal_run(toks: Sequence[Token]) -> str:
+    """The literal characters a token sequence starts with (specials are longer tokens)."""
+    out = []
+    for t in toks:
+        if len(t) != 1:
+            break
+        out.append(t)
+    return "".join(out)
+
+
+def _common_prefix(texts: Sequence[str]) -> str:
+    """The characters all ``texts`` start with (character by character, not by path)."""
+    if not texts:
+        return ""
+    lo, hi = min(texts), max(texts)  # the extremes share what all of them share
+    n = 0
+    while n < len(lo) and lo[n] == hi[n]:
+        n += 1
+    return lo[:n]
+
+
 @dataclass(frozen=True)
 class _Nfa:
     """All alternatives of a glob as one NFA over token positions, run with bit sets.
@@ -146,7 +167,9 @@ class _Nfa:
     Alternative ``k`` occupies positions ``off_k .. off_k + len_k``; the last of them (one
     past its tokens) is its accepting position. A live set is an ``int``: stepping over one
     character is a handful of shifts and masks, so matching is O(len(path) * len(pattern)
-    / word size) and never backtracks.
+    / word size) and never backtracks. The literal prefix and suffix every alternative
+    shares are compared as strings first, and a live trailing ``**`` accepts at once, so
+    the usual ``/abs/dir/**`` and ``**/.env`` cost little more than a string compare.
     """
 
     start: int
@@ -155,19 +178,26 @@ class _Nfa:
     any_: int  # '**' (and flat '*'): stays on any character
     seg: int  # path '*': stays on any character but '/'
     one: int  # '?'
+    sink: int  # a '**' right before an accepting position: whatever follows matches
     lits: dict[str, int]  # a literal character -> the positions that hold it
+    prefix: str  # literal characters every alternative starts with (start is past them)
+    suffix: str  # literal characters every alternative ends with
 
     @staticmethod
     def build(alts: Sequence[tuple[Token, ...]]) -> _Nfa:
-        start = accept = any_ = seg = one = 0
+        prefix = _common_prefix([_literal_run(a) for a in alts])
+        suffix = _common_prefix([_literal_run(a[::-1]) for a in alts])[::-1]
+        start = accept = any_ = seg = one = sink = 0
         lits: dict[str, int] = {}
         off = 0
         for alt in alts:
-            start |= 1 << off
+            start |= 1 << (off + len(prefix))
             for k, t in enumerate(alt):
                 bit = 1 << (off + k)
                 if t == _ANY:
                     any_ |= bit
+                    if k == len(alt) - 1:
+                        sink |= bit
                 elif t == _SEG:
                     seg |= bit
                 elif t == _ONE:
@@ -176,7 +206,7 @@ class _Nfa:
                     lits[t] = lits.get(t, 0) | bit
             accept |= 1 << (off + len(alt))
             off += len(alt) + 1
-        return _Nfa(start, accept, any_ | seg, any_, seg, one, lits)
+        return _Nfa(start, accept, any_ | seg, any_, seg, one, sink, lits, prefix, suffix)
 
     def _close(self, live: int) -> int:
         # A star may match nothing: from it, the next position is live too.
@@ -187,8 +217,13 @@ class _Nfa:
             live = more
 
     def match(self, s: str, *, paths: bool) -> bool:
+        if not s.startswith(self.prefix) or not s.endswith(self.suffix):
+            return False
         live = self._close(self.start)
-        for c in s:
+        for i in range(len(self.prefix), len(s)):
+            if live & self.sink:
+                return True
+            c = s[i]
             slash = paths and c == "/"
             advance = self.lits.get(c, 0) | (0 if slash else self.one)
             stay = self.any_ | (0 if slash else self.seg)
