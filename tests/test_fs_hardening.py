@@ -146,8 +146,10 @@ def test_walk_bounds_the_number_of_entries(root: Path) -> None:
     top = root / "t"
     top.mkdir()
     make_chain(top, 50, every=1)
+    before = open_fds()
     with pytest.raises(LibOSError, match="more than 20 entries"):
         LocalFs().walk(str(top), limit=20)
+    assert open_fds() == before
 
 
 def test_a_1500_level_mkdir_with_parents_succeeds_without_recursion(root: Path) -> None:

@@ -32,7 +32,7 @@ import ctypes
 import errno
 import os
 import stat as stat_mod
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -535,11 +535,14 @@ class LocalFs:
             st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
             if not stat_mod.S_ISDIR(st.st_mode):
                 return out
-            for path, _fd, _name, _is_dir in _tree(dfd, name, real):
-                if path != real:
-                    out.append(path)
-                    if len(out) > limit:
-                        raise LimitExceeded(f"more than {limit} entries below {real!r}")
+            # closing(): on LimitExceeded the walker's descriptor is closed now, not
+            # whenever the traceback that holds this frame goes.
+            with contextlib.closing(_tree(dfd, name, real)) as entries:
+                for path, _fd, _name, _is_dir in entries:
+                    if path != real:
+                        out.append(path)
+                        if len(out) > limit:
+                            raise LimitExceeded(f"more than {limit} entries below {real!r}")
         except FileNotFoundError:
             return out
         except OSError as e:
@@ -589,7 +592,7 @@ class _Level:
     pending: list[str] = field(default_factory=list)  # subdirectories not yet visited
 
 
-def _tree(dfd: int, name: str, path: str) -> Iterator[tuple[str, int, str, bool]]:
+def _tree(dfd: int, name: str, path: str) -> Generator[tuple[str, int, str, bool], None, None]:
     """Every entry of the directory ``name`` in ``dfd``, children before their directory.
 
     Yields ``(path, parent_fd, entry_name, is_dir)``; ``parent_fd`` is open while the
@@ -655,14 +658,15 @@ def _tree(dfd: int, name: str, path: str) -> Iterator[tuple[str, int, str, bool]
 
 
 def _remove_dir_tree(dfd: int, name: str, path: str) -> None:
-    for _path, parent_fd, entry, is_dir in _tree(dfd, name, path):
-        try:
-            if is_dir:
-                os.rmdir(entry, dir_fd=parent_fd)
-            else:
-                os.unlink(entry, dir_fd=parent_fd)
-        except FileNotFoundError:
-            pass  # gone already: what was wanted
+    with contextlib.closing(_tree(dfd, name, path)) as entries:
+        for _path, parent_fd, entry, is_dir in entries:
+            try:
+                if is_dir:
+                    os.rmdir(entry, dir_fd=parent_fd)
+                else:
+                    os.unlink(entry, dir_fd=parent_fd)
+            except FileNotFoundError:
+                pass  # gone already: what was wanted
 
 
 def remove_tree(path: str, *, missing_ok: bool = True) -> None:
