@@ -280,7 +280,7 @@ def _refuse_own_proc(real: str, asked: str, lexical: str) -> None:
     already turned /proc/self, /proc/thread-self, /proc/net and /dev/fd into
     /proc/<pid>/..., so comparing the component after /proc covers them all.
     """
-    if _under_own_proc(real, _own_proc_ids()) or (
+    if (real.startswith("/proc/") and _under_own_proc(real, _own_proc_ids())) or (
             _crosses_magic_link(lexical) and _passes_own_proc(lexical)):
         raise PermissionDenied(
             f"path {asked[:80]!r} names the supervisor's own process (under /proc), "
