@@ -276,9 +276,10 @@ def _refuse_own_proc(real: str, asked: str, lexical: str) -> None:
     """Refuse a real path naming this (the supervisor's) process under /proc.
 
     The broker acts as the supervisor: its /proc/self is the supervisor, whose
-    environment, memory maps, fds and cwd are not the agent's to see. realpath has
-    already turned /proc/self, /proc/thread-self, /proc/net and /dev/fd into
-    /proc/<pid>/..., so comparing the component after /proc covers them all.
+    environment, memory maps, fds and cwd are not the agent's to see. realpath turns
+    /proc/self, /proc/thread-self and /proc/net into /proc/<pid>/..., which the first
+    test sees; a path through a magic link (/dev/fd/0, /proc/self/root/etc) comes out
+    elsewhere, so such a path is also resolved step by step to see what it passed.
     """
     if (real.startswith("/proc/") and _under_own_proc(real, _own_proc_ids())) or (
             _crosses_magic_link(lexical) and _passes_own_proc(lexical)):
