@@ -14,7 +14,6 @@ operator's, and it must show the same output on every run. ``--keep`` keeps it.
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any, Final
 
 from agentlibos.config import Paths
 from agentlibos.launcher import run_image
+from agentlibos.providers.fs import discard_tree
 from agentlibos.store import open_store
 from agentlibos.ui import format_ps, printable, ps_row
 
@@ -103,7 +103,7 @@ def run_demo(*, keep: bool = False, as_json: bool = False) -> int:
         return _end(summary, as_json, 0)
     finally:
         if not keep:
-            shutil.rmtree(home, ignore_errors=True)
+            discard_tree(home)
 
 
 def _end(summary: dict[str, Any], as_json: bool, code: int) -> int:

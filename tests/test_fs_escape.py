@@ -25,7 +25,7 @@ import pytest
 
 from agentlibos.errors import InvalidArgument, LibOSError, PermissionDenied
 from agentlibos.providers import fs as fsmod
-from agentlibos.providers.fs import LocalFs, safe_open
+from agentlibos.providers.fs import LocalFs, remove_tree, safe_open
 from agentlibos.supervisor import Supervisor
 from tests.helpers import run_proc
 
@@ -291,6 +291,41 @@ def test_reading_a_fifo_is_refused_without_blocking_the_broker(
         ])
     assert [(o["ok"], o.get("code")) for o in out[:2]] == [(False, "EINVAL"), (False, "EINVAL")]
     assert out[2] == {"ok": True, "value": "my notes"}
+
+
+def test_hostile_trees_links_and_names_get_typed_errors_and_the_broker_lives(
+    sup: Supervisor, make_image: MakeImage, lay: Layout
+) -> None:
+    # Each of these once raised RecursionError or UnicodeEncodeError in the supervisor,
+    # or reached outside the tree: a 1,500-level mkdir and recursive delete, a hard
+    # link to a file outside, a link through /proc/self, a name that is not text.
+    os.link(lay.secret, lay.proj / "linked.txt")
+    (lay.proj / "env").symlink_to("/proc/self/environ")
+    deep = "/".join(["a"] * 1500)
+    try:
+        out = _run(sup, make_image, lay, [
+            ("mkdir", deep, None),
+            ("stat", deep, None),
+            ("delete", "a", True),
+            ("append", "linked.txt", "pwned"),
+            ("write", "linked.txt", "pwned"),
+            ("read", "env", None),
+            ("read", "bad\udc80.txt", None),
+            ("write", "bad\ud800", "x"),
+            ("read", "notes.txt", None),
+        ])
+    finally:
+        remove_tree(str(lay.proj / "a"))  # pytest's own cleanup would recurse on it
+    assert out[0]["ok"] and out[1]["ok"] and out[2]["ok"], out[:3]
+    assert not (lay.proj / "a").exists()
+    assert [(o["ok"], o.get("type")) for o in out[3:8]] == [
+        (False, "PermissionDenied"), (False, "PermissionDenied"), (False, "PermissionDenied"),
+        (False, "InvalidArgument"), (False, "InvalidArgument")], out[3:8]
+    assert "hard links" in out[3]["message"] and "hard links" in out[4]["message"]
+    assert "supervisor's own process" in out[5]["message"]
+    assert "not valid text" in out[6]["message"]
+    assert out[8] == {"ok": True, "value": "my notes"}
+    assert lay.secret.read_text() == HIDDEN
 
 
 # ------------------------------------------------------------------ the provider

@@ -188,3 +188,13 @@ def test_a_formatted_whole_number_of_seconds_parses_back_exactly(s: int) -> None
 def test_a_formatted_duration_with_milliseconds_parses_back_exactly(s: int, ms: int) -> None:
     value = float(f"{s}.{ms:03d}")
     assert parse_duration(format_duration(value)) == value
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf"), "nan", "inf",
+                                   "infs", "nanms", "1e999s", "NaNMiB", "infGiB", "1e999"])
+def test_non_finite_sizes_and_durations_are_refused(value: object) -> None:
+    # A NaN deadline once stopped every timer in the supervisor; none may come from here.
+    with pytest.raises(InvalidArgument):
+        parse_duration(value)
+    with pytest.raises(InvalidArgument):
+        parse_size(value)

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agentlibos.errors import (
+    InvalidArgument,
     LibOSError,
     LimitExceeded,
     NotFound,
@@ -26,10 +27,12 @@ from agentlibos.errors import (
 from agentlibos.protocol.wire import (
     DEFAULT_LIMITS,
     MAGIC,
+    MAX_SEQ,
     TOKEN_BYTES,
     WireError,
     WireLimits,
     WireRequest,
+    check_args,
     decode_reply,
     decode_request,
     encode_error,
@@ -64,13 +67,17 @@ def _decode_or_wire_error(frames: list[bytes], limits: WireLimits) -> WireReques
     """The contract: a WireRequest, or a WireError that the broker can encode as a reply."""
     try:
         req = decode_request(frames, limits)
+        if req.args_error is not None:
+            raise WireError(req.args_error, req.id)
     except WireError as e:
-        assert isinstance(e.error, ProtocolError | LimitExceeded)
+        assert isinstance(e.error, ProtocolError | LimitExceeded | InvalidArgument)
         assert e.req_id is None or isinstance(e.req_id, int)
         reply = decode_reply(encode_error(e.req_id, e.error))
         assert reply.ok is False
         assert reply.id == e.req_id
-        assert reply.error["code"] in ("EPROTO", "ELIMIT")
+        assert reply.error["code"] in ("EPROTO", "ELIMIT", "EINVAL")
+        if isinstance(e.error, InvalidArgument):
+            assert e.req_id is not None  # an argument is judged only once the id is known
         return e
     assert isinstance(req, WireRequest)
     assert isinstance(req.id, int) and not isinstance(req.id, bool)
@@ -85,9 +92,14 @@ def _decode_or_wire_error(frames: list[bytes], limits: WireLimits) -> WireReques
 
 
 def _error_of(frames: list[bytes], limits: WireLimits = DEFAULT_LIMITS) -> WireError:
-    with pytest.raises(WireError) as info:
-        decode_request(frames, limits)
-    return info.value
+    """The refusal of a frame: a WireError, or the argument error a decoded request
+    carries (judged by the broker once the sender is authenticated)."""
+    try:
+        req = decode_request(frames, limits)
+    except WireError as e:
+        return e
+    assert req.args_error is not None, "the frame was accepted"
+    return WireError(req.args_error, req.id)
 
 
 # ------------------------------------------------------------------- round trips
@@ -386,3 +398,182 @@ def test_decoding_an_arbitrary_reply_returns_a_reply_or_raises_protocol_error(
         return
     assert isinstance(reply.ok, bool)
     assert reply.id is None or isinstance(reply.id, int)
+
+
+# ------------------------------------------- arguments every handler may assume sane
+
+# Every syscall the SDK makes, so the refusal is shown to hold whatever the call.
+CALLS = ["proc.wait", "proc.spawn", "fs.read", "fs.write", "obj.put", "tool.call",
+         "clock.sleep", "made.up"]
+
+
+def _raw(args_json: str, rid: int = 41, call: str = "proc.wait") -> list[bytes]:
+    header = f'{{"id": {rid}, "pid": 1, "call": "{call}", "args": {args_json}}}'
+    return [MAGIC, header.encode(), TOKEN]
+
+
+def _invalid(frames: list[bytes]) -> InvalidArgument:
+    e = _error_of(frames)
+    assert isinstance(e.error, InvalidArgument), e.error
+    assert e.req_id == 41
+    reply = decode_reply(encode_error(e.req_id, e.error))
+    assert reply.id == 41 and reply.error["code"] == "EINVAL"
+    return e.error
+
+
+@pytest.mark.parametrize("call", CALLS)
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e999", "-1E400",
+                                     "1" + "0" * 400 + ".5"])
+def test_a_non_finite_number_is_refused_for_every_call(call: str, literal: str) -> None:
+    err = _invalid(_raw('{"pid": 2, "timeout": ' + literal + "}", call=call))
+    assert err.message.startswith(f"{call}: argument \"timeout\"")
+    assert "non-finite number" in err.message
+
+
+@pytest.mark.parametrize("where", [
+    '{"a": [1, {"b": [NaN]}]}', '{"a": {"b": {"c": {"d": Infinity}}}}',
+    '{"a": [[[[[-Infinity]]]]]}',
+])
+def test_a_non_finite_number_is_refused_at_any_depth(where: str) -> None:
+    err = _invalid(_raw(where))
+    assert 'argument "a"' in err.message
+    assert "at args[\"a\"]" in err.message
+
+
+def test_the_refusal_says_exactly_where_the_bad_value_is() -> None:
+    err = _invalid(_raw('{"ok": 1.5, "opts": {"list": [0, 1, NaN]}}', call="fs.read"))
+    assert err.message == ('fs.read: argument "opts" is invalid: a non-finite number (nan) '
+                           'at args["opts"]["list"][2]')
+    assert err.details == {"call": "fs.read", "where": 'args["opts"]["list"][2]'}
+
+
+@pytest.mark.parametrize("call", CALLS)
+@pytest.mark.parametrize("args", [
+    '{"path": "bad \\udc80"}', '{"path": ["ok", {"x": "\\ud800"}]}',
+    '{"\\udfff": 1}', '{"path": {"in\\udc80key": "v"}}',
+])
+def test_a_string_or_key_that_is_not_text_is_refused_for_every_call(
+    call: str, args: str
+) -> None:
+    err = _invalid(_raw(args, call=call))
+    assert "not valid text" in err.message
+    assert err.message.startswith(f"{call}: argument ")
+    err.message.encode("utf-8")  # the refusal itself can be stored and logged
+
+
+def test_a_raw_encoded_surrogate_is_refused_like_an_escaped_one() -> None:
+    frames = _raw('{"path": "x"}')
+    frames[1] = frames[1].replace(b'"x"', b'"\xed\xb2\x80"')
+    assert "not valid text" in _invalid(frames).message
+
+
+def test_a_well_formed_surrogate_pair_is_a_character_and_accepted() -> None:
+    req = decode_request(_raw('{"path": "\\ud83d\\ude00"}'))
+    assert req.args == {"path": "\U0001f600"}
+
+
+def test_a_call_name_that_is_not_text_is_a_protocol_error() -> None:
+    e = _error_of(_raw("{}", call="x\\udc80"))
+    assert isinstance(e.error, ProtocolError) and e.req_id == 41
+
+
+def test_ordinary_numbers_and_text_pass_untouched() -> None:
+    args = '{"n": 1e300, "m": -2.5E-3, "big": %s, "s": "Infinity NaN \\u00e9"}' % ("9" * 400)
+    req = decode_request(_raw(args))
+    assert req.args["n"] == 1e300 and req.args["s"] == "Infinity NaN \u00e9"
+    assert req.args["big"] == int("9" * 400)
+
+
+def _in_a(value_json: str) -> str:
+    return '{"a": ' + value_json + "}"
+
+
+def _nested(depth: int, leaf: str = "1") -> str:
+    return "[" * depth + leaf + "]" * depth
+
+
+def test_args_nested_to_the_bound_are_accepted() -> None:
+    # The header is depth 1 and args depth 2, so 62 more lists reach 64.
+    req = decode_request(_raw(_in_a(_nested(62))))
+    assert req.id == 41
+
+
+@pytest.mark.parametrize("depth", [63, 200, 900])
+def test_args_nested_deeper_than_the_bound_are_refused_with_the_id(depth: int) -> None:
+    err = _invalid(_raw(_in_a(_nested(depth))))
+    assert "nesting deeper than 64" in err.message
+
+
+@pytest.mark.parametrize("depth", [5_000, 400_000])
+def test_nesting_past_the_recursion_limit_is_a_protocol_error_with_the_id(depth: int) -> None:
+    e = _error_of(_raw(_in_a(_nested(depth))))
+    assert isinstance(e.error, ProtocolError)
+    assert "nested deeper than 64" in e.error.message
+    assert e.req_id == 41
+
+
+def test_deep_nesting_before_the_id_is_refused_without_one() -> None:
+    header = ('{"args": ' + _nested(5000) + ', "id": 3, "pid": 1, "call": "x"}').encode()
+    e = _error_of([MAGIC, header, TOKEN])
+    assert isinstance(e.error, ProtocolError) and e.req_id is None
+
+
+def test_a_lower_depth_limit_is_honoured() -> None:
+    limits = WireLimits(max_depth=4)
+    decode_request(_raw('{"a": [[1]]}'), limits)
+    e = _error_of(_raw('{"a": [[[1]]]}'), limits)
+    assert isinstance(e.error, InvalidArgument)
+
+
+def test_the_check_walks_a_wide_deep_value_without_recursion_quickly() -> None:
+    wide = "[" + ",".join([_nested(60, "NaN" if i == 999 else "0") for i in range(1000)]) + "]"
+    assert "non-finite" in _invalid(_raw(_in_a(wide))).message
+
+
+# -------------------------------------------------------------------------- seq
+
+
+def test_a_request_without_seq_decodes_with_seq_none() -> None:
+    frames = encode_request(1, 2, "proc.getpid", {}, TOKEN)
+    assert b"seq" not in frames[1]
+    assert decode_request(frames).seq is None
+
+
+@pytest.mark.parametrize("seq", [1, 2, 1000, MAX_SEQ])
+def test_a_seq_travels_in_the_header(seq: int) -> None:
+    frames = encode_request(1, 2, "proc.getpid", {}, TOKEN, seq=seq)
+    assert json.loads(frames[1])["seq"] == seq
+    assert decode_request(frames).seq == seq
+
+
+@pytest.mark.parametrize("seq", ["0", "-1", str(MAX_SEQ + 1), "1.0", '"1"', "true", "null",
+                                 "[1]", "NaN", "9" * 4000])
+def test_a_seq_that_is_not_a_positive_integer_is_a_protocol_error(seq: str) -> None:
+    header = '{"id": 8, "pid": 1, "call": "x", "args": {}, "seq": ' + seq + "}"
+    e = _error_of([MAGIC, header.encode(), TOKEN])
+    assert isinstance(e.error, ProtocolError), e.error
+    assert e.req_id == 8
+    assert "'seq'" in e.error.message
+
+
+@FUZZ
+@given(seq=st.integers(min_value=1, max_value=MAX_SEQ), args=json_objects)
+def test_any_valid_seq_survives_a_round_trip(seq: int, args: dict[str, Any]) -> None:
+    req = decode_request(encode_request(3, 4, "obj.put", args, TOKEN, seq=seq))
+    assert (req.seq, req.args) == (seq, args)
+
+
+def test_check_args_holds_other_channels_to_the_same_rules() -> None:
+    # A JIT tool's syscalls arrive over its pipe, not this wire: the same check applies.
+    check_args("fs.read", {"path": "a", "n": [1, 2.5, {"k": None}]})
+    for bad in [{"t": float("nan")}, {"t": [float("-inf")]}, {"p": "x\udc80"},
+                {"\ud800": 1}]:
+        with pytest.raises(InvalidArgument, match=r"^fs\.read: argument "):
+            check_args("fs.read", bad)
+    deep: Any = 1
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(InvalidArgument, match="nesting deeper than 64"):
+        check_args("fs.read", {"d": deep})
+    with pytest.raises(InvalidArgument, match="non-finite"):
+        check_args("tool.call", float("nan"))

@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from agentlibos.broker.syscalls.base import Caller
-from agentlibos.errors import PermissionDenied
+from agentlibos.errors import LibOSError, PermissionDenied
 from agentlibos.kernel.policy import Decision, Request, authorize
+from agentlibos.kernel.text import storable
 from agentlibos.store import Store
 
 
@@ -40,6 +41,11 @@ class Authz:
         self._store.append_audit(caller.pid, call, str(request), d.verdict, detail)
         if d.verdict == "deny":
             raise PermissionDenied(f"{call}: {d.reason}", request=str(request), rule=d.rule)
+
+    def refused(self, caller: Caller, call: str, error: LibOSError) -> None:
+        """A call refused at the door before any check (an argument that is not a
+        value): audited as a denial of that call."""
+        self.audit(caller, call, call, "deny", {"reason": storable(error.message, 1024)})
 
     def audit(self, caller: Caller, call: str, request: str, verdict: str,
               detail: dict[str, Any]) -> None:

@@ -50,11 +50,13 @@ class Dispatcher:
         *,
         journal: Journal | None = None,
         on_internal_error: Callable[[Caller, str, BaseException], None] | None = None,
+        on_refused: Callable[[Caller, str, LibOSError], None] | None = None,
     ) -> None:
         self._savepoint = savepoint
         self._services = dict(services or {})
         self.journal = journal
         self._on_internal_error = on_internal_error
+        self._on_refused = on_refused
         self._next_seq: dict[int, int] = {}
 
     def add_services(self, family: str, services: object) -> None:
@@ -70,16 +72,20 @@ class Dispatcher:
 
     # ------------------------------------------------------------------- sequence
 
-    def next_seq(self, pid: int, seq: int | None) -> int:
-        """Check the client's sequence number for ``pid`` (or number the call for it).
+    def next_seq(self, pid: int, seq: int | None) -> int | None:
+        """Check the client's sequence number for ``pid``; the number to journal under.
 
         The SDK numbers its calls 1, 2, 3...; a number out of order is a replayed or
-        forged frame, refused before anything runs.
+        forged frame, refused before anything runs. A call without a number (a raw
+        client, not the SDK) is served but not journaled: it takes no number, so the
+        SDK's numbering stays whole.
         """
+        if seq is None:
+            return None
         expected = self._next_seq.get(pid)
         if expected is None:
             expected = (self.journal.last_seq(pid) if self.journal else 0) + 1
-        if seq is not None and seq != expected:
+        if seq != expected:
             raise ProtocolError(f"call out of sequence for pid {pid}: expected {expected}, "
                                 f"got {seq}")
         self._next_seq[pid] = expected + 1
@@ -102,11 +108,14 @@ class Dispatcher:
         return sc.handler(services, caller, sc.validate(args), blobs)
 
     def submit(self, caller: Caller, call: str, args: dict[str, Any], blobs: list[bytes],
-               sink: Sink, *, seq: int | None = None) -> None:
+               sink: Sink, *, seq: int | None = None,
+               refused: LibOSError | None = None) -> None:
         """Run one call and hand its outcome -- now, or for a Pending later -- to ``sink``.
 
         ``seq`` (a top-level call of the process) journals the outcome; a tool's
         syscalls pass None: the tool call that made them is the journaled unit.
+        ``refused``: the door already judged an argument invalid; the call is answered
+        with that error, audited and journaled like any other refusal, and runs nothing.
         """
         if seq is not None and self.journal is not None:
             journal = self.journal
@@ -116,6 +125,11 @@ class Dispatcher:
                 journal.record(caller, seq, call, args, blobs, outcome)
                 outer(outcome)
 
+        if refused is not None:
+            if self._on_refused is not None:
+                self._on_refused(caller, call, refused)
+            sink(refused)
+            return
         try:
             with self._savepoint():
                 result = self.run(caller, call, args, blobs)

@@ -68,15 +68,19 @@ class RefusalLimiter:
                 p.suppressed = 0
         return out
 
-    def refused(self, peer: bytes) -> tuple[bool, int]:
-        """Count one refusal: (audit this one?, refusals suppressed to summarise now)."""
+    def refused(self, peer: bytes, *, cut: bool = True) -> tuple[bool, int]:
+        """Count one refusal: (audit this one?, refusals suppressed to summarise now).
+
+        ``cut``: the refusal counts towards cutting the peer off (a frame that is not
+        the protocol, a wrong credential); a bad argument value does not."""
         now = self.clock()
         p = self._peers.get(peer)
         if p is None:
             if len(self._peers) >= self.max_peers:
                 self._peers.pop(next(iter(self._peers)))
             p = self._peers[peer] = _Peer(window_start=now)
-        p.bad_frames += 1
+        if cut:
+            p.bad_frames += 1
         summary = 0
         if now - p.window_start >= self.limits.window_s:
             summary, p.suppressed, p.audited, p.window_start = p.suppressed, 0, 0, now

@@ -39,6 +39,12 @@ class StoreJournal:
     def record(self, caller: Caller, seq: int, call: str, args: dict[str, Any],
                blobs: list[bytes], outcome: Outcome) -> None:
         status, text = encode_outcome(outcome)
+        try:
+            digest = args_digest(call, args, blobs)
+        except (ValueError, TypeError, RecursionError):
+            # Arguments the door refused (too deep to encode, say): identify the call
+            # by what it was refused for, which a replay would be refused for again.
+            digest = args_digest(call, {"refused": text})
         self._store.journal_append(JournalEntry(
-            pid=caller.pid, seq=seq, call=call, digest=args_digest(call, args, blobs),
+            pid=caller.pid, seq=seq, call=call, digest=digest,
             status="ok" if status == "ok" else "error", result=text))

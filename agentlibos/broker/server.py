@@ -160,17 +160,14 @@ class Broker:
         return sink
 
     def _refuse(self, routing_id: bytes, req_id: int | None, error: LibOSError,
-                *, bad_frame: bool) -> None:
+                *, cut: bool = True) -> None:
         """Answer a request refused at the door; audit it within the peer's allowance."""
-        if bad_frame:
-            audit, summary = self.refusals.refused(routing_id)
-            if summary:
-                self.door.on_refusals_suppressed(routing_id, summary,
-                                                 self.refusals.is_cut(routing_id))
-            if not audit:
-                self.outbox.append([routing_id, *encode_error(req_id, error)])
-                return
-        self.door.on_protocol_error(error, routing_id)
+        audit, summary = self.refusals.refused(routing_id, cut=cut)
+        if summary:
+            self.door.on_refusals_suppressed(routing_id, summary,
+                                             self.refusals.is_cut(routing_id))
+        if audit:
+            self.door.on_protocol_error(error, routing_id)
         self.outbox.append([routing_id, *encode_error(req_id, error)])
 
     def _handle(self, frames: list[bytes]) -> None:
@@ -180,12 +177,12 @@ class Broker:
         try:
             req = decode_request(frames[1:], self.limits)
         except WireError as e:
-            self._refuse(routing_id, e.req_id, e.error, bad_frame=True)
+            self._refuse(routing_id, e.req_id, e.error)
             return
         try:
             caller = self.door.authenticate(req.pid, req.token)
         except AuthenticationFailed as e:
-            self._refuse(routing_id, req.id, e, bad_frame=True)
+            self._refuse(routing_id, req.id, e)
             return
         if not self.in_flight.admit(caller.pid):
             self.outbox.append([routing_id, *encode_error(req.id, LimitExceeded(
@@ -193,10 +190,11 @@ class Broker:
                 f"{self.flow.max_in_flight} requests in flight; wait for their replies"))])
             return
         try:
-            seq = self.dispatcher.next_seq(caller.pid, getattr(req, "seq", None))
+            seq = self.dispatcher.next_seq(caller.pid, req.seq)
         except LibOSError as e:
             self.in_flight.done(caller.pid)
-            self._refuse(routing_id, req.id, e, bad_frame=True)
+            self._refuse(routing_id, req.id, e)
             return
         self.dispatcher.submit(caller, req.call, req.args, req.blobs,
-                               self._sink(routing_id, req.id, caller.pid), seq=seq)
+                               self._sink(routing_id, req.id, caller.pid), seq=seq,
+                               refused=req.args_error)

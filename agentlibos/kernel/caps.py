@@ -12,6 +12,14 @@ Glob semantics
   ``*``, ``**`` and patterns starting with ``**/`` mean "anywhere" and stay as they are.
 * every other kind: ``*`` and ``**`` match any string, ``?`` one character.
 * a policy pattern of kind ``*`` takes the semantics of the request's kind.
+* in every kind a backslash makes the next character literal (``\\*`` is a star, ``\\\\``
+  a backslash). :meth:`CapPattern.resolved` escapes the base directory this way, so a
+  cwd named ``proj*`` or ``proj?`` never widens a relative capability to its siblings.
+
+Matching is linear: :meth:`Glob.match` simulates the pattern as an NFA whose set of live
+positions is one integer used as a bit set, so no pattern/path pair can backtrack
+(``./a*a*a*a*a*a*a*a*a*a*b`` against 200 ``a``s costs what any 200-character path
+does). Glob patterns are bounded by :data:`MAX_GLOB_LEN`.
 
 Containment (:func:`covers`) is decided token by token and is *sound but conservative*:
 when it says a pattern lies within another, every string the first matches is matched
@@ -22,10 +30,9 @@ only ever withholds authority.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import cache, lru_cache
+from functools import lru_cache
 from typing import Final, Literal
 
 from agentlibos.errors import PolicyError
@@ -47,6 +54,8 @@ KIND_RIGHTS: Final[dict[str, frozenset[str]]] = {
 KINDS: Final[frozenset[str]] = frozenset(KIND_RIGHTS)
 _ALIASES: Final[dict[str, frozenset[str]]] = {"rw": frozenset({"read", "write"})}
 MAX_CAP_LEN: Final[int] = 4096
+# A resolved pattern is the (escaped) base directory plus the resource: room for both.
+MAX_GLOB_LEN: Final[int] = 4 * MAX_CAP_LEN
 _MAX_DOUBLE_STARS: Final[int] = 4
 # Kinds whose resource may be left out (``human:ask``); it then means ``*``.
 _RESOURCE_OPTIONAL: Final[frozenset[str]] = frozenset({"human", "clock"})
@@ -62,11 +71,21 @@ _ONE: Final = "\x00ONE"  # one char (not '/' for paths)
 Token = str
 
 
+def escape(text: str) -> str:
+    """``text`` as a glob that matches exactly ``text`` (its ``*``, ``?`` and ``\\`` made
+    literal). Used for a base directory a relative capability is resolved against."""
+    return text.replace("\\", "\\\\").replace("*", "\\*").replace("?", "\\?")
+
+
 def _tokenize(pattern: str, *, paths: bool) -> list[Token]:
     toks: list[Token] = []
     i = 0
     while i < len(pattern):
         c = pattern[i]
+        if c == "\\" and i + 1 < len(pattern):
+            toks.append(pattern[i + 1])  # an escaped character is a literal
+            i += 2
+            continue
         if c == "*":
             if pattern.startswith("**", i):
                 toks.append(_ANY)
@@ -120,52 +139,156 @@ def _expand(toks: Sequence[Token]) -> list[tuple[Token, ...]]:
     return [tuple(_ANY if t == "\x00ANY!" else t for t in alt) for alt in alts]
 
 
-def _regex(alts: Iterable[tuple[Token, ...]], *, paths: bool) -> re.Pattern[str]:
-    parts = []
-    for alt in alts:
-        out = []
-        for t in alt:
-            if t == _ANY:
-                out.append(".*")
-            elif t == _SEG:
-                out.append("[^/]*")
-            elif t == _ONE:
-                out.append("[^/]" if paths else ".")
-            else:
-                out.append(re.escape(t))
-        parts.append("".join(out))
-    return re.compile("(?:" + "|".join(parts) + r")\Z", re.DOTALL)
+def _literal_run(toks: Sequence[Token]) -> str:
+    """The literal characters a token sequence starts with (specials are longer tokens)."""
+    out = []
+    for t in toks:
+        if len(t) != 1:
+            break
+        out.append(t)
+    return "".join(out)
+
+
+def _common_prefix(texts: Sequence[str]) -> str:
+    """The characters all ``texts`` start with (character by character, not by path)."""
+    if not texts:
+        return ""
+    lo, hi = min(texts), max(texts)  # the extremes share what all of them share
+    n = 0
+    while n < len(lo) and lo[n] == hi[n]:
+        n += 1
+    return lo[:n]
+
+
+@dataclass(frozen=True)
+class _Nfa:
+    """All alternatives of a glob as one NFA over token positions, run with bit sets.
+
+    Alternative ``k`` occupies positions ``off_k .. off_k + len_k``; the last of them (one
+    past its tokens) is its accepting position. A live set is an ``int``: stepping over one
+    character is a handful of shifts and masks, so matching is O(len(path) * len(pattern)
+    / word size) and never backtracks. The literal prefix and suffix every alternative
+    shares are compared as strings first, and a live trailing ``**`` accepts at once, so
+    the usual ``/abs/dir/**`` and ``**/.env`` cost little more than a string compare.
+    """
+
+    start: int
+    accept: int
+    star: int  # positions holding '*' or '**' (they may match the empty string)
+    any_: int  # '**' (and flat '*'): stays on any character
+    seg: int  # path '*': stays on any character but '/'
+    one: int  # '?'
+    sink: int  # a '**' right before an accepting position: whatever follows matches
+    lits: dict[str, int]  # a literal character -> the positions that hold it
+    prefix: str  # literal characters every alternative starts with (start is past them)
+    suffix: str  # literal characters every alternative ends with
+
+    @staticmethod
+    def build(alts: Sequence[tuple[Token, ...]]) -> _Nfa:
+        prefix = _common_prefix([_literal_run(a) for a in alts])
+        suffix = _common_prefix([_literal_run(a[::-1]) for a in alts])[::-1]
+        start = accept = any_ = seg = one = sink = 0
+        lits: dict[str, int] = {}
+        off = 0
+        for alt in alts:
+            start |= 1 << (off + len(prefix))
+            for k, t in enumerate(alt):
+                bit = 1 << (off + k)
+                if t == _ANY:
+                    any_ |= bit
+                    if k == len(alt) - 1:
+                        sink |= bit
+                elif t == _SEG:
+                    seg |= bit
+                elif t == _ONE:
+                    one |= bit
+                else:
+                    lits[t] = lits.get(t, 0) | bit
+            accept |= 1 << (off + len(alt))
+            off += len(alt) + 1
+        return _Nfa(start, accept, any_ | seg, any_, seg, one, sink, lits, prefix, suffix)
+
+    def _close(self, live: int) -> int:
+        # A star may match nothing: from it, the next position is live too.
+        while True:
+            more = live | ((live & self.star) << 1)
+            if more == live:
+                return live
+            live = more
+
+    def match(self, s: str, *, paths: bool) -> bool:
+        if not s.startswith(self.prefix) or not s.endswith(self.suffix):
+            return False
+        live = self._close(self.start)
+        for i in range(len(self.prefix), len(s)):
+            if live & self.sink:
+                return True
+            c = s[i]
+            slash = paths and c == "/"
+            advance = self.lits.get(c, 0) | (0 if slash else self.one)
+            stay = self.any_ | (0 if slash else self.seg)
+            live = self._close(((live & advance) << 1) | (live & stay))
+            if not live:
+                return False
+        return bool(live & self.accept)
+
+
+def _fill_down(seeds: int, through: int, width: int) -> int:
+    """Bits ``j`` from which a run of ``through`` bits ``j, j+1, ...`` reaches a seed.
+
+    ``r[j] = seeds[j] or (through[j] and r[j+1])``, computed in log(width) steps
+    (a parallel prefix), not one bit at a time.
+    """
+    r, span, s = seeds, through, 1
+    while s <= width and span:
+        r |= (r >> s) & span
+        span &= span >> s
+        s <<= 1
+    return r
 
 
 def _covers_plain(p: Sequence[Token], c: Sequence[Token], paths: bool) -> bool:
-    """Does plain pattern ``p`` match every string plain pattern ``c`` matches?"""
+    """Does plain pattern ``p`` match every string plain pattern ``c`` matches?
 
-    @cache
-    def go(i: int, j: int) -> bool:
-        if i == len(p):
-            return j == len(c)
-        t = p[i]
+    ``go(i, j)``: do ``p[i:]`` and ``c[j:]`` stand in that relation. It is computed row by
+    row from the end of ``p``, each row a bit set over ``j``: no recursion (patterns may be
+    thousands of tokens long) and no search that could blow up.
+    """
+    n = len(c)
+    # row[j] == go(i, j); past the end of p only the end of c is covered.
+    row = 1 << n
+    masks: dict[Token, int] = {}
+
+    def mask(t: Token) -> int:
+        m = masks.get(t)
+        if m is None:
+            m = 0
+            for j, u in enumerate(c):
+                if t == _ONE:
+                    # '?' stands for exactly one character: c's '?' or one literal
+                    # (not '/' in paths).
+                    ok = u == _ONE or (not u.startswith("\x00") and not (paths and u == "/"))
+                elif t == _SEG:
+                    # A path '*' absorbs c's tokens up to a '/' or a '**'.
+                    ok = u not in ("/", _ANY)
+                else:
+                    ok = t == u
+                if ok:
+                    m |= 1 << j
+            masks[t] = m
+        return m
+
+    for t in reversed(p):
         if t == _ANY:
             # ANY absorbs any run of c's tokens, including c's own wildcards.
-            return any(go(i + 1, k) for k in range(j, len(c) + 1))
-        if t == _SEG:
-            k = j
-            while True:
-                if go(i + 1, k):
-                    return True
-                if k == len(c) or c[k] == "/" or c[k] == _ANY:
-                    return False
-                k += 1
-        if j == len(c):
+            row = (1 << row.bit_length()) - 1 if row else 0
+        elif t == _SEG:
+            row = _fill_down(row, mask(_SEG), n)
+        else:
+            row = (row >> 1) & mask(t)
+        if not row:
             return False
-        u = c[j]
-        if t == _ONE:
-            # '?' stands for exactly one character: c's '?' or one literal (not '/' in paths).
-            ok = u == _ONE or (not u.startswith("\x00") and not (paths and u == "/"))
-            return ok and go(i + 1, j + 1)
-        return t == u and go(i + 1, j + 1)
-
-    return go(0, 0)
+    return bool(row & 1)
 
 
 @dataclass(frozen=True)
@@ -175,16 +298,21 @@ class Glob:
     pattern: str
     paths: bool
     _alts: tuple[tuple[Token, ...], ...] = field(repr=False, compare=False)
-    _re: re.Pattern[str] = field(repr=False, compare=False)
+    _nfa: _Nfa = field(repr=False, compare=False)
 
     @staticmethod
     def compile(pattern: str, *, paths: bool) -> Glob:
+        if len(pattern) > MAX_GLOB_LEN:
+            raise PolicyError(
+                f"glob {pattern[:80]!r}... is longer than {MAX_GLOB_LEN} characters"
+            )
         toks = _tokenize(pattern, paths=paths)
         alts = _expand(toks) if paths else [tuple(toks)]
-        return Glob(pattern, paths, tuple(alts), _regex(alts, paths=paths))
+        return Glob(pattern, paths, tuple(alts), _Nfa.build(alts))
 
     def match(self, s: str) -> bool:
-        return self._re.match(s) is not None
+        """Does the whole of ``s`` match? Linear in ``len(s)``; never backtracks."""
+        return self._nfa.match(s, paths=self.paths)
 
     def covers(self, other: Glob) -> bool:
         """True when every string ``other`` matches, ``self`` matches too (conservative)."""
@@ -235,7 +363,9 @@ class CapPattern:
         """Make a relative ``fs`` resource absolute against ``base`` (a directory)."""
         if not self.relative:
             return self
-        joined = os.path.join(base, self.resource)
+        # The base is a directory name, not a glob: escape it, or a cwd named "proj?" or
+        # "proj*" would make "./**" match its siblings ("../projX/secret.txt").
+        joined = os.path.join(escape(base), self.resource)
         # normpath collapses "./" and "a/../" lexically; glob tokens are plain characters.
         absolute = os.path.normpath(joined)
         return _make(self.kind, self.rights, absolute)

@@ -8,13 +8,22 @@ null), ``properties``, ``required``, ``additionalProperties`` (bool or schema),
 ``pattern``, ``description``/``title``/``default`` (ignored). Anything else in a schema
 is refused when the tool is registered, so a schema never silently checks less than its
 author meant.
+
+Threat: a schema is agent-written, and validation runs on the supervisor's one thread.
+A ``pattern`` such as ``^(a+)+$`` takes Python's backtracking ``re`` exponential time
+on ``"aaaa...b"``. Patterns therefore run in RE2 (google-re2), whose time is linear in
+the input; a pattern RE2 cannot take (look-around, back-references) or one longer than
+:data:`MAX_PATTERN_LEN` is refused with :class:`InvalidArgument` when the schema is
+checked, and again, should an unchecked schema reach :func:`validate`, there.
 """
 
 from __future__ import annotations
 
 import operator
-import re
+from functools import lru_cache
 from typing import Any, Final
+
+import re2
 
 from agentlibos.errors import InvalidArgument
 
@@ -25,6 +34,36 @@ KNOWN: Final = frozenset({
 })
 TYPES: Final = frozenset({"object", "array", "string", "number", "integer", "boolean", "null"})
 MAX_DEPTH: Final = 32
+MAX_PATTERN_LEN: Final = 1024
+# RE2's memory for one compiled pattern: a pattern whose automaton needs more (say
+# "a{1000}{1000}") fails to compile and is refused rather than growing the supervisor.
+_RE2_MAX_MEM: Final = 8 << 20
+
+
+@lru_cache(maxsize=256)
+def _compile(pattern: str) -> Any:
+    opts = re2.Options()
+    opts.log_errors = False  # the refusal is the caller's error, not a log line
+    opts.max_mem = _RE2_MAX_MEM
+    return re2.compile(pattern, opts)
+
+
+def compile_pattern(pattern: object, where: str) -> Any:
+    """A schema ``pattern`` compiled by RE2 (linear-time), or :class:`InvalidArgument`."""
+    if not isinstance(pattern, str):
+        raise InvalidArgument(f"{where}: pattern must be a string")
+    if len(pattern) > MAX_PATTERN_LEN:
+        raise InvalidArgument(f"{where}: pattern longer than {MAX_PATTERN_LEN} characters")
+    try:
+        return _compile(pattern)
+    except (re2.error, UnicodeEncodeError, TypeError, ValueError) as e:
+        detail = e.args[0] if e.args else e
+        if isinstance(detail, bytes):
+            detail = detail.decode("utf-8", "replace")
+        raise InvalidArgument(
+            f"{where}: pattern {pattern[:80]!r} cannot be used: {detail} (patterns run in "
+            "a linear-time engine without look-around or back-references)"
+        ) from None
 
 
 def check_schema(schema: object, where: str = "schema", depth: int = 0) -> None:
@@ -57,10 +96,7 @@ def check_schema(schema: object, where: str = "schema", depth: int = 0) -> None:
     if "items" in schema:
         check_schema(schema["items"], f"{where}.items", depth + 1)
     if "pattern" in schema:
-        try:
-            re.compile(schema["pattern"])
-        except (re.error, TypeError) as e:
-            raise InvalidArgument(f"{where}: bad pattern: {e}") from None
+        compile_pattern(schema["pattern"], where)
 
 
 def _type_ok(value: Any, t: str) -> bool:
@@ -103,8 +139,14 @@ def validate(value: Any, schema: dict[str, Any], where: str = "args") -> None:
             raise InvalidArgument(f"{where}: shorter than {schema['minLength']}")
         if "maxLength" in schema and len(value) > schema["maxLength"]:
             raise InvalidArgument(f"{where}: longer than {schema['maxLength']}")
-        if "pattern" in schema and not re.search(schema["pattern"], value):
-            raise InvalidArgument(f"{where}: does not match {schema['pattern']!r}")
+        if "pattern" in schema:
+            rx = compile_pattern(schema["pattern"], where)
+            try:
+                found = rx.search(value) is not None
+            except UnicodeEncodeError:
+                raise InvalidArgument(f"{where}: not valid text (a lone surrogate)") from None
+            if not found:
+                raise InvalidArgument(f"{where}: does not match {schema['pattern']!r}")
     if isinstance(value, list):
         if "minItems" in schema and len(value) < schema["minItems"]:
             raise InvalidArgument(f"{where}: fewer than {schema['minItems']} items")

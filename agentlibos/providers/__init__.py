@@ -1,3 +1,3 @@
 """Resource providers: how the broker performs effects for agents (files today)."""
 
-__all__ = ["fs"]
+__all__ = ["fs", "fstree"]

@@ -10,14 +10,27 @@ operator's authority -- to follow it. Defence in two steps:
 2. Every operation then opens the real path with ``openat2(RESOLVE_NO_SYMLINKS)`` (or a
    component-by-component ``O_NOFOLLOW`` walk where openat2 is missing), so a symlink
    swapped in after the check makes the call fail instead of escaping.
+
+Further threats, each bounded here (docs/threat-model.md):
+
+* A hard link planted in the granted tree to a file outside it: writes and appends
+  refuse a file with more than one link, checked on the opened descriptor.
+* ``/proc/self`` (and ``/proc/thread-self``, ``/proc/<pid>``, ``/proc/net``...) seen by
+  the broker is the *supervisor*: :meth:`LocalFs.resolve` refuses any real path under
+  ``/proc`` that names the calling process or one of its threads.
+* Deep trees: a 1,500-level chain made Python recurse (``shutil.rmtree``, ``os.walk``,
+  a recursive ``mkdir``) until ``RecursionError`` reached the supervisor's loop, and its
+  paths pass ``PATH_MAX``. Every tree operation here is iterative, works on directory
+  descriptors relative to their parent (``fstree.py``), and holds O(1) of them.
+* Names that are not text (NUL, lone surrogates) are refused before any system call.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
-import shutil
 import stat as stat_mod
 from dataclasses import dataclass
 from typing import Any, Final
@@ -31,8 +44,11 @@ from agentlibos.errors import (
     PermissionDenied,
     from_oserror,
 )
+from agentlibos.kernel.text import is_text
+from agentlibos.providers.fstree import discard_tree, remove_dir_tree, remove_tree, walk_tree
 
 MAX_PATH: Final = 4096
+_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 # openat2(2): struct open_how { u64 flags; u64 mode; u64 resolve; }
 _SYS_OPENAT2: Final = 437  # same number on x86_64 and aarch64 (generic table)
@@ -131,34 +147,144 @@ def safe_open(path: str, flags: int, mode: int = 0o644) -> int:
     return _walk_open(path, flags, mode)
 
 
+def _std_realpath(path: str) -> str:
+    """``os.path.realpath``, which recurses once per link in a chain of symlinks: a
+    planted chain of 1,500 links would raise RecursionError in the supervisor."""
+    try:
+        return os.path.realpath(path)
+    except RecursionError:
+        raise InvalidArgument(
+            f"path {path[:80]!r}...: too many levels of symbolic links") from None
+
+
+def _join_tail(base: str, tail: list[str]) -> str:
+    return os.path.join(base, *reversed(tail)) if tail else base
+
+
 def realpath(path: str) -> str:
     """``os.path.realpath`` in two syscalls: let the kernel resolve, then ask it the answer.
 
     Opens the path with O_PATH (following symlinks, but never /proc magic links) and
     reads the name back from /proc/self/fd; a missing tail is resolved through its
-    parent. Falls back to ``os.path.realpath`` when that cannot give an exact answer.
+    parent (iteratively: a 1,500-level missing tail once recursed that deep). Falls back
+    to ``os.path.realpath`` when that cannot give an exact answer.
     """
     if not path.startswith("/") or any(c in (".", "..") for c in path.split("/")):
         # Only absolute, normalised paths take the fast way (the broker's always are):
         # "missing/.." is resolved lexically by os.path.realpath, physically by the kernel.
-        return os.path.realpath(path)
-    try:
+        return _std_realpath(path)
+    tail: list[str] = []  # the missing components, last first
+    p = path
+    while True:
         try:
-            fd = _openat2(path, os.O_PATH, 0, _RESOLVE_NO_MAGICLINKS)
+            fd = _openat2(p, os.O_PATH, 0, _RESOLVE_NO_MAGICLINKS)
         except FileNotFoundError:
-            parent, name = os.path.split(path)
-            if path == "/" or os.path.islink(path):
-                return os.path.realpath(path)  # a dangling link names its target
-            return os.path.join(realpath(parent), name)
+            if p == "/" or os.path.islink(p):
+                return _join_tail(_std_realpath(p), tail)  # a dangling link names its target
+            p, name = os.path.split(p)
+            tail.append(name)
+            continue
+        except OSError:
+            return _join_tail(_std_realpath(p), tail)
         try:
             real = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            return _join_tail(_std_realpath(p), tail)
         finally:
             os.close(fd)
-    except OSError:
-        return os.path.realpath(path)
-    if not real.startswith("/") or real.endswith(" (deleted)"):
-        return os.path.realpath(path)
-    return real
+        if not real.startswith("/") or real.endswith(" (deleted)"):
+            return _join_tail(_std_realpath(p), tail)
+        return _join_tail(real, tail)
+
+
+def _own_proc_ids() -> set[str]:
+    """The calling process's pid and its threads' ids: /proc/<tid> works for a thread
+    too, though it is not listed."""
+    pid = os.getpid()
+    ids = {str(pid)}
+    with contextlib.suppress(OSError):
+        ids.update(os.listdir(f"/proc/{pid}/task"))
+    return ids
+
+
+def _under_own_proc(path: str, own: set[str]) -> bool:
+    parts = path.split("/", 3)
+    return (len(parts) >= 3 and parts[1] == "proc"
+            and (parts[2] in ("self", "thread-self") or parts[2] in own))
+
+
+_MAX_LINKS: Final = 40  # as the kernel's own limit; past it the call fails with ELOOP
+
+
+def _passes_own_proc(lexical: str) -> bool:
+    """Does resolving ``lexical`` pass through this process's /proc directory?
+
+    Needed where the path crosses a /proc magic link: ``/dev/fd/0`` leads through
+    /proc/self/fd/0 and comes out at the supervisor's terminal, ``/proc/self/root/etc``
+    at its /etc, so the real path alone does not show that the supervisor was named.
+    Resolves one component at a time (iteratively), like the kernel, and looks at
+    every directory it passes.
+    """
+    own = _own_proc_ids()
+    stack = list(reversed(lexical.split("/")))
+    resolved, links = "/", 0
+    while stack:
+        comp = stack.pop()
+        if comp in ("", "."):
+            continue
+        if comp == "..":
+            resolved = os.path.dirname(resolved)
+            continue
+        candidate = os.path.join(resolved, comp)
+        if _under_own_proc(candidate, own):
+            return True
+        try:
+            st = os.lstat(candidate)
+        except OSError:
+            resolved = candidate  # missing (or unreadable): the rest is lexical
+            continue
+        if not stat_mod.S_ISLNK(st.st_mode):
+            resolved = candidate
+            continue
+        links += 1
+        if links > _MAX_LINKS:
+            return False  # the operation itself will fail with ELOOP
+        try:
+            target = os.readlink(candidate)
+        except OSError:
+            resolved = candidate
+            continue
+        if target.startswith("/"):
+            resolved = "/"
+        stack.extend(reversed(target.split("/")))
+    return _under_own_proc(resolved, own)
+
+
+def _crosses_magic_link(lexical: str) -> bool:
+    """True when the kernel, refusing /proc magic links, cannot resolve ``lexical``."""
+    try:
+        os.close(_openat2(lexical, os.O_PATH, 0, _RESOLVE_NO_MAGICLINKS))
+    except OSError as e:
+        # ELOOP: a magic link (or a long chain of links); ENOSYS: no openat2 to ask;
+        # ENAMETOOLONG: links expanded past PATH_MAX. Look the slow way in each case.
+        return e.errno in (errno.ELOOP, errno.ENOSYS, errno.ENAMETOOLONG)
+    return False
+
+
+def _refuse_own_proc(real: str, asked: str, lexical: str) -> None:
+    """Refuse a real path naming this (the supervisor's) process under /proc.
+
+    The broker acts as the supervisor: its /proc/self is the supervisor, whose
+    environment, memory maps, fds and cwd are not the agent's to see. realpath turns
+    /proc/self, /proc/thread-self and /proc/net into /proc/<pid>/..., which the first
+    test sees; a path through a magic link (/dev/fd/0, /proc/self/root/etc) comes out
+    elsewhere, so such a path is also resolved step by step to see what it passed.
+    """
+    if (real.startswith("/proc/") and _under_own_proc(real, _own_proc_ids())) or (
+            _crosses_magic_link(lexical) and _passes_own_proc(lexical)):
+        raise PermissionDenied(
+            f"path {asked[:80]!r} names the supervisor's own process (under /proc), "
+            "which no brokered file call may touch", path=real)
 
 
 @dataclass(frozen=True)
@@ -190,15 +316,31 @@ class LocalFs:
     def resolve(cwd: str, path: str, *, follow_last: bool = True) -> Resolved:
         """Resolve ``path`` against ``cwd``; with ``follow_last=False`` a symlink in the
         last component is the target itself (as lstat and unlink see it), not followed."""
-        if not path or "\x00" in path or len(path) > MAX_PATH:
-            raise InvalidArgument(f"invalid path {path[:80]!r}: empty, too long or has NUL")
+        if not path:
+            raise InvalidArgument("invalid path '': empty")
+        if "\x00" in path:
+            raise InvalidArgument(f"invalid path {path[:80]!r}: it contains a NUL byte")
+        if not is_text(path):
+            raise InvalidArgument(
+                f"invalid path {path[:80]!r}: not valid text (it holds a lone surrogate)")
         lexical = os.path.normpath(os.path.join(cwd, path))
         if lexical.startswith("//"):
             lexical = "/" + lexical.lstrip("/")
+        if len(path) > MAX_PATH or len(os.fsencode(lexical)) > MAX_PATH:
+            raise InvalidArgument(
+                f"invalid path {path[:80]!r}...: longer than the limit of {MAX_PATH} bytes "
+                "once joined to the working directory", limit=MAX_PATH)
         if follow_last or lexical == "/":
-            return Resolved(lexical, realpath(lexical))
-        parent, name = os.path.split(lexical)
-        return Resolved(lexical, os.path.join(realpath(parent), name))
+            real = realpath(lexical)
+        else:
+            parent, name = os.path.split(lexical)
+            real = os.path.join(realpath(parent), name)
+        if not is_text(real):
+            # A host directory whose name is not UTF-8 on the way: it could be neither
+            # audited nor named back to the agent.
+            raise InvalidArgument(f"path {path[:80]!r} leads through a name that is not text")
+        _refuse_own_proc(real, path, lexical)
+        return Resolved(lexical, real)
 
     def _parent_fd(self, real: str) -> tuple[int, str]:
         parent, name = os.path.split(real)
@@ -259,8 +401,10 @@ class LocalFs:
                             f"cannot append to {real!r}: not a regular file") from None
                     raise _fs_error(e, "cannot append to", real) from None
                 try:
-                    if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
+                    st = os.fstat(fd)
+                    if not stat_mod.S_ISREG(st.st_mode):
                         raise InvalidArgument(f"cannot append to {real!r}: not a regular file")
+                    _refuse_hard_linked(st, "append to", real)
                     view = memoryview(data)
                     while view:  # os.write may write less than asked
                         view = view[os.write(fd, view):]
@@ -289,6 +433,11 @@ class LocalFs:
                 if stat_mod.S_ISDIR(st.st_mode):
                     os.unlink(tmp, dir_fd=dfd)
                     raise InvalidArgument(f"cannot write {real!r}: it is a directory")
+                if stat_mod.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                    # rename() would replace only this name, but a write that quietly
+                    # splits a linked file is a surprise either way: refuse like append.
+                    os.unlink(tmp, dir_fd=dfd)
+                    _refuse_hard_linked(st, "write", real)
             except FileNotFoundError:
                 pass
             # rename() replaces a symlink at `name` itself rather than following it.
@@ -331,10 +480,14 @@ class LocalFs:
         return out
 
     def mkdir(self, real: str, *, parents: bool, exist_ok: bool) -> None:
+        if len(os.fsencode(real)) > MAX_PATH:
+            raise InvalidArgument(
+                f"cannot create directory {real[:80]!r}...: longer than the limit of "
+                f"{MAX_PATH} bytes", limit=MAX_PATH)
         if parents:
-            parent = os.path.dirname(real)
-            if parent != real and not os.path.isdir(parent):
-                self.mkdir(parent, parents=True, exist_ok=True)
+            # Iterative, one directory descriptor at a time: a 1,500-level path once
+            # made a recursive mkdir raise RecursionError in the supervisor.
+            self._make_parents(real)
         dfd, name = self._parent_fd(real)
         try:
             os.mkdir(name, 0o755, dir_fd=dfd)
@@ -347,16 +500,55 @@ class LocalFs:
         finally:
             os.close(dfd)
 
+    def _make_parents(self, real: str) -> None:
+        """Create every missing directory above ``real``, walking down from ``/`` by
+        descriptor with O_NOFOLLOW (a symlink on the way is refused, as in safe_open)."""
+        flags = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        comp = "/"
+        try:
+            for comp in [p for p in real.split("/") if p][:-1]:
+                try:
+                    nfd = os.open(comp, flags, dir_fd=fd)
+                except FileNotFoundError:
+                    # Made meanwhile by someone else is fine: the open says what it is.
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(comp, 0o755, dir_fd=fd)
+                    nfd = os.open(comp, flags, dir_fd=fd)
+                os.close(fd)
+                fd = nfd
+        except OSError as e:
+            raise _fs_error(_as_eloop(e, comp, fd), "cannot create directory", real) from None
+        finally:
+            os.close(fd)
+
     def walk(self, real: str, *, limit: int) -> list[str]:
-        """Every path below directory ``real`` (not following symlinks), at most ``limit``."""
+        """Every path below directory ``real`` (not following symlinks), at most ``limit``.
+
+        Iterative and descriptor-based, so any depth (and paths past PATH_MAX) is walked
+        whole; an entry that cannot be read is an error, never silently skipped (the
+        caller checks each entry before a recursive delete).
+        """
         out: list[str] = []
-        if not os.path.isdir(real) or os.path.islink(real):
+        dfd, name = self._parent_fd(real)
+        try:
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            if not stat_mod.S_ISDIR(st.st_mode):
+                return out
+            # closing(): on LimitExceeded the walker's descriptor is closed now, not
+            # whenever the traceback that holds this frame goes.
+            with contextlib.closing(walk_tree(dfd, name, real)) as entries:
+                for path, _fd, _name, _is_dir in entries:
+                    if path != real:
+                        out.append(path)
+                        if len(out) > limit:
+                            raise LimitExceeded(f"more than {limit} entries below {real!r}")
+        except FileNotFoundError:
             return out
-        for top, dirs, files in os.walk(real, followlinks=False):
-            for n in dirs + files:
-                out.append(os.path.join(top, n))
-                if len(out) > limit:
-                    raise LimitExceeded(f"more than {limit} entries below {real!r}")
+        except OSError as e:
+            raise _fs_error(e, "cannot walk", real) from None
+        finally:
+            os.close(dfd)
         return out
 
     def delete(self, real: str, *, recursive: bool) -> None:
@@ -365,8 +557,7 @@ class LocalFs:
             st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
             if stat_mod.S_ISDIR(st.st_mode):
                 if recursive:
-                    # rmtree with dir_fd works on fds and never follows symlinks on Linux.
-                    shutil.rmtree(name, dir_fd=dfd)
+                    remove_dir_tree(dfd, name, real)
                 else:
                     os.rmdir(name, dir_fd=dfd)
             else:
@@ -381,6 +572,14 @@ class LocalFs:
             os.close(dfd)
 
 
+def _refuse_hard_linked(st: os.stat_result, what: str, real: str) -> None:
+    if st.st_nlink > 1:
+        raise PermissionDenied(
+            f"cannot {what} {real!r}: the file has {st.st_nlink} hard links, and another "
+            "name may lie outside the granted tree; remove the extra links or write a "
+            "new file", path=real, links=st.st_nlink)
+
+
 def _stat_dict(name: str, st: os.stat_result) -> dict[str, Any]:
     mode = st.st_mode
     kind = (
@@ -391,3 +590,7 @@ def _stat_dict(name: str, st: os.stat_result) -> dict[str, Any]:
     )
     return {"name": name, "type": kind, "size": st.st_size, "mtime": st.st_mtime,
             "mode": stat_mod.S_IMODE(mode)}
+
+
+__all__ = ["MAX_PATH", "LocalFs", "Resolved", "discard_tree", "realpath", "remove_tree",
+           "safe_open"]

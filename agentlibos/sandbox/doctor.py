@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 from agentlibos.config import Paths
 from agentlibos.errors import LibOSError
 from agentlibos.jit import deno
+from agentlibos.providers.fs import discard_tree
 from agentlibos.sandbox import cgroups, landlock, namespaces
 from agentlibos.sandbox.profile import LAYERS, SandboxConfig
 from agentlibos.supervisor import Supervisor
@@ -112,7 +112,7 @@ def run(config: SandboxConfig) -> DoctorReport:
     except LibOSError as e:
         report.probe_error = e.message
     finally:
-        shutil.rmtree(home, ignore_errors=True)
+        discard_tree(home)
     return report
 
 

@@ -27,6 +27,8 @@ class Client:
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.connect(endpoint)
         self._ids = itertools.count(1)
+        # The broker checks that calls arrive numbered 1, 2, 3...: the journal's order.
+        self._seq = itertools.count(1)
 
     def close(self) -> None:
         self._sock.close(0)
@@ -44,7 +46,8 @@ class Client:
         """Make one syscall; return ``(result, blobs)`` or raise its typed error."""
         req_id = next(self._ids)
         self._sock.send_multipart(
-            encode_request(req_id, self.pid, name, args or {}, self._token, blobs), copy=False
+            encode_request(req_id, self.pid, name, args or {}, self._token, blobs,
+                           seq=next(self._seq)), copy=False
         )
         deadline_ms = None if timeout_s is None else int(timeout_s * 1000)
         while True:

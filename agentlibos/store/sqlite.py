@@ -24,6 +24,7 @@ from agentlibos.errors import Conflict, LibOSError, LimitExceeded, NoSuchProcess
 from agentlibos.kernel.audit import GENESIS, AuditRecord, VerifyResult, record_hash, verify_chain
 from agentlibos.kernel.journal import SETTLED, JournalEntry, JournalStatus
 from agentlibos.kernel.process import ProcessRecord, State
+from agentlibos.kernel.text import is_text, storable
 from agentlibos.store.base import ImageRecord, ObjectQuota, ObjectRecord, Store
 from agentlibos.store.migrations import check_version, migrate, read_version
 
@@ -40,6 +41,9 @@ _PROC_COLS: Final = (
     "cwd, args, limits, layers, missing_layers, policy_id, created_at, started_at, "
     "ready_at, ended_at"
 )
+
+
+_NO_CUT = 1 << 62  # storable() for encoding only: never shorten what is stored
 
 
 class SQLiteStore:
@@ -189,8 +193,13 @@ class SQLiteStore:
             self._sp_wanted = self._sp_active = False
 
     def _write(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        # Any text may come from an agent (an error message, a path, a tool's output):
+        # a lone surrogate would make SQLite's UTF-8 encoding raise in the one loop
+        # every agent shares. Stored safely here, in the one place every write passes.
+        safe = tuple(storable(p, _NO_CUT) if isinstance(p, str) and not is_text(p) else p
+                     for p in params)
         with self.transaction():
-            return self._db.execute(sql, params)
+            return self._db.execute(sql, safe)
 
     # --------------------------------------------------------------------- policies
 

@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import signal
 import time
 from collections import deque
@@ -50,6 +49,8 @@ from agentlibos.errors import (
 from agentlibos.jit import deno
 from agentlibos.kernel.caps import attenuate, parse_cap
 from agentlibos.kernel.schema import validate
+from agentlibos.protocol.wire import check_args
+from agentlibos.providers.fs import discard_tree
 from agentlibos.store import Store
 from agentlibos.supervisor.exits import describe_status, log_tail
 from agentlibos.supervisor.loop import Loop, Timer
@@ -450,6 +451,9 @@ class JitManager:
                 raise InvalidArgument("a tool's syscall needs a name and an object of params")
             if not lookup(name).tool_ok:
                 raise InvalidArgument(f"{name} cannot be called from a tool")
+            # The tool's pipe is a door like the wire: the same refusals of non-finite
+            # numbers, text that is not text and deep nesting.
+            check_args(name, params)
             blobs = [base64.b64decode(b, validate=True) for b in msg.get("blobs") or []]
         except (LibOSError, ValueError, TypeError) as e:
             answer(e if isinstance(e, LibOSError) else InvalidArgument(f"bad blob: {e}"))
@@ -525,13 +529,13 @@ class JitManager:
             self._close(w, which)
         self.helpers.forget(w.wid)
         self.helpers.release(w.wid, w.cgroup)
-        shutil.rmtree(w.scratch, ignore_errors=True)
+        discard_tree(w.scratch)
 
     def end_process(self, pid: int) -> None:
         """An AgentProcess ended: so do its tools."""
         for w in [w for w in self.by_wid.values() if w.pid == pid]:
             self.kill(w, ToolError(f"process {pid} ended"))
-        shutil.rmtree(self.dir / str(pid), ignore_errors=True)
+        discard_tree(self.dir / str(pid))
 
     def reap_idle(self) -> None:
         limit = self.sandbox.config.tool_idle_s

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import secrets
-import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -39,6 +38,7 @@ from agentlibos.kernel.caps import CapPattern
 from agentlibos.kernel.image import AgentImage, Limits
 from agentlibos.kernel.policy import Policy
 from agentlibos.kernel.process import ProcessRecord, state_for_reason
+from agentlibos.providers.fs import discard_tree
 from agentlibos.sandbox.profile import ParentBudget, effective_limits
 from agentlibos.store import Store
 from agentlibos.supervisor.exits import describe_status, log_tail
@@ -382,7 +382,7 @@ class ProcessTable:
                                  "pids_limit_hit": pids_hit})
         self.release_cgroup(pid, live.cgroup)
         self.sandbox.forget(pid)
-        shutil.rmtree(live.scratch, ignore_errors=True)
+        discard_tree(live.scratch)
         for hook in self.ended:
             hook(pid)
         record = self.store.get_process(pid).public()

@@ -8,10 +8,10 @@ execution will turn the first step into resuming them.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import time
 
 from agentlibos.config import Paths
+from agentlibos.providers.fs import discard_tree
 from agentlibos.store import Store
 
 
@@ -25,6 +25,6 @@ def recover(store: Store, paths: Paths) -> None:
         with contextlib.suppress(FileNotFoundError):
             (paths.run / sock_name).unlink()
     for entry in paths.scratch.iterdir():
-        shutil.rmtree(entry, ignore_errors=True)
+        discard_tree(entry)
     # Tools registered by processes of a supervisor that died went with them.
-    shutil.rmtree(paths.home / "jit", ignore_errors=True)
+    discard_tree(paths.home / "jit")

@@ -117,8 +117,9 @@ class Supervisor:
         authz = Authz(store)
         self.waits = waits = Waits(table, loop)
         self.processes = ProcessCalls(table, Images(store), authz, self.fs, waits)
-        self.dispatcher = dispatcher = Dispatcher(store.savepoint, journal=StoreJournal(store),
-                                                  on_internal_error=self._on_internal_error)
+        self.dispatcher = dispatcher = Dispatcher(
+            store.savepoint, journal=StoreJournal(store),
+            on_internal_error=self._on_internal_error, on_refused=authz.refused)
         table.ended.append(dispatcher.forget)
         workers = Workers(self.sandbox, lambda: self.zygote, table)
         self.workers = workers

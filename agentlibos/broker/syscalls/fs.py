@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from agentlibos.broker.syscalls.base import Authorizer, Caller, Param, Reply, syscall
-from agentlibos.errors import InvalidArgument
+from agentlibos.errors import InvalidArgument, LibOSError
 from agentlibos.kernel.policy import Request
+from agentlibos.kernel.text import storable
 from agentlibos.providers.fs import MAX_PATH, LocalFs, Resolved
 
 
@@ -25,7 +26,14 @@ MAX_RECURSIVE_DELETE = 100_000
 
 def _check(svc: FsServices, caller: Caller, call: str, right: str, path: str,
            *, follow_last: bool = True) -> Resolved:
-    r = svc.fs.resolve(caller.cwd, path, follow_last=follow_last)
+    try:
+        r = svc.fs.resolve(caller.cwd, path, follow_last=follow_last)
+    except LibOSError as e:
+        # Refused before any capability is consulted (a name that is not text, a path
+        # past the limit or naming the supervisor): audited like any other refusal.
+        svc.authz.audit(caller, call, f"fs:{right}:{storable(path, 512)}", "deny",
+                   {"reason": storable(e.message, 1024)})
+        raise
     svc.authz.authorize(caller, call, Request("fs", right, r.real, r.aliases))
     return r
 

@@ -15,6 +15,7 @@ from typing import Any, Final, Protocol
 from agentlibos.broker.syscalls.base import ANY, Authorizer, Caller, Param, syscall
 from agentlibos.errors import InvalidArgument, LimitExceeded
 from agentlibos.kernel.policy import Request
+from agentlibos.kernel.text import is_text
 from agentlibos.store import ObjectQuota, ObjectRecord
 
 
@@ -78,8 +79,9 @@ def _ns(svc: ObjServices, caller: Caller, call: str, ns: str, right: str) -> str
 
 
 def _name(call: str, name: str) -> str:
-    if not name or len(name) > MAX_NAME or "\x00" in name:
-        raise InvalidArgument(f"{call}: object name must be 1-{MAX_NAME} characters, no NUL")
+    if not name or len(name) > MAX_NAME or "\x00" in name or not is_text(name):
+        raise InvalidArgument(
+            f"{call}: object name must be 1-{MAX_NAME} characters of valid text, no NUL")
     return name
 
 
