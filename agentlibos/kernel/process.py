@@ -60,6 +60,8 @@ class ProcessRecord:
     started_at: float | None = None
     ready_at: float | None = None
     ended_at: float | None = None
+    wait: str | None = None  # what it waits on while `waiting` (proc:7, approval:12...)
+    evicted: bool = False  # stopped while it waits; resumed by replay when the wait ends
 
     @property
     def live(self) -> bool:
@@ -96,4 +98,6 @@ class ProcessRecord:
             "started_at": self.started_at,
             "ready_at": self.ready_at,
             "ended_at": self.ended_at,
+            "wait": self.wait,
+            "evicted": self.evicted,
         }

@@ -36,7 +36,8 @@ __all__ = ["ImageRecord", "ObjectQuota", "ObjectRecord", "SQLiteStore", "Store"]
 # database (it never migrates) reads the journal as empty: see __init__.
 _JOURNAL_VERSION: Final = 2
 
-_PROC_COLS: Final = (
+_WAIT_VERSION: Final = 3  # processes.wait and processes.evicted
+_PROC_COLS_V1: Final = (
     "pid, ppid, root_pid, host_pid, image, image_path, state, exit_reason, result, error, "
     "cwd, args, limits, layers, missing_layers, policy_id, created_at, started_at, "
     "ready_at, ended_at"
@@ -68,6 +69,7 @@ class SQLiteStore:
             # Checked before anything writes, WAL mode included: a database from a newer
             # agentlibos is left exactly as it was.
             self.schema_version = check_version(read_version(self._db, self.path), self.path)
+            self._proc_cols = _PROC_COLS_V1 + ", wait, evicted"
             if readonly:
                 # A read-only open never migrates (it cannot write). It reads what this
                 # version's tables allow; what an older schema lacks reads as empty.
@@ -80,6 +82,8 @@ class SQLiteStore:
                 self._db.execute("PRAGMA synchronous = NORMAL")
                 self._db.execute("PRAGMA foreign_keys = ON")
                 self.schema_version = migrate(self._db, self.path)
+            if self.schema_version < _WAIT_VERSION:  # an older database, read only
+                self._proc_cols = _PROC_COLS_V1 + ", NULL, 0"
         except BaseException:
             self._db.close()
             raise
@@ -241,7 +245,8 @@ class SQLiteStore:
     _UPDATABLE: Final = frozenset(
         {
             "host_pid", "state", "exit_reason", "result", "error", "cwd", "layers",
-            "missing_layers", "started_at", "ready_at", "ended_at", "limits",
+            "missing_layers", "started_at", "ready_at", "ended_at", "limits", "wait",
+            "evicted",
         }
     )
 
@@ -261,7 +266,7 @@ class SQLiteStore:
     def _proc(row: tuple[Any, ...]) -> ProcessRecord:
         (pid, ppid, root_pid, host_pid, image, image_path, state, exit_reason, result,
          error, cwd, args, limits, layers, missing, policy_id, created_at, started_at,
-         ready_at, ended_at) = row
+         ready_at, ended_at, wait, evicted) = row
         return ProcessRecord(
             pid=pid, ppid=ppid, root_pid=root_pid, host_pid=host_pid, image=image,
             image_path=image_path, state=state, exit_reason=exit_reason,
@@ -269,12 +274,12 @@ class SQLiteStore:
             cwd=cwd, args=json.loads(args), limits=json.loads(limits),
             layers=json.loads(layers), missing_layers=json.loads(missing),
             policy_id=policy_id, created_at=created_at, started_at=started_at,
-            ready_at=ready_at, ended_at=ended_at,
+            ready_at=ready_at, ended_at=ended_at, wait=wait, evicted=bool(evicted),
         )
 
     def get_process(self, pid: int) -> ProcessRecord:
         row = self._db.execute(
-            f"SELECT {_PROC_COLS} FROM processes WHERE pid = ?", (pid,)  # noqa: S608
+            f"SELECT {self._proc_cols} FROM processes WHERE pid = ?", (pid,)  # noqa: S608
         ).fetchone()
         if not row:
             raise NoSuchProcess(f"no process with pid {pid}")
@@ -283,13 +288,13 @@ class SQLiteStore:
     def list_processes(self, *, live_only: bool = False) -> list[ProcessRecord]:
         where = " WHERE state IN ('created', 'running', 'waiting')" if live_only else ""
         rows = self._db.execute(
-            f"SELECT {_PROC_COLS} FROM processes{where} ORDER BY pid"  # noqa: S608
+            f"SELECT {self._proc_cols} FROM processes{where} ORDER BY pid"  # noqa: S608
         ).fetchall()
         return [self._proc(r) for r in rows]
 
     def children(self, pid: int) -> list[ProcessRecord]:
         rows = self._db.execute(
-            f"SELECT {_PROC_COLS} FROM processes WHERE ppid = ? ORDER BY pid", (pid,)  # noqa: S608
+            f"SELECT {self._proc_cols} FROM processes WHERE ppid = ? ORDER BY pid", (pid,)  # noqa: S608
         ).fetchall()
         return [self._proc(r) for r in rows]
 

@@ -375,7 +375,7 @@ class ProcessTable:
         state = state_for_reason(reason)
         result = live.exit_result if reason == "returned" else None
         self.store.update_process(pid, state=state, exit_reason=reason, result=result,
-                                  error=error, ended_at=time.time())
+                                  error=error, ended_at=time.time(), wait=None)
         self.store.append_audit(pid, "proc.exit", f"proc:{pid}", "info",
                                 {"state": state, "exit_reason": reason, "error": error,
                                  "status": status, "usage": usage,

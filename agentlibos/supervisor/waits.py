@@ -37,7 +37,7 @@ class Waits:
             live.timers.append(timer)
         live.waits.append(wait)
         if len(live.waits) == 1:
-            store.update_process(pid, state="waiting")
+            store.update_process(pid, state="waiting", wait=wait)
 
         def resume() -> None:
             if timer is not None:
@@ -46,7 +46,9 @@ class Waits:
             if lv is not None and wait in lv.waits:
                 lv.waits.remove(wait)
                 if not lv.waits:
-                    store.update_process(pid, state="running")
+                    store.update_process(pid, state="running", wait=None)
+                else:
+                    store.update_process(pid, wait=lv.waits[0])
 
         pending.on_done = resume
         return pending
