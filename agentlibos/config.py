@@ -112,3 +112,6 @@ class SupervisorConfig:
     # After serving a request the loop polls without sleeping this long, since the next
     # request usually follows at once (0 disables; see Supervisor._busy_poll).
     busy_poll_us: int = 150
+    # An agent's stdout and stderr kept in logs/<pid>.log, at most this much; the rest
+    # is discarded and the log says so.
+    log_max_bytes: int = 8 << 20

@@ -425,3 +425,41 @@ def test_calling_a_tool_needs_jit_invoke(sup: Supervisor, make_image: MakeImage)
     out = call_tool(sup, img, [{"a": 1, "b": 2}])
     assert (out[0]["ok"], out[0]["code"]) == (False, "EPERM")
     assert "jit:invoke:t" in out[0]["message"]
+
+
+DROPPER_CALLER = """
+def main(ctx, args):
+    before = ctx.caps.list()
+    dropped = ctx.tools.call("t", {})
+    return {"before": before, "tool_held": dropped, "after": ctx.caps.list(),
+            "read": ctx.fs.read_text("private.txt")}
+"""
+
+
+def test_a_tool_that_drops_capabilities_drops_only_its_own(
+    sup: Supervisor, make_image: MakeImage, tmp_path: Path
+) -> None:
+    # Before: a tool declared with fs:read:./pub/** called cap.drop and its caller lost
+    # every capability. A tool acts on its own narrowed set, never on its caller's.
+    proj = tmp_path / "proj"
+    (proj / "pub").mkdir(parents=True)
+    (proj / "private.txt").write_text("private")
+    img = make_image("dropcaller", DROPPER_CALLER, caps=["jit:*:*", "fs:rw:./**"], files={
+        "tools/t.ts": """
+            export default async function (args: Record<string, never>, libos: Libos):
+                Promise<unknown> {
+              return await libos.syscall("cap.drop", { cap: "fs:read:./pub/**" });
+            }
+        """})
+    toml = img / "image.toml"
+    toml.write_text(toml.read_text().replace(
+        "[capabilities]",
+        '[tools]\nt = { target = "jit:tools/t.ts", caps = ["fs:read:./pub/**"] }\n\n'
+        "[capabilities]"))
+    rec = run_proc(sup, img, cwd=proj, timeout_s=90)
+    assert rec.exit_reason == "returned", (rec.error, log_of(sup, rec.pid))
+    out = rec.result
+    assert out["tool_held"] == []  # the tool gave up the only thing it held
+    assert out["after"] == out["before"]
+    assert out["read"] == "private"
+    assert sup.store.get_caps(rec.pid) == out["before"]

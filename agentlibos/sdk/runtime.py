@@ -27,8 +27,12 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def _describe(e: BaseException) -> str:
     if isinstance(e, LibOSError):
-        return f"{type(e).__name__} [{e.code}]: {e.message}"
-    return f"{type(e).__name__}: {e}"
+        text = f"{type(e).__name__} [{e.code}]: {e.message}"
+    else:
+        text = f"{type(e).__name__}: {e}"
+    # An exception's text may hold lone surrogates (bytes decoded with surrogateescape,
+    # or an agent's own "\udc80"), which the broker refuses as not text: spell them out.
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def run_agent(endpoint: str, pid: int, token: bytes) -> int:

@@ -206,7 +206,10 @@ class ProcessCalls:
         if not changed:
             raise NotFound(f"cap.drop: this process holds nothing within '{c}'")
         caller.caps[:] = kept
-        self._store.set_caps(caller.pid, [str(k) for k in kept])
+        if caller.via_tool is None:
+            # A tool holds its own narrowed copy for the call it serves: what it gives up
+            # is its own, never its caller's (stored capabilities are the process's).
+            self._store.set_caps(caller.pid, [str(k) for k in kept])
         self._authz.audit(caller, "cap.drop", str(c), "info", {"held": [str(k) for k in kept]})
         return [str(k) for k in kept]
 

@@ -42,6 +42,7 @@ from agentlibos.providers.fs import discard_tree
 from agentlibos.sandbox.profile import ParentBudget, effective_limits
 from agentlibos.store import Store
 from agentlibos.supervisor.exits import describe_status, log_tail
+from agentlibos.supervisor.logs import LogSink
 from agentlibos.supervisor.loop import Loop, Timer
 from agentlibos.supervisor.sandboxing import SandboxManager
 from agentlibos.supervisor.zygote_client import ZygoteEvent, ZygoteHandle
@@ -73,6 +74,7 @@ class LiveProcess:
     waits: list[str] = field(default_factory=list)  # what its pending calls wait on
     timers: list[Timer] = field(default_factory=list)
     deadline: float | None = None  # monotonic end of its wall-clock budget
+    log: LogSink | None = None  # its stdout/stderr pipe, drained into log_path
     cgroup: Any = None  # agentlibos.sandbox.cgroups.ProcessCgroup, when that layer is on
     jit_tools: dict[str, Any] = field(default_factory=dict)  # name -> ToolDef, at run time
 
@@ -164,7 +166,7 @@ class ProcessTable:
         eff_limits = effective_limits(image.limits, self.sandbox.config,
                                       parent=self._budget(parent))
         policy_id = self.store.policy_id(policy.source, policy.text)
-        limits = eff_limits.to_json()
+        limits = {**eff_limits.to_json(), "log_max_bytes": self.config.log_max_bytes}
         with self.store.transaction():
             rec = self.store.create_process(ProcessRecord(
                 pid=0, ppid=parent.pid if parent else None,
@@ -206,6 +208,7 @@ class ProcessTable:
                 "endpoint": self.paths.broker_endpoint,
                 "scratch": str(scratch),
                 "log": str(live.log_path),
+                "title": f"agentlibos: {pid} {image.name}",
                 "profile": prepared.profile,
             })
         except (Unavailable, SandboxError) as e:
@@ -246,18 +249,20 @@ class ProcessTable:
         """``spawned`` / ``spawn-failed`` / ``exited`` for an AgentProcess."""
         if ev.op == "spawned":
             pid = int(ev.msg["pid"])
-            pidfd, report_fd = ev.fds
+            pidfd, report_fd, log_fd = ev.fds
             live = self.live.get(pid)
             if live is None:  # ended while the fork was in flight
                 signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-                os.close(pidfd)
-                os.close(report_fd)
+                for fd in ev.fds:
+                    os.close(fd)
                 return
             live.host_pid = int(ev.msg["host_pid"])
             live.pidfd = pidfd
             live.report_fd = report_fd
             os.set_blocking(report_fd, False)
             self.loop.add_reader(report_fd, lambda _ev: self._on_report(pid))
+            live.log = LogSink(log_fd, live.log_path, self.config.log_max_bytes)
+            self.loop.add_reader(log_fd, lambda _ev: self._on_log(pid))
             self.store.update_process(pid, host_pid=live.host_pid, started_at=time.time())
             if live.kill_reason is not None:  # killed before it existed
                 self._signal(live, signal.SIGKILL)
@@ -302,6 +307,18 @@ class ProcessTable:
                                      "timings_ms": report.get("timings_ms", {})})
         else:
             live.start_error = str(report.get("error"))
+
+    def _on_log(self, pid: int) -> None:
+        live = self.live.get(pid)
+        if live is not None and live.log is not None and not live.log.on_readable():
+            self._close_log(live)
+
+    def _close_log(self, live: LiveProcess) -> None:
+        if live.log is not None:
+            if live.log.fd is not None:
+                self.loop.remove_reader(live.log.fd)
+            live.log.drain()
+            live.log.close()
 
     def _close_report(self, live: LiveProcess) -> None:
         fd, live.report_fd = live.report_fd, None
@@ -363,6 +380,7 @@ class ProcessTable:
         if live.pidfd is not None:
             os.close(live.pidfd)
             live.pidfd = None
+        self._close_log(live)
         reason, error = self._why(live, status)
         oom, pids_hit, usage = self.sandbox.verdict(live.cgroup)
         if reason in ("crashed", "error", "killed") and oom:
@@ -441,6 +459,7 @@ class ProcessTable:
     def close_reports(self) -> None:
         for live in self.live.values():
             self._close_report(live)
+            self._close_log(live)
 
 
 def _last_line(log_path: Path) -> str:

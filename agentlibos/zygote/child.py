@@ -14,6 +14,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+import setproctitle
+
 from agentlibos.sandbox import contain
 from agentlibos.sandbox.pdeathsig import set_pdeathsig
 from agentlibos.sandbox.seccomp import DENO_EXE_FD
@@ -43,14 +45,20 @@ def parse_report(data: bytes) -> dict[str, Any]:
     return report
 
 
-def _redirect_stdio(log_path: str) -> None:
+def _redirect_stdio(log_fd: int) -> None:
     null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
     os.dup2(null, 0)
     os.close(null)
-    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
-    os.close(log)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+
+
+def _title(spec: dict[str, Any]) -> None:
+    """What `ps` on the host shows for this process (``agentlibos: 7 summarize``)."""
+    title = spec.get("title")
+    if isinstance(title, str):
+        setproctitle.setproctitle(title)
 
 
 def _start(spec: dict[str, Any], report_fd: int, setup: Callable[[], None]) -> None:
@@ -88,6 +96,7 @@ def run_exec(spec: dict[str, Any], report_fd: int, stdin_fd: int, stdout_fd: int
         set_pdeathsig(signal.SIGKILL)
         os.setpgid(0, 0)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+        _title(spec)
         os.dup2(stdin_fd, 0)
         os.dup2(stdout_fd, 1)
         log = os.open(spec["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
@@ -106,7 +115,8 @@ def run_exec(spec: dict[str, Any], report_fd: int, stdin_fd: int, stdout_fd: int
     os._exit(START_FAILED_STATUS)
 
 
-def run_child(spec: dict[str, Any], report_fd: int, *, zygote_pid: int) -> NoReturn:
+def run_child(spec: dict[str, Any], report_fd: int, log_fd: int, *,
+              zygote_pid: int) -> NoReturn:
     def setup() -> None:
         # If the zygote (and so the supervisor) dies, so do we: no unsupervised agents.
         set_pdeathsig(signal.SIGKILL)
@@ -115,7 +125,8 @@ def run_child(spec: dict[str, Any], report_fd: int, *, zygote_pid: int) -> NoRet
         # Our own process group: a kill of the group reaches whatever the agent forks.
         os.setpgid(0, 0)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        _redirect_stdio(spec["log"])
+        _title(spec)
+        _redirect_stdio(log_fd)
         _close_inherited(report_fd)
 
     _start(spec, report_fd, setup)

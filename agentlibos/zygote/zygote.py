@@ -32,6 +32,8 @@ import socket
 import sys
 from typing import Any, Final
 
+import setproctitle
+
 from agentlibos import libc
 from agentlibos.sandbox.namespaces import CLONE_NEWPID
 from agentlibos.sandbox.pdeathsig import set_pdeathsig
@@ -99,13 +101,17 @@ class Zygote:
             in_r, in_w = os.pipe2(os.O_CLOEXEC)
             out_r, out_w = os.pipe2(os.O_CLOEXEC)
             stdio = (in_r, in_w, out_r, out_w)
+        else:
+            # The agent's stdout and stderr: a pipe the supervisor reads and writes to
+            # the log, up to the per-process cap (an agent never writes the log itself).
+            log_r, log_w = os.pipe2(os.O_CLOEXEC)
         new_ns = self._enter_child_pid_ns(msg["spec"])
         try:
             host_pid = os.fork()
         except OSError as e:
             if new_ns:
                 self._leave_child_pid_ns()
-            for fd in (report_r, report_w, *(stdio or ())):
+            for fd in (report_r, report_w, *(stdio or (log_r, log_w))):
                 os.close(fd)
             self.send({"op": "spawn-failed", "pid": pid, "error": f"fork: {e}"})
             return
@@ -114,12 +120,12 @@ class Zygote:
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             for fd in (report_r, self.wake_r, self.wake_w, self.sock.fileno(),
                        self.own_pid_ns if self.own_pid_ns is not None else -1,
-                       *((stdio[1], stdio[2]) if stdio else ())):
+                       *((stdio[1], stdio[2]) if stdio else (log_r,))):
                 with contextlib.suppress(OSError):
                     os.close(fd)
             if stdio is not None:
                 run_exec(msg["spec"], report_w, stdio[0], stdio[3])
-            run_child(msg["spec"], report_w, zygote_pid=os.getppid())
+            run_child(msg["spec"], report_w, log_w, zygote_pid=os.getppid())
         if new_ns:
             self._leave_child_pid_ns()
         os.close(report_w)
@@ -129,6 +135,9 @@ class Zygote:
             os.close(stdio[3])
             # The supervisor writes the child's stdin and reads its stdout.
             extra = [stdio[1], stdio[2]]
+        else:
+            os.close(log_w)
+            extra = [log_r]
         self.children[host_pid] = pid
         try:
             pidfd = os.pidfd_open(host_pid)
@@ -212,6 +221,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     sock = socket.socket(fileno=fd)
+    setproctitle.setproctitle("agentlibos: zygote")
     zygote = Zygote(sock)
     # Freeze what the preload allocated: the children then do not touch (and copy) those
     # pages when their garbage collector runs.
