@@ -163,6 +163,10 @@ def test_raw_reads_and_writes_outside_scratch_fail(
         "write_proc": attempt(lambda: open("/proc/sys/kernel/core_pattern", "w")),
         "scratch": attempt(lambda: open(os.getcwd() + "/mine.txt", "w").write("ok")),
         "tmp": attempt(lambda: __import__("tempfile").NamedTemporaryFile("w").write("ok")),
+        "home_visible": os.path.exists(home),
+        "cwd": os.getcwd(),
+        "env_home": os.environ.get("HOME"),
+        "endpoint": ctx.client.endpoint,
     }
 """)
     rec = run_proc(sup, img, {"home": str(sup.paths.home), "secret": str(secret),
@@ -172,8 +176,13 @@ def test_raw_reads_and_writes_outside_scratch_fail(
     for key in ("secret", "etc_hostname", "state_db", "control_sock", "write_image",
                 "write_root", "write_usr", "write_proc"):
         assert r[key]["ok"] is False, (key, r[key])
-    # Its own scratch directory is the only one there is.
-    assert r["other_scratch"] in ({"ok": True, "value": "[]"}, {"ok": False, "errno": "EACCES"})
+    # Its own scratch directory is the only one there is, at a fixed place: nothing it
+    # can see names the host's $AGENTLIBOS_HOME.
+    assert r["other_scratch"] == {"ok": False, "errno": "ENOENT"}
+    assert r["home_visible"] is False
+    assert (r["cwd"], r["env_home"]) == ("/scratch", "/scratch")
+    assert r["endpoint"] == "ipc:///run/agentlibos/broker.sock"
+    assert str(sup.paths.home) not in json.dumps(r["cwd"]) + r["endpoint"]
     assert "the host's secret" not in json.dumps(r)
     assert r["scratch"] == {"ok": True, "value": 2}
     assert r["tmp"] == {"ok": True, "value": 2}

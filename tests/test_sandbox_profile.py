@@ -40,7 +40,12 @@ def test_the_default_config_requires_every_layer() -> None:
     assert p.namespaces == ("mnt", "pid", "net", "ipc", "uts")
     assert p.agent_ids == (65534, 65534)
     assert p.mount is not None and p.mount.ro_binds == ("/usr", "/opt/py", "/img")
-    assert p.mount.rw_binds == ("/s/1", "/run/b.sock")
+    # Scratch and the broker socket are bound read-write at fixed places inside, so the
+    # agent sees nothing of the host's layout ($AGENTLIBOS_HOME).
+    assert p.mount.rw_binds == ()
+    assert p.mount.moved == (("/s/1", "/scratch"), ("/run/b.sock", "/run/agentlibos/broker.sock"))
+    assert p.mount.tmp_dir == "/scratch"
+    assert p.mount.inside("/s/1") == "/scratch" and p.mount.inside("/usr") == "/usr"
     assert p.rlimits == {"core": 0, "nofile": 1024, "fsize": 1 << 30}
     assert "/run/b.sock" in p.landlock_ro and p.landlock_rw == ("/s/1", "/dev/null")
 

@@ -38,6 +38,12 @@ class Contained:
     layers: list[str] = field(default_factory=list)  # applied and verified
     missing: list[str] = field(default_factory=list)  # "layer: why" for optional/disabled ones
     timings_ms: dict[str, float] = field(default_factory=dict)  # what each step cost
+    # Host paths bound elsewhere in the process's own mount tree (scratch, the broker
+    # socket): once the tree is in place, these are where the process finds them.
+    moved: dict[str, str] = field(default_factory=dict)
+
+    def inside(self, host_path: str) -> str:
+        return self.moved.get(host_path, host_path)
 
 
 def _step(profile: SandboxProfile, out: Contained, layer: str, fn: Callable[[], None]) -> bool:
@@ -113,8 +119,9 @@ def _landlock(profile: SandboxProfile, out: Contained) -> None:
     # the private mount tree, not the host's.
     private = "namespaces" in out.layers
     landlock.apply(landlock.LandlockRules(
-        read_only=(*profile.landlock_ro, "/proc" if private else "/proc/self"),
-        read_write=profile.landlock_rw,
+        read_only=(*map(out.inside, profile.landlock_ro),
+                   "/proc" if private else "/proc/self"),
+        read_write=tuple(map(out.inside, profile.landlock_rw)),
         list_only=("/",) if private else ()))
 
 
@@ -133,7 +140,8 @@ def _privileges(profile: SandboxProfile, out: Contained) -> None:
     # and before the effective set is.
     if profile.agent_ids is not None and "namespaces" in out.layers:
         if profile.scratch:
-            os.chown(profile.scratch, *profile.agent_ids)  # its own, to write as itself
+            # Its own, to write as itself.
+            os.chown(out.inside(profile.scratch), *profile.agent_ids)
         privileges.switch_uid(*profile.agent_ids)
         # The kernel clears the parent-death signal on a uid change: set it again, or
         # an agent would outlive a zygote (and supervisor) killed with SIGKILL.
@@ -151,7 +159,8 @@ def apply(profile_json: dict[str, Any], *, pid_ns_ready: bool = False) -> Contai
         return out
     profile = SandboxProfile.from_json(profile_json)
     _step(profile, out, "cgroups", lambda: _join_cgroups(profile))
-    _step(profile, out, "namespaces", lambda: _enter_namespaces(profile, pid_ns_ready))
+    if _step(profile, out, "namespaces", lambda: _enter_namespaces(profile, pid_ns_ready)):
+        out.moved = dict(profile.mount.moved) if profile.mount is not None else {}
     _step(profile, out, "rlimits", lambda: rlimits.apply(profile.rlimits))
     t0 = time.perf_counter()
     _privileges(profile, out)

@@ -152,7 +152,13 @@ def _relay(child: int, relay_signals: tuple[int, ...]) -> NoReturn:
 class MountOps:
     dirs: tuple[str, ...]  # directories to create in the new root, parents first
     files: tuple[str, ...]  # empty files to create as mount points
-    binds: tuple[tuple[str, int], ...]  # (path, flags of its read-only/-write remount)
+    # (host source, path inside, flags of its read-only/-write remount)
+    binds: tuple[tuple[str, str, int], ...]
+
+# Where a process finds its own scratch directory and the broker socket inside its
+# mount tree: fixed places, so nothing it can see reveals where $AGENTLIBOS_HOME is.
+SCRATCH_INSIDE: Final = "/scratch"
+BROKER_INSIDE: Final = "/run/agentlibos/broker.sock"
 
 
 @dataclass(frozen=True)
@@ -164,8 +170,11 @@ class MountPlan:
     rw_binds: tuple[str, ...]  # host paths bound read-write at the same path
     dev_nodes: tuple[str, ...]  # /dev/null and friends, bound from the host
     symlinks: tuple[tuple[str, str], ...]  # (path, target), e.g. ("/lib", "usr/lib")
-    tmp_dir: str  # what /tmp points to (the scratch directory)
+    tmp_dir: str  # what /tmp points to (the scratch directory, as seen inside)
     hostname: str = "agentlibos"
+    # (host path, path inside): read-write binds placed elsewhere than their host path
+    # (scratch at /scratch, the broker socket at /run/agentlibos/broker.sock).
+    moved: tuple[tuple[str, str], ...] = ()
     # Precomputed by the supervisor (compile_mounts): what to create and how to remount,
     # so the child runs a short list of syscalls instead of stat-ing its way there.
     ops: MountOps | None = None
@@ -179,6 +188,7 @@ class MountPlan:
             "symlinks": [list(s) for s in self.symlinks],
             "tmp_dir": self.tmp_dir,
             "hostname": self.hostname,
+            "moved": [list(m) for m in self.moved],
             "ops": None if self.ops is None else {
                 "dirs": list(self.ops.dirs), "files": list(self.ops.files),
                 "binds": [list(b) for b in self.ops.binds]},
@@ -193,13 +203,15 @@ class MountPlan:
 
         links = d.get("symlinks", [])
         assert isinstance(links, list)
+        moved = d.get("moved", [])
+        assert isinstance(moved, list)
         ops = d.get("ops")
         compiled = None
         if isinstance(ops, dict):
             compiled = MountOps(
                 dirs=tuple(str(x) for x in ops["dirs"]),
                 files=tuple(str(x) for x in ops["files"]),
-                binds=tuple((str(a), int(b)) for a, b in ops["binds"]),
+                binds=tuple((str(a), str(b), int(c)) for a, b, c in ops["binds"]),
             )
         return MountPlan(
             new_root=str(d["new_root"]),
@@ -209,8 +221,13 @@ class MountPlan:
             symlinks=tuple((str(a), str(b)) for a, b in links),
             tmp_dir=str(d["tmp_dir"]),
             hostname=str(d.get("hostname", "agentlibos")),
+            moved=tuple((str(a), str(b)) for a, b in moved),
             ops=compiled,
         )
+
+    def inside(self, host_path: str) -> str:
+        """Where ``host_path`` (bound into the tree) is seen from inside it."""
+        return dict(self.moved).get(host_path, host_path)
 
 
 def _mount(source: str | None, target: str, fstype: str | None, flags: int,
@@ -257,7 +274,7 @@ def compile_mounts(plan: MountPlan) -> MountPlan:
     """
     dirs: list[str] = []
     files: list[str] = []
-    binds: list[tuple[str, int]] = []
+    binds: list[tuple[str, str, int]] = []
 
     def parents(path: str) -> None:
         parts = path.strip("/").split("/")[:-1]
@@ -266,27 +283,28 @@ def compile_mounts(plan: MountPlan) -> MountPlan:
             if d not in dirs:
                 dirs.append(d)
 
-    for path, read_only in [*((p, True) for p in plan.ro_binds),
-                            *((p, False) for p in plan.rw_binds)]:
+    for path, target, read_only in [*((p, p, True) for p in plan.ro_binds),
+                                    *((p, p, False) for p in plan.rw_binds),
+                                    *((p, t, False) for p, t in plan.moved)]:
         try:
             is_dir = stat_mod.S_ISDIR(os.stat(path).st_mode)
             flags = MS_BIND | MS_REMOUNT | MS_NOSUID | _locked_flags(path)
         except OSError as e:
             raise SandboxError(f"namespaces: cannot bind {path}: {e.strerror}") from None
-        parents(path)
+        parents(target)
         if is_dir:
-            if path not in dirs:
-                dirs.append(path)
+            if target not in dirs:
+                dirs.append(target)
         else:
-            files.append(path)
-        binds.append((path, flags | (MS_RDONLY if read_only else 0)))
+            files.append(target)
+        binds.append((path, target, flags | (MS_RDONLY if read_only else 0)))
     for node in plan.dev_nodes:
         parents(node)
         files.append(node)
     for link, _ in plan.symlinks:
         parents(link)
     return MountPlan(plan.new_root, plan.ro_binds, plan.rw_binds, plan.dev_nodes,
-                     plan.symlinks, plan.tmp_dir, plan.hostname,
+                     plan.symlinks, plan.tmp_dir, plan.hostname, plan.moved,
                      MountOps(tuple(dirs), tuple(files), tuple(binds)))
 
 
@@ -307,9 +325,9 @@ def build_mount_tree(plan: MountPlan) -> None:
             os.close(os.open(root + f, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
     except OSError as e:
         raise SandboxError(f"namespaces: preparing the new root: {e}") from None
-    for path, flags in plan.ops.binds:
-        _mount(path, root + path, None, MS_BIND | MS_REC)
-        _mount(None, root + path, None, flags)
+    for path, target, flags in plan.ops.binds:
+        _mount(path, root + target, None, MS_BIND | MS_REC)
+        _mount(None, root + target, None, flags)
     for node in plan.dev_nodes:
         # Device nodes need a mount without nodev: the bind keeps devtmpfs's own flags.
         _mount(node, root + node, None, MS_BIND)

@@ -21,7 +21,7 @@ import agentlibos
 from agentlibos.errors import InvalidArgument, LimitExceeded, PolicyError
 from agentlibos.kernel.image import Limits
 from agentlibos.kernel.units import format_duration, format_size, parse_duration, parse_size
-from agentlibos.sandbox.namespaces import MountPlan
+from agentlibos.sandbox.namespaces import BROKER_INSIDE, SCRATCH_INSIDE, MountPlan
 
 # The layers, in the order contain.apply applies them. no_new_privs and dropping
 # capabilities are not layers: they cannot fail where the others work, and are always on.
@@ -421,6 +421,9 @@ def build_profile(
         cgroup_procs=cgroup_procs,
         seccomp_bpf=seccomp_bpf,
         supervisor_ids=(supervisor_uid, supervisor_gid),
+        # Inside its tree an agent finds its scratch and the broker at fixed places:
+        # nothing it sees names the host's $AGENTLIBOS_HOME.
+        moved=((scratch, SCRATCH_INSIDE), (broker_socket, BROKER_INSIDE)),
     )
 
 
@@ -466,6 +469,7 @@ def _assemble(
     cgroup_procs: tuple[str, ...],
     seccomp_bpf: bytes,
     supervisor_ids: tuple[int, int],
+    moved: tuple[tuple[str, str], ...] = (),
 ) -> SandboxProfile:
     modes: dict[str, str] = {layer: config.layer_mode(layer) for layer in LAYERS}
     userns = config.user_namespace == "always" or (
@@ -473,13 +477,15 @@ def _assemble(
     namespaces: tuple[str, ...] = ("mnt", "pid", "net", "ipc", "uts")
     if userns:
         namespaces = ("user", *namespaces)
+    moved_from = {host for host, _ in moved}
     mount = MountPlan(
         new_root=new_root,
         ro_binds=ro,
-        rw_binds=rw,
+        rw_binds=tuple(p for p in rw if p not in moved_from),
         dev_nodes=view.dev_nodes,
         symlinks=view.symlinks,
-        tmp_dir=scratch,
+        tmp_dir=dict(moved).get(scratch, scratch),
+        moved=moved,
     )
     agent_ids = None
     # In a user namespace only the supervisor's own id is mapped (to 0 inside): there is

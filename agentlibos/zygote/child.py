@@ -61,15 +61,17 @@ def _title(spec: dict[str, Any]) -> None:
         setproctitle.setproctitle(title)
 
 
-def _start(spec: dict[str, Any], report_fd: int, setup: Callable[[], None]) -> None:
+def _start(spec: dict[str, Any], report_fd: int,
+           setup: Callable[[], None]) -> contain.Contained:
     """Set up, contain, enter scratch and report -- or report why not and exit."""
     try:
         setup()
         contained = contain.apply(spec.get("profile", {}),
                                   pid_ns_ready=bool(spec.get("pid_ns_ready")))
-        os.chdir(spec["scratch"])
+        os.chdir(contained.inside(spec["scratch"]))
         _report(report_fd, {"ok": True, "layers": contained.layers,
                             "missing": contained.missing, "timings_ms": contained.timings_ms})
+        return contained
     except BaseException as e:  # noqa: BLE001 - anything here means "did not start"
         try:
             _report(report_fd, {"ok": False, "error": f"{type(e).__name__}: {e}"})
@@ -129,18 +131,22 @@ def run_child(spec: dict[str, Any], report_fd: int, log_fd: int, *,
         _redirect_stdio(log_fd)
         _close_inherited(report_fd)
 
-    _start(spec, report_fd, setup)
+    contained = _start(spec, report_fd, setup)
+    scratch = contained.inside(spec["scratch"])
     os.environ.clear()
     os.environ.update(
         {
             "PATH": "/usr/local/bin:/usr/bin:/bin",
-            "HOME": spec["scratch"],
-            "TMPDIR": spec["scratch"],
+            "HOME": scratch,
+            "TMPDIR": scratch,
             "LANG": "C.UTF-8",
             "PYTHONDONTWRITEBYTECODE": "1",
         }
     )
-    code = run_agent(spec["endpoint"], spec["pid"], bytes.fromhex(spec["token"]))
+    endpoint = spec["endpoint"]
+    if endpoint.startswith("ipc://"):
+        endpoint = "ipc://" + contained.inside(endpoint[len("ipc://"):])
+    code = run_agent(endpoint, spec["pid"], bytes.fromhex(spec["token"]))
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
