@@ -577,3 +577,17 @@ def test_check_args_holds_other_channels_to_the_same_rules() -> None:
         check_args("fs.read", {"d": deep})
     with pytest.raises(InvalidArgument, match="non-finite"):
         check_args("tool.call", float("nan"))
+
+
+def test_an_integer_argument_past_64_bits_is_refused_for_every_call() -> None:
+    from agentlibos.broker.syscalls import lookup  # noqa: PLC0415 - registers the table
+
+    for call, arg in (("obj.put", "expect_version"), ("proc.wait", "pid"),
+                      ("fs.read", "max_bytes")):
+        sc = lookup(call)
+        base = {k: None for k in sc.params}
+        for value in (1 << 63, -(1 << 63) - 1, 10**30):
+            with pytest.raises(InvalidArgument, match="out of range"):
+                sc.params[arg].check(call, arg, value)
+        assert sc.params[arg].check(call, arg, (1 << 63) - 1) == (1 << 63) - 1
+        assert base  # the call takes arguments at all

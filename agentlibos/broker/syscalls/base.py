@@ -25,6 +25,8 @@ class _Any:
 
 
 ANY: Final = _Any
+INT64_MIN: Final = -(1 << 63)
+INT64_MAX: Final = (1 << 63) - 1
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,12 @@ class Param:
                 raise InvalidArgument(
                     f"{call}: argument {name!r} must be {want}, got {type(value).__name__}"
                 )
+        if (isinstance(value, int) and not isinstance(value, bool)
+                and not INT64_MIN <= value <= INT64_MAX):
+            # Larger integers cannot be stored (SQLite raises OverflowError) or mean
+            # anything as a pid, size or version: refused for every call, here.
+            raise InvalidArgument(f"{call}: argument {name!r} is out of range "
+                                  "(a 64-bit integer)")
         if (self.max_len is not None and isinstance(value, str | list | dict)
                 and len(value) > self.max_len):
             raise InvalidArgument(f"{call}: argument {name!r} is longer than {self.max_len}")
