@@ -77,6 +77,11 @@ class Usage:
     def __bool__(self) -> bool:
         return any((self.object_bytes, self.objects, self.write_bytes))
 
+    @property
+    def grows(self) -> bool:
+        """Some part is positive: a charge that takes something (and may be refused)."""
+        return self.object_bytes > 0 or self.objects > 0 or self.write_bytes > 0
+
     def to_json(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 

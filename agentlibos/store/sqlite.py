@@ -412,6 +412,10 @@ class SQLiteStore:
             elif row and row[3] is not None:
                 # Written over by nobody's tree (the operator): its old owner is refunded.
                 charges = budgets.delete_charges(old_size, int(row[3]))
+            # Charged before the object is written: a refusal must leave nothing behind
+            # (a typed error keeps the writes made before it; see savepoint()).
+            for tree, charge in charges.items():
+                self.charge_tree(tree, charge)
             if row:
                 self._db.execute(
                     "UPDATE objects SET version = ?, value = ?, size = ?, updated_at = ?,"
@@ -424,8 +428,6 @@ class SQLiteStore:
                     " updated_at, updated_by, root_pid) VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?, ?)",
                     (ns, name, type_, value_json, size, now, now, pid, root_pid),
                 )
-            for tree, charge in charges.items():
-                self.charge_tree(tree, charge)
         return self.get_object(ns, name)
 
     def list_objects(self, ns: str, prefix: str, limit: int) -> list[ObjectRecord]:
@@ -459,17 +461,17 @@ class SQLiteStore:
 
     # ----------------------------------------------------------------- tree budgets
     #
-    # One row per tree that has used anything (kernel/budgets.py has the arithmetic).
-    # Object puts and deletes charge here inside their own transaction; fs writes call
-    # charge_tree before they act, and refund when the effect fails.
+    # Kept on the root's process row (kernel/budgets.py has the arithmetic). Object puts
+    # and deletes charge here inside their own transaction; fs writes call charge_tree
+    # before they act, and refund when the effect fails.
 
     def tree_usage(self, root_pid: int) -> Usage:
-        """What the tree rooted at ``root_pid`` holds and has spent (zeros if nothing)."""
+        """What the tree rooted at ``root_pid`` holds and has spent (zeros if unknown)."""
         if self.schema_version < _BUDGETS_VERSION:
             return Usage()  # read-only on an older database: nothing was ever charged
         row = self._db.execute(
-            "SELECT object_bytes, objects, write_bytes FROM tree_usage WHERE root_pid = ?",
-            (root_pid,),
+            "SELECT tree_object_bytes, tree_objects, tree_write_bytes FROM processes"
+            " WHERE pid = ? AND root_pid = pid", (root_pid,),
         ).fetchone()
         return Usage(*(int(v) for v in row)) if row else Usage()
 
@@ -480,7 +482,8 @@ class SQLiteStore:
 
         With ``quota``, a charge that would break it raises LimitExceeded and changes
         nothing (see :func:`agentlibos.kernel.budgets.overrun`). A negative charge is a
-        refund; usage never goes below zero.
+        refund; usage never goes below zero. Charging a tree that has no root record
+        is NoSuchProcess (a refund to one is dropped: nobody is left to hold it).
         """
         with self.transaction():
             usage = self.tree_usage(root_pid)
@@ -491,11 +494,13 @@ class SQLiteStore:
             if not charge:
                 return usage
             after = budgets.apply(usage, charge)
-            self._db.execute(
-                "INSERT OR REPLACE INTO tree_usage (root_pid, object_bytes, objects,"
-                " write_bytes) VALUES (?, ?, ?, ?)",
-                (root_pid, after.object_bytes, after.objects, after.write_bytes),
+            cur = self._db.execute(
+                "UPDATE processes SET tree_object_bytes = ?, tree_objects = ?,"
+                " tree_write_bytes = ? WHERE pid = ? AND root_pid = pid",
+                (after.object_bytes, after.objects, after.write_bytes, root_pid),
             )
+            if cur.rowcount == 0 and charge.grows:
+                raise NoSuchProcess(f"no process tree with root pid {root_pid} to charge")
         return after
 
     # ------------------------------------------------------------------------ images
