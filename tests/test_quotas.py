@@ -58,8 +58,8 @@ def test_the_message_spells_an_exact_binary_size_beside_the_bytes() -> None:
     over = budgets.overrun(3, TreeQuota(write_bytes=MiB), Usage(write_bytes=MiB),
                            Usage(write_bytes=1))
     assert over is not None
-    assert "has written 1048576 (1MiB) bytes through the broker" in over.message
-    assert "write_bytes quota of 1048576 (1MiB)" in over.message
+    assert "has written 1048576 bytes (1MiB) through the broker" in over.message
+    assert "write_bytes quota of 1048576 bytes (1MiB)" in over.message
 
 
 def test_the_object_count_is_checked_even_when_the_bytes_fit() -> None:
@@ -450,7 +450,7 @@ def test_appending_past_the_write_quota_is_refused_and_the_file_stops_there(
     assert (r["appends"], r["type"]) == (3, "LimitExceeded")
     assert r["details"] == {"quota": "write_bytes", "usage": 3 * 300 * 1024,
                             "asked": 300 * 1024, "limit": MiB, "root_pid": rec.pid}
-    assert "write_bytes quota of 1048576 (1MiB)" in r["message"]
+    assert "write_bytes quota of 1048576 bytes (1MiB) ([limits] write_bytes" in r["message"]
     assert r["size"] == 3 * 300 * 1024
     assert (Path(rec.cwd) / "big.bin").stat().st_size == 3 * 300 * 1024
     assert qsup.store.tree_usage(rec.pid).write_bytes == 3 * 300 * 1024

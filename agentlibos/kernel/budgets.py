@@ -102,16 +102,18 @@ class TreeQuota:
 
 
 _SAYS: Final[dict[str, tuple[str, str]]] = {
-    "object_bytes": ("holds", "bytes of objects"),
-    "objects": ("holds", "objects"),
-    "write_bytes": ("has written", "bytes through the broker"),
+    "object_bytes": ("holds", " of objects"),
+    "objects": ("holds", ""),
+    "write_bytes": ("has written", " through the broker"),
 }
 
 
 def _amount(key: str, n: int) -> str:
-    """``2097152 (2MiB)`` where a binary unit spells it exactly, else the bare number."""
+    """``3 objects``, ``100 bytes``, or ``2097152 bytes (2MiB)`` where a unit is exact."""
+    if key == "objects":
+        return f"{n} objects"
     exact = format_size(n)
-    return str(n) if key == "objects" or exact == f"{n}B" else f"{n} ({exact})"
+    return f"{n} bytes" if exact == f"{n}B" else f"{n} bytes ({exact})"
 
 
 @dataclass(frozen=True)
@@ -126,9 +128,9 @@ class Overrun:
 
     @property
     def message(self) -> str:
-        verb, noun = _SAYS[self.quota]
-        return (f"process tree {self.root_pid} {verb} {_amount(self.quota, self.usage)} "
-                f"{noun}; {self.asked} more would exceed its {self.quota} quota of "
+        verb, where = _SAYS[self.quota]
+        return (f"process tree {self.root_pid} {verb} {_amount(self.quota, self.usage)}"
+                f"{where}; {self.asked} more would exceed its {self.quota} quota of "
                 f"{_amount(self.quota, self.limit)} ([limits] {self.quota} in the "
                 "operator's config.toml)")
 
