@@ -8,6 +8,10 @@ on disk (group commit).
 
 The schema is built by the numbered files in ``migrations/``, applied at open (see
 :func:`agentlibos.store.migrations.migrate` and docs/store.md).
+
+Long because every SQL statement of the runtime lives here (habit: nothing outside
+``store/`` writes SQL), one section per table; it splits by section when the PostgreSQL
+store arrives and the sections can be shared.
 """
 
 from __future__ import annotations
