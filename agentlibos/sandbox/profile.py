@@ -19,6 +19,7 @@ from typing import Any, Final, Literal
 
 import agentlibos
 from agentlibos.errors import InvalidArgument, LimitExceeded, PolicyError
+from agentlibos.kernel.budgets import QUOTA_KEYS, TreeQuota
 from agentlibos.kernel.image import Limits
 from agentlibos.kernel.units import format_duration, format_size, parse_duration, parse_size
 from agentlibos.sandbox.namespaces import BROKER_INSIDE, SCRATCH_INSIDE, MountPlan
@@ -122,6 +123,9 @@ class SandboxConfig:
     tool_heap_mb: int = 160
     tool_timeout_s: float = 30.0
     tool_idle_s: float = 300.0
+    # Per-tree quotas on what the broker stores and writes for a tree ([limits]
+    # object_bytes, objects, write_bytes; defaults in kernel/budgets.py).
+    tree_quota: TreeQuota = field(default_factory=TreeQuota)
 
     def layer_mode(self, layer: str) -> Literal["required", "optional", "disabled"]:
         if layer in self.disabled:
@@ -145,6 +149,24 @@ def _limits(table: object, where: str) -> Limits:
             if "wall" in table else None,
         )
     except (InvalidArgument, TypeError, ValueError) as e:
+        raise PolicyError(f"{where}: {e}") from None
+
+
+def _tree_quota(table: dict[str, Any], where: str) -> TreeQuota:
+    """[limits] object_bytes and write_bytes (sizes: "256MiB") and objects (a count)."""
+    d = TreeQuota()
+    try:
+        objects = table.get("objects", d.objects)
+        if isinstance(objects, bool) or not isinstance(objects, int) or objects < 0:
+            raise InvalidArgument(f"objects: expected a whole number >= 0, got {objects!r}")
+        return TreeQuota(
+            object_bytes=parse_size(table.get("object_bytes", d.object_bytes),
+                                    what="object_bytes"),
+            objects=objects,
+            write_bytes=parse_size(table.get("write_bytes", d.write_bytes),
+                                   what="write_bytes"),
+        )
+    except (InvalidArgument, ValueError) as e:
         raise PolicyError(f"{where}: {e}") from None
 
 
@@ -179,6 +201,10 @@ def parse_config(text: str, source: str) -> SandboxConfig:
     lim = data.get("limits", {})
     default_limits = defaults.default_limits
     ceiling = defaults.ceiling_limits
+    tree_quota = defaults.tree_quota
+    if isinstance(lim, dict) and lim.keys() & set(QUOTA_KEYS):
+        tree_quota = _tree_quota(lim, f"{source}: [limits]")
+        lim = {k: v for k, v in lim.items() if k not in QUOTA_KEYS}
     if lim:
         given = _limits(lim, f"{source}: [limits]")
         default_limits = Limits(
@@ -231,6 +257,7 @@ def parse_config(text: str, source: str) -> SandboxConfig:
                                           what="[jit] timeout"),
             tool_idle_s=parse_duration(jit.get("idle", defaults.tool_idle_s),
                                        what="[jit] idle"),
+            tree_quota=tree_quota,
         )
     except (InvalidArgument, TypeError, ValueError) as e:
         raise PolicyError(f"{source}: [sandbox]: {e}") from None

@@ -8,6 +8,10 @@ on disk (group commit).
 
 The schema is built by the numbered files in ``migrations/``, applied at open (see
 :func:`agentlibos.store.migrations.migrate` and docs/store.md).
+
+Long because every SQL statement of the runtime lives here (habit: nothing outside
+``store/`` writes SQL), one section per table; it splits by section when the PostgreSQL
+store arrives and the sections can be shared.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from agentlibos.errors import Conflict, LibOSError, LimitExceeded, NoSuchProcess, NotFound
+from agentlibos.kernel import budgets
 from agentlibos.kernel.audit import GENESIS, AuditRecord, VerifyResult, record_hash, verify_chain
+from agentlibos.kernel.budgets import TreeQuota, Usage
 from agentlibos.kernel.journal import SETTLED, JournalEntry, JournalStatus
 from agentlibos.kernel.process import ProcessRecord, State
 from agentlibos.kernel.text import is_text, storable
@@ -37,6 +43,7 @@ __all__ = ["ImageRecord", "ObjectQuota", "ObjectRecord", "SQLiteStore", "Store"]
 _JOURNAL_VERSION: Final = 2
 
 _WAIT_VERSION: Final = 3  # processes.wait and processes.evicted
+_BUDGETS_VERSION: Final = 4  # objects.root_pid and tree_usage
 _PROC_COLS_V1: Final = (
     "pid, ppid, root_pid, host_pid, image, image_path, state, exit_reason, result, error, "
     "cwd, args, limits, layers, missing_layers, policy_id, created_at, started_at, "
@@ -354,12 +361,21 @@ class SQLiteStore:
         pid: int | None,
         expect_version: int | None,
         quota: ObjectQuota,
+        *,
+        root_pid: int | None = None,
+        tree_quota: TreeQuota | None = None,
     ) -> ObjectRecord:
+        """Create or replace an object; charge ``root_pid``'s tree in the same transaction.
+
+        Every check (version, type, the namespace's quota, the tree's) comes before the
+        first write, so a refused put changes nothing.
+        """
         now = time.time()
         size = len(value_json.encode("utf-8"))
         with self.transaction():
             row = self._db.execute(
-                "SELECT type, version, size FROM objects WHERE ns = ? AND name = ?", (ns, name)
+                "SELECT type, version, size, root_pid FROM objects WHERE ns = ? AND name = ?",
+                (ns, name),
             ).fetchone()
             current = int(row[1]) if row else 0
             if expect_version is not None and expect_version != current:
@@ -388,17 +404,33 @@ class SQLiteStore:
                     f"namespace {ns!r} would hold {total - old_size + size} bytes "
                     f"(limit {quota.max_bytes_per_ns})"
                 )
+            charges: dict[int, Usage] = {}
+            if root_pid is not None:
+                charges = budgets.put_charges(root_pid, size, old_size if row else None,
+                                              row[3] if row else None)
+                if tree_quota is not None:
+                    over = budgets.overrun(root_pid, tree_quota, self.tree_usage(root_pid),
+                                           charges[root_pid])
+                    if over is not None:
+                        raise over.error()
+            elif row and row[3] is not None:
+                # Written over by nobody's tree (the operator): its old owner is refunded.
+                charges = budgets.delete_charges(old_size, int(row[3]))
+            # Charged before the object is written: a refusal must leave nothing behind
+            # (a typed error keeps the writes made before it; see savepoint()).
+            for tree, charge in charges.items():
+                self.charge_tree(tree, charge)
             if row:
                 self._db.execute(
                     "UPDATE objects SET version = ?, value = ?, size = ?, updated_at = ?,"
-                    " updated_by = ? WHERE ns = ? AND name = ?",
-                    (current + 1, value_json, size, now, pid, ns, name),
+                    " updated_by = ?, root_pid = ? WHERE ns = ? AND name = ?",
+                    (current + 1, value_json, size, now, pid, root_pid, ns, name),
                 )
             else:
                 self._db.execute(
                     "INSERT INTO objects (ns, name, type, version, value, size, created_at,"
-                    " updated_at, updated_by) VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?)",
-                    (ns, name, type_, value_json, size, now, now, pid),
+                    " updated_at, updated_by, root_pid) VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?, ?)",
+                    (ns, name, type_, value_json, size, now, now, pid, root_pid),
                 )
         return self.get_object(ns, name)
 
@@ -412,9 +444,11 @@ class SQLiteStore:
         return [self._obj(r) for r in rows]
 
     def delete_object(self, ns: str, name: str, expect_version: int | None) -> None:
+        """Delete an object; the tree it was charged to gets its bytes and count back."""
         with self.transaction():
             row = self._db.execute(
-                "SELECT version FROM objects WHERE ns = ? AND name = ?", (ns, name)
+                "SELECT version, size, root_pid FROM objects WHERE ns = ? AND name = ?",
+                (ns, name),
             ).fetchone()
             if not row:
                 raise NotFound(f"no object {name!r} in namespace {ns!r}")
@@ -425,6 +459,53 @@ class SQLiteStore:
                     current_version=int(row[0]),
                 )
             self._db.execute("DELETE FROM objects WHERE ns = ? AND name = ?", (ns, name))
+            owner = None if row[2] is None else int(row[2])
+            for tree, charge in budgets.delete_charges(int(row[1]), owner).items():
+                self.charge_tree(tree, charge)
+
+    # ----------------------------------------------------------------- tree budgets
+    #
+    # Kept on the root's process row (kernel/budgets.py has the arithmetic). Object puts
+    # and deletes charge here inside their own transaction; fs writes call charge_tree
+    # before they act, and refund when the effect fails.
+
+    def tree_usage(self, root_pid: int) -> Usage:
+        """What the tree rooted at ``root_pid`` holds and has spent (zeros if unknown)."""
+        if self.schema_version < _BUDGETS_VERSION:
+            return Usage()  # read-only on an older database: nothing was ever charged
+        row = self._db.execute(
+            "SELECT tree_object_bytes, tree_objects, tree_write_bytes FROM processes"
+            " WHERE pid = ? AND root_pid = pid", (root_pid,),
+        ).fetchone()
+        return Usage(*(int(v) for v in row)) if row else Usage()
+
+    def charge_tree(
+        self, root_pid: int, charge: Usage, quota: TreeQuota | None = None
+    ) -> Usage:
+        """Add ``charge`` to the tree's usage and return the new usage.
+
+        With ``quota``, a charge that would break it raises LimitExceeded and changes
+        nothing (see :func:`agentlibos.kernel.budgets.overrun`). A negative charge is a
+        refund; usage never goes below zero. Charging a tree that has no root record
+        is NoSuchProcess (a refund to one is dropped: nobody is left to hold it).
+        """
+        with self.transaction():
+            usage = self.tree_usage(root_pid)
+            if quota is not None:
+                over = budgets.overrun(root_pid, quota, usage, charge)
+                if over is not None:
+                    raise over.error()
+            if not charge:
+                return usage
+            after = budgets.apply(usage, charge)
+            cur = self._db.execute(
+                "UPDATE processes SET tree_object_bytes = ?, tree_objects = ?,"
+                " tree_write_bytes = ? WHERE pid = ? AND root_pid = pid",
+                (after.object_bytes, after.objects, after.write_bytes, root_pid),
+            )
+            if cur.rowcount == 0 and charge.grows:
+                raise NoSuchProcess(f"no process tree with root pid {root_pid} to charge")
+        return after
 
     # ------------------------------------------------------------------------ images
 

@@ -13,6 +13,7 @@ from typing import Any
 from agentlibos.broker.authz import Authz
 from agentlibos.broker.dispatch import Dispatcher
 from agentlibos.broker.syscalls import Caller, Result
+from agentlibos.kernel.budgets import TreeQuota
 from agentlibos.providers.fs import LocalFs
 from agentlibos.store import ObjectQuota, Store
 from agentlibos.supervisor.process_calls import ProcessCalls
@@ -23,6 +24,8 @@ from agentlibos.supervisor.tools import ToolCalls
 class FsView:
     authz: Authz
     fs: LocalFs
+    budgets: Store
+    tree_quota: TreeQuota
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,7 @@ class ObjView:
     authz: Authz
     objects: Store
     object_quota: ObjectQuota
+    tree_quota: TreeQuota
 
 
 @dataclass(frozen=True)

@@ -125,8 +125,9 @@ class Supervisor:
         self.workers = workers
         self.jit = JitManager(self.paths, store, loop, self.sandbox, workers, dispatcher)
         table.ended.append(self.jit.end_process)
-        dispatcher.add_services("fs", FsView(authz, self.fs))
-        dispatcher.add_services("obj", ObjView(authz, store, self.object_quota))
+        dispatcher.add_services("fs", FsView(authz, self.fs, store, self.sandbox.config.tree_quota))
+        dispatcher.add_services("obj", ObjView(authz, store, self.object_quota,
+                                               self.sandbox.config.tree_quota))
         dispatcher.add_services("proc", ProcView(self.processes))
         dispatcher.add_services("cap", CapView(self.processes))
         dispatcher.add_services("tool", ToolView(authz, ToolCalls(table, self.jit, waits,

@@ -1,4 +1,9 @@
-"""``fs.*``: file access, resolved against the caller's libOS cwd, checked on real paths."""
+"""``fs.*``: file access, resolved against the caller's libOS cwd, checked on real paths.
+
+The broker writes as the supervisor, so the agent's RLIMIT_FSIZE and cgroup do not bound
+what it writes *through* the broker: every byte of ``fs.write`` is charged to the
+caller's tree (the ``write_bytes`` quota, kernel/budgets.py) before the file is touched.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +11,33 @@ from typing import Any, Protocol
 
 from agentlibos.broker.syscalls.base import Authorizer, Caller, Param, Reply, syscall
 from agentlibos.errors import InvalidArgument, LibOSError
+from agentlibos.kernel import budgets
+from agentlibos.kernel.budgets import TreeQuota, Usage
 from agentlibos.kernel.policy import Request
 from agentlibos.kernel.text import storable
 from agentlibos.providers.fs import MAX_PATH, LocalFs, Resolved
 
 
+class TreeBudgets(Protocol):
+    """The part of the store fs handlers may touch: charging the caller's tree."""
+
+    def charge_tree(
+        self, root_pid: int, charge: Usage, quota: TreeQuota | None = None
+    ) -> Usage: ...
+
+
 class FsServices(Protocol):
-    """What fs handlers may use: the authority check and the file-system provider."""
+    """What fs handlers may use: the authority check, the file-system provider, and the
+    per-tree write budget."""
 
     @property
     def authz(self) -> Authorizer: ...
     @property
     def fs(self) -> LocalFs: ...
+    @property
+    def budgets(self) -> TreeBudgets: ...
+    @property
+    def tree_quota(self) -> TreeQuota: ...
 
 
 _PATH = Param(str, max_len=MAX_PATH)
@@ -52,7 +72,16 @@ def fs_write(svc: FsServices, caller: Caller, args: dict[str, Any], blobs: list[
     if len(blobs) != 1:
         raise InvalidArgument("fs.write: needs exactly one data blob")
     r = _check(svc, caller, "fs.write", "write", args["path"])
-    n = svc.fs.write(r.real, blobs[0], append=args["append"])
+    # Charged before the effect: a write that would break the tree's quota is refused
+    # with the file untouched. A write that fails after the charge gives it back (the
+    # provider writes nothing, or replaces atomically, when it raises a typed error).
+    charge = budgets.write_charge(len(blobs[0]))
+    svc.budgets.charge_tree(caller.root_pid, charge, svc.tree_quota)
+    try:
+        n = svc.fs.write(r.real, blobs[0], append=args["append"])
+    except LibOSError:
+        svc.budgets.charge_tree(caller.root_pid, -charge)
+        raise
     return {"size": n, "path": r.real}
 
 

@@ -4,6 +4,11 @@
 memory); every other namespace needs an ``obj`` capability. Values are JSON; each object
 carries a type tag that every later put must repeat (change it by deleting first), and
 a version that ``expect_version`` compares-and-sets (``0`` means "must not exist yet").
+
+Two quotas bound a put: the namespace's (:class:`ObjectQuota`), and the caller's whole
+tree's (:class:`TreeQuota`, kernel/budgets.py), which holds however many namespaces the
+tree writes to. The store checks both and charges the tree in the put's own
+transaction; a refused put changes nothing, and a delete gives the bytes back.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Any, Final, Protocol
 
 from agentlibos.broker.syscalls.base import ANY, Authorizer, Caller, Param, syscall
 from agentlibos.errors import InvalidArgument, LimitExceeded
+from agentlibos.kernel.budgets import TreeQuota
 from agentlibos.kernel.policy import Request
 from agentlibos.kernel.text import is_text
 from agentlibos.store import ObjectQuota, ObjectRecord
@@ -25,7 +31,8 @@ class ObjectStore(Protocol):
     def get_object(self, ns: str, name: str) -> ObjectRecord: ...
     def put_object(
         self, ns: str, name: str, type_: str, value_json: str, pid: int | None,
-        expect_version: int | None, quota: ObjectQuota,
+        expect_version: int | None, quota: ObjectQuota, *,
+        root_pid: int | None = None, tree_quota: TreeQuota | None = None,
     ) -> ObjectRecord: ...
     def list_objects(self, ns: str, prefix: str, limit: int) -> list[ObjectRecord]: ...
     def delete_object(self, ns: str, name: str, expect_version: int | None) -> None: ...
@@ -38,6 +45,8 @@ class ObjServices(Protocol):
     def objects(self) -> ObjectStore: ...
     @property
     def object_quota(self) -> ObjectQuota: ...
+    @property
+    def tree_quota(self) -> TreeQuota: ...
 
 
 NS_RE: Final = re.compile(r"^[a-z0-9_][a-z0-9_.-]*(/[a-z0-9_][a-z0-9_.-]*)*$")
@@ -113,8 +122,11 @@ def obj_put(svc: ObjServices, caller: Caller, args: dict[str, Any], blobs: list[
             f"obj.put: value of {len(value_json)} bytes exceeds {MAX_VALUE_BYTES}"
         )
     ns = _ns(svc, caller, "obj.put", args["ns"], "write")
+    # Charged to the caller's tree, whichever namespace it writes: the per-namespace
+    # quota alone let one tree spread without bound over namespaces it may write.
     rec = svc.objects.put_object(ns, name, type_, value_json, caller.pid,
-                                args["expect_version"], svc.object_quota)
+                                 args["expect_version"], svc.object_quota,
+                                 root_pid=caller.root_pid, tree_quota=svc.tree_quota)
     return rec.stat()
 
 
