@@ -1,13 +1,22 @@
-"""Where state lives and the supervisor's own limits. Every default is documented here."""
+"""Where state lives, and the ONE loader of the operator's config.toml.
+
+``$AGENTLIBOS_HOME/config.toml`` (or ``--config FILE``) holds every operator setting, each
+table parsed into a frozen dataclass with documented defaults: ``[supervisor]`` here,
+``[sandbox]``/``[limits]``/``[jit]`` by ``sandbox.profile.sandbox_config_from``. Nothing
+else reads the file. Unknown tables and keys are errors naming the file once.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+import tomllib
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
-from agentlibos.errors import InvalidArgument
+from agentlibos.errors import InvalidArgument, PolicyError
+from agentlibos.kernel.units import parse_duration, parse_size
+from agentlibos.sandbox.profile import SandboxConfig, sandbox_config_from
 from agentlibos.store import ObjectQuota
 
 # sun_path in struct sockaddr_un holds 108 bytes including the NUL.
@@ -115,3 +124,94 @@ class SupervisorConfig:
     # An agent's stdout and stderr kept in logs/<pid>.log, at most this much; the rest
     # is discarded and the log says so.
     log_max_bytes: int = 8 << 20
+
+
+# [supervisor] keys: config.toml name -> (field, parser). Durations and sizes take units
+# ("2s", "1MiB"), like every limit elsewhere in the file.
+_SUPERVISOR_KEYS: Final[dict[str, tuple[str, str]]] = {
+    "kill_grace": ("kill_grace_s", "duration"),
+    "max_live_per_tree": ("max_live_per_tree", "int"),
+    "max_children": ("max_children", "int"),
+    "max_depth": ("max_depth", "int"),
+    "max_args": ("max_args_bytes", "size"),
+    "max_result": ("max_result_bytes", "size"),
+    "start_timeout": ("start_timeout_s", "duration"),
+    "busy_poll_us": ("busy_poll_us", "int"),
+    "log_max": ("log_max_bytes", "size"),
+}
+# Tables the operator's file may hold. Later roadmap items add theirs here.
+SECTIONS: Final = frozenset({"supervisor", "sandbox", "limits", "jit"})
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """Everything in config.toml, parsed once."""
+
+    supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    source: str | None = None  # the file it came from (None: built-in defaults)
+
+
+def _supervisor_config(table: object, source: str) -> SupervisorConfig:
+    if not isinstance(table, dict):
+        raise PolicyError(f"{source}: [supervisor] must be a table")
+    unknown = set(table) - set(_SUPERVISOR_KEYS)
+    if unknown:
+        raise PolicyError(f"{source}: unknown key(s) in [supervisor]: "
+                          f"{', '.join(sorted(unknown))} (known: "
+                          f"{', '.join(sorted(_SUPERVISOR_KEYS))})")
+    values: dict[str, Any] = {}
+    for key, raw in table.items():
+        name, kind = _SUPERVISOR_KEYS[key]
+        what = f"{source}: [supervisor] {key}"
+        try:
+            if kind == "duration":
+                values[name] = parse_duration(raw, what=what)
+            elif kind == "size":
+                values[name] = parse_size(raw, what=what)
+            elif isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
+                values[name] = raw
+            else:
+                raise InvalidArgument(f"{what} must be a whole number >= 0, not {raw!r}")
+        except InvalidArgument as e:
+            raise PolicyError(e.message) from None
+    known = {f.name for f in fields(SupervisorConfig)}
+    assert set(values) <= known
+    return SupervisorConfig(**values)
+
+
+def parse_operator_config(text: str, source: str) -> OperatorConfig:
+    """Parse a whole config.toml; unknown tables and keys are errors naming ``source``."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise PolicyError(f"{source}: not valid TOML: {e}") from None
+    unknown = set(data) - SECTIONS
+    if unknown:
+        raise PolicyError(f"{source}: unknown section(s) {', '.join(sorted(unknown))} "
+                          f"(known: {', '.join(sorted(SECTIONS))})")
+    return OperatorConfig(
+        supervisor=_supervisor_config(data.get("supervisor", {}), source),
+        sandbox=sandbox_config_from(data, source),
+        source=source,
+    )
+
+
+def load_operator_config(path: str | Path | None) -> OperatorConfig:
+    """The config at ``path``; with None, the built-in defaults."""
+    if path is None:
+        return OperatorConfig()
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PolicyError(f"config file {str(p)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise PolicyError(f"cannot read config file {str(p)!r}: {e}") from None
+    return parse_operator_config(text, str(p))
+
+
+def operator_config(paths: Paths) -> OperatorConfig:
+    """``$AGENTLIBOS_HOME/config.toml`` if it exists, else the defaults."""
+    cfg = paths.home / "config.toml"
+    return load_operator_config(cfg if cfg.exists() else None)

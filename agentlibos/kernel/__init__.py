@@ -5,5 +5,5 @@ left; it moves out with the images service). Import the module you need; the pac
 does not import them eagerly, so the zygote's children load only what they use.
 """
 
-__all__ = ["audit", "budgets", "caps", "image", "journal", "policy", "process", "registry", "schema",
-           "text", "units"]
+__all__ = ["audit", "budgets", "caps", "image", "journal", "policy", "process", "registry",
+           "schema", "text", "units"]

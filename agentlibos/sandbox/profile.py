@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import site
 import sys
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -171,14 +170,15 @@ def _tree_quota(table: dict[str, Any], where: str) -> TreeQuota:
 
 
 def parse_config(text: str, source: str) -> SandboxConfig:
-    """Parse a config.toml; unknown keys and layers are errors naming the file."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise PolicyError(f"{source}: not valid TOML: {e}") from None
-    unknown = set(data) - {"sandbox", "limits", "jit"}
-    if unknown:
-        raise PolicyError(f"{source}: unknown section(s) {', '.join(sorted(unknown))}")
+    """The sandbox part of a config.toml (``agentlibos.config`` reads the whole file)."""
+    from agentlibos.config import parse_operator_config  # noqa: PLC0415 - config imports us
+
+    return parse_operator_config(text, source).sandbox
+
+
+def sandbox_config_from(data: dict[str, Any], source: str) -> SandboxConfig:
+    """The ``[sandbox]``, ``[limits]`` and ``[jit]`` tables of a parsed config.toml;
+    unknown keys and layers are errors naming the file."""
     sb = data.get("sandbox", {})
     if not isinstance(sb, dict):
         raise PolicyError(f"{source}: [sandbox] must be a table")
@@ -264,16 +264,10 @@ def parse_config(text: str, source: str) -> SandboxConfig:
 
 
 def load_config(path: str | Path | None) -> SandboxConfig:
-    """The config at ``path``; with None, the built-in defaults."""
-    if path is None:
-        return SandboxConfig()
-    p = Path(path)
-    try:
-        return parse_config(p.read_text(encoding="utf-8"), str(p))
-    except FileNotFoundError:
-        raise PolicyError(f"config file {str(p)!r} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise PolicyError(f"cannot read config file {str(p)!r}: {e}") from None
+    """The sandbox part of the config at ``path``; with None, the built-in defaults."""
+    from agentlibos.config import load_operator_config  # noqa: PLC0415 - config imports us
+
+    return load_operator_config(path).sandbox
 
 
 def _cgroup_root(value: object) -> str | None:

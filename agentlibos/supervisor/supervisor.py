@@ -30,11 +30,11 @@ from agentlibos.broker.dispatch import Dispatcher
 from agentlibos.broker.journal import StoreJournal
 from agentlibos.broker.server import Broker
 from agentlibos.broker.syscalls import Caller
-from agentlibos.config import Paths, SupervisorConfig
+from agentlibos.config import Paths, SupervisorConfig, operator_config
 from agentlibos.errors import Conflict
 from agentlibos.kernel.policy import Policy
 from agentlibos.providers.fs import LocalFs
-from agentlibos.sandbox.profile import SandboxConfig, load_config
+from agentlibos.sandbox.profile import SandboxConfig
 from agentlibos.store import ObjectQuota, Store, open_store
 from agentlibos.supervisor import control
 from agentlibos.supervisor.images import Images
@@ -60,19 +60,21 @@ class Supervisor:
     def __init__(self, paths: Paths, config: SupervisorConfig | None = None, *,
                  mode: str = "embedded", sandbox: SandboxConfig | None = None) -> None:
         self.paths = paths
-        self.config = config or SupervisorConfig()
-        # The operator's sandbox config: given, else $AGENTLIBOS_HOME/config.toml if it
-        # exists, else the defaults (every layer required).
-        if sandbox is None:
-            cfg = paths.home / "config.toml"
-            sandbox = load_config(cfg if cfg.exists() else None)
+        # What is not given comes from $AGENTLIBOS_HOME/config.toml if it exists, else
+        # the defaults (every layer required).
+        if config is None or sandbox is None:
+            operator = operator_config(paths)
+            config = config or operator.supervisor
+            sandbox = sandbox or operator.sandbox
+        self.config = config
         self.sandbox = SandboxManager(paths, sandbox)
         self.mode = mode
         self.fs = LocalFs()
         self.object_quota: ObjectQuota = self.config.object_quota
-        self.loop = Loop(busy_poll_us=self.config.busy_poll_us)
         self._started = False
+        self._stop_requested = False
         self._lock_fd: int | None = None
+        self.loop: Loop
         self.store: Store
         self.zygote: ZygoteHandle
         self.table: ProcessTable
@@ -88,6 +90,8 @@ class Supervisor:
     def start(self) -> None:
         self.paths.ensure()
         self._lock()
+        self.loop = Loop(busy_poll_us=self.config.busy_poll_us)
+        self.loop.stopping = self._stop_requested
         try:
             self.store = open_store(self.paths.db)
             recover(self.store, self.paths)
@@ -98,6 +102,7 @@ class Supervisor:
             self._ctx = zmq.Context(io_threads=1)
             self._wire()
         except BaseException:
+            self.loop.close()
             self._unlock()
             raise
         self._started = True
@@ -248,13 +253,15 @@ class Supervisor:
     # ---------------------------------------------------------------- driving it
 
     def request_stop(self) -> None:
-        """Ask the loop to stop (safe from a signal handler)."""
-        self.loop.stopping = True
-        self.loop.wake()
+        """Ask the loop to stop (safe from a signal handler, before start too)."""
+        self._stop_requested = True
+        if self._started:
+            self.loop.stopping = True
+            self.loop.wake()
 
     @property
     def stop_requested(self) -> bool:
-        return self.loop.stopping
+        return self._stop_requested
 
     def step(self, timeout_s: float = 1.0) -> None:
         self.loop.run_once(timeout_s)

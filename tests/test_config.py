@@ -1,0 +1,66 @@
+"""The one loader of the operator's config.toml: every table, frozen dataclasses, errors
+that name the file once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agentlibos.config import (
+    OperatorConfig,
+    Paths,
+    SupervisorConfig,
+    load_operator_config,
+    operator_config,
+    parse_operator_config,
+)
+from agentlibos.errors import PolicyError
+from agentlibos.sandbox.profile import SandboxConfig
+from agentlibos.supervisor import Supervisor
+
+
+def test_an_empty_file_gives_every_default() -> None:
+    cfg = parse_operator_config("", "c.toml")
+    assert cfg.supervisor == SupervisorConfig()
+    assert cfg.sandbox == SandboxConfig()
+    assert cfg.source == "c.toml"
+
+
+def test_the_supervisor_table_takes_units() -> None:
+    cfg = parse_operator_config(
+        '[supervisor]\nkill_grace = "500ms"\nmax_children = 3\nlog_max = "1MiB"\n'
+        'start_timeout = "1m"\nmax_result = "64KiB"\n', "c.toml")
+    s = cfg.supervisor
+    assert (s.kill_grace_s, s.max_children, s.log_max_bytes) == (0.5, 3, 1 << 20)
+    assert (s.start_timeout_s, s.max_result_bytes) == (60.0, 64 << 10)
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("[supervisor]\nkill_graze = 1\n", "unknown key(s) in [supervisor]: kill_graze"),
+    ("[supervisor]\nmax_children = -1\n", "max_children must be a whole number"),
+    ("[supervisor]\nkill_grace = \"soon\"\n", "kill_grace"),
+    ("[supervisr]\n", "unknown section(s) supervisr"),
+    ("[supervisor\n", "not valid TOML"),
+])
+def test_a_bad_file_is_refused_naming_the_file_once(text: str, words: str) -> None:
+    with pytest.raises(PolicyError) as info:
+        parse_operator_config(text, "/etc/alos.toml")
+    assert words in info.value.message
+    assert info.value.message.count("/etc/alos.toml") == 1
+
+
+def test_a_missing_file_says_so(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="does not exist"):
+        load_operator_config(tmp_path / "nope.toml")
+    assert load_operator_config(None) == OperatorConfig()
+
+
+def test_the_supervisor_reads_its_limits_from_the_homes_config(paths: Paths) -> None:
+    paths.ensure()
+    (paths.home / "config.toml").write_text(
+        '[supervisor]\nmax_children = 5\n\n[sandbox]\noptional = ["landlock"]\n')
+    assert operator_config(paths).supervisor.max_children == 5
+    sup = Supervisor(paths)
+    assert sup.config.max_children == 5
+    assert "landlock" in sup.sandbox.config.optional
