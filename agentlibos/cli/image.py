@@ -9,7 +9,7 @@ from typing import Any
 from agentlibos.cli.common import EXIT_OK, add_command, paths_of, print_json, readonly_store
 from agentlibos.errors import NotFound
 from agentlibos.kernel.image import AgentImage, load_image
-from agentlibos.kernel.registry import register_image
+from agentlibos.registry import register_image
 from agentlibos.store import ImageRecord, open_store
 from agentlibos.ui import format_table, limits_text, printable
 

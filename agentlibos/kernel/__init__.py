@@ -1,8 +1,9 @@
 """The pure core: capabilities, policy, images, processes, audit records, units, schemas.
 
-No I/O happens here (the image registry, which copies files, is the one exception
-left; it moves out with the images service). Import the module you need; the package
-does not import them eagerly, so the zygote's children load only what they use.
+No I/O happens here beyond reading the image being loaded (the registry, which copies
+and removes image directories, is ``agentlibos.registry``). Import the module you need;
+the package does not import them eagerly, so the zygote's children load only what they
+use.
 """
 
-__all__ = ["audit", "caps", "image", "policy", "process", "registry", "schema", "units"]
+__all__ = ["audit", "caps", "image", "policy", "process", "schema", "units"]
