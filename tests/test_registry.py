@@ -404,3 +404,16 @@ def test_a_changed_image_tool_is_checked_again(sup: Supervisor, make_image: Make
     (img / "tools/t.ts").write_text(BAD_TS)
     out = run_proc(sup, img, {"tool": "t"}, timeout_s=120).result[0]
     assert (out["ok"], out["type"]) == (False, "InvalidArgument"), out
+
+
+@pytest.mark.deno
+@pytest.mark.privileged
+def test_the_check_is_not_charged_to_a_small_agent(sup: Supervisor,
+                                                   make_image: MakeImage) -> None:
+    # `deno check` needs ~150 MiB: inside a 96 MiB agent's cgroup it was OOM-killed.
+    img = with_tools(make_image("small", CALL_TWICE, caps=["jit:*:*"],
+                                limits={"memory": "96MiB"}, files={"tools/t.ts": GOOD_TS}),
+                     {"t": "jit:tools/t.ts"})
+    rec = run_proc(sup, img, {"tool": "t"}, timeout_s=120)
+    assert rec.result == [{"ok": True, "value": 4}, {"ok": True, "value": 4}], \
+        log_of(sup, rec.pid)

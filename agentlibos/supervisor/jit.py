@@ -130,9 +130,9 @@ class JitManager:
         self.fds: dict[int, Worker] = {}
         self.dir = paths.home / "jit"
         # Image tools that passed `deno check`, by sha256, for this supervisor's life;
-        # the checks in flight, by (pid, sha256), with the calls waiting on each.
+        # the checks in flight, by sha256, with the calls waiting on each.
         self.checked: set[str] = set()
-        self.checking: dict[tuple[int, str], list[Callable[[str | None], None]]] = {}
+        self.checking: dict[str, list[Callable[[str | None], None]]] = {}
 
     # ------------------------------------------------------------------ calling a tool
 
@@ -159,21 +159,22 @@ class JitManager:
     def _check_first(self, caller: Caller, tool: ToolDef,
                      args: dict[str, Any]) -> Pending | None:
         """An image tool's first call (per content) waits for the sandboxed check jit.register
-        makes; failing it fails the call with the compiler's output. Only a pass is kept
-        (a failure may be the checker's). None: this content passed already."""
+        makes, run once for all callers as the supervisor's (pid 0), in no agent's cgroup: a
+        128 MiB agent cannot hold `deno check`. A pass is kept; a failure fails the call."""
         try:
             digest = hashlib.sha256(Path(tool.path).read_bytes()).hexdigest()
         except OSError as e:
             raise ToolError(f"tool {tool.name}: cannot read it: {e.strerror}") from None
         if digest in self.checked:
             return None
-        pending, key = Pending(caller.pid), (caller.pid, digest)
+        pending, mine = Pending(caller.pid), self.tool_dir(caller.pid, tool.name)
+        as_checked = replace(tool, name=f"{tool.name}.{digest[:12]}")
 
         def proceed(failure: str | None) -> None:
             if failure is not None:
                 pending.reject(InvalidArgument(
                     f"tool.call: {tool.name!r} does not pass `deno check`:\n{failure}"))
-            elif not pending.done:
+            elif not pending.done and mine.is_dir():  # gone: the caller ended meanwhile
                 try:
                     self.call(caller, tool, args).bind(lambda out: pending.reject(out) if
                         isinstance(out, LibOSError) else pending.resolve(out.result, out.blobs))
@@ -181,17 +182,16 @@ class JitManager:
                     pending.reject(e)
 
         def done(ok: bool, output: str) -> None:
-            self.checked.update([digest] if ok else [])
+            self.checked.update([digest] if ok else [])  # a failure may be the checker's
             self.store.append_audit(caller.pid, "jit.check", f"jit:invoke:{tool.name}", "info"
                                     if ok else "deny", {"sha256": digest, "compiler": output})
-            for then in self.checking.pop(key, []):
+            discard_tree(self.dir / "0" / as_checked.name)
+            for then in self.checking.pop(digest, []):
                 then(None if ok else output)
 
-        if key in self.checking:  # the same process called it again meanwhile
-            self.checking[key].append(proceed)
-        else:
-            self.check(caller.pid, tool, done)  # raises before anything waits on it
-            self.checking[key] = [proceed]
+        if digest not in self.checking:
+            self.check(0, as_checked, done)  # raises before anything waits on it
+        self.checking.setdefault(digest, []).append(proceed)
         return pending
 
     def _next(self, w: Worker) -> None:
