@@ -1,15 +1,26 @@
-"""``agentlibos image add|ls|show``: the registry of images by name."""
+"""``agentlibos image add|ls|show|rm``: the registry of images by name."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import Any
 
-from agentlibos.cli.common import EXIT_OK, add_command, paths_of, print_json, readonly_store
-from agentlibos.errors import NotFound
+from agentlibos.cli.common import (
+    EXIT_OK,
+    EXIT_USAGE,
+    add_command,
+    err,
+    paths_of,
+    print_json,
+    readonly_store,
+    sandbox_config,
+)
+from agentlibos.errors import ImageError, NotFound
 from agentlibos.kernel.image import AgentImage, load_image
-from agentlibos.kernel.registry import register_image
+from agentlibos.registry import agent_ids, register_image, remove_image
+from agentlibos.sandbox.profile import SandboxConfig, load_config
 from agentlibos.store import ImageRecord, open_store
 from agentlibos.ui import format_table, limits_text, printable
 
@@ -31,6 +42,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         agentlibos image show summarize --json
     """)
     sh.add_argument("name")
+    rm = add_command(imsub, "rm", help="remove a registered image (its registry copy too)",
+                     func=cmd_image_rm, example="""
+        agentlibos image rm summarize
+    """)
+    rm.add_argument("name")
 
 
 def describe(rec: ImageRecord, img: AgentImage) -> dict[str, Any]:
@@ -50,10 +66,25 @@ def describe(rec: ImageRecord, img: AgentImage) -> dict[str, Any]:
 
 def cmd_image_add(ns: argparse.Namespace) -> int:
     paths = paths_of(ns)
+    # Who will read the image is the sandbox config's business: --config, else the
+    # supervisor's own $AGENTLIBOS_HOME/config.toml.
+    config = sandbox_config(ns)
+    if config is None:
+        home_config = paths.home / "config.toml"
+        config = load_config(home_config) if home_config.exists() else SandboxConfig()
     paths.ensure()
     store = open_store(paths.db)
     try:
-        rec, img = register_image(store, paths.images, ns.dir)
+        rec, img = register_image(store, paths.images, ns.dir, ids=agent_ids(config))
+    except ImageError as e:
+        if "compiler" not in e.details:
+            raise
+        # The compiler's message is many lines and meant to be read as such: the error
+        # line, then each of its lines indented (and escaped: a tool is anyone's text).
+        err(e.message.partition("\n")[0])
+        for line in str(e.details["compiler"]).splitlines():
+            print(f"  {printable(line)}", file=sys.stderr)
+        return EXIT_USAGE
     finally:
         store.close()
     if ns.json:
@@ -90,7 +121,7 @@ def cmd_image_show(ns: argparse.Namespace) -> int:
             store.close()
     if rec is None:
         raise NotFound(f"no image named {ns.name!r} is registered (`agentlibos image ls`)")
-    info = describe(rec, load_image(rec.path))
+    info = describe(rec, load_image(rec.path, agent_ids=None))  # shown, not run
     if ns.json:
         print_json(info)
         return EXIT_OK
@@ -105,4 +136,21 @@ def cmd_image_show(ns: argparse.Namespace) -> int:
     ]
     for key, value in lines:
         print(f"{key + ':':<13}{printable(value)}")
+    return EXIT_OK
+
+
+def cmd_image_rm(ns: argparse.Namespace) -> int:
+    paths = paths_of(ns)
+    if not paths.db.exists():
+        raise NotFound(f"no image named {ns.name!r} is registered (`agentlibos image ls`)")
+    store = open_store(paths.db)
+    try:
+        rec = remove_image(store, paths.images, ns.name)
+    finally:
+        store.close()
+    if ns.json:
+        print_json({"name": rec.name, "version": rec.version, "path": rec.path,
+                    "removed": True})
+    else:
+        print(printable(f"removed {rec.name} {rec.version} ({rec.path})"), flush=True)
     return EXIT_OK

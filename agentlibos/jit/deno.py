@@ -15,20 +15,34 @@ literal ``import("/etc/passwd")``, and JSON imports) while building the module g
 without asking for read permission. That is closed by the OS sandbox, not by Deno: the
 process's mount tree holds only the Deno binary and its libraries, the runner and the
 tool's own directory, and Landlock allows reading nothing else.
+
+``image add`` type-checks an image's tools on the host, as the operator, with no
+supervisor to sandbox it (:func:`check_on_host`). The same holes are closed the same
+way, with less: a short-lived helper (this module run as ``__main__``) applies Landlock
+-- read the Deno binary and its libraries, the contract types and the tool's own
+directory (what it sees when it runs); write a
+fresh temporary directory; no TCP -- and execs ``deno check`` with no permissions, no
+remote or npm modules, no config, no lock file, nothing fetched into the cache, and an
+environment of its own. Without Landlock the check is refused, never run unconfined:
+otherwise a tool's ``import "/etc/shadow"`` would show the file in the compiler's
+message to whoever registered it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Final
 
-from agentlibos.errors import Unavailable
+from agentlibos.errors import LibOSError, Unavailable
 
 JIT_DIR: Final = Path(__file__).resolve().parent
 # JavaScript (JSDoc-typed), so every cold start is spared transpiling it.
@@ -37,6 +51,10 @@ TYPES: Final = JIT_DIR / "libos.d.ts"
 
 FLAGS: Final = ("--no-prompt", "--no-remote", "--no-npm", "--cached-only", "--no-config")
 CHECK_FLAGS: Final = ("--no-remote", "--no-npm", "--no-config", "--quiet")
+# On the host (image add) also: no lock file written into the image, no remote import
+# allowed even by a flag added later, and nothing fetched into the cache.
+HOST_CHECK_FLAGS: Final = (*CHECK_FLAGS, "--no-lock", "--deny-import", "--cached-only")
+HOST_CHECK_TIMEOUT_S: Final = 120.0
 
 
 def deno_binary() -> str:
@@ -138,9 +156,77 @@ def check_argv(exe: str, entry: str) -> list[str]:
     return [exe, "check", *CHECK_FLAGS, entry]
 
 
+def host_check_argv(exe: str, entry: str) -> list[str]:
+    return [exe, "check", *HOST_CHECK_FLAGS, entry]
+
+
+_ANSI: Final = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def clean_output(text: str, limit: int = 8000) -> str:
+    """Compiler output for a human: no colour codes, bounded."""
+    text = _ANSI.sub("", text).strip()
+    return text if len(text) <= limit else text[:limit] + "\n..."
+
+
+def check_on_host(tool_path: str | Path, *,
+                  timeout_s: float = HOST_CHECK_TIMEOUT_S) -> tuple[bool, str]:
+    """Type-check the tool at ``tool_path`` against the contract, as the supervisor's
+    ``JitManager.check`` does, but here, confined by Landlock (see the module's
+    docstring). It sees what the tool sees when it runs: its own directory, not the rest
+    of the image, so a tool that passes here loads there. Returns (passed, the compiler's
+    output). Raises Unavailable when Deno is missing or the check cannot be confined."""
+    exe = deno_binary()
+    view = deno_view(exe)
+    with tempfile.TemporaryDirectory(prefix="alos-check-") as tmp:
+        entry = Path(tmp) / "check.ts"
+        entry.write_text(check_source(str(tool_path)), encoding="utf-8")
+        rules = {"read_only": [*view.files, str(JIT_DIR),
+                              str(Path(tool_path).resolve().parent)],
+                 "read_write": [tmp]}
+        env = {"HOME": tmp, "DENO_DIR": str(Path(tmp) / "deno"), "TMPDIR": tmp,
+               "NO_COLOR": "1", "DENO_NO_UPDATE_CHECK": "1", "DENO_NO_PROMPT": "1",
+               "PATH": "/usr/bin:/bin"}
+        argv = [sys.executable, "-I", "-m", __name__, json.dumps(rules),
+                *host_check_argv(view.exe, str(entry))]
+        try:
+            out = subprocess.run(argv, env=env, cwd=tmp, stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 timeout=timeout_s, check=False)
+        except subprocess.TimeoutExpired:
+            return False, f"`deno check` did not finish within {timeout_s:g} s"
+    text = clean_output(out.stdout.decode("utf-8", errors="replace"))
+    if out.returncode == CONFINE_FAILED:
+        raise Unavailable(f"cannot type-check {tool_path} safely: {text}")
+    if out.returncode == 0:
+        return True, text
+    return False, text or f"`deno check` exited with status {out.returncode}"
+
+
+CONFINE_FAILED: Final = 125  # the helper could not apply Landlock; deno never ran
+
+
+def _confine_and_exec(rules_json: str, argv: list[str]) -> None:
+    """The helper: Landlock first, then exec ``argv``; on any failure exit 125."""
+    from agentlibos.sandbox import landlock  # noqa: PLC0415 - only the helper needs it
+
+    try:
+        rules = json.loads(rules_json)
+        landlock.apply(landlock.LandlockRules(read_only=tuple(rules["read_only"]),
+                                              read_write=tuple(rules["read_write"])))
+    except (LibOSError, ValueError, KeyError) as e:
+        print(f"Landlock could not be applied: {e}", flush=True)
+        sys.exit(CONFINE_FAILED)
+    os.execve(argv[0], argv, os.environ)  # noqa: S606 - argv only, no shell: deno check
+
+
 def describe() -> str:
     try:
         b = deno_binary()
     except Unavailable as e:
         return e.message
     return f"{deno_version(b)} at {b}"
+
+
+if __name__ == "__main__":
+    _confine_and_exec(sys.argv[1], sys.argv[2:])

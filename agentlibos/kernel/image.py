@@ -7,7 +7,9 @@ malformed image is refused with one message naming the file and the problem.
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,17 @@ NAME_RE: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}\Z")
 TOOL_NAME_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}\Z")
 _IDENT_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 MAX_IMAGE_TOML_BYTES: Final = 256 * 1024
+# Directories that are not part of an image: never copied into the registry, never
+# checked (the agent does not need to read a cache or a VCS directory).
+IGNORED_DIRS: Final = frozenset({"__pycache__", ".git", ".venv", "node_modules",
+                                 ".mypy_cache"})
+# Who reads the image inside the sandbox unless told otherwise: the sandbox config's
+# default agent_uid and agent_gid (sandbox/profile.py, SandboxConfig). The registry passes
+# the configured ids; a supervisor that is not root runs agents as itself (a user
+# namespace maps it), so the check is skipped there.
+DEFAULT_AGENT_IDS: Final = (65534, 65534)
+# How many entries of an image are checked for readability: the registry's own limit.
+MAX_CHECKED_ENTRIES: Final = 10_000
 
 # Builtin tools and the syscall each wraps. The LLM-facing schemas live with the
 # syscalls (agentlibos/broker/syscalls); a tool adds no authority of its own.
@@ -135,8 +148,14 @@ def _check_keys(table: dict[str, Any], allowed: set[str], section: str, where: s
         )
 
 
-def load_image(directory: str | Path) -> AgentImage:
-    """Load and validate the image in ``directory``; raise :class:`ImageError` if malformed."""
+def load_image(directory: str | Path, *,
+               agent_ids: tuple[int, int] | None = DEFAULT_AGENT_IDS) -> AgentImage:
+    """Load and validate the image in ``directory``; raise :class:`ImageError` if malformed.
+
+    ``agent_ids`` (uid, gid) is who must be able to read every file of the image (None:
+    nobody else, the agent runs as the operator); checked only when this process is root,
+    the only case in which agents run as another uid.
+    """
     root = Path(directory).resolve()
     toml_path = root / "image.toml"
     where = str(toml_path)
@@ -248,6 +267,8 @@ def load_image(directory: str | Path) -> AgentImage:
     except InvalidArgument as e:
         raise ImageError(f"{where}: {e.message}") from None
 
+    if agent_ids is not None and os.geteuid() == 0:
+        _check_agent_can_read(root, agent_ids)
     return AgentImage(
         name=name,
         version=version,
@@ -259,6 +280,58 @@ def load_image(directory: str | Path) -> AgentImage:
         requested=tuple(requested),
         limits=limits,
     )
+
+
+def agent_can_read(mode: int, owner: tuple[int, int], reader: tuple[int, int]) -> bool:
+    """Whether ``reader`` (uid, gid) may read a file -- list and traverse a directory --
+    of ``mode`` owned by ``owner`` (uid, gid). The kernel's rule: the owner's bits when
+    the uid matches, else the group's when the gid does, else the others'; root passes.
+    Pure: the caller stats."""
+    uid, gid = reader
+    if uid == 0:
+        return True
+    need = 0o5 if stat.S_ISDIR(mode) else 0o4
+    if owner[0] == uid:
+        bits = mode >> 6
+    elif owner[1] == gid:
+        bits = mode >> 3
+    else:
+        bits = mode
+    return bits & need == need
+
+
+def _check_agent_can_read(root: Path, reader: tuple[int, int]) -> None:
+    """Refuse an image with a file the agent could not read: otherwise it loads here and
+    dies inside the sandbox with a bare PermissionError (symbolic links are the
+    registry's business; they are not followed)."""
+    _check_entry(root, root, reader)
+    seen = 0
+    for top, dirs, names in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d not in IGNORED_DIRS)
+        here = Path(top)
+        for n in [*dirs, *sorted(names)]:
+            seen += 1
+            if seen > MAX_CHECKED_ENTRIES:
+                return
+            _check_entry(root, here / n, reader)
+
+
+def _check_entry(root: Path, p: Path, reader: tuple[int, int]) -> None:
+    try:
+        st = p.lstat()
+    except OSError as e:
+        raise ImageError(f"{p}: cannot stat: {e.strerror}") from None
+    if stat.S_ISLNK(st.st_mode) or agent_can_read(st.st_mode, (st.st_uid, st.st_gid), reader):
+        return
+    rel = "." if p == root else str(p.relative_to(root))
+    what = "readable"
+    if stat.S_ISDIR(st.st_mode):
+        rel += "/"
+        what = "listable and traversable"
+    raise ImageError(
+        f"{rel} is not {what} by the agent's uid {reader[0]} (mode "
+        f"{stat.S_IMODE(st.st_mode):04o}) in image {root}; make it readable: "
+        f"chmod -R o+rX {root}", path=str(p), mode=stat.S_IMODE(st.st_mode), uid=reader[0])
 
 
 _N = TypeVar("_N", int, float)

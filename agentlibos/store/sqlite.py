@@ -529,6 +529,12 @@ class SQLiteStore:
         ).fetchall()
         return [ImageRecord(*r) for r in rows]
 
+    def delete_image(self, name: str) -> ImageRecord | None:
+        with self.transaction():
+            rec = self.get_image(name)
+            self._write("DELETE FROM images WHERE name = ?", (name,))
+        return rec
+
     # ----------------------------------------------------------------------- journal
     #
     # Written through transaction() like the audit, so a syscall's journal entry and its

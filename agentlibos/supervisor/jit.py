@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -128,12 +129,18 @@ class JitManager:
         self.by_wid: dict[int, Worker] = {}
         self.fds: dict[int, Worker] = {}
         self.dir = paths.home / "jit"
+        # Image tools that passed `deno check`, by sha256, for this supervisor's life;
+        # the checks in flight, by sha256, with the calls waiting on each.
+        self.checked: set[str] = set()
+        self.checking: dict[str, list[Callable[[str | None], None]]] = {}
 
     # ------------------------------------------------------------------ calling a tool
 
     def call(self, caller: Caller, tool: ToolDef, args: dict[str, Any]) -> Pending:
         if tool.schema is not None:
             validate(args, tool.schema, f"{tool.name}(args)")
+        if tool.version == "image" and (first := self._check_first(caller, tool, args)):
+            return first  # a tool of the image's [tools] (ToolCalls.find), not checked yet
         key = (caller.pid, tool.name)
         w = self.workers.get(key)
         if w is not None and w.tool.version != tool.version:
@@ -147,6 +154,44 @@ class JitManager:
         pending = Pending(caller.pid)
         w.queue.append(Call(args, pending, self._as_tool(w, caller)))
         self._next(w)
+        return pending
+
+    def _check_first(self, caller: Caller, tool: ToolDef,
+                     args: dict[str, Any]) -> Pending | None:
+        """An image tool's first call (per content) waits for the sandboxed check jit.register
+        makes, run once for all callers as the supervisor's (pid 0), in no agent's cgroup: a
+        128 MiB agent cannot hold `deno check`. A pass is kept; a failure fails the call."""
+        try:
+            digest = hashlib.sha256(Path(tool.path).read_bytes()).hexdigest()
+        except OSError as e:
+            raise ToolError(f"tool {tool.name}: cannot read it: {e.strerror}") from None
+        if digest in self.checked:
+            return None
+        pending, mine = Pending(caller.pid), self.tool_dir(caller.pid, tool.name)
+        as_checked = replace(tool, name=f"{tool.name}.{digest[:12]}")
+
+        def proceed(failure: str | None) -> None:
+            if failure is not None:
+                pending.reject(InvalidArgument(
+                    f"tool.call: {tool.name!r} does not pass `deno check`:\n{failure}"))
+            elif not pending.done and mine.is_dir():  # gone: the caller ended meanwhile
+                try:
+                    self.call(caller, tool, args).bind(lambda out: pending.reject(out) if
+                        isinstance(out, LibOSError) else pending.resolve(out.result, out.blobs))
+                except LibOSError as e:
+                    pending.reject(e)
+
+        def done(ok: bool, output: str) -> None:
+            self.checked.update([digest] if ok else [])  # a failure may be the checker's
+            self.store.append_audit(caller.pid, "jit.check", f"jit:invoke:{tool.name}", "info"
+                                    if ok else "deny", {"sha256": digest, "compiler": output})
+            discard_tree(self.dir / "0" / as_checked.name)
+            for then in self.checking.pop(digest, []):
+                then(None if ok else output)
+
+        if digest not in self.checking:
+            self.check(0, as_checked, done)  # raises before anything waits on it
+        self.checking.setdefault(digest, []).append(proceed)
         return pending
 
     def _next(self, w: Worker) -> None:

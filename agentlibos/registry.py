@@ -1,0 +1,167 @@
+"""Registering images by name: a validated, immutable copy under ``$AGENTLIBOS_HOME/images``.
+
+A registered image is copied, not referenced, so that later edits to the source
+directory (by its author, or by an agent with write access to it) cannot change what
+runs under that name; re-registering replaces it atomically.
+
+What registering validates, in order, before anything is recorded (docs/images.md):
+``image.toml`` and the files it names (:func:`load_image`), that the agent's uid can
+read every file of the image, no symbolic links, the size limits, and that every JIT
+tool in ``[tools]`` passes ``deno check`` -- the check ``ctx.jit.register`` makes, run
+here on the copy, confined (``jit/deno.py``, :func:`check_on_host`).
+
+This module does I/O (it copies, checks and removes directories), so it lives outside
+the pure ``kernel``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Final
+
+from agentlibos.errors import Conflict, ImageError, LimitExceeded, NotFound
+from agentlibos.jit import deno
+from agentlibos.kernel.image import (
+    DEFAULT_AGENT_IDS,
+    IGNORED_DIRS,
+    NAME_RE,
+    AgentImage,
+    load_image,
+)
+from agentlibos.providers.fs import remove_tree
+from agentlibos.sandbox.profile import SandboxConfig
+from agentlibos.store import ImageRecord, Store
+
+MAX_IMAGE_BYTES: Final = 64 << 20
+MAX_IMAGE_FILES: Final = 10_000
+
+
+def agent_ids(config: SandboxConfig) -> tuple[int, int] | None:
+    """The (uid, gid) agent code reads its image as under ``config``; None when it runs
+    as the supervisor's own uid (no agent_uid, no mount namespace, or a user namespace
+    that maps the supervisor). Mirrors the choice ``sandbox.profile`` makes."""
+    if (config.agent_uid is None or config.layer_mode("namespaces") == "disabled"
+            or config.user_namespace == "always"):
+        return None
+    gid = config.agent_gid if config.agent_gid is not None else config.agent_uid
+    return (config.agent_uid, gid)
+
+
+def _check_tree(root: Path) -> None:
+    total = files = 0
+    for top, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in IGNORED_DIRS]
+        for n in dirs + names:
+            p = Path(top) / n
+            if p.is_symlink():
+                raise ImageError(
+                    f"{p}: images may not contain symbolic links (a link could point "
+                    "outside the image once it is copied)"
+                )
+        for n in names:
+            files += 1
+            total += (Path(top) / n).stat().st_size
+        if files > MAX_IMAGE_FILES or total > MAX_IMAGE_BYTES:
+            raise LimitExceeded(
+                f"image {root} is larger than {MAX_IMAGE_FILES} files or "
+                f"{MAX_IMAGE_BYTES >> 20} MiB"
+            )
+
+
+def check_tools(image: AgentImage, *, shown_as: Path | None = None) -> None:
+    """Type-check every JIT tool of ``image`` as ``ctx.jit.register`` would; the first
+    that fails raises ImageError with the compiler's output. ``shown_as``: the directory
+    to name in messages when ``image`` is a staging copy of it."""
+    shown = shown_as or image.path
+    for tool in image.tools:
+        if tool.kind != "jit":
+            continue
+        ok, output = deno.check_on_host(image.path / tool.ref)
+        if not ok:
+            output = output.replace(str(image.path), str(shown))
+            raise ImageError(
+                f"{shown / 'image.toml'}: tool {tool.name!r} ({tool.ref}) does not pass "
+                f"`deno check`:\n{output}", tool=tool.name, path=str(shown / tool.ref),
+                compiler=output)
+
+
+def register_image(store: Store, images_dir: Path, source: str | Path, *,
+                   by_pid: int | None = None,
+                   ids: tuple[int, int] | None = DEFAULT_AGENT_IDS,
+                   ) -> tuple[ImageRecord, AgentImage]:
+    """Validate ``source``, copy it into ``images_dir/<name>``, record it, audit it.
+
+    ``ids``: who the agent runs as (:func:`agent_ids`), who must be able to read it.
+    Nothing is recorded and nothing replaced unless every check passes.
+    """
+    image = load_image(source, agent_ids=ids)
+    _check_tree(image.path)
+    images_dir.mkdir(parents=True, exist_ok=True)
+    final = images_dir / image.name
+    if image.path == final.resolve():
+        raise ImageError(f"{source} is already the registered copy of {image.name!r}")
+    staging = images_dir / f".{image.name}.{os.getpid()}.{time.monotonic_ns()}"
+    shutil.copytree(image.path, staging, symlinks=True,
+                    ignore=shutil.ignore_patterns(*IGNORED_DIRS))
+    try:
+        # The copy must be as valid as the original, and it is the copy that will run.
+        check_tools(load_image(staging, agent_ids=ids), shown_as=image.path)
+        old = None
+        if final.exists():
+            old = images_dir / f".{image.name}.old.{time.monotonic_ns()}"
+            final.rename(old)
+        staging.rename(final)
+        if old is not None:
+            remove_tree(str(old))
+    except BaseException:
+        remove_tree(str(staging))
+        raise
+    rec = ImageRecord(image.name, image.version, str(final), image.description, time.time())
+    with store.transaction():
+        store.put_image(rec)
+        store.append_audit(by_pid, "image.add", f"image:register:{image.name}", "info",
+                           {"source": str(image.path), "path": str(final),
+                            "version": image.version})
+    return rec, load_image(final, agent_ids=ids)
+
+
+def remove_image(store: Store, images_dir: Path, name: str, *,
+                 by_pid: int | None = None) -> ImageRecord:
+    """Forget the image registered as ``name`` and delete the registry's copy of it.
+
+    NotFound (nothing changed) when no image has that name; Conflict (nothing changed)
+    while a live process -- running, waiting, evicted -- runs this copy, as ``docker
+    rmi`` refuses an image a container uses: it would lose its code under it, or on
+    resume. The record goes first, in
+    one transaction with its audit record: from then on nothing resolves the name, and
+    the copy is renamed aside and removed. Only a directory inside ``images_dir`` is
+    ever removed, whatever the record says.
+    """
+    if not NAME_RE.match(name):
+        raise ImageError(f"{name!r} is not a valid image name (1-64 of a-z, 0-9, '.', "
+                         "'_', '-', starting with a letter or digit)")
+    with store.transaction():
+        rec = store.get_image(name)
+        if rec is None:
+            raise NotFound(f"no image named {name!r} is registered (`agentlibos image ls`)")
+        users = [p.pid for p in store.list_processes(live_only=True)
+                 if p.image_path == rec.path]
+        if users:
+            raise Conflict(f"image {name!r} is in use by process(es) "
+                           f"{', '.join(map(str, users))}; stop them first "
+                           f"(`agentlibos kill PID`)", pids=users)
+        store.delete_image(name)
+        store.append_audit(by_pid, "image.rm", f"image:register:{name}", "info",
+                           {"path": rec.path, "version": rec.version})
+    copy = Path(rec.path)
+    if copy.parent.resolve() == images_dir.resolve() and copy.name == name:
+        doomed = images_dir / f".{name}.rm.{time.monotonic_ns()}"
+        try:
+            copy.rename(doomed)
+        except FileNotFoundError:
+            return rec  # already gone: what was wanted
+        remove_tree(str(doomed))
+    return rec
