@@ -1,0 +1,59 @@
+"""Serve the console: bind first, then print the URL once uvicorn is accepting.
+
+Binding the socket ourselves means ``--listen 127.0.0.1:0`` works (the printed URL names
+the port the kernel chose) and the URL is printed only when a browser can connect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+from typing import TextIO
+
+import uvicorn
+
+from agentlibos.console.app import build_app
+from agentlibos.console.guard import Guard, host_names
+from agentlibos.console.link import ControlLink
+from agentlibos.console.listen import Listen
+from agentlibos.errors import UsageError
+
+
+def bind(listen: Listen) -> socket.socket:
+    family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((listen.host, listen.port))
+    except OSError as e:
+        sock.close()
+        raise UsageError(f"cannot listen on {listen.url_host()}:{listen.port}: "
+                         f"{e.strerror}") from None
+    sock.listen(128)
+    sock.set_inheritable(False)
+    return sock
+
+
+def serve(link: ControlLink, listen: Listen, *, out: TextIO = sys.stdout) -> None:
+    """Serve until SIGINT or SIGTERM; the URL with its token goes to ``out`` when ready."""
+    sock = bind(listen)
+    port = int(sock.getsockname()[1])
+    guard = Guard.fresh(host_names(listen.host, port, loopback=listen.loopback))
+    config = uvicorn.Config(build_app(guard, link), log_level="warning", access_log=False,
+                            lifespan="off", server_header=False, proxy_headers=False)
+    server = uvicorn.Server(config)
+    url = f"http://{listen.url_host()}:{port}/?token={guard.token}"
+
+    async def run() -> None:
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started and not task.done():
+            await asyncio.sleep(0.01)
+        if server.started:
+            print(url, file=out, flush=True)
+        await task
+
+    try:
+        asyncio.run(run())
+    finally:
+        sock.close()
