@@ -158,8 +158,12 @@ def build_app(guard: Guard, link: ControlLink) -> ASGIApp:
 
         return endpoint
 
+    async def no_icon(request: Request) -> Response:
+        return Response(status_code=204)  # browsers ask; a 404 would litter their console
+
     app = Starlette(routes=[
         Route("/", index, methods=["GET"]),
+        Route("/favicon.ico", no_icon, methods=["GET"]),
         Route("/static/{name}", static, methods=["GET"]),
         Route("/api/state", state, methods=["GET"]),
         Route("/api/approve", change("approve"), methods=["POST"]),

@@ -3,6 +3,7 @@
 "use strict";
 
 const POLL_MS = 1000;
+const MAX_CARDS = 200; // past this, the page says how many more and where to see them
 const csrf = document.querySelector('meta[name="csrf-token"]').content;
 const queueRows = new Map(); // id -> card element; kept so a half-typed reason survives polls
 
@@ -75,8 +76,12 @@ function field(label, value, cls) {
 function approvalCard(item) {
   const reason = el("input", {type: "text", class: "reason", placeholder: "reason (optional)",
                               maxLength: 4000});
-  const approve = el("button", {class: "approve", type: "button"}, "Approve once");
-  const always = el("button", {class: "always", type: "button"}, "Approve always");
+  const approve = el("button", {class: "approve", type: "button",
+                                title: "this one call, with exactly these arguments"},
+                     "Approve once");
+  const always = el("button", {class: "always", type: "button",
+                               title: "the process holds this capability for the rest of its life"},
+                    "Approve always");
   const deny = el("button", {class: "deny", type: "button"}, "Deny");
   approve.addEventListener("click", () => change("approve", {id: item.id, always: false}));
   always.addEventListener("click", () => change("approve", {id: item.id, always: true}));
@@ -117,7 +122,7 @@ function card(item) {
     isQ ? field("question", item.question, "question") : field("request", item.request, "request"),
     isQ ? null : field("call", item.call),
     isQ && item.topic ? field("topic", item.topic) : null,
-    isQ ? null : field("digest", text(item.digest).slice(0, 16), "digest"));
+    isQ ? null : field("digest", text(item.digest).slice(0, 16) + "…", "digest"));
   return el("div", {class: "card", "data-id": String(item.id), "data-kind": isQ ? "question" : "approval"},
             head, body, isQ ? questionCard(item) : approvalCard(item));
 }
@@ -128,7 +133,8 @@ function renderQueue(section) {
     return;
   }
   show("queue-error", "");
-  const items = (section.items || []).filter((i) => i.state === "pending");
+  const pending = (section.items || []).filter((i) => i.state === "pending");
+  const items = pending.slice(0, MAX_CARDS);
   const box = document.getElementById("queue");
   const seen = new Set();
   for (const item of items) {
@@ -142,8 +148,11 @@ function renderQueue(section) {
   for (const [id, node] of queueRows) {
     if (!seen.has(id)) { node.remove(); queueRows.delete(id); }
   }
-  document.getElementById("queue-count").textContent = String(items.length);
-  document.getElementById("queue-empty").hidden = items.length > 0;
+  document.getElementById("queue-count").textContent = String(pending.length);
+  document.getElementById("queue-empty").hidden = pending.length > 0;
+  show("queue-more", pending.length > items.length
+    ? (pending.length - items.length) + " more below these; `agentlibos approvals` lists them all"
+    : "");
 }
 
 function treeOrder(rows) {
@@ -177,7 +186,8 @@ function renderProcesses(section) {
   for (const [depth, r] of treeOrder(rows)) {
     const pidCell = el("td", {class: "pid"}, "  ".repeat(depth) + (depth ? "└ " : "") + text(r.pid));
     body.append(el("tr", {class: "state-" + text(r.state).replace(/[^a-z-]/g, ""), "data-pid": String(r.pid)},
-      pidCell, el("td", {}, text(r.image)), el("td", {class: "state"}, text(r.state)),
+      pidCell, el("td", {}, text(r.image)),
+      el("td", {class: "state"}, text(r.state) + (r.evicted ? " (evicted)" : "")),
       el("td", {class: "wait"}, text(r.wait)), el("td", {}, text(r.exit_reason)),
       el("td", {class: "muted"}, when(r.started_at))));
   }
@@ -214,6 +224,7 @@ function renderAudit(section) {
 }
 
 function setSupervisor(ok, message) {
+  document.body.classList.toggle("down", !ok); // what still shows is stale: dim it
   const pill = document.getElementById("supervisor");
   pill.textContent = message;
   pill.className = ok ? "pill pill-ok" : "pill pill-bad";
