@@ -270,6 +270,19 @@ def test_a_change_with_a_malformed_body_is_refused_with_a_reason(
     assert status == 400
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_the_console_stops_on_a_signal_with_status_zero_and_frees_its_port(
+    home: Path, sig: signal.Signals
+) -> None:
+    with console_for(home) as c:
+        cookie = c.login()
+        assert c.request("GET", "/api/state", headers={"Cookie": cookie})[0] == 503
+        c.proc.send_signal(sig)
+        assert c.proc.wait(15) == 0
+        with pytest.raises(ConnectionRefusedError):
+            c.request("GET", "/")
+
+
 def test_a_non_loopback_listen_is_refused_in_one_line(home: Path) -> None:
     p = cli(home, "console", "--listen", "0.0.0.0:0", timeout=30)
     assert p.returncode == 2

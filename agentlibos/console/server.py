@@ -7,8 +7,12 @@ the port the kernel chose) and the URL is printed only when a browser can connec
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import socket
 import sys
+from collections.abc import Iterator
+from types import FrameType
 from typing import TextIO
 
 import uvicorn
@@ -18,6 +22,22 @@ from agentlibos.console.guard import Guard, host_names
 from agentlibos.console.link import ControlLink
 from agentlibos.console.listen import Listen
 from agentlibos.errors import UsageError
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # uvicorn re-raises the stopping signal once it has shut down; for the console
+        # SIGTERM and Ctrl-C are its normal end (status 0, as for `agentlibos serve`).
+        def stop(signum: int, frame: FrameType | None) -> None:
+            self.should_exit = True
+
+        old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
 
 
 def bind(listen: Listen) -> socket.socket:
@@ -41,8 +61,10 @@ def serve(link: ControlLink, listen: Listen, *, out: TextIO = sys.stdout) -> Non
     port = int(sock.getsockname()[1])
     guard = Guard.fresh(host_names(listen.host, port, loopback=listen.loopback))
     config = uvicorn.Config(build_app(guard, link), log_level="warning", access_log=False,
-                            lifespan="off", server_header=False, proxy_headers=False)
-    server = uvicorn.Server(config)
+                            lifespan="off", server_header=False, proxy_headers=False,
+                            # A browser's open poll must not hold a stop for long.
+                            timeout_graceful_shutdown=3)
+    server = _Server(config)
     url = f"http://{listen.url_host()}:{port}/?token={guard.token}"
 
     async def run() -> None:
