@@ -27,7 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from selenium.common.exceptions import NoAlertPresentException
+from selenium.common.exceptions import (
+    NoAlertPresentException,
+    NoSuchElementException,
+    StaleElementReferenceException,
+)
 from selenium.webdriver import Chrome, ChromeOptions
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -316,7 +320,17 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chrome]:
 
 
 def until(driver: Chrome, cond: Callable[[Chrome], Any], timeout_s: float = 30) -> Any:
-    return WebDriverWait(driver, timeout_s, poll_frequency=0.05).until(cond)
+    # The page redraws its tables every second: an element found a moment ago may be gone.
+    return WebDriverWait(driver, timeout_s, poll_frequency=0.05, ignored_exceptions=(
+        NoSuchElementException, StaleElementReferenceException)).until(cond)
+
+
+def texts(driver: Chrome, selector: str) -> list[str]:
+    """The textContent of every match, read in one go (no element can go stale)."""
+    found: list[str] = driver.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0]), n => n.textContent)",
+        selector)
+    return found
 
 
 def screenshot(driver: Chrome, tmp_path: Path, name: str) -> Path:
@@ -371,7 +385,11 @@ def main(ctx, args):
 """
 POLICY = """
 ask = ["fs:write:**"]
-allow = ["fs:read:**"]
+allow = ["fs:read:**", "human:ask:*"]
+"""
+ASKER = """
+def main(ctx, args):
+    return {"answer": ctx.human.ask(args["question"], choices=["staging", "production"])}
 """
 
 
@@ -380,6 +398,7 @@ class Stack:
     home: Path
     console: Console
     writer: Path
+    asker: Path
     policy: Path
     work: Path
 
@@ -392,22 +411,27 @@ def stack() -> Iterator[Stack]:
     home = Path(tempfile.mkdtemp(prefix="alos-", dir="/tmp"))
     try:
         writer = write_image(home / "images", "writer", WRITER, caps=["fs:rw:./**"])
+        asker = write_image(home / "images", "asker", ASKER, caps=["human:ask:*"])
         policy = home / "ask-writes.toml"
         policy.write_text(POLICY)
         with serving(home), console_for(home) as console:
-            yield Stack(home, console, writer, policy, home / "work-dir")
+            yield Stack(home, console, writer, asker, policy, home / "work-dir")
     finally:
         shutil.rmtree(home, ignore_errors=True)
 
 
 def start_writer(s: Stack, *names: str) -> subprocess.Popen[str]:
+    return start(s, s.writer, "names=" + json.dumps(list(names)))
+
+
+def start(s: Stack, image: Path, *args: str) -> subprocess.Popen[str]:
     cwd = s.work / f"run-{len(list(s.work.glob('run-*'))) if s.work.exists() else 0}"
     cwd.mkdir(parents=True)
     env = {**os.environ, "AGENTLIBOS_HOME": str(s.home)}
     return subprocess.Popen(
-        [sys.executable, "-m", "agentlibos", "run", str(s.writer), "--cwd", str(cwd),
+        [sys.executable, "-m", "agentlibos", "run", str(image), "--cwd", str(cwd),
          "--policy", str(s.policy), "--ask", "queue", "--json",
-         "--arg", "names=" + json.dumps(list(names))],
+         *(a for arg in args for a in ("--arg", arg))],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -442,6 +466,7 @@ def card_for(browser: Chrome, request_suffix: str) -> WebElement:
     return card
 
 
+@pytest.mark.privileged
 def test_an_agents_request_shows_in_the_page_and_a_click_lets_its_write_land(
     browser: Chrome, stack: Stack, tmp_path: Path
 ) -> None:
@@ -451,9 +476,7 @@ def test_an_agents_request_shows_in_the_page_and_a_click_lets_its_write_land(
     aid = card.get_attribute("data-id")
     assert card.find_element(By.CSS_SELECTOR, ".request").text.startswith("fs:write:/")
     # The process tree shows the writer waiting on exactly this approval.
-    until(browser, lambda d: [r for r in d.find_elements(By.CSS_SELECTOR, "#processes tr")
-                              if r.find_element(By.CSS_SELECTOR, ".wait").text
-                              == f"approval:{aid}"])
+    until(browser, lambda d: f"approval:{aid}" in texts(d, "#processes td.wait"))
     screenshot(browser, tmp_path, "console-approval-pending.png")
     card.find_element(By.CSS_SELECTOR, "button.approve").click()
     assert result_of(run) == {"approved.txt": "written"}
@@ -463,6 +486,7 @@ def test_an_agents_request_shows_in_the_page_and_a_click_lets_its_write_land(
     screenshot(browser, tmp_path, "console-approved.png")
 
 
+@pytest.mark.privileged
 def test_an_agent_chosen_script_shows_as_text_and_a_deny_reaches_the_agent_with_its_reason(
     browser: Chrome, stack: Stack, tmp_path: Path
 ) -> None:
@@ -472,8 +496,7 @@ def test_an_agent_chosen_script_shows_as_text_and_a_deny_reaches_the_agent_with_
     # The agent's markup is text on the page: no element was made of it, nothing ran.
     assert card.find_element(By.CSS_SELECTOR, ".request").text.endswith(XSS)
     assert browser.find_elements(By.CSS_SELECTOR, "main script, main img") == []
-    until(browser, lambda d: any(XSS in td.text for td in
-                                 d.find_elements(By.CSS_SELECTOR, "#audit td.request")))
+    until(browser, lambda d: any(t.endswith(XSS) for t in texts(d, "#audit td.request")))
     assert browser.find_elements(By.CSS_SELECTOR, "main script, main img") == []
     assert no_alert(browser)
     screenshot(browser, tmp_path, "console-script-as-text.png")
@@ -484,6 +507,27 @@ def test_an_agent_chosen_script_shows_as_text_and_a_deny_reaches_the_agent_with_
     assert "not in my home, <b>thanks</b>" in result[XSS]
     assert not [p for p in stack.work.glob("run-*/*") if p.is_file() and "script" in p.name]
     assert no_alert(browser)
+
+
+@pytest.mark.privileged
+def test_a_question_is_answered_with_a_click_on_one_of_its_choices(
+    browser: Chrome, stack: Stack, tmp_path: Path
+) -> None:
+    run = start(stack, stack.asker, "question=Deploy <b>where</b>?")
+    open_page(browser, stack.console)
+
+    def question(d: Chrome) -> WebElement | None:
+        for card in d.find_elements(By.CSS_SELECTOR, '#queue .card[data-kind="question"]'):
+            if card.find_element(By.CSS_SELECTOR, ".question").text == "Deploy <b>where</b>?":
+                return card
+        return None
+
+    card: WebElement = until(browser, question)
+    choices = card.find_elements(By.CSS_SELECTOR, "button.choice")
+    assert [b.text for b in choices] == ["staging", "production"]
+    screenshot(browser, tmp_path, "console-question.png")
+    choices[1].click()
+    assert result_of(run) == {"answer": "production"}
 
 
 class _EvilSite(http.server.BaseHTTPRequestHandler):
@@ -512,6 +556,7 @@ fetch("{self.target}/api/approve", {{method: "POST", credentials: "include",
         pass
 
 
+@pytest.mark.privileged
 def test_a_page_on_another_site_in_the_same_browser_cannot_approve(
     browser: Chrome, stack: Stack, tmp_path: Path
 ) -> None:
