@@ -120,6 +120,18 @@ def test_listen_is_loopback_unless_the_operator_allows_remote() -> None:
             parse_listen(bad)
 
 
+def test_the_page_script_never_turns_data_into_html() -> None:
+    """Agent text reaches the DOM through textContent only (the browser tests attack it)."""
+    static = Path(__file__).resolve().parent.parent / "agentlibos/console/static"
+    script = (static / "console.js").read_text()
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(",
+                 "new Function", "setAttribute(\"on", "srcdoc"):
+        assert sink not in script, sink
+    page = (static / "index.html").read_text()
+    assert "<script>" not in page  # no inline script: the CSP would refuse it anyway
+    assert not re.search(r"<[^>]*\son\w+\s*=", page)  # no inline handler
+
+
 # --- a real console process ----------------------------------------------------------
 
 @dataclass
