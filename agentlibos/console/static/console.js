@@ -22,7 +22,8 @@ function el(tag, attrs, ...children) {
 }
 
 function text(v) {
-  return v === null || v === undefined ? "" : String(v);
+  if (v === null || v === undefined) return "";
+  return typeof v === "object" ? JSON.stringify(v) : String(v);
 }
 
 function when(ts) {
@@ -208,7 +209,9 @@ function renderAudit(section) {
     badge.textContent = "chain verified: " + text(v.count) + " records";
     badge.className = "pill pill-ok";
   } else {
-    badge.textContent = "chain BROKEN" + (v.error ? ": " + text(v.error) : "");
+    badge.textContent = "chain BROKEN" +
+      (v.first_bad_seq !== null && v.first_bad_seq !== undefined ? " at seq " + text(v.first_bad_seq) : "") +
+      (v.problem ? ": " + text(v.problem) : "");
     badge.className = "pill pill-bad";
   }
   if (v.head && v.head.hash) badge.title = "head seq " + text(v.head.seq) + " " + text(v.head.hash);
