@@ -38,8 +38,10 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.wait import WebDriverWait
 
+from agentlibos.config import Paths
 from agentlibos.console import Guard, host_names, parse_listen
 from agentlibos.errors import UsageError
+from agentlibos.supervisor.control import control_call
 from tests.helpers import write_image
 from tests.test_cli import cli, serving
 
@@ -442,7 +444,7 @@ def start(s: Stack, image: Path, *args: str) -> subprocess.Popen[str]:
     env = {**os.environ, "AGENTLIBOS_HOME": str(s.home)}
     return subprocess.Popen(
         [sys.executable, "-m", "agentlibos", "run", str(image), "--cwd", str(cwd),
-         "--policy", str(s.policy), "--ask", "queue", "--json",
+         "--policy", str(s.policy), "--json",
          *(a for arg in args for a in ("--arg", arg))],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -587,8 +589,9 @@ def test_a_page_on_another_site_in_the_same_browser_cannot_approve(
     finally:
         evil.shutdown()
         evil.server_close()
-    pending = json.loads(cli(stack.home, "approvals", "--json", check=True).stdout)
-    assert [i["state"] for i in pending if i["id"] == aid] == ["pending"]
+    # Asked of the supervisor itself, not through the console under attack.
+    items = control_call(Paths(stack.home).control_endpoint, {"op": "approvals"})["items"]
+    assert [i["state"] for i in items if i["id"] == aid] == ["pending"]
     open_page(browser, stack.console)  # the operator's own page still works
     card_for(browser, "/cross-site.txt").find_element(By.CSS_SELECTOR, "button.deny").click()
     assert result_of(run)["cross-site.txt"].startswith("denied: ")
