@@ -498,6 +498,15 @@ def test_an_agents_request_shows_in_the_page_and_a_click_lets_its_write_land(
     assert [p.read_text() for p in written] == ["written after a click"]
     until(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, f'.card[data-id="{aid}"]'))
     screenshot(browser, tmp_path, "console-approved.png")
+    # A second console (or a stale tab) answering the same request is told it is decided.
+    c = stack.console
+    cookie = c.login()
+    status, _, reply = c.request("POST", "/api/deny", body=json.dumps({"id": int(aid or 0)})
+                                 .encode(), headers={
+        "Cookie": cookie, "Origin": c.base, "X-CSRF-Token": c.csrf(cookie),
+        "Content-Type": "application/json"})
+    assert status == 409, reply
+    assert json.loads(reply)["error"]["code"] == "ECONFLICT"
 
 
 @pytest.mark.privileged

@@ -4,6 +4,7 @@
 
 const POLL_MS = 1000;
 const MAX_CARDS = 200; // past this, the page says how many more and where to see them
+const MAX_ROWS = 500; // of the process table, in tree order
 const csrf = document.querySelector('meta[name="csrf-token"]').content;
 const queueRows = new Map(); // id -> card element; kept so a half-typed reason survives polls
 
@@ -24,6 +25,17 @@ function el(tag, attrs, ...children) {
 function text(v) {
   if (v === null || v === undefined) return "";
   return typeof v === "object" ? JSON.stringify(v) : String(v);
+}
+
+// An audit detail is a JSON object; shown as `key: value; ...`, cut short, whole on hover.
+const MAX_DETAIL = 240;
+function detailCell(detail) {
+  let full = text(detail);
+  if (detail && typeof detail === "object" && !Array.isArray(detail)) {
+    full = Object.entries(detail).map(([k, v]) => k + ": " + text(v)).join("; ");
+  }
+  const shown = full.length > MAX_DETAIL ? full.slice(0, MAX_DETAIL - 1) + "…" : full;
+  return el("td", {class: "detail", title: full}, shown);
 }
 
 function when(ts) {
@@ -119,7 +131,7 @@ function card(item) {
     el("span", {class: "who"}, "pid " + text(item.pid) + " · " + text(item.image)),
     el("span", {class: "muted"}, when(item.created_at)));
   const body = el("div", {class: "card-body"},
-    el("div", {class: "summary"}, text(item.summary)),
+    isQ && item.summary === item.question ? null : el("div", {class: "summary"}, text(item.summary)),
     isQ ? field("question", item.question, "question") : field("request", item.request, "request"),
     isQ ? null : field("call", item.call),
     isQ && item.topic ? field("topic", item.topic) : null,
@@ -184,7 +196,7 @@ function renderProcesses(section) {
   const rows = section.processes || [];
   const body = document.getElementById("processes");
   body.replaceChildren();
-  for (const [depth, r] of treeOrder(rows)) {
+  for (const [depth, r] of treeOrder(rows).slice(0, MAX_ROWS)) {
     const pidCell = el("td", {class: "pid"}, "  ".repeat(depth) + (depth ? "└ " : "") + text(r.pid));
     body.append(el("tr", {class: "state-" + text(r.state).replace(/[^a-z-]/g, ""), "data-pid": String(r.pid)},
       pidCell, el("td", {}, text(r.image)),
@@ -220,9 +232,9 @@ function renderAudit(section) {
   const records = (section.records || []).slice().reverse(); // newest first
   for (const r of records) {
     body.append(el("tr", {class: "verdict-" + text(r.verdict).replace(/[^a-z-]/g, "")},
-      el("td", {}, text(r.seq)), el("td", {class: "muted"}, when(r.ts)), el("td", {}, text(r.pid)),
+      el("td", {}, text(r.seq)), el("td", {class: "muted time"}, when(r.ts)), el("td", {}, text(r.pid)),
       el("td", {}, text(r.call)), el("td", {class: "request"}, text(r.request)),
-      el("td", {class: "verdict"}, text(r.verdict)), el("td", {class: "detail"}, text(r.detail))));
+      el("td", {class: "verdict"}, text(r.verdict)), detailCell(r.detail)));
   }
 }
 
