@@ -301,6 +301,24 @@ def test_the_console_stops_on_a_signal_with_status_zero_and_frees_its_port(
             c.request("GET", "/")
 
 
+def test_with_json_the_console_prints_its_url_host_and_port_as_one_object(home: Path) -> None:
+    env = {**os.environ, "AGENTLIBOS_HOME": str(home)}
+    with subprocess.Popen([sys.executable, "-m", "agentlibos", "console", "--json", "--listen",
+                           "127.0.0.1:0"], env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, text=True) as proc:
+        assert proc.stdout is not None
+        try:
+            ready, _, _ = select.select([proc.stdout], [], [], 30)
+            out = json.loads(proc.stdout.readline()) if ready else None
+        finally:
+            proc.terminate()
+    assert proc.returncode == 0
+    assert out is not None and set(out) == {"url", "host", "port"}
+    assert out["host"] == "127.0.0.1"
+    m = URL_LINE.match(out["url"])
+    assert m is not None and int(m.group(1)) == out["port"] > 0
+
+
 def test_a_non_loopback_listen_is_refused_in_one_line(home: Path) -> None:
     p = cli(home, "console", "--listen", "0.0.0.0:0", timeout=30)
     assert p.returncode == 2

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from agentlibos.cli.common import EXIT_OK, add_command, note, paths_of
+from agentlibos.cli.common import EXIT_OK, add_command, note, paths_of, print_json
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = add_command(sub, "console", func=cmd_console, json_flag=False,
+    p = add_command(sub, "console", func=cmd_console,
                     help="serve the web console: approve, deny and answer; see processes "
                          "and the audit", example="""
         agentlibos console                      # prints http://127.0.0.1:8470/?token=...
         agentlibos console --listen 127.0.0.1:0 # any free port
+        agentlibos console --json               # {"url": ..., "host": ..., "port": ...}
     """)
     p.add_argument("--listen", default="127.0.0.1:8470", metavar="HOST:PORT",
                    help="address to listen on (default 127.0.0.1:8470; loopback only "
@@ -36,5 +37,12 @@ def cmd_console(ns: argparse.Namespace) -> int:
     if ping(paths.control_endpoint) is None:
         note(f"no supervisor is running for {paths.home} yet; the page says so until "
              "`agentlibos serve` starts")
-    serve(link, listen)
+
+    def ready(url: str, port: int) -> None:
+        if ns.json:
+            print_json({"url": url, "host": listen.host, "port": port})
+        else:
+            print(url, flush=True)
+
+    serve(link, listen, on_ready=ready)
     return EXIT_OK

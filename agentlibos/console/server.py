@@ -10,10 +10,8 @@ import asyncio
 import contextlib
 import signal
 import socket
-import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import TextIO
 
 import uvicorn
 
@@ -55,8 +53,16 @@ def bind(listen: Listen) -> socket.socket:
     return sock
 
 
-def serve(link: ControlLink, listen: Listen, *, out: TextIO = sys.stdout) -> None:
-    """Serve until SIGINT or SIGTERM; the URL with its token goes to ``out`` when ready."""
+def _print_url(url: str, port: int) -> None:
+    print(url, flush=True)
+
+
+def serve(link: ControlLink, listen: Listen, *,
+          on_ready: Callable[[str, int], None] = _print_url) -> None:
+    """Serve until SIGINT or SIGTERM; ``on_ready(url, port)`` once a browser can connect.
+
+    ``url`` carries the token; ``port`` is the one bound (the kernel's choice for port 0).
+    """
     sock = bind(listen)
     port = int(sock.getsockname()[1])
     guard = Guard.fresh(host_names(listen.host, port, loopback=listen.loopback))
@@ -72,7 +78,7 @@ def serve(link: ControlLink, listen: Listen, *, out: TextIO = sys.stdout) -> Non
         while not server.started and not task.done():
             await asyncio.sleep(0.01)
         if server.started:
-            print(url, file=out, flush=True)
+            on_ready(url, port)
         await task
 
     try:
