@@ -228,6 +228,8 @@ def test_the_token_buys_an_httponly_samesite_strict_cookie_and_leaves_the_addres
     assert headers["location"] == "/"
     cookie = headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
+    # The redirect stays on the console, whatever path the token came with.
+    assert c.request("GET", f"//evil.example/?token={c.token}")[1]["location"] == "/evil.example/"
     status, headers, page = c.request("GET", "/", headers={"Cookie": cookie.split(";")[0]})
     assert status == 200 and b"agentlibos console" in page
     assert "frame-ancestors 'none'" in headers["content-security-policy"]

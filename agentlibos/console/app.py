@@ -85,16 +85,16 @@ class GuardMiddleware:
         g = self.guard
         host = request.headers.get("host")
         refused = g.check_host(host)
-        if refused is not None:
-            return _refusal(refused)
-        assert host is not None
+        if refused is not None or host is None:
+            return _refusal(refused or Refusal(400, "no Host header"))
         token = parse_qs(request.url.query).get("token")
         if token is not None:
             session = g.login(token[0]) if request.method in SAFE_METHODS else None
             if session is None:
                 return PlainTextResponse(UNAUTHORIZED_TEXT, status_code=401)
             # Drop the token from the address bar (and from what a screenshot shows).
-            response = RedirectResponse(request.url.path, status_code=303)
+            # One leading slash: "//evil.example" would be a redirect to another site.
+            response = RedirectResponse("/" + request.url.path.lstrip("/"), status_code=303)
             response.set_cookie(COOKIE, session.id, httponly=True, samesite="strict",
                                 path="/")
             return response

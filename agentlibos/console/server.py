@@ -49,7 +49,6 @@ def bind(listen: Listen) -> socket.socket:
         raise UsageError(f"cannot listen on {listen.url_host()}:{listen.port}: "
                          f"{e.strerror}") from None
     sock.listen(128)
-    sock.set_inheritable(False)
     return sock
 
 
