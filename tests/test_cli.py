@@ -119,6 +119,7 @@ def test_bad_images_get_a_one_line_error(
     assert_one_line_error(p, *needles)
 
 
+@pytest.mark.slow
 def test_bad_command_line_input_gets_a_one_line_error(
     home: Path, hello: Path, tmp_path: Path
 ) -> None:
@@ -271,6 +272,7 @@ def test_daemon_serves_runs_and_kill_from_the_cli(
     assert not (home / "run/control.sock").exists()
 
 
+@pytest.mark.slow
 def test_kill_9_of_the_supervisor_loses_nothing_and_leaves_no_agent(
     home: Path, make_image: MakeImage, daemon: subprocess.Popen[str]
 ) -> None:

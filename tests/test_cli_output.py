@@ -181,6 +181,7 @@ def test_agent_chosen_text_never_reaches_the_terminal_raw(
 
 @pytest.mark.privileged
 @needs_root
+@pytest.mark.slow
 def test_audit_filters_follow_and_verify_head(
     home: Path, make_image: MakeImage
 ) -> None:

@@ -290,6 +290,7 @@ def deno_processes() -> list[psutil.Process]:
             if p.info["name"] == "deno" and p.info["status"] != "zombie"]
 
 
+@pytest.mark.slow
 def test_an_endless_loop_is_killed_at_its_timeout_and_nothing_keeps_running(
     sup: Supervisor, make_image: MakeImage
 ) -> None:

@@ -308,6 +308,7 @@ def test_the_host_check_fetches_nothing(tmp_path: Path) -> None:
 
 
 @pytest.mark.deno
+@pytest.mark.slow
 def test_add_refuses_a_tool_with_a_type_error_with_the_compilers_message(
     store: SQLiteStore, tmp_path: Path, make_image: MakeImage
 ) -> None:
@@ -334,6 +335,7 @@ def test_add_refuses_a_tool_with_a_type_error_with_the_compilers_message(
 
 
 @pytest.mark.deno
+@pytest.mark.slow
 def test_image_add_prints_the_compiler_message_and_exits_2(
     home: Path, make_image: MakeImage
 ) -> None:
@@ -367,6 +369,7 @@ def main(ctx, args):
 
 @pytest.mark.deno
 @pytest.mark.privileged
+@pytest.mark.slow
 def test_an_image_tool_is_type_checked_before_its_first_use_in_a_run(
     sup: Supervisor, make_image: MakeImage
 ) -> None:
@@ -396,6 +399,7 @@ def test_an_image_tool_is_type_checked_before_its_first_use_in_a_run(
 
 @pytest.mark.deno
 @pytest.mark.privileged
+@pytest.mark.slow
 def test_a_changed_image_tool_is_checked_again(sup: Supervisor, make_image: MakeImage) -> None:
     img = with_tools(make_image("edited", CALL_TWICE, caps=["jit:*:*"],
                                 files={"tools/t.ts": GOOD_TS}), {"t": "jit:tools/t.ts"})
