@@ -124,6 +124,8 @@ class SupervisorConfig:
     # An agent's stdout and stderr kept in logs/<pid>.log, at most this much; the rest
     # is discarded and the log says so.
     log_max_bytes: int = 8 << 20
+    # Live helper processes (JIT tools' Deno) a process tree may hold at once.
+    max_helpers_per_tree: int = 8
 
 
 # [supervisor] keys: config.toml name -> (field, parser). Durations and sizes take units
@@ -138,6 +140,7 @@ _SUPERVISOR_KEYS: Final[dict[str, tuple[str, str]]] = {
     "start_timeout": ("start_timeout_s", "duration"),
     "busy_poll_us": ("busy_poll_us", "int"),
     "log_max": ("log_max_bytes", "size"),
+    "max_helpers_per_tree": ("max_helpers_per_tree", "int"),
 }
 # Tables the operator's file may hold. Later roadmap items add theirs here.
 SECTIONS: Final = frozenset({"supervisor", "sandbox", "limits", "jit", "approvals"})

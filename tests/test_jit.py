@@ -13,9 +13,11 @@ from typing import Any
 import psutil
 import pytest
 
+from agentlibos.config import Paths, SupervisorConfig
 from agentlibos.kernel.policy import parse_policy
 from agentlibos.sandbox.profile import LAYERS
 from agentlibos.supervisor import Supervisor
+from tests.conftest import default_sandbox
 from tests.helpers import MakeImage, log_of, run_proc
 
 pytestmark = [pytest.mark.deno, pytest.mark.privileged]
@@ -476,3 +478,27 @@ def test_a_tool_that_drops_capabilities_drops_only_its_own(
     assert out["after"] == out["before"]
     assert out["read"] == "private"
     assert sup.store.get_caps(rec.pid) == out["before"]
+
+
+def test_a_tree_holds_at_most_its_bound_of_tool_processes(
+    paths: Paths, make_image: MakeImage
+) -> None:
+    # Before: jit.register made the number of Deno processes per agent unbounded.
+    tools = {f"t{i}": f"jit:tools/t{i}.ts" for i in range(3)}
+    files = {f"tools/t{i}.ts": f"""
+        export default function (args: Record<string, never>, libos: Libos): number {{
+          return {i};
+        }}
+    """ for i in range(3)}
+    img = make_image("three", """
+        def main(ctx, args):
+            return [ctx.tools.call(n, {}) for n in ("t0", "t1", "t2", "t0")]
+    """, caps=["jit:invoke:*"], tools=tools, files=files)
+    with Supervisor(paths, SupervisorConfig(max_helpers_per_tree=2),
+                    sandbox=default_sandbox()) as s:
+        rec = run_proc(s, img, timeout_s=120)
+        assert rec.result == [0, 1, 2, 0], (rec.error, log_of(s, rec.pid))
+        starts = [r.detail["tool"] for r in s.store.audit_records() if r.call == "jit.start"]
+        # t0 was stopped to make room for t2 (two at a time), so its second call starts
+        # a fresh process.
+        assert starts == ["t0", "t1", "t2", "t0"]

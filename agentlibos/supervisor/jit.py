@@ -1,5 +1,9 @@
 """JIT tools: a warm Deno process per (AgentProcess, tool), spoken to over its stdio.
 
+Long because it is one state machine -- starting, checking, calling, streaming,
+killing a worker -- whose transitions must be read together to see that no call is
+left unanswered and no process left running.
+
 Each worker is a sandboxed helper process (``workers.py``) forked by the zygote with the
 agents' sandbox (its own cgroup, namespaces,
 Landlock, the "deno" seccomp variant) and execs Deno with no permissions. The supervisor
@@ -113,13 +117,15 @@ class Worker:
     # A type check ("check") rather than a tool runner ("run"): its stdout is ignored and
     # on_exit gets the exit status.
     kind: str = "run"
+    root: int = 0  # the process tree it counts against
     on_exit: Callable[[int], None] | None = None
 
 
 class JitManager:
     def __init__(self, paths: Paths, store: Store, loop: Loop, sandbox: SandboxManager,
-                 workers: Workers, dispatcher: Dispatcher) -> None:
+                 workers: Workers, dispatcher: Dispatcher, *, max_per_tree: int = 8) -> None:
         self.paths = paths
+        self.max_per_tree = max_per_tree
         self.store = store
         self.loop = loop
         self.sandbox = sandbox
@@ -150,11 +156,29 @@ class JitManager:
             self.workers.pop(key, None)
             w = None
         if w is None:
+            self._make_room(caller.root_pid)
             w = self._start(caller.pid, tool)
+            w.root = caller.root_pid
         pending = Pending(caller.pid)
         w.queue.append(Call(args, pending, self._as_tool(w, caller)))
         self._next(w)
         return pending
+
+    def _make_room(self, root: int) -> None:
+        """A tree holds at most ``max_helpers_per_tree`` live tool processes (each is a
+        Deno of its own): the least recently used idle one goes; if none is idle, the
+        call is refused rather than the tree growing past its bound."""
+        mine = [w for w in self.by_wid.values()
+                if w.root == root and w.kind == "run" and w.state != "dead"]
+        if len(mine) < self.max_per_tree:
+            return
+        idle = [w for w in mine if w.state == "ready" and not w.queue]
+        if not idle:
+            raise LimitExceeded(f"tool.call: this process tree already runs {len(mine)} "
+                                f"tool processes (limit {self.max_per_tree}), all busy")
+        lru = min(idle, key=lambda w: w.last_used)
+        self.kill(lru, ToolError(f"tool {lru.tool.name} was stopped to make room "
+                                 f"(at most {self.max_per_tree} tool processes per tree)"))
 
     def _check_first(self, caller: Caller, tool: ToolDef,
                      args: dict[str, Any]) -> Pending | None:

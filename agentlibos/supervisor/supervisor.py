@@ -127,7 +127,8 @@ class Supervisor:
         table.ended.append(dispatcher.forget)
         workers = Workers(self.sandbox, lambda: self.zygote, table)
         self.workers = workers
-        self.jit = JitManager(self.paths, store, loop, self.sandbox, workers, dispatcher)
+        self.jit = JitManager(self.paths, store, loop, self.sandbox, workers, dispatcher,
+                              max_per_tree=self.config.max_helpers_per_tree)
         table.ended.append(self.jit.end_process)
         self.approvals = Approvals(store, table, waits, loop, self.approvals_timeout_s)
         self.events = Events(store, waits, loop)
