@@ -8,11 +8,30 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from agentlibos import __version__
-from agentlibos.cli import audit, demo, doctor, image, kill, logs, prune, ps, run, serve, wait
+from agentlibos.cli import (
+    answer,
+    approvals,
+    approve,
+    audit,
+    caps,
+    demo,
+    deny,
+    doctor,
+    event,
+    image,
+    kill,
+    logs,
+    prune,
+    ps,
+    run,
+    serve,
+    wait,
+)
 from agentlibos.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, err
 from agentlibos.errors import InvalidArgument, LibOSError, NotFound
 
-COMMANDS = (run, wait, logs, serve, ps, kill, image, audit, prune, doctor, demo)
+COMMANDS = (run, wait, logs, serve, ps, kill, approvals, approve, deny, answer, event, caps,
+            image, audit, prune, doctor, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
