@@ -181,6 +181,13 @@ def test_every_new_command_has_an_example_in_its_help(home: Path) -> None:
     assert "--ask {prompt,queue,deny}" in run_help
 
 
+def test_ask_prompt_with_detach_is_bad_usage(home: Path, make_image: MakeImage) -> None:
+    img = make_image("quick", "def main(ctx, args):\n    return 1\n")
+    p = cli(home, "run", str(img), "--detach", "--ask", "prompt")
+    assert p.returncode == 2
+    assert_one_line_error(p, "--ask prompt")
+
+
 # ------------------------------------------------------------------- with real agents
 
 @pytest.mark.privileged
