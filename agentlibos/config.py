@@ -140,7 +140,7 @@ _SUPERVISOR_KEYS: Final[dict[str, tuple[str, str]]] = {
     "log_max": ("log_max_bytes", "size"),
 }
 # Tables the operator's file may hold. Later roadmap items add theirs here.
-SECTIONS: Final = frozenset({"supervisor", "sandbox", "limits", "jit"})
+SECTIONS: Final = frozenset({"supervisor", "sandbox", "limits", "jit", "approvals"})
 
 
 @dataclass(frozen=True)
@@ -149,6 +149,9 @@ class OperatorConfig:
 
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    # [approvals] timeout: how long an approval or question waits for an answer before
+    # the call fails with PermissionDenied ("approval timed out"); None: for ever.
+    approvals_timeout_s: float | None = None
     source: str | None = None  # the file it came from (None: built-in defaults)
 
 
@@ -193,8 +196,20 @@ def parse_operator_config(text: str, source: str) -> OperatorConfig:
     return OperatorConfig(
         supervisor=_supervisor_config(data.get("supervisor", {}), source),
         sandbox=sandbox_config_from(data, source),
+        approvals_timeout_s=_approvals_timeout(data.get("approvals", {}), source),
         source=source,
     )
+
+
+def _approvals_timeout(table: object, source: str) -> float | None:
+    if not isinstance(table, dict) or set(table) - {"timeout"}:
+        raise PolicyError(f"{source}: [approvals] takes one key, timeout (a duration)")
+    if "timeout" not in table:
+        return None
+    try:
+        return parse_duration(table["timeout"], what=f"{source}: [approvals] timeout")
+    except InvalidArgument as e:
+        raise PolicyError(e.message) from None
 
 
 def load_operator_config(path: str | Path | None) -> OperatorConfig:

@@ -421,9 +421,15 @@ def test_a_policy_can_make_registration_ask_a_human(
 ) -> None:
     img = make_image("askreg", REGISTER, caps=["jit:*:*"])
     policy = parse_policy('ask = ["jit:register:*"]\nallow = ["jit:*:*"]\n', "p")
-    rec = run_proc(sup, img, {"name": "adder", "source": GOOD}, policy=policy)
+    pid = sup.submit_run(str(img), {"name": "adder", "source": GOOD}, policy=policy)
+    assert sup.run_until(lambda: bool(sup.store.ask_list()), 30)
+    ask = sup.store.ask_list()[0]
+    assert ask.request == "jit:register:adder"
+    sup.approvals.deny(ask.id, reason="not today")
+    assert sup.run_until(lambda: not sup.tree_live(pid), 30)
+    rec = sup.store.get_process(pid)
     assert rec.result["error"]["code"] == "EPERM"
-    assert "human" in rec.result["error"]["message"]
+    assert "denied by the operator: not today" in rec.result["error"]["message"]
 
 
 def test_calling_a_tool_needs_jit_invoke(sup: Supervisor, make_image: MakeImage) -> None:

@@ -188,7 +188,7 @@ def test_caps_drop_gives_up_authority_for_good(
     assert sup.store.get_caps(rec.pid) == [f"fs:read:{rec.cwd}/**"]
 
 
-def test_policy_ask_without_a_human_channel_is_refused_with_that_reason(
+def test_policy_ask_in_deny_mode_is_refused_with_that_reason(
     sup: Supervisor, make_image: MakeImage
 ) -> None:
     policy = parse_policy('ask = ["fs:write:**"]\nallow = ["fs:*:**"]\n', "test-policy")
@@ -200,9 +200,11 @@ def test_policy_ask_without_a_human_channel_is_refused_with_that_reason(
             except PermissionDenied as e:
                 return e.message
     """, caps=["fs:rw:./**"])
-    rec = run_proc(sup, img, policy=policy)
+    pid = sup.submit_run(str(img), {}, policy=policy, ask="deny")
+    assert sup.run_until(lambda: not sup.tree_live(pid), 30)
+    rec = sup.store.get_process(pid)
     assert "needs a human's approval" in rec.result
-    assert "no human channel is available" in rec.result
+    assert "refuses every ask (--ask deny)" in rec.result
     asks = [a for a in sup.store.audit_records(pid=rec.pid) if a.verdict == "ask"]
     assert len(asks) == 1 and "refused" in asks[0].detail["outcome"]
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from agentlibos.broker.syscalls.base import Caller
 from agentlibos.errors import LibOSError, PermissionDenied
+from agentlibos.kernel.approvals import NeedsApproval
 from agentlibos.kernel.policy import Decision, Request, authorize
 from agentlibos.kernel.text import storable
 from agentlibos.store import Store
@@ -30,17 +31,34 @@ class Authz:
         if caller.via_tool:
             detail["tool"] = caller.via_tool
         if d.verdict == "ask":
-            # Until the approval queue lands, an `ask` has no one to ask and fails closed.
-            detail["outcome"] = "refused: no human channel is available"
-            self._store.append_audit(caller.pid, call, str(request), "ask", detail)
-            raise PermissionDenied(
-                f"{call}: {request} needs a human's approval ({d.reason}), but no human "
-                "channel is available to this process",
-                request=str(request), rule=d.rule,
-            )
+            d = self._settle_ask(caller, call, request, d, detail)
         self._store.append_audit(caller.pid, call, str(request), d.verdict, detail)
         if d.verdict == "deny":
             raise PermissionDenied(f"{call}: {d.reason}", request=str(request), rule=d.rule)
+
+    def _settle_ask(self, caller: Caller, call: str, request: Request, d: Decision,
+                    detail: dict[str, Any]) -> Decision:
+        """An `ask`: allowed by a standing approval or this call's one-shot grant, refused
+        in deny mode, else NeedsApproval (the dispatch suspends the call on the queue)."""
+        standing = next((a for a in caller.approved
+                         if a.allows(request.kind, request.right, request.resource)), None)
+        if standing is not None:
+            detail["approved"] = f"always: {standing}"
+            return Decision("allow", f"{request} was approved for this process: {standing}",
+                            str(standing))
+        grant = caller.grant
+        if grant is not None and grant.covers(request, caller.digest):
+            caller.grant = None  # one shot: a second ask in the same call asks again
+            detail["approval"] = grant.ask_id
+            return Decision("allow", f"{request} was approved once (approval {grant.ask_id})",
+                            d.rule)
+        if caller.ask_mode == "deny":
+            detail["outcome"] = "refused: this run refuses every ask (--ask deny)"
+            self._store.append_audit(caller.pid, call, str(request), "ask", detail)
+            raise PermissionDenied(
+                f"{call}: {request} needs a human's approval ({d.reason}), and this run "
+                "refuses every ask (--ask deny)", request=str(request), rule=d.rule)
+        raise NeedsApproval(call, request, d)
 
     def refused(self, caller: Caller, call: str, error: LibOSError) -> None:
         """A call refused at the door before any check (an argument that is not a

@@ -25,10 +25,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from typing import Any, Protocol
 
 from agentlibos.broker.syscalls import FAMILY_OF_PREFIX, Caller, Pending, Reply, Result, lookup
-from agentlibos.errors import InternalError, LibOSError, ProtocolError
+from agentlibos.errors import (
+    InternalError,
+    InvalidArgument,
+    LibOSError,
+    PermissionDenied,
+    ProtocolError,
+)
+from agentlibos.kernel.approvals import Grant, NeedsApproval
+from agentlibos.kernel.journal import args_digest
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +49,14 @@ class Journal(Protocol):
     def last_seq(self, pid: int) -> int: ...
     def record(self, caller: Caller, seq: int, call: str, args: dict[str, Any],
                blobs: list[bytes], outcome: Outcome) -> None: ...
+
+
+class ApprovalQueue(Protocol):
+    """Where an `ask` waits (agentlibos.supervisor.approvals)."""
+
+    def request(self, caller: Caller, call: str, args: dict[str, Any], blobs: list[bytes],
+                need: NeedsApproval, digest: str,
+                decided: Callable[[Grant | LibOSError], None]) -> None: ...
 
 
 class Dispatcher:
@@ -57,6 +74,7 @@ class Dispatcher:
         self.journal = journal
         self._on_internal_error = on_internal_error
         self._on_refused = on_refused
+        self.approvals: ApprovalQueue | None = None
         self._next_seq: dict[int, int] = {}
 
     def add_services(self, family: str, services: object) -> None:
@@ -130,9 +148,18 @@ class Dispatcher:
                 self._on_refused(caller, call, refused)
             sink(refused)
             return
+        self._attempt(caller, call, args, blobs, sink)
+
+    def _attempt(self, caller: Caller, call: str, args: dict[str, Any], blobs: list[bytes],
+                 sink: Sink) -> None:
         try:
             with self._savepoint():
                 result = self.run(caller, call, args, blobs)
+        except NeedsApproval as need:
+            # Nothing has acted yet (authority comes before effects; the savepoint
+            # dropped what the handler wrote): wait for a human, then run it again.
+            self._ask(caller, call, args, blobs, need, sink)
+            return
         except LibOSError as e:
             sink(e)
             return
@@ -149,3 +176,30 @@ class Dispatcher:
             sink(result)
         else:
             sink(Reply(result))
+
+    def _ask(self, caller: Caller, call: str, args: dict[str, Any], blobs: list[bytes],
+             need: NeedsApproval, sink: Sink) -> None:
+        """Suspend the call on a new approval; on approval run it again holding a
+        one-shot grant bound to this request and these arguments, else refuse it."""
+        if self.approvals is None:
+            sink(PermissionDenied(f"{call}: {need.request} needs a human's approval "
+                                  f"({need.decision.reason}), but no human channel is "
+                                  "available", request=str(need.request)))
+            return
+        try:
+            digest = args_digest(call, args, blobs)
+        except (ValueError, TypeError, RecursionError):
+            sink(InvalidArgument(f"{call}: arguments that cannot be shown to a human"))
+            return
+
+        def decided(outcome: Grant | LibOSError) -> None:
+            if isinstance(outcome, LibOSError):
+                sink(outcome)
+            else:
+                self._attempt(replace(caller, grant=outcome, digest=digest), call, args,
+                              blobs, sink)
+
+        try:
+            self.approvals.request(caller, call, args, blobs, need, digest, decided)
+        except LibOSError as e:
+            sink(e)

@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 from agentlibos.errors import NotFound
 from agentlibos.sdk.client import Client
 
-__all__ = ["Caps", "Context", "Fs", "Jit", "Obj", "Proc", "Tools"]
+__all__ = ["Caps", "Clock", "Context", "Events", "Fs", "Human", "Jit", "Obj", "Proc", "Tools"]
 
 
 class _Family:
@@ -180,6 +180,45 @@ class Jit(_Family):
         return str(self._call("jit.register", args)["version"])
 
 
+class Human(_Family):
+    def ask(self, question: str, choices: builtins.list[str] | None = None, *,
+            topic: str = "*") -> str:
+        """Ask the operator and wait for the answer (needs ``human:ask:<topic>``).
+
+        With ``choices`` the answer is one of them. The process waits (``human:ID``)
+        until someone answers: ``agentlibos answer ID TEXT``, the console, or the prompt
+        of the run that started it."""
+        args: dict[str, Any] = {"question": question, "topic": topic}
+        if choices is not None:
+            args["choices"] = list(choices)
+        return str(self._call("human.ask", args)["answer"])
+
+
+class Events(_Family):
+    def wait(self, name: str, timeout: float | None = None) -> Any:
+        """The payload of the next post of ``name`` after this call began (needs
+        ``event:wait:<name>``); raises Timeout after ``timeout`` seconds if given."""
+        args: dict[str, Any] = {"name": name}
+        if timeout is not None:
+            args["timeout"] = timeout
+        return self._call("event.wait", args)["payload"]
+
+    def post(self, name: str, payload: Any = None) -> int:
+        """Post ``name``, waking every waiter (needs ``event:post:<name>``); returns how
+        many were woken."""
+        return int(self._call("event.post", {"name": name, "payload": payload})["woken"])
+
+
+class Clock(_Family):
+    def now(self) -> float:
+        """The broker's clock (Unix seconds); journaled, so a resumed agent sees the same."""
+        return float(self._call("clock.now")["time"])
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep, durably (needs ``clock:sleep:*``): the deadline is the broker's."""
+        self._call("clock.sleep", {"seconds": seconds})
+
+
 class Context:
     """Everything an agent can do, each a brokered syscall."""
 
@@ -194,6 +233,9 @@ class Context:
         self.caps = Caps(client)
         self.tools = Tools(client)
         self.jit = Jit(client)
+        self.human = Human(client)
+        self.events = Events(client)
+        self.clock = Clock(client)
 
     def syscall(self, name: str, args: dict[str, Any] | None = None,
                 blobs: list[bytes] | None = None) -> tuple[Any, list[bytes]]:

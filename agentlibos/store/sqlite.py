@@ -33,6 +33,7 @@ from agentlibos.kernel.process import ProcessRecord, State
 from agentlibos.kernel.text import is_text, storable
 from agentlibos.store.base import ImageRecord, ObjectQuota, ObjectRecord, Store
 from agentlibos.store.migrations import check_version, migrate, read_version
+from agentlibos.store.waiting import WaitingTables
 
 # The records and the protocol live in base.py; they are re-exported here only for
 # callers that still import them from this module (import them from agentlibos.store).
@@ -54,7 +55,7 @@ _PROC_COLS_V1: Final = (
 _NO_CUT = 1 << 62  # storable() for encoding only: never shorten what is stored
 
 
-class SQLiteStore:
+class SQLiteStore(WaitingTables):
     """SQLite in WAL mode. One instance per thread; the broker loop owns the writer."""
 
     def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
@@ -248,12 +249,13 @@ class SQLiteStore:
             self._db.execute("UPDATE processes SET root_pid = ? WHERE pid = ?", (root, pid))
         return self.get_process(pid)
 
-    _JSON_FIELDS: Final = frozenset({"result", "args", "limits", "layers", "missing_layers"})
+    _JSON_FIELDS: Final = frozenset({"result", "args", "limits", "layers", "missing_layers",
+                                     "approved"})
     _UPDATABLE: Final = frozenset(
         {
             "host_pid", "state", "exit_reason", "result", "error", "cwd", "layers",
             "missing_layers", "started_at", "ready_at", "ended_at", "limits", "wait",
-            "evicted",
+            "evicted", "ask_mode", "approved",
         }
     )
 
@@ -613,6 +615,10 @@ class SQLiteStore:
         return int(row[0])
 
     # ------------------------------------------------------------------------- audit
+
+    def audit_head_seq(self) -> int:
+        """The last audit record's sequence number (0 for an empty chain)."""
+        return self._head()[0]
 
     def _head(self) -> tuple[int, str]:
         if self._audit_head is None:

@@ -22,6 +22,7 @@ from agentlibos.errors import (
     PolicyError,
     Timeout,
 )
+from agentlibos.kernel.approvals import ASK_MODES
 from agentlibos.kernel.caps import CapPattern, attenuate, parse_cap, within
 from agentlibos.kernel.policy import BUILTIN_POLICY, Policy, Request
 from agentlibos.kernel.process import ProcessRecord
@@ -44,8 +45,13 @@ class ProcessCalls:
     # ---------------------------------------------------------------- starting
 
     def submit_run(self, image_ref: str, args: dict[str, Any], *, cwd: str | None = None,
-                   policy: Policy | None = None) -> int:
-        """Start a root process (``agentlibos run``): held = image request, policy decides."""
+                   policy: Policy | None = None, ask: str = "queue") -> int:
+        """Start a root process (``agentlibos run``): held = image request, policy decides.
+
+        ``ask`` is how the tree's `ask` decisions reach a human: ``queue`` and ``prompt``
+        wait in the queue (a prompting CLI answers there), ``deny`` refuses at once."""
+        if ask not in ASK_MODES:
+            raise InvalidArgument(f"--ask must be one of {', '.join(ASK_MODES)}, not {ask!r}")
         image = self._images.resolve(image_ref)
         if cwd is not None:
             real = os.path.realpath(cwd)
@@ -57,7 +63,7 @@ class ProcessCalls:
             return [r.resolved(c) for r in image.requested]
 
         return self._table.create(image, args, parent=None, policy=policy or BUILTIN_POLICY,
-                                  cwd=cwd, held=held)
+                                  cwd=cwd, held=held, ask_mode=ask)
 
     def start_info(self, caller: Caller) -> dict[str, Any]:
         self._table.mark_ready(caller.pid)

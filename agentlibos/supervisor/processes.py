@@ -34,7 +34,7 @@ from agentlibos.errors import (
     SandboxError,
     Unavailable,
 )
-from agentlibos.kernel.caps import CapPattern
+from agentlibos.kernel.caps import CapPattern, within
 from agentlibos.kernel.image import AgentImage, Limits
 from agentlibos.kernel.policy import Policy
 from agentlibos.kernel.process import ProcessRecord, state_for_reason
@@ -155,8 +155,12 @@ class ProcessTable:
         policy: Policy,
         cwd: str | None,
         held: Callable[[str], list[CapPattern]],
+        ask_mode: str = "queue",
     ) -> int:
-        """Record a new process, decide its sandbox, and ask the zygote to fork it."""
+        """Record a new process, decide its sandbox, and ask the zygote to fork it.
+
+        A child inherits its tree's ask mode, and those of its parent's standing
+        approvals that lie within what it holds."""
         args_json = json.dumps(args)
         if len(args_json) > self.config.max_args_bytes:
             raise LimitExceeded(f"args of {len(args_json)} bytes exceed "
@@ -190,7 +194,12 @@ class ProcessTable:
             )
         caller = Caller(pid=pid, ppid=parent.pid if parent else None,
                         root_pid=rec.root_pid, cwd=cwd, image=image, caps=caps,
-                        policy=policy)
+                        policy=policy, ask_mode=parent.ask_mode if parent else ask_mode,
+                        approved=[a for a in (parent.approved if parent else [])
+                                  if within(a, caps)])
+        if caller.ask_mode != "queue" or caller.approved:
+            self.store.update_process(pid, ask_mode=caller.ask_mode,
+                                      approved=[str(a) for a in caller.approved])
         scratch = self.paths.scratch / str(pid)
         scratch.mkdir(mode=0o700)
         live = LiveProcess(caller=caller, token=secrets.token_bytes(32), scratch=scratch,

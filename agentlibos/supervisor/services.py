@@ -16,6 +16,8 @@ from agentlibos.broker.syscalls import Caller, Result
 from agentlibos.kernel.budgets import TreeQuota
 from agentlibos.providers.fs import LocalFs
 from agentlibos.store import ObjectQuota, Store
+from agentlibos.supervisor.approvals import Approvals
+from agentlibos.supervisor.events import Clock, Events
 from agentlibos.supervisor.process_calls import ProcessCalls
 from agentlibos.supervisor.tools import ToolCalls
 
@@ -55,3 +57,37 @@ class ToolView:
     def dispatch(self, caller: Caller, call: str, args: dict[str, Any],
                  blobs: list[bytes]) -> Result:
         return self.dispatcher.run(caller, call, args, blobs)
+
+
+@dataclass(frozen=True)
+class HumanView:
+    authz: Authz
+    humans: Approvals
+
+
+@dataclass(frozen=True)
+class EventView:
+    authz: Authz
+    events: Events
+
+
+@dataclass(frozen=True)
+class ClockView:
+    authz: Authz
+    clock: Clock
+
+
+def wire_syscalls(dispatcher: Dispatcher, *, authz: Authz, fs: LocalFs, store: Store,
+                  object_quota: ObjectQuota, tree_quota: TreeQuota,
+                  processes: ProcessCalls, tools: ToolCalls, approvals: Approvals,
+                  events: Events, clock: Clock) -> None:
+    """Hand each syscall family its services (and the dispatch its approval queue)."""
+    dispatcher.add_services("fs", FsView(authz, fs, store, tree_quota))
+    dispatcher.add_services("obj", ObjView(authz, store, object_quota, tree_quota))
+    dispatcher.add_services("proc", ProcView(processes))
+    dispatcher.add_services("cap", CapView(processes))
+    dispatcher.add_services("tool", ToolView(authz, tools, dispatcher))
+    dispatcher.add_services("human", HumanView(authz, approvals))
+    dispatcher.add_services("event", EventView(authz, events))
+    dispatcher.add_services("clock", ClockView(authz, clock))
+    dispatcher.approvals = approvals

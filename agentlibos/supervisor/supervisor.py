@@ -1,17 +1,16 @@
 """The supervisor: wires the loop, the store, the process table, the broker and the rest.
 
-It holds no logic of its own. One thread, one loop (``loop.py``): every owner registers
-its fds and timers there; each turn runs inside one store batch and the replies go out
-after the commit (group commit), so no agent sees an answer that is not on disk.
+It holds no logic of its own. One thread, one loop (``loop.py``) where every owner
+registers its fds and timers; each turn runs inside one store batch and the replies go
+out after the commit, so no agent sees an answer that is not on disk.
 
     loop.py            polling, timers, wake-ups, the last-resort guard
     processes.py       the process table and lifecycle
     process_calls.py   proc.* and cap.* services     tools.py   tool.* / jit.* services
     waits.py           suspending a call             images.py  finding an image
     workers.py, jit.py sandboxed helper processes     sandboxing.py  decide the sandbox
-    control/           the operator's channel, one module per operation
-    recovery.py        cleaning up after a supervisor that died
-"""
+    approvals.py  the human queue; events.py events and sleeps; services.py the views;
+    control/ one module per operation; recovery.py after a supervisor that died"""
 
 from __future__ import annotations
 
@@ -37,6 +36,8 @@ from agentlibos.providers.fs import LocalFs
 from agentlibos.sandbox.profile import SandboxConfig
 from agentlibos.store import ObjectQuota, Store, open_store
 from agentlibos.supervisor import control
+from agentlibos.supervisor.approvals import Approvals
+from agentlibos.supervisor.events import Clock, Events
 from agentlibos.supervisor.images import Images
 from agentlibos.supervisor.jit import JitManager
 from agentlibos.supervisor.loop import Loop
@@ -44,7 +45,7 @@ from agentlibos.supervisor.process_calls import ProcessCalls
 from agentlibos.supervisor.processes import LiveProcess, ProcessTable
 from agentlibos.supervisor.recovery import recover
 from agentlibos.supervisor.sandboxing import SandboxManager
-from agentlibos.supervisor.services import CapView, FsView, ObjView, ProcView, ToolView
+from agentlibos.supervisor.services import wire_syscalls
 from agentlibos.supervisor.tools import ToolCalls
 from agentlibos.supervisor.waits import Waits
 from agentlibos.supervisor.workers import Workers, is_worker_id
@@ -62,11 +63,10 @@ class Supervisor:
         self.paths = paths
         # What is not given comes from $AGENTLIBOS_HOME/config.toml if it exists, else
         # the defaults (every layer required).
-        if config is None or sandbox is None:
-            operator = operator_config(paths)
-            config = config or operator.supervisor
-            sandbox = sandbox or operator.sandbox
-        self.config = config
+        operator = operator_config(paths)
+        self.config = config or operator.supervisor
+        sandbox = sandbox or operator.sandbox
+        self.approvals_timeout_s = operator.approvals_timeout_s
         self.sandbox = SandboxManager(paths, sandbox)
         self.mode = mode
         self.fs = LocalFs()
@@ -112,7 +112,6 @@ class Supervisor:
     def _summarize_refusals(self) -> None:
         self.broker.summarize_refusals()
         self.loop.call_later(REFUSAL_SUMMARY_S, self._summarize_refusals)
-
     def _wire(self) -> None:
         store, loop = self.store, self.loop
         loop.set_turn_context(store.batch)
@@ -130,20 +129,22 @@ class Supervisor:
         self.workers = workers
         self.jit = JitManager(self.paths, store, loop, self.sandbox, workers, dispatcher)
         table.ended.append(self.jit.end_process)
-        dispatcher.add_services("fs", FsView(authz, self.fs, store, self.sandbox.config.tree_quota))
-        dispatcher.add_services("obj", ObjView(authz, store, self.object_quota,
-                                               self.sandbox.config.tree_quota))
-        dispatcher.add_services("proc", ProcView(self.processes))
-        dispatcher.add_services("cap", CapView(self.processes))
-        dispatcher.add_services("tool", ToolView(authz, ToolCalls(table, self.jit, waits,
-                                                                  store), dispatcher))
+        self.approvals = Approvals(store, table, waits, loop, self.approvals_timeout_s)
+        self.events = Events(store, waits, loop)
+        table.ended += [self.approvals.process_ended, self.events.process_ended]
+        wire_syscalls(dispatcher, authz=authz, fs=self.fs, store=store,
+                      object_quota=self.object_quota,
+                      tree_quota=self.sandbox.config.tree_quota, processes=self.processes,
+                      tools=ToolCalls(table, self.jit, waits, store),
+                      approvals=self.approvals, events=self.events, clock=Clock(waits, loop))
         self.broker = Broker(self._ctx, self.paths.broker_endpoint, table, dispatcher)
         # Agents may run as an unprivileged uid; the socket file is reachable only
         # through run/ (0700) or the bind mount into each agent's own tree.
         os.chmod(self.paths.broker_endpoint[len("ipc://"):], 0o666)  # noqa: S103
         self.control = control.ControlServer(self._ctx, self.paths.control_endpoint)
-        self.control_ctx = control.ControlContext(self.paths, self.mode, store, table,
-                                                  self.processes, self.request_stop)
+        self.control_ctx = control.ControlContext(
+            self.paths, self.mode, store, table, self.processes, self.request_stop,
+            self.approvals, self.events)
         table.ended_record.append(self.control_ctx.process_ended)
         loop.add_reader(self.broker.sock, self._on_broker)
         loop.add_reader(self.control.sock,
@@ -186,11 +187,11 @@ class Supervisor:
         self.loop.add_reader(self.zygote.fileno(), self._on_zygote)
 
     def _on_internal_error(self, caller: Caller, call: str, exc: BaseException) -> None:
-        self.store.append_audit(caller.pid, call, call, "error",
-                                {"exception": f"{type(exc).__name__}: {exc}"})
+        self._on_loop_error(call, exc, caller.pid, call)
 
-    def _on_loop_error(self, what: str, exc: BaseException) -> None:
-        self.store.append_audit(None, "supervisor.error", what, "error",
+    def _on_loop_error(self, what: str, exc: BaseException, pid: int | None = None,
+                       call: str = "supervisor.error") -> None:
+        self.store.append_audit(pid, call, what, "error",
                                 {"exception": f"{type(exc).__name__}: {exc}"})
 
     def _housekeeping(self) -> None:
@@ -284,8 +285,8 @@ class Supervisor:
         return self.table.live
 
     def submit_run(self, image_ref: str, args: dict[str, Any], *, cwd: str | None = None,
-                   policy: Policy | None = None) -> int:
-        return self.processes.submit_run(image_ref, args, cwd=cwd, policy=policy)
+                   policy: Policy | None = None, ask: str = "queue") -> int:
+        return self.processes.submit_run(image_ref, args, cwd=cwd, policy=policy, ask=ask)
 
     def tree_live(self, root_pid: int) -> bool:
         return self.table.tree_live(root_pid)

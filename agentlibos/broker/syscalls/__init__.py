@@ -5,7 +5,7 @@ receives (``fs.FsServices``, ``obj.ObjServices``, ...): the dispatcher hands eac
 its family's services and nothing more.
 """
 
-from agentlibos.broker.syscalls import cap, fs, obj, proc, tool
+from agentlibos.broker.syscalls import cap, clock, event, fs, human, obj, proc, tool
 from agentlibos.broker.syscalls.base import (
     REGISTRY,
     Authorizer,
@@ -24,7 +24,7 @@ from agentlibos.broker.syscalls.tool import ToolService, ToolServices
 
 # Which services each call prefix receives (the part of a name before the dot).
 FAMILY_OF_PREFIX = {"fs": "fs", "obj": "obj", "proc": "proc", "cap": "cap", "tool": "tool",
-                    "jit": "tool"}
+                    "jit": "tool", "human": "human", "event": "event", "clock": "clock"}
 
 __all__ = [
     "FAMILY_OF_PREFIX",
@@ -45,7 +45,10 @@ __all__ = [
     "ToolService",
     "ToolServices",
     "cap",
+    "clock",
+    "event",
     "fs",
+    "human",
     "lookup",
     "obj",
     "proc",

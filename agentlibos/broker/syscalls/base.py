@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 from agentlibos.errors import InvalidArgument, LibOSError, UnknownSyscall
 
 if TYPE_CHECKING:
+    from agentlibos.kernel.approvals import Grant
     from agentlibos.kernel.caps import CapPattern
     from agentlibos.kernel.image import AgentImage
     from agentlibos.kernel.policy import Decision, Policy, Request
@@ -79,6 +80,16 @@ class Caller:
     policy: Policy
     # Set when the call arrives through a tool (JIT or builtin); audited with each check.
     via_tool: str | None = None
+    # How this process's tree asks a human: "prompt" and "queue" wait in the queue (the
+    # CLI of a prompting run answers there), "deny" refuses every ask at once.
+    ask_mode: str = "queue"
+    # Standing approvals (`approve --always`): requests within these, which an `ask`
+    # rule would stop, are allowed for the rest of the process's life.
+    approved: list[CapPattern] = field(default_factory=list)
+    # A one-shot grant, set only on the re-run of the very call it was approved for.
+    grant: Grant | None = None
+    # Digest of the current call's arguments (set by the dispatch; binds grants).
+    digest: str = ""
 
 
 @dataclass

@@ -8,7 +8,9 @@ from typing import Any
 
 from agentlibos.config import Paths
 from agentlibos.store import Store
+from agentlibos.supervisor.approvals import Approvals
 from agentlibos.supervisor.control.server import Responder
+from agentlibos.supervisor.events import Events
 from agentlibos.supervisor.process_calls import ProcessCalls
 from agentlibos.supervisor.processes import ProcessTable
 
@@ -21,6 +23,8 @@ class ControlContext:
     table: ProcessTable
     processes: ProcessCalls
     request_stop: Callable[[], None]
+    approvals: Approvals
+    events: Events
     # Operators waiting for a process to end (`run` with wait, `wait`).
     waiters: dict[int, list[Responder]] = field(default_factory=dict)
 

@@ -21,7 +21,10 @@ def run(ctx: ControlContext, req: dict[str, Any], respond: Responder) -> None:
     cwd = req.get("cwd")
     if cwd is not None and not isinstance(cwd, str):
         raise InvalidArgument("run: cwd must be a string")
-    pid = ctx.processes.submit_run(str(req["image"]), args, cwd=cwd, policy=policy)
+    ask = req.get("ask", "queue")
+    if not isinstance(ask, str):
+        raise InvalidArgument("run: ask must be a string")
+    pid = ctx.processes.submit_run(str(req["image"]), args, cwd=cwd, policy=policy, ask=ask)
     if req.get("wait"):
         ctx.wait_for(pid, respond)
     else:

@@ -6,7 +6,21 @@ from collections.abc import Callable
 from typing import Any
 
 from agentlibos.errors import InvalidArgument
-from agentlibos.supervisor.control import op_kill, op_ping, op_run, op_shutdown, op_wait
+from agentlibos.supervisor.control import (
+    op_answer,
+    op_approvals,
+    op_approve,
+    op_audit_tail,
+    op_caps,
+    op_deny,
+    op_event_post,
+    op_kill,
+    op_ping,
+    op_ps,
+    op_run,
+    op_shutdown,
+    op_wait,
+)
 from agentlibos.supervisor.control.context import ControlContext
 from agentlibos.supervisor.control.server import Responder
 
@@ -18,6 +32,15 @@ OPS: dict[str, Op] = {
     "wait": op_wait.wait,
     "kill": op_kill.kill,
     "shutdown": op_shutdown.shutdown,
+    "approvals": op_approvals.approvals,
+    "approve": op_approve.approve,
+    "deny": op_deny.deny,
+    "answer": op_answer.answer,
+    "event_post": op_event_post.event_post,
+    "caps": op_caps.caps,
+    "caps_revoke": op_caps.caps_revoke,
+    "ps": op_ps.ps,
+    "audit_tail": op_audit_tail.audit_tail,
 }
 
 

@@ -1,0 +1,183 @@
+"""The human queue: approvals of `ask` decisions and agents' questions, durable in the store.
+
+An `ask` suspends its call (the process shows ``waiting`` on ``approval:ID``) until the
+operator answers through the control channel -- ``agentlibos approve/deny``, the console,
+or the prompt of the run that started the tree. Approve once: the call runs again with a
+one-shot grant bound to its request and argument digest. ``--always``: the request joins
+the process's standing approvals. Deny: ``PermissionDenied`` carrying the reason. No
+answer within ``[approvals] timeout``: ``PermissionDenied("approval timed out")``. Every
+step is an audit record carrying the approval id.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from agentlibos.broker.syscalls import Caller, Pending
+from agentlibos.errors import InvalidArgument, LibOSError, PermissionDenied
+from agentlibos.kernel.approvals import (
+    AskRecord,
+    Grant,
+    NeedsApproval,
+    check_answer,
+    check_question,
+    summary_of,
+)
+from agentlibos.kernel.caps import escape, parse_cap
+from agentlibos.kernel.journal import args_digest
+from agentlibos.kernel.text import storable
+from agentlibos.store import Store
+from agentlibos.supervisor.loop import Loop, Timer
+from agentlibos.supervisor.processes import ProcessTable
+from agentlibos.supervisor.waits import Waits
+
+Decided = Callable[[Grant | LibOSError], None]
+
+
+@dataclass
+class _Waiting:
+    marker: Pending  # keeps the process `waiting` on this ask while it is open
+    decided: Decided | None  # approvals: run the call again, or refuse it
+    timer: Timer | None = None
+
+
+class Approvals:
+    def __init__(self, store: Store, table: ProcessTable, waits: Waits, loop: Loop,
+                 timeout_s: float | None = None) -> None:
+        self._store = store
+        self._table = table
+        self._waits = waits
+        self._loop = loop
+        self.timeout_s = timeout_s
+        self._open: dict[int, _Waiting] = {}
+        # Tells a watcher (the console, a prompting run) that the queue changed.
+        self.version = 0
+
+    # ----------------------------------------------------------------- from the broker
+
+    def request(self, caller: Caller, call: str, args: dict[str, Any], blobs: list[bytes],
+                need: NeedsApproval, digest: str, decided: Decided) -> None:
+        request = str(need.request)
+        rec = self._store.ask_create(AskRecord(
+            id=0, kind="approval", pid=caller.pid, root_pid=caller.root_pid,
+            image=caller.image.name, call=call, request=request, digest=digest,
+            summary=summary_of(call, need.request, args, blobs), created_at=time.time()))
+        detail: dict[str, Any] = {"approval": rec.id, "reason": need.decision.reason,
+                                  "digest": digest, "summary": rec.summary,
+                                  "outcome": "waiting for a human"}
+        if need.decision.rule:
+            detail["rule"] = need.decision.rule
+        if caller.via_tool:
+            detail["tool"] = caller.via_tool
+        self._store.append_audit(caller.pid, call, request, "ask", detail)
+        self._suspend(caller.pid, rec.id, f"approval:{rec.id}", decided)
+
+    def question(self, caller: Caller, question: str, choices: list[Any] | None,
+                 topic: str) -> Pending:
+        checked = check_question(question, choices)
+        rec = self._store.ask_create(AskRecord(
+            id=0, kind="question", pid=caller.pid, root_pid=caller.root_pid,
+            image=caller.image.name, call="human.ask", question=question, choices=checked,
+            topic=topic, digest=args_digest("human.ask", {"question": question,
+                                                          "choices": checked,
+                                                          "topic": topic}),
+            summary=storable(question.splitlines()[0] if question.strip() else question, 200),
+            created_at=time.time()))
+        self._store.append_audit(caller.pid, "human.ask", f"human:ask:{topic}", "ask",
+                                 {"question": rec.id, "summary": rec.summary})
+        return self._suspend(caller.pid, rec.id, f"human:{rec.id}", None)
+
+    def _suspend(self, pid: int, ask_id: int, wait: str, decided: Decided | None) -> Pending:
+        marker = Pending(pid)
+        entry = _Waiting(marker, decided)
+        self._open[ask_id] = entry
+        self._waits.suspend(pid, marker, wait)
+        if self.timeout_s is not None:
+            entry.timer = self._loop.call_later(self.timeout_s, lambda: self._expire(ask_id))
+        self.version += 1
+        return marker
+
+    # ----------------------------------------------------------------- from the operator
+
+    def approve(self, ask_id: int, *, always: bool = False) -> AskRecord:
+        if self._store.ask_get(ask_id).kind != "approval":
+            raise InvalidArgument(f"{ask_id} is a question: answer it, not approve it")
+        rec = self._store.ask_decide(ask_id, "approved", always=always)
+        self._store.append_audit(rec.pid, rec.call, rec.request or "", "approved",
+                                 {"approval": ask_id, "always": always})
+        if always:
+            self._stand(rec)
+        self._close(ask_id, Grant(ask_id, rec.request or "", rec.digest))
+        return rec
+
+    def deny(self, ask_id: int, reason: str | None = None) -> AskRecord:
+        if self._store.ask_get(ask_id).kind != "approval":
+            raise InvalidArgument(f"{ask_id} is a question: answer it, not deny it")
+        rec = self._store.ask_decide(ask_id, "denied", reason=reason)
+        self._store.append_audit(rec.pid, rec.call, rec.request or "", "denied",
+                                 {"approval": ask_id, "reason": reason})
+        self._close(ask_id, PermissionDenied(
+            f"{rec.call}: {rec.request} was denied by the operator"
+            + (f": {reason}" if reason else ""), request=rec.request, approval=ask_id))
+        return rec
+
+    def answer(self, ask_id: int, text: str) -> AskRecord:
+        check_answer(self._store.ask_get(ask_id), text)
+        rec = self._store.ask_decide(ask_id, "answered", answer=text)
+        self._store.append_audit(rec.pid, "human.ask", f"human:ask:{rec.topic}", "answered",
+                                 {"question": ask_id, "answer": storable(text, 2000)})
+        entry = self._open.pop(ask_id, None)
+        if entry is not None:
+            if entry.timer is not None:
+                entry.timer.cancel()
+            entry.marker.resolve({"answer": text, "id": ask_id})
+        self.version += 1
+        return rec
+
+    def _expire(self, ask_id: int) -> None:
+        rec = self._store.ask_decide(ask_id, "expired", reason="no answer in time")
+        self._store.append_audit(rec.pid, rec.call, rec.request or f"human:{ask_id}",
+                                 "expired", {"approval" if rec.kind == "approval"
+                                             else "question": ask_id,
+                                             "timeout_s": self.timeout_s})
+        self._close(ask_id, PermissionDenied(
+            f"{rec.call}: {rec.request or 'the question'} was not answered: approval timed "
+            f"out after {self.timeout_s:g} s", approval=ask_id))
+
+    def _close(self, ask_id: int, outcome: Grant | LibOSError) -> None:
+        self.version += 1
+        entry = self._open.pop(ask_id, None)
+        if entry is None:
+            return  # its process has ended: the decision is recorded, nobody waits
+        if entry.timer is not None:
+            entry.timer.cancel()
+        if entry.decided is None:  # a question that expired
+            if isinstance(outcome, LibOSError):
+                entry.marker.reject(outcome)
+            return
+        entry.marker.resolve(None)  # no longer waiting on this ask
+        entry.decided(outcome)
+
+    def _stand(self, rec: AskRecord) -> None:
+        """`--always`: the exact request joins the process's standing approvals."""
+        kind, right, resource = (rec.request or "").split(":", 2)
+        pattern = parse_cap(f"{kind}:{right}:{escape(resource)}")
+        live = self._table.live.get(rec.pid)
+        if live is None:
+            return
+        live.caller.approved.append(pattern)
+        self._store.update_process(rec.pid,
+                                   approved=[str(a) for a in live.caller.approved])
+
+    def process_ended(self, pid: int) -> None:
+        """Asks of a process that ended are closed: nobody is there to be answered."""
+        for rec in self._store.asks_of(pid):
+            if rec.state == "pending":
+                self._store.ask_decide(rec.id, "expired", reason="the process ended")
+                entry = self._open.pop(rec.id, None)
+                if entry is not None and entry.timer is not None:
+                    entry.timer.cancel()
+                self.version += 1

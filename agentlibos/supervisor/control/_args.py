@@ -1,0 +1,23 @@
+"""Checking a control request's fields: one clear InvalidArgument naming the field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agentlibos.errors import InvalidArgument
+
+
+def int_field(req: dict[str, Any], name: str) -> int:
+    v = req.get(name)
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise InvalidArgument(f"{req.get('op')}: {name} must be an integer")
+    return v
+
+
+def str_field(req: dict[str, Any], name: str, *, optional: bool = False) -> str | None:
+    v = req.get(name)
+    if v is None and optional:
+        return None
+    if not isinstance(v, str):
+        raise InvalidArgument(f"{req.get('op')}: {name} must be a string")
+    return v

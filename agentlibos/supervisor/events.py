@@ -1,0 +1,81 @@
+"""Events and sleeps: the waits an agent sets itself.
+
+``event.wait(name)`` returns the payload of the next post of ``name`` after the call
+began; ``event.post`` (an agent) or ``agentlibos event post`` (the operator) wakes every
+waiter at once. ``clock.sleep(s)`` ends at its deadline (kept with the wait, so ``ps``
+shows ``sleep:ISO-TIME``). Every post is a row in the store; every wait is a suspended
+call, the same mechanism as ``proc.wait`` and approvals.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Any
+
+from agentlibos.broker.syscalls import Caller, Pending
+from agentlibos.errors import Timeout
+from agentlibos.kernel.approvals import EventRecord, check_event_name, check_sleep, iso_time
+from agentlibos.store import Store
+from agentlibos.supervisor.loop import Loop, check_delay
+from agentlibos.supervisor.waits import Waits
+
+
+class Events:
+    def __init__(self, store: Store, waits: Waits, loop: Loop) -> None:
+        self._store = store
+        self._waits = waits
+        self._loop = loop
+        self._waiters: defaultdict[str, list[Pending]] = defaultdict(list)
+
+    def wait(self, caller: Caller, name: str, timeout_s: float | None) -> Pending:
+        check_event_name(name, "event.wait")
+        if timeout_s is not None:
+            check_delay(timeout_s, "event.wait timeout")
+        pending = Pending(caller.pid)
+        self._waiters[name].append(pending)
+
+        def expired() -> Timeout:
+            self._drop(name, pending)
+            return Timeout(f"event.wait: no post of {name!r} within {timeout_s:g} s")
+
+        return self._waits.suspend(caller.pid, pending, f"event:{name}", timeout_s=timeout_s,
+                                   on_timeout=expired)
+
+    def post(self, name: str, payload: Any, by: int | None) -> tuple[EventRecord, int]:
+        """Record the post and wake every waiter of ``name``; returns it and how many."""
+        check_event_name(name, "event.post")
+        rec = self._store.event_append(name, payload, by)
+        waiters = self._waiters.pop(name, [])
+        for pending in waiters:
+            pending.resolve(rec.public())
+        return rec, len(waiters)
+
+    def _drop(self, name: str, pending: Pending) -> None:
+        waiters = self._waiters.get(name)
+        if waiters is not None and pending in waiters:
+            waiters.remove(pending)
+            if not waiters:
+                del self._waiters[name]
+
+    def process_ended(self, pid: int) -> None:
+        for name in list(self._waiters):
+            for pending in [p for p in self._waiters[name] if p.pid == pid]:
+                self._drop(name, pending)
+
+
+class Clock:
+    def __init__(self, waits: Waits, loop: Loop) -> None:
+        self._waits = waits
+        self._loop = loop
+
+    def now(self) -> dict[str, Any]:
+        t = time.time()
+        return {"time": t, "iso": iso_time(t)}
+
+    def sleep(self, caller: Caller, seconds: float) -> Pending:
+        s = check_sleep(seconds)
+        until = time.time() + s
+        pending = Pending(caller.pid)
+        self._loop.call_later(s, lambda: pending.resolve({"slept": s, "until": iso_time(until)}))
+        return self._waits.suspend(caller.pid, pending, f"sleep:{iso_time(until)}")
