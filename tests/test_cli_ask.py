@@ -236,7 +236,7 @@ def test_an_item_answered_from_another_terminal_leaves_the_prompt(
     home: Path, terminals: list[Terminal], writer: Path, policy: Path, proj: Path
 ) -> None:
     t = open_run(terminals, home, str(writer), "--cwd", str(proj), "--policy", str(policy),
-                 "--ask", "prompt", "--json")
+                 "--arg", "n=2", "--ask", "prompt", "--json")
     shown = t.expect("allow? [y] once, [a] always, [n] deny: ")
     m = re.search(r"asks for approval (\d+)", shown)
     assert m, shown
@@ -244,8 +244,11 @@ def test_an_item_answered_from_another_terminal_leaves_the_prompt(
     p = cli(home, "approve", m.group(1))
     assert p.returncode == 0, p.stderr
     t.expect(f"approval {m.group(1)} was answered elsewhere")
+    # The second, identical write asks again (one-shot), and is answered here.
+    t.expect("allow? [y] once, [a] always, [n] deny: ")
+    t.type("y\n")
     assert t.finish() == 0, t.text
-    assert t.result() == ["written"]
+    assert t.result() == ["written", "written"]
 
 
 def test_ctrl_c_at_the_prompt_stops_the_tree_and_exits_130(

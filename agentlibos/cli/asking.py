@@ -93,7 +93,9 @@ class Prompter:
             else:
                 self._ask_approval(item)
         except _Gone:
-            if not self._stop.is_set() and not self._eof:
+            if self._stop.is_set():
+                self._say("\n")  # the run is over: end the prompt's line
+            elif not self._eof:
                 self._say(f"\nagentlibos: {item.get('kind')} {item.get('id')} was answered "
                           "elsewhere\n")
         except (Conflict, NotFound) as e:
