@@ -154,7 +154,7 @@ def test_without_a_supervisor_each_command_says_so_and_how_to_start_one(
     ["approve", "abc"], ["approve", "0"], ["deny"], ["answer", "1"], ["caps"],
     ["caps", "x"], ["caps", "1", "2"], ["caps", "revoke", "1"], ["caps", "revoke", "x", "c"],
     ["event", "post"], ["event", "post", "bad name!"], ["event", "post", "_x"],
-    ["event", "post", "a" * 129],
+    ["event", "post", "a" * 129], ["event", "post", "build-done\n"],
 ])
 def test_bad_usage_exits_2_before_asking_anyone(home: Path, argv: list[str]) -> None:
     p = cli(home, *argv)

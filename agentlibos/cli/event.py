@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-from typing import Any, Final
+from typing import Any
 
 from agentlibos.cli.common import EXIT_OK, add_command, control, note, paths_of, print_json
 from agentlibos.errors import UsageError
-
-# The contract's event names; the supervisor checks them too, this only answers sooner
-# (and without a supervisor) for the obvious mistakes.
-EVENT_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}")
+from agentlibos.kernel.approvals import EVENT_NAME_RE
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -41,7 +37,9 @@ def parse_data(text: str | None) -> Any:
 
 
 def cmd_event_post(ns: argparse.Namespace) -> int:
-    if not EVENT_NAME.fullmatch(ns.name):
+    # The supervisor checks the name too; this answers sooner, without one. fullmatch,
+    # because the pattern's `$` would let a trailing newline through.
+    if not EVENT_NAME_RE.fullmatch(ns.name):
         raise UsageError(f"{ns.name!r} is not a valid event name: 1-128 characters of "
                          "A-Z a-z 0-9 _ . : / -, starting with a letter or a digit")
     data = parse_data(ns.data)  # before anything is sent: bad input changes nothing
