@@ -16,9 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.helpers import write_image
-
-MakeImage = Callable[..., Path]
+from tests.helpers import MakeImage, write_image
 
 
 def cli(home: Path, *args: str, timeout: float = 60,

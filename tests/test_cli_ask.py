@@ -19,8 +19,9 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import MakeImage
 from tests.test_cli import cli, serving
-from tests.test_cli_waiting import ASKER, ASKING_POLICY, WRITER, MakeImage, needs_root
+from tests.test_cli_waiting import ASKER, ASKING_POLICY, WRITER, needs_root
 
 pytestmark = [pytest.mark.privileged, needs_root]
 

@@ -8,16 +8,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 
+from tests.helpers import MakeImage
 from tests.test_cli import cli, serving, wait_for
-
-MakeImage = Callable[..., Path]
 
 pytestmark = [
     pytest.mark.privileged,

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,9 +18,8 @@ from agentlibos.cli.prune import remove_tree
 from agentlibos.config import Paths
 from agentlibos.errors import InvalidArgument
 from agentlibos.ui import printable
+from tests.helpers import MakeImage
 from tests.test_cli import cli
-
-MakeImage = Callable[..., Path]
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="runs agents with every sandbox "
                                                            "layer required: needs root")

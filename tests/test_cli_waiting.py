@@ -8,15 +8,14 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.helpers import MakeImage
 from tests.test_cli import assert_one_line_error, cli, serving, wait_for
-
-MakeImage = Callable[..., Path]
 
 # Tests that run agents need every sandbox layer, so root. They are marked: in CI
 # (AGENTLIBOS_STRICT=1) a skip of a privileged test is a failure, never a silent pass.

@@ -27,9 +27,8 @@ from agentlibos.errors import InvalidArgument, LibOSError, PermissionDenied
 from agentlibos.providers import fs as fsmod
 from agentlibos.providers.fs import LocalFs, remove_tree, safe_open
 from agentlibos.supervisor import Supervisor
-from tests.helpers import run_proc
+from tests.helpers import MakeImage, run_proc
 
-MakeImage = Callable[..., Path]
 HIDDEN = "TOP-HIDDEN-7c1e0d9a"
 
 # Runs a list of [op, path, ...] and reports each outcome; never lets an error escape,

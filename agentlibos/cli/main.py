@@ -14,6 +14,7 @@ from agentlibos.cli import (
     approve,
     audit,
     caps,
+    console,
     demo,
     deny,
     doctor,
@@ -31,7 +32,7 @@ from agentlibos.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_U
 from agentlibos.errors import InvalidArgument, LibOSError, NotFound
 
 COMMANDS = (run, wait, logs, serve, ps, kill, approvals, approve, deny, answer, event, caps,
-            image, audit, prune, doctor, demo)
+            image, audit, prune, doctor, demo, console)
 
 
 def build_parser() -> argparse.ArgumentParser:

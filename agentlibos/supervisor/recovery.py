@@ -18,9 +18,14 @@ from agentlibos.store import Store
 def recover(store: Store, paths: Paths) -> None:
     now = time.time()
     with store.batch():
-        for pid in store.mark_orphans("supervisor-lost", now):
+        lost = set(store.mark_orphans("supervisor-lost", now))
+        for pid in sorted(lost):
             store.append_audit(pid, "proc.exit", f"proc:{pid}", "info",
                                {"reason": "supervisor-lost"})
+        # Their open asks are closed: nobody waits for the answer any more.
+        for ask in store.ask_list():
+            if ask.pid in lost:
+                store.ask_decide(ask.id, "expired", reason="the supervisor was lost")
     for sock_name in ("broker.sock", "control.sock"):
         with contextlib.suppress(FileNotFoundError):
             (paths.run / sock_name).unlink()

@@ -15,7 +15,6 @@ out after the commit, so no agent sees an answer that is not on disk.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import time
@@ -30,7 +29,6 @@ from agentlibos.broker.journal import StoreJournal
 from agentlibos.broker.server import Broker
 from agentlibos.broker.syscalls import Caller
 from agentlibos.config import Paths, SupervisorConfig, operator_config
-from agentlibos.errors import Conflict
 from agentlibos.kernel.policy import Policy
 from agentlibos.providers.fs import LocalFs
 from agentlibos.sandbox.profile import SandboxConfig
@@ -40,7 +38,9 @@ from agentlibos.supervisor.approvals import Approvals
 from agentlibos.supervisor.events import Clock, Events
 from agentlibos.supervisor.images import Images
 from agentlibos.supervisor.jit import JitManager
+from agentlibos.supervisor.lock import lock_home
 from agentlibos.supervisor.loop import Loop
+from agentlibos.supervisor.offloop import OffLoop
 from agentlibos.supervisor.process_calls import ProcessCalls
 from agentlibos.supervisor.processes import LiveProcess, ProcessTable
 from agentlibos.supervisor.recovery import recover
@@ -131,6 +131,7 @@ class Supervisor:
         table.ended.append(self.jit.end_process)
         self.approvals = Approvals(store, table, waits, loop, self.approvals_timeout_s)
         self.events = Events(store, waits, loop)
+        self.offloop = OffLoop(loop)
         table.ended += [self.approvals.process_ended, self.events.process_ended]
         wire_syscalls(dispatcher, authz=authz, fs=self.fs, store=store,
                       object_quota=self.object_quota,
@@ -219,6 +220,7 @@ class Supervisor:
         self.table.release_all_cgroups()
         self.broker.close()
         self.control.close()
+        self.offloop.close()
         self.loop.close()
         self._ctx.term()
         self.sandbox.stop()
@@ -226,18 +228,7 @@ class Supervisor:
         self._unlock()
 
     def _lock(self) -> None:
-        fd = os.open(self.paths.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise Conflict(
-                f"another supervisor (pid {holder}) is using {self.paths.home}"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock_fd = fd
+        self._lock_fd = lock_home(self.paths)
 
     def _unlock(self) -> None:
         if self._lock_fd is not None:
