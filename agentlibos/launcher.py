@@ -26,13 +26,17 @@ from agentlibos.kernel.image import load_image
 from agentlibos.kernel.policy import Policy
 from agentlibos.sandbox.profile import SandboxConfig
 from agentlibos.store import open_store
-from agentlibos.supervisor import Supervisor
+from agentlibos.supervisor import Supervisor, control
 from agentlibos.supervisor.control import control_call, ping
 
 # How often a wait on a daemon checks that the daemon still lives, and how long after
 # asking it to kill a tree we wait for the tree's record before giving up.
 DAEMON_CHECK_S: Final = 0.2
 KILL_WAIT_S: Final = 30.0
+
+# How a run's asks reach a human (DESIGN.md, "Waiting"): the CLI that started the run
+# prompts on its terminal; the queue waits for `approve`/`deny`; deny refuses at once.
+ASK_MODES: Final = ("prompt", "queue", "deny")
 
 
 @contextlib.contextmanager
@@ -152,18 +156,26 @@ def daemon_pid(paths: Paths) -> int | None:
     return None if info is None else int(info["pid"])
 
 
+def run_request(
+    image: str, args: dict[str, Any], *, cwd: str | None, policy: Policy | None, ask: str,
+) -> dict[str, Any]:
+    """The control operation ``run`` (without waiting), the same for daemon and embedded."""
+    req: dict[str, Any] = {"op": "run", "image": image, "args": args, "cwd": cwd,
+                           "wait": False, "ask": ask}
+    if policy is not None:
+        req["policy_text"], req["policy_source"] = policy.text, policy.source
+    return req
+
+
 def start_on_daemon(
     paths: Paths, image: str, args: dict[str, Any], *, cwd: str | None,
-    policy: Policy | None,
+    policy: Policy | None, ask: str = "queue",
 ) -> tuple[int, int] | None:
     """Submit the run to the daemon without waiting: (pid, daemon pid), or None if none is up."""
     supervisor = daemon_pid(paths)
     if supervisor is None:
         return None
-    req: dict[str, Any] = {"op": "run", "image": image, "args": args, "cwd": cwd,
-                           "wait": False}
-    if policy is not None:
-        req["policy_text"], req["policy_source"] = policy.text, policy.source
+    req = run_request(image, args, cwd=cwd, policy=policy, ask=ask)
     return int(control_call(paths.control_endpoint, req)["pid"]), supervisor
 
 
@@ -176,11 +188,13 @@ def run_image(
     policy: Policy | None = None,
     on_start: Callable[[int], None] | None = None,
     sandbox: SandboxConfig | None = None,
+    ask: str = "queue",
 ) -> RunOutcome:
     """Run an image to completion, on the daemon if one is up, else on an embedded one.
 
     One signal handler covers the whole call, so a Ctrl-C at any moment is seen: before
     the process exists it ends the call (KeyboardInterrupt); after, it stops the tree.
+    ``ask`` (:data:`ASK_MODES`) goes to the supervisor with the run, in both modes.
     """
     paths.ensure()
     interrupt = Interrupt()
@@ -194,7 +208,7 @@ def run_image(
     with signals(on_signal):
         deadline = time.monotonic() + 10
         while not interrupt:
-            started = start_on_daemon(paths, image, args, cwd=cwd, policy=policy)
+            started = start_on_daemon(paths, image, args, cwd=cwd, policy=policy, ask=ask)
             if started is not None:
                 pid, supervisor = started
                 if on_start is not None:
@@ -215,20 +229,33 @@ def run_image(
                 continue
             sup = candidate
             try:
-                return _run_embedded(sup, image, args, cwd=cwd, policy=policy,
-                                     on_start=on_start, interrupt=interrupt)
+                req = run_request(image, args, cwd=cwd, policy=policy, ask=ask)
+                return _run_embedded(sup, req, on_start=on_start, interrupt=interrupt)
             finally:
                 sup.stop()
     raise KeyboardInterrupt  # interrupted before any process was started
 
 
+def _submit_embedded(sup: Supervisor, req: dict[str, Any]) -> int:
+    """The ``run`` operation on our own supervisor: the same code a daemon's client reaches.
+
+    Called directly rather than over the socket because the loop that would serve the
+    socket is this thread's, and it is not running yet.
+    """
+    replies: list[dict[str, Any]] = []
+    control.handle(sup.control_ctx, req, replies.append)
+    if not replies or not replies[0].get("ok"):
+        raise ProtocolError(f"the run operation answered {replies!r}")
+    return int(replies[0]["pid"])
+
+
 def _run_embedded(
-    sup: Supervisor, image: str, args: dict[str, Any], *, cwd: str | None,
-    policy: Policy | None, on_start: Callable[[int], None] | None, interrupt: Interrupt,
+    sup: Supervisor, req: dict[str, Any], *, on_start: Callable[[int], None] | None,
+    interrupt: Interrupt,
 ) -> RunOutcome:
     if interrupt:
         raise KeyboardInterrupt
-    pid = sup.submit_run(image, args, cwd=cwd, policy=policy)
+    pid = _submit_embedded(sup, req)
     if on_start is not None:
         on_start(pid)
     # Serve until this tree is done and nobody else (a `run` that found us via the

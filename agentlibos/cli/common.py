@@ -13,9 +13,10 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from agentlibos.config import Paths
-from agentlibos.errors import UsageError
+from agentlibos.errors import Unavailable, UsageError
 from agentlibos.sandbox.profile import SandboxConfig, load_config
 from agentlibos.store import Store, open_store
+from agentlibos.supervisor.control import control_call, ping
 from agentlibos.ui import printable
 
 # The exit statuses of every command (docs/cli.md).
@@ -118,3 +119,27 @@ def describe_end(rec: dict[str, Any]) -> str:
     if rec.get("error"):
         text += f": {rec['error']}"
     return text
+
+
+def control(paths: Paths, request: dict[str, Any]) -> dict[str, Any]:
+    """One control operation on the supervisor serving ``paths``; its reply without ``ok``.
+
+    No supervisor answering is an operation failure (exit 1) that says how to start one;
+    the supervisor's own refusals come back as the typed errors it raised.
+    """
+    if ping(paths.control_endpoint) is None:
+        raise Unavailable(f"no supervisor is running in {paths.home}: start one with "
+                          "`agentlibos serve --detach` (or keep an `agentlibos run` going)")
+    reply = control_call(paths.control_endpoint, request)
+    return {k: v for k, v in reply.items() if k != "ok"}
+
+
+def positive_id(text: str) -> int:
+    """An argparse type for approval ids and pids: a positive integer (else exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return value

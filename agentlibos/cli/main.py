@@ -9,10 +9,16 @@ from typing import NoReturn
 
 from agentlibos import __version__
 from agentlibos.cli import (
+    answer,
+    approvals,
+    approve,
     audit,
+    caps,
     console,
     demo,
+    deny,
     doctor,
+    event,
     image,
     kill,
     logs,
@@ -25,7 +31,8 @@ from agentlibos.cli import (
 from agentlibos.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, err
 from agentlibos.errors import InvalidArgument, LibOSError, NotFound
 
-COMMANDS = (run, wait, logs, serve, ps, kill, image, audit, prune, doctor, demo, console)
+COMMANDS = (run, wait, logs, serve, ps, kill, approvals, approve, deny, answer, event, caps,
+            image, audit, prune, doctor, demo, console)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from agentlibos.cli.asking import Prompter
 from agentlibos.cli.common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -26,7 +27,13 @@ from agentlibos.cli.common import (
 from agentlibos.config import Paths
 from agentlibos.errors import UsageError
 from agentlibos.kernel.policy import load_policy
-from agentlibos.launcher import RunOutcome, resolve_image_arg, run_image, start_on_daemon
+from agentlibos.launcher import (
+    ASK_MODES,
+    RunOutcome,
+    resolve_image_arg,
+    run_image,
+    start_on_daemon,
+)
 from agentlibos.ui import printable
 
 
@@ -36,6 +43,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         agentlibos run ./my-image --arg topic=lighthouses --cwd ~/project
         agentlibos run my-image --json        # {"pid", "state", "exit_reason", "result"}
         pid=$(agentlibos run ./my-image --detach) && agentlibos wait "$pid"
+        agentlibos run ./my-image --ask deny  # CI: every policy `ask` is refused at once
     """)
     r.add_argument("image", help="an image directory or a registered image name")
     r.add_argument("--arg", action="append", metavar="KEY=VALUE",
@@ -46,6 +54,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     r.add_argument("--detach", "-d", action="store_true",
                    help="print the pid and return (needs `agentlibos serve`); "
                         "`agentlibos wait PID` waits")
+    r.add_argument("--ask", choices=ASK_MODES,
+                   help="how a policy `ask` reaches a human: prompt on this terminal "
+                        "(default when stdin and stderr are a terminal), queue for "
+                        "`agentlibos approve`/`deny` (default otherwise), or deny at once")
 
 
 def resolve_image(paths: Paths, ref: str) -> str:
@@ -93,6 +105,18 @@ def report(paths: Paths, outcome: RunOutcome, *, as_json: bool) -> int:
     return EXIT_FAILED
 
 
+def ask_mode(ns: argparse.Namespace) -> str:
+    """--ask, or its default: prompt on a terminal, else queue (with --detach: queue)."""
+    if ns.ask is not None:
+        if ns.ask == "prompt" and ns.detach:
+            raise UsageError("--ask prompt needs `run` to wait on this terminal; with "
+                             "--detach use --ask queue (then `agentlibos approve`) or deny")
+        return str(ns.ask)
+    if not ns.detach and sys.stdin.isatty() and sys.stderr.isatty():
+        return "prompt"
+    return "queue"
+
+
 def cmd_run(ns: argparse.Namespace) -> int:
     paths = paths_of(ns)
     args = parse_args_kv(ns.arg or [])
@@ -103,9 +127,10 @@ def cmd_run(ns: argparse.Namespace) -> int:
         cwd = os.path.realpath(ns.cwd)
         if not os.path.isdir(cwd):
             raise UsageError(f"--cwd {ns.cwd!r} is not a directory")
+    ask = ask_mode(ns)
     if ns.detach:
         paths.check()
-        started = start_on_daemon(paths, image, args, cwd=cwd, policy=policy)
+        started = start_on_daemon(paths, image, args, cwd=cwd, policy=policy, ask=ask)
         if started is None:
             raise UsageError("--detach needs a running daemon: start one with "
                              "`agentlibos serve --detach`")
@@ -116,10 +141,20 @@ def cmd_run(ns: argparse.Namespace) -> int:
             print(pid, flush=True)
         return EXIT_OK
 
+    prompters: list[Prompter] = []
+
     def on_start(pid: int) -> None:
         print(f"agentlibos: started pid {pid} (log: {printable(log_path(paths, pid))})",
               file=sys.stderr, flush=True)
+        if ask == "prompt":
+            prompter = Prompter(paths, pid)
+            prompters.append(prompter)
+            prompter.start()
 
-    outcome = run_image(paths, image, args, cwd=cwd, policy=policy, on_start=on_start,
-                        sandbox=sandbox_config(ns))
+    try:
+        outcome = run_image(paths, image, args, cwd=cwd, policy=policy, on_start=on_start,
+                            sandbox=sandbox_config(ns), ask=ask)
+    finally:
+        for prompter in prompters:
+            prompter.stop()
     return report(paths, outcome, as_json=ns.json)

@@ -1,0 +1,68 @@
+"""``agentlibos caps PID`` and ``caps revoke PID CAP``: what a process holds; take it back."""
+
+from __future__ import annotations
+
+import argparse
+
+from agentlibos.cli.common import EXIT_OK, add_command, control, note, paths_of, print_json
+from agentlibos.errors import UsageError
+from agentlibos.ui import printable
+
+USAGE = "caps PID | caps revoke PID CAP"
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    # `caps PID` and `caps revoke PID CAP` share one parser: argparse cannot have both a
+    # positional PID and a subcommand at the same place.
+    p = add_command(sub, "caps", help="show a process's capabilities, or revoke one",
+                    func=cmd_caps, example="""
+        agentlibos caps 7                      # one resolved capability a line
+        agentlibos caps 7 --json               # ["fs:read:/home/me/project/**", ...]
+        agentlibos caps revoke 7 'fs:write:/home/me/project/out/**'
+                                               # from 7 and all its descendants, at once
+    """)
+    p.add_argument("words", nargs="+", metavar="PID | revoke PID CAP",
+                   help="a pid to show; or `revoke`, a pid and a capability as `caps` "
+                        "prints it (absolute paths), which is taken with everything it "
+                        "covers from the process and its descendants")
+
+
+def _pid(text: str) -> int:
+    try:
+        pid = int(text)
+    except ValueError:
+        raise UsageError(f"{text!r} is not a pid (usage: {USAGE})") from None
+    if pid <= 0:
+        raise UsageError(f"{text!r} is not a pid (usage: {USAGE})")
+    return pid
+
+
+def cmd_caps(ns: argparse.Namespace) -> int:
+    words: list[str] = ns.words
+    if words[0] == "revoke":
+        if len(words) != 3:
+            raise UsageError(f"caps revoke takes a pid and a capability (usage: {USAGE})")
+        return revoke(ns, _pid(words[1]), words[2])
+    if len(words) != 1:
+        raise UsageError(f"caps takes one pid (usage: {USAGE})")
+    pid = _pid(words[0])
+    reply = control(paths_of(ns), {"op": "caps", "pid": pid})
+    held = [str(c) for c in reply.get("caps") or []]
+    if ns.json:
+        print_json(held)
+    elif held:
+        print("\n".join(printable(c) for c in held), flush=True)
+    else:
+        note(f"process {pid} holds no capabilities")
+    return EXIT_OK
+
+
+def revoke(ns: argparse.Namespace, pid: int, cap: str) -> int:
+    reply = control(paths_of(ns), {"op": "caps_revoke", "pid": pid, "cap": cap})
+    if ns.json:
+        print_json(reply)
+        return EXIT_OK
+    changed = reply.get("changed") or []
+    pids = ", ".join(str(c.get("pid")) for c in changed) or str(pid)
+    note(f"revoked {cap} from process {pids}")
+    return EXIT_OK

@@ -1,0 +1,53 @@
+"""``agentlibos event post NAME [--data JSON]``: wake every agent waiting on an event."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from agentlibos.cli.common import EXIT_OK, add_command, control, note, paths_of, print_json
+from agentlibos.errors import UsageError
+from agentlibos.kernel.approvals import EVENT_NAME_RE
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ev = sub.add_parser("event", help="post events that agents wait for",
+                        description="Post events that agents wait for.")
+    evsub = ev.add_subparsers(dest="event_command", metavar="SUBCOMMAND", required=True)
+    post = add_command(evsub, "post", help="post an event: every agent waiting on NAME wakes",
+                       func=cmd_event_post, example="""
+        agentlibos event post build-done
+        agentlibos event post deploy/eu --data '{"version": "1.4.2", "ok": true}'
+    """)
+    post.add_argument("name", help="1-128 characters of A-Z a-z 0-9 _ . : / -, starting "
+                                   "with a letter or a digit")
+    post.add_argument("--data", metavar="JSON",
+                      help="the payload the waiters receive, as JSON (default: null)")
+
+
+def parse_data(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"--data is not JSON ({e.msg} at line {e.lineno} column "
+                         f"{e.colno}); quote text as JSON: --data '\"text\"'") from None
+
+
+def cmd_event_post(ns: argparse.Namespace) -> int:
+    # The supervisor checks the name too; this answers sooner, without one. fullmatch,
+    # because the pattern's `$` would let a trailing newline through.
+    if not EVENT_NAME_RE.fullmatch(ns.name):
+        raise UsageError(f"{ns.name!r} is not a valid event name: 1-128 characters of "
+                         "A-Z a-z 0-9 _ . : / -, starting with a letter or a digit")
+    data = parse_data(ns.data)  # before anything is sent: bad input changes nothing
+    reply = control(paths_of(ns), {"op": "event_post", "name": ns.name, "data": data})
+    if ns.json:
+        print_json(reply)
+    else:
+        woken = reply.get("woken")
+        note(f"posted {ns.name} (event {reply.get('id')}); "
+             f"{woken} waiter{'' if woken == 1 else 's'} woken")
+    return EXIT_OK
