@@ -119,7 +119,7 @@ def summary_of(call: str, request: Request, args: dict[str, Any], blobs: list[by
 
 
 def check_event_name(name: str, what: str) -> str:
-    if not isinstance(name, str) or not EVENT_NAME_RE.match(name):
+    if not isinstance(name, str) or not EVENT_NAME_RE.fullmatch(name):
         raise InvalidArgument(
             f"{what}: {name!r} is not a valid event name (1-128 characters of letters, "
             "digits and _ . : / -, starting with a letter or digit)")
