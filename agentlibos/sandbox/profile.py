@@ -483,9 +483,8 @@ def build_tool_profile(
     )
 
 
-# What a shell command sees of /etc: the loader's cache, the time zone, and Debian's
-# alternatives (/usr/bin/awk -> /etc/alternatives/awk -> mawk). Not passwd, hosts,
-# ssl or anything naming the host's users and services.
+# A shell command's /etc: the loader's cache, the time zone, Debian's alternatives
+# (/usr/bin/awk -> /etc/alternatives/awk); not passwd, hosts or anything naming users.
 _SHELL_ETC: Final = ("/etc/ld.so.cache", "/etc/localtime", "/etc/alternatives")
 # /dev/fd and /dev/std* for bash's process substitution and programs that open them.
 _DEV_LINKS: Final = (("/dev/fd", "/proc/self/fd"), ("/dev/stdin", "/proc/self/fd/0"),
@@ -523,13 +522,10 @@ def build_shell_profile(
     supervisor_uid: int,
     supervisor_gid: int,
 ) -> SandboxProfile:
-    """Decide a shell command's sandbox. Pure.
-
-    ``view`` is the system (read-only); ``read_only`` and ``read_write`` are the host
-    paths the caller's ``fs`` capabilities cover (bound at their own paths, nothing else
-    of the user's files exists); ``scratch`` becomes its private /tmp; it runs as
-    ``run_as`` (the owner of the caller's cwd), with every capability dropped.
-    """
+    """Decide a shell command's sandbox. Pure. ``view``: the system, read-only;
+    ``read_only``/``read_write``: the host paths the caller's fs capabilities cover
+    (nothing else of the user's files exists); ``scratch``: its private /tmp; it runs
+    as ``run_as`` (the owner of the caller's cwd) with every capability dropped."""
     return _assemble(
         config=config,
         ro=tuple(dict.fromkeys((*view.ro_paths, *read_only))),
