@@ -379,6 +379,7 @@ def test_stdin_is_fed_and_the_environment_is_only_path_home_lang_and_what_was_pa
     shsup: Supervisor, tmp_path: Path, project: Path
 ) -> None:
     os.environ["AGENTLIBOS_TEST_LEAK"] = "1"
+    fds = len(os.listdir("/proc/self/fd"))
     try:
         [cat, env] = shell(shsup, tmp_path, [
             {"argv": ["cat"], "stdin": "through the pipe " * 10000},
@@ -387,6 +388,8 @@ def test_stdin_is_fed_and_the_environment_is_only_path_home_lang_and_what_was_pa
     finally:
         del os.environ["AGENTLIBOS_TEST_LEAK"]
     assert cat["stdout"] == "through the pipe " * 10000
+    assert len(os.listdir("/proc/self/fd")) == fds  # every pipe and pidfd closed
+    assert not list(shsup.paths.scratch.glob("s*"))  # its private /tmp removed
     assert sorted(env["stdout"].split()) == sorted(
         ["PATH=/usr/local/bin:/usr/bin:/bin", f"HOME={SHELL_TMP}", "LANG=C.UTF-8", "FOO=bar"])
 
@@ -441,3 +444,22 @@ def test_the_built_in_policy_asks_and_an_approval_lets_the_command_run(
     shsup.approvals.approve(ask.id)
     assert shsup.run_until(lambda: not shsup.tree_live(pid), 30)
     assert shsup.store.get_process(pid).result[0]["stdout"] == "approved\n"
+
+
+@pytest.mark.privileged
+def test_a_running_command_suspends_its_call_and_dies_with_its_process(
+    shsup: Supervisor, tmp_path: Path, project: Path
+) -> None:
+    img = write_image(tmp_path / "images", "sleeper", AGENT, caps=["shell:exec:sleep",
+                                                                   "fs:read:./**"])
+    pid = shsup.submit_run(str(img), {"calls": [{"argv": ["sleep", "10047"], "timeout": 600}]},
+                           cwd=str(project), policy=POLICY)
+    # The loop keeps turning (run_until returns) while the command runs: ps shows the wait.
+    assert shsup.run_until(lambda: shsup.store.get_process(pid).wait == "shell:sleep", 20)
+    assert _sleepers("sleep 10047")
+    shsup.terminate(pid, "killed", "test")
+    assert shsup.run_until(lambda: not shsup.tree_live(pid), 20)
+    deadline = time.monotonic() + 10
+    while _sleepers("sleep 10047") and time.monotonic() < deadline:
+        shsup.run_until(lambda: False, 0.1)
+    assert not _sleepers("sleep 10047")

@@ -34,6 +34,7 @@ from agentlibos.config import Paths
 from agentlibos.errors import LibOSError, NotFound, PermissionDenied, Unavailable
 from agentlibos.kernel.caps import CapPattern, escape, parse_cap
 from agentlibos.kernel.policy import Policy, Request, authorize
+from agentlibos.kernel.text import storable
 from agentlibos.providers.fstree import discard_tree
 from agentlibos.sandbox.profile import SHELL_TMP
 from agentlibos.store import Store
@@ -243,7 +244,7 @@ class ShellRunner:
                 raise
             raise Unavailable(f"shell.exec: cannot prepare the command's sandbox: {e}") from None
         run.timer = self._loop.call_later(timeout_s, lambda: self._timeout(run))
-        return self._waits.suspend(caller.pid, run.pending, f"shell:{argv[0]}")
+        return self._waits.suspend(caller.pid, run.pending, f"shell:{storable(argv[0], 80)}")
 
     # ------------------------------------------------------------ worker events
 
@@ -397,7 +398,8 @@ class ShellRunner:
         self._store.append_audit(
             run.pid, "shell.exec", f"shell:exec:{run.argv[0]}",
             "error" if run.error else "info",
-            {"argv": run.argv, "exe": run.exe, "cwd": run.cwd, "uid": run.run_as[0],
+            {"argv": [storable(a, 1024) for a in run.argv[:64]], "argc": len(run.argv),
+             "exe": run.exe, "cwd": run.cwd, "uid": run.run_as[0],
              "exit_code": code, "duration_s": duration, "timed_out": run.timed_out,
              "truncated": truncated, "stdout_bytes": run.out.total,
              "stderr_bytes": run.err.total, "stdout_sha256": run.out.digest.hexdigest(),
