@@ -27,6 +27,7 @@ from agentlibos.errors import InvalidArgument
 from agentlibos.kernel.caps import parse_cap
 from agentlibos.kernel.policy import BUILTIN_POLICY, parse_policy
 from agentlibos.sandbox import seccomp
+from agentlibos.sandbox.namespaces import MountPlan, compile_mounts
 from agentlibos.sandbox.profile import (
     SHELL_TMP,
     HostView,
@@ -146,6 +147,17 @@ def test_the_shell_profile_runs_as_the_owner_with_its_own_tmp_and_writes_only_wh
     assert set(p.landlock_rw) == {"/h/scratch/s1", "/dev/null", "/p/out"}
     assert "/p" in p.landlock_ro and "/p/out" not in p.landlock_ro
     assert "net" in p.namespaces and "pid" in p.namespaces
+
+
+def test_a_bind_inside_another_is_made_after_it(tmp_path: Path) -> None:
+    scratch, proj = tmp_path / "scratch", tmp_path / "proj"
+    (proj / "out").mkdir(parents=True)
+    scratch.mkdir()
+    plan = compile_mounts(MountPlan(new_root="/r", ro_binds=(str(proj),),
+                                    rw_binds=(str(proj / "out"),), dev_nodes=(), symlinks=(),
+                                    tmp_dir=SHELL_TMP, moved=((str(scratch), SHELL_TMP),)))
+    assert plan.ops is not None
+    assert [t for _, t, _ in plan.ops.binds] == [SHELL_TMP, str(proj), str(proj / "out")]
 
 
 def test_output_past_the_limit_is_cut_and_says_so() -> None:
@@ -316,6 +328,7 @@ def test_a_fork_bomb_stops_at_the_pids_limit_and_nothing_outlives_it(
     limit = SandboxConfig().shell_limits.pids_max
     assert limit is not None and int(n) < limit and err == "BlockingIOError", run
     assert not _sleepers("sleep(617)")
+    assert audits(shsup)[-1].detail["pids_limit_hit"] is True
 
 
 def _sleepers(arg: str) -> list[psutil.Process]:
@@ -456,7 +469,7 @@ def test_a_running_command_suspends_its_call_and_dies_with_its_process(
                            cwd=str(project), policy=POLICY)
     # The loop keeps turning (run_until returns) while the command runs: ps shows the wait.
     assert shsup.run_until(lambda: shsup.store.get_process(pid).wait == "shell:sleep", 20)
-    assert _sleepers("sleep 10047")
+    assert shsup.run_until(lambda: bool(_sleepers("sleep 10047")), 20)
     shsup.terminate(pid, "killed", "test")
     assert shsup.run_until(lambda: not shsup.tree_live(pid), 20)
     deadline = time.monotonic() + 10

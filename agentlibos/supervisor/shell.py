@@ -386,6 +386,7 @@ class ShellRunner:
         for fd in (run.report, run.stdin_fd, run.out.fd, run.err.fd, run.pidfd):
             if fd is not None:
                 self._close(fd)
+        oom, pids_hit, _ = self._sandbox.verdict(run.cgroup)  # before it is removed
         self._workers.forget(run.wid)
         self._workers.release(run.wid, run.cgroup)
         discard_tree(run.scratch)
@@ -404,7 +405,7 @@ class ShellRunner:
              "truncated": truncated, "stdout_bytes": run.out.total,
              "stderr_bytes": run.err.total, "stdout_sha256": run.out.digest.hexdigest(),
              "stderr_sha256": run.err.digest.hexdigest(), "layers": run.layers,
-             "missing": run.missing,
+             "missing": run.missing, "memory_killed": oom, "pids_limit_hit": pids_hit,
              **({"error": run.error.message} if run.error else {})})
         if run.error is not None:
             run.pending.reject(run.error)
