@@ -290,7 +290,7 @@ def test_python3_cannot_read_a_file_no_capability_covers(
 
 
 @pytest.mark.privileged
-def test_a_python_socket_cannot_reach_a_loopback_listener(
+def test_neither_curl_nor_a_python_socket_reaches_a_loopback_listener(
     shsup: Supervisor, tmp_path: Path, project: Path
 ) -> None:
     with socket.create_server(("127.0.0.1", 0)) as listener:
@@ -298,9 +298,12 @@ def test_a_python_socket_cannot_reach_a_loopback_listener(
         port = listener.getsockname()[1]
         probe = (f"import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), 3)\n"
                  "    print('connected')\nexcept OSError as e:\n    print('refused', e.errno)")
-        [run] = shell(shsup, tmp_path, [{"argv": ["python3", "-c", probe]}], cwd=project,
-                      caps=["shell:exec:python3", "fs:read:./**"])
+        [run, curl] = shell(shsup, tmp_path, [
+            {"argv": ["python3", "-c", probe]},
+            {"argv": ["curl", "-sS", "--max-time", "5", f"http://127.0.0.1:{port}/"]},
+        ], cwd=project, caps=["shell:exec:python3", "shell:exec:curl", "fs:read:./**"])
         assert run["stdout"].startswith("refused"), run
+        assert curl["exit_code"] != 0 and curl["stdout"] == "", curl
         with pytest.raises(BlockingIOError):
             listener.accept()
 
