@@ -298,6 +298,10 @@ def compile_mounts(plan: MountPlan) -> MountPlan:
         else:
             files.append(target)
         binds.append((path, target, flags | (MS_RDONLY if read_only else 0)))
+    # A bind whose target lies inside another's must come after it, or the outer one
+    # would hide it: a shell command's project under /tmp sits inside its private /tmp,
+    # a writable out/ inside a read-only project. Depth first, stably, is enough.
+    binds.sort(key=lambda b: b[1].rstrip("/").count("/"))
     for node in plan.dev_nodes:
         parents(node)
         files.append(node)

@@ -122,6 +122,10 @@ class SandboxConfig:
     tool_heap_mb: int = 160
     tool_timeout_s: float = 30.0
     tool_idle_s: float = 300.0
+    # shell.exec commands (docs/shell.md): each gets a cgroup of its own inside the
+    # calling process's, with these limits (a fork bomb stops at pids_max).
+    shell_limits: Limits = field(default_factory=lambda: Limits(
+        memory_max_bytes=512 << 20, pids_max=64, cpu_max_cores=1.0))
     # Per-tree quotas on what the broker stores and writes for a tree ([limits]
     # object_bytes, objects, write_bytes; defaults in kernel/budgets.py).
     tree_quota: TreeQuota = field(default_factory=TreeQuota)
@@ -479,6 +483,65 @@ def build_tool_profile(
     )
 
 
+# A shell command's /etc: the loader's cache, the time zone, Debian's alternatives
+# (/usr/bin/awk -> /etc/alternatives/awk); not passwd, hosts or anything naming users.
+_SHELL_ETC: Final = ("/etc/ld.so.cache", "/etc/localtime", "/etc/alternatives")
+# /dev/fd and /dev/std* for bash's process substitution and programs that open them.
+_DEV_LINKS: Final = (("/dev/fd", "/proc/self/fd"), ("/dev/stdin", "/proc/self/fd/0"),
+                     ("/dev/stdout", "/proc/self/fd/1"), ("/dev/stderr", "/proc/self/fd/2"))
+# Where a shell command's private scratch directory appears: its /tmp.
+SHELL_TMP: Final = "/tmp"  # noqa: S108 - a path inside the command's own mount tree
+
+
+def shell_view() -> HostView:
+    """The system part of a shell command's tree: /usr, /bin, /lib* (as on the host),
+    a minimal /etc, the harmless device nodes. Computed once per supervisor."""
+    paths: list[str] = ["/usr"]
+    links: list[tuple[str, str]] = []
+    for top in ("/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin"):
+        if os.path.islink(top):
+            links.append((top, os.readlink(top)))
+        elif os.path.isdir(top):
+            paths.append(top)
+    paths += [f for f in _SHELL_ETC if os.path.exists(f)]
+    return HostView(ro_paths=_minimal(paths), symlinks=(*links, *_DEV_LINKS),
+                    dev_nodes=tuple(n for n in _DEV_NODES if os.path.exists(n)))
+
+
+def build_shell_profile(
+    *,
+    config: SandboxConfig,
+    view: HostView,
+    read_only: tuple[str, ...],
+    read_write: tuple[str, ...],
+    scratch: str,
+    new_root: str,
+    cgroup_procs: tuple[str, ...],
+    seccomp_bpf: bytes,
+    run_as: tuple[int, int],
+    supervisor_uid: int,
+    supervisor_gid: int,
+) -> SandboxProfile:
+    """Decide a shell command's sandbox. Pure. ``view``: the system, read-only;
+    ``read_only``/``read_write``: the host paths the caller's fs capabilities cover
+    (nothing else of the user's files exists); ``scratch``: its private /tmp; it runs
+    as ``run_as`` (the owner of the caller's cwd) with every capability dropped."""
+    return _assemble(
+        config=config,
+        ro=tuple(dict.fromkeys((*view.ro_paths, *read_only))),
+        rw=(scratch, *read_write),
+        view=view,
+        scratch=scratch,
+        new_root=new_root,
+        cgroup_procs=cgroup_procs,
+        seccomp_bpf=seccomp_bpf,
+        supervisor_ids=(supervisor_uid, supervisor_gid),
+        moved=((scratch, SHELL_TMP),),
+        writable=read_write,
+        agent_ids=run_as,
+    )
+
+
 def _assemble(
     *,
     config: SandboxConfig,
@@ -491,6 +554,8 @@ def _assemble(
     seccomp_bpf: bytes,
     supervisor_ids: tuple[int, int],
     moved: tuple[tuple[str, str], ...] = (),
+    writable: tuple[str, ...] = (),  # more rw binds Landlock lets it write (shell)
+    agent_ids: tuple[int, int] | None = None,  # the uid/gid to run as (default: config)
 ) -> SandboxProfile:
     modes: dict[str, str] = {layer: config.layer_mode(layer) for layer in LAYERS}
     userns = config.user_namespace == "always" or (
@@ -508,12 +573,13 @@ def _assemble(
         tmp_dir=dict(moved).get(scratch, scratch),
         moved=moved,
     )
-    agent_ids = None
     # In a user namespace only the supervisor's own id is mapped (to 0 inside): there is
     # no other uid to become, and root inside is the unprivileged supervisor outside.
-    if config.agent_uid is not None and modes["namespaces"] != "disabled" and not userns:
+    if agent_ids is None and config.agent_uid is not None:
         agent_ids = (config.agent_uid,
                      config.agent_gid if config.agent_gid is not None else config.agent_uid)
+    if modes["namespaces"] == "disabled" or userns:
+        agent_ids = None
     return SandboxProfile(
         modes=modes,
         cgroup_procs=cgroup_procs if modes["cgroups"] != "disabled" else (),
@@ -525,8 +591,8 @@ def _assemble(
         # The same host paths as the mount tree: Landlock holds even where the mount
         # namespace is optional and missing. (/proc is added by contain.py, which knows
         # whether the pid namespace took.)
-        landlock_ro=(*ro, *view.dev_nodes, *rw[1:]),
-        landlock_rw=(scratch, "/dev/null"),
+        landlock_ro=(*ro, *view.dev_nodes, *(p for p in rw[1:] if p not in writable)),
+        landlock_rw=(scratch, "/dev/null", *writable),
         seccomp_bpf=seccomp_bpf if modes["seccomp"] != "disabled" else b"",
         scratch=scratch,
     )

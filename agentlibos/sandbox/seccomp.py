@@ -40,8 +40,9 @@ a ``clone3`` flags struct (hence ENOSYS below), or a ``sockaddr``; and it cannot
 whose pid an argument names (``kill``, ``sched_setscheduler``), which is what the pid
 namespace and Landlock's signal scoping are for.
 
-Variants: ``"agent"`` is the Python runtime. ``"deno"`` (JIT tools) will differ mainly
-in its exec rule: Deno must ``execve`` only itself, and since seccomp cannot read the
+Variants: ``"agent"`` is the Python runtime; ``"shell"`` (``shell.exec`` commands) is
+it plus ``execve``/``execveat`` (and the loader's ``arch_prctl``). ``"deno"`` (JIT tools)
+differs mainly in its exec rule: Deno must ``execve`` only itself, and since seccomp cannot read the
 path, the plan is to allow ``execveat(fd, "", argv, envp, AT_EMPTY_PATH)`` on the one
 descriptor the supervisor opened on the Deno binary, with Landlock's EXECUTE right
 limited to that file as the second lock. Adding it means one more entry in
@@ -547,6 +548,21 @@ _ALLOW_DENO: Final[tuple[Rule, ...]] = (
 )
 
 
+# The shell variant (``shell.exec``): a command the broker runs for an agent, in a
+# sandbox of its own built from the agent's fs capabilities. It may run other programs
+# (that is its purpose: git, make, python3) and fork them; everything the agent variant
+# refuses it refuses too -- no namespaces, mounts, ptrace, io_uring, non-UNIX sockets,
+# setsid/setpgid (a command must not leave the process group killed at its deadline).
+# Which programs exist is what its mount tree shows and Landlock allows to execute.
+_ALLOW_SHELL: Final[tuple[Rule, ...]] = (
+    *_allow("running programs: the command itself and whatever it starts (git's "
+            "helpers, make's recipes); which files can be executed is Landlock's and the "
+            "mount tree's decision", "execve", "execveat"),
+    *_allow("the dynamic loader of every exec'd program sets up thread-local storage "
+            "(x86_64)", "arch_prctl"),
+)
+
+
 @dataclass(frozen=True)
 class _Variant:
     deny: tuple[Rule, ...]
@@ -560,6 +576,9 @@ _VARIANTS: Final[dict[str, _Variant]] = {
     "deno": _Variant(_DENY_COMMON + _DENY_PATH_EXEC, _ALLOW_PYTHON + _ALLOW_DENO,
                      "a JIT tool: the Python child until it execs Deno, then Deno (V8, "
                      "tokio threads) with no permissions"),
+    "shell": _Variant(_DENY_COMMON, _ALLOW_PYTHON + _ALLOW_SHELL,
+                      "a shell.exec command: any program its mount tree holds, forking "
+                      "and exec'ing, with the agent's other refusals"),
 }
 VARIANTS: Final[tuple[str, ...]] = tuple(_VARIANTS)
 _PLANNED: Final[dict[str, str]] = {}

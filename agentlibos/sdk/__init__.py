@@ -19,7 +19,8 @@ from typing import Any, NoReturn
 from agentlibos.errors import NotFound
 from agentlibos.sdk.client import Client
 
-__all__ = ["Caps", "Clock", "Context", "Events", "Fs", "Human", "Jit", "Obj", "Proc", "Tools"]
+__all__ = ["Caps", "Clock", "Context", "Events", "Fs", "Human", "Jit", "Obj", "Proc", "Shell",
+           "Tools"]
 
 
 class _Family:
@@ -219,6 +220,22 @@ class Clock(_Family):
         self._call("clock.sleep", {"seconds": seconds})
 
 
+class Shell(_Family):
+    def run(self, argv: list[str], stdin: str | None = None, timeout: float = 60,
+            env: dict[str, str] | None = None) -> dict[str, Any]:
+        """Run ``argv`` (a list, no shell string) in a sandbox of its own, in the
+        process's cwd (needs ``shell:exec:<argv[0]>``). Returns ``exit_code``,
+        ``stdout``, ``stderr`` (each up to 1 MiB, then truncated and said so),
+        ``truncated`` and ``timed_out``; at ``timeout`` seconds everything it started
+        is killed. ``env`` adds variables to its PATH, HOME and LANG."""
+        args: dict[str, Any] = {"argv": argv, "timeout": timeout}
+        if stdin is not None:
+            args["stdin"] = stdin
+        if env is not None:
+            args["env"] = env
+        return dict(self._call("shell.exec", args))
+
+
 class Context:
     """Everything an agent can do, each a brokered syscall."""
 
@@ -236,6 +253,7 @@ class Context:
         self.human = Human(client)
         self.events = Events(client)
         self.clock = Clock(client)
+        self.shell = Shell(client)
 
     def syscall(self, name: str, args: dict[str, Any] | None = None,
                 blobs: list[bytes] | None = None) -> tuple[Any, list[bytes]]:

@@ -30,8 +30,10 @@ from agentlibos.sandbox.profile import (
     SandboxConfig,
     SandboxProfile,
     build_profile,
+    build_shell_profile,
     build_tool_profile,
     host_view,
+    shell_view,
 )
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,8 @@ class SandboxManager:
         self._by_pid: dict[int, cgroups.ProcessCgroup] = {}
         self.seccomp_bpf = b""
         self.seccomp_bpf_deno = b""
+        self.seccomp_bpf_shell = b""
+        self.shell_view: HostView | None = None
         self.deno: Any = None  # agentlibos.jit.deno.DenoView, once Deno is found
         self.deno_problem: str | None = None
         self.new_root = paths.run / "root"
@@ -69,6 +73,7 @@ class SandboxManager:
     def start(self) -> None:
         self.new_root.mkdir(mode=0o700, exist_ok=True)
         self.view = host_view(self.config.read_only_paths)
+        self.shell_view = shell_view()
         if self.config.layer_mode("cgroups") != "disabled":
             self._start_cgroups()
         if self.config.layer_mode("seccomp") != "disabled":
@@ -78,6 +83,7 @@ class SandboxManager:
 
                 self.seccomp_bpf = seccomp.compile_bpf(seccomp.build_profile("agent"))
                 self.seccomp_bpf_deno = seccomp.compile_bpf(seccomp.build_profile("deno"))
+                self.seccomp_bpf_shell = seccomp.compile_bpf(seccomp.build_profile("shell"))
             except (SandboxError, ImportError, OSError) as e:
                 self.unavailable["seccomp"] = f"cannot compile the filter: {e}"
         if self.config.layer_mode("landlock") != "disabled" and landlock.abi_version() <= 0:
@@ -184,6 +190,30 @@ class SandboxManager:
                                  new_root=str(self.new_root),
                                  cgroup_procs=procs,
                                  seccomp_bpf=self.seccomp_bpf_deno,
+                                 supervisor_uid=os.geteuid(),
+                                 supervisor_gid=os.getegid(),
+                             ))
+
+    def prepare_shell(self, wid: int, *, read_only: tuple[str, ...],
+                      read_write: tuple[str, ...], scratch: Path, run_as: tuple[int, int],
+                      owner_pid: int) -> Prepared:
+        """A shell.exec command: every layer, the "shell" seccomp variant (exec allowed),
+        a tree of the system plus the host paths given (the caller's fs capabilities),
+        ``scratch`` as its /tmp, running as ``run_as``. Its cgroup is made inside
+        ``owner_pid``'s, so what it uses counts against the caller's tree."""
+        assert self.shell_view is not None
+        view = self.shell_view
+        return self._prepare(f"s{-wid}", self.config.shell_limits, owner_pid, lambda procs:
+                             build_shell_profile(
+                                 config=self.config,
+                                 view=view,
+                                 read_only=read_only,
+                                 read_write=read_write,
+                                 scratch=str(scratch),
+                                 new_root=str(self.new_root),
+                                 cgroup_procs=procs,
+                                 seccomp_bpf=self.seccomp_bpf_shell,
+                                 run_as=run_as,
                                  supervisor_uid=os.geteuid(),
                                  supervisor_gid=os.getegid(),
                              ))

@@ -46,6 +46,7 @@ from agentlibos.supervisor.processes import LiveProcess, ProcessTable
 from agentlibos.supervisor.recovery import recover
 from agentlibos.supervisor.sandboxing import SandboxManager
 from agentlibos.supervisor.services import wire_syscalls
+from agentlibos.supervisor.shell import ShellRunner
 from agentlibos.supervisor.tools import ToolCalls
 from agentlibos.supervisor.waits import Waits
 from agentlibos.supervisor.workers import Workers, is_worker_id
@@ -138,7 +139,9 @@ class Supervisor:
                       object_quota=self.object_quota,
                       tree_quota=self.sandbox.config.tree_quota, processes=self.processes,
                       tools=ToolCalls(table, self.jit, waits, store),
-                      approvals=self.approvals, events=self.events, clock=Clock(waits, loop))
+                      approvals=self.approvals, events=self.events, clock=Clock(waits, loop),
+                      shell=ShellRunner(self.paths, store, loop, self.sandbox, workers, waits,
+                                        table))
         self.broker = Broker(self._ctx, self.paths.broker_endpoint, table, dispatcher)
         # Agents may run as an unprivileged uid; the socket file is reachable only
         # through run/ (0700) or the bind mount into each agent's own tree.

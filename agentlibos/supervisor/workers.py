@@ -1,6 +1,6 @@
 """Sandboxed helper processes: programs the runtime runs *for* an AgentProcess.
 
-JIT tools' Deno processes use it today; the shell primitive will. A helper is forked
+JIT tools' Deno processes and shell.exec commands use it. A helper is forked
 by the zygote (``exec`` op: piped stdio, no broker token), confined by the tool profile
 the sandbox manager prepares, and identified by a negative id so it never shares the
 agents' pid space. The zygote's news about a helper (spawned, exited, failed) goes to
@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from agentlibos.errors import LibOSError
 from agentlibos.supervisor.processes import ProcessTable
-from agentlibos.supervisor.sandboxing import SandboxManager
+from agentlibos.supervisor.sandboxing import Prepared, SandboxManager
 from agentlibos.supervisor.zygote_client import ZygoteEvent, ZygoteHandle
 
 
@@ -52,12 +52,21 @@ class Workers:
 
         Raises the typed error of a layer that cannot be applied (fail closed)."""
         prep = self._sandbox.prepare_tool(wid, read_only, scratch, owner_pid=for_pid)
+        return self.start(wid, owner, prep, {"argv": argv, "env": env, "scratch": str(scratch),
+                                             "log": str(log_path)})
+
+    def start(self, wid: int, owner: WorkerOwner, prep: Prepared,
+              spec: dict[str, Any]) -> Any:
+        """Fork helper ``wid`` with a profile already prepared (``prep``) and the rest of
+        its ``spec``; returns its cgroup. A spec with ``command`` is a shell command
+        (``zygote/child.run_command``): it also gets a stderr pipe, so its owner's
+        ``on_spawned`` receives [pidfd, report, stdin, stdout, stderr].
+
+        On failure the cgroup is released and the typed error raised."""
         self._owners[wid] = owner
         try:
-            self._zygote().spawn(wid, {
-                "pid": wid, "argv": argv, "env": env, "scratch": str(scratch),
-                "log": str(log_path), "profile": prep.profile,
-            }, op="exec")
+            self._zygote().spawn(wid, {**spec, "pid": wid, "profile": prep.profile},
+                                 op="exec")
         except LibOSError:
             self._owners.pop(wid, None)
             self.release(wid, prep.cgroup)

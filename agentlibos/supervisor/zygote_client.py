@@ -80,7 +80,7 @@ class ZygoteHandle:
         out: list[ZygoteEvent] = []
         while True:
             try:
-                data, fds, _flags, _addr = socket.recv_fds(self.sock, MAX_PACKET, 4)
+                data, fds, _flags, _addr = socket.recv_fds(self.sock, MAX_PACKET, 5)
             except BlockingIOError:
                 return out
             except OSError:

@@ -68,7 +68,8 @@ def _start(spec: dict[str, Any], report_fd: int,
         setup()
         contained = contain.apply(spec.get("profile", {}),
                                   pid_ns_ready=bool(spec.get("pid_ns_ready")))
-        os.chdir(contained.inside(spec["scratch"]))
+        # A shell command starts in its caller's libOS cwd (bound at its own path).
+        os.chdir(spec.get("cwd") or contained.inside(spec["scratch"]))
         _report(report_fd, {"ok": True, "layers": contained.layers,
                             "missing": contained.missing, "timings_ms": contained.timings_ms})
         return contained
@@ -115,6 +116,41 @@ def run_exec(spec: dict[str, Any], report_fd: int, stdin_fd: int, stdout_fd: int
     except OSError as e:
         os.write(2, f"exec {spec['argv'][0]}: {e}\n".encode())
     os._exit(START_FAILED_STATUS)
+
+
+# Exit status of a command that could not be executed (not found, not executable), as a
+# POSIX shell reports it.
+EXEC_FAILED_STATUS = 127
+
+
+def run_command(spec: dict[str, Any], report_fd: int, stdin_fd: int, stdout_fd: int,
+                stderr_fd: int) -> NoReturn:
+    """Contain this child, then exec a shell.exec command: ``spec["exe"]`` (argv[0] as
+    the supervisor resolved and authorised it) with ``spec["argv"]``, in ``spec["cwd"]``.
+
+    The "shell" seccomp variant allows execve; the profile runs it as the owner of the
+    cwd with no capabilities, in a tree of the system and the caller's fs paths only.
+    """
+
+    def setup() -> None:
+        set_pdeathsig(signal.SIGKILL)
+        os.setpgid(0, 0)
+        # Python ignores SIGPIPE and SIGXFSZ, and the zygote SIGINT; an ignored signal
+        # stays ignored across exec: `yes | head` would never end, a full file not stop.
+        for sig in (signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ):
+            signal.signal(sig, signal.SIG_DFL)
+        _title(spec)
+        os.dup2(stdin_fd, 0)
+        os.dup2(stdout_fd, 1)
+        os.dup2(stderr_fd, 2)
+        _close_inherited(report_fd)
+
+    _start(spec, report_fd, setup)
+    try:
+        os.execve(spec["exe"], spec["argv"], spec["env"])  # noqa: S606 - argv only
+    except OSError as e:
+        os.write(2, f"{spec['argv'][0]}: cannot run it: {e.strerror}\n".encode())
+    os._exit(EXEC_FAILED_STATUS)
 
 
 def run_child(spec: dict[str, Any], report_fd: int, log_fd: int, *,

@@ -11,7 +11,9 @@ Protocol on the SOCK_SEQPACKET socket ``FD`` (one JSON object per packet):
 
   supervisor -> zygote  {"op": "spawn", "pid", "spec": {...}} | {"op": "exit"}
   zygote -> supervisor  {"op": "spawned", "pid", "host_pid"} + [pidfd, report_fd] as
-                        SCM_RIGHTS;  {"op": "spawn-failed", "pid", "error"};
+                        SCM_RIGHTS (an "exec" adds its stdin and stdout pipes, and a
+                        shell command's spec ("command") its stderr pipe too);
+                        {"op": "spawn-failed", "pid", "error"};
                         {"op": "exited", "pid", "host_pid", "status"}
 
 The zygote reaps its children (it is their parent) and reports each wait status; the
@@ -40,7 +42,7 @@ from agentlibos.sandbox.pdeathsig import set_pdeathsig
 
 # Imported here, at the top, so the zygote has everything a child needs loaded before
 # it forks: children share these pages copy-on-write and pay no import cost.
-from agentlibos.zygote.child import run_child, run_exec
+from agentlibos.zygote.child import run_child, run_command, run_exec
 
 MAX_PACKET: Final = 1 << 20
 
@@ -97,10 +99,14 @@ class Zygote:
         is_exec = msg.get("op") == "exec"
         report_r, report_w = os.pipe2(os.O_CLOEXEC)
         stdio: tuple[int, int, int, int] | None = None
+        # A shell command (spec "command") also gets a pipe for its stderr.
+        err: tuple[int, int] | None = None
         if is_exec:
             in_r, in_w = os.pipe2(os.O_CLOEXEC)
             out_r, out_w = os.pipe2(os.O_CLOEXEC)
             stdio = (in_r, in_w, out_r, out_w)
+            if msg["spec"].get("command"):
+                err = os.pipe2(os.O_CLOEXEC)
         else:
             # The agent's stdout and stderr: a pipe the supervisor reads and writes to
             # the log, up to the per-process cap (an agent never writes the log itself).
@@ -111,7 +117,7 @@ class Zygote:
         except OSError as e:
             if new_ns:
                 self._leave_child_pid_ns()
-            for fd in (report_r, report_w, *(stdio or (log_r, log_w))):
+            for fd in (report_r, report_w, *(stdio or (log_r, log_w)), *(err or ())):
                 os.close(fd)
             self.send({"op": "spawn-failed", "pid": pid, "error": f"fork: {e}"})
             return
@@ -120,9 +126,12 @@ class Zygote:
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             for fd in (report_r, self.wake_r, self.wake_w, self.sock.fileno(),
                        self.own_pid_ns if self.own_pid_ns is not None else -1,
-                       *((stdio[1], stdio[2]) if stdio else (log_r,))):
+                       *((stdio[1], stdio[2]) if stdio else (log_r,)),
+                       *((err[0],) if err else ())):
                 with contextlib.suppress(OSError):
                     os.close(fd)
+            if stdio is not None and err is not None:
+                run_command(msg["spec"], report_w, stdio[0], stdio[3], err[1])
             if stdio is not None:
                 run_exec(msg["spec"], report_w, stdio[0], stdio[3])
             run_child(msg["spec"], report_w, log_w, zygote_pid=os.getppid())
@@ -133,8 +142,11 @@ class Zygote:
         if stdio is not None:
             os.close(stdio[0])
             os.close(stdio[3])
-            # The supervisor writes the child's stdin and reads its stdout.
+            # The supervisor writes the child's stdin and reads its stdout (and stderr).
             extra = [stdio[1], stdio[2]]
+            if err is not None:
+                os.close(err[1])
+                extra.append(err[0])
         else:
             os.close(log_w)
             extra = [log_r]
