@@ -87,6 +87,8 @@ def address_refusal(address: str) -> str | None:
         return "a link-local address"
     if ip.is_multicast:
         return "a multicast address"
+    if ip.is_reserved:
+        return "a reserved address"
     if ip.is_private or ip in _CGNAT:
         return "a private address"
     if not ip.is_global:

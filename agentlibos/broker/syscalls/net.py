@@ -97,12 +97,14 @@ def canonical_url(url: object, what: str = "net.fetch") -> Url:
 def _canonical_host(host: str, url: str, what: str) -> str:
     if not host:
         raise InvalidArgument(f"{what}: no host in {storable(url, 200)!r}")
-    if host.startswith("[") or ":" in host:
+    if "%" in host:  # an IPv6 zone id, or an escape: neither names a host
         raise InvalidArgument(f"{what}: malformed host in {storable(url, 200)!r}")
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
-        pass
+        if host.startswith("[") or ":" in host:
+            raise InvalidArgument(f"{what}: malformed host in {storable(url, 200)!r}") \
+                from None
     else:
         return str(ip)
     try:
