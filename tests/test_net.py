@@ -533,3 +533,21 @@ def test_a_secrets_table_is_parsed() -> None:
         "github", "Authorization", "GITHUB_TOKEN", "Bearer ")
     assert rule.matches("https://api.github.com/repos/x")
     assert not rule.matches("https://api.github.com.evil.example/")
+
+
+def test_a_process_killed_during_a_fetch_leaves_nothing_behind(
+    sup: Supervisor, make_image: MakeImage, server: _Server
+) -> None:
+    slow = make_image("slow", SLOW, caps=[f"net:fetch:{server.base}/**"])
+    pid = sup.submit_run(str(slow), {"url": f"{server.base}/hang", "timeout": 30},
+                         policy=ALLOW_NET)
+    assert sup.run_until(server.hanging.is_set, 20)
+    sup.terminate(pid, "killed", "the test stops it", grace_s=0)
+    assert sup.run_until(lambda: not sup.tree_live(pid), 20)
+    server.release.set()  # the answer comes back for a process that is gone
+    assert sup.run_until(lambda: sup.offloop.in_flight == 0, 20)
+    sup.step(0.05)
+    assert sup.store.get_process(pid).state == "killed"
+    assert not [r for r in sup.store.audit_records() if r.verdict == "error"]
+    busy = make_image("busy", BUSY, caps=["obj:rw:self"])
+    assert run_proc(sup, busy, {"n": 3}, policy=ALLOW_NET).exit_reason == "returned"
