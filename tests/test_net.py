@@ -290,12 +290,12 @@ def main(ctx, args):
 BUSY = """
 import time
 def main(ctx, args):
-    worst = 0.0
+    took = []
     for i in range(args["n"]):
         t = time.monotonic()
         ctx.obj.put("k", i)
-        worst = max(worst, time.monotonic() - t)
-    return worst
+        took.append(time.monotonic() - t)
+    return sorted(took)
 """
 
 
@@ -311,8 +311,10 @@ def test_a_hanging_server_times_out_while_other_agents_are_answered_at_once(
     other = sup.submit_run(str(busy), {"n": 50}, policy=ALLOW_NET)
     assert sup.run_until(lambda: not sup.tree_live(other), 20)
     assert sup.tree_live(pid)  # still waiting on the server
-    worst = sup.store.get_process(other).result
-    assert isinstance(worst, float) and worst < 0.25, worst
+    took = sup.store.get_process(other).result
+    # A loop blocked by the fetch would hold each call for the server's 3 s; on a busy
+    # host a call may still take tens of milliseconds now and then.
+    assert took[len(took) // 2] < 0.05 and took[-1] < 1.0, took
     assert sup.run_until(lambda: not sup.tree_live(pid), 20)
     name, took = sup.store.get_process(pid).result
     assert name == "Timeout" and 2.5 < took < 5.0

@@ -218,7 +218,8 @@ class Net:
         except LibOSError as e:
             err = e
             if secrets:  # an error message never carries a secret, even one echoed back
-                err = type(e)(redact(e.message.encode(), secrets).decode(errors="replace"))
+                err = type(e)(redact(e.message.encode(), secrets).decode(errors="replace"),
+                              **e.details)
             self._audit(f, "deny" if isinstance(e, PermissionDenied) else "error",
                         error=f"{type(e).__name__}: {storable(err.message, 512)}")
             f.pending.reject(err)
