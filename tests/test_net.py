@@ -7,10 +7,14 @@ address classes, which capability names a host) have their own pure tests at the
 from __future__ import annotations
 
 import json
+import shutil
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -18,10 +22,10 @@ import pytest
 
 from agentlibos.broker.syscalls.net import Url, canonical_url
 from agentlibos.config import Paths, parse_operator_config
-from agentlibos.errors import InvalidArgument, PermissionDenied, PolicyError
+from agentlibos.errors import InvalidArgument, PermissionDenied, PolicyError, Unavailable
 from agentlibos.kernel.caps import parse_caps
 from agentlibos.kernel.policy import parse_policy
-from agentlibos.providers.net import HttpRequest, HttpResponse
+from agentlibos.providers.net import HttpRequest, HttpResponse, HttpxClient
 from agentlibos.supervisor import Supervisor
 from agentlibos.supervisor.net import _exchange, address_refusal, named_host, names_host
 from tests.conftest import default_sandbox
@@ -553,3 +557,56 @@ def test_a_process_killed_during_a_fetch_leaves_nothing_behind(
     assert not [r for r in sup.store.audit_records() if r.verdict == "error"]
     busy = make_image("busy", BUSY, caps=["obj:rw:self"])
     assert run_proc(sup, busy, {"n": 3}, policy=ALLOW_NET).exit_reason == "returned"
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[tuple[_Server, ssl.SSLContext, list[str]]]:
+    """An https server on 127.0.0.1 whose certificate is for ``localhost`` only."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost"], check=True,
+                   capture_output=True)
+    names: list[str] = []
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+
+    def sni(sock: ssl.SSLObject, name: str | None, c: ssl.SSLContext) -> None:
+        names.append(str(name))
+
+    ctx.sni_callback = sni
+    s = _Server()
+    s.socket = ctx.wrap_socket(s.socket, server_side=True)
+    t = threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    t.start()
+    trust = ssl.create_default_context(cafile=str(cert))
+    try:
+        yield s, trust, names
+    finally:
+        s.shutdown()
+        s.server_close()
+        t.join(5)
+
+
+def test_https_goes_to_the_checked_address_with_the_name_for_sni_and_the_certificate(
+    tls_server: tuple[_Server, ssl.SSLContext, list[str]]
+) -> None:
+    server, trust, names = tls_server
+    client = HttpxClient(verify=trust)
+    try:
+        def req(host: str) -> HttpRequest:
+            return HttpRequest("GET", "https", host, server.port, "/hello", "127.0.0.1", (),
+                               b"", time.monotonic() + 10, 1 << 20)
+
+        resp = client.send(req("localhost"))
+        assert (resp.status, resp.body) == (200, b"hello, agent")
+        assert names == ["localhost"]
+        assert server.seen[0][2]["Host"] == f"localhost:{server.port}"
+        # Same address, another name: the certificate is checked against the name.
+        with pytest.raises(Unavailable, match=r"CERTIFICATE_VERIFY_FAILED|certificate"):
+            client.send(req("other.example"))
+        assert len(server.seen) == 1
+    finally:
+        client.close()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterable
@@ -106,10 +107,12 @@ def resolve(host: str, port: int) -> list[str]:
 class HttpxClient:
     """:class:`HttpClient` over httpx, with pooled connections (thread-safe)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, verify: ssl.SSLContext | None = None) -> None:
         import httpx  # noqa: PLC0415 - kept out of the config loader's import path
 
         self._httpx = httpx
+        # The system's trust store (certifi's) unless a context is given (tests).
+        self._verify: ssl.SSLContext | bool = verify if verify is not None else True
         # trust_env=False: HTTP(S)_PROXY would send the request somewhere other than the
         # address that was checked; .netrc would add credentials nobody granted.
         self._plain = httpx.Client(trust_env=False, follow_redirects=False)
@@ -125,7 +128,8 @@ class HttpxClient:
                 if len(self._tls) >= _MAX_TLS_CLIENTS:
                     _, old = self._tls.popitem()
                     old.close()
-                client = self._httpx.Client(trust_env=False, follow_redirects=False)
+                client = self._httpx.Client(trust_env=False, follow_redirects=False,
+                                            verify=self._verify)
                 self._tls[req.host] = client
             return client
 
