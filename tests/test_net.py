@@ -75,9 +75,13 @@ class _Handler(BaseHTTPRequestHandler):
             # A server that sends the credential it was given back in a redirect.
             self._send(302, b"", {"Location": "/denied/" + self.headers.get("X-Api-Key", "")})
         elif u.path == "/big":
-            # No Content-Length: the size is only known by reading (close-delimited).
+            # Without length=1, no Content-Length: the size is only known by reading.
             self.send_response(200)
+            if "length" in q:
+                self.send_header("Content-Length", q["n"])
             self.end_headers()
+            if self.command == "HEAD":
+                return
             chunk = b"x" * 65536
             left = int(q["n"])
             while left > 0:
@@ -248,10 +252,15 @@ def test_a_response_over_the_size_limit_is_refused(
     got = _fetch(sup, make_image, [f"net:fetch:{server.base}/**"], [
         {"url": f"{server.base}/big?n={limit}"},
         {"url": f"{server.base}/big?n={limit + 1}"},
+        {"url": f"{server.base}/big?n={limit + 1}&length=1"},
+        {"url": f"{server.base}/big?n={limit + 1}&length=1", "method": "HEAD"},
     ])
     assert got[0]["size"] == limit
     assert got[1].startswith("LimitExceeded: net.fetch: the response from "
                              f"http://127.0.0.1:{server.port} is over the limit")
+    assert got[2] == (f"LimitExceeded: net.fetch: the response from {server.base} is "
+                      f"{limit + 1} bytes, over the limit of {limit}")
+    assert (got[3]["status"], got[3]["size"]) == (200, 0)  # HEAD: a length, no body
 
 
 def test_a_body_over_the_request_limit_and_a_url_that_is_not_http_are_refused(

@@ -184,7 +184,7 @@ class HttpxClient:
 def _read(resp: httpx.Response, req: HttpRequest, where: str) -> HttpResponse:
     limit = req.max_response_bytes
     declared = resp.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if req.method != "HEAD" and declared.isdigit() and int(declared) > limit:
         raise LimitExceeded(f"net.fetch: the response from {req.scheme}://{where} is "
                             f"{int(declared)} bytes, over the limit of {limit}")
     parts: list[bytes] = []
