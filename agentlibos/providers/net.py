@@ -44,8 +44,7 @@ __all__ = [
     "resolve",
 ]
 
-# Kept per TLS server name: a pooled connection is only reused for the name it was
-# verified for (the pool is keyed by address, and one address serves many names).
+# TLS clients kept (one per server name), the oldest closed past this.
 _MAX_TLS_CLIENTS: Final = 32
 _CHUNK: Final = 64 << 10
 
@@ -105,36 +104,39 @@ def resolve(host: str, port: int) -> list[str]:
 
 
 class HttpxClient:
-    """:class:`HttpClient` over httpx, with pooled connections (thread-safe)."""
+    """:class:`HttpClient` over httpx, with pooled connections (thread-safe).
+
+    httpx is imported, and the pools made, at the first request: a supervisor whose
+    agents never fetch does not pay for them at start.
+    """
 
     def __init__(self, *, verify: ssl.SSLContext | None = None) -> None:
-        import httpx  # noqa: PLC0415 - kept out of the config loader's import path
-
-        self._httpx = httpx
         # The system's trust store (certifi's) unless a context is given (tests).
         self._verify: ssl.SSLContext | bool = verify if verify is not None else True
-        # trust_env=False: HTTP(S)_PROXY would send the request somewhere other than the
-        # address that was checked; .netrc would add credentials nobody granted.
-        self._plain = httpx.Client(trust_env=False, follow_redirects=False)
+        self._plain: httpx.Client | None = None
         self._tls: dict[str, httpx.Client] = {}
         self._lock = threading.Lock()
 
     def _client_for(self, req: HttpRequest) -> httpx.Client:
-        if req.scheme == "http":
-            return self._plain
         with self._lock:
+            if req.scheme == "http":
+                if self._plain is None:
+                    self._plain = _new_client(True)
+                return self._plain
+            # Pooled per TLS server name: a connection is only reused for the name it was
+            # verified for (httpx keys its pool by address, and one address serves many).
             client = self._tls.get(req.host)
             if client is None:
                 if len(self._tls) >= _MAX_TLS_CLIENTS:
                     _, old = self._tls.popitem()
                     old.close()
-                client = self._httpx.Client(trust_env=False, follow_redirects=False,
-                                            verify=self._verify)
+                client = _new_client(self._verify)
                 self._tls[req.host] = client
             return client
 
     def send(self, req: HttpRequest) -> HttpResponse:
-        httpx = self._httpx
+        import httpx  # noqa: PLC0415 - see the class docstring
+
         remaining = req.deadline - time.monotonic()
         if remaining <= 0:
             raise Timeout(f"net.fetch: no time left for {req.scheme}://{req.host}")
@@ -175,10 +177,19 @@ class HttpxClient:
 
     def close(self) -> None:
         with self._lock:
-            clients = [self._plain, *self._tls.values()]
+            clients = [*([self._plain] if self._plain else []), *self._tls.values()]
+            self._plain = None
             self._tls.clear()
         for c in clients:
             c.close()
+
+
+def _new_client(verify: ssl.SSLContext | bool) -> httpx.Client:
+    import httpx  # noqa: PLC0415 - see HttpxClient
+
+    # trust_env=False: HTTP(S)_PROXY would send the request somewhere other than the
+    # address that was checked; .netrc would add credentials nobody granted.
+    return httpx.Client(trust_env=False, follow_redirects=False, verify=verify)
 
 
 def _read(resp: httpx.Response, req: HttpRequest, where: str) -> HttpResponse:
