@@ -319,8 +319,8 @@ def test_a_hanging_server_times_out_while_other_agents_are_answered_at_once(
     busy = make_image("busy", BUSY, caps=["obj:rw:self"])
     pid = sup.submit_run(str(slow), {"url": f"{server.base}/hang", "timeout": 3},
                          policy=ALLOW_NET)
-    assert sup.run_until(server.hanging.is_set, 20)
-    assert sup.store.get_process(pid).wait == f"net:{server.base}/hang"
+    assert sup.run_until(lambda: server.hanging.is_set() and sup.store.get_process(pid).wait
+                         == f"net:{server.base}/hang", 20)
     other = sup.submit_run(str(busy), {"n": 50}, policy=ALLOW_NET)
     assert sup.run_until(lambda: not sup.tree_live(other), 20)
     assert sup.tree_live(pid)  # still waiting on the server

@@ -14,12 +14,14 @@ One fetch is a chain of hops (the URL, then each redirect, at most
 3. *back on the loop*: a redirect starts the next hop; anything else is audited (method,
    URL, status, bytes -- never a secret, never the body) and answers the call.
 
-The call is suspended meanwhile (``ps`` shows ``net:<url>``); its timeout covers every
-hop, and a backstop timer answers it even if a worker never comes back.
+A fetch still running after 10 ms is suspended (``ps`` shows the process waiting on
+``net:<url>``); its timeout covers every hop, and a backstop timer answers it even if a
+worker never comes back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import time
@@ -45,6 +47,7 @@ from agentlibos.providers.net import (
     redact,
     resolve,
 )
+from agentlibos.supervisor.loop import Loop
 from agentlibos.supervisor.offloop import OffLoop
 from agentlibos.supervisor.waits import Waits
 
@@ -54,6 +57,7 @@ REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 # The loop's own timer fires this long after the call's timeout, in case a worker is
 # stuck where no timeout reaches (getaddrinfo): the agent is answered on time anyway.
 BACKSTOP_S: Final = 1.0
+WAITING_AFTER_S: Final = 0.01
 _METADATA: Final = (ipaddress.ip_address("169.254.169.254"),
                     ipaddress.ip_address("fd00:ec2::254"))
 _CGNAT: Final = ipaddress.ip_network("100.64.0.0/10")
@@ -150,12 +154,13 @@ class _Fetch:
 
 
 class Net:
-    def __init__(self, authz: Authorizer, waits: Waits, offloop: OffLoop, client: HttpClient,
-                 secrets: Sequence[SecretRule] = (), limits: FetchLimits | None = None, *,
-                 resolver: Resolver = resolve,
+    def __init__(self, authz: Authorizer, waits: Waits, loop: Loop, offloop: OffLoop,
+                 client: HttpClient, secrets: Sequence[SecretRule] = (),
+                 limits: FetchLimits | None = None, *, resolver: Resolver = resolve,
                  environ: Mapping[str, str] = os.environ) -> None:
         self._authz = authz
         self._waits = waits
+        self._loop = loop
         self._offloop = offloop
         self._client = client
         self._secrets = tuple(secrets)
@@ -168,7 +173,8 @@ class Net:
         return self._limits
 
     def fetch(self, caller: Caller, spec: FetchSpec) -> Pending:
-        pending = Pending(caller.pid)
+        pid = caller.pid
+        pending = Pending(pid)
         f = _Fetch(caller, spec, pending, time.monotonic() + spec.timeout_s, spec.url,
                    spec.method, spec.body)
         self._start(f)
@@ -178,8 +184,21 @@ class Net:
             return Timeout(f"net.fetch: no complete response from {f.url} within "
                            f"{spec.timeout_s:g} s")
 
-        return self._waits.suspend(caller.pid, pending, f"net:{storable(spec.url.text, 200)}",
-                                   timeout_s=spec.timeout_s + BACKSTOP_S, on_timeout=expired)
+        def waiting() -> None:
+            if pending.done:
+                return
+            left = max(0.0, f.deadline - time.monotonic())
+            # KeyError: the process ended meanwhile (no longer live); its reply goes nowhere.
+            with contextlib.suppress(KeyError):
+                self._waits.suspend(pid, pending, f"net:{storable(spec.url.text, 200)}",
+                                    timeout_s=left + BACKSTOP_S, on_timeout=expired)
+
+        # Most fetches answer within milliseconds: marking the process `waiting` (and
+        # `running` again) costs two store writes on the loop, so it is done only for a
+        # fetch still running after WAITING_AFTER_S -- which also sets the backstop.
+        timer = self._loop.call_later(WAITING_AFTER_S, waiting)
+        pending.on_done = timer.cancel
+        return pending
 
     def close(self) -> None:
         self._client.close()

@@ -135,7 +135,7 @@ class Supervisor:
         self.approvals = Approvals(store, table, waits, loop, self.approvals_timeout_s)
         self.events = Events(store, waits, loop)
         self.offloop = OffLoop(loop)
-        self.net = Net(authz, waits, self.offloop, HttpxClient(), self.secrets)
+        self.net = Net(authz, waits, loop, self.offloop, HttpxClient(), self.secrets)
         table.ended += [self.approvals.process_ended, self.events.process_ended]
         wire_syscalls(dispatcher, authz=authz, fs=self.fs, store=store,
                       object_quota=self.object_quota,
