@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from agentlibos.errors import InvalidArgument, PolicyError
 from agentlibos.kernel.units import parse_duration, parse_size
+from agentlibos.providers.net import SecretRule, parse_secrets
 from agentlibos.sandbox.profile import SandboxConfig, sandbox_config_from
 from agentlibos.store import ObjectQuota
 
@@ -143,7 +144,8 @@ _SUPERVISOR_KEYS: Final[dict[str, tuple[str, str]]] = {
     "max_helpers_per_tree": ("max_helpers_per_tree", "int"),
 }
 # Tables the operator's file may hold. Later roadmap items add theirs here.
-SECTIONS: Final = frozenset({"supervisor", "sandbox", "limits", "jit", "approvals"})
+SECTIONS: Final = frozenset({"supervisor", "sandbox", "limits", "jit", "approvals",
+                             "secrets"})
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,8 @@ class OperatorConfig:
     # [approvals] timeout: how long an approval or question waits for an answer before
     # the call fails with PermissionDenied ("approval timed out"); None: for ever.
     approvals_timeout_s: float | None = None
+    # [secrets.NAME]: headers the supervisor adds to matching net.fetch requests.
+    secrets: tuple[SecretRule, ...] = ()
     source: str | None = None  # the file it came from (None: built-in defaults)
 
 
@@ -200,6 +204,7 @@ def parse_operator_config(text: str, source: str) -> OperatorConfig:
         supervisor=_supervisor_config(data.get("supervisor", {}), source),
         sandbox=sandbox_config_from(data, source),
         approvals_timeout_s=_approvals_timeout(data.get("approvals", {}), source),
+        secrets=parse_secrets(data.get("secrets", {}), source),
         source=source,
     )
 

@@ -19,8 +19,8 @@ from typing import Any, NoReturn
 from agentlibos.errors import NotFound
 from agentlibos.sdk.client import Client
 
-__all__ = ["Caps", "Clock", "Context", "Events", "Fs", "Human", "Jit", "Obj", "Proc", "Shell",
-           "Tools"]
+__all__ = ["Caps", "Clock", "Context", "Events", "Fs", "Human", "Jit", "Net", "Obj", "Proc",
+           "Shell", "Tools"]
 
 
 class _Family:
@@ -236,6 +236,42 @@ class Shell(_Family):
         return dict(self._call("shell.exec", args))
 
 
+class Net(_Family):
+    def fetch(self, url: str, method: str = "GET", headers: dict[str, str] | None = None,
+              body: bytes | str | None = None, timeout: float = 30) -> dict[str, Any]:
+        """Fetch an http(s) URL through the broker (needs ``net:fetch:<url glob>``).
+
+        Returns ``{"status", "headers", "url", "redirects", "body", "text"}``: ``headers``
+        a dict with lower-case names, ``url`` the final URL after redirects (each checked
+        like the first), ``body`` the bytes, ``text`` the body decoded by its charset
+        (UTF-8 if none) or None if it does not decode. Any status is returned, 4xx and
+        5xx too; refusals raise PermissionDenied, a slow answer Timeout, a big one
+        LimitExceeded."""
+        args: dict[str, Any] = {"url": url, "method": method, "timeout": timeout}
+        if headers:
+            args["headers"] = dict(headers)
+        blobs = [] if body is None else [
+            body.encode("utf-8") if isinstance(body, str) else bytes(body)]
+        result, got = self._c.call("net.fetch", args, blobs)
+        data = got[0] if got else b""
+        hdrs = dict(result.get("headers") or {})
+        return {"status": int(result["status"]), "headers": hdrs, "url": result.get("url"),
+                "redirects": list(result.get("redirects") or []), "body": data,
+                "text": _decode(data, hdrs.get("content-type", ""))}
+
+
+def _decode(data: bytes, content_type: str) -> str | None:
+    charset = "utf-8"
+    for part in content_type.split(";")[1:]:
+        key, _, value = part.strip().partition("=")
+        if key.lower() == "charset" and value:
+            charset = value.strip('"')
+    try:
+        return data.decode(charset)
+    except (LookupError, UnicodeDecodeError):
+        return None
+
+
 class Context:
     """Everything an agent can do, each a brokered syscall."""
 
@@ -254,6 +290,7 @@ class Context:
         self.events = Events(client)
         self.clock = Clock(client)
         self.shell = Shell(client)
+        self.net = Net(client)
 
     def syscall(self, name: str, args: dict[str, Any] | None = None,
                 blobs: list[bytes] | None = None) -> tuple[Any, list[bytes]]:

@@ -31,6 +31,7 @@ from agentlibos.broker.syscalls import Caller
 from agentlibos.config import Paths, SupervisorConfig, operator_config
 from agentlibos.kernel.policy import Policy
 from agentlibos.providers.fs import LocalFs
+from agentlibos.providers.net import HttpxClient
 from agentlibos.sandbox.profile import SandboxConfig
 from agentlibos.store import ObjectQuota, Store, open_store
 from agentlibos.supervisor import control
@@ -40,6 +41,7 @@ from agentlibos.supervisor.images import Images
 from agentlibos.supervisor.jit import JitManager
 from agentlibos.supervisor.lock import lock_home
 from agentlibos.supervisor.loop import Loop
+from agentlibos.supervisor.net import Net
 from agentlibos.supervisor.offloop import OffLoop
 from agentlibos.supervisor.process_calls import ProcessCalls
 from agentlibos.supervisor.processes import LiveProcess, ProcessTable
@@ -68,6 +70,7 @@ class Supervisor:
         self.config = config or operator.supervisor
         sandbox = sandbox or operator.sandbox
         self.approvals_timeout_s = operator.approvals_timeout_s
+        self.secrets = operator.secrets  # read by the supervisor only (docs/network.md)
         self.sandbox = SandboxManager(paths, sandbox)
         self.mode = mode
         self.fs = LocalFs()
@@ -134,6 +137,7 @@ class Supervisor:
         self.approvals = Approvals(store, table, waits, loop, self.approvals_timeout_s)
         self.events = Events(store, waits, loop)
         self.offloop = OffLoop(loop)
+        self.net = Net(authz, waits, loop, self.offloop, HttpxClient(), self.secrets)
         table.ended += [self.approvals.process_ended, self.events.process_ended]
         wire_syscalls(dispatcher, authz=authz, fs=self.fs, store=store,
                       object_quota=self.object_quota,
@@ -141,7 +145,7 @@ class Supervisor:
                       tools=ToolCalls(table, self.jit, waits, store),
                       approvals=self.approvals, events=self.events, clock=Clock(waits, loop),
                       shell=ShellRunner(self.paths, store, loop, self.sandbox, workers, waits,
-                                        table))
+                                        table), net=self.net)
         self.broker = Broker(self._ctx, self.paths.broker_endpoint, table, dispatcher)
         # Agents may run as an unprivileged uid; the socket file is reachable only
         # through run/ (0700) or the bind mount into each agent's own tree.
@@ -159,8 +163,8 @@ class Supervisor:
         loop.after_turn(self.control.flush)
 
     def _on_broker(self, events: int) -> None:
-        if self.broker.drain():
-            self.loop.mark_busy()
+        if self.broker.drain() and not self.offloop.in_flight:  # spinning would hold the
+            self.loop.mark_busy()  # GIL its worker threads need: busy-poll only when idle
 
     def _flush_broker(self) -> None:
         self.broker.flush()
@@ -225,6 +229,7 @@ class Supervisor:
         self.broker.close()
         self.control.close()
         self.offloop.close()
+        self.net.close()
         self.loop.close()
         self._ctx.term()
         self.sandbox.stop()
