@@ -127,7 +127,7 @@ class Dispatcher:
 
     def submit(self, caller: Caller, call: str, args: dict[str, Any], blobs: list[bytes],
                sink: Sink, *, seq: int | None = None,
-               refused: LibOSError | None = None) -> None:
+               refused: LibOSError | None = None, audit_refusal: bool = True) -> None:
         """Run one call and hand its outcome -- now, or for a Pending later -- to ``sink``.
 
         ``seq`` (a top-level call of the process) journals the outcome; a tool's
@@ -144,7 +144,7 @@ class Dispatcher:
                 outer(outcome)
 
         if refused is not None:
-            if self._on_refused is not None:
+            if self._on_refused is not None and audit_refusal:
                 self._on_refused(caller, call, refused)
             sink(refused)
             return

@@ -101,9 +101,11 @@ class InFlight:
     limits: FlowLimits = field(default_factory=FlowLimits)
     _count: dict[int, int] = field(default_factory=dict)
 
-    def admit(self, pid: int) -> bool:
+    def admit(self, pid: int, *, force: bool = False) -> bool:
+        """Count one more request of ``pid`` in flight, if it is under the bound (or
+        ``force``: a refusal being answered is still a reply to be paired with done)."""
         n = self._count.get(pid, 0)
-        if n >= self.limits.max_in_flight:
+        if n >= self.limits.max_in_flight and not force:
             return False
         self._count[pid] = n + 1
         return True

@@ -1,15 +1,22 @@
 """The dispatch's journal hook, backed by the store.
 
 Each top-level call of a process is journaled with its outcome in the turn's store
-transaction (the same commit as its audit records). The result is kept whole -- blobs
-included, base64 in the JSON -- because replay (durable execution) must hand a resumed
-agent exactly what it got the first time, even if the file has changed since.
+transaction (the same commit as its audit records): entries gather during the turn and
+are written in one statement by :meth:`StoreJournal.flush`, which the loop's turn
+context calls before the commit. The result is kept so that replay (durable execution)
+can hand a resumed agent what it got the first time: blobs up to ``INLINE_BLOB_BYTES``
+whole (base64), larger ones by size and sha256 only -- keeping every 4 MiB read would
+grow the database by the size of everything agents read, and replay can re-read and
+compare the digest.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import hashlib
 import json
+from collections.abc import Iterator
 from typing import Any
 
 from agentlibos.broker.dispatch import Outcome
@@ -18,6 +25,8 @@ from agentlibos.errors import LibOSError, to_wire
 from agentlibos.kernel.journal import JournalEntry, args_digest
 from agentlibos.store import Store
 
+INLINE_BLOB_BYTES = 64 << 10
+
 
 def encode_outcome(outcome: Outcome) -> tuple[str, str]:
     """(status, JSON text) of a reply or error, as the journal keeps it."""
@@ -25,16 +34,32 @@ def encode_outcome(outcome: Outcome) -> tuple[str, str]:
         return "error", json.dumps(to_wire(outcome), default=str)
     body: dict[str, Any] = {"result": outcome.result}
     if outcome.blobs:
-        body["blobs"] = [base64.b64encode(b).decode("ascii") for b in outcome.blobs]
+        body["blobs"] = [
+            base64.b64encode(b).decode("ascii") if len(b) <= INLINE_BLOB_BYTES
+            else {"size": len(b), "sha256": hashlib.sha256(b).hexdigest()}
+            for b in outcome.blobs]
     return "ok", json.dumps(body, default=str)
 
 
 class StoreJournal:
     def __init__(self, store: Store) -> None:
         self._store = store
+        self._turn: list[JournalEntry] = []
 
     def last_seq(self, pid: int) -> int:
         return self._store.journal_last_seq(pid)
+
+    @contextlib.contextmanager
+    def turn(self) -> Iterator[None]:
+        """One loop turn: the store's group-commit batch, the turn's journal written last."""
+        with self._store.batch():
+            yield
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the turn's entries (inside the turn's transaction, before its commit)."""
+        entries, self._turn = self._turn, []
+        self._store.journal_append_many(entries)
 
     def record(self, caller: Caller, seq: int, call: str, args: dict[str, Any],
                blobs: list[bytes], outcome: Outcome) -> None:
@@ -45,6 +70,6 @@ class StoreJournal:
             # Arguments the door refused (too deep to encode, say): identify the call
             # by what it was refused for, which a replay would be refused for again.
             digest = args_digest(call, {"refused": text})
-        self._store.journal_append(JournalEntry(
+        self._turn.append(JournalEntry(
             pid=caller.pid, seq=seq, call=call, digest=digest,
             status="ok" if status == "ok" else "error", result=text))

@@ -64,6 +64,7 @@ class Broker:
         self._backlog: dict[bytes, collections.deque[list[bytes]]] = {}
         self._backlog_bytes: dict[bytes, int] = {}
         self.dropped_replies = 0
+        self.dropped_requests = 0
         self.sock: zmq.Socket[bytes] = ctx.socket(zmq.ROUTER)
         # Frames above this are refused by libzmq before they are buffered: the hard
         # guard against a process exhausting the supervisor's memory.
@@ -184,17 +185,22 @@ class Broker:
         except AuthenticationFailed as e:
             self._refuse(routing_id, req.id, e)
             return
-        if not self.in_flight.admit(caller.pid):
-            self.outbox.append([routing_id, *encode_error(req.id, LimitExceeded(
-                f"{req.call}: process {caller.pid} already has "
-                f"{self.flow.max_in_flight} requests in flight; wait for their replies"))])
+        if routing_id in self._backlog:
+            # It is not reading its replies: no new work for it until it does.
+            self.dropped_requests += 1
             return
         try:
             seq = self.dispatcher.next_seq(caller.pid, req.seq)
         except LibOSError as e:
-            self.in_flight.done(caller.pid)
             self._refuse(routing_id, req.id, e)
             return
+        refused: LibOSError | None = req.args_error
+        if not self.in_flight.admit(caller.pid):
+            # Numbered first, so the SDK's numbering and the broker's stay in step.
+            self.in_flight.admit(caller.pid, force=True)
+            refused = LimitExceeded(
+                f"{req.call}: process {caller.pid} already has "
+                f"{self.flow.max_in_flight} requests in flight; wait for their replies")
         self.dispatcher.submit(caller, req.call, req.args, req.blobs,
                                self._sink(routing_id, req.id, caller.pid), seq=seq,
-                               refused=req.args_error)
+                               refused=refused, audit_refusal=refused is req.args_error)

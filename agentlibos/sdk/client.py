@@ -7,12 +7,17 @@ error the broker raised (:func:`agentlibos.errors.from_wire`).
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import Any, Final
 
 import zmq
 
 from agentlibos.errors import ProtocolError, Timeout, from_wire
 from agentlibos.protocol.wire import decode_reply, encode_request
+
+# Calls whose answer never changes and that act on nothing: left out of the journal
+# (sent without a sequence number), so they cost a round trip and nothing more; a
+# replay simply makes them again.
+UNJOURNALED: Final = frozenset({"proc.getpid"})
 
 
 class Client:
@@ -47,7 +52,7 @@ class Client:
         req_id = next(self._ids)
         self._sock.send_multipart(
             encode_request(req_id, self.pid, name, args or {}, self._token, blobs,
-                           seq=next(self._seq)), copy=False
+                           seq=None if name in UNJOURNALED else next(self._seq)), copy=False
         )
         deadline_ms = None if timeout_s is None else int(timeout_s * 1000)
         while True:

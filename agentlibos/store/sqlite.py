@@ -545,6 +545,24 @@ class SQLiteStore(WaitingTables):
 
     _JOURNAL_COLS: Final = "pid, seq, call, digest, status, result"
 
+    def journal_append_many(self, entries: list[JournalEntry]) -> None:
+        """Record a turn's syscalls in one statement (the broker batches them: one insert
+        per call was most of what journaling cost). A duplicate seq is a Conflict."""
+        if not entries:
+            return
+        now = time.time()
+        with self.transaction():
+            try:
+                self._db.executemany(
+                    "INSERT INTO journal (pid, seq, call, digest, status, result, created_at,"
+                    " settled_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(e.pid, e.seq, e.call, e.digest, e.status, e.result, now,
+                      None if e.status == "intent" else now) for e in entries])
+            except sqlite3.IntegrityError:
+                for e in entries:  # find which one, for a clear error
+                    self.journal_append(e)
+                raise
+
     def journal_append(self, entry: JournalEntry) -> None:
         """Record one syscall of ``entry.pid``; a second entry at the same seq is a Conflict."""
         now = time.time()

@@ -118,7 +118,8 @@ class Supervisor:
         self.loop.call_later(REFUSAL_SUMMARY_S, self._summarize_refusals)
     def _wire(self) -> None:
         store, loop = self.store, self.loop
-        loop.set_turn_context(store.batch)
+        self.journal = journal = StoreJournal(store)
+        loop.set_turn_context(journal.turn)
         loop.on_error = self._on_loop_error
         self.table = table = ProcessTable(self.paths, self.config, store, loop, self.sandbox,
                                           lambda: self.zygote)
@@ -126,7 +127,7 @@ class Supervisor:
         self.waits = waits = Waits(table, loop)
         self.processes = ProcessCalls(table, Images(store), authz, self.fs, waits)
         self.dispatcher = dispatcher = Dispatcher(
-            store.savepoint, journal=StoreJournal(store),
+            store.savepoint, journal=journal,
             on_internal_error=self._on_internal_error, on_refused=authz.refused)
         table.ended.append(dispatcher.forget)
         workers = Workers(self.sandbox, lambda: self.zygote, table)
@@ -169,7 +170,7 @@ class Supervisor:
     def _flush_broker(self) -> None:
         self.broker.flush()
         if self.broker.backlogged:  # come back soon to send what did not fit
-            self.loop.call_later(0.002, _nothing)
+            self.loop.call_later(0.002, lambda: None)
 
     def _on_control(self, req: dict[str, Any], respond: control.Responder) -> None:
         control.handle(self.control_ctx, req, respond)
@@ -216,7 +217,7 @@ class Supervisor:
         for pid in list(self.table.live):
             self.table.terminate(pid, "killed", "the supervisor is stopping", grace_s=0)
         events = self.zygote.close()
-        with self.store.batch():
+        with self.journal.turn():
             self.broker.summarize_refusals()
             for ev in events:
                 self._on_zygote_event(ev)
@@ -294,7 +295,3 @@ class Supervisor:
     def terminate(self, pid: int, reason: str, detail: str, *,
                   grace_s: float | None = None) -> None:
         self.table.terminate(pid, reason, detail, grace_s=grace_s)
-
-
-def _nothing() -> None:
-    """A timer that only wakes the loop."""
