@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from agentlibos.errors import InvalidArgument, PolicyError
 from agentlibos.kernel.units import parse_duration, parse_size
+from agentlibos.providers.models import ModelConfig, parse_models
 from agentlibos.sandbox.profile import SandboxConfig, sandbox_config_from
 from agentlibos.store import ObjectQuota
 
@@ -140,7 +141,8 @@ _SUPERVISOR_KEYS: Final[dict[str, tuple[str, str]]] = {
     "log_max": ("log_max_bytes", "size"),
 }
 # Tables the operator's file may hold. Later roadmap items add theirs here.
-SECTIONS: Final = frozenset({"supervisor", "sandbox", "limits", "jit", "approvals"})
+SECTIONS: Final = frozenset({"supervisor", "sandbox", "limits", "jit", "approvals",
+                             "models"})
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,8 @@ class OperatorConfig:
     # [approvals] timeout: how long an approval or question waits for an answer before
     # the call fails with PermissionDenied ("approval timed out"); None: for ever.
     approvals_timeout_s: float | None = None
+    # [models.NAME]: the model providers (providers/models.py parses them).
+    models: dict[str, ModelConfig] = field(default_factory=dict)
     source: str | None = None  # the file it came from (None: built-in defaults)
 
 
@@ -197,6 +201,7 @@ def parse_operator_config(text: str, source: str) -> OperatorConfig:
         supervisor=_supervisor_config(data.get("supervisor", {}), source),
         sandbox=sandbox_config_from(data, source),
         approvals_timeout_s=_approvals_timeout(data.get("approvals", {}), source),
+        models=parse_models(data.get("models", {}), source),
         source=source,
     )
 
