@@ -112,6 +112,11 @@ class ModelAnswer:
 class ModelProvider(Protocol):
     config: ModelConfig
 
+    def check(self) -> None:
+        """Refuse at once what could not be sent (no key, a malformed script). Cheap:
+        runs on the loop, before anything is reserved."""
+        ...
+
     def chat(self, req: ModelRequest) -> ModelAnswer:
         """Blocking; raises typed errors. ``Timeout`` means it may have been generated."""
         ...
@@ -239,10 +244,16 @@ class ScriptedProvider:
         self._responses: list[dict[str, Any]] | None = None
         self._next = 0
 
-    def chat(self, req: ModelRequest) -> ModelAnswer:
+    def check(self) -> None:
+        # Loaded once, at the first call (a small file; later calls read memory).
         with self._lock:
             if self._responses is None:
                 self._responses = load_script(self.config.script)
+
+    def chat(self, req: ModelRequest) -> ModelAnswer:
+        self.check()
+        with self._lock:
+            assert self._responses is not None
             i = self._next
             self._next += 1
             r = self._responses[i] if i < len(self._responses) else {"content": ""}
@@ -285,6 +296,9 @@ class OpenAIProvider:
                 # operator's choice for model traffic unless the base_url says so.
                 self._client = httpx.Client(timeout=self.config.timeout_s, trust_env=False)
             return self._client
+
+    def check(self) -> None:
+        self._key()
 
     def _key(self) -> str | None:
         env = self.config.api_key_env
@@ -418,7 +432,7 @@ def _parse_answer(name: str, resp: httpx.Response, attempts: int) -> ModelAnswer
     calls = msg.get("tool_calls") or []
     if not isinstance(calls, list):
         raise Unavailable(f"{bad}: message.tool_calls is not a list")
-    out = []
+    out: list[dict[str, Any]] = []
     for c in calls:
         fn = c.get("function") if isinstance(c, dict) else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):

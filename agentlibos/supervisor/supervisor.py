@@ -40,6 +40,7 @@ from agentlibos.supervisor.images import Images
 from agentlibos.supervisor.jit import JitManager
 from agentlibos.supervisor.lock import lock_home
 from agentlibos.supervisor.loop import Loop
+from agentlibos.supervisor.models import Models
 from agentlibos.supervisor.offloop import OffLoop
 from agentlibos.supervisor.process_calls import ProcessCalls
 from agentlibos.supervisor.processes import LiveProcess, ProcessTable
@@ -67,6 +68,7 @@ class Supervisor:
         self.config = config or operator.supervisor
         sandbox = sandbox or operator.sandbox
         self.approvals_timeout_s = operator.approvals_timeout_s
+        self.model_configs = operator.models
         self.sandbox = SandboxManager(paths, sandbox)
         self.mode = mode
         self.fs = LocalFs()
@@ -132,12 +134,15 @@ class Supervisor:
         self.approvals = Approvals(store, table, waits, loop, self.approvals_timeout_s)
         self.events = Events(store, waits, loop)
         self.offloop = OffLoop(loop)
+        self.models = Models(self.model_configs, store, self.offloop, lambda root: (
+            table.live[root].caller.image if root in table.live else None))
         table.ended += [self.approvals.process_ended, self.events.process_ended]
         wire_syscalls(dispatcher, authz=authz, fs=self.fs, store=store,
                       object_quota=self.object_quota,
                       tree_quota=self.sandbox.config.tree_quota, processes=self.processes,
                       tools=ToolCalls(table, self.jit, waits, store),
-                      approvals=self.approvals, events=self.events, clock=Clock(waits, loop))
+                      approvals=self.approvals, events=self.events, clock=Clock(waits, loop),
+                      models=self.models)
         self.broker = Broker(self._ctx, self.paths.broker_endpoint, table, dispatcher)
         # Agents may run as an unprivileged uid; the socket file is reachable only
         # through run/ (0700) or the bind mount into each agent's own tree.
@@ -221,6 +226,7 @@ class Supervisor:
         self.broker.close()
         self.control.close()
         self.offloop.close()
+        self.models.close()
         self.loop.close()
         self._ctx.term()
         self.sandbox.stop()

@@ -5,7 +5,7 @@ receives (``fs.FsServices``, ``obj.ObjServices``, ...): the dispatcher hands eac
 its family's services and nothing more.
 """
 
-from agentlibos.broker.syscalls import cap, clock, event, fs, human, obj, proc, tool
+from agentlibos.broker.syscalls import cap, clock, event, fs, human, model, obj, proc, tool
 from agentlibos.broker.syscalls.base import (
     REGISTRY,
     Authorizer,
@@ -24,7 +24,8 @@ from agentlibos.broker.syscalls.tool import ToolService, ToolServices
 
 # Which services each call prefix receives (the part of a name before the dot).
 FAMILY_OF_PREFIX = {"fs": "fs", "obj": "obj", "proc": "proc", "cap": "cap", "tool": "tool",
-                    "jit": "tool", "human": "human", "event": "event", "clock": "clock"}
+                    "jit": "tool", "human": "human", "event": "event", "clock": "clock",
+                    "model": "model"}
 
 __all__ = [
     "FAMILY_OF_PREFIX",
@@ -50,6 +51,7 @@ __all__ = [
     "fs",
     "human",
     "lookup",
+    "model",
     "obj",
     "proc",
     "tool",
