@@ -205,7 +205,7 @@ def test_401_404_and_bad_json_are_clear_errors_that_never_carry_the_key(
 
 def test_a_slow_server_times_out(server: FakeOpenAI) -> None:
     server.plan.append(Answer(delay_s=2))
-    with pytest.raises(Timeout, match="within 0.3 s"):
+    with pytest.raises(Timeout, match=r"within 0\.3 s"):
         _provider(server, timeout_s=0.3, max_retries=0).chat(ModelRequest("m", MSGS))
 
 
@@ -271,7 +271,8 @@ def test_bad_requests_are_typed_errors_and_nothing_is_sent(
                     f'base_url = "{server.base_url}"\napi_key_env = "ALOS_UNSET_KEY"\n')
     try:
         img = make_image("chat", CHAT, caps=["model:call:*"])
-        cases = [({"model": "ghost/x"}, "NotFound", "no model provider 'ghost'"),
+        cases: list[tuple[dict[str, Any], str, str]] = [
+                 ({"model": "ghost/x"}, "NotFound", "no model provider 'ghost'"),
                  ({"model": "nokey/x"}, "Unavailable", "$ALOS_UNSET_KEY is not set"),
                  ({"model": "noslash"}, "InvalidArgument", "provider/model"),
                  ({"max_tokens": 0}, "InvalidArgument", "max_tokens")]
