@@ -13,8 +13,8 @@ import pytest
 
 from agentlibos.config import Paths
 from agentlibos.errors import ImageError
-from agentlibos.kernel.image import BUILTIN_TOOLS as IMAGE_BUILTINS
 from agentlibos.kernel.image import AGENT_LOOP_ENTRY, load_image
+from agentlibos.kernel.image import BUILTIN_TOOLS as IMAGE_BUILTINS
 from agentlibos.sdk.agent_loop import BUILTIN_TOOLS, tool_table
 from agentlibos.supervisor import Supervisor
 from tests.conftest import default_sandbox
