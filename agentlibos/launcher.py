@@ -154,7 +154,7 @@ def daemon_pid(paths: Paths) -> int | None:
 
 def start_on_daemon(
     paths: Paths, image: str, args: dict[str, Any], *, cwd: str | None,
-    policy: Policy | None,
+    policy: Policy | None, tokens: int | None = None,
 ) -> tuple[int, int] | None:
     """Submit the run to the daemon without waiting: (pid, daemon pid), or None if none is up."""
     supervisor = daemon_pid(paths)
@@ -164,6 +164,8 @@ def start_on_daemon(
                            "wait": False}
     if policy is not None:
         req["policy_text"], req["policy_source"] = policy.text, policy.source
+    if tokens is not None:
+        req["tokens"] = tokens
     return int(control_call(paths.control_endpoint, req)["pid"]), supervisor
 
 
@@ -176,6 +178,7 @@ def run_image(
     policy: Policy | None = None,
     on_start: Callable[[int], None] | None = None,
     sandbox: SandboxConfig | None = None,
+    tokens: int | None = None,
 ) -> RunOutcome:
     """Run an image to completion, on the daemon if one is up, else on an embedded one.
 
@@ -194,7 +197,8 @@ def run_image(
     with signals(on_signal):
         deadline = time.monotonic() + 10
         while not interrupt:
-            started = start_on_daemon(paths, image, args, cwd=cwd, policy=policy)
+            started = start_on_daemon(paths, image, args, cwd=cwd, policy=policy,
+                                      tokens=tokens)
             if started is not None:
                 pid, supervisor = started
                 if on_start is not None:
@@ -216,7 +220,7 @@ def run_image(
             sup = candidate
             try:
                 return _run_embedded(sup, image, args, cwd=cwd, policy=policy,
-                                     on_start=on_start, interrupt=interrupt)
+                                     on_start=on_start, interrupt=interrupt, tokens=tokens)
             finally:
                 sup.stop()
     raise KeyboardInterrupt  # interrupted before any process was started
@@ -225,10 +229,13 @@ def run_image(
 def _run_embedded(
     sup: Supervisor, image: str, args: dict[str, Any], *, cwd: str | None,
     policy: Policy | None, on_start: Callable[[int], None] | None, interrupt: Interrupt,
+    tokens: int | None = None,
 ) -> RunOutcome:
     if interrupt:
         raise KeyboardInterrupt
     pid = sup.submit_run(image, args, cwd=cwd, policy=policy)
+    if tokens is not None:  # before the loop runs: the tree's first call sees it
+        sup.models.limit_tree(pid, tokens)
     if on_start is not None:
         on_start(pid)
     # Serve until this tree is done and nobody else (a `run` that found us via the

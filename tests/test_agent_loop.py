@@ -12,6 +12,7 @@ import jsonschema
 import pytest
 
 from agentlibos.config import Paths
+from agentlibos.demo import run_llm_demo
 from agentlibos.errors import ImageError
 from agentlibos.kernel.image import AGENT_LOOP_ENTRY, load_image
 from agentlibos.kernel.image import BUILTIN_TOOLS as IMAGE_BUILTINS
@@ -241,3 +242,12 @@ def test_the_budget_ends_the_loop_and_no_call_sends_more_than_it_reserved(
             assert 1 <= r["body"]["max_tokens"] <= 6000
     finally:
         sup.stop()
+
+
+def test_the_llm_demo_reads_is_refused_answers_and_the_audit_verifies(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_llm_demo(as_json=True) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["ok"] and out["refusals"] == 1 and out["audit"]["ok"]
+    result = out["agent"]["result"]
+    assert result["steps"] == 5 and "refused" in result["answer"]
