@@ -9,6 +9,7 @@ in ``received`` (body and headers), so a test can check what reached the "model"
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections import deque
@@ -44,6 +45,12 @@ class FakeOpenAI:
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
+
+            def setup(self) -> None:
+                super().setup()
+                # Headers and body go out in two writes: without this, Nagle and the
+                # client's delayed ACK add 40 ms to every answer.
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
             def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
                 self.send_response(status)

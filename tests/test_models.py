@@ -124,8 +124,12 @@ def test_models_tables_are_parsed_and_bad_ones_are_refused_naming_the_key(
         str(tmp_path / "config.toml"))
     assert cfg.models["openai"].timeout_s == 30 and cfg.models["openai"].max_retries == 1
     assert cfg.models["script"].script == str(tmp_path / "s.json")
+    # Two lines reach OpenAI itself: its URL and its usual key variable are the defaults.
+    two = parse_operator_config('[models.openai]\nkind = "openai"\n', "c.toml")
+    assert two.models["openai"].base_url == "https://api.openai.com/v1"
+    assert two.models["openai"].api_key_env == "OPENAI_API_KEY"
     for bad, says in [('kind = "anthropic"', "kind must be one of"),
-                      ('kind = "openai"', "base_url must be"),
+                      ('kind = "openai"\nbase_url = "ftp://x"', "base_url must be"),
                       ('kind = "scripted"', "needs script"),
                       ('kind = "openai"\nbase_url = "http://x"\nkey = "sk"', "unknown key")]:
         with pytest.raises(PolicyError, match=says):

@@ -60,6 +60,7 @@ __all__ = [
 ]
 
 KINDS: Final = ("openai", "scripted")
+OPENAI_BASE_URL: Final = "https://api.openai.com/v1"
 DEFAULT_TIMEOUT_S: Final = 120.0
 DEFAULT_MAX_RETRIES: Final = 2
 # Backoff: 0.5 s, 1 s, 2 s... and a Retry-After is believed up to this long.
@@ -152,7 +153,10 @@ def parse_models(table: object, source: str) -> dict[str, ModelConfig]:
                     raise PolicyError(f"{where}: {key} must be a non-empty string")
                 values[key] = t[key]
         if kind == "openai":
-            url = values.get("base_url", "")
+            if "base_url" not in values:  # OpenAI itself, and then its usual key variable
+                values["base_url"] = OPENAI_BASE_URL
+                values.setdefault("api_key_env", "OPENAI_API_KEY")
+            url = values["base_url"]
             if not url.startswith(("http://", "https://")):
                 raise PolicyError(f"{where}: base_url must be an http(s) URL such as "
                                   "https://api.openai.com/v1")
