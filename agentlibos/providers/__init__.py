@@ -1,3 +1,3 @@
-"""Resource providers: how the broker performs effects for agents (files today)."""
+"""Resource providers: how the broker performs effects for agents (files, models)."""
 
-__all__ = ["fs", "fstree"]
+__all__ = ["fs", "fstree", "models"]

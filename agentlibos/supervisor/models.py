@@ -26,7 +26,14 @@ from collections.abc import Callable
 from typing import Any
 
 from agentlibos.broker.syscalls import Caller, Pending, Result
-from agentlibos.errors import InternalError, InvalidArgument, LibOSError, NotFound, Timeout
+from agentlibos.errors import (
+    InternalError,
+    InvalidArgument,
+    LibOSError,
+    LimitExceeded,
+    NotFound,
+    Timeout,
+)
 from agentlibos.kernel import tokens
 from agentlibos.kernel.image import AgentImage
 from agentlibos.providers.models import (
@@ -84,9 +91,15 @@ class Models:
                            "config.toml)")
         prov.check()  # no key variable, a malformed script: refused before reserving
         root = caller.root_pid
-        res = tokens.plan(root, self._limit(root), self._store.tokens_usage(root).used,
-                          self._reserved[root], tokens.estimate_prompt_tokens(messages, tools),
-                          max_tokens)
+        try:
+            res = tokens.plan(root, self._limit(root), self._store.tokens_usage(root).used,
+                              self._reserved.get(root, 0),
+                              tokens.estimate_prompt_tokens(messages, tools), max_tokens)
+        except LimitExceeded as e:  # audited (a typed refusal keeps its records)
+            self._store.append_audit(caller.pid, "model.chat",
+                                     f"model:call:{provider}/{model}", "deny",
+                                     {"reason": e.message, "budget": e.details})
+            raise
         self._reserved[root] += res.tokens
         req = ModelRequest(model, messages, tools, res.max_tokens)
         digest = prompt_digest(messages, tools)
