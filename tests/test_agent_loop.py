@@ -16,7 +16,9 @@ from agentlibos.demo import run_llm_demo
 from agentlibos.errors import ImageError
 from agentlibos.kernel.image import AGENT_LOOP_ENTRY, load_image
 from agentlibos.kernel.image import BUILTIN_TOOLS as IMAGE_BUILTINS
+from agentlibos.launcher import run_image
 from agentlibos.sdk.agent_loop import BUILTIN_TOOLS, tool_table
+from agentlibos.store import open_store
 from agentlibos.supervisor import Supervisor
 from tests.conftest import default_sandbox
 from tests.helpers import log_of, run_proc
@@ -251,3 +253,21 @@ def test_the_llm_demo_reads_is_refused_answers_and_the_audit_verifies(
     assert out["ok"] and out["refusals"] == 1 and out["audit"]["ok"]
     result = out["agent"]["result"]
     assert result["steps"] == 5 and "refused" in result["answer"]
+
+
+def test_run_tokens_bounds_the_tree_over_the_images_own_limit(
+        paths: Paths, project: Path, tmp_path: Path) -> None:
+    paths.home.mkdir(parents=True, exist_ok=True)
+    (paths.home / "script.json").write_text(json.dumps({"responses": [
+        call("read_file", path="notes.txt"), {"content": "done"}]}))
+    (paths.home / "config.toml").write_text(
+        f'[models.script]\nkind = "scripted"\nscript = "{paths.home / "script.json"}"\n')
+    img = agent_image(tmp_path, "capped", tokens=10**6)
+    rec = run_image(paths, str(img), {"task": "t"}, cwd=str(project), tokens=2000).record
+    assert rec["exit_reason"] == "returned" and rec["result"]["steps"] >= 1
+    store = open_store(paths.db, readonly=True)
+    try:
+        row = store.get_process(rec["pid"]).table_row()
+        assert row["tokens"]["limit"] == 2000 and 0 < row["tokens"]["used"] <= 2000
+    finally:
+        store.close()
