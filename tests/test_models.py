@@ -435,3 +435,10 @@ def test_twenty_concurrent_calls_against_a_budget_for_five_spend_no_more(
         assert sup.store.get_process(rec.pid).table_row()["tokens"]["used"] == usage.used
     finally:
         sup.stop()
+
+
+def test_credentials_in_a_base_url_are_not_shown_in_errors(server: FakeOpenAI) -> None:
+    base = server.base_url.replace("http://", "http://user:hunter2@") + "/nope"
+    with pytest.raises(NotFound) as e:
+        _provider(server, base).chat(ModelRequest("m", MSGS))
+    assert "hunter2" not in e.value.message and "127.0.0.1" in e.value.message

@@ -105,10 +105,6 @@ class ModelAnswer:
     attempts: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def usage(self) -> dict[str, int]:
-        p, c = self.prompt_tokens or 0, self.completion_tokens or 0
-        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
-
 
 class ModelProvider(Protocol):
     config: ModelConfig
@@ -337,6 +333,7 @@ class OpenAIProvider:
         import httpx  # noqa: PLC0415 - see _http
 
         url = self.config.base_url.rstrip("/") + "/chat/completions"
+        shown = _shown(url)  # what messages name: no user:password, no query
         name = self.config.name
         attempt = 0
         while True:
@@ -346,16 +343,16 @@ class OpenAIProvider:
                 resp = self._http().post(url, content=json.dumps(body).encode(),
                                          headers=headers)
             except httpx.TimeoutException:
-                raise Timeout(f"model provider {name!r}: no answer from {url} within "
+                raise Timeout(f"model provider {name!r}: no answer from {shown} within "
                               f"{self.config.timeout_s:g} s") from None
             except httpx.HTTPError as e:
                 failure: LibOSError = Unavailable(
-                    f"model provider {name!r}: cannot reach {url}: {type(e).__name__}")
+                    f"model provider {name!r}: cannot reach {shown}: {type(e).__name__}")
             else:
                 status = resp.status_code
                 if status == 200:
                     return _parse_answer(name, resp, attempt)
-                failure = _http_error(name, url, req.model, resp)
+                failure = _http_error(name, shown, req.model, resp)
                 if status != 429 and status < 500:
                     raise failure
                 retry_after = _retry_after(resp.headers.get("retry-after"))
@@ -371,6 +368,13 @@ class OpenAIProvider:
             if self._client is not None:
                 self._client.close()
                 self._client = None
+
+
+def _shown(url: str) -> str:
+    """``url`` as errors may show it: an operator may put credentials in a base_url."""
+    scheme, _, rest = url.partition("://")
+    host, slash, path = rest.partition("/")
+    return f"{scheme}://{host.rpartition('@')[2]}{slash}{path.partition('?')[0]}"
 
 
 def _retry_after(value: str | None) -> float | None:
