@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agentlibos.config import Paths, parse_operator_config
 from agentlibos.errors import (
@@ -442,3 +444,25 @@ def test_credentials_in_a_base_url_are_not_shown_in_errors(server: FakeOpenAI) -
     with pytest.raises(NotFound) as e:
         _provider(server, base).chat(ModelRequest("m", MSGS))
     assert "hunter2" not in e.value.message and "127.0.0.1" in e.value.message
+
+
+@given(st.integers(0, 5000), st.lists(st.tuples(st.booleans(), st.integers(1, 900),
+                                                st.integers(1, 900), st.integers(0, 2000),
+                                                st.integers(0, 2000)), max_size=60))
+def test_no_interleaving_of_reserves_and_settles_spends_more_than_the_budget(
+        limit: int, ops: list[tuple[bool, int, int, int, int]]) -> None:
+    """Any order of reserving (a call starts) and settling (the oldest in flight ends,
+    reporting any usage at all): the spend never passes the limit."""
+    used = 0
+    in_flight: list[tokens.Reservation] = []
+    for start, prompt, max_tokens, p_real, c_real in ops:
+        if start or not in_flight:
+            reserved = sum(r.tokens for r in in_flight)
+            try:
+                in_flight.append(tokens.plan(1, limit, used, reserved, prompt, max_tokens))
+            except LimitExceeded:
+                continue
+        else:
+            p, c = tokens.settle_amount(in_flight.pop(0), p_real, c_real, sent=True)
+            used += p + c
+        assert used + sum(r.tokens for r in in_flight) <= limit
