@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from agentlibos.errors import InvalidArgument, PolicyError
 from agentlibos.kernel.units import parse_duration, parse_size
+from agentlibos.providers.models import ModelConfig, parse_models
 from agentlibos.providers.net import SecretRule, parse_secrets
 from agentlibos.sandbox.profile import SandboxConfig, sandbox_config_from
 from agentlibos.store import ObjectQuota
@@ -145,7 +146,7 @@ _SUPERVISOR_KEYS: Final[dict[str, tuple[str, str]]] = {
 }
 # Tables the operator's file may hold. Later roadmap items add theirs here.
 SECTIONS: Final = frozenset({"supervisor", "sandbox", "limits", "jit", "approvals",
-                             "secrets"})
+                             "secrets", "models"})
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,8 @@ class OperatorConfig:
     approvals_timeout_s: float | None = None
     # [secrets.NAME]: headers the supervisor adds to matching net.fetch requests.
     secrets: tuple[SecretRule, ...] = ()
+    # [models.NAME]: the model providers (providers/models.py parses them).
+    models: dict[str, ModelConfig] = field(default_factory=dict)
     source: str | None = None  # the file it came from (None: built-in defaults)
 
 
@@ -205,6 +208,7 @@ def parse_operator_config(text: str, source: str) -> OperatorConfig:
         sandbox=sandbox_config_from(data, source),
         approvals_timeout_s=_approvals_timeout(data.get("approvals", {}), source),
         secrets=parse_secrets(data.get("secrets", {}), source),
+        models=parse_models(data.get("models", {}), source),
         source=source,
     )
 

@@ -110,3 +110,93 @@ def _end(summary: dict[str, Any], as_json: bool, code: int) -> int:
     if as_json:
         print(json.dumps(summary, default=str), flush=True)
     return code
+
+
+# ---------------------------------------------------------------- agentlibos demo --llm
+
+# The scripted model's answers, in order: what a model would send the built-in loop.
+LLM_SCRIPT: Final = {"responses": [
+    {"content": "Let me see what there is to read.",
+     "tool_calls": [{"name": "list_dir", "arguments": {"path": "input"}}]},
+    {"tool_calls": [{"name": "read_file", "arguments": {"path": "input/a-lighthouse.txt"}},
+                    {"name": "read_file", "arguments": {"path": "input/b-harbour.txt"}}]},
+    {"content": "I will note the summary in the first input file.",
+     "tool_calls": [{"name": "write_file", "arguments": {
+         "path": "input/a-lighthouse.txt", "text": "summarised\n", "append": True}}]},
+    {"content": "That was refused: I may write only under out/. Writing there instead.",
+     "tool_calls": [{"name": "write_file", "arguments": {
+         "path": "out/summary.md",
+         "text": "# Summary\n\n- A lighthouse keeper counts ships and words.\n"
+                 "- A quiet harbour; the tide turns unnoticed.\n"}}]},
+    {"content": "Summarised 2 files into out/summary.md. My attempt to edit "
+                "input/a-lighthouse.txt was refused (PermissionDenied), as it should be."},
+]}
+
+
+def run_llm_demo(*, keep: bool = False, as_json: bool = False) -> int:
+    """An LLM agent (the built-in loop, a scripted model) reads, is refused, answers."""
+    say: Callable[[str], None] = (lambda _text: None) if as_json else print
+    home = Path(tempfile.mkdtemp(prefix="agentlibos-demo-llm-", dir="/tmp"))
+    summary: dict[str, Any] = {"ok": False, "home": str(home) if keep else None}
+    try:
+        paths = Paths(home)
+        project = home / "project"
+        (project / "input").mkdir(parents=True)
+        (project / "out").mkdir()
+        for name, text in INPUT.items():
+            (project / "input" / name).write_text(text)
+        (home / "script.json").write_text(json.dumps(LLM_SCRIPT))
+        (home / "config.toml").write_text(
+            f'[models.script]\nkind = "scripted"\nscript = "{home / "script.json"}"\n')
+        say("Agent libOS demo --llm: the built-in agent loop, driven by a scripted model")
+        say("  image demo-llm: tools list_dir, read_file, write_file; may read ./**, "
+            "write ./out/**; 20000 tokens")
+        say("")
+        rec = run_image(paths, str(IMAGES / "demo-llm"), {"task": "Summarise input/."},
+                        cwd=str(project)).record
+        summary["agent"] = rec
+        store = open_store(paths.db, readonly=True)
+        try:
+            records = store.audit_records(pid=int(rec["pid"]))
+            for a in records:
+                tool = a.detail.get("tool")
+                where = a.request.replace(str(project), "<project>")
+                if a.call == "model.chat" and a.verdict == "info":
+                    u = a.detail.get("usage", {})
+                    say(f"  model  {a.detail.get('model')}: {u.get('total_tokens')} tokens, "
+                        f"{a.detail.get('tool_calls')} tool call(s)")
+                elif tool and a.verdict in ("allow", "deny"):
+                    say(printable(f"  tool   {tool}: {a.call} {where} -> {a.verdict}"))
+                    if a.verdict == "deny":
+                        say(printable(f"         the model reads: PermissionDenied: "
+                                      f"{a.call}: {a.detail.get('reason')}"
+                                      .replace(str(project), "<project>")))
+            say("")
+            result = rec.get("result") or {}
+            if rec.get("exit_reason") != "returned":
+                say(printable(f"the agent did not finish: {rec.get('state')} "
+                              f"({rec.get('exit_reason')}): {rec.get('error')}"))
+                return _end(summary, as_json, 1)
+            say(printable(f"answer ({result['steps']} steps, "
+                          f"{result['usage']['total_tokens']} tokens): {result['answer']}"))
+            say(f"  out/summary.md: {(project / 'out/summary.md').stat().st_size} bytes; "
+                f"input/a-lighthouse.txt unchanged: "
+                f"{(project / 'input/a-lighthouse.txt').read_text() == INPUT['a-lighthouse.txt']}")
+            denials = [a for a in records if a.verdict == "deny"]
+            summary["refusals"] = len(denials)
+            check = store.verify_audit()
+            summary["audit"] = check.__dict__
+            if not check.ok or not denials:
+                say(f"audit chain BROKEN at record {check.first_bad_seq}: {check.problem}"
+                    if not check.ok else "the refused write is missing from the audit")
+                return _end(summary, as_json, 1)
+            say(f"audit chain verified: {check.count} records, hash chain intact")
+        finally:
+            store.close()
+        if keep:
+            say(f"state kept in {home} (AGENTLIBOS_HOME={home} agentlibos ps --all)")
+        summary["ok"] = True
+        return _end(summary, as_json, 0)
+    finally:
+        if not keep:
+            discard_tree(home)

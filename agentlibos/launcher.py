@@ -158,24 +158,27 @@ def daemon_pid(paths: Paths) -> int | None:
 
 def run_request(
     image: str, args: dict[str, Any], *, cwd: str | None, policy: Policy | None, ask: str,
+    tokens: int | None = None,
 ) -> dict[str, Any]:
     """The control operation ``run`` (without waiting), the same for daemon and embedded."""
     req: dict[str, Any] = {"op": "run", "image": image, "args": args, "cwd": cwd,
                            "wait": False, "ask": ask}
     if policy is not None:
         req["policy_text"], req["policy_source"] = policy.text, policy.source
+    if tokens is not None:
+        req["tokens"] = tokens
     return req
 
 
 def start_on_daemon(
     paths: Paths, image: str, args: dict[str, Any], *, cwd: str | None,
-    policy: Policy | None, ask: str = "queue",
+    policy: Policy | None, ask: str = "queue", tokens: int | None = None,
 ) -> tuple[int, int] | None:
     """Submit the run to the daemon without waiting: (pid, daemon pid), or None if none is up."""
     supervisor = daemon_pid(paths)
     if supervisor is None:
         return None
-    req = run_request(image, args, cwd=cwd, policy=policy, ask=ask)
+    req = run_request(image, args, cwd=cwd, policy=policy, ask=ask, tokens=tokens)
     return int(control_call(paths.control_endpoint, req)["pid"]), supervisor
 
 
@@ -189,6 +192,7 @@ def run_image(
     on_start: Callable[[int], None] | None = None,
     sandbox: SandboxConfig | None = None,
     ask: str = "queue",
+    tokens: int | None = None,
 ) -> RunOutcome:
     """Run an image to completion, on the daemon if one is up, else on an embedded one.
 
@@ -208,7 +212,8 @@ def run_image(
     with signals(on_signal):
         deadline = time.monotonic() + 10
         while not interrupt:
-            started = start_on_daemon(paths, image, args, cwd=cwd, policy=policy, ask=ask)
+            started = start_on_daemon(paths, image, args, cwd=cwd, policy=policy, ask=ask,
+                                      tokens=tokens)
             if started is not None:
                 pid, supervisor = started
                 if on_start is not None:
@@ -229,7 +234,7 @@ def run_image(
                 continue
             sup = candidate
             try:
-                req = run_request(image, args, cwd=cwd, policy=policy, ask=ask)
+                req = run_request(image, args, cwd=cwd, policy=policy, ask=ask, tokens=tokens)
                 return _run_embedded(sup, req, on_start=on_start, interrupt=interrupt)
             finally:
                 sup.stop()

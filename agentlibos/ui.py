@@ -134,5 +134,14 @@ def format_ps(recs: list[ProcessRecord], *, tree: bool, now: float | None = None
         rows.append((str(r.pid), "-" if r.ppid is None else str(r.ppid), image, r.state,
                      r.exit_reason or "-", wait_of(r) or "-",
                      age_text(r.started_at or r.created_at, now),
-                     limits_text(r.limits), layers_text(r)))
+                     ",".join(t for t in (limits_text(r.limits), tokens_text(r.tokens))
+                              if t != "-") or "-", layers_text(r)))
     return format_table(rows)
+
+
+def tokens_text(tokens: dict[str, Any] | None) -> str:
+    """A tree root's model tokens for the LIMITS column: ``tokens=USED/LIMIT``."""
+    if not tokens:
+        return "-"
+    limit = tokens.get("limit")
+    return f"tokens={tokens.get('used', 0)}/{'-' if limit is None else limit}"

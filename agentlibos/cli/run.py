@@ -51,6 +51,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     r.add_argument("--cwd", help="the process's libOS working directory "
                                  "(default: a fresh $AGENTLIBOS_HOME/work/<pid>)")
     r.add_argument("--policy", help="operator policy TOML (default: the built-in policy)")
+    r.add_argument("--tokens", type=int, metavar="N",
+                   help="the model token budget of the whole process tree (over the "
+                        "image's [limits] tokens)")
     r.add_argument("--detach", "-d", action="store_true",
                    help="print the pid and return (needs `agentlibos serve`); "
                         "`agentlibos wait PID` waits")
@@ -122,6 +125,8 @@ def cmd_run(ns: argparse.Namespace) -> int:
     args = parse_args_kv(ns.arg or [])
     image = resolve_image(paths, ns.image)
     policy = load_policy(ns.policy) if ns.policy else None
+    if ns.tokens is not None and ns.tokens < 1:
+        raise UsageError(f"--tokens must be a whole number >= 1, not {ns.tokens}")
     cwd = None
     if ns.cwd is not None:
         cwd = os.path.realpath(ns.cwd)
@@ -130,7 +135,8 @@ def cmd_run(ns: argparse.Namespace) -> int:
     ask = ask_mode(ns)
     if ns.detach:
         paths.check()
-        started = start_on_daemon(paths, image, args, cwd=cwd, policy=policy, ask=ask)
+        started = start_on_daemon(paths, image, args, cwd=cwd, policy=policy, ask=ask,
+                                  tokens=ns.tokens)
         if started is None:
             raise UsageError("--detach needs a running daemon: start one with "
                              "`agentlibos serve --detach`")
@@ -153,7 +159,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
 
     try:
         outcome = run_image(paths, image, args, cwd=cwd, policy=policy, on_start=on_start,
-                            sandbox=sandbox_config(ns), ask=ask)
+                            sandbox=sandbox_config(ns), ask=ask, tokens=ns.tokens)
     finally:
         for prompter in prompters:
             prompter.stop()

@@ -57,7 +57,18 @@ BUILTIN_TOOLS: Final[dict[str, str]] = {
     "proc.children": "proc.children",
     "proc.getpid": "proc.getpid",
     "cap.list": "cap.list",
+    # Waiting, for the agent loop (DESIGN.md "Shapes the checks rely on").
+    "human.ask": "human.ask",
+    "events.wait": "event.wait",
+    "events.post": "event.post",
+    "clock.sleep": "clock.sleep",
 }
+# The built-in agent loop (agentlibos/sdk/agent_loop.py): what an image with an [agent]
+# table and no entry runs.
+AGENT_LOOP_ENTRY: Final = ("agentlibos.sdk.agent_loop", "main")
+DEFAULT_MAX_STEPS: Final = 30
+MAX_AGENT_STEPS: Final = 10_000
+MAX_PROMPT_BYTES: Final = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -68,14 +79,20 @@ class Limits:
     pids_max: int | None = None
     cpu_max_cores: float | None = None
     wall_limit_s: float | None = None
+    # Model tokens the whole tree may spend (kernel/tokens.py). Not a sandbox limit: the
+    # model service reads it from the root's image; `run --tokens` overrides it.
+    tokens: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "memory_max_bytes": self.memory_max_bytes,
             "pids_max": self.pids_max,
             "cpu_max_cores": self.cpu_max_cores,
             "wall_limit_s": self.wall_limit_s,
         }
+        if self.tokens is not None:
+            out["tokens"] = self.tokens
+        return out
 
     @staticmethod
     def from_json(d: dict[str, Any]) -> Limits:
@@ -84,7 +101,17 @@ class Limits:
             pids_max=d.get("pids_max"),
             cpu_max_cores=d.get("cpu_max_cores"),
             wall_limit_s=d.get("wall_limit_s"),
+            tokens=d.get("tokens"),
         )
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """The ``[agent]`` table: the built-in LLM loop's model, prompt and step limit."""
+
+    model: str  # provider/model
+    prompt: str
+    max_steps: int = DEFAULT_MAX_STEPS
 
 
 @dataclass(frozen=True)
@@ -114,6 +141,7 @@ class AgentImage:
     tools: tuple[ToolSpec, ...]
     requested: tuple[CapPattern, ...]  # unresolved: relative paths are still relative
     limits: Limits
+    agent: AgentSpec | None = None  # [agent]: the model loop's settings
 
     @property
     def entry(self) -> str:
@@ -174,7 +202,8 @@ def load_image(directory: str | Path, *,
     except tomllib.TOMLDecodeError as e:
         raise ImageError(f"{where}: not valid TOML: {e}") from None
 
-    _check_keys(data, {"image", "tools", "capabilities", "limits"}, "top level", where)
+    _check_keys(data, {"image", "tools", "capabilities", "limits", "agent"}, "top level",
+                where)
     img = _table(data, "image", where)
     if not img:
         raise ImageError(f"{where}: missing the [image] table")
@@ -187,16 +216,11 @@ def load_image(directory: str | Path, *,
         )
     version = _str(img, "version", where, required=False) or "0.0.0"
     description = _str(img, "description", where, required=False)
-    entry = _str(img, "entry", where)
-    module, sep, func = entry.partition(":")
-    if not sep or not _IDENT_RE.match(module) or not func.isidentifier():
-        raise ImageError(f"{where}: entry {entry!r} must be 'module:function'")
-    mod_path = root.joinpath(*module.split("."))
-    if not (mod_path.with_suffix(".py").is_file() or (mod_path / "__init__.py").is_file()):
-        raise ImageError(
-            f"{where}: entry module {module!r} not found (looked for "
-            f"{mod_path.with_suffix('.py').name} in {root})"
-        )
+    agent = _agent_spec(root, _table(data, "agent", where), where) if "agent" in data else None
+    if agent is not None and "entry" not in img:
+        module, func = AGENT_LOOP_ENTRY
+    else:
+        module, func = _entry(root, _str(img, "entry", where), where)
 
     tools: list[ToolSpec] = []
     for tname, entry in _table(data, "tools", where).items():
@@ -250,7 +274,7 @@ def load_image(directory: str | Path, *,
             raise ImageError(f"{where}: [capabilities] {e.message}") from None
 
     lim = _table(data, "limits", where)
-    _check_keys(lim, {"memory", "pids", "cpu", "wall"}, "limits", where)
+    _check_keys(lim, {"memory", "pids", "cpu", "wall", "tokens"}, "limits", where)
     try:
         limits = Limits(
             memory_max_bytes=_positive(
@@ -263,6 +287,7 @@ def load_image(directory: str | Path, *,
                 parse_duration(lim["wall"], what="[limits] wall") if "wall" in lim else None,
                 "[limits] wall",
             ),
+            tokens=_positive_int(lim.get("tokens"), "[limits] tokens"),
         )
     except InvalidArgument as e:
         raise ImageError(f"{where}: {e.message}") from None
@@ -279,7 +304,49 @@ def load_image(directory: str | Path, *,
         tools=tuple(tools),
         requested=tuple(requested),
         limits=limits,
+        agent=agent,
     )
+
+
+def _entry(root: Path, entry: str, where: str) -> tuple[str, str]:
+    module, sep, func = entry.partition(":")
+    if not sep or not _IDENT_RE.match(module) or not func.isidentifier():
+        raise ImageError(f"{where}: entry {entry!r} must be 'module:function'")
+    mod_path = root.joinpath(*module.split("."))
+    if not (mod_path.with_suffix(".py").is_file() or (mod_path / "__init__.py").is_file()):
+        raise ImageError(
+            f"{where}: entry module {module!r} not found (looked for "
+            f"{mod_path.with_suffix('.py').name} in {root})"
+        )
+    return module, func
+
+
+def _agent_spec(root: Path, t: dict[str, Any], where: str) -> AgentSpec:
+    """``[agent]``: model = "provider/model", prompt or prompt_file, max_steps."""
+    _check_keys(t, {"model", "prompt", "prompt_file", "max_steps"}, "agent", where)
+    model = t.get("model")
+    if not isinstance(model, str) or "/" not in model.strip("/"):
+        raise ImageError(f"{where}: [agent] model must be 'provider/model' "
+                         f"(e.g. 'openai/gpt-4.1-mini'), not {model!r}")
+    if "prompt" in t and "prompt_file" in t:
+        raise ImageError(f"{where}: [agent] takes prompt or prompt_file, not both")
+    prompt = t.get("prompt", "")
+    if "prompt_file" in t:
+        ref = t["prompt_file"]
+        ppath = (root / ref).resolve() if isinstance(ref, str) else None
+        if ppath is None or not ppath.is_relative_to(root) or not ppath.is_file():
+            raise ImageError(f"{where}: [agent] prompt_file {ref!r} is not a file in the image")
+        try:
+            prompt = ppath.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ImageError(f"{where}: [agent] prompt_file {ref!r}: {e}") from None
+    if not isinstance(prompt, str) or len(prompt.encode("utf-8", "replace")) > MAX_PROMPT_BYTES:
+        raise ImageError(f"{where}: [agent] prompt must be text of at most "
+                         f"{MAX_PROMPT_BYTES} bytes")
+    steps = t.get("max_steps", DEFAULT_MAX_STEPS)
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_AGENT_STEPS:
+        raise ImageError(f"{where}: [agent] max_steps must be a whole number 1-{MAX_AGENT_STEPS}")
+    return AgentSpec(model=model, prompt=prompt, max_steps=steps)
 
 
 def agent_can_read(mode: int, owner: tuple[int, int], reader: tuple[int, int]) -> bool:

@@ -28,12 +28,15 @@ VERDICTS: Final[tuple[Verdict, ...]] = ("allow", "ask", "deny")
 
 BUILTIN_POLICY_TOML: Final[str] = """\
 # The built-in policy: used when `agentlibos run` is given no --policy.
-# fs inside the process's own cwd, object memory, processes, JIT tools, events and
-# sleeps are allowed; everything else (shell, network, models, images, humans)
-# needs a human's approval.
+# fs inside the process's own cwd, object memory, processes, JIT tools, events,
+# sleeps and model calls are allowed; everything else (shell, network, images, humans)
+# needs a human's approval. model:call:* means any *configured* provider: the operator
+# chose each one in config.toml, and a call naming another fails (NotFound) after this
+# check; the image must still request model:call, and its tree's token budget applies.
 deny = []
 ask = []
-allow = ["fs:*:./**", "obj:*:*", "proc:*:*", "jit:*:*", "event:*:*", "clock:*:*"]
+allow = ["fs:*:./**", "obj:*:*", "proc:*:*", "jit:*:*", "event:*:*", "clock:*:*",
+         "model:call:*"]
 default = "ask"
 """
 

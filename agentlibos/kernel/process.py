@@ -62,6 +62,9 @@ class ProcessRecord:
     ended_at: float | None = None
     wait: str | None = None  # what it waits on while `waiting` (proc:7, approval:12...)
     evicted: bool = False  # stopped while it waits; resumed by replay when the wait ends
+    # A tree root's model tokens: {limit, used, prompt_tokens, completion_tokens, calls}
+    # (kernel/tokens.py); None on other rows and on trees that never had a budget or call.
+    tokens: dict[str, Any] | None = None
 
     @property
     def live(self) -> bool:
@@ -100,4 +103,5 @@ class ProcessRecord:
             "ended_at": self.ended_at,
             "wait": self.wait,
             "evicted": self.evicted,
+            "tokens": self.tokens,
         }

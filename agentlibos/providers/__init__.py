@@ -1,3 +1,3 @@
-"""Resource providers: how the broker performs effects for agents (files, HTTP)."""
+"""Resource providers: how the broker performs effects for agents (files, HTTP, models)."""
 
-__all__ = ["fs", "fstree", "net"]
+__all__ = ["fs", "fstree", "models", "net"]

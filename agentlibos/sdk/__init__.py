@@ -19,8 +19,8 @@ from typing import Any, NoReturn
 from agentlibos.errors import NotFound
 from agentlibos.sdk.client import Client
 
-__all__ = ["Caps", "Clock", "Context", "Events", "Fs", "Human", "Jit", "Net", "Obj", "Proc",
-           "Shell", "Tools"]
+__all__ = ["Caps", "Clock", "Context", "Events", "Fs", "Human", "Jit", "Model", "Net", "Obj",
+           "Proc", "Shell", "Tools"]
 
 
 class _Family:
@@ -272,6 +272,26 @@ def _decode(data: bytes, content_type: str) -> str | None:
         return None
 
 
+class Model(_Family):
+    def chat(self, messages: builtins.list[dict[str, Any]],
+             tools: builtins.list[dict[str, Any]] | None = None, model: str | None = None,
+             max_tokens: int | None = None) -> dict[str, Any]:
+        """One Chat Completions call (needs ``model:call:<provider>/<model>``).
+
+        ``model`` is ``provider/model`` (default: the image's ``[agent] model``); ``tools``
+        are function schemas. Returns ``{"message": {...}, "usage": {...}}`` in the Chat
+        Completions shape, tool calls included. The call reserves ``max_tokens`` plus the
+        prompt's size from the tree's token budget first: LimitExceeded if it cannot."""
+        args: dict[str, Any] = {"messages": list(messages)}
+        if tools is not None:
+            args["tools"] = list(tools)
+        if model is not None:
+            args["model"] = model
+        if max_tokens is not None:
+            args["max_tokens"] = max_tokens
+        return dict(self._call("model.chat", args))
+
+
 class Context:
     """Everything an agent can do, each a brokered syscall."""
 
@@ -291,6 +311,8 @@ class Context:
         self.clock = Clock(client)
         self.shell = Shell(client)
         self.net = Net(client)
+        self.model = Model(client)
+        self.image_path: str = str(info.get("image_path", ""))
 
     def syscall(self, name: str, args: dict[str, Any] | None = None,
                 blobs: list[bytes] | None = None) -> tuple[Any, list[bytes]]:

@@ -31,6 +31,7 @@ from agentlibos.kernel.budgets import TreeQuota, Usage
 from agentlibos.kernel.journal import SETTLED, JournalEntry, JournalStatus
 from agentlibos.kernel.process import ProcessRecord, State
 from agentlibos.kernel.text import is_text, storable
+from agentlibos.kernel.tokens import TokenUsage
 from agentlibos.store.base import ImageRecord, ObjectQuota, ObjectRecord, Store
 from agentlibos.store.migrations import check_version, migrate, read_version
 from agentlibos.store.waiting import WaitingTables
@@ -45,6 +46,9 @@ _JOURNAL_VERSION: Final = 2
 
 _WAIT_VERSION: Final = 3  # processes.wait and processes.evicted
 _BUDGETS_VERSION: Final = 4  # objects.root_pid and tree_usage
+_TOKENS_VERSION: Final = 6  # processes.tree_tokens_*
+_BUDGET_COLS_TOKENS: Final = ("tree_tokens_limit, tree_tokens_used, tree_prompt_tokens, "
+                      "tree_completion_tokens, tree_model_calls")
 _PROC_COLS_V1: Final = (
     "pid, ppid, root_pid, host_pid, image, image_path, state, exit_reason, result, error, "
     "cwd, args, limits, layers, missing_layers, policy_id, created_at, started_at, "
@@ -92,6 +96,8 @@ class SQLiteStore(WaitingTables):
                 self.schema_version = migrate(self._db, self.path)
             if self.schema_version < _WAIT_VERSION:  # an older database, read only
                 self._proc_cols = _PROC_COLS_V1 + ", NULL, 0"
+            self._proc_cols += (", " + _BUDGET_COLS_TOKENS if self.schema_version >= _TOKENS_VERSION
+                                else ", NULL, 0, 0, 0, 0")
         except BaseException:
             self._db.close()
             raise
@@ -275,7 +281,11 @@ class SQLiteStore(WaitingTables):
     def _proc(row: tuple[Any, ...]) -> ProcessRecord:
         (pid, ppid, root_pid, host_pid, image, image_path, state, exit_reason, result,
          error, cwd, args, limits, layers, missing, policy_id, created_at, started_at,
-         ready_at, ended_at, wait, evicted) = row
+         ready_at, ended_at, wait, evicted, t_limit, t_used, t_prompt, t_completion,
+         t_calls) = row
+        tokens = None
+        if pid == root_pid and (t_limit is not None or t_calls):
+            tokens = TokenUsage(t_limit, t_used, t_prompt, t_completion, t_calls).to_json()
         return ProcessRecord(
             pid=pid, ppid=ppid, root_pid=root_pid, host_pid=host_pid, image=image,
             image_path=image_path, state=state, exit_reason=exit_reason,
@@ -284,6 +294,7 @@ class SQLiteStore(WaitingTables):
             layers=json.loads(layers), missing_layers=json.loads(missing),
             policy_id=policy_id, created_at=created_at, started_at=started_at,
             ready_at=ready_at, ended_at=ended_at, wait=wait, evicted=bool(evicted),
+            tokens=tokens,
         )
 
     def get_process(self, pid: int) -> ProcessRecord:
@@ -508,6 +519,39 @@ class SQLiteStore(WaitingTables):
             if cur.rowcount == 0 and charge.grows:
                 raise NoSuchProcess(f"no process tree with root pid {root_pid} to charge")
         return after
+
+    # ------------------------------------------------------------------ token budgets
+    # On the root's row too (kernel/tokens.py has the arithmetic). Only settled usage is
+    # stored; what calls in flight reserve is the model service's, in memory.
+
+    def tokens_usage(self, root_pid: int) -> TokenUsage:
+        """The tree's token limit and settled usage (zeros and no limit if unknown)."""
+        if self.schema_version < _TOKENS_VERSION:
+            return TokenUsage()
+        row = self._db.execute(
+            f"SELECT {_BUDGET_COLS_TOKENS} FROM processes WHERE pid = ? AND root_pid = pid",  # noqa: S608
+            (root_pid,),
+        ).fetchone()
+        return TokenUsage(*row) if row else TokenUsage()
+
+    def tokens_set_limit(self, root_pid: int, limit: int | None) -> None:
+        """Set (or clear) the tree's token budget."""
+        if limit is not None and (isinstance(limit, bool) or limit < 0):
+            raise ValueError(f"a token limit is a whole number >= 0, not {limit!r}")
+        cur = self._write("UPDATE processes SET tree_tokens_limit = ?"
+                          " WHERE pid = ? AND root_pid = pid", (limit, root_pid))
+        if cur.rowcount == 0:
+            raise NoSuchProcess(f"no process tree with root pid {root_pid}")
+
+    def tokens_settle(self, root_pid: int, prompt: int, completion: int) -> TokenUsage:
+        """Add one finished model call's usage to the tree; the new usage."""
+        self._write(
+            "UPDATE processes SET tree_tokens_used = tree_tokens_used + ?,"
+            " tree_prompt_tokens = tree_prompt_tokens + ?,"
+            " tree_completion_tokens = tree_completion_tokens + ?,"
+            " tree_model_calls = tree_model_calls + 1 WHERE pid = ? AND root_pid = pid",
+            (prompt + completion, prompt, completion, root_pid))
+        return self.tokens_usage(root_pid)
 
     # ------------------------------------------------------------------------ images
 

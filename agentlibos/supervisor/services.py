@@ -18,6 +18,7 @@ from agentlibos.providers.fs import LocalFs
 from agentlibos.store import ObjectQuota, Store
 from agentlibos.supervisor.approvals import Approvals
 from agentlibos.supervisor.events import Clock, Events
+from agentlibos.supervisor.models import Models
 from agentlibos.supervisor.net import Net
 from agentlibos.supervisor.process_calls import ProcessCalls
 from agentlibos.supervisor.shell import ShellRunner
@@ -91,10 +92,17 @@ class NetView:
     net: Net
 
 
+@dataclass(frozen=True)
+class ModelView:
+    authz: Authz
+    models: Models
+
+
 def wire_syscalls(dispatcher: Dispatcher, *, authz: Authz, fs: LocalFs, store: Store,
                   object_quota: ObjectQuota, tree_quota: TreeQuota,
                   processes: ProcessCalls, tools: ToolCalls, approvals: Approvals,
-                  events: Events, clock: Clock, shell: ShellRunner, net: Net) -> None:
+                  events: Events, clock: Clock, shell: ShellRunner, net: Net,
+                  models: Models) -> None:
     """Hand each syscall family its services (and the dispatch its approval queue)."""
     dispatcher.add_services("fs", FsView(authz, fs, store, tree_quota))
     dispatcher.add_services("obj", ObjView(authz, store, object_quota, tree_quota))
@@ -106,4 +114,5 @@ def wire_syscalls(dispatcher: Dispatcher, *, authz: Authz, fs: LocalFs, store: S
     dispatcher.add_services("clock", ClockView(authz, clock))
     dispatcher.add_services("shell", ShellView(authz, shell))
     dispatcher.add_services("net", NetView(authz, net))
+    dispatcher.add_services("model", ModelView(authz, models))
     dispatcher.approvals = approvals

@@ -4,13 +4,9 @@ It holds no logic of its own. One thread, one loop (``loop.py``) where every own
 registers its fds and timers; each turn runs inside one store batch and the replies go
 out after the commit, so no agent sees an answer that is not on disk.
 
-    loop.py            polling, timers, wake-ups, the last-resort guard
-    processes.py       the process table and lifecycle
-    process_calls.py   proc.* and cap.* services     tools.py   tool.* / jit.* services
-    waits.py           suspending a call             images.py  finding an image
-    workers.py, jit.py sandboxed helper processes     sandboxing.py  decide the sandbox
-    approvals.py  the human queue; events.py events and sleeps; services.py the views;
-    control/ one module per operation; recovery.py after a supervisor that died"""
+The rooms (docs/architecture.md): loop.py, processes.py (the table), one service module
+per syscall family (process_calls, tools, approvals, events, shell, net, models), waits.py,
+workers.py + jit.py, sandboxing.py, offloop.py, control/ (one module per operation)."""
 
 from __future__ import annotations
 
@@ -41,6 +37,7 @@ from agentlibos.supervisor.images import Images
 from agentlibos.supervisor.jit import JitManager
 from agentlibos.supervisor.lock import lock_home
 from agentlibos.supervisor.loop import Loop
+from agentlibos.supervisor.models import Models
 from agentlibos.supervisor.net import Net
 from agentlibos.supervisor.offloop import OffLoop
 from agentlibos.supervisor.process_calls import ProcessCalls
@@ -69,8 +66,8 @@ class Supervisor:
         operator = operator_config(paths)
         self.config = config or operator.supervisor
         sandbox = sandbox or operator.sandbox
-        self.approvals_timeout_s = operator.approvals_timeout_s
-        self.secrets = operator.secrets  # read by the supervisor only (docs/network.md)
+        # Read by the supervisor only, never handed to a sandbox (docs/network.md, models.md).
+        self.operator = operator
         self.sandbox = SandboxManager(paths, sandbox)
         self.mode = mode
         self.fs = LocalFs()
@@ -135,10 +132,13 @@ class Supervisor:
         self.jit = JitManager(self.paths, store, loop, self.sandbox, workers, dispatcher,
                               max_per_tree=self.config.max_helpers_per_tree)
         table.ended.append(self.jit.end_process)
-        self.approvals = Approvals(store, table, waits, loop, self.approvals_timeout_s)
+        self.approvals = Approvals(store, table, waits, loop, self.operator.approvals_timeout_s)
         self.events = Events(store, waits, loop)
         self.offloop = OffLoop(loop)
-        self.net = Net(authz, waits, loop, self.offloop, HttpxClient(), self.secrets)
+        operator = self.operator
+        self.net = Net(authz, waits, loop, self.offloop, HttpxClient(), operator.secrets)
+        self.models = Models(operator.models, store, self.offloop, lambda root: (
+            table.live[root].caller.image if root in table.live else None))
         table.ended += [self.approvals.process_ended, self.events.process_ended]
         wire_syscalls(dispatcher, authz=authz, fs=self.fs, store=store,
                       object_quota=self.object_quota,
@@ -146,7 +146,7 @@ class Supervisor:
                       tools=ToolCalls(table, self.jit, waits, store),
                       approvals=self.approvals, events=self.events, clock=Clock(waits, loop),
                       shell=ShellRunner(self.paths, store, loop, self.sandbox, workers, waits,
-                                        table), net=self.net)
+                                        table), net=self.net, models=self.models)
         self.broker = Broker(self._ctx, self.paths.broker_endpoint, table, dispatcher)
         # Agents may run as an unprivileged uid; the socket file is reachable only
         # through run/ (0700) or the bind mount into each agent's own tree.
@@ -231,6 +231,7 @@ class Supervisor:
         self.control.close()
         self.offloop.close()
         self.net.close()
+        self.models.close()
         self.loop.close()
         self._ctx.term()
         self.sandbox.stop()

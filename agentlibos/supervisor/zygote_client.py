@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,21 @@ class ZygoteEvent:
     op: str  # ready | spawned | spawn-failed | exited
     msg: dict[str, Any]
     fds: list[int] = field(default_factory=list)
+
+
+# What the zygote's environment keeps of the supervisor's. Every agent is a fork of the
+# zygote, and a fork keeps the exec'd environment block in its memory (and in
+# /proc/self/environ) even after os.environ.clear(): whatever the supervisor holds in its
+# environment -- model API keys (`api_key_env`), secrets for net.fetch -- must never be
+# in the zygote's. A short allow-list, not a deny-list of names that look secret.
+_ZYGOTE_ENV_KEEP = frozenset({"PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONPATH",
+                              "PYTHONHASHSEED", "PYTHONDONTWRITEBYTECODE", "TMPDIR",
+                              "AGENTLIBOS_DENO", "AGENTLIBOS_HOME", "AGENTLIBOS_STRICT"})
+
+
+def zygote_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The supervisor's environment, cut to what the zygote needs (no secrets)."""
+    return {k: v for k, v in env.items() if k in _ZYGOTE_ENV_KEEP}
 
 
 class ZygoteHandle:
@@ -41,6 +57,7 @@ class ZygoteHandle:
             stdout=self.log,
             stderr=self.log,
             close_fds=True,
+            env=zygote_env(os.environ),
         )
         theirs.close()
         self.sock = ours

@@ -5,7 +5,19 @@ receives (``fs.FsServices``, ``obj.ObjServices``, ...): the dispatcher hands eac
 its family's services and nothing more.
 """
 
-from agentlibos.broker.syscalls import cap, clock, event, fs, human, net, obj, proc, shell, tool
+from agentlibos.broker.syscalls import (
+    cap,
+    clock,
+    event,
+    fs,
+    human,
+    model,
+    net,
+    obj,
+    proc,
+    shell,
+    tool,
+)
 from agentlibos.broker.syscalls.base import (
     REGISTRY,
     Authorizer,
@@ -25,7 +37,7 @@ from agentlibos.broker.syscalls.tool import ToolService, ToolServices
 # Which services each call prefix receives (the part of a name before the dot).
 FAMILY_OF_PREFIX = {"fs": "fs", "obj": "obj", "proc": "proc", "cap": "cap", "tool": "tool",
                     "jit": "tool", "human": "human", "event": "event", "clock": "clock",
-                    "shell": "shell", "net": "net"}
+                    "shell": "shell", "net": "net", "model": "model"}
 
 __all__ = [
     "FAMILY_OF_PREFIX",
@@ -51,6 +63,7 @@ __all__ = [
     "fs",
     "human",
     "lookup",
+    "model",
     "net",
     "obj",
     "proc",

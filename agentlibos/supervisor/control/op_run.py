@@ -24,7 +24,13 @@ def run(ctx: ControlContext, req: dict[str, Any], respond: Responder) -> None:
     ask = req.get("ask", "queue")
     if not isinstance(ask, str):
         raise InvalidArgument("run: ask must be a string")
+    tokens = req.get("tokens")
+    if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int)
+                               or tokens < 1):
+        raise InvalidArgument("run: tokens must be a whole number >= 1")
     pid = ctx.processes.submit_run(str(req["image"]), args, cwd=cwd, policy=policy, ask=ask)
+    if tokens is not None:  # in this turn: the tree's first model call comes after it
+        ctx.store.tokens_set_limit(pid, tokens)
     if req.get("wait"):
         ctx.wait_for(pid, respond)
     else:
