@@ -23,6 +23,10 @@ from tests.helpers import write_image
 
 STRICT = os.environ.get("AGENTLIBOS_STRICT") == "1"
 
+# Fixtures of the waiting CLI tests (a project, the asking policy, writer and asker
+# images), shared by test_cli_ask.py.
+pytest_plugins = ["tests.test_cli_waiting"]
+
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:

@@ -19,9 +19,8 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import MakeImage
 from tests.test_cli import cli, serving
-from tests.test_cli_waiting import ASKER, ASKING_POLICY, WRITER, needs_root
+from tests.test_cli_waiting import needs_root
 
 pytestmark = [pytest.mark.privileged, needs_root]
 
@@ -96,30 +95,6 @@ class Terminal:
             self.proc.wait()
         with contextlib.suppress(OSError):
             os.close(self.master)
-
-
-@pytest.fixture
-def proj(tmp_path: Path) -> Path:
-    d = tmp_path / "proj"
-    d.mkdir()
-    return d
-
-
-@pytest.fixture
-def policy(tmp_path: Path) -> Path:
-    p = tmp_path / "asking.toml"
-    p.write_text(ASKING_POLICY)
-    return p
-
-
-@pytest.fixture
-def writer(make_image: MakeImage) -> Path:
-    return make_image("writer", WRITER, caps=["fs:rw:./**"])
-
-
-@pytest.fixture
-def asker(make_image: MakeImage) -> Path:
-    return make_image("asker", ASKER, caps=["human:ask:*"])
 
 
 @pytest.fixture

@@ -60,6 +60,8 @@ def daemon(home: Path) -> Iterator[subprocess.Popen[str]]:
         yield proc
 
 
+# The fixtures below are shared with test_cli_ask.py: pytest finds them there through
+# `pytest_plugins` in conftest.py, so they are written once.
 @pytest.fixture
 def proj(tmp_path: Path) -> Path:
     d = tmp_path / "proj"
