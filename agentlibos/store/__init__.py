@@ -4,8 +4,9 @@ SQLite today (:class:`SQLiteStore`); the schema is built by numbered migrations 
 at open. See docs/store.md.
 """
 
-from agentlibos.store.base import ImageRecord, ObjectQuota, ObjectRecord, Store
+from agentlibos.store.base import ImageRecord, ObjectQuota, ObjectRecord, ObjectStore, Store
 from agentlibos.store.sqlite import SQLiteStore
 from agentlibos.store.url import open_store
 
-__all__ = ["ImageRecord", "ObjectQuota", "ObjectRecord", "SQLiteStore", "Store", "open_store"]
+__all__ = ["ImageRecord", "ObjectQuota", "ObjectRecord", "ObjectStore", "SQLiteStore", "Store",
+           "open_store"]

@@ -60,7 +60,23 @@ class ObjectQuota:
     max_bytes_per_ns: int = 64 << 20
 
 
-class Store(Protocol):
+class ObjectStore(Protocol):
+    """Object memory: the part of the store obj handlers may touch, and nothing else.
+
+    ``root_pid`` is the writer's tree, charged in the same transaction and checked
+    against ``tree_quota`` when one is given (kernel/budgets.py)."""
+
+    def get_object(self, ns: str, name: str) -> ObjectRecord: ...
+    def put_object(
+        self, ns: str, name: str, type_: str, value_json: str, pid: int | None,
+        expect_version: int | None, quota: ObjectQuota, *,
+        root_pid: int | None = None, tree_quota: TreeQuota | None = None,
+    ) -> ObjectRecord: ...
+    def list_objects(self, ns: str, prefix: str, limit: int) -> list[ObjectRecord]: ...
+    def delete_object(self, ns: str, name: str, expect_version: int | None) -> None: ...
+
+
+class Store(ObjectStore, Protocol):
     """Durable state: processes, capabilities, objects, images, the journal and audit.
 
     Writes join the open :meth:`batch`/:meth:`transaction`; :meth:`savepoint` scopes one
@@ -84,16 +100,7 @@ class Store(Protocol):
     # capabilities
     def set_caps(self, pid: int, caps: list[str]) -> None: ...
     def get_caps(self, pid: int) -> list[str]: ...
-    # objects (``root_pid``: the writer's tree, charged in the same transaction and
-    # checked against ``tree_quota`` when one is given; see kernel/budgets.py)
-    def get_object(self, ns: str, name: str) -> ObjectRecord: ...
-    def put_object(
-        self, ns: str, name: str, type_: str, value_json: str, pid: int | None,
-        expect_version: int | None, quota: ObjectQuota, *,
-        root_pid: int | None = None, tree_quota: TreeQuota | None = None,
-    ) -> ObjectRecord: ...
-    def list_objects(self, ns: str, prefix: str, limit: int) -> list[ObjectRecord]: ...
-    def delete_object(self, ns: str, name: str, expect_version: int | None) -> None: ...
+    # objects: see ObjectStore
     # per-tree budgets
     def tree_usage(self, root_pid: int) -> Usage: ...
     def charge_tree(

@@ -30,7 +30,7 @@ from agentlibos.broker.syscalls.base import (
 )
 from agentlibos.broker.syscalls.cap import CapService, CapServices
 from agentlibos.broker.syscalls.fs import FsServices
-from agentlibos.broker.syscalls.obj import ObjectStore, ObjServices
+from agentlibos.broker.syscalls.obj import ObjServices
 from agentlibos.broker.syscalls.proc import ProcessService, ProcServices
 from agentlibos.broker.syscalls.tool import ToolService, ToolServices
 
@@ -48,7 +48,6 @@ __all__ = [
     "CapServices",
     "FsServices",
     "ObjServices",
-    "ObjectStore",
     "Pending",
     "ProcServices",
     "ProcessService",

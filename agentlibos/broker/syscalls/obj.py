@@ -22,20 +22,7 @@ from agentlibos.errors import InvalidArgument, LimitExceeded
 from agentlibos.kernel.budgets import TreeQuota
 from agentlibos.kernel.policy import Request
 from agentlibos.kernel.text import is_text
-from agentlibos.store import ObjectQuota, ObjectRecord
-
-
-class ObjectStore(Protocol):
-    """The part of the store obj handlers may touch: objects, nothing else."""
-
-    def get_object(self, ns: str, name: str) -> ObjectRecord: ...
-    def put_object(
-        self, ns: str, name: str, type_: str, value_json: str, pid: int | None,
-        expect_version: int | None, quota: ObjectQuota, *,
-        root_pid: int | None = None, tree_quota: TreeQuota | None = None,
-    ) -> ObjectRecord: ...
-    def list_objects(self, ns: str, prefix: str, limit: int) -> list[ObjectRecord]: ...
-    def delete_object(self, ns: str, name: str, expect_version: int | None) -> None: ...
+from agentlibos.store import ObjectQuota, ObjectStore
 
 
 class ObjServices(Protocol):
