@@ -16,6 +16,7 @@ from agentlibos.demo import run_llm_demo
 from agentlibos.errors import ImageError
 from agentlibos.kernel.image import AGENT_LOOP_ENTRY, load_image
 from agentlibos.kernel.image import BUILTIN_TOOLS as IMAGE_BUILTINS
+from agentlibos.kernel.policy import parse_policy
 from agentlibos.launcher import run_image
 from agentlibos.sdk.agent_loop import BUILTIN_TOOLS, tool_table
 from agentlibos.store import open_store
@@ -85,7 +86,9 @@ def test_the_loop_builtins_take_the_arguments_the_contract_names() -> None:
             "human.ask": ({"question", "choices"}, {"question"}),
             "events.wait": ({"name", "timeout"}, {"name"}),
             "events.post": ({"name", "payload"}, {"name"}),
-            "clock.sleep": ({"seconds"}, {"seconds"})}
+            "clock.sleep": ({"seconds"}, {"seconds"}),
+            "shell.exec": ({"argv", "stdin", "timeout"}, {"argv"}),
+            "net.fetch": ({"url", "method", "headers", "body"}, {"url"})}
     for name, (props, required) in want.items():
         params = BUILTIN_TOOLS[IMAGE_BUILTINS[name]].parameters
         assert set(params["properties"]) == props, name
@@ -271,3 +274,52 @@ def test_run_tokens_bounds_the_tree_over_the_images_own_limit(
         assert row["tokens"]["limit"] == 2000 and 0 < row["tokens"]["used"] <= 2000
     finally:
         store.close()
+
+
+@pytest.mark.privileged
+def test_an_llm_agent_runs_a_command_and_fetches_a_url_through_its_tools(
+        paths: Paths, project: Path, tmp_path: Path) -> None:
+    import http.server  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    class Hello(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"hello from the loopback"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/hi"
+    sup = scripted_sup(paths, [
+        call("run", argv=["sh", "-c", "echo made > out/made.txt"]),
+        call("fetch", url=url),
+        call("run", argv=["curl", url]),
+        {"content": "done"},
+    ])
+    (paths.home / "policy.toml").write_text(
+        'allow = ["fs:*:./**", "shell:exec:*", "net:fetch:*", "model:call:*"]\n')
+    try:
+        img = agent_image(tmp_path, "doer", caps=(
+            "fs:read:./**", "fs:write:./out/**", "model:call:*", "shell:exec:sh",
+            f"net:fetch:http://127.0.0.1:{server.server_address[1]}/**"),
+            tools={"run": "builtin:shell.exec", "fetch": "builtin:net.fetch"})
+        policy = parse_policy((paths.home / "policy.toml").read_text(), "policy.toml")
+        rec = run_proc(sup, img, {"task": "do"}, cwd=project, policy=policy, timeout_s=120)
+        assert rec.state == "exited", (rec.error, log_of(sup, rec.pid))
+        assert rec.result["answer"] == "done" and rec.result["steps"] == 4
+        assert (project / "out/made.txt").read_text() == "made\n"
+        calls = [(a.call, a.verdict) for a in sup.store.audit_records(pid=rec.pid)
+                 if a.detail.get("tool") in ("run", "fetch")]
+        assert ("net.fetch", "allow") in calls
+        # curl is not `sh`: refused, and the refusal went back to the model as its result.
+        assert ("shell.exec", "deny") in calls
+    finally:
+        sup.stop()
+        server.shutdown()
+        server.server_close()

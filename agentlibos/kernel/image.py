@@ -62,6 +62,9 @@ BUILTIN_TOOLS: Final[dict[str, str]] = {
     "events.wait": "event.wait",
     "events.post": "event.post",
     "clock.sleep": "clock.sleep",
+    # Effects outside, each in its own sandbox or performed by the broker.
+    "shell.exec": "shell.exec",
+    "net.fetch": "net.fetch",
 }
 # The built-in agent loop (agentlibos/sdk/agent_loop.py): what an image with an [agent]
 # table and no entry runs.

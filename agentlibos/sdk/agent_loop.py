@@ -92,9 +92,25 @@ def _list_decode(result: Any, blobs: list[bytes]) -> Any:
     return result
 
 
+# What of a fetched body a model gets to read (it is tokens, and budgeted).
+MAX_FETCH_TEXT: Final = 64 << 10
+
+
+def _fetch_decode(result: Any, blobs: list[bytes]) -> Any:
+    body = blobs[0] if blobs else b""
+    out = {k: result.get(k) for k in ("status", "url", "redirects")} \
+        if isinstance(result, dict) else {}
+    headers = result.get("headers") if isinstance(result, dict) else None
+    if isinstance(headers, dict):
+        out["content_type"] = headers.get("content-type")
+    out["text"] = body[:MAX_FETCH_TEXT].decode("utf-8", "replace")
+    if len(body) > MAX_FETCH_TEXT:
+        out["truncated"] = f"{len(body) - MAX_FETCH_TEXT} more bytes not shown"
+    return out
+
+
 # Keyed by the syscall a builtin wraps (ToolSpec.ref). Builtins that arrive with later
-# primitives add a row here: shell.exec {argv, stdin?, timeout?}, net.fetch {url, method?,
-# headers?, body?}, image.register, jit.register.
+# primitives add a row here (image.register, jit.register).
 BUILTIN_TOOLS: Final[dict[str, BuiltinTool]] = {
     "fs.read": BuiltinTool(
         "Read a whole text file and return its contents.",
@@ -165,6 +181,22 @@ BUILTIN_TOOLS: Final[dict[str, BuiltinTool]] = {
     "clock.sleep": BuiltinTool(
         "Sleep for a number of seconds.",
         _obj({"seconds": {"type": "number", "minimum": 0}}, ("seconds",))),
+    "shell.exec": BuiltinTool(
+        "Run a program (argv: the program and its arguments, no shell string) in your "
+        "working directory, in a sandbox that sees only the files you may use and has no "
+        "network. Returns exit_code, stdout, stderr, truncated and timed_out.",
+        _obj({"argv": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+              "stdin": {"type": "string"},
+              "timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600}},
+             ("argv",))),
+    "net.fetch": BuiltinTool(
+        "Fetch an http(s) URL. Returns the status, final URL and the body as text (the "
+        "first 64 KiB). Refused for URLs you may not fetch.",
+        _obj({"url": {"type": "string", "minLength": 1},
+              "method": {"type": "string", "default": "GET"},
+              "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+              "body": {"type": "string"}}, ("url",)),
+        decode=_fetch_decode),
 }
 
 
