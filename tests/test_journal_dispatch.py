@@ -6,7 +6,10 @@ digest and outcome are in the store, committed with the call's audit records.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+from pathlib import Path
 
 from agentlibos.supervisor import Supervisor
 from tests.helpers import MakeImage, run_proc
@@ -53,3 +56,21 @@ def test_a_tools_own_syscalls_are_part_of_its_journaled_call(
     assert rec.state == "exited", rec.error
     calls = [e.call for e in sup.store.journal_entries(rec.pid)]
     assert calls == ["proc.start", "fs.write", "tool.call", "proc.exit"]
+
+
+def test_a_large_read_is_served_off_the_loop_and_journaled_by_digest(
+    sup: Supervisor, make_image: MakeImage, tmp_path: Path
+) -> None:
+    data = os.urandom(1 << 20)
+    (tmp_path / "big.bin").write_bytes(data)
+    img = make_image("bigread", """
+        import hashlib
+        def main(ctx, args):
+            return hashlib.sha256(ctx.fs.read_bytes("big.bin")).hexdigest()
+    """, caps=["fs:read:./**"])
+    rec = run_proc(sup, img, cwd=tmp_path)
+    assert rec.result == hashlib.sha256(data).hexdigest(), rec.error
+    read = next(e for e in sup.store.journal_entries(rec.pid) if e.call == "fs.read")
+    blob = json.loads(read.result or "{}")["blobs"][0]
+    # Not the bytes (1 MiB would be 1.4 MB of base64 in the database): size and digest.
+    assert blob == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}

@@ -34,10 +34,12 @@ def encode_outcome(outcome: Outcome) -> tuple[str, str]:
         return "error", json.dumps(to_wire(outcome), default=str)
     body: dict[str, Any] = {"result": outcome.result}
     if outcome.blobs:
+        digests: list[str | None] = (list(outcome.digests) if outcome.digests
+                                     else [None] * len(outcome.blobs))
         body["blobs"] = [
             base64.b64encode(b).decode("ascii") if len(b) <= INLINE_BLOB_BYTES
-            else {"size": len(b), "sha256": hashlib.sha256(b).hexdigest()}
-            for b in outcome.blobs]
+            else {"size": len(b), "sha256": d or hashlib.sha256(b).hexdigest()}
+            for b, d in zip(outcome.blobs, digests, strict=True)]
     return "ok", json.dumps(body, default=str)
 
 

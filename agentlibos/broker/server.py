@@ -130,7 +130,8 @@ class Broker:
 
     def _send(self, frames: list[bytes]) -> bool:
         try:
-            self.sock.send_multipart(frames, zmq.NOBLOCK)
+            # copy=False: a large reply goes to libzmq without another copy on the loop.
+            self.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
         except zmq.Again:
             return False  # the peer's queue is full: it is not reading
         except zmq.ZMQError:

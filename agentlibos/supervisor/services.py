@@ -7,12 +7,14 @@ handlers the object store, proc handlers the process calls... and nothing else.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from agentlibos.broker.authz import Authz
 from agentlibos.broker.dispatch import Dispatcher
-from agentlibos.broker.syscalls import Caller, Result
+from agentlibos.broker.syscalls import Caller, Pending, Reply, Result
+from agentlibos.errors import InternalError, LibOSError
 from agentlibos.kernel.budgets import TreeQuota
 from agentlibos.providers.fs import LocalFs
 from agentlibos.store import ObjectQuota, Store
@@ -20,6 +22,7 @@ from agentlibos.supervisor.approvals import Approvals
 from agentlibos.supervisor.events import Clock, Events
 from agentlibos.supervisor.models import Models
 from agentlibos.supervisor.net import Net
+from agentlibos.supervisor.offloop import OffLoop
 from agentlibos.supervisor.process_calls import ProcessCalls
 from agentlibos.supervisor.shell import ShellRunner
 from agentlibos.supervisor.tools import ToolCalls
@@ -31,6 +34,22 @@ class FsView:
     fs: LocalFs
     budgets: Store
     tree_quota: TreeQuota
+    file_io: OffLoop
+
+    def offload(self, pid: int, work: Callable[[], Reply]) -> Result:
+        pending = Pending(pid)
+
+        def done(outcome: Reply | BaseException) -> None:
+            if isinstance(outcome, Reply):
+                pending.resolve(outcome.result, outcome.blobs, outcome.digests)
+            elif isinstance(outcome, LibOSError):
+                pending.reject(outcome)
+            else:
+                pending.reject(InternalError(f"fs.read: internal error "
+                                             f"({type(outcome).__name__})"))
+
+        self.file_io.submit(work, done)
+        return pending
 
 
 @dataclass(frozen=True)
@@ -98,13 +117,14 @@ class ModelView:
     models: Models
 
 
-def wire_syscalls(dispatcher: Dispatcher, *, authz: Authz, fs: LocalFs, store: Store,
+def wire_syscalls(dispatcher: Dispatcher, *, authz: Authz, fs: LocalFs, file_io: OffLoop,
+                  store: Store,
                   object_quota: ObjectQuota, tree_quota: TreeQuota,
                   processes: ProcessCalls, tools: ToolCalls, approvals: Approvals,
                   events: Events, clock: Clock, shell: ShellRunner, net: Net,
                   models: Models) -> None:
     """Hand each syscall family its services (and the dispatch its approval queue)."""
-    dispatcher.add_services("fs", FsView(authz, fs, store, tree_quota))
+    dispatcher.add_services("fs", FsView(authz, fs, store, tree_quota, file_io))
     dispatcher.add_services("obj", ObjView(authz, store, object_quota, tree_quota))
     dispatcher.add_services("proc", ProcView(processes))
     dispatcher.add_services("cap", CapView(processes))

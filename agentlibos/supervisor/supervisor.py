@@ -140,7 +140,8 @@ class Supervisor:
         self.models = Models(operator.models, store, self.offloop, lambda root: (
             table.live[root].caller.image if root in table.live else None))
         table.ended += [self.approvals.process_ended, self.events.process_ended]
-        wire_syscalls(dispatcher, authz=authz, fs=self.fs, store=store,
+        self.file_io = OffLoop(loop, max_workers=2)  # large reads, apart from HTTP's pool
+        wire_syscalls(dispatcher, authz=authz, fs=self.fs, file_io=self.file_io, store=store,
                       object_quota=self.object_quota,
                       tree_quota=self.sandbox.config.tree_quota, processes=self.processes,
                       tools=ToolCalls(table, self.jit, waits, store),
@@ -230,6 +231,7 @@ class Supervisor:
         self.broker.close()
         self.control.close()
         self.offloop.close()
+        self.file_io.close()
         self.net.close()
         self.models.close()
         self.loop.close()

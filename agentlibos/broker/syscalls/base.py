@@ -96,6 +96,9 @@ class Caller:
 class Reply:
     result: Any
     blobs: list[bytes] = field(default_factory=list)
+    # sha256 hex of each blob, when the handler computed it off the loop (a large
+    # read): the journal keeps large blobs by digest and need not hash them again.
+    digests: list[str] | None = None
 
 
 class Pending:
@@ -119,8 +122,9 @@ class Pending:
         if self._early is not None:
             sink(self._early)
 
-    def resolve(self, result: Any, blobs: list[bytes] | None = None) -> None:
-        self._finish(Reply(result, blobs or []))
+    def resolve(self, result: Any, blobs: list[bytes] | None = None,
+                digests: list[str] | None = None) -> None:
+        self._finish(Reply(result, blobs or [], digests))
 
     def reject(self, error: LibOSError) -> None:
         self._finish(error)

@@ -7,9 +7,12 @@ caller's tree (the ``write_bytes`` quota, kernel/budgets.py) before the file is 
 
 from __future__ import annotations
 
+import hashlib
+import os
+from collections.abc import Callable
 from typing import Any, Protocol
 
-from agentlibos.broker.syscalls.base import Authorizer, Caller, Param, Reply, syscall
+from agentlibos.broker.syscalls.base import Authorizer, Caller, Param, Reply, Result, syscall
 from agentlibos.errors import InvalidArgument, LibOSError
 from agentlibos.kernel import budgets
 from agentlibos.kernel.budgets import TreeQuota, Usage
@@ -39,8 +42,12 @@ class FsServices(Protocol):
     @property
     def tree_quota(self) -> TreeQuota: ...
 
+    # Run ``work`` off the loop (a large read) and answer the call when it is done.
+    def offload(self, pid: int, work: Callable[[], Reply]) -> Result: ...
+
 
 _PATH = Param(str, max_len=MAX_PATH)
+INLINE_READ_BYTES = 256 << 10
 MAX_RECURSIVE_DELETE = 100_000
 
 
@@ -59,11 +66,24 @@ def _check(svc: FsServices, caller: Caller, call: str, right: str, path: str,
 
 
 @syscall("fs.read", path=_PATH, max_bytes=Param(int, required=False))
-def fs_read(svc: FsServices, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Reply:
+def fs_read(svc: FsServices, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Result:
     """Read a whole file; the bytes come back as a blob. Needs fs:read."""
     r = _check(svc, caller, "fs.read", "read", args["path"])
-    data = svc.fs.read(r.real, args["max_bytes"])
-    return Reply({"size": len(data), "path": r.real}, [data])
+    real, limit = r.real, args["max_bytes"]
+
+    def read() -> Reply:
+        data = svc.fs.read(real, limit)
+        big = len(data) > INLINE_READ_BYTES
+        return Reply({"size": len(data), "path": real}, [data],
+                     [hashlib.sha256(data).hexdigest()] if big else None)
+
+    try:
+        size = os.stat(real).st_size
+    except OSError:
+        size = 0  # the read itself says what is wrong
+    # A large file is read (and hashed, for the journal) off the loop: one agent's 16 MiB
+    # reads must not hold every other agent's calls for the time they take.
+    return svc.offload(caller.pid, read) if size > INLINE_READ_BYTES else read()
 
 
 @syscall("fs.write", path=_PATH, append=Param(bool, required=False, default=False))
