@@ -31,6 +31,7 @@ class FlowLimits:
     max_in_flight: int = 4
     max_turn_reply_bytes: int = 8 << 20
     reply_queue_messages: int = 4
+    request_queue_messages: int = 16
     max_backlog_bytes: int = 1 << 20
     audit_burst: int = 5
     window_s: float = 60.0

@@ -76,7 +76,10 @@ class Broker:
         # A peer that does not read its replies holds at most this many in libzmq's
         # queue; small replies past it wait in a bounded backlog, large ones are dropped.
         self.sock.setsockopt(zmq.SNDHWM, self.flow.reply_queue_messages)
-        self.sock.setsockopt(zmq.RCVHWM, 10_000)
+        # Requests queued per peer before the peer's own sends block: a flooding process
+        # waits in its own socket (its memory, not ours) instead of being read and
+        # refused one by one on the loop every other agent shares.
+        self.sock.setsockopt(zmq.RCVHWM, self.flow.request_queue_messages)
         self.sock.bind(endpoint)
         self.outbox: list[list[bytes]] = []
 
@@ -144,7 +147,9 @@ class Broker:
         if size > self.flow.max_backlog_bytes - used:
             # A peer that does not read: its replies cost it, never the supervisor.
             self.dropped_replies += 1
-            log.warning("dropped a %d-byte reply: the peer is not reading its replies", size)
+            if self.dropped_replies in (1, 10, 100) or self.dropped_replies % 1000 == 0:
+                log.warning("dropped a %d-byte reply (%d so far): a peer is not reading its "
+                            "replies", size, self.dropped_replies)
             return
         self._backlog.setdefault(peer, collections.deque()).append(frames)
         self._backlog_bytes[peer] = used + size
