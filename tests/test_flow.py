@@ -6,7 +6,9 @@ thousands of frames with a wrong token, one pipelines requests without waiting.
 
 from __future__ import annotations
 
-from agentlibos.broker.flow import FlowLimits, InFlight, RefusalLimiter
+import pytest
+
+from agentlibos.broker.flow import ByteRate, FlowLimits, InFlight, RefusalLimiter
 from agentlibos.supervisor import Supervisor
 from tests.helpers import MakeImage, run_proc
 
@@ -131,3 +133,14 @@ def test_a_request_beyond_the_in_flight_limit_is_refused_at_once_without_work(
     assert first["error"]["type"] == "LimitExceeded"
     served = [e.call for e in sup.store.journal_entries(rec.pid)]
     assert "proc.getpid" not in served  # refused before any handler ran
+
+
+def test_a_process_moving_more_than_its_byte_rate_waits_and_others_do_not() -> None:
+    clock = FakeClock()
+    r = ByteRate(rate=100.0, burst=50.0, clock=clock)
+    assert r.delay(1, 50) == 0.0  # the burst
+    assert r.delay(1, 100) == pytest.approx(1.0)  # 100 bytes more: a second at 100 B/s
+    assert r.delay(2, 50) == 0.0  # another process has its own bucket
+    clock.now = 5.0  # refilled, up to the burst only
+    assert r.delay(1, 50) == 0.0
+    assert r.delay(1, 1) > 0

@@ -120,3 +120,27 @@ class InFlight:
 
     def of(self, pid: int) -> int:
         return self._count.get(pid, 0)
+
+
+@dataclass
+class ByteRate:
+    """A token bucket per process for bulk bytes the broker moves for it (large reads):
+    a process may take ``rate`` bytes a second with bursts of ``burst``; past that its
+    next large read waits. A flooding process is slowed, never refused, and the machine
+    keeps room for everybody else's calls."""
+
+    rate: float = 128 << 20
+    burst: float = 64 << 20
+    clock: Callable[[], float] = time.monotonic
+    _buckets: dict[int, tuple[float, float]] = field(default_factory=dict)
+
+    def delay(self, pid: int, nbytes: int) -> float:
+        """Take ``nbytes`` for ``pid``; the seconds to wait before moving them."""
+        now = self.clock()
+        level, at = self._buckets.get(pid, (self.burst, now))
+        level = min(self.burst, level + (now - at) * self.rate) - nbytes
+        self._buckets[pid] = (level, now)
+        return 0.0 if level >= 0 else -level / self.rate
+
+    def forget(self, pid: int) -> None:
+        self._buckets.pop(pid, None)

@@ -13,6 +13,7 @@ from typing import Any
 
 from agentlibos.broker.authz import Authz
 from agentlibos.broker.dispatch import Dispatcher
+from agentlibos.broker.flow import ByteRate
 from agentlibos.broker.syscalls import Caller, Pending, Reply, Result
 from agentlibos.errors import InternalError, LibOSError
 from agentlibos.kernel.budgets import TreeQuota
@@ -20,6 +21,7 @@ from agentlibos.providers.fs import LocalFs
 from agentlibos.store import ObjectQuota, Store
 from agentlibos.supervisor.approvals import Approvals
 from agentlibos.supervisor.events import Clock, Events
+from agentlibos.supervisor.loop import Loop
 from agentlibos.supervisor.models import Models
 from agentlibos.supervisor.net import Net
 from agentlibos.supervisor.offloop import OffLoop
@@ -35,8 +37,10 @@ class FsView:
     budgets: Store
     tree_quota: TreeQuota
     file_io: OffLoop
+    loop: Loop
+    rate: ByteRate
 
-    def offload(self, pid: int, work: Callable[[], Reply]) -> Result:
+    def offload(self, pid: int, work: Callable[[], Reply], nbytes: int) -> Result:
         pending = Pending(pid)
 
         def done(outcome: Reply | BaseException) -> None:
@@ -48,7 +52,11 @@ class FsView:
                 pending.reject(InternalError(f"fs.read: internal error "
                                              f"({type(outcome).__name__})"))
 
-        self.file_io.submit(work, done)
+        wait = self.rate.delay(pid, nbytes)
+        if wait > 0:
+            self.loop.call_later(min(wait, 60.0), lambda: self.file_io.submit(work, done))
+        else:
+            self.file_io.submit(work, done)
         return pending
 
 
@@ -118,13 +126,13 @@ class ModelView:
 
 
 def wire_syscalls(dispatcher: Dispatcher, *, authz: Authz, fs: LocalFs, file_io: OffLoop,
-                  store: Store,
+                  loop: Loop, rate: ByteRate, store: Store,
                   object_quota: ObjectQuota, tree_quota: TreeQuota,
                   processes: ProcessCalls, tools: ToolCalls, approvals: Approvals,
                   events: Events, clock: Clock, shell: ShellRunner, net: Net,
                   models: Models) -> None:
     """Hand each syscall family its services (and the dispatch its approval queue)."""
-    dispatcher.add_services("fs", FsView(authz, fs, store, tree_quota, file_io))
+    dispatcher.add_services("fs", FsView(authz, fs, store, tree_quota, file_io, loop, rate))
     dispatcher.add_services("obj", ObjView(authz, store, object_quota, tree_quota))
     dispatcher.add_services("proc", ProcView(processes))
     dispatcher.add_services("cap", CapView(processes))

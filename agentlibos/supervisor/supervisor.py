@@ -21,6 +21,7 @@ import zmq
 
 from agentlibos.broker.authz import Authz
 from agentlibos.broker.dispatch import Dispatcher
+from agentlibos.broker.flow import ByteRate
 from agentlibos.broker.journal import StoreJournal
 from agentlibos.broker.server import Broker
 from agentlibos.broker.syscalls import Caller
@@ -134,15 +135,14 @@ class Supervisor:
         table.ended.append(self.jit.end_process)
         self.approvals = Approvals(store, table, waits, loop, self.operator.approvals_timeout_s)
         self.events = Events(store, waits, loop)
-        self.offloop = OffLoop(loop)
-        operator = self.operator
-        self.net = Net(authz, waits, loop, self.offloop, HttpxClient(), operator.secrets)
-        self.models = Models(operator.models, store, self.offloop, lambda root: (
+        self.offloop, op = OffLoop(loop), self.operator
+        self.net = Net(authz, waits, loop, self.offloop, HttpxClient(), op.secrets)
+        self.models = Models(op.models, store, self.offloop, lambda root: (
             table.live[root].caller.image if root in table.live else None))
-        table.ended += [self.approvals.process_ended, self.events.process_ended]
-        self.file_io = OffLoop(loop, max_workers=2)  # large reads, apart from HTTP's pool
-        wire_syscalls(dispatcher, authz=authz, fs=self.fs, file_io=self.file_io, store=store,
-                      object_quota=self.object_quota,
+        self.file_io, rate = OffLoop(loop, max_workers=2), ByteRate()  # large reads' own pool
+        table.ended += [self.approvals.process_ended, self.events.process_ended, rate.forget]
+        wire_syscalls(dispatcher, authz=authz, fs=self.fs, file_io=self.file_io, loop=loop,
+                      rate=rate, store=store, object_quota=self.object_quota,
                       tree_quota=self.sandbox.config.tree_quota, processes=self.processes,
                       tools=ToolCalls(table, self.jit, waits, store),
                       approvals=self.approvals, events=self.events, clock=Clock(waits, loop),

@@ -42,8 +42,9 @@ class FsServices(Protocol):
     @property
     def tree_quota(self) -> TreeQuota: ...
 
-    # Run ``work`` off the loop (a large read) and answer the call when it is done.
-    def offload(self, pid: int, work: Callable[[], Reply]) -> Result: ...
+    # Run ``work`` off the loop (a large read of ``nbytes``) and answer the call when it
+    # is done; a process that moves more than its byte rate waits first.
+    def offload(self, pid: int, work: Callable[[], Reply], nbytes: int) -> Result: ...
 
 
 _PATH = Param(str, max_len=MAX_PATH)
@@ -83,7 +84,7 @@ def fs_read(svc: FsServices, caller: Caller, args: dict[str, Any], blobs: list[b
         size = 0  # the read itself says what is wrong
     # A large file is read (and hashed, for the journal) off the loop: one agent's 16 MiB
     # reads must not hold every other agent's calls for the time they take.
-    return svc.offload(caller.pid, read) if size > INLINE_READ_BYTES else read()
+    return svc.offload(caller.pid, read, size) if size > INLINE_READ_BYTES else read()
 
 
 @syscall("fs.write", path=_PATH, append=Param(bool, required=False, default=False))
