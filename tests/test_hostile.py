@@ -474,3 +474,39 @@ def test_a_layer_failing_in_the_child_fails_closed_or_is_recorded_when_optional(
     assert "namespaces" not in rec.layers
     assert any(m.startswith("namespaces:") for m in rec.missing_layers)
     assert any(m.startswith("namespaces:") for m in contain[0].detail["missing"])
+
+
+def test_file_locks_cannot_signal_another_agent_but_scratch_still_locks(
+    sup: Supervisor, make_image: MakeImage
+) -> None:
+    # Two agents signalled 170,000 bit/s through locks on the shared read-only runtime
+    # (scripts/measure-lock-channel). flock(2) and testing another's lock are refused;
+    # taking a lock and SQLite in scratch still work.
+    img = make_image("locker", """
+        import errno, fcntl, os, sqlite3, struct
+        def attempt(fn):
+            try:
+                fn()
+                return "ok"
+            except OSError as e:
+                return errno.errorcode.get(e.errno, str(e.errno))
+        def main(ctx, args):
+            shared = os.open(os.__file__, os.O_RDONLY)
+            mine = os.open("lock.bin", os.O_RDWR | os.O_CREAT)
+            getlk = struct.pack("hhqqi", fcntl.F_WRLCK, 0, 0, 0, 0)
+            db = sqlite3.connect("scratch.db")
+            db.execute("CREATE TABLE t (x)")
+            db.execute("INSERT INTO t VALUES (1)")
+            db.commit()
+            return {
+                "flock": attempt(lambda: fcntl.flock(shared, fcntl.LOCK_EX | fcntl.LOCK_NB)),
+                "getlk": attempt(lambda: fcntl.fcntl(shared, fcntl.F_GETLK, getlk)),
+                "read_lock_shared": attempt(lambda: fcntl.lockf(shared, fcntl.LOCK_SH)),
+                "write_lock_scratch": attempt(lambda: fcntl.lockf(mine, fcntl.LOCK_EX)),
+                "sqlite": db.execute("SELECT x FROM t").fetchall(),
+            }
+    """)
+    rec = run_proc(sup, img)
+    assert rec.exit_reason == "returned", (rec.error, log_of(sup, rec.pid))
+    assert rec.result == {"flock": "EPERM", "getlk": "EPERM", "read_lock_shared": "ok",
+                          "write_lock_scratch": "ok", "sqlite": [[1]]}

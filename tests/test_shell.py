@@ -181,7 +181,10 @@ def test_the_shell_variant_adds_exec_and_nothing_the_agent_variant_refuses(style
     assert seccomp.decide(shell, "clone", (0x10000000,)).action == "errno"  # CLONE_NEWUSER
     allowed_new = {r.syscall for r in shell.rules if r.action == "allow"} - {
         r.syscall for r in agent.rules if r.action == "allow"}
-    assert allowed_new <= {"execve", "execveat", "arch_prctl"}
+    # flock: an agent may not (two agents could signal through locks on the shared
+    # runtime); a command runs alone in its own tree, and programs lock their files.
+    assert allowed_new <= {"execve", "execveat", "arch_prctl", "flock", "inotify_init",
+                           "inotify_init1", "inotify_add_watch", "inotify_rm_watch"}
 
 
 @pytest.mark.parametrize("style", ["allowlist", "denylist"])

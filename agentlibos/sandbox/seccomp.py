@@ -422,6 +422,48 @@ _DENY_COMMON: Final[tuple[Rule, ...]] = (
            checks=(_low32(0, _PR_SET_MM),)),
 )
 
+# File locks as a covert channel: two agents with no capabilities at all could signal
+# each other by locking a file both can read (the shared, read-only runtime) -- measured
+# at about 170,000 bit/s with no errors (scripts/measure-lock-channel). Read locks on
+# read-only files never conflict, so what carries a signal is flock(2) (LOCK_EX works on
+# any fd) and testing another process's lock with F_GETLK/F_OFD_GETLK. Refused for
+# agents; F_SETLK and F_OFD_SETLK stay, so locking files in scratch still works (and on
+# the read-only runtime an agent can only take read locks, which nobody can observe).
+# cmd is an int: masked to its low 32 bits.
+_F_GETLK: Final = 5
+_F_OFD_GETLK: Final = 36
+_DENY_LOCK_CHANNEL: Final[tuple[Rule, ...]] = (
+    *_deny("flock(2) on a shared file signals another agent (a covert channel)", "flock"),
+    *_deny("testing another process's lock (F_GETLK) reads a covert channel", "fcntl",
+           checks=(_low32(1, _F_GETLK),)),
+    *_deny("testing another process's lock (F_OFD_GETLK) reads a covert channel", "fcntl",
+           checks=(_low32(1, _F_OFD_GETLK),)),
+    # inotify reports another process opening or reading a watched file -- the shared
+    # runtime's files included: the same channel by other means.
+    *_deny("inotify sees other agents open and read shared files (a covert channel)",
+           "inotify_init", "inotify_init1", "inotify_add_watch", "inotify_rm_watch"),
+)
+
+# Deno (its cache) and shell commands (git, package tools) lock files with flock and
+# test locks; they run alone in their own mount trees.
+_ALLOW_FLOCK: Final[tuple[Rule, ...]] = (
+    *_allow("whole-file locks (Deno's cache, programs)", "flock"),
+    *_allow("descriptor flags, record locks, pipe sizes, seals", "fcntl"),
+    *_allow("watching files (programs that follow their own files)", "inotify_init",
+            "inotify_init1", "inotify_add_watch", "inotify_rm_watch"),
+)
+# An agent's fcntl: every command but the two that read another process's locks.
+_FCNTL_AGENT: Final = {
+    "F_DUPFD": 0, "F_GETFD": 1, "F_SETFD": 2, "F_GETFL": 3, "F_SETFL": 4, "F_SETLK": 6,
+    "F_SETLKW": 7, "F_SETOWN": 8, "F_GETOWN": 9, "F_SETSIG": 10, "F_GETSIG": 11,
+    "F_SETOWN_EX": 15, "F_GETOWN_EX": 16, "F_OFD_SETLK": 37, "F_OFD_SETLKW": 38,
+    "F_SETLEASE": 1024, "F_GETLEASE": 1025, "F_NOTIFY": 1026, "F_DUPFD_CLOEXEC": 1030,
+    "F_SETPIPE_SZ": 1031, "F_GETPIPE_SZ": 1032, "F_ADD_SEALS": 1033, "F_GET_SEALS": 1034,
+}
+_ALLOW_FCNTL_AGENT: Final[tuple[Rule, ...]] = tuple(
+    Rule("fcntl", "allow", 0, (_low32(1, cmd),), f"fcntl {name}")
+    for name, cmd in _FCNTL_AGENT.items())
+
 # Running another program: the agent gets an interpreter, not a shell. A fresh binary
 # would shed everything the runtime assumes (and setuid binaries exist); shell access is
 # the broker's shell:exec capability, audited. The "deno" variant will swap this group
@@ -439,7 +481,7 @@ _ALLOW_PYTHON: Final[tuple[Rule, ...]] = (
     *_allow("files and directories (which ones: Landlock and the mount namespace)",
             "read", "write", "readv", "writev", "pread64", "pwrite64", "preadv", "pwritev",
             "preadv2", "pwritev2", "lseek", "open", "openat", "openat2", "creat", "close",
-            "close_range", "dup", "dup2", "dup3", "pipe", "pipe2", "fcntl", "flock",
+            "close_range", "dup", "dup2", "dup3", "pipe", "pipe2",
             "fsync", "fdatasync", "ftruncate", "truncate", "fallocate", "fadvise64",
             "sendfile", "copy_file_range", "stat", "fstat", "lstat", "newfstatat", "statx",
             "statfs", "fstatfs", "access", "faccessat", "faccessat2", "getdents",
@@ -447,8 +489,7 @@ _ALLOW_PYTHON: Final[tuple[Rule, ...]] = (
             "unlink", "unlinkat", "rename", "renameat", "renameat2", "link", "linkat",
             "symlink", "symlinkat", "readlink", "readlinkat", "chmod", "fchmod", "fchmodat",
             "umask", "utime", "utimes", "utimensat", "futimesat", "getxattr", "lgetxattr",
-            "fgetxattr", "listxattr", "llistxattr", "flistxattr", "inotify_init",
-            "inotify_init1", "inotify_add_watch", "inotify_rm_watch", "memfd_create"),
+            "fgetxattr", "listxattr", "llistxattr", "flistxattr", "memfd_create"),
     *_allow("os.mkfifo and plain files by mknod; never device nodes", "mknod",
             checks=(_masked(1, _S_IFMT, _S_IFIFO),)),
     *_allow("os.mkfifo and plain files by mknod; never device nodes", "mknod",
@@ -571,12 +612,14 @@ class _Variant:
 
 
 _VARIANTS: Final[dict[str, _Variant]] = {
-    "agent": _Variant(_DENY_COMMON + _DENY_EXEC, _ALLOW_PYTHON,
+    "agent": _Variant(_DENY_COMMON + _DENY_EXEC + _DENY_LOCK_CHANNEL,
+                      _ALLOW_PYTHON + _ALLOW_FCNTL_AGENT,
                       "a CPython AgentProcess: pyzmq, threads, the standard library"),
-    "deno": _Variant(_DENY_COMMON + _DENY_PATH_EXEC, _ALLOW_PYTHON + _ALLOW_DENO,
+    "deno": _Variant(_DENY_COMMON + _DENY_PATH_EXEC,
+                     _ALLOW_PYTHON + _ALLOW_DENO + _ALLOW_FLOCK,
                      "a JIT tool: the Python child until it execs Deno, then Deno (V8, "
                      "tokio threads) with no permissions"),
-    "shell": _Variant(_DENY_COMMON, _ALLOW_PYTHON + _ALLOW_SHELL,
+    "shell": _Variant(_DENY_COMMON, _ALLOW_PYTHON + _ALLOW_SHELL + _ALLOW_FLOCK,
                       "a shell.exec command: any program its mount tree holds, forking "
                       "and exec'ing, with the agent's other refusals"),
 }
