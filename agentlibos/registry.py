@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -88,6 +89,79 @@ def check_tools(image: AgentImage, *, shown_as: Path | None = None) -> None:
                 compiler=output)
 
 
+@dataclass(frozen=True)
+class Staged:
+    """A validated copy of an image, beside its final place, not yet installed."""
+
+    image: AgentImage  # the source, as loaded
+    name: str          # the name it will be registered under
+    staging: Path
+    final: Path
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise ImageError(f"{name!r} is not a valid image name (1-64 of a-z, 0-9, '.', "
+                         "'_', '-', starting with a letter or digit)")
+    return name
+
+
+def stage_image(images_dir: Path, source: str | Path, *, name: str | None = None,
+                ids: tuple[int, int] | None = DEFAULT_AGENT_IDS) -> Staged:
+    """Validate ``source`` and copy it into a staging directory in ``images_dir``.
+
+    It touches no store and no runtime state, so it may run off the supervisor's loop
+    (``image.register``: a copy of 64 MiB and `deno check` must not stop other agents).
+    The staged copy is removed again if any check fails.
+    """
+    image = load_image(source, agent_ids=ids)
+    name = check_name(name if name is not None else image.name)
+    _check_tree(image.path)
+    images_dir.mkdir(parents=True, exist_ok=True)
+    final = images_dir / name
+    if image.path == final.resolve():
+        raise ImageError(f"{source} is already the registered copy of {name!r}")
+    staging = images_dir / f".{name}.{os.getpid()}.{time.monotonic_ns()}"
+    shutil.copytree(image.path, staging, symlinks=True,
+                    ignore=shutil.ignore_patterns(*IGNORED_DIRS))
+    try:
+        # The copy must be as valid as the original, and it is the copy that will run:
+        # checked again, so a link raced into the source after the first check is
+        # refused here instead of being installed.
+        _check_tree(staging)
+        check_tools(load_image(staging, agent_ids=ids), shown_as=image.path)
+    except BaseException:
+        remove_tree(str(staging))
+        raise
+    return Staged(image, name, staging, final)
+
+
+def install_image(store: Store, staged: Staged, *, by_pid: int | None = None,
+                  call: str = "image.add", ids: tuple[int, int] | None = DEFAULT_AGENT_IDS,
+                  ) -> tuple[ImageRecord, AgentImage]:
+    """Move a staged copy into place (replacing an older one atomically), record it and
+    audit it as ``call``. Runs where the store may be written (the loop, or the CLI)."""
+    image, final, staging = staged.image, staged.final, staged.staging
+    try:
+        old = None
+        if final.exists():
+            old = final.parent / f".{staged.name}.old.{time.monotonic_ns()}"
+            final.rename(old)
+        staging.rename(final)
+        if old is not None:
+            remove_tree(str(old))
+    except BaseException:
+        remove_tree(str(staging))
+        raise
+    rec = ImageRecord(staged.name, image.version, str(final), image.description, time.time())
+    with store.transaction():
+        store.put_image(rec)
+        store.append_audit(by_pid, call, f"image:register:{staged.name}", "info",
+                           {"source": str(image.path), "path": str(final),
+                            "version": image.version})
+    return rec, load_image(final, agent_ids=ids)
+
+
 def register_image(store: Store, images_dir: Path, source: str | Path, *,
                    by_pid: int | None = None,
                    ids: tuple[int, int] | None = DEFAULT_AGENT_IDS,
@@ -97,35 +171,8 @@ def register_image(store: Store, images_dir: Path, source: str | Path, *,
     ``ids``: who the agent runs as (:func:`agent_ids`), who must be able to read it.
     Nothing is recorded and nothing replaced unless every check passes.
     """
-    image = load_image(source, agent_ids=ids)
-    _check_tree(image.path)
-    images_dir.mkdir(parents=True, exist_ok=True)
-    final = images_dir / image.name
-    if image.path == final.resolve():
-        raise ImageError(f"{source} is already the registered copy of {image.name!r}")
-    staging = images_dir / f".{image.name}.{os.getpid()}.{time.monotonic_ns()}"
-    shutil.copytree(image.path, staging, symlinks=True,
-                    ignore=shutil.ignore_patterns(*IGNORED_DIRS))
-    try:
-        # The copy must be as valid as the original, and it is the copy that will run.
-        check_tools(load_image(staging, agent_ids=ids), shown_as=image.path)
-        old = None
-        if final.exists():
-            old = images_dir / f".{image.name}.old.{time.monotonic_ns()}"
-            final.rename(old)
-        staging.rename(final)
-        if old is not None:
-            remove_tree(str(old))
-    except BaseException:
-        remove_tree(str(staging))
-        raise
-    rec = ImageRecord(image.name, image.version, str(final), image.description, time.time())
-    with store.transaction():
-        store.put_image(rec)
-        store.append_audit(by_pid, "image.add", f"image:register:{image.name}", "info",
-                           {"source": str(image.path), "path": str(final),
-                            "version": image.version})
-    return rec, load_image(final, agent_ids=ids)
+    return install_image(store, stage_image(images_dir, source, ids=ids), by_pid=by_pid,
+                         ids=ids)
 
 
 def remove_image(store: Store, images_dir: Path, name: str, *,
@@ -140,9 +187,7 @@ def remove_image(store: Store, images_dir: Path, name: str, *,
     the copy is renamed aside and removed. Only a directory inside ``images_dir`` is
     ever removed, whatever the record says.
     """
-    if not NAME_RE.match(name):
-        raise ImageError(f"{name!r} is not a valid image name (1-64 of a-z, 0-9, '.', "
-                         "'_', '-', starting with a letter or digit)")
+    check_name(name)
     with store.transaction():
         rec = store.get_image(name)
         if rec is None:
