@@ -18,6 +18,7 @@ from agentlibos.providers.fs import LocalFs
 from agentlibos.store import ObjectQuota, Store
 from agentlibos.supervisor.approvals import Approvals
 from agentlibos.supervisor.events import Clock, Events
+from agentlibos.supervisor.image_calls import ImageCalls
 from agentlibos.supervisor.models import Models
 from agentlibos.supervisor.net import Net
 from agentlibos.supervisor.process_calls import ProcessCalls
@@ -98,11 +99,18 @@ class ModelView:
     models: Models
 
 
+@dataclass(frozen=True)
+class ImageView:
+    authz: Authz
+    fs: LocalFs
+    images: ImageCalls
+
+
 def wire_syscalls(dispatcher: Dispatcher, *, authz: Authz, fs: LocalFs, store: Store,
                   object_quota: ObjectQuota, tree_quota: TreeQuota,
                   processes: ProcessCalls, tools: ToolCalls, approvals: Approvals,
                   events: Events, clock: Clock, shell: ShellRunner, net: Net,
-                  models: Models) -> None:
+                  models: Models, images: ImageCalls) -> None:
     """Hand each syscall family its services (and the dispatch its approval queue)."""
     dispatcher.add_services("fs", FsView(authz, fs, store, tree_quota))
     dispatcher.add_services("obj", ObjView(authz, store, object_quota, tree_quota))
@@ -115,4 +123,5 @@ def wire_syscalls(dispatcher: Dispatcher, *, authz: Authz, fs: LocalFs, store: S
     dispatcher.add_services("shell", ShellView(authz, shell))
     dispatcher.add_services("net", NetView(authz, net))
     dispatcher.add_services("model", ModelView(authz, models))
+    dispatcher.add_services("image", ImageView(authz, fs, images))
     dispatcher.approvals = approvals

@@ -4,9 +4,8 @@ It holds no logic of its own. One thread, one loop (``loop.py``) where every own
 registers its fds and timers; each turn runs inside one store batch and the replies go
 out after the commit, so no agent sees an answer that is not on disk.
 
-The rooms (docs/architecture.md): loop.py, processes.py (the table), one service module
-per syscall family (process_calls, tools, approvals, events, shell, net, models), waits.py,
-workers.py + jit.py, sandboxing.py, offloop.py, control/ (one module per operation)."""
+The rooms, each family's service named in docs/architecture.md: loop.py, processes.py (the
+table), a service per syscall family, waits.py, workers.py + jit.py, offloop.py, control/."""
 
 from __future__ import annotations
 
@@ -33,6 +32,7 @@ from agentlibos.store import ObjectQuota, Store, open_store
 from agentlibos.supervisor import control
 from agentlibos.supervisor.approvals import Approvals
 from agentlibos.supervisor.events import Clock, Events
+from agentlibos.supervisor.image_calls import ImageCalls
 from agentlibos.supervisor.images import Images
 from agentlibos.supervisor.jit import JitManager
 from agentlibos.supervisor.lock import lock_home
@@ -146,7 +146,9 @@ class Supervisor:
                       tools=ToolCalls(table, self.jit, waits, store),
                       approvals=self.approvals, events=self.events, clock=Clock(waits, loop),
                       shell=ShellRunner(self.paths, store, loop, self.sandbox, workers, waits,
-                                        table), net=self.net, models=self.models)
+                                        table), net=self.net, models=self.models,
+                      images=ImageCalls(store, self.offloop, waits, self.paths.images,
+                                        self.sandbox.config, table.live.__contains__))
         self.broker = Broker(self._ctx, self.paths.broker_endpoint, table, dispatcher)
         # Agents may run as an unprivileged uid; the socket file is reachable only
         # through run/ (0700) or the bind mount into each agent's own tree.
