@@ -198,3 +198,43 @@ def test_an_image_the_agent_uid_cannot_read_is_refused(
     assert rec.result[0][0] == "ImageError", rec.result
     assert sup.store.list_images() == []
     assert _leftovers(sup) == []
+
+
+GOOD_TS = """
+export default function (args: { text: string }, libos: Libos): number {
+  return args.text.length;
+}
+"""
+BAD_TS = """
+export default function (args: { text: string }, libos: Libos): number {
+  return args.text.notAMethod();
+}
+"""
+
+
+@pytest.mark.deno
+@pytest.mark.slow
+def test_jit_tools_are_type_checked_off_the_loop_before_anything_is_registered(
+    sup: Supervisor, make_image: MakeImage, tmp_path: Path
+) -> None:
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    hello = "def main(ctx, args):\n    return ctx.tools.call('count', {'text': 'four'})\n"
+    write_image(proj, "typed", hello, tools={"count": "jit:tools/count.ts"},
+                files={"tools/count.ts": GOOD_TS})
+    write_image(proj, "broken", hello, tools={"count": "jit:tools/count.ts"},
+                files={"tools/count.ts": BAD_TS})
+    img = make_image("registrar", REGISTRAR, caps=["fs:read:./**", "image:register:*"])
+    rec = run_proc(sup, img, {"calls": [["broken", None], ["typed", None]]}, cwd=proj,
+                   policy=POLICY, timeout_s=180)
+    assert rec.exit_reason == "returned", rec.error
+    (s1, m1), (s2, r2) = rec.result
+    assert s1 == "ImageError", rec.result
+    assert "does not pass `deno check`" in m1 and "notAMethod" in m1
+    assert str(proj / "broken/tools/count.ts") in m1  # the source, not the staging copy
+    assert (s2, r2["name"]) == ("ok", "typed")
+    assert [i.name for i in sup.store.list_images()] == ["typed"]
+    assert _leftovers(sup) == ["typed"]
+    errors = [a for a in sup.store.audit_records(pid=rec.pid)
+              if a.call == "image.register" and a.verdict == "error"]
+    assert [a.request for a in errors] == ["image:register:broken"]
