@@ -3,11 +3,15 @@ grants nothing, and every bad input is a typed error with nothing registered."""
 
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agentlibos.kernel.policy import parse_policy
+from agentlibos.registry import Staged, stage_image
 from agentlibos.supervisor import Supervisor
 from tests.helpers import MakeImage, run_proc, write_image
 
@@ -188,7 +192,6 @@ def test_a_name_already_registered_is_a_conflict_whoever_registered_it(
 def test_an_image_the_agent_uid_cannot_read_is_refused(
     sup: Supervisor, make_image: MakeImage, tmp_path: Path
 ) -> None:
-    import os  # noqa: PLC0415
     if os.geteuid() != 0:
         pytest.skip("needs root: the agent runs as another uid only then")
     proj = _project(tmp_path)
@@ -238,3 +241,36 @@ def test_jit_tools_are_type_checked_off_the_loop_before_anything_is_registered(
     errors = [a for a in sup.store.audit_records(pid=rec.pid)
               if a.call == "image.register" and a.verdict == "error"]
     assert [a.request for a in errors] == ["image:register:broken"]
+
+
+def test_the_copy_and_checks_run_off_the_loop_while_other_agents_go_on(
+    sup: Supervisor, make_image: MakeImage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Hold the staging step (copy + `deno check`) until another agent has run start to
+    # end: if it ran on the loop, that agent could not even start.
+    release, entered = threading.Event(), threading.Event()
+
+    def held(*a: Any, **kw: Any) -> Staged:
+        entered.set()
+        assert release.wait(30)
+        return stage_image(*a, **kw)
+
+    monkeypatch.setattr("agentlibos.supervisor.image_calls.stage_image", held)
+    proj = _project(tmp_path)
+    img = make_image("registrar", """
+        def main(ctx, args):
+            reg = ctx.image.register("helper", name="alias")
+            return {"reg": reg, "child": ctx.proc.wait(ctx.proc.spawn("alias",
+                                                                      args={"who": "you"}))}
+    """, caps=["fs:read:./**", "image:register:alias", "proc:spawn:alias"])
+    pid = sup.submit_run(str(img), {}, cwd=str(proj), policy=POLICY)
+    assert sup.run_until(entered.is_set, 30)
+    assert sup.store.get_process(pid).wait == "image:alias"
+    other = run_proc(sup, make_image("other", "def main(ctx, args):\n    return 7\n"))
+    assert other.result == 7
+    release.set()
+    assert sup.run_until(lambda: not sup.tree_live(pid), 30)
+    rec = sup.store.get_process(pid)
+    assert rec.exit_reason == "returned", rec.error
+    assert rec.result["reg"]["name"] == "alias"
+    assert rec.result["child"]["result"] == {"hello": "you"}
