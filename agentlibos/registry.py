@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,8 +64,14 @@ def _check_tree(root: Path) -> None:
                     "outside the image once it is copied)"
                 )
         for n in names:
+            st = (Path(top) / n).lstat()
+            if not stat.S_ISREG(st.st_mode):
+                # A FIFO would stop the copy (or the loop) waiting for a writer; a device
+                # would copy what it yields. An image is code and data: regular files.
+                raise ImageError(f"{Path(top) / n}: images may hold only regular files "
+                                 "and directories")
             files += 1
-            total += (Path(top) / n).stat().st_size
+            total += st.st_size
         if files > MAX_IMAGE_FILES or total > MAX_IMAGE_BYTES:
             raise LimitExceeded(
                 f"image {root} is larger than {MAX_IMAGE_FILES} files or "

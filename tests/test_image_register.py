@@ -133,6 +133,10 @@ def test_bad_input_is_refused_with_typed_errors_and_nothing_registered(
     (proj / "plain/readme.txt").write_text("not an image")
     write_image(tmp_path, "elsewhere", "def main(ctx, args):\n    return 1\n")
     (proj / "link").symlink_to(tmp_path / "elsewhere")
+    (proj / "piped").mkdir()
+    os.mkfifo(proj / "piped/image.toml")  # would stop the loop if it were opened blocking
+    write_image(proj, "fifo-inside", "def main(ctx, args):\n    return 1\n")
+    os.mkfifo(proj / "fifo-inside/data")  # would stop the copy
     img = make_image("registrar", REGISTRAR, caps=["fs:read:/**", "image:register:*"])
     calls = [
         ["../elsewhere", None],            # outside the cwd, lexically
@@ -143,12 +147,16 @@ def test_bad_input_is_refused_with_typed_errors_and_nothing_registered(
         ["helper", "Not A Name"],          # an invalid name
         ["helper", "../x"],
         ["", None],                        # an empty path
+        ["piped", None],                   # image.toml is a FIFO
+        ["fifo-inside", None],             # a FIFO among its files
     ]
     rec = run_proc(sup, img, {"calls": calls}, cwd=proj, policy=POLICY)
     assert rec.exit_reason == "returned", rec.error
     kinds = [r[0] for r in rec.result]
     assert kinds == ["PermissionDenied", "PermissionDenied", "PermissionDenied", "ImageError",
-                     "ImageError", "ImageError", "ImageError", "InvalidArgument"], rec.result
+                     "ImageError", "ImageError", "ImageError", "InvalidArgument",
+                     "ImageError", "ImageError"], rec.result
+    assert "only regular files" in rec.result[-1][1]
     assert "outside the process's working directory" in rec.result[0][1]
     assert sup.store.list_images() == []
     assert _leftovers(sup) == []

@@ -16,13 +16,13 @@ name in flight at once: the second is refused the same way.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from agentlibos.broker.syscalls import Caller, Pending
-from agentlibos.errors import Conflict, InternalError, LibOSError
-from agentlibos.kernel.image import AgentImage, load_image
+from agentlibos.errors import Conflict, ImageError, InternalError, LibOSError
 from agentlibos.kernel.text import storable
 from agentlibos.providers.fs import remove_tree
 from agentlibos.registry import Staged, agent_ids, install_image, stage_image
@@ -44,10 +44,6 @@ class ImageCalls:
         self._is_live = is_live
         self._in_flight: set[str] = set()
 
-    def inspect(self, real: str) -> AgentImage:
-        """The image at ``real`` (ImageError when it is none), as the agent's uid reads it."""
-        return load_image(real, agent_ids=self._ids)
-
     def _refuse_taken(self, name: str) -> None:
         rec = self._store.get_image(name)
         if rec is not None or name in self._in_flight:
@@ -55,12 +51,14 @@ class ImageCalls:
                            + (f" ({rec.path})" if rec else " (a registration is in flight)")
                            + "; choose another name (name=...)", name=name)
 
-    def register(self, caller: Caller, image: AgentImage, name: str) -> Pending:
+    def register(self, caller: Caller, source: str, name: str) -> Pending:
+        """Register the image directory ``source`` (a real path, authorized) as ``name``:
+        the name is fixed here, whatever its image.toml says by the time it is copied."""
         self._refuse_taken(name)
         pid, pending = caller.pid, Pending(caller.pid)
         self._in_flight.add(name)
         self._waits.suspend(pid, pending, f"image:{name}")
-        source, ids = image.path, self._ids
+        ids = self._ids
         self._offloop.submit(lambda: stage_image(self._dir, source, name=name, ids=ids),
                              lambda out: self._staged(pid, pending, name, out))
         return pending
@@ -70,6 +68,10 @@ class ImageCalls:
         """On the loop: install the validated copy, or answer why not."""
         self._in_flight.discard(name)
         try:
+            if isinstance(outcome, (OSError, shutil.Error)):
+                # The copy failed on the file system (a file vanished or changed type
+                # mid-copy, the disk is full): the caller's input or the host, not a bug.
+                raise ImageError(f"image.register: cannot copy the image: {outcome}")
             if isinstance(outcome, BaseException):
                 raise outcome
             if pending.done or not self._is_live(pid):

@@ -10,18 +10,18 @@ any fs path, and lying under that cwd), ``fs:read`` on it, that it is an image, 
 from __future__ import annotations
 
 import os
+import tomllib
 from typing import Any, Protocol
 
 from agentlibos.broker.syscalls.base import Authorizer, Caller, Param, Result, syscall
-from agentlibos.errors import ImageError, PermissionDenied
-from agentlibos.kernel.image import NAME_RE, AgentImage
+from agentlibos.errors import ImageError, LibOSError, NotFound, PermissionDenied
+from agentlibos.kernel.image import MAX_IMAGE_TOML_BYTES, NAME_RE
 from agentlibos.kernel.policy import Request
 from agentlibos.providers.fs import MAX_PATH, LocalFs
 
 
 class ImageRegistry(Protocol):
-    def inspect(self, real: str) -> AgentImage: ...
-    def register(self, caller: Caller, image: AgentImage, name: str) -> Result: ...
+    def register(self, caller: Caller, source: str, name: str) -> Result: ...
 
 
 class ImageServices(Protocol):
@@ -37,6 +37,26 @@ def under(real: str, root: str) -> bool:
     """Whether the real path ``real`` is ``root`` or lies below it."""
     root = root.rstrip("/") or "/"
     return real == root or real.startswith(root if root == "/" else root + "/")
+
+
+def declared_name(fs: LocalFs, real: str) -> str:
+    """The ``[image] name`` of the image directory ``real``: only what is needed to
+    authorize, read on the loop through the fs provider (no link followed, and a FIFO
+    planted as image.toml is refused instead of stopping the loop). Everything else
+    ``image add`` validates runs off the loop, on what is copied."""
+    toml = os.path.join(real, "image.toml")
+    try:
+        data = tomllib.loads(fs.read(toml, MAX_IMAGE_TOML_BYTES).decode("utf-8"))
+    except NotFound:
+        raise ImageError(f"{real!r} is not an image: it has no image.toml") from None
+    except (LibOSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ImageError(f"{toml}: cannot read it as an image.toml: {e}") from None
+    table = data.get("image")
+    name = table.get("name") if isinstance(table, dict) else None
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ImageError(f"{toml}: [image] name must be 1-64 of a-z, 0-9, '.', '_', '-' "
+                         "starting with a letter or digit")
+    return name
 
 
 @syscall("image.register", path=Param(str, max_len=MAX_PATH),
@@ -58,7 +78,7 @@ def image_register(svc: ImageServices, caller: Caller, args: dict[str, Any],
             f"directory {caller.cwd}; only a directory under it can be registered",
             path=r.real)
     svc.authz.authorize(caller, "image.register", Request("fs", "read", r.real))
-    image = svc.images.inspect(r.real)
-    name = args["name"] if args["name"] is not None else image.name
+    declared = declared_name(svc.fs, r.real)
+    name = args["name"] if args["name"] is not None else declared
     svc.authz.authorize(caller, "image.register", Request("image", "register", name))
-    return svc.images.register(caller, image, name)
+    return svc.images.register(caller, r.real, name)
