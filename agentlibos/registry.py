@@ -17,7 +17,6 @@ the pure ``kernel``.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import time
 from dataclasses import dataclass
@@ -33,12 +32,15 @@ from agentlibos.kernel.image import (
     AgentImage,
     load_image,
 )
-from agentlibos.providers.fs import remove_tree
+from agentlibos.providers.fs import remove_tree, safe_open
 from agentlibos.sandbox.profile import SandboxConfig
 from agentlibos.store import ImageRecord, Store
 
 MAX_IMAGE_BYTES: Final = 64 << 20
 MAX_IMAGE_FILES: Final = 10_000
+MAX_IMAGE_DEPTH: Final = 64
+_DIR: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 def agent_ids(config: SandboxConfig) -> tuple[int, int] | None:
@@ -56,6 +58,11 @@ def _check_tree(root: Path) -> None:
     total = files = 0
     for top, dirs, names in os.walk(root):
         dirs[:] = [d for d in dirs if d not in IGNORED_DIRS]
+        if dirs and len(Path(top).relative_to(root).parts) >= MAX_IMAGE_DEPTH:
+            # Before os.walk recurses (it does, in 3.11): a 1,500-level chain would
+            # otherwise end in RecursionError rather than in this refusal.
+            raise LimitExceeded(f"image {root} nests directories deeper than "
+                                f"{MAX_IMAGE_DEPTH} levels")
         for n in dirs + names:
             p = Path(top) / n
             if p.is_symlink():
@@ -73,10 +80,73 @@ def _check_tree(root: Path) -> None:
             files += 1
             total += st.st_size
         if files > MAX_IMAGE_FILES or total > MAX_IMAGE_BYTES:
-            raise LimitExceeded(
-                f"image {root} is larger than {MAX_IMAGE_FILES} files or "
-                f"{MAX_IMAGE_BYTES >> 20} MiB"
-            )
+            raise _too_large(root)
+
+
+def _too_large(root: Path) -> LimitExceeded:
+    return LimitExceeded(f"image {root} is larger than {MAX_IMAGE_FILES} files or "
+                         f"{MAX_IMAGE_BYTES >> 20} MiB")
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    """Copy the image ``src`` to the new directory ``dst`` without following any link.
+
+    Threat: the source lies in a directory an agent may write (``image.register``
+    copies from the caller's cwd, as root). ``shutil.copytree`` goes by path: a
+    directory swapped for a symlink between its listing and its copy would be followed,
+    and whatever it points at copied into an image the agent can then read. Here every
+    entry is opened relative to its parent's descriptor with ``O_NOFOLLOW`` and checked
+    on the open descriptor, so a swap makes the copy fail instead. The limits are
+    counted on what is actually copied (a file that grows meanwhile is caught), and
+    set-id bits are dropped: the copy is owned by the supervisor's user.
+    """
+    files = total = 0
+    root = safe_open(str(src), _DIR)
+    stack: list[tuple[int, Path, int]] = [(root, dst, 0)]
+    try:
+        os.mkdir(dst, 0o700)
+        os.chmod(dst, stat.S_IMODE(os.fstat(root).st_mode) & 0o777)
+        while stack:
+            dfd, out, depth = stack.pop()
+            try:
+                names = sorted(os.listdir(dfd))
+                for name in names:
+                    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                    if stat.S_ISDIR(st.st_mode):
+                        if name in IGNORED_DIRS:
+                            continue
+                        if depth + 1 >= MAX_IMAGE_DEPTH:
+                            raise LimitExceeded(f"image {src} nests directories deeper "
+                                                f"than {MAX_IMAGE_DEPTH} levels")
+                        sub = os.open(name, _DIR, dir_fd=dfd)
+                        stack.append((sub, out / name, depth + 1))
+                        os.mkdir(out / name, 0o700)
+                        os.chmod(out / name, stat.S_IMODE(os.fstat(sub).st_mode) & 0o777)
+                        continue
+                    fd = os.open(name, _FILE, dir_fd=dfd)
+                    try:
+                        fst = os.fstat(fd)
+                        if not stat.S_ISREG(fst.st_mode):
+                            raise ImageError(f"{src}: {name} is not a regular file; images "
+                                             "may hold only regular files and directories")
+                        files += 1
+                        if files > MAX_IMAGE_FILES:
+                            raise _too_large(src)
+                        with open(out / name, "xb") as w:
+                            while chunk := os.read(fd, 1 << 20):
+                                total += len(chunk)
+                                if total > MAX_IMAGE_BYTES:
+                                    raise _too_large(src)
+                                w.write(chunk)
+                            os.fchmod(w.fileno(), stat.S_IMODE(fst.st_mode) & 0o777)
+                    finally:
+                        os.close(fd)
+            finally:
+                os.close(dfd)
+    except BaseException:
+        for dfd, _, _ in stack:
+            os.close(dfd)
+        raise
 
 
 def check_tools(image: AgentImage, *, shown_as: Path | None = None) -> None:
@@ -129,9 +199,8 @@ def stage_image(images_dir: Path, source: str | Path, *, name: str | None = None
     if image.path == final.resolve():
         raise ImageError(f"{source} is already the registered copy of {name!r}")
     staging = images_dir / f".{name}.{os.getpid()}.{time.monotonic_ns()}"
-    shutil.copytree(image.path, staging, symlinks=True,
-                    ignore=shutil.ignore_patterns(*IGNORED_DIRS))
     try:
+        _copy_tree(image.path, staging)
         # The copy must be as valid as the original, and it is the copy that will run:
         # checked again, so a link raced into the source after the first check is
         # refused here instead of being installed.

@@ -282,3 +282,41 @@ def test_the_copy_and_checks_run_off_the_loop_while_other_agents_go_on(
     assert rec.exit_reason == "returned", rec.error
     assert rec.result["reg"]["name"] == "alias"
     assert rec.result["child"]["result"] == {"hello": "you"}
+
+
+# ------------------------------------------------ the copy itself (registry._copy_tree)
+
+
+def test_the_copy_follows_no_link_even_one_raced_in_after_the_checks(tmp_path: Path) -> None:
+    from agentlibos.registry import _copy_tree  # noqa: PLC0415 - private, tested as such
+
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "secret/key.txt").write_text("TOPSECRET")
+    src = tmp_path / "img"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub/a.txt").write_text("a")
+    # What a swap between the link check and the copy leaves: a link where a directory was.
+    (src / "data").symlink_to(tmp_path / "secret")
+    with pytest.raises(OSError):
+        _copy_tree(src, tmp_path / "copy")
+    copied = [p.read_text() for p in (tmp_path / "copy").rglob("*") if p.is_file()]
+    assert "TOPSECRET" not in copied
+
+
+def test_the_copy_drops_set_id_bits_and_bounds_depth(tmp_path: Path) -> None:
+    from agentlibos.errors import LimitExceeded  # noqa: PLC0415
+    from agentlibos.registry import MAX_IMAGE_DEPTH, _copy_tree  # noqa: PLC0415
+
+    src = tmp_path / "img"
+    src.mkdir()
+    (src / "run.sh").write_text("#!/bin/sh\n")
+    (src / "run.sh").chmod(0o4755)
+    _copy_tree(src, tmp_path / "copy")
+    assert (tmp_path / "copy/run.sh").stat().st_mode & 0o7777 == 0o755
+    deep = tmp_path / "deep"
+    d = deep
+    for _ in range(MAX_IMAGE_DEPTH + 1):
+        d = d / "d"
+    d.mkdir(parents=True)
+    with pytest.raises(LimitExceeded):
+        _copy_tree(deep, tmp_path / "copy2")

@@ -16,7 +16,6 @@ name in flight at once: the second is refused the same way.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -68,7 +67,7 @@ class ImageCalls:
         """On the loop: install the validated copy, or answer why not."""
         self._in_flight.discard(name)
         try:
-            if isinstance(outcome, (OSError, shutil.Error)):
+            if isinstance(outcome, OSError):
                 # The copy failed on the file system (a file vanished or changed type
                 # mid-copy, the disk is full): the caller's input or the host, not a bug.
                 raise ImageError(f"image.register: cannot copy the image: {outcome}")
