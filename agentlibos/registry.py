@@ -6,7 +6,8 @@ runs under that name; re-registering replaces it atomically.
 
 What registering validates, in order, before anything is recorded (docs/images.md):
 ``image.toml`` and the files it names (:func:`load_image`), that the agent's uid can
-read every file of the image, no symbolic links, the size limits, and that every JIT
+read every file of the image, only regular files and directories (no symbolic links),
+the size and depth limits, and that every JIT
 tool in ``[tools]`` passes ``deno check`` -- the check ``ctx.jit.register`` makes, run
 here on the copy, confined (``jit/deno.py``, :func:`check_on_host`).
 

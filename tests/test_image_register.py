@@ -320,3 +320,18 @@ def test_the_copy_drops_set_id_bits_and_bounds_depth(tmp_path: Path) -> None:
     d.mkdir(parents=True)
     with pytest.raises(LimitExceeded):
         _copy_tree(deep, tmp_path / "copy2")
+
+
+def test_an_ask_rule_on_image_register_holds_the_call_for_a_human(
+    sup: Supervisor, make_image: MakeImage, tmp_path: Path
+) -> None:
+    proj = _project(tmp_path)
+    policy = parse_policy('ask = ["image:register:*"]\nallow = ["fs:*:**"]\n', "p")
+    img = make_image("registrar", REGISTRAR, caps=["fs:read:./**", "image:register:*"])
+    pid = sup.submit_run(str(img), {"calls": [["helper", None]]}, cwd=str(proj),
+                         policy=policy, ask="deny")
+    assert sup.run_until(lambda: not sup.tree_live(pid), 30)
+    rec = sup.store.get_process(pid)
+    assert rec.result[0][0] == "PermissionDenied", rec.result
+    assert "needs a human's approval" in rec.result[0][1]
+    assert sup.store.list_images() == []
