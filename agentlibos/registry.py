@@ -6,7 +6,8 @@ runs under that name; re-registering replaces it atomically.
 
 What registering validates, in order, before anything is recorded (docs/images.md):
 ``image.toml`` and the files it names (:func:`load_image`), that the agent's uid can
-read every file of the image, no symbolic links, the size limits, and that every JIT
+read every file of the image, only regular files and directories (no symbolic links),
+the size and depth limits, and that every JIT
 tool in ``[tools]`` passes ``deno check`` -- the check ``ctx.jit.register`` makes, run
 here on the copy, confined (``jit/deno.py``, :func:`check_on_host`).
 
@@ -17,8 +18,9 @@ the pure ``kernel``.
 from __future__ import annotations
 
 import os
-import shutil
+import stat
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -31,12 +33,15 @@ from agentlibos.kernel.image import (
     AgentImage,
     load_image,
 )
-from agentlibos.providers.fs import remove_tree
+from agentlibos.providers.fs import remove_tree, safe_open
 from agentlibos.sandbox.profile import SandboxConfig
 from agentlibos.store import ImageRecord, Store
 
 MAX_IMAGE_BYTES: Final = 64 << 20
 MAX_IMAGE_FILES: Final = 10_000
+MAX_IMAGE_DEPTH: Final = 64
+_DIR: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 def agent_ids(config: SandboxConfig) -> tuple[int, int] | None:
@@ -54,6 +59,11 @@ def _check_tree(root: Path) -> None:
     total = files = 0
     for top, dirs, names in os.walk(root):
         dirs[:] = [d for d in dirs if d not in IGNORED_DIRS]
+        if dirs and len(Path(top).relative_to(root).parts) >= MAX_IMAGE_DEPTH:
+            # Before os.walk recurses (it does, in 3.11): a 1,500-level chain would
+            # otherwise end in RecursionError rather than in this refusal.
+            raise LimitExceeded(f"image {root} nests directories deeper than "
+                                f"{MAX_IMAGE_DEPTH} levels")
         for n in dirs + names:
             p = Path(top) / n
             if p.is_symlink():
@@ -62,13 +72,82 @@ def _check_tree(root: Path) -> None:
                     "outside the image once it is copied)"
                 )
         for n in names:
+            st = (Path(top) / n).lstat()
+            if not stat.S_ISREG(st.st_mode):
+                # A FIFO would stop the copy (or the loop) waiting for a writer; a device
+                # would copy what it yields. An image is code and data: regular files.
+                raise ImageError(f"{Path(top) / n}: images may hold only regular files "
+                                 "and directories")
             files += 1
-            total += (Path(top) / n).stat().st_size
+            total += st.st_size
         if files > MAX_IMAGE_FILES or total > MAX_IMAGE_BYTES:
-            raise LimitExceeded(
-                f"image {root} is larger than {MAX_IMAGE_FILES} files or "
-                f"{MAX_IMAGE_BYTES >> 20} MiB"
-            )
+            raise _too_large(root)
+
+
+def _too_large(root: Path) -> LimitExceeded:
+    return LimitExceeded(f"image {root} is larger than {MAX_IMAGE_FILES} files or "
+                         f"{MAX_IMAGE_BYTES >> 20} MiB")
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    """Copy the image ``src`` to the new directory ``dst`` without following any link.
+
+    Threat: the source lies in a directory an agent may write (``image.register``
+    copies from the caller's cwd, as root). ``shutil.copytree`` goes by path: a
+    directory swapped for a symlink between its listing and its copy would be followed,
+    and whatever it points at copied into an image the agent can then read. Here every
+    entry is opened relative to its parent's descriptor with ``O_NOFOLLOW`` and checked
+    on the open descriptor, so a swap makes the copy fail instead. The limits are
+    counted on what is actually copied (a file that grows meanwhile is caught), and
+    set-id bits are dropped: the copy is owned by the supervisor's user.
+    """
+    files = total = 0
+    root = safe_open(str(src), _DIR)
+    stack: list[tuple[int, Path, int]] = [(root, dst, 0)]
+    try:
+        os.mkdir(dst, 0o700)
+        os.chmod(dst, stat.S_IMODE(os.fstat(root).st_mode) & 0o777)
+        while stack:
+            dfd, out, depth = stack.pop()
+            try:
+                names = sorted(os.listdir(dfd))
+                for name in names:
+                    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                    if stat.S_ISDIR(st.st_mode):
+                        if name in IGNORED_DIRS:
+                            continue
+                        if depth + 1 >= MAX_IMAGE_DEPTH:
+                            raise LimitExceeded(f"image {src} nests directories deeper "
+                                                f"than {MAX_IMAGE_DEPTH} levels")
+                        sub = os.open(name, _DIR, dir_fd=dfd)
+                        stack.append((sub, out / name, depth + 1))
+                        os.mkdir(out / name, 0o700)
+                        os.chmod(out / name, stat.S_IMODE(os.fstat(sub).st_mode) & 0o777)
+                        continue
+                    fd = os.open(name, _FILE, dir_fd=dfd)
+                    try:
+                        fst = os.fstat(fd)
+                        if not stat.S_ISREG(fst.st_mode):
+                            raise ImageError(f"{src}: {name} is not a regular file; images "
+                                             "may hold only regular files and directories")
+                        files += 1
+                        if files > MAX_IMAGE_FILES:
+                            raise _too_large(src)
+                        with open(out / name, "xb") as w:
+                            while chunk := os.read(fd, 1 << 20):
+                                total += len(chunk)
+                                if total > MAX_IMAGE_BYTES:
+                                    raise _too_large(src)
+                                w.write(chunk)
+                            os.fchmod(w.fileno(), stat.S_IMODE(fst.st_mode) & 0o777)
+                    finally:
+                        os.close(fd)
+            finally:
+                os.close(dfd)
+    except BaseException:
+        for dfd, _, _ in stack:
+            os.close(dfd)
+        raise
 
 
 def check_tools(image: AgentImage, *, shown_as: Path | None = None) -> None:
@@ -88,6 +167,78 @@ def check_tools(image: AgentImage, *, shown_as: Path | None = None) -> None:
                 compiler=output)
 
 
+@dataclass(frozen=True)
+class Staged:
+    """A validated copy of an image, beside its final place, not yet installed."""
+
+    image: AgentImage  # the source, as loaded
+    name: str          # the name it will be registered under
+    staging: Path
+    final: Path
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise ImageError(f"{name!r} is not a valid image name (1-64 of a-z, 0-9, '.', "
+                         "'_', '-', starting with a letter or digit)")
+    return name
+
+
+def stage_image(images_dir: Path, source: str | Path, *, name: str | None = None,
+                ids: tuple[int, int] | None = DEFAULT_AGENT_IDS) -> Staged:
+    """Validate ``source`` and copy it into a staging directory in ``images_dir``.
+
+    It touches no store and no runtime state, so it may run off the supervisor's loop
+    (``image.register``: a copy of 64 MiB and `deno check` must not stop other agents).
+    The staged copy is removed again if any check fails.
+    """
+    image = load_image(source, agent_ids=ids)
+    name = check_name(name if name is not None else image.name)
+    _check_tree(image.path)
+    images_dir.mkdir(parents=True, exist_ok=True)
+    final = images_dir / name
+    if image.path == final.resolve():
+        raise ImageError(f"{source} is already the registered copy of {name!r}")
+    staging = images_dir / f".{name}.{os.getpid()}.{time.monotonic_ns()}"
+    try:
+        _copy_tree(image.path, staging)
+        # The copy must be as valid as the original, and it is the copy that will run:
+        # checked again, so a link raced into the source after the first check is
+        # refused here instead of being installed.
+        _check_tree(staging)
+        check_tools(load_image(staging, agent_ids=ids), shown_as=image.path)
+    except BaseException:
+        remove_tree(str(staging))
+        raise
+    return Staged(image, name, staging, final)
+
+
+def install_image(store: Store, staged: Staged, *, by_pid: int | None = None,
+                  call: str = "image.add", ids: tuple[int, int] | None = DEFAULT_AGENT_IDS,
+                  ) -> tuple[ImageRecord, AgentImage]:
+    """Move a staged copy into place (replacing an older one atomically), record it and
+    audit it as ``call``. Runs where the store may be written (the loop, or the CLI)."""
+    image, final, staging = staged.image, staged.final, staged.staging
+    try:
+        old = None
+        if final.exists():
+            old = final.parent / f".{staged.name}.old.{time.monotonic_ns()}"
+            final.rename(old)
+        staging.rename(final)
+        if old is not None:
+            remove_tree(str(old))
+    except BaseException:
+        remove_tree(str(staging))
+        raise
+    rec = ImageRecord(staged.name, image.version, str(final), image.description, time.time())
+    with store.transaction():
+        store.put_image(rec)
+        store.append_audit(by_pid, call, f"image:register:{staged.name}", "info",
+                           {"source": str(image.path), "path": str(final),
+                            "version": image.version})
+    return rec, load_image(final, agent_ids=ids)
+
+
 def register_image(store: Store, images_dir: Path, source: str | Path, *,
                    by_pid: int | None = None,
                    ids: tuple[int, int] | None = DEFAULT_AGENT_IDS,
@@ -97,35 +248,8 @@ def register_image(store: Store, images_dir: Path, source: str | Path, *,
     ``ids``: who the agent runs as (:func:`agent_ids`), who must be able to read it.
     Nothing is recorded and nothing replaced unless every check passes.
     """
-    image = load_image(source, agent_ids=ids)
-    _check_tree(image.path)
-    images_dir.mkdir(parents=True, exist_ok=True)
-    final = images_dir / image.name
-    if image.path == final.resolve():
-        raise ImageError(f"{source} is already the registered copy of {image.name!r}")
-    staging = images_dir / f".{image.name}.{os.getpid()}.{time.monotonic_ns()}"
-    shutil.copytree(image.path, staging, symlinks=True,
-                    ignore=shutil.ignore_patterns(*IGNORED_DIRS))
-    try:
-        # The copy must be as valid as the original, and it is the copy that will run.
-        check_tools(load_image(staging, agent_ids=ids), shown_as=image.path)
-        old = None
-        if final.exists():
-            old = images_dir / f".{image.name}.old.{time.monotonic_ns()}"
-            final.rename(old)
-        staging.rename(final)
-        if old is not None:
-            remove_tree(str(old))
-    except BaseException:
-        remove_tree(str(staging))
-        raise
-    rec = ImageRecord(image.name, image.version, str(final), image.description, time.time())
-    with store.transaction():
-        store.put_image(rec)
-        store.append_audit(by_pid, "image.add", f"image:register:{image.name}", "info",
-                           {"source": str(image.path), "path": str(final),
-                            "version": image.version})
-    return rec, load_image(final, agent_ids=ids)
+    return install_image(store, stage_image(images_dir, source, ids=ids), by_pid=by_pid,
+                         ids=ids)
 
 
 def remove_image(store: Store, images_dir: Path, name: str, *,
@@ -140,9 +264,7 @@ def remove_image(store: Store, images_dir: Path, name: str, *,
     the copy is renamed aside and removed. Only a directory inside ``images_dir`` is
     ever removed, whatever the record says.
     """
-    if not NAME_RE.match(name):
-        raise ImageError(f"{name!r} is not a valid image name (1-64 of a-z, 0-9, '.', "
-                         "'_', '-', starting with a letter or digit)")
+    check_name(name)
     with store.transaction():
         rec = store.get_image(name)
         if rec is None:

@@ -255,9 +255,9 @@ def test_an_entry_module_that_is_a_directory_without_init_is_refused(tmp_path: P
 
 
 def test_an_unknown_builtin_tool_is_refused(tmp_path: Path) -> None:
-    d = make(tmp_path, minimal() + '[tools]\nrun = "builtin:shell.exec"\n')
+    d = make(tmp_path, minimal() + '[tools]\nrun = "builtin:shell.teleport"\n')
     msg = refused(d)
-    assert "tool 'run': unknown builtin 'shell.exec'" in msg
+    assert "tool 'run': unknown builtin 'shell.teleport'" in msg
     assert "fs.read" in msg  # lists the known ones
 
 

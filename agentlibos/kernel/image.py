@@ -65,6 +65,7 @@ BUILTIN_TOOLS: Final[dict[str, str]] = {
     # Effects outside, each in its own sandbox or performed by the broker.
     "shell.exec": "shell.exec",
     "net.fetch": "net.fetch",
+    "image.register": "image.register",
 }
 # The built-in agent loop (agentlibos/sdk/agent_loop.py): what an image with an [agent]
 # table and no entry runs.

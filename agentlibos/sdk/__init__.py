@@ -19,8 +19,8 @@ from typing import Any, NoReturn
 from agentlibos.errors import NotFound
 from agentlibos.sdk.client import Client
 
-__all__ = ["Caps", "Clock", "Context", "Events", "Fs", "Human", "Jit", "Model", "Net", "Obj",
-           "Proc", "Shell", "Tools"]
+__all__ = ["Caps", "Clock", "Context", "Events", "Fs", "Human", "Image", "Jit", "Model", "Net",
+           "Obj", "Proc", "Shell", "Tools"]
 
 
 class _Family:
@@ -292,6 +292,35 @@ class Model(_Family):
         return dict(self._call("model.chat", args))
 
 
+class Image(_Family):
+    """The registry of images, and the name of this process's own (``ctx.image.name``;
+    ``str(ctx.image)`` and ``ctx.image == "name"`` still work as when it was that string)."""
+
+    def __init__(self, client: Client, name: str) -> None:
+        super().__init__(client)
+        self.name = name
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __eq__(self, other: object) -> bool:
+        return self.name == (other.name if isinstance(other, Image) else other)
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    def register(self, path: str, name: str | None = None) -> dict[str, Any]:
+        """Register the image directory ``path`` (under the cwd) by name: a validated copy
+        in the registry, as ``agentlibos image add`` makes (needs ``fs:read`` on it and
+        ``image:register:<name>``; ``name`` defaults to its image.toml's). Grants nothing:
+        spawning it still needs ``proc:spawn:<name>``. Returns ``{name, version, path}``;
+        Conflict when the name is taken."""
+        args: dict[str, Any] = {"path": path}
+        if name is not None:
+            args["name"] = name
+        return dict(self._call("image.register", args))
+
+
 class Context:
     """Everything an agent can do, each a brokered syscall."""
 
@@ -299,7 +328,6 @@ class Context:
         self.client = client
         self.pid: int = int(info["pid"])
         self.ppid: int | None = info.get("ppid")
-        self.image: str = str(info.get("image", ""))
         self.fs = Fs(client)
         self.obj = Obj(client)
         self.proc = Proc(client, self.pid, self.ppid)
@@ -312,6 +340,7 @@ class Context:
         self.shell = Shell(client)
         self.net = Net(client)
         self.model = Model(client)
+        self.image = Image(client, str(info.get("image", "")))
         self.image_path: str = str(info.get("image_path", ""))
 
     def syscall(self, name: str, args: dict[str, Any] | None = None,

@@ -110,7 +110,7 @@ def _fetch_decode(result: Any, blobs: list[bytes]) -> Any:
 
 
 # Keyed by the syscall a builtin wraps (ToolSpec.ref). Builtins that arrive with later
-# primitives add a row here (image.register, jit.register).
+# primitives add a row here (jit.register).
 BUILTIN_TOOLS: Final[dict[str, BuiltinTool]] = {
     "fs.read": BuiltinTool(
         "Read a whole text file and return its contents.",
@@ -197,6 +197,10 @@ BUILTIN_TOOLS: Final[dict[str, BuiltinTool]] = {
               "headers": {"type": "object", "additionalProperties": {"type": "string"}},
               "body": {"type": "string"}}, ("url",)),
         decode=_fetch_decode),
+    "image.register": BuiltinTool(
+        "Register an image directory under your working directory by its name (or the "
+        "given name), so it can be spawned. Registering grants it nothing.",
+        _obj({"path": _PATH, "name": {"type": "string", "minLength": 1}}, ("path",))),
 }
 
 

@@ -21,6 +21,7 @@ from agentlibos.providers.fs import LocalFs
 from agentlibos.store import ObjectQuota, Store
 from agentlibos.supervisor.approvals import Approvals
 from agentlibos.supervisor.events import Clock, Events
+from agentlibos.supervisor.image_calls import ImageCalls
 from agentlibos.supervisor.loop import Loop
 from agentlibos.supervisor.models import Models
 from agentlibos.supervisor.net import Net
@@ -125,12 +126,19 @@ class ModelView:
     models: Models
 
 
+@dataclass(frozen=True)
+class ImageView:
+    authz: Authz
+    fs: LocalFs
+    images: ImageCalls
+
+
 def wire_syscalls(dispatcher: Dispatcher, *, authz: Authz, fs: LocalFs, file_io: OffLoop,
                   loop: Loop, rate: ByteRate, store: Store,
                   object_quota: ObjectQuota, tree_quota: TreeQuota,
                   processes: ProcessCalls, tools: ToolCalls, approvals: Approvals,
                   events: Events, clock: Clock, shell: ShellRunner, net: Net,
-                  models: Models) -> None:
+                  models: Models, images: ImageCalls) -> None:
     """Hand each syscall family its services (and the dispatch its approval queue)."""
     dispatcher.add_services("fs", FsView(authz, fs, store, tree_quota, file_io, loop, rate))
     dispatcher.add_services("obj", ObjView(authz, store, object_quota, tree_quota))
@@ -143,4 +151,5 @@ def wire_syscalls(dispatcher: Dispatcher, *, authz: Authz, fs: LocalFs, file_io:
     dispatcher.add_services("shell", ShellView(authz, shell))
     dispatcher.add_services("net", NetView(authz, net))
     dispatcher.add_services("model", ModelView(authz, models))
+    dispatcher.add_services("image", ImageView(authz, fs, images))
     dispatcher.approvals = approvals

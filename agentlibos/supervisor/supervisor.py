@@ -4,9 +4,8 @@ It holds no logic of its own. One thread, one loop (``loop.py``) where every own
 registers its fds and timers; each turn runs inside one store batch and the replies go
 out after the commit, so no agent sees an answer that is not on disk.
 
-The rooms (docs/architecture.md): loop.py, processes.py (the table), one service module
-per syscall family (process_calls, tools, approvals, events, shell, net, models), waits.py,
-workers.py + jit.py, sandboxing.py, offloop.py, control/ (one module per operation)."""
+The rooms, each family's service named in docs/architecture.md: loop.py, processes.py (the
+table), a service per syscall family, waits.py, workers.py + jit.py, offloop.py, control/."""
 
 from __future__ import annotations
 
@@ -24,7 +23,6 @@ from agentlibos.broker.dispatch import Dispatcher
 from agentlibos.broker.flow import ByteRate
 from agentlibos.broker.journal import StoreJournal
 from agentlibos.broker.server import Broker
-from agentlibos.broker.syscalls import Caller
 from agentlibos.config import Paths, SupervisorConfig, operator_config
 from agentlibos.kernel.policy import Policy
 from agentlibos.providers.fs import LocalFs
@@ -34,6 +32,7 @@ from agentlibos.store import ObjectQuota, Store, open_store
 from agentlibos.supervisor import control
 from agentlibos.supervisor.approvals import Approvals
 from agentlibos.supervisor.events import Clock, Events
+from agentlibos.supervisor.image_calls import ImageCalls
 from agentlibos.supervisor.images import Images
 from agentlibos.supervisor.jit import JitManager
 from agentlibos.supervisor.lock import lock_home
@@ -126,10 +125,10 @@ class Supervisor:
         self.processes = ProcessCalls(table, Images(store), authz, self.fs, waits)
         self.dispatcher = dispatcher = Dispatcher(
             store.savepoint, journal=journal,
-            on_internal_error=self._on_internal_error, on_refused=authz.refused)
+            on_internal_error=lambda c, call, e: self._on_loop_error(call, e, c.pid, call),
+            on_refused=authz.refused)
         table.ended.append(dispatcher.forget)
-        workers = Workers(self.sandbox, lambda: self.zygote, table)
-        self.workers = workers
+        self.workers = workers = Workers(self.sandbox, lambda: self.zygote, table)
         self.jit = JitManager(self.paths, store, loop, self.sandbox, workers, dispatcher,
                               max_per_tree=self.config.max_helpers_per_tree)
         table.ended.append(self.jit.end_process)
@@ -147,7 +146,9 @@ class Supervisor:
                       tools=ToolCalls(table, self.jit, waits, store),
                       approvals=self.approvals, events=self.events, clock=Clock(waits, loop),
                       shell=ShellRunner(self.paths, store, loop, self.sandbox, workers, waits,
-                                        table), net=self.net, models=self.models)
+                                        table), net=self.net, models=self.models,
+                      images=ImageCalls(store, self.offloop, waits, self.paths.images,
+                                        self.sandbox.config, table.live.__contains__))
         self.broker = Broker(self._ctx, self.paths.broker_endpoint, table, dispatcher)
         # Agents may run as an unprivileged uid; the socket file is reachable only
         # through run/ (0700) or the bind mount into each agent's own tree.
@@ -196,9 +197,6 @@ class Supervisor:
             self.zygote.close(timeout_s=1)
         self.zygote = ZygoteHandle(self.paths.logs / "zygote.log")
         self.loop.add_reader(self.zygote.fileno(), self._on_zygote)
-
-    def _on_internal_error(self, caller: Caller, call: str, exc: BaseException) -> None:
-        self._on_loop_error(call, exc, caller.pid, call)
 
     def _on_loop_error(self, what: str, exc: BaseException, pid: int | None = None,
                        call: str = "supervisor.error") -> None:

@@ -11,6 +11,7 @@ from agentlibos.broker.syscalls import (
     event,
     fs,
     human,
+    image,
     model,
     net,
     obj,
@@ -37,7 +38,8 @@ from agentlibos.broker.syscalls.tool import ToolService, ToolServices
 # Which services each call prefix receives (the part of a name before the dot).
 FAMILY_OF_PREFIX = {"fs": "fs", "obj": "obj", "proc": "proc", "cap": "cap", "tool": "tool",
                     "jit": "tool", "human": "human", "event": "event", "clock": "clock",
-                    "shell": "shell", "net": "net", "model": "model"}
+                    "shell": "shell", "net": "net", "model": "model",
+                    "image": "image"}
 
 __all__ = [
     "FAMILY_OF_PREFIX",
@@ -61,6 +63,7 @@ __all__ = [
     "event",
     "fs",
     "human",
+    "image",
     "lookup",
     "model",
     "net",
