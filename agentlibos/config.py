@@ -145,7 +145,7 @@ _SUPERVISOR_KEYS: Final[dict[str, tuple[str, str]]] = {
     "max_helpers_per_tree": ("max_helpers_per_tree", "int"),
 }
 # Tables the operator's file may hold. Later roadmap items add theirs here.
-SECTIONS: Final = frozenset({"supervisor", "sandbox", "limits", "jit", "approvals",
+SECTIONS: Final = frozenset({"supervisor", "durable", "sandbox", "limits", "jit", "approvals",
                              "secrets", "models"})
 
 
@@ -158,6 +158,12 @@ class OperatorConfig:
     # [approvals] timeout: how long an approval or question waits for an answer before
     # the call fails with PermissionDenied ("approval timed out"); None: for ever.
     approvals_timeout_s: float | None = None
+    # [limits] tokens: the model-token budget of a process tree whose image sets none
+    # (None: unlimited); `run --tokens` and an image's own [limits] tokens come first.
+    default_tokens: int | None = None
+    # [durable] evict_after: how long a process may wait before it is evicted (stopped,
+    # to be resumed by replay). Read and kept now; eviction arrives with durable execution.
+    evict_after_s: float = 30.0
     # [secrets.NAME]: headers the supervisor adds to matching net.fetch requests.
     secrets: tuple[SecretRule, ...] = ()
     # [models.NAME]: the model providers (providers/models.py parses them).
@@ -203,14 +209,33 @@ def parse_operator_config(text: str, source: str) -> OperatorConfig:
     if unknown:
         raise PolicyError(f"{source}: unknown section(s) {', '.join(sorted(unknown))} "
                           f"(known: {', '.join(sorted(SECTIONS))})")
+    tokens = None
+    limits = data.get("limits")
+    if isinstance(limits, dict) and "tokens" in limits:
+        tokens = limits["tokens"]
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+            raise PolicyError(f"{source}: [limits] tokens must be a whole number >= 1")
+        data = {**data, "limits": {k: v for k, v in limits.items() if k != "tokens"}}
     return OperatorConfig(
         supervisor=_supervisor_config(data.get("supervisor", {}), source),
         sandbox=sandbox_config_from(data, source),
         approvals_timeout_s=_approvals_timeout(data.get("approvals", {}), source),
+        default_tokens=tokens,
+        evict_after_s=_evict_after(data.get("durable", {}), source),
         secrets=parse_secrets(data.get("secrets", {}), source),
         models=parse_models(data.get("models", {}), source),
         source=source,
     )
+
+
+def _evict_after(table: object, source: str) -> float:
+    if not isinstance(table, dict) or set(table) - {"evict_after"}:
+        raise PolicyError(f"{source}: [durable] takes one key, evict_after (a duration)")
+    try:
+        return parse_duration(table.get("evict_after", "30s"),
+                              what=f"{source}: [durable] evict_after")
+    except InvalidArgument as e:
+        raise PolicyError(e.message) from None
 
 
 def _approvals_timeout(table: object, source: str) -> float | None:

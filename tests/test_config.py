@@ -64,3 +64,21 @@ def test_the_supervisor_reads_its_limits_from_the_homes_config(paths: Paths) -> 
     sup = Supervisor(paths)
     assert sup.config.max_children == 5
     assert "landlock" in sup.sandbox.config.optional
+
+
+def test_every_operator_key_the_contract_names_is_accepted() -> None:
+    # DESIGN.md "Shapes the checks rely on": [durable] evict_after, [approvals] timeout,
+    # [models.NAME], [secrets.NAME], [limits] tokens, [limits.ceiling].
+    cfg = parse_operator_config(
+        '[durable]\nevict_after = "45s"\n\n[approvals]\ntimeout = "1h"\n\n'
+        '[limits]\ntokens = 200000\n\n[limits.ceiling]\nmemory = "2GiB"\n\n'
+        '[models.script]\nkind = "scripted"\nscript = "/tmp/s.json"\n\n'
+        '[secrets.gh]\nmatch = "https://api.github.com/**"\nheader = "Authorization"\n'
+        'value_env = "GITHUB_TOKEN"\nprefix = "Bearer "\n', "c.toml")
+    assert (cfg.evict_after_s, cfg.approvals_timeout_s, cfg.default_tokens) == (
+        45.0, 3600.0, 200000)
+    assert cfg.sandbox.ceiling_limits.memory_max_bytes == 2 << 30
+    assert "script" in cfg.models and len(cfg.secrets) == 1
+    assert parse_operator_config("", "c.toml").evict_after_s == 30.0
+    with pytest.raises(PolicyError, match=r"\[limits\] tokens"):
+        parse_operator_config("[limits]\ntokens = 0\n", "c.toml")

@@ -57,7 +57,9 @@ def prompt_digest(messages: list[Any], tools: list[Any] | None) -> str:
 
 class Models:
     def __init__(self, configs: dict[str, ModelConfig], store: Store, offloop: OffLoop,
-                 root_image: Callable[[int], AgentImage | None]) -> None:
+                 root_image: Callable[[int], AgentImage | None], *,
+                 default_limit: int | None = None) -> None:
+        self._default_limit = default_limit  # the operator's [limits] tokens
         self._providers: dict[str, ModelProvider] = {
             name: make_provider(cfg) for name, cfg in configs.items()}
         self._store = store
@@ -166,6 +168,8 @@ class Models:
             return usage.limit
         image = self._root_image(root_pid)
         limit = image.limits.tokens if image is not None else None
+        if limit is None:
+            limit = self._default_limit
         if limit is not None:
             self._store.tokens_set_limit(root_pid, limit)
         return limit

@@ -137,7 +137,8 @@ class Supervisor:
         self.offloop, op = OffLoop(loop), self.operator
         self.net = Net(authz, waits, loop, self.offloop, HttpxClient(), op.secrets)
         self.models = Models(op.models, store, self.offloop, lambda root: (
-            table.live[root].caller.image if root in table.live else None))
+            table.live[root].caller.image if root in table.live else None),
+            default_limit=op.default_tokens)
         self.file_io, rate = OffLoop(loop, max_workers=2), ByteRate()  # large reads' own pool
         table.ended += [self.approvals.process_ended, self.events.process_ended, rate.forget]
         wire_syscalls(dispatcher, authz=authz, fs=self.fs, file_io=self.file_io, loop=loop,
