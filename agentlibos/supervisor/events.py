@@ -9,13 +9,13 @@ call, the same mechanism as ``proc.wait`` and approvals.
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from typing import Any
 
 from agentlibos.broker.syscalls import Caller, Pending
 from agentlibos.errors import Timeout
 from agentlibos.kernel.approvals import EventRecord, check_event_name, check_sleep, iso_time
+from agentlibos.providers.base import ClockProvider, SystemClock
 from agentlibos.store import Store
 from agentlibos.supervisor.loop import Loop, check_delay
 from agentlibos.supervisor.waits import Waits
@@ -65,17 +65,18 @@ class Events:
 
 
 class Clock:
-    def __init__(self, waits: Waits, loop: Loop) -> None:
+    def __init__(self, waits: Waits, loop: Loop, source: ClockProvider | None = None) -> None:
         self._waits = waits
         self._loop = loop
+        self._source: ClockProvider = source or SystemClock()
 
     def now(self) -> dict[str, Any]:
-        t = time.time()
+        t = self._source.time()
         return {"time": t, "iso": iso_time(t)}
 
     def sleep(self, caller: Caller, seconds: float) -> Pending:
         s = check_sleep(seconds)
-        until = time.time() + s
+        until = self._source.time() + s
         pending = Pending(caller.pid)
         self._loop.call_later(s, lambda: pending.resolve({"slept": s, "until": iso_time(until)}))
         return self._waits.suspend(caller.pid, pending, f"sleep:{iso_time(until)}")

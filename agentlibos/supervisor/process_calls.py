@@ -15,6 +15,7 @@ from agentlibos.broker.authz import Authz
 from agentlibos.broker.syscalls import Caller, Pending, Result
 from agentlibos.errors import (
     InvalidArgument,
+    LibOSError,
     LimitExceeded,
     NoSuchProcess,
     NotFound,
@@ -26,14 +27,14 @@ from agentlibos.kernel.approvals import ASK_MODES
 from agentlibos.kernel.caps import CapPattern, attenuate, parse_cap, within
 from agentlibos.kernel.policy import BUILTIN_POLICY, Policy, Request
 from agentlibos.kernel.process import ProcessRecord
-from agentlibos.providers.fs import LocalFs
+from agentlibos.providers.base import FileProvider
 from agentlibos.supervisor.images import Images
 from agentlibos.supervisor.processes import ProcessTable
 from agentlibos.supervisor.waits import Waits
 
 
 class ProcessCalls:
-    def __init__(self, table: ProcessTable, images: Images, authz: Authz, fs: LocalFs,
+    def __init__(self, table: ProcessTable, images: Images, authz: Authz, fs: FileProvider,
                  waits: Waits) -> None:
         self._table = table
         self._images = images
@@ -89,7 +90,7 @@ class ProcessCalls:
             r = self._fs.resolve(caller.cwd, cwd)
             self._authz.authorize(caller, "proc.spawn", Request("fs", "read", r.real,
                                                                 r.aliases))
-            if not os.path.isdir(r.real):
+            if not self._is_dir(r.real):
                 raise InvalidArgument(f"proc.spawn: cwd {cwd!r} is not a directory")
             child_cwd = r.real
         handed = list(caller.caps) if caps is None else [
@@ -100,6 +101,12 @@ class ProcessCalls:
 
         return self._table.create(img, args, parent=caller, policy=caller.policy,
                                   cwd=child_cwd, held=held)
+
+    def _is_dir(self, real: str) -> bool:
+        try:
+            return bool(self._fs.stat(real)["type"] == "dir")
+        except LibOSError:
+            return False
 
     def _handable(self, caller: Caller, text: str) -> CapPattern:
         try:

@@ -17,7 +17,7 @@ from agentlibos.broker.flow import ByteRate
 from agentlibos.broker.syscalls import Caller, Pending, Reply, Result
 from agentlibos.errors import InternalError, LibOSError
 from agentlibos.kernel.budgets import TreeQuota
-from agentlibos.providers.fs import LocalFs
+from agentlibos.providers.base import FileProvider
 from agentlibos.store import ObjectQuota, Store
 from agentlibos.supervisor.approvals import Approvals
 from agentlibos.supervisor.events import Clock, Events
@@ -34,7 +34,7 @@ from agentlibos.supervisor.tools import ToolCalls
 @dataclass(frozen=True)
 class FsView:
     authz: Authz
-    fs: LocalFs
+    fs: FileProvider
     budgets: Store
     tree_quota: TreeQuota
     file_io: OffLoop
@@ -129,11 +129,11 @@ class ModelView:
 @dataclass(frozen=True)
 class ImageView:
     authz: Authz
-    fs: LocalFs
+    fs: FileProvider
     images: ImageCalls
 
 
-def wire_syscalls(dispatcher: Dispatcher, *, authz: Authz, fs: LocalFs, file_io: OffLoop,
+def wire_syscalls(dispatcher: Dispatcher, *, authz: Authz, fs: FileProvider, file_io: OffLoop,
                   loop: Loop, rate: ByteRate, store: Store,
                   object_quota: ObjectQuota, tree_quota: TreeQuota,
                   processes: ProcessCalls, tools: ToolCalls, approvals: Approvals,

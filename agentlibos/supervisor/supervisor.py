@@ -25,8 +25,7 @@ from agentlibos.broker.journal import StoreJournal
 from agentlibos.broker.server import Broker
 from agentlibos.config import Paths, SupervisorConfig, operator_config
 from agentlibos.kernel.policy import Policy
-from agentlibos.providers.fs import LocalFs
-from agentlibos.providers.net import HttpxClient
+from agentlibos.providers.base import Providers
 from agentlibos.sandbox.profile import SandboxConfig
 from agentlibos.store import ObjectQuota, Store, open_store
 from agentlibos.supervisor import control
@@ -59,7 +58,8 @@ REFUSAL_SUMMARY_S = 5.0
 
 class Supervisor:
     def __init__(self, paths: Paths, config: SupervisorConfig | None = None, *,
-                 mode: str = "embedded", sandbox: SandboxConfig | None = None) -> None:
+                 mode: str = "embedded", sandbox: SandboxConfig | None = None,
+                 providers: Providers | None = None) -> None:
         self.paths = paths
         # What is not given comes from $AGENTLIBOS_HOME/config.toml if it exists, else
         # the defaults (every layer required).
@@ -70,7 +70,8 @@ class Supervisor:
         self.operator = operator
         self.sandbox = SandboxManager(paths, sandbox)
         self.mode = mode
-        self.fs = LocalFs()
+        self.providers = providers or Providers()  # what effects go through (injectable)
+        self.fs = self.providers.files
         self.object_quota: ObjectQuota = self.config.object_quota
         self._started = False
         self._stop_requested = False
@@ -135,7 +136,7 @@ class Supervisor:
         self.approvals = Approvals(store, table, waits, loop, self.operator.approvals_timeout_s)
         self.events = Events(store, waits, loop)
         self.offloop, op = OffLoop(loop), self.operator
-        self.net = Net(authz, waits, loop, self.offloop, HttpxClient(), op.secrets)
+        self.net = Net(authz, waits, loop, self.offloop, self.providers.http, op.secrets)
         self.models = Models(op.models, store, self.offloop, lambda root: (
             table.live[root].caller.image if root in table.live else None),
             default_limit=op.default_tokens)
@@ -144,8 +145,8 @@ class Supervisor:
         wire_syscalls(dispatcher, authz=authz, fs=self.fs, file_io=self.file_io, loop=loop,
                       rate=rate, store=store, object_quota=self.object_quota,
                       tree_quota=self.sandbox.config.tree_quota, processes=self.processes,
-                      tools=ToolCalls(table, self.jit, waits, store),
-                      approvals=self.approvals, events=self.events, clock=Clock(waits, loop),
+                      tools=ToolCalls(table, self.jit, waits, store), approvals=self.approvals,
+                      events=self.events, clock=Clock(waits, loop, self.providers.clock),
                       shell=ShellRunner(self.paths, store, loop, self.sandbox, workers, waits,
                                         table), net=self.net, models=self.models,
                       images=ImageCalls(store, self.offloop, waits, self.paths.images,

@@ -8,7 +8,6 @@ caller's tree (the ``write_bytes`` quota, kernel/budgets.py) before the file is 
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -18,7 +17,8 @@ from agentlibos.kernel import budgets
 from agentlibos.kernel.budgets import TreeQuota, Usage
 from agentlibos.kernel.policy import Request
 from agentlibos.kernel.text import storable
-from agentlibos.providers.fs import MAX_PATH, LocalFs, Resolved
+from agentlibos.providers.base import FileProvider
+from agentlibos.providers.fs import MAX_PATH, Resolved
 
 
 class TreeBudgets(Protocol):
@@ -36,7 +36,7 @@ class FsServices(Protocol):
     @property
     def authz(self) -> Authorizer: ...
     @property
-    def fs(self) -> LocalFs: ...
+    def fs(self) -> FileProvider: ...
     @property
     def budgets(self) -> TreeBudgets: ...
     @property
@@ -79,8 +79,8 @@ def fs_read(svc: FsServices, caller: Caller, args: dict[str, Any], blobs: list[b
                      [hashlib.sha256(data).hexdigest()] if big else None)
 
     try:
-        size = os.stat(real).st_size
-    except OSError:
+        size = int(svc.fs.stat(real)["size"])
+    except LibOSError:
         size = 0  # the read itself says what is wrong
     # A large file is read (and hashed, for the journal) off the loop: one agent's 16 MiB
     # reads must not hold every other agent's calls for the time they take.

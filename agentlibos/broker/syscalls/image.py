@@ -17,7 +17,8 @@ from agentlibos.broker.syscalls.base import Authorizer, Caller, Param, Result, s
 from agentlibos.errors import ImageError, LibOSError, NotFound, PermissionDenied
 from agentlibos.kernel.image import MAX_IMAGE_TOML_BYTES, NAME_RE
 from agentlibos.kernel.policy import Request
-from agentlibos.providers.fs import MAX_PATH, LocalFs
+from agentlibos.providers.base import FileProvider
+from agentlibos.providers.fs import MAX_PATH
 
 
 class ImageRegistry(Protocol):
@@ -28,7 +29,7 @@ class ImageServices(Protocol):
     @property
     def authz(self) -> Authorizer: ...
     @property
-    def fs(self) -> LocalFs: ...
+    def fs(self) -> FileProvider: ...
     @property
     def images(self) -> ImageRegistry: ...
 
@@ -39,7 +40,7 @@ def under(real: str, root: str) -> bool:
     return real == root or real.startswith(root if root == "/" else root + "/")
 
 
-def declared_name(fs: LocalFs, real: str) -> str:
+def declared_name(fs: FileProvider, real: str) -> str:
     """The ``[image] name`` of the image directory ``real``: only what is needed to
     authorize, read on the loop through the fs provider (no link followed, and a FIFO
     planted as image.toml is refused instead of stopping the loop). Everything else
