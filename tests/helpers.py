@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -66,3 +68,18 @@ def run_proc(
 def log_of(sup: Supervisor, pid: int) -> str:
     p = sup.paths.logs / f"{pid}.log"
     return p.read_text() if p.exists() else ""
+
+
+def stop_process(proc: subprocess.Popen[str], grace_s: float) -> None:
+    """End a command a test started (a daemon, a console): SIGTERM, SIGKILL after
+    ``grace_s``, then close its pipes so no ResourceWarning is left behind."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for f in (proc.stdin, proc.stdout, proc.stderr):
+        if f:
+            f.close()

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.helpers import MakeImage, write_image
+from tests.helpers import MakeImage, stop_process, write_image
 
 
 def cli(home: Path, *args: str, timeout: float = 60,
@@ -218,16 +218,7 @@ def serving(home: Path) -> Iterator[subprocess.Popen[str]]:
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for f in (proc.stdout, proc.stderr):
-            if f:
-                f.close()
+        stop_process(proc, 20)
 
 
 @pytest.fixture

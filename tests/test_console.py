@@ -42,7 +42,7 @@ from agentlibos.config import Paths
 from agentlibos.console import Guard, host_names, parse_listen
 from agentlibos.errors import UsageError
 from agentlibos.supervisor.control import control_call
-from tests.helpers import write_image
+from tests.helpers import stop_process, write_image
 from tests.test_cli import cli, serving
 
 STRICT = os.environ.get("AGENTLIBOS_STRICT") == "1"
@@ -187,16 +187,7 @@ def console_for(home: Path, *extra: str) -> Iterator[Console]:
             pytest.fail(f"console printed {line!r}, not its URL; stderr: {err}")
         yield Console(proc, int(m.group(1)), m.group(2))
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for f in (proc.stdout, proc.stderr):
-            if f:
-                f.close()
+        stop_process(proc, 15)
 
 
 @pytest.fixture
