@@ -486,32 +486,14 @@ def test_state_transitions_are_recorded(sup: Supervisor, make_image: MakeImage) 
     assert sup.store.get_process(pid).state == "created"
     assert sup.run_until(lambda: sup.store.get_process(pid).state == "waiting", 10)
     assert sup.tree_live(pid)
+    # ps shows what it waits on.
+    waiting, child = sup.store.get_process(pid), sup.store.children(pid)[0].pid
+    assert waiting.wait == f"proc:{child}"
+    assert waiting.table_row()["wait"] == f"proc:{child}"
+    assert waiting.table_row()["evicted"] is False
     with sup.store.transaction():
         sup.store.put_object("shared/go", "now", "int", "1", None, None, sup.object_quota)
     assert sup.run_until(lambda: not sup.tree_live(pid), 10)
     rec = sup.store.get_process(pid)
-    assert rec.state == "exited" and rec.result == "exited"
+    assert rec.state == "exited" and rec.result == "exited" and rec.wait is None
     assert rec.created_at <= (rec.started_at or 0) <= (rec.ready_at or 0) <= (rec.ended_at or 0)
-
-
-def test_ps_shows_what_a_waiting_process_waits_on(sup: Supervisor, make_image: MakeImage) -> None:
-    make_image("napper2", """
-        import time
-        def main(ctx, args):
-            while not ctx.obj.list(ns="shared/go2"):
-                time.sleep(0.01)
-    """, caps=["obj:read:shared/go2"])
-    img = make_image("waiter2", """
-        def main(ctx, args):
-            return ctx.proc.wait(ctx.proc.spawn("napper2"))["state"]
-    """, caps=["proc:spawn:napper2", "obj:read:shared/go2"])
-    pid = sup.submit_run(str(img), {})
-    assert sup.run_until(lambda: sup.store.get_process(pid).state == "waiting", 10)
-    rec = sup.store.get_process(pid)
-    child = sup.store.children(pid)[0].pid
-    assert rec.wait == f"proc:{child}"
-    assert rec.table_row()["wait"] == f"proc:{child}" and rec.table_row()["evicted"] is False
-    with sup.store.transaction():
-        sup.store.put_object("shared/go2", "now", "int", "1", None, None, sup.object_quota)
-    assert sup.run_until(lambda: not sup.tree_live(pid), 10)
-    assert sup.store.get_process(pid).wait is None
