@@ -22,7 +22,7 @@ from typing import Any, Final
 from agentlibos.config import Paths
 from agentlibos.launcher import run_image
 from agentlibos.providers.fs import discard_tree
-from agentlibos.store import open_store
+from agentlibos.store import Store, open_store
 from agentlibos.ui import format_ps, printable, ps_row
 
 IMAGES: Final = Path(__file__).resolve().parent / "images"
@@ -88,13 +88,9 @@ def run_demo(*, keep: bool = False, as_json: bool = False) -> int:
             obj = store.get_object("proc/1", "summary")
             say(f"object proc/1/summary ({obj.type}, v{obj.version}): "
                 f"{json.dumps(obj.value['children'], sort_keys=True)}")
-            check = store.verify_audit()
-            summary["audit"] = check.__dict__
             say("")
-            if not check.ok:
-                say(f"audit chain BROKEN at record {check.first_bad_seq}: {check.problem}")
+            if not _audit_verifies(store, summary, say):
                 return _end(summary, as_json, 1)
-            say(f"audit chain verified: {check.count} records, hash chain intact")
         finally:
             store.close()
         if keep:
@@ -104,6 +100,17 @@ def run_demo(*, keep: bool = False, as_json: bool = False) -> int:
     finally:
         if not keep:
             discard_tree(home)
+
+
+def _audit_verifies(store: Store, summary: dict[str, Any], say: Callable[[str], None]) -> bool:
+    """Verify the audit's hash chain, say what was found, and record it in the summary."""
+    check = store.verify_audit()
+    summary["audit"] = check.__dict__
+    if not check.ok:
+        say(f"audit chain BROKEN at record {check.first_bad_seq}: {check.problem}")
+    else:
+        say(f"audit chain verified: {check.count} records, hash chain intact")
+    return check.ok
 
 
 def _end(summary: dict[str, Any], as_json: bool, code: int) -> int:
@@ -184,13 +191,11 @@ def run_llm_demo(*, keep: bool = False, as_json: bool = False) -> int:
                 f"{(project / 'input/a-lighthouse.txt').read_text() == INPUT['a-lighthouse.txt']}")
             denials = [a for a in records if a.verdict == "deny"]
             summary["refusals"] = len(denials)
-            check = store.verify_audit()
-            summary["audit"] = check.__dict__
-            if not check.ok or not denials:
-                say(f"audit chain BROKEN at record {check.first_bad_seq}: {check.problem}"
-                    if not check.ok else "the refused write is missing from the audit")
+            if not _audit_verifies(store, summary, say):
                 return _end(summary, as_json, 1)
-            say(f"audit chain verified: {check.count} records, hash chain intact")
+            if not denials:
+                say("the refused write is missing from the audit")
+                return _end(summary, as_json, 1)
         finally:
             store.close()
         if keep:
