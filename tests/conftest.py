@@ -18,6 +18,7 @@ import pytest
 
 from agentlibos.config import Paths
 from agentlibos.sandbox.profile import LAYERS, SandboxConfig
+from agentlibos.store import SQLiteStore
 from agentlibos.supervisor import Supervisor
 from tests.helpers import write_image
 
@@ -48,6 +49,22 @@ def home() -> Iterator[Path]:
         yield d
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    """Where a test's own state database lives."""
+    return tmp_path / "state.db"
+
+
+@pytest.fixture
+def store(db: Path) -> Iterator[SQLiteStore]:
+    """A real SQLite store at ``db``, closed after the test."""
+    s = SQLiteStore(db)
+    try:
+        yield s
+    finally:
+        s.close()
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -28,20 +27,6 @@ from agentlibos.kernel.audit import GENESIS, canonical_json, record_hash, verify
 from agentlibos.store.sqlite import ObjectQuota, SQLiteStore
 
 QUOTA = ObjectQuota()
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "state.db"
-
-
-@pytest.fixture
-def store(db: Path) -> Iterator[SQLiteStore]:
-    s = SQLiteStore(db)
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def append(store: SQLiteStore, n: int, *, pid: int | None = 1) -> list[int]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,15 +41,6 @@ BAD_TS = textwrap.dedent("""
       return args.text.notAMethod();
     }
 """)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SQLiteStore]:
-    s = SQLiteStore(tmp_path / "state.db")
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def with_tools(img: Path, tools: dict[str, str]) -> Path:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import inspect
 import json
 import sqlite3
-from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
@@ -17,20 +16,6 @@ import pytest
 from agentlibos.errors import Conflict, NotFound, PermissionDenied, to_wire
 from agentlibos.kernel.journal import JournalEntry, JournalStatus, args_digest
 from agentlibos.store import SQLiteStore, Store, open_store
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "state.db"
-
-
-@pytest.fixture
-def store(db: Path) -> Iterator[SQLiteStore]:
-    s = SQLiteStore(db)
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def entry(seq: int, *, pid: int = 1, call: str = "fs.read", status: JournalStatus = "ok",
