@@ -162,7 +162,7 @@ class OperatorConfig:
     # (None: unlimited); `run --tokens` and an image's own [limits] tokens come first.
     default_tokens: int | None = None
     # [durable] evict_after: how long a process may wait before it is evicted (stopped,
-    # to be resumed by replay). Read and kept now; eviction arrives with durable execution.
+    # to be resumed by replay when its wait ends; docs/durability.md).
     evict_after_s: float = 30.0
     # [secrets.NAME]: headers the supervisor adds to matching net.fetch requests.
     secrets: tuple[SecretRule, ...] = ()

@@ -27,6 +27,7 @@ def write_image(
     limits: dict[str, Any] | None = None,
     tools: dict[str, str] | None = None,
     files: dict[str, str] | None = None,
+    lifecycle: dict[str, Any] | None = None,
 ) -> Path:
     """Create ``root/name`` with an image.toml and ``agent.py`` holding ``code``."""
     d = root / name
@@ -40,6 +41,10 @@ def write_image(
     if limits:
         lines.append("[limits]")
         lines += [f"{k} = {json.dumps(v)}" for k, v in limits.items()]
+        lines.append("")
+    if lifecycle:
+        lines.append("[lifecycle]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in lifecycle.items()]
     (d / "image.toml").write_text("\n".join(lines) + "\n")
     (d / "agent.py").write_text(textwrap.dedent(code))
     for rel, text in (files or {}).items():

@@ -108,7 +108,9 @@ def test_sigterm_is_escalated_to_sigkill_after_the_grace_period(
 def test_a_dead_zygote_fails_its_processes_and_is_replaced(
     sup: Supervisor, make_image: MakeImage
 ) -> None:
-    slow = make_image("slow", "import time\ndef main(ctx, args):\n    time.sleep(600)\n")
+    # on_crash = "fail": not resumed (tests/test_durable.py has the default, resume).
+    slow = make_image("slow", "import time\ndef main(ctx, args):\n    time.sleep(600)\n",
+                      lifecycle={"on_crash": "fail"})
     pid = sup.submit_run(str(slow), {})
     assert sup.run_until(lambda: sup.store.get_process(pid).state == "running", 10)
     old = sup.zygote.pid

@@ -22,12 +22,15 @@ writes rolled back, and the broker goes on.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import Any, Protocol
 
+from agentlibos.broker.crashpoints import crash_at
+from agentlibos.broker.replay import Replayer
 from agentlibos.broker.syscalls import FAMILY_OF_PREFIX, Caller, Pending, Reply, Result, lookup
 from agentlibos.errors import (
     InternalError,
@@ -37,7 +40,13 @@ from agentlibos.errors import (
     ProtocolError,
 )
 from agentlibos.kernel.approvals import Grant, NeedsApproval
-from agentlibos.kernel.journal import args_digest
+from agentlibos.kernel.journal import (
+    args_digest,
+    describe_request,
+    effect_kind,
+    once_intent,
+    wait_intent,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +58,8 @@ class Journal(Protocol):
     def last_seq(self, pid: int) -> int: ...
     def record(self, caller: Caller, seq: int, call: str, args: dict[str, Any],
                blobs: list[bytes], outcome: Outcome) -> None: ...
+    def intent(self, pid: int, seq: int, call: str, digest: str, text: str, *,
+               durable: bool) -> None: ...
 
 
 class ApprovalQueue(Protocol):
@@ -56,7 +67,9 @@ class ApprovalQueue(Protocol):
 
     def request(self, caller: Caller, call: str, args: dict[str, Any], blobs: list[bytes],
                 need: NeedsApproval, digest: str,
-                decided: Callable[[Grant | LibOSError], None]) -> None: ...
+                decided: Callable[[Grant | LibOSError], None]) -> int: ...
+    def reattach(self, pid: int, ask_id: int,
+                 decided: Callable[[Grant | LibOSError], None]) -> None: ...
 
 
 class Dispatcher:
@@ -76,6 +89,9 @@ class Dispatcher:
         self._on_refused = on_refused
         self.approvals: ApprovalQueue | None = None
         self._next_seq: dict[int, int] = {}
+        # Set by the supervisor for durable execution: answers a resumed process's calls
+        # from its journal (broker/replay.py).
+        self.replay: Replayer | None = None
 
     def add_services(self, family: str, services: object) -> None:
         """Wire ``family``'s services (a tool family needs the dispatcher itself)."""
@@ -111,6 +127,14 @@ class Dispatcher:
 
     def forget(self, pid: int) -> None:
         self._next_seq.pop(pid, None)
+        if self.replay is not None:
+            self.replay.forget(pid)
+
+    def begin_replay(self, pid: int) -> int:
+        """``pid`` starts again (a resume): its calls number from 1 and replay the journal."""
+        self.forget(pid)
+        self._next_seq[pid] = 1
+        return self.replay.begin(pid) if self.replay is not None else 0
 
     # ---------------------------------------------------------------------- calls
 
@@ -136,10 +160,25 @@ class Dispatcher:
         with that error, audited and journaled like any other refusal, and runs nothing.
         """
         if seq is not None and self.journal is not None:
+            if self.replay is not None and refused is None:
+                answer = self.replay.check(caller.pid, seq, call, args, blobs)
+                if answer.kind in ("journaled", "diverged"):
+                    assert answer.outcome is not None
+                    sink(answer.outcome)  # already journaled (or never to be)
+                    return
+                if answer.kind == "recheck":
+                    self._recheck(caller, seq, call, args, blobs, sink,
+                                  answer.expected_digests)
+                    return
+                if answer.kind == "resume":
+                    caller = replace(caller, resume=answer.resume)
             journal = self.journal
             outer = sink
+            acts = effect_kind(call, args) in ("redo", "once")
 
             def sink(outcome: Outcome) -> None:
+                if acts:
+                    crash_at("after-effect", call)
                 journal.record(caller, seq, call, args, blobs, outcome)
                 outer(outcome)
 
@@ -148,17 +187,64 @@ class Dispatcher:
                 self._on_refused(caller, call, refused)
             sink(refused)
             return
-        self._attempt(caller, call, args, blobs, sink)
+        self._attempt(caller, call, args, blobs, sink, seq)
+
+    def submit_rearmed(self, caller: Caller, seq: int, call: str, args: dict[str, Any],
+                       state: dict[str, Any], done: Sink) -> None:
+        """Make again, without its process, the call it was suspended in when the last
+        supervisor stopped (its wait intent): the outcome settles the intent."""
+        assert self.journal is not None
+        journal = self.journal
+        caller = replace(caller, resume=state)
+
+        def sink(outcome: Outcome) -> None:
+            journal.record(caller, seq, call, args, [], outcome)
+            done(outcome)
+
+        self._attempt(caller, call, args, [], sink, seq)
+
+    def _recheck(self, caller: Caller, seq: int, call: str, args: dict[str, Any],
+                 blobs: list[bytes], sink: Sink, expected: tuple[str | None, ...]) -> None:
+        """Replay a read whose large answer the journal kept by digest: read again, and
+        the bytes must be the same ones, or the process has diverged."""
+        def check(outcome: Outcome) -> None:
+            if isinstance(outcome, Reply):
+                got = tuple(hashlib.sha256(b).hexdigest() for b in outcome.blobs)
+                if got != expected:
+                    detail = (f"call {seq} ({call}) read other bytes than it did the first "
+                              "time")
+                    if self.replay is not None and self.replay.on_diverged is not None:
+                        self.replay.on_diverged(caller.pid, seq, detail)
+                    outcome = ProtocolError(f"diverged from the journal: {detail}")
+            sink(outcome)
+
+        self._attempt(caller, call, args, blobs, check, None)
 
     def _attempt(self, caller: Caller, call: str, args: dict[str, Any], blobs: list[bytes],
-                 sink: Sink) -> None:
+                 sink: Sink, seq: int | None = None) -> None:
+        if seq is not None and self.journal is not None and caller.resume is not None \
+                and "approval" in caller.resume and self.approvals is not None:
+            # Resumed while its call waited for a human: wait on for that same ask.
+            ask_id = int(caller.resume["approval"])
+            self.approvals.reattach(caller.pid, ask_id, self._decided(
+                replace(caller, resume=None), call, args, blobs, sink, seq))
+            return
+        if seq is not None and self.journal is not None and \
+                effect_kind(call, args) == "once":
+            # On disk before the effect acts: a crash past here leaves an intent that
+            # recovery will not redo blindly (docs/durability.md).
+            self.journal.intent(caller.pid, seq, call, _digest(call, args, blobs),
+                                once_intent(describe_request(call, args)), durable=True)
+            crash_at("before-effect", call)
+        elif seq is not None and effect_kind(call, args) == "redo":
+            crash_at("before-effect", call)
         try:
             with self._savepoint():
                 result = self.run(caller, call, args, blobs)
         except NeedsApproval as need:
             # Nothing has acted yet (authority comes before effects; the savepoint
             # dropped what the handler wrote): wait for a human, then run it again.
-            self._ask(caller, call, args, blobs, need, sink)
+            self._ask(caller, call, args, blobs, need, sink, seq)
             return
         except LibOSError as e:
             sink(e)
@@ -171,6 +257,9 @@ class Dispatcher:
                                "the supervisor log has the details"))
             return
         if isinstance(result, Pending):
+            if seq is not None and self.journal is not None and result.durable is not None:
+                self.journal.intent(caller.pid, seq, call, _digest(call, args, blobs),
+                                    wait_intent(call, args, result.durable), durable=False)
             result.bind(sink)
         elif isinstance(result, Reply):
             sink(result)
@@ -178,7 +267,7 @@ class Dispatcher:
             sink(Reply(result))
 
     def _ask(self, caller: Caller, call: str, args: dict[str, Any], blobs: list[bytes],
-             need: NeedsApproval, sink: Sink) -> None:
+             need: NeedsApproval, sink: Sink, seq: int | None = None) -> None:
         """Suspend the call on a new approval; on approval run it again holding a
         one-shot grant bound to this request and these arguments, else refuse it."""
         if self.approvals is None:
@@ -192,14 +281,31 @@ class Dispatcher:
             sink(InvalidArgument(f"{call}: arguments that cannot be shown to a human"))
             return
 
+        try:
+            ask_id = self.approvals.request(caller, call, args, blobs, need, digest,
+                                            self._decided(caller, call, args, blobs, sink, seq))
+        except LibOSError as e:
+            sink(e)
+            return
+        if seq is not None and self.journal is not None:
+            self.journal.intent(caller.pid, seq, call, digest,
+                                wait_intent(call, args, {"approval": ask_id}), durable=False)
+
+    def _decided(self, caller: Caller, call: str, args: dict[str, Any], blobs: list[bytes],
+                 sink: Sink, seq: int | None) -> Callable[[Grant | LibOSError], None]:
+        """What an answered ask does: run the call again holding the grant, or refuse."""
         def decided(outcome: Grant | LibOSError) -> None:
             if isinstance(outcome, LibOSError):
                 sink(outcome)
             else:
-                self._attempt(replace(caller, grant=outcome, digest=digest), call, args,
-                              blobs, sink)
+                self._attempt(replace(caller, grant=outcome, digest=outcome.digest), call,
+                              args, blobs, sink, seq)
 
-        try:
-            self.approvals.request(caller, call, args, blobs, need, digest, decided)
-        except LibOSError as e:
-            sink(e)
+        return decided
+
+
+def _digest(call: str, args: dict[str, Any], blobs: list[bytes]) -> str:
+    try:
+        return args_digest(call, args, blobs)
+    except (ValueError, TypeError, RecursionError):
+        return args_digest(call, {"unencodable": True})

@@ -19,10 +19,11 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+from agentlibos.broker.crashpoints import crash_at
 from agentlibos.broker.dispatch import Outcome
 from agentlibos.broker.syscalls import Caller
 from agentlibos.errors import LibOSError, to_wire
-from agentlibos.kernel.journal import JournalEntry, args_digest
+from agentlibos.kernel.journal import JournalEntry, args_digest, effect_kind
 from agentlibos.store import Store
 
 INLINE_BLOB_BYTES = 64 << 10
@@ -47,6 +48,10 @@ class StoreJournal:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._turn: list[JournalEntry] = []
+        # (pid, seq) of entries written as intents and not yet settled: their outcome
+        # settles the row instead of adding one. Loaded from the store at recovery.
+        self.intents: set[tuple[int, int]] = set()
+        self._acted = False  # an effect's entry is in this turn (the after-commit barrier)
 
     def last_seq(self, pid: int) -> int:
         return self._store.journal_last_seq(pid)
@@ -57,15 +62,36 @@ class StoreJournal:
         with self._store.batch():
             yield
             self.flush()
+        if self._acted:
+            self._acted = False
+            crash_at("after-commit", "")
 
     def flush(self) -> None:
         """Write the turn's entries (inside the turn's transaction, before its commit)."""
         entries, self._turn = self._turn, []
         self._store.journal_append_many(entries)
 
+    def intent(self, pid: int, seq: int, call: str, digest: str, text: str, *,
+               durable: bool) -> None:
+        """Write the unsettled entry of a call before it acts (``durable``: commit now,
+        with what the turn wrote before it) or while it waits."""
+        self._store.journal_put_intent(JournalEntry(
+            pid=pid, seq=seq, call=call, digest=digest, status="intent", result=text))
+        self.intents.add((pid, seq))
+        if durable:
+            self.flush()
+            self._store.commit_now()
+
     def record(self, caller: Caller, seq: int, call: str, args: dict[str, Any],
                blobs: list[bytes], outcome: Outcome) -> None:
         status, text = encode_outcome(outcome)
+        if effect_kind(call, args) in ("redo", "once"):
+            self._acted = True
+        if (caller.pid, seq) in self.intents:
+            self.intents.discard((caller.pid, seq))
+            self._store.journal_settle(caller.pid, seq, "ok" if status == "ok" else "error",
+                                       text)
+            return
         try:
             digest = args_digest(call, args, blobs)
         except (ValueError, TypeError, RecursionError):

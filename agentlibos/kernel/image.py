@@ -134,6 +134,17 @@ class ToolSpec:
         return f"{self.kind}:{self.ref}"
 
 
+DEFAULT_MAX_RESUMES: Final = 3
+
+
+@dataclass(frozen=True)
+class Lifecycle:
+    """``[lifecycle]``: what happens when the process dies by accident (docs/durability.md)."""
+
+    on_crash: str = "resume"  # "resume": start again and replay the journal; "fail"
+    max_resumes: int = DEFAULT_MAX_RESUMES
+
+
 @dataclass(frozen=True)
 class AgentImage:
     name: str
@@ -146,6 +157,7 @@ class AgentImage:
     requested: tuple[CapPattern, ...]  # unresolved: relative paths are still relative
     limits: Limits
     agent: AgentSpec | None = None  # [agent]: the model loop's settings
+    lifecycle: Lifecycle = Lifecycle()  # [lifecycle]: resume after a crash, or fail
 
     @property
     def entry(self) -> str:
@@ -206,8 +218,8 @@ def load_image(directory: str | Path, *,
     except tomllib.TOMLDecodeError as e:
         raise ImageError(f"{where}: not valid TOML: {e}") from None
 
-    _check_keys(data, {"image", "tools", "capabilities", "limits", "agent"}, "top level",
-                where)
+    _check_keys(data, {"image", "tools", "capabilities", "limits", "agent", "lifecycle"},
+                "top level", where)
     img = _table(data, "image", where)
     if not img:
         raise ImageError(f"{where}: missing the [image] table")
@@ -296,6 +308,7 @@ def load_image(directory: str | Path, *,
     except InvalidArgument as e:
         raise ImageError(f"{where}: {e.message}") from None
 
+    lifecycle = _lifecycle(_table(data, "lifecycle", where), where)
     if agent_ids is not None and os.geteuid() == 0:
         _check_agent_can_read(root, agent_ids)
     return AgentImage(
@@ -309,7 +322,21 @@ def load_image(directory: str | Path, *,
         requested=tuple(requested),
         limits=limits,
         agent=agent,
+        lifecycle=lifecycle,
     )
+
+
+def _lifecycle(table: dict[str, Any], where: str) -> Lifecycle:
+    """``[lifecycle]``: on_crash = "resume" (default) | "fail"; max_resumes = 3."""
+    _check_keys(table, {"on_crash", "max_resumes"}, "lifecycle", where)
+    on_crash = table.get("on_crash", "resume")
+    if on_crash not in ("resume", "fail"):
+        raise ImageError(f"{where}: [lifecycle] on_crash must be \"resume\" or \"fail\", "
+                         f"not {on_crash!r}")
+    n = table.get("max_resumes", DEFAULT_MAX_RESUMES)
+    if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= 1000:
+        raise ImageError(f"{where}: [lifecycle] max_resumes must be a whole number 0-1000")
+    return Lifecycle(on_crash=on_crash, max_resumes=n)
 
 
 def _entry(root: Path, entry: str, where: str) -> tuple[str, str]:

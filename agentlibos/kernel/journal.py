@@ -1,15 +1,17 @@
-"""The syscall journal's record and the digest that identifies a call. Pure: no I/O.
+"""The syscall journal's record, the digest that identifies a call, and the kind of
+effect each call has. Pure: no I/O.
 
 For each process the broker journals every syscall in order: its sequence number, its
-name, a digest of its arguments and its result. Durable execution replays from it (a
-later issue): a resumed process's call at ``seq`` must have the same ``call`` and
-``digest`` as the journaled one, or the process has diverged. Today the journal is only
-filled. The store keeps it (``Store.journal_append`` and friends; see docs/store.md).
+name, a digest of its arguments and its result. Durable execution replays from it: a
+resumed process's call at ``seq`` must have the same ``call`` and ``digest`` as the
+journaled one, or the process has diverged (docs/durability.md). The store keeps it
+(``Store.journal_append`` and friends; see docs/store.md).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, get_args
@@ -67,3 +69,99 @@ def args_digest(call: str, args: dict[str, Any], blobs: Sequence[bytes] = ()) ->
         "blobs": [hashlib.sha256(b).hexdigest() for b in blobs],
     }
     return hashlib.sha256(canonical_json(doc).encode("utf-8")).hexdigest()
+
+
+# ------------------------------------------------------------------------ effect kinds
+
+EffectKind = Literal["read", "store", "redo", "once"]
+"""What a call does to the world, which decides how a crash in the middle is settled.
+
+``read``: nothing (replay hands back the journaled answer). ``store``: an effect in the
+store (objects, spawns, events, grants), committed in the same transaction as its journal
+entry, so it happened exactly when its entry exists. ``redo``: an external effect that
+may safely happen twice (a whole-file write, mkdir, delete, a GET, a model call): a crash
+before its entry committed just runs it again. ``once``: an external effect that must not
+happen twice (an append, a shell command, a POST, a tool that may do any of these): it
+writes an *intent* and commits it before it acts; an intent a crash left unsettled stops
+the process in state ``attention`` until the operator resolves it.
+"""
+
+# Policy as data. A call not named here is "once": the conservative default.
+_KINDS: Final[dict[str, EffectKind]] = {
+    "cap.drop": "store", "cap.list": "read",
+    "clock.now": "read", "clock.random": "read", "clock.sleep": "read",
+    "event.post": "store", "event.wait": "read",
+    "fs.delete": "redo", "fs.list": "read", "fs.mkdir": "redo", "fs.read": "read",
+    "fs.stat": "read", "fs.write": "redo",
+    "human.ask": "store",
+    "image.register": "redo", "jit.register": "redo",
+    "model.chat": "redo", "net.fetch": "redo",
+    "obj.delete": "store", "obj.get": "read", "obj.list": "read", "obj.put": "store",
+    "obj.stat": "read",
+    "proc.checkpoint": "store", "proc.children": "read", "proc.kill": "store",
+    "proc.spawn": "store", "proc.wait": "read",
+    "shell.exec": "once", "tool.call": "once",
+}
+# HTTP methods that are sent again after a crash: the safe ones only. PUT and DELETE are
+# idempotent by the RFC, but servers do not all honour it, and a second send is the
+# operator's call (`resolve --retry`), not ours.
+_REDO_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+
+# Calls the SDK sends without a sequence number: they are the handshake and the
+# goodbye (acting on the live host process, never replayed) or never change.
+UNJOURNALED: Final = frozenset({"proc.getpid", "proc.start", "proc.exit"})
+
+
+def effect_kind(call: str, args: dict[str, Any]) -> EffectKind:
+    kind = _KINDS.get(call, "once")
+    if call == "fs.write" and args.get("append"):
+        return "once"
+    if call == "net.fetch":
+        method = args.get("method") or "GET"
+        if not isinstance(method, str) or method.upper() not in _REDO_METHODS:
+            return "once"
+    return kind
+
+
+# ------------------------------------------------------------------------ intents
+
+def once_intent(request: str | None) -> str:
+    """The result text of a ``once`` intent: what the operator is shown if it never settles."""
+    return json.dumps({"effect": "once", "request": request})
+
+
+def wait_intent(call: str, args: dict[str, Any], state: dict[str, Any]) -> str:
+    """The result text of a *wait* intent: a call suspended on something durable (a sleep,
+    an event, a human, a child). It holds the call's arguments and what the wait needs to
+    be armed again (a sleep's deadline, an ask's id, an event cursor), so a supervisor
+    that restarts, or a process that was evicted, waits on for the same thing."""
+    return json.dumps({"effect": "wait", "call": call, "args": args, "state": state})
+
+
+def parse_intent(result: str | None) -> dict[str, Any]:
+    """An intent entry's result as a dict (``{"effect": "once"|"wait", ...}``)."""
+    if not result:
+        return {"effect": "once", "request": None}
+    try:
+        doc = json.loads(result)
+    except ValueError:
+        return {"effect": "once", "request": None}
+    return doc if isinstance(doc, dict) else {"effect": "once", "request": None}
+
+
+def describe_request(call: str, args: dict[str, Any]) -> str:
+    """A short line saying what a ``once`` effect was about to do, for `attention`.
+
+    Not a capability check (the broker's resolved request is decided later, inside the
+    handler): what the agent asked for, in the capability syntax's shape."""
+    if call == "shell.exec":
+        argv = args.get("argv")
+        head = argv[0] if isinstance(argv, list) and argv and isinstance(argv[0], str) else "?"
+        return f"shell:exec:{head}"
+    if call == "fs.write":
+        return f"fs:write:{args.get('path')}" + (" (append)" if args.get("append") else "")
+    if call == "net.fetch":
+        return f"net:fetch:{args.get('url')} ({args.get('method') or 'GET'})"
+    if call == "tool.call":
+        return f"tool:call:{args.get('name')}"
+    return call

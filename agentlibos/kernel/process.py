@@ -5,9 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-State = Literal["created", "running", "waiting", "exited", "killed", "failed"]
-STATES: Final[tuple[State, ...]] = ("created", "running", "waiting", "exited", "killed", "failed")
-LIVE_STATES: Final[frozenset[str]] = frozenset({"created", "running", "waiting"})
+State = Literal["created", "running", "waiting", "attention", "exited", "killed", "failed"]
+STATES: Final[tuple[State, ...]] = ("created", "running", "waiting", "attention", "exited",
+                                    "killed", "failed")
+# `attention`: stopped after a crash with an external effect that may or may not have
+# happened and must not be redone blindly; it waits for `agentlibos resolve`. Not ended.
+LIVE_STATES: Final[frozenset[str]] = frozenset({"created", "running", "waiting", "attention"})
 
 # Why a process ended. The state follows from the reason (see state_for_reason):
 #   returned        the entry function returned, or the agent called proc.exit  -> exited
@@ -16,7 +19,10 @@ LIVE_STATES: Final[frozenset[str]] = frozenset({"created", "running", "waiting"}
 #   start-failed    it could not be started (image, sandbox layer, fork)         -> failed
 #   killed          stopped by `agentlibos kill`, its parent or an ancestor     -> killed
 #   memory/pids/wall a resource limit was hit                                    -> killed
-#   supervisor-lost the supervisor died while the process was live              -> failed
+#   supervisor-lost the supervisor died while the process was live (and it was  -> failed
+#                   not resumed: its image says on_crash = "fail", or max_resumes)
+#   diverged        on resume, a call differed from the journal at its seq      -> failed
+#   resolved-fail   the operator answered `resolve --fail` to its attention     -> failed
 EXIT_REASONS: Final[tuple[str, ...]] = (
     "returned",
     "error",
@@ -27,6 +33,8 @@ EXIT_REASONS: Final[tuple[str, ...]] = (
     "pids",
     "wall",
     "supervisor-lost",
+    "diverged",
+    "resolved-fail",
 )
 
 
@@ -65,6 +73,9 @@ class ProcessRecord:
     # A tree root's model tokens: {limit, used, prompt_tokens, completion_tokens, calls}
     # (kernel/tokens.py); None on other rows and on trees that never had a budget or call.
     tokens: dict[str, Any] | None = None
+    resumes: int = 0  # how many times it was resumed after a crash (durable execution)
+    # While `attention`: the effect a crash left unsettled, {"seq", "call", "request"}.
+    attention: dict[str, Any] | None = None
 
     @property
     def live(self) -> bool:
@@ -104,4 +115,6 @@ class ProcessRecord:
             "wait": self.wait,
             "evicted": self.evicted,
             "tokens": self.tokens,
+            "resumes": self.resumes,
+            "attention": self.attention,
         }

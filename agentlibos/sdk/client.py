@@ -7,17 +7,13 @@ error the broker raised (:func:`agentlibos.errors.from_wire`).
 from __future__ import annotations
 
 import itertools
-from typing import Any, Final
+from typing import Any
 
 import zmq
 
 from agentlibos.errors import ProtocolError, Timeout, from_wire
+from agentlibos.kernel.journal import UNJOURNALED
 from agentlibos.protocol.wire import decode_reply, encode_request
-
-# Calls whose answer never changes and that act on nothing: left out of the journal
-# (sent without a sequence number), so they cost a round trip and nothing more; a
-# replay simply makes them again.
-UNJOURNALED: Final = frozenset({"proc.getpid"})
 
 
 class Client:

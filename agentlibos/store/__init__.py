@@ -5,8 +5,9 @@ at open. See docs/store.md.
 """
 
 from agentlibos.store.base import ImageRecord, ObjectQuota, ObjectRecord, ObjectStore, Store
+from agentlibos.store.durable import CheckpointRecord
 from agentlibos.store.sqlite import SQLiteStore
 from agentlibos.store.url import open_store
 
-__all__ = ["ImageRecord", "ObjectQuota", "ObjectRecord", "ObjectStore", "SQLiteStore", "Store",
-           "open_store"]
+__all__ = ["CheckpointRecord", "ImageRecord", "ObjectQuota", "ObjectRecord", "ObjectStore",
+           "SQLiteStore", "Store", "open_store"]

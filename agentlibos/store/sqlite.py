@@ -33,6 +33,7 @@ from agentlibos.kernel.process import ProcessRecord, State
 from agentlibos.kernel.text import is_text, storable
 from agentlibos.kernel.tokens import TokenUsage
 from agentlibos.store.base import ImageRecord, ObjectQuota, ObjectRecord, Store
+from agentlibos.store.durable import DurableTables
 from agentlibos.store.migrations import check_version, migrate, read_version
 from agentlibos.store.waiting import WaitingTables
 
@@ -47,6 +48,7 @@ _JOURNAL_VERSION: Final = 2
 _WAIT_VERSION: Final = 3  # processes.wait and processes.evicted
 _BUDGETS_VERSION: Final = 4  # objects.root_pid and tree_usage
 _TOKENS_VERSION: Final = 6  # processes.tree_tokens_*
+_DURABLE_VERSION: Final = 7  # processes.resumes, processes.attention, checkpoints
 _BUDGET_COLS_TOKENS: Final = ("tree_tokens_limit, tree_tokens_used, tree_prompt_tokens, "
                       "tree_completion_tokens, tree_model_calls")
 _PROC_COLS_V1: Final = (
@@ -59,7 +61,7 @@ _PROC_COLS_V1: Final = (
 _NO_CUT = 1 << 62  # storable() for encoding only: never shorten what is stored
 
 
-class SQLiteStore(WaitingTables):
+class SQLiteStore(WaitingTables, DurableTables):
     """SQLite in WAL mode. One instance per thread; the broker loop owns the writer."""
 
     def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
@@ -98,6 +100,8 @@ class SQLiteStore(WaitingTables):
                 self._proc_cols = _PROC_COLS_V1 + ", NULL, 0"
             self._proc_cols += (", " + _BUDGET_COLS_TOKENS if self.schema_version >= _TOKENS_VERSION
                                 else ", NULL, 0, 0, 0, 0")
+            self._proc_cols += (", resumes, attention" if self.schema_version >= _DURABLE_VERSION
+                                else ", 0, NULL")
         except BaseException:
             self._db.close()
             raise
@@ -170,6 +174,14 @@ class SQLiteStore(WaitingTables):
         self._depth -= 1
         if self._depth == 0:
             self._commit()
+
+    def commit_now(self) -> None:
+        """Commit what the open batch wrote so far, now; the batch goes on (its next
+        write begins a new transaction). For an intent, which must be on disk before the
+        effect it announces acts. Never inside a handler's savepoint."""
+        if self._sp_active:
+            raise RuntimeError("commit_now() inside a savepoint")
+        self._commit()
 
     def transaction(self) -> AbstractContextManager[None]:
         """A write transaction; joins an open batch or transaction."""
@@ -256,12 +268,12 @@ class SQLiteStore(WaitingTables):
         return self.get_process(pid)
 
     _JSON_FIELDS: Final = frozenset({"result", "args", "limits", "layers", "missing_layers",
-                                     "approved"})
+                                     "approved", "attention"})
     _UPDATABLE: Final = frozenset(
         {
             "host_pid", "state", "exit_reason", "result", "error", "cwd", "layers",
             "missing_layers", "started_at", "ready_at", "ended_at", "limits", "wait",
-            "evicted", "ask_mode", "approved",
+            "evicted", "ask_mode", "approved", "resumes", "attention",
         }
     )
 
@@ -282,7 +294,7 @@ class SQLiteStore(WaitingTables):
         (pid, ppid, root_pid, host_pid, image, image_path, state, exit_reason, result,
          error, cwd, args, limits, layers, missing, policy_id, created_at, started_at,
          ready_at, ended_at, wait, evicted, t_limit, t_used, t_prompt, t_completion,
-         t_calls) = row
+         t_calls, resumes, attention) = row
         tokens = None
         if pid == root_pid and (t_limit is not None or t_calls):
             tokens = TokenUsage(t_limit, t_used, t_prompt, t_completion, t_calls).to_json()
@@ -294,7 +306,8 @@ class SQLiteStore(WaitingTables):
             layers=json.loads(layers), missing_layers=json.loads(missing),
             policy_id=policy_id, created_at=created_at, started_at=started_at,
             ready_at=ready_at, ended_at=ended_at, wait=wait, evicted=bool(evicted),
-            tokens=tokens,
+            tokens=tokens, resumes=int(resumes or 0),
+            attention=json.loads(attention) if attention else None,
         )
 
     def get_process(self, pid: int) -> ProcessRecord:
@@ -306,7 +319,8 @@ class SQLiteStore(WaitingTables):
         return self._proc(row)
 
     def list_processes(self, *, live_only: bool = False) -> list[ProcessRecord]:
-        where = " WHERE state IN ('created', 'running', 'waiting')" if live_only else ""
+        where = (" WHERE state IN ('created', 'running', 'waiting', 'attention')"
+                 if live_only else "")
         rows = self._db.execute(
             f"SELECT {self._proc_cols} FROM processes{where} ORDER BY pid"  # noqa: S608
         ).fetchall()

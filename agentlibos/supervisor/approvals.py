@@ -59,7 +59,7 @@ class Approvals:
     # ----------------------------------------------------------------- from the broker
 
     def request(self, caller: Caller, call: str, args: dict[str, Any], blobs: list[bytes],
-                need: NeedsApproval, digest: str, decided: Decided) -> None:
+                need: NeedsApproval, digest: str, decided: Decided) -> int:
         request = str(need.request)
         rec = self._store.ask_create(AskRecord(
             id=0, kind="approval", pid=caller.pid, root_pid=caller.root_pid,
@@ -74,9 +74,28 @@ class Approvals:
             detail["tool"] = caller.via_tool
         self._store.append_audit(caller.pid, call, request, "ask", detail)
         self._suspend(caller.pid, rec.id, f"approval:{rec.id}", decided)
+        return rec.id
+
+    def reattach(self, pid: int, ask_id: int, decided: Decided) -> None:
+        """A resumed process waits on for the ask its call was suspended in; one answered
+        meanwhile (even while no supervisor ran) is honoured at once."""
+        rec = self._store.ask_get(ask_id)
+        if rec.state == "approved":
+            if rec.always:
+                self._stand(rec)
+            decided(Grant(ask_id, rec.request or "", rec.digest))
+        elif rec.state == "pending":
+            self._suspend(pid, ask_id, f"approval:{ask_id}", decided)
+        else:
+            decided(PermissionDenied(
+                f"{rec.call}: {rec.request} was {rec.state}"
+                + (f": {rec.reason}" if rec.reason else ""), request=rec.request,
+                approval=ask_id))
 
     def question(self, caller: Caller, question: str, choices: list[Any] | None,
-                 topic: str) -> Pending:
+                 topic: str) -> Pending | dict[str, Any]:
+        if caller.resume and "ask" in caller.resume:
+            return self._question_again(caller.pid, int(caller.resume["ask"]))
         checked = check_question(question, choices)
         rec = self._store.ask_create(AskRecord(
             id=0, kind="question", pid=caller.pid, root_pid=caller.root_pid,
@@ -90,11 +109,22 @@ class Approvals:
                                  {"question": rec.id, "summary": rec.summary})
         return self._suspend(caller.pid, rec.id, f"human:{rec.id}", None)
 
+    def _question_again(self, pid: int, ask_id: int) -> Pending | dict[str, Any]:
+        rec = self._store.ask_get(ask_id)
+        if rec.state == "answered":
+            return {"answer": rec.answer, "id": ask_id}
+        if rec.state != "pending":
+            raise PermissionDenied(f"human.ask: question {ask_id} was {rec.state}"
+                                   + (f": {rec.reason}" if rec.reason else ""),
+                                   approval=ask_id)
+        return self._suspend(pid, ask_id, f"human:{ask_id}", None)
+
     def _suspend(self, pid: int, ask_id: int, wait: str, decided: Decided | None) -> Pending:
         marker = Pending(pid)
         entry = _Waiting(marker, decided)
         self._open[ask_id] = entry
-        self._waits.suspend(pid, marker, wait)
+        self._waits.suspend(pid, marker, wait, durable={"approval" if decided else "ask":
+                                                        ask_id})
         if self.timeout_s is not None:
             entry.timer = self._loop.call_later(self.timeout_s, lambda: self._expire(ask_id))
         self.version += 1

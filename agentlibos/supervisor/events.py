@@ -9,6 +9,7 @@ call, the same mechanism as ``proc.wait`` and approvals.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -28,10 +29,21 @@ class Events:
         self._loop = loop
         self._waiters: defaultdict[str, list[Pending]] = defaultdict(list)
 
-    def wait(self, caller: Caller, name: str, timeout_s: float | None) -> Pending:
+    def wait(self, caller: Caller, name: str, timeout_s: float | None) -> Pending | Any:
         check_event_name(name, "event.wait")
         if timeout_s is not None:
             check_delay(timeout_s, "event.wait timeout")
+        # The cursor: posts after this one are "after the call began". Kept in the wait
+        # intent, so a resumed process gets a post made while it was gone.
+        after = self._store.event_last_id()
+        deadline = None if timeout_s is None else time.time() + timeout_s
+        if caller.resume is not None:
+            after = int(caller.resume.get("after", after))
+            deadline = caller.resume.get("deadline")
+            missed = self._store.event_after(name, after)
+            if missed is not None:
+                return missed.public()
+            timeout_s = None if deadline is None else max(0.0, float(deadline) - time.time())
         pending = Pending(caller.pid)
         self._waiters[name].append(pending)
 
@@ -40,7 +52,8 @@ class Events:
             return Timeout(f"event.wait: no post of {name!r} within {timeout_s:g} s")
 
         return self._waits.suspend(caller.pid, pending, f"event:{name}", timeout_s=timeout_s,
-                                   on_timeout=expired)
+                                   on_timeout=expired,
+                                   durable={"after": after, "deadline": deadline})
 
     def post(self, name: str, payload: Any, by: int | None) -> tuple[EventRecord, int]:
         """Record the post and wake every waiter of ``name``; returns it and how many."""
@@ -77,6 +90,12 @@ class Clock:
     def sleep(self, caller: Caller, seconds: float) -> Pending:
         s = check_sleep(seconds)
         until = self._source.time() + s
+        if caller.resume is not None and "until" in caller.resume:
+            # Resumed: the deadline is the one first set (a 3-day sleep ends on time).
+            until = float(caller.resume["until"])
+        left = max(0.0, until - self._source.time())
         pending = Pending(caller.pid)
-        self._loop.call_later(s, lambda: pending.resolve({"slept": s, "until": iso_time(until)}))
-        return self._waits.suspend(caller.pid, pending, f"sleep:{iso_time(until)}")
+        self._loop.call_later(left, lambda: pending.resolve({"slept": s,
+                                                             "until": iso_time(until)}))
+        return self._waits.suspend(caller.pid, pending, f"sleep:{iso_time(until)}",
+                                   durable={"until": until})

@@ -172,7 +172,7 @@ class ProcessCalls:
             return Timeout(f"proc.wait: process {pid} still running after {timeout_s:g} s")
 
         return self._waits.suspend(caller.pid, pending, f"proc:{pid}", timeout_s=timeout_s,
-                                   on_timeout=expired)
+                                   on_timeout=expired, durable={})
 
     def kill(self, caller: Caller, pid: int) -> None:
         self._target(caller, pid, "signal", "proc.kill")

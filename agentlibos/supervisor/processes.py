@@ -77,6 +77,14 @@ class LiveProcess:
     log: LogSink | None = None  # its stdout/stderr pipe, drained into log_path
     cgroup: Any = None  # agentlibos.sandbox.cgroups.ProcessCgroup, when that layer is on
     jit_tools: dict[str, Any] = field(default_factory=dict)  # name -> ToolDef, at run time
+    durable_waits: int = 0  # how many of `waits` survive an eviction (docs/durability.md)
+    waiting_since: float | None = None  # monotonic, while it waits on anything
+    # No host process: stopped while it waits (evicted), or not started again yet after
+    # a supervisor restart. Its waits live on here; when they end it is resumed.
+    evicted: bool = False
+    evicting: bool = False  # its host process is being stopped for an eviction
+    accident: bool = False  # its end was no one's decision (the zygote died under it)
+    wait_timers: list[Timer] = field(default_factory=list)  # its waits' timeouts
 
 
 class ProcessTable:
@@ -94,6 +102,9 @@ class ProcessTable:
         self.ended: list[Callable[[int], None]] = []
         # Called with (pid, record) to answer those waiting for it outside the broker.
         self.ended_record: list[Callable[[int, dict[str, Any]], None]] = []
+        # Asked (pid, live, error) when a process dies by accident; True: it will be
+        # resumed (supervisor/durable.py), so its end is not recorded.
+        self.on_accident: Callable[[int, LiveProcess, str | None], bool] | None = None
 
     # ---------------------------------------------------------------- identity
 
@@ -156,6 +167,7 @@ class ProcessTable:
         cwd: str | None,
         held: Callable[[str], list[CapPattern]],
         ask_mode: str = "queue",
+        before_launch: Callable[[int], None] | None = None,
     ) -> int:
         """Record a new process, decide its sandbox, and ask the zygote to fork it.
 
@@ -200,22 +212,31 @@ class ProcessTable:
         if caller.ask_mode != "queue" or caller.approved:
             self.store.update_process(pid, ask_mode=caller.ask_mode,
                                       approved=[str(a) for a in caller.approved])
-        scratch = self.paths.scratch / str(pid)
-        scratch.mkdir(mode=0o700)
-        live = LiveProcess(caller=caller, token=secrets.token_bytes(32), scratch=scratch,
+        live = LiveProcess(caller=caller, token=b"", scratch=self.paths.scratch / str(pid),
                            log_path=self.paths.logs / f"{pid}.log", limits=limits)
         self.live[pid] = live
+        if before_launch is not None:
+            before_launch(pid)
+        self.launch(pid, live, eff_limits)
+        return pid
+
+    def launch(self, pid: int, live: LiveProcess, eff_limits: Limits) -> None:
+        """Fork ``pid``'s host process (a new one, or one resumed) in a fresh sandbox."""
+        image, parent_pid = live.caller.image, live.caller.ppid
+        live.token = secrets.token_bytes(32)
+        live.scratch.mkdir(mode=0o700, exist_ok=True)
         try:
             # Decided here, before fork: the child only applies it (fail closed: a
             # required layer this host cannot give stops the spawn with its reason).
-            prepared = self.sandbox.prepare(pid, eff_limits, str(image.path), scratch,
-                                            parent_pid=parent.pid if parent else None)
+            prepared = self.sandbox.prepare(
+                pid, eff_limits, str(image.path), live.scratch,
+                parent_pid=parent_pid if parent_pid in self.live else None)
             live.cgroup = prepared.cgroup
             self._zygote().spawn(pid, {
                 "pid": pid,
                 "token": live.token.hex(),
                 "endpoint": self.paths.broker_endpoint,
-                "scratch": str(scratch),
+                "scratch": str(live.scratch),
                 "log": str(live.log_path),
                 "title": f"agentlibos: {pid} {image.name}",
                 "profile": prepared.profile,
@@ -223,7 +244,7 @@ class ProcessTable:
         except (Unavailable, SandboxError) as e:
             live.start_error = str(e)
             self.finalize(pid, None)
-            return pid
+            return
         wall = eff_limits.wall_limit_s
         if wall is not None:
             live.deadline = time.monotonic() + wall
@@ -231,7 +252,6 @@ class ProcessTable:
                 pid, "wall", f"ran longer than its wall-clock limit of {wall:g} s")))
         live.timers.append(self.loop.call_later(self.config.start_timeout_s,
                                                 lambda: self._start_timeout(pid)))
-        return pid
 
     def _budget(self, parent: Caller | None) -> ParentBudget | None:
         if parent is None or parent.pid not in self.live:
@@ -293,6 +313,7 @@ class ProcessTable:
             live = self.live[pid]
             live.kill_reason = live.kill_reason or "crashed"
             live.kill_detail = "the zygote died (every agent it forked dies with it)"
+            live.accident = live.kill_reason == "crashed"
             self.finalize(pid, None)
 
     def _on_report(self, pid: int) -> None:
@@ -364,6 +385,9 @@ class ProcessTable:
         grace = self.config.kill_grace_s if grace_s is None else grace_s
         for child in self.live_children(pid):
             self.terminate(child, "killed", f"its ancestor {pid} was stopped", grace_s=grace)
+        if live.evicted:  # no host process to stop: it ends now
+            self.finalize(pid, None)
+            return
         if live.host_pid is None:
             return  # the spawned event will kill it
         if grace > 0:
@@ -372,24 +396,59 @@ class ProcessTable:
         else:
             self._signal(live, signal.SIGKILL)
 
+    def kill_host(self, live: LiveProcess) -> None:
+        """SIGKILL the host process (and everything in its cgroup); its table entry stays
+        until the zygote reports the exit."""
+        self._signal(live, signal.SIGKILL)
+
     def _escalate(self, pid: int) -> None:
         live = self.live.get(pid)
         if live is not None:
             self._signal(live, signal.SIGKILL)
 
-    def finalize(self, pid: int, status: int | None) -> None:
-        """Record how ``pid`` ended, wake its waiters, stop its children, clean up."""
-        live = self.live.pop(pid)
+    def _release_host(self, pid: int, live: LiveProcess) -> None:
+        """Its host process is gone: close what belonged to it (not its waits)."""
         for t in live.timers:
             t.cancel()
+        live.timers.clear()
         if live.report_fd is not None:
             self.live[pid] = live  # a last report may still be in the pipe
             self._on_report(pid)
-            del self.live[pid]
+            self.live.pop(pid, None)
         if live.pidfd is not None:
             os.close(live.pidfd)
             live.pidfd = None
         self._close_log(live)
+        live.log = None
+
+    def _host_gone(self, pid: int, live: LiveProcess) -> None:
+        """After an eviction or an accident it will be resumed from: keep it in the
+        table with its waits, without a host process."""
+        self.release_cgroup(pid, live.cgroup)
+        live.cgroup = None
+        self.sandbox.forget(pid)
+        discard_tree(live.scratch)
+        live.host_pid, live.ready, live.evicting, live.evicted = None, False, False, True
+        live.exit_status = live.kill_reason = live.kill_detail = live.start_error = None
+        live.accident = False
+        self.live[pid] = live
+        self.store.update_process(pid, host_pid=None, evicted=1)
+
+    def finalize(self, pid: int, status: int | None) -> None:
+        """Record how ``pid`` ended, wake its waiters, stop its children, clean up.
+
+        Two exceptions (docs/durability.md): an eviction's end keeps the process, waiting
+        with no host process; an accident (a crash nobody asked for) is handed to
+        ``on_accident``, which may resume it instead of recording an end."""
+        live = self.live.pop(pid)
+        self._release_host(pid, live)
+        if live.evicting and live.kill_reason is None:
+            self._host_gone(pid, live)
+            return
+        for t in live.wait_timers:
+            t.cancel()
+        accident = (live.kill_reason is None and live.exit_status is None
+                    and live.start_error is None and live.ready) or live.accident
         reason, error = self._why(live, status)
         oom, pids_hit, usage = self.sandbox.verdict(live.cgroup)
         if reason in ("crashed", "error", "killed") and oom:
@@ -399,6 +458,10 @@ class ProcessTable:
         elif reason in ("crashed", "error") and pids_hit:
             reason, error = "pids", (f"stopped at its limit of {live.limits.get('pids_max')} "
                                      f"processes ({error})")
+        if reason == "crashed" and accident and self.on_accident is not None \
+                and self.on_accident(pid, live, error):
+            self._host_gone(pid, live)
+            return
         state = state_for_reason(reason)
         result = live.exit_result if reason == "returned" else None
         self.store.update_process(pid, state=state, exit_reason=reason, result=result,

@@ -1,31 +1,19 @@
-"""Cleaning up after a supervisor that died without stopping (kill -9, power loss).
+"""Cleaning up the files a supervisor that died without stopping left (kill -9, power loss).
 
-Processes it ran are recorded as ended (``supervisor-lost``); socket files, scratch
-directories and run-time JIT tools of the dead supervisor are removed. Durable
-execution will turn the first step into resuming them.
+Socket files, scratch directories and run-time JIT tools of the dead supervisor are
+removed. Its processes are not touched here: durable execution settles them once the
+new supervisor is wired (``Durable.recover``, docs/durability.md).
 """
 
 from __future__ import annotations
 
 import contextlib
-import time
 
 from agentlibos.config import Paths
 from agentlibos.providers.fs import discard_tree
-from agentlibos.store import Store
 
 
-def recover(store: Store, paths: Paths) -> None:
-    now = time.time()
-    with store.batch():
-        lost = set(store.mark_orphans("supervisor-lost", now))
-        for pid in sorted(lost):
-            store.append_audit(pid, "proc.exit", f"proc:{pid}", "info",
-                               {"reason": "supervisor-lost"})
-        # Their open asks are closed: nobody waits for the answer any more.
-        for ask in store.ask_list():
-            if ask.pid in lost:
-                store.ask_decide(ask.id, "expired", reason="the supervisor was lost")
+def clean_after(paths: Paths) -> None:
     for sock_name in ("broker.sock", "control.sock"):
         with contextlib.suppress(FileNotFoundError):
             (paths.run / sock_name).unlink()

@@ -30,6 +30,7 @@ from agentlibos.sandbox.profile import SandboxConfig
 from agentlibos.store import ObjectQuota, Store, open_store
 from agentlibos.supervisor import control
 from agentlibos.supervisor.approvals import Approvals
+from agentlibos.supervisor.durable import Durable
 from agentlibos.supervisor.events import Clock, Events
 from agentlibos.supervisor.image_calls import ImageCalls
 from agentlibos.supervisor.images import Images
@@ -41,7 +42,7 @@ from agentlibos.supervisor.net import Net
 from agentlibos.supervisor.offloop import OffLoop
 from agentlibos.supervisor.process_calls import ProcessCalls
 from agentlibos.supervisor.processes import LiveProcess, ProcessTable
-from agentlibos.supervisor.recovery import recover
+from agentlibos.supervisor.recovery import clean_after
 from agentlibos.supervisor.sandboxing import SandboxManager
 from agentlibos.supervisor.services import wire_syscalls
 from agentlibos.supervisor.shell import ShellRunner
@@ -74,35 +75,36 @@ class Supervisor:
         self.fs = self.providers.files
         self.object_quota: ObjectQuota = self.config.object_quota
         self._started = False
+        self.resume_tree: int | None = None  # `agentlibos resume PID`: resume this tree
+        self.recovered: dict[str, list[int]] = {}
         self._stop_requested = False
         self._lock_fd: int | None = None
         self.loop: Loop
         self.store: Store
         self.zygote: ZygoteHandle
         self.table: ProcessTable
-        self.processes: ProcessCalls
-        self.dispatcher: Dispatcher
         self.broker: Broker
-        self.control: control.ControlServer
-        self.jit: JitManager
         self._ctx: zmq.Context[zmq.Socket[bytes]]
 
     # ---------------------------------------------------------------- start and stop
 
     def start(self) -> None:
         self.paths.ensure()
-        self._lock()
+        self._lock_fd = lock_home(self.paths)
         self.loop = Loop(busy_poll_us=self.config.busy_poll_us)
         self.loop.stopping = self._stop_requested
         try:
             self.store = open_store(self.paths.db)
-            recover(self.store, self.paths)
+            clean_after(self.paths)
             self.sandbox.start()
             # The zygote is a fresh interpreter, started before this process creates its
             # ZeroMQ context, so nothing it forks has ever seen an I/O thread.
             self.zygote = ZygoteHandle(self.paths.logs / "zygote.log")
             self._ctx = zmq.Context(io_threads=1)
             self._wire()
+            with self.journal.turn():  # what the last supervisor left (docs/durability.md)
+                self.recovered = self.durable.recover(resume=lambda r: self.mode == "serve"
+                                                      or r.root_pid == self.resume_tree)
         except BaseException:
             self.loop.close()
             self._unlock()
@@ -114,6 +116,7 @@ class Supervisor:
     def _summarize_refusals(self) -> None:
         self.broker.summarize_refusals()
         self.loop.call_later(REFUSAL_SUMMARY_S, self._summarize_refusals)
+
     def _wire(self) -> None:
         store, loop = self.store, self.loop
         self.journal = journal = StoreJournal(store)
@@ -129,6 +132,8 @@ class Supervisor:
             on_internal_error=lambda c, call, e: self._on_loop_error(call, e, c.pid, call),
             on_refused=authz.refused)
         table.ended.append(dispatcher.forget)
+        self.durable = Durable(table, store, loop, dispatcher, journal, waits,
+                               evict_after_s=self.operator.evict_after_s)  # durability.md
         self.workers = workers = Workers(self.sandbox, lambda: self.zygote, table)
         self.jit = JitManager(self.paths, store, loop, self.sandbox, workers, dispatcher,
                               max_per_tree=self.config.max_helpers_per_tree)
@@ -215,33 +220,28 @@ class Supervisor:
         if not self._started:
             return
         self._started = False
-        for pid in list(self.table.live):
-            self.table.terminate(pid, "killed", "the supervisor is stopping", grace_s=0)
+        # A daemon's processes outlive it (evicted: the next `serve` resumes them); an
+        # embedded supervisor's end with the run that started them.
+        keep = self.mode == "serve"
+        self.durable.stop_all(keep)
         events = self.zygote.close()
         with self.journal.turn():
             self.broker.summarize_refusals()
             for ev in events:
                 self._on_zygote_event(ev)
-            for pid in list(self.table.live):  # never reported: the zygote was gone
-                self.table.finalize(pid, None)
+            for pid in [p for p, lv in self.table.live.items() if not (keep and lv.evicted)]:
+                self.table.finalize(pid, None)  # never reported: the zygote was gone
         self.broker.flush()
         self.control.flush()
         self.table.close_reports()
         self.table.release_all_cgroups()
-        self.broker.close()
-        self.control.close()
-        self.offloop.close()
-        self.file_io.close()
-        self.net.close()
-        self.models.close()
-        self.loop.close()
+        for part in (self.broker, self.control, self.offloop, self.file_io, self.net,
+                     self.models, self.loop):
+            part.close()
         self._ctx.term()
         self.sandbox.stop()
         self.store.close()
         self._unlock()
-
-    def _lock(self) -> None:
-        self._lock_fd = lock_home(self.paths)
 
     def _unlock(self) -> None:
         if self._lock_fd is not None:
@@ -295,6 +295,6 @@ class Supervisor:
     def tree_live(self, root_pid: int) -> bool:
         return self.table.tree_live(root_pid)
 
-    def terminate(self, pid: int, reason: str, detail: str, *,
-                  grace_s: float | None = None) -> None:
+    def terminate(self, pid: int, reason: str, detail: str, *, grace_s: float | None = None
+                  ) -> None:
         self.table.terminate(pid, reason, detail, grace_s=grace_s)

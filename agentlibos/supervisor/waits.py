@@ -10,7 +10,9 @@ the call with whatever error the caller gives.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from typing import Any
 
 from agentlibos.broker.syscalls import Pending
 from agentlibos.errors import LibOSError
@@ -22,11 +24,20 @@ class Waits:
     def __init__(self, table: ProcessTable, loop: Loop) -> None:
         self._table = table
         self._loop = loop
+        # Durable execution's hooks (supervisor/durable.py): told (pid) when every wait of
+        # a process is durable (it may be evicted), and when an evicted one's waits end.
+        self.all_durable: Callable[[int], None] | None = None
+        self.ended_evicted: Callable[[int], None] | None = None
 
     def suspend(self, pid: int, pending: Pending, wait: str, *,
                 timeout_s: float | None = None,
-                on_timeout: Callable[[], LibOSError] | None = None) -> Pending:
+                on_timeout: Callable[[], LibOSError] | None = None,
+                durable: dict[str, Any] | None = None) -> Pending:
+        """``durable``: what arms this wait again without the process (a deadline, an
+        ask id, an event cursor; journaled in its wait intent). Without it the wait holds
+        the process (an effect running off the loop): it is never evicted meanwhile."""
         live = self._table.live[pid]
+        pending.durable = durable
         store = self._table.store
         timer = None
         if timeout_s is not None and on_timeout is not None:
@@ -34,10 +45,15 @@ class Waits:
                 if not pending.done:
                     pending.reject(on_timeout())
             timer = self._loop.call_later(timeout_s, expire)
-            live.timers.append(timer)
+            live.wait_timers.append(timer)
         live.waits.append(wait)
+        if durable is not None:
+            live.durable_waits += 1
         if len(live.waits) == 1:
+            live.waiting_since = time.monotonic()
             store.update_process(pid, state="waiting", wait=wait)
+        if live.durable_waits == len(live.waits) and self.all_durable is not None:
+            self.all_durable(pid)
 
         def resume() -> None:
             if timer is not None:
@@ -45,8 +61,13 @@ class Waits:
             lv = self._table.live.get(pid)
             if lv is not None and wait in lv.waits:
                 lv.waits.remove(wait)
+                if durable is not None:
+                    lv.durable_waits -= 1
                 if not lv.waits:
+                    lv.waiting_since = None
                     store.update_process(pid, state="running", wait=None)
+                    if lv.evicted and self.ended_evicted is not None:
+                        self.ended_evicted(pid)
                 else:
                     store.update_process(pid, wait=lv.waits[0])
 

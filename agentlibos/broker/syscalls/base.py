@@ -90,6 +90,10 @@ class Caller:
     grant: Grant | None = None
     # Digest of the current call's arguments (set by the dispatch; binds grants).
     digest: str = ""
+    # Set only on a call that a resumed process makes again while it was suspended: what
+    # the wait had recorded (a sleep's deadline, an ask's id, an event cursor), so the
+    # handler waits on for the same thing instead of starting over (docs/durability.md).
+    resume: dict[str, Any] | None = None
 
 
 @dataclass
@@ -116,6 +120,10 @@ class Pending:
         # Called once when the reply is decided (the supervisor marks the caller
         # running again).
         self.on_done: Callable[[], None] | None = None
+        # Set by a handler whose wait is durable: what arms it again after an eviction or
+        # a restart (journaled in the call's wait intent). None: not durable (an effect
+        # running off the loop, say), so the process is never evicted while it pends.
+        self.durable: dict[str, Any] | None = None
 
     def bind(self, sink: Callable[[Reply | LibOSError], None]) -> None:
         self._sink = sink

@@ -1,0 +1,331 @@
+"""Durable execution's lifecycle: resume after an accident, eviction, restore, recovery.
+
+The journal (broker/journal.py) and replay (broker/replay.py) make a process's calls
+repeatable; this module decides *when* a process starts again (docs/durability.md):
+
+- **accident**: its host process died and nobody asked for it (a crash, the zygote lost):
+  resumed at once by replay, if its image says ``on_crash = "resume"`` and it has resumed
+  fewer than ``max_resumes`` times;
+- **eviction**: it has waited longer than ``[durable] evict_after`` on waits that survive
+  without it: its host process is stopped; the wait lives on in the table and the
+  journal; when it ends, the process is resumed and replays up to the answer;
+- **restart**: a supervisor that starts finds processes the last one left (``recover``):
+  an unsettled ``once`` intent puts a process in ``attention``; a wait intent is armed
+  again with the process evicted; the rest resume (``serve``), or wait for
+  ``agentlibos resume`` (an embedded supervisor runs only what it was asked to);
+- **restore**: a checkpoint becomes a new process that replays to it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from agentlibos.broker.dispatch import Dispatcher, Outcome
+from agentlibos.broker.journal import StoreJournal
+from agentlibos.broker.replay import Replayer
+from agentlibos.broker.syscalls import Caller
+from agentlibos.errors import Conflict, InvalidArgument, LibOSError, PolicyError
+from agentlibos.kernel.caps import CapPattern, parse_cap, within
+from agentlibos.kernel.image import Limits, load_image
+from agentlibos.kernel.journal import JournalEntry, parse_intent
+from agentlibos.kernel.policy import parse_policy
+from agentlibos.kernel.process import ProcessRecord
+from agentlibos.store import CheckpointRecord, Store
+from agentlibos.supervisor.loop import Loop
+from agentlibos.supervisor.processes import LiveProcess, ProcessTable
+from agentlibos.supervisor.waits import Waits
+
+log = logging.getLogger(__name__)
+
+class Durable:
+    def __init__(self, table: ProcessTable, store: Store, loop: Loop, dispatcher: Dispatcher,
+                 journal: StoreJournal, waits: Waits, *, evict_after_s: float | None) -> None:
+        self._table = table
+        self._store = store
+        self._loop = loop
+        self._dispatcher = dispatcher
+        self._journal = journal
+        self.evict_after_s = evict_after_s
+        table.on_accident = self._on_accident
+        waits.all_durable = self.waiting
+        waits.ended_evicted = self.wait_ended
+        dispatcher.replay = Replayer(store)
+        dispatcher.replay.on_diverged = self._diverged
+
+    # ------------------------------------------------------------------ resuming
+
+    def _on_accident(self, pid: int, live: LiveProcess, error: str | None) -> bool:
+        lc = live.caller.image.lifecycle
+        resumes = self._store.get_process(pid).resumes
+        if lc.on_crash != "resume" or resumes >= lc.max_resumes:
+            return False
+        self._store.append_audit(pid, "proc.crash", f"proc:{pid}", "info",
+                                 {"error": error, "resumes": resumes,
+                                  "outcome": "resuming by replay"})
+        # After finalize has put it back in the table as evicted.
+        self._loop.call_later(0, lambda: self.resume(pid, why="crash"))
+        return True
+
+    def resume(self, pid: int, *, why: str) -> None:
+        """Start ``pid``'s host process again; its calls replay the journal."""
+        live = self._table.live.get(pid)
+        if live is None or not live.evicted:
+            return
+        live.evicted = False
+        replayed = self._dispatcher.begin_replay(pid)
+        rec = self._store.get_process(pid)
+        fields: dict[str, Any] = {"evicted": 0, "resumes": rec.resumes + (why == "crash")}
+        if not live.waits:
+            fields.update(state="running", wait=None)
+        self._store.update_process(pid, **fields)
+        self._store.append_audit(pid, "proc.resume", f"proc:{pid}", "info",
+                                 {"why": why, "replay": replayed})
+        self._table.launch(pid, live, Limits.from_json(live.limits))
+
+    def _resume_soon(self, pid: int, why: str) -> None:
+        self._loop.call_later(0, lambda: self.resume(pid, why=why))
+
+    def wait_ended(self, pid: int) -> None:
+        """Its last wait ended: an evicted process comes back for the answer."""
+        live = self._table.live.get(pid)
+        if live is not None and live.evicted:
+            self._loop.call_later(0, lambda: self.resume(pid, why="wait ended"))
+
+    def _diverged(self, pid: int, seq: int, detail: str) -> None:
+        self._store.append_audit(pid, "proc.diverged", f"proc:{pid}", "error",
+                                 {"seq": seq, "detail": detail})
+        self._table.terminate(pid, "diverged", f"diverged from its journal: {detail}",
+                              grace_s=0)
+
+    # ------------------------------------------------------------------ eviction
+
+    def waiting(self, pid: int) -> None:
+        """Every wait of ``pid`` is durable now: evict it if that lasts ``evict_after``."""
+        if self.evict_after_s is None:
+            return
+        live = self._table.live.get(pid)
+        if live is None:
+            return
+        since = live.waiting_since
+
+        def check() -> None:
+            lv = self._table.live.get(pid)
+            if (lv is not None and lv.waits and lv.durable_waits == len(lv.waits)
+                    and lv.waiting_since == since and not lv.evicted and not lv.evicting
+                    and lv.ready and lv.host_pid is not None):
+                self.evict(pid)
+
+        self._loop.call_later(self.evict_after_s, check)
+
+    def evict(self, pid: int) -> None:
+        live = self._table.live[pid]
+        live.evicting = True
+        self._store.append_audit(pid, "proc.evict", f"proc:{pid}", "info",
+                                 {"wait": live.waits[0] if live.waits else None,
+                                  "after_s": self.evict_after_s})
+        self._table.kill_host(live)
+
+    def stop_all(self, keep: bool) -> None:
+        """At the supervisor's stop: ``keep`` stops every host process as an eviction
+        (each process stays as it is, to be resumed by the next supervisor); otherwise
+        every process is killed."""
+        for pid, live in list(self._table.live.items()):
+            if not keep:
+                self._table.terminate(pid, "killed", "the supervisor is stopping", grace_s=0)
+            elif not live.evicted:
+                live.evicting = True
+                self._table.kill_host(live)
+
+    # ------------------------------------------------------------------ rebuilding
+
+    def rebuild(self, rec: ProcessRecord) -> LiveProcess:
+        """A table entry for a process the store knows and no host process runs (after
+        a restart, or to restore): evicted, with its caller rebuilt from the store."""
+        info = self._store.process_resume_info(rec.pid)
+        image = load_image(rec.image_path)
+        caller = Caller(
+            pid=rec.pid, ppid=rec.ppid, root_pid=rec.root_pid, cwd=rec.cwd, image=image,
+            caps=[parse_cap(c) for c in self._store.get_caps(rec.pid)],
+            policy=parse_policy(info["policy_text"], info["policy_source"]),
+            ask_mode=info["ask_mode"], approved=[parse_cap(a) for a in info["approved"]])
+        live = LiveProcess(caller=caller, token=b"", scratch=self._table.paths.scratch
+                           / str(rec.pid), log_path=self._table.paths.logs / f"{rec.pid}.log",
+                           limits=rec.limits, evicted=True)
+        self._table.live[rec.pid] = live
+        return live
+
+    def rearm(self, live: LiveProcess, entry: JournalEntry) -> None:
+        """Make again the call a process was suspended in (its wait intent), without its
+        host process: the wait goes on; when it ends the process is resumed."""
+        intent = parse_intent(entry.result)
+        args = intent.get("args") if isinstance(intent.get("args"), dict) else {}
+        state = intent.get("state") if isinstance(intent.get("state"), dict) else {}
+        pid = live.caller.pid
+
+        def done(outcome: Outcome) -> None:
+            # Recorded by the dispatch's journal hook; no host process to answer.
+            lv = self._table.live.get(pid)
+            if lv is not None and lv.evicted and not lv.waits:
+                self.wait_ended(pid)
+
+        self._dispatcher.submit_rearmed(live.caller, entry.seq, entry.call, args or {},
+                                        state or {}, done)
+
+    # ------------------------------------------------------------------ restart
+
+    def recover(self, *, resume: Callable[[ProcessRecord], bool]) -> dict[str, list[int]]:
+        """Settle what the last supervisor left (its host processes are gone).
+
+        ``resume(rec)``: whether this supervisor runs ``rec`` again now (``serve``: all;
+        an embedded run: none; ``agentlibos resume``: one tree). The others stay in the
+        store, evicted, for whoever resumes them."""
+        out: dict[str, list[int]] = {"resumed": [], "waiting": [], "attention": [],
+                                     "failed": [], "left": []}
+        intents: dict[int, JournalEntry] = {}
+        for e in self._store.journal_intents():
+            intents.setdefault(e.pid, e)
+            self._journal.intents.add((e.pid, e.seq))
+        now = time.time()
+        for rec in self._store.list_processes(live_only=True):
+            pid = rec.pid
+            if rec.state == "attention":
+                out["attention"].append(pid)
+                continue
+            intent = intents.get(pid)
+            kind = parse_intent(intent.result)["effect"] if intent is not None else None
+            if kind == "once":
+                assert intent is not None
+                self.to_attention(pid, intent)
+                out["attention"].append(pid)
+                continue
+            if not resume(rec):
+                self._store.update_process(pid, host_pid=None, evicted=1)
+                out["left"].append(pid)
+                continue
+            try:
+                image = load_image(rec.image_path)
+            except LibOSError as e:
+                self._fail(pid, now, f"cannot load its image again: {e.message}")
+                out["failed"].append(pid)
+                continue
+            if image.lifecycle.on_crash != "resume" or (
+                    kind is None and rec.resumes >= image.lifecycle.max_resumes):
+                self._fail(pid, now, "the supervisor stopped while this process was live "
+                           f"(its image says on_crash = {image.lifecycle.on_crash!r})")
+                out["failed"].append(pid)
+                continue
+            live = self.rebuild(rec)
+            self._store.update_process(pid, host_pid=None, evicted=1)
+            if kind == "wait" and "approval" not in (parse_intent(intent.result if intent
+                                                                    else None).get("state")
+                                                       or {}):
+                assert intent is not None
+                self.rearm(live, intent)
+                out["waiting"].append(pid)
+            else:
+                self._resume_soon(pid, "restart")
+                out["resumed"].append(pid)
+        return out
+
+    def _fail(self, pid: int, now: float, error: str) -> None:
+        self._store.update_process(pid, state="failed", exit_reason="supervisor-lost",
+                                   ended_at=now, error=error, wait=None)
+        self._store.append_audit(pid, "proc.exit", f"proc:{pid}", "info",
+                                 {"reason": "supervisor-lost", "error": error})
+        for ask in self._store.asks_of(pid):
+            if ask.state == "pending":
+                self._store.ask_decide(ask.id, "expired", reason="the supervisor was lost")
+
+    def to_attention(self, pid: int, entry: JournalEntry) -> None:
+        request = parse_intent(entry.result).get("request")
+        att = {"seq": entry.seq, "call": entry.call, "request": request}
+        self._store.update_process(pid, state="attention", attention=att, host_pid=None,
+                                   evicted=1, wait=None)
+        self._store.append_audit(pid, "proc.attention", f"proc:{pid}", "info",
+                                 {**att, "reason": "a crash left this effect unsettled: it "
+                                  "may or may not have happened, and it is not one that may "
+                                  "be done twice"})
+
+    # ------------------------------------------------------------------ operator
+
+    def resolve(self, pid: int, action: str) -> ProcessRecord:
+        """`agentlibos resolve PID --retry|--skip|--fail` for a process in ``attention``."""
+        if action not in ("retry", "skip", "fail"):
+            raise InvalidArgument(f"resolve: --retry, --skip or --fail, not {action!r}")
+        rec = self._store.get_process(pid)
+        if rec.state != "attention" or rec.attention is None:
+            raise Conflict(f"process {pid} is {rec.state}, not waiting for attention")
+        seq = int(rec.attention["seq"])
+        self._store.append_audit(pid, "proc.resolve", f"proc:{pid}", "info",
+                                 {**rec.attention, "action": action})
+        if action == "fail":
+            self._store.update_process(pid, state="failed", exit_reason="resolved-fail",
+                                       error=f"the operator failed it at {rec.attention}",
+                                       ended_at=time.time(), attention=None, evicted=0)
+            self._journal.intents.discard((pid, seq))
+            return self._store.get_process(pid)
+        if action == "retry":
+            self._store.journal_drop_intent(pid, seq)
+            self._journal.intents.discard((pid, seq))
+        else:  # skip: the call returns as if refused, never done again by us
+            self._journal.intents.discard((pid, seq))
+            self._store.journal_settle(pid, seq, "error", json.dumps({
+                "type": "Unavailable", "code": "unavailable",
+                "message": f"{rec.attention.get('call')}: skipped by the operator after a "
+                           "crash (it may or may not have happened)"}))
+        self._store.update_process(pid, state="running", attention=None)
+        live = self.rebuild(self._store.get_process(pid))
+        self.resume(live.caller.pid, why=f"resolve --{action}")
+        return self._store.get_process(pid)
+
+    def checkpoint(self, pid: int, name: str | None, seq: int | None = None) -> CheckpointRecord:
+        """Mark ``pid``'s journal position (its last settled call, or ``seq``), its own
+        objects and its capabilities."""
+        rec = self._store.get_process(pid)
+        at = self._store.journal_settled_seq(pid) if seq is None else seq
+        cp = self._store.checkpoint_create(name, pid, at, self._store.get_caps(pid),
+                                           self._store.objects_of_ns(f"proc/{pid}"))
+        self._store.append_audit(pid, "proc.checkpoint", f"proc:{pid}", "info",
+                                 {**cp.public(), "image": rec.image})
+        return cp
+
+    def restore(self, ref: str) -> int:
+        """A new process (same parent, image, args, cwd, policy) that replays the source's
+        journal to the checkpoint, then runs live; never holding a capability the source
+        has lost since."""
+        cp = self._store.checkpoint_get(ref)
+        src = self._store.get_process(cp.pid)
+        now_caps = [_cap(c) for c in self._store.get_caps(cp.pid)]
+        kept = [c for c in (_cap(x) for x in cp.caps) if within(c, now_caps)]
+        parent = self._table.live.get(src.ppid) if src.ppid is not None else None
+        image = load_image(src.image_path)
+        info = self._store.process_resume_info(cp.pid)
+        policy = parse_policy(info["policy_text"], info["policy_source"])
+        pid = self._table.create(image, src.args, parent=parent.caller if parent else None,
+                                 policy=policy, cwd=src.cwd, held=lambda _c: kept,
+                                 ask_mode=info["ask_mode"], before_launch=lambda p: (
+                                     self._seed(p, cp)))
+        self._store.append_audit(pid, "proc.restore", f"proc:{pid}", "info",
+                                 {**cp.public(), "caps": [str(c) for c in kept]})
+        return pid
+
+    def _seed(self, pid: int, cp: CheckpointRecord) -> None:
+        """Before the restored process starts: its journal prefix and its objects."""
+        self._store.journal_copy(cp.pid, pid, cp.seq)
+        for o in cp.objects:
+            self._store.restore_object(f"proc/{pid}", o["name"], o["type"], o["value"], pid)
+        self._dispatcher.begin_replay(pid)
+
+
+def _cap(text: str) -> CapPattern:
+    try:
+        return parse_cap(text)
+    except PolicyError as e:
+        raise InvalidArgument(e.message) from None
+
+
+__all__ = ["Durable"]
