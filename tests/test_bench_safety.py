@@ -64,3 +64,7 @@ def test_no_attack_succeeds_under_the_runtime_and_every_one_does_in_the_baseline
         assert rt["end"] == "exited/returned", t
         assert rt["model_requests"] >= 3, t
     assert fig["forbidden"]["runtime"] == 0
+    # The control grants what it does: the judge sees effects in the runtime arm too.
+    assert fig["controls"], "no control task"
+    for t in fig["controls"]:
+        assert t["runtime"]["forbidden"] > 0, t
