@@ -123,7 +123,7 @@ def test_a_fresh_database_gets_every_migration(tmp_path: Path) -> None:
     with closing(SQLiteStore(db)) as s:
         assert s.schema_version == latest_version()
     assert version_of(db) == latest_version()
-    assert tables(db) == V1_TABLES | {"journal", "asks", "events"}
+    assert tables(db) == V1_TABLES | {"journal", "asks", "events", "checkpoints"}
     assert query(db, "PRAGMA journal_mode") == [("wal",)]
 
 
@@ -147,7 +147,7 @@ def test_stores_opening_one_new_database_at_once_migrate_it_once(tmp_path: Path)
         t.join()
     assert errors == []
     assert version_of(db) == latest_version()
-    assert tables(db) == V1_TABLES | {"journal", "asks", "events"}
+    assert tables(db) == V1_TABLES | {"journal", "asks", "events", "checkpoints"}
 
 
 def test_reopening_a_current_database_changes_nothing(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ from agentlibos.broker.replay import Replayer
 from agentlibos.broker.syscalls import Caller
 from agentlibos.errors import Conflict, InvalidArgument, LibOSError, PolicyError
 from agentlibos.kernel.caps import CapPattern, parse_cap, within
-from agentlibos.kernel.image import Limits, load_image
+from agentlibos.kernel.image import AgentImage, Limits, load_image
 from agentlibos.kernel.journal import JournalEntry, parse_intent
 from agentlibos.kernel.policy import parse_policy
 from agentlibos.kernel.process import ProcessRecord
@@ -142,11 +142,11 @@ class Durable:
 
     # ------------------------------------------------------------------ rebuilding
 
-    def rebuild(self, rec: ProcessRecord) -> LiveProcess:
+    def rebuild(self, rec: ProcessRecord, image: AgentImage | None = None) -> LiveProcess:
         """A table entry for a process the store knows and no host process runs (after
         a restart, or to restore): evicted, with its caller rebuilt from the store."""
         info = self._store.process_resume_info(rec.pid)
-        image = load_image(rec.image_path)
+        image = image or load_image(rec.image_path)
         caller = Caller(
             pid=rec.pid, ppid=rec.ppid, root_pid=rec.root_pid, cwd=rec.cwd, image=image,
             caps=[parse_cap(c) for c in self._store.get_caps(rec.pid)],
@@ -190,6 +190,7 @@ class Durable:
             intents.setdefault(e.pid, e)
             self._journal.intents.add((e.pid, e.seq))
         now = time.time()
+        images: dict[str, AgentImage] = {}
         for rec in self._store.list_processes(live_only=True):
             pid = rec.pid
             if rec.state == "attention":
@@ -202,23 +203,23 @@ class Durable:
                 self.to_attention(pid, intent)
                 out["attention"].append(pid)
                 continue
-            if not resume(rec):
-                self._store.update_process(pid, host_pid=None, evicted=1)
-                out["left"].append(pid)
-                continue
             try:
-                image = load_image(rec.image_path)
+                image = images.get(rec.image_path) or load_image(rec.image_path)
+                images[rec.image_path] = image
             except LibOSError as e:
                 self._fail(pid, now, f"cannot load its image again: {e.message}")
                 out["failed"].append(pid)
                 continue
-            if image.lifecycle.on_crash != "resume" or (
-                    kind is None and rec.resumes >= image.lifecycle.max_resumes):
+            if image.lifecycle.on_crash != "resume":
                 self._fail(pid, now, "the supervisor stopped while this process was live "
-                           f"(its image says on_crash = {image.lifecycle.on_crash!r})")
+                           "(its image says on_crash = \"fail\")")
                 out["failed"].append(pid)
                 continue
-            live = self.rebuild(rec)
+            if not resume(rec):
+                self._store.update_process(pid, host_pid=None, evicted=1)
+                out["left"].append(pid)
+                continue
+            live = self.rebuild(rec, image)
             self._store.update_process(pid, host_pid=None, evicted=1)
             if kind == "wait" and "approval" not in (parse_intent(intent.result if intent
                                                                     else None).get("state")
