@@ -26,6 +26,7 @@ from agentlibos.broker.server import Broker
 from agentlibos.config import Paths, SupervisorConfig, operator_config
 from agentlibos.kernel.policy import Policy
 from agentlibos.providers.base import Providers
+from agentlibos.providers.registry import build_providers
 from agentlibos.sandbox.profile import SandboxConfig
 from agentlibos.store import ObjectQuota, Store, open_store
 from agentlibos.supervisor import control
@@ -42,6 +43,7 @@ from agentlibos.supervisor.offloop import OffLoop
 from agentlibos.supervisor.process_calls import ProcessCalls
 from agentlibos.supervisor.processes import LiveProcess, ProcessTable
 from agentlibos.supervisor.recovery import recover
+from agentlibos.supervisor.sandbox_shell import SandboxShell
 from agentlibos.supervisor.sandboxing import SandboxManager
 from agentlibos.supervisor.services import wire_syscalls
 from agentlibos.supervisor.shell import ShellRunner
@@ -70,7 +72,7 @@ class Supervisor:
         self.operator = operator
         self.sandbox = SandboxManager(paths, sandbox)
         self.mode = mode
-        self.providers = providers or Providers()  # what effects go through (injectable)
+        self.providers = providers or build_providers(operator.providers)  # docs/providers.md
         self.fs = self.providers.files
         self.object_quota: ObjectQuota = self.config.object_quota
         self._started = False
@@ -91,7 +93,7 @@ class Supervisor:
 
     def start(self) -> None:
         self.paths.ensure()
-        self._lock()
+        self._lock_fd = lock_home(self.paths)
         self.loop = Loop(busy_poll_us=self.config.busy_poll_us)
         self.loop.stopping = self._stop_requested
         try:
@@ -133,13 +135,14 @@ class Supervisor:
         self.jit = JitManager(self.paths, store, loop, self.sandbox, workers, dispatcher,
                               max_per_tree=self.config.max_helpers_per_tree)
         table.ended.append(self.jit.end_process)
-        self.approvals = Approvals(store, table, waits, loop, self.operator.approvals_timeout_s)
+        self.approvals = Approvals(store, table, waits, loop, self.operator.approvals_timeout_s,
+                                   self.providers.human)
         self.events = Events(store, waits, loop)
         self.offloop, op = OffLoop(loop), self.operator
         self.net = Net(authz, waits, loop, self.offloop, self.providers.http, op.secrets)
         self.models = Models(op.models, store, self.offloop, lambda root: (
             table.live[root].caller.image if root in table.live else None),
-            default_limit=op.default_tokens)
+            default_limit=op.default_tokens, injected=self.providers.models)
         self.file_io, rate = OffLoop(loop, max_workers=2), ByteRate()  # large reads' own pool
         table.ended += [self.approvals.process_ended, self.events.process_ended, rate.forget]
         wire_syscalls(dispatcher, authz=authz, fs=self.fs, file_io=self.file_io, loop=loop,
@@ -147,8 +150,9 @@ class Supervisor:
                       tree_quota=self.sandbox.config.tree_quota, processes=self.processes,
                       tools=ToolCalls(table, self.jit, waits, store), approvals=self.approvals,
                       events=self.events, clock=Clock(waits, loop, self.providers.clock),
-                      shell=ShellRunner(self.paths, store, loop, self.sandbox, workers, waits,
-                                        table), net=self.net, models=self.models,
+                      shell=ShellRunner(self.paths, store, waits, table, self.providers.shell
+                                        or SandboxShell(self.paths, loop, self.sandbox, workers)),
+                      net=self.net, models=self.models,
                       images=ImageCalls(store, self.offloop, waits, self.paths.images,
                                         self.sandbox.config, table.live.__contains__))
         self.broker = Broker(self._ctx, self.paths.broker_endpoint, table, dispatcher)
@@ -230,18 +234,13 @@ class Supervisor:
         self.table.release_all_cgroups()
         self.broker.close()
         self.control.close()
-        self.offloop.close()
-        self.file_io.close()
-        self.net.close()
-        self.models.close()
+        for service in (self.offloop, self.file_io, self.net, self.models):
+            service.close()
         self.loop.close()
         self._ctx.term()
         self.sandbox.stop()
         self.store.close()
         self._unlock()
-
-    def _lock(self) -> None:
-        self._lock_fd = lock_home(self.paths)
 
     def _unlock(self) -> None:
         if self._lock_fd is not None:
