@@ -443,6 +443,7 @@ def test_a_bad_providers_table_is_refused_naming_the_file_and_the_key(
 @pytest.mark.parametrize(("value", "words"), [
     ("nowhere_at_all.module:factory", "ModuleNotFoundError"),
     ("tests.test_providers:no_such_factory", "AttributeError"),
+    ("os:no_such_factory", "AttributeError"),  # a top-level module is a module too
     ("tests.test_providers:not_a_provider", "lacks resolve, read, write"),
 ])
 def test_an_embedders_factory_that_cannot_be_built_fails_the_start_naming_the_key(

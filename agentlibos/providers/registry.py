@@ -94,7 +94,7 @@ def _builtin(key: str, value: str) -> tuple[Builtin, str | None] | None:
     entry = REGISTRY[key].get(name)
     if entry is not None and (entry.arg is not None) == bool(sep):
         return entry, arg if sep else None
-    if entry is None and _IMPORT_PATH.fullmatch(value) and "." in name:
+    if entry is None and _IMPORT_PATH.fullmatch(value):
         return None
     known = ", ".join(f'"{n}:<{b.arg}>"' if b.arg else f'"{n}"'
                       for n, b in REGISTRY[key].items())
