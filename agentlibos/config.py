@@ -2,8 +2,9 @@
 
 ``$AGENTLIBOS_HOME/config.toml`` (or ``--config FILE``) holds every operator setting, each
 table parsed into a frozen dataclass with documented defaults: ``[supervisor]`` here,
-``[sandbox]``/``[limits]``/``[jit]`` by ``sandbox.profile.sandbox_config_from``. Nothing
-else reads the file. Unknown tables and keys are errors naming the file once.
+``[sandbox]``/``[limits]``/``[jit]`` by ``sandbox.profile.sandbox_config_from``,
+``[models]``, ``[secrets]`` and ``[providers]`` by ``providers/``. Nothing else reads
+the file. Unknown tables and keys are errors naming the file once.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from agentlibos.errors import InvalidArgument, PolicyError
 from agentlibos.kernel.units import parse_duration, parse_size
 from agentlibos.providers.models import ModelConfig, parse_models
 from agentlibos.providers.net import SecretRule, parse_secrets
+from agentlibos.providers.registry import ProviderChoices, parse_providers
 from agentlibos.sandbox.profile import SandboxConfig, sandbox_config_from
 from agentlibos.store import ObjectQuota
 
@@ -146,7 +148,7 @@ _SUPERVISOR_KEYS: Final[dict[str, tuple[str, str]]] = {
 }
 # Tables the operator's file may hold. Later roadmap items add theirs here.
 SECTIONS: Final = frozenset({"supervisor", "durable", "sandbox", "limits", "jit", "approvals",
-                             "secrets", "models"})
+                             "secrets", "models", "providers"})
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,8 @@ class OperatorConfig:
     secrets: tuple[SecretRule, ...] = ()
     # [models.NAME]: the model providers (providers/models.py parses them).
     models: dict[str, ModelConfig] = field(default_factory=dict)
+    # [providers]: which provider each effect goes through (providers/registry.py).
+    providers: ProviderChoices = field(default_factory=ProviderChoices)
     source: str | None = None  # the file it came from (None: built-in defaults)
 
 
@@ -224,6 +228,7 @@ def parse_operator_config(text: str, source: str) -> OperatorConfig:
         evict_after_s=_evict_after(data.get("durable", {}), source),
         secrets=parse_secrets(data.get("secrets", {}), source),
         models=parse_models(data.get("models", {}), source),
+        providers=parse_providers(data.get("providers", {}), source),
         source=source,
     )
 

@@ -148,7 +148,7 @@ def test_a_hostile_agent_cannot_act_as_another_process(
     assert (out["mine"], out["mine_via_sdk"]) == (True, 42)
     assert sup.store.get_object(f"proc/{rec.pid}", "mine").updated_by == rec.pid
     sup.store.put_object(f"proc/{vpid}", "go", "json", json.dumps("now"), None, None,
-                         sup.object_quota)
+                         sup.config.object_quota)
     assert sup.run_until(lambda: not sup.tree_live(vpid), 30)
     done = sup.store.get_process(vpid)
     assert (done.state, done.exit_reason) == ("exited", "returned"), done.error

@@ -492,7 +492,7 @@ def test_state_transitions_are_recorded(sup: Supervisor, make_image: MakeImage) 
     assert waiting.table_row()["wait"] == f"proc:{child}"
     assert waiting.table_row()["evicted"] is False
     with sup.store.transaction():
-        sup.store.put_object("shared/go", "now", "int", "1", None, None, sup.object_quota)
+        sup.store.put_object("shared/go", "now", "int", "1", None, None, sup.config.object_quota)
     assert sup.run_until(lambda: not sup.tree_live(pid), 10)
     rec = sup.store.get_process(pid)
     assert rec.state == "exited" and rec.result == "exited" and rec.wait is None

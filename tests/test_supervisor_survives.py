@@ -164,5 +164,5 @@ def test_agents_show_on_the_host_by_pid_and_image(
     assert host_pid is not None
     assert " ".join(psutil.Process(host_pid).cmdline()).startswith(f"agentlibos: {pid} titled")
     with sup.store.transaction():
-        sup.store.put_object(f"proc/{pid}", "go", "int", "1", None, None, sup.object_quota)
+        sup.store.put_object(f"proc/{pid}", "go", "int", "1", None, None, sup.config.object_quota)
     assert sup.run_until(lambda: not sup.tree_live(pid), 10)

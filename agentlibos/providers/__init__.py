@@ -1,11 +1,49 @@
-"""Resource providers: how the broker performs effects for agents (files, HTTP, models).
+"""Resource providers: how the broker performs effects for agents.
 
 ``Providers`` is the bundle a ``Supervisor`` performs effects through; each member is
-typed by a Protocol (``FileProvider``, ``HttpClient``, ``ClockProvider``) so that a test
-or an embedding application can inject its own.
+typed by a Protocol (``FileProvider``, ``HttpClient``, ``ClockProvider``,
+``ShellProvider``, ``ModelProvider``, ``HumanChannel``) so that a test or an embedding
+application can inject its own, or the operator can choose one by name in
+``[providers]`` (``registry.py``). See docs/providers.md.
 """
 
-from agentlibos.providers.base import ClockProvider, FileProvider, Providers, SystemClock
-from agentlibos.providers.net import HttpClient
+from agentlibos.providers.base import (
+    ClockProvider,
+    FileProvider,
+    FixedClock,
+    Providers,
+    SystemClock,
+)
+from agentlibos.providers.fs import LocalFs
+from agentlibos.providers.human import HumanAnswers, HumanChannel
+from agentlibos.providers.memory import MemoryFs
+from agentlibos.providers.models import ModelAnswer, ModelConfig, ModelProvider, ModelRequest
+from agentlibos.providers.net import HttpClient, HttpRequest, HttpResponse
+from agentlibos.providers.registry import ProviderChoices, build_providers, parse_providers
+from agentlibos.providers.shell import ShellDone, ShellProvider, ShellRequest, ShellResult
 
-__all__ = ["ClockProvider", "FileProvider", "HttpClient", "Providers", "SystemClock"]
+__all__ = [
+    "ClockProvider",
+    "FileProvider",
+    "FixedClock",
+    "HttpClient",
+    "HttpRequest",
+    "HttpResponse",
+    "HumanAnswers",
+    "HumanChannel",
+    "LocalFs",
+    "MemoryFs",
+    "ModelAnswer",
+    "ModelConfig",
+    "ModelProvider",
+    "ModelRequest",
+    "ProviderChoices",
+    "Providers",
+    "ShellDone",
+    "ShellProvider",
+    "ShellRequest",
+    "ShellResult",
+    "SystemClock",
+    "build_providers",
+    "parse_providers",
+]

@@ -107,7 +107,8 @@ class ModelAnswer:
 
 
 class ModelProvider(Protocol):
-    config: ModelConfig
+    """One provider's client: the two built-in kinds, or an embedder's own
+    (``Providers(models={"name": client})``)."""
 
     def check(self) -> None:
         """Refuse at once what could not be sent (no key, a malformed script). Cheap:

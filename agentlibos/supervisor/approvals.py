@@ -7,12 +7,19 @@ one-shot grant bound to its request and argument digest. ``--always``: the reque
 the process's standing approvals. Deny: ``PermissionDenied`` carrying the reason. No
 answer within ``[approvals] timeout``: ``PermissionDenied("approval timed out")``. Every
 step is an audit record carrying the approval id.
+
+The queue's changes reach watchers in one place, :meth:`Approvals._changed`: the
+``version`` counter the console and a prompting run poll through the control channel,
+and the embedder's human channel (``providers/human.py``), which is told of each item
+opened and closed and answers through the same methods the control operations call.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,10 +36,13 @@ from agentlibos.kernel.approvals import (
 from agentlibos.kernel.caps import escape, parse_cap
 from agentlibos.kernel.journal import args_digest
 from agentlibos.kernel.text import storable
+from agentlibos.providers.human import HumanChannel
 from agentlibos.store import Store
 from agentlibos.supervisor.loop import Loop, Timer
 from agentlibos.supervisor.processes import ProcessTable
 from agentlibos.supervisor.waits import Waits
+
+log = logging.getLogger(__name__)
 
 Decided = Callable[[Grant | LibOSError], None]
 
@@ -46,7 +56,8 @@ class _Waiting:
 
 class Approvals:
     def __init__(self, store: Store, table: ProcessTable, waits: Waits, loop: Loop,
-                 timeout_s: float | None = None) -> None:
+                 timeout_s: float | None = None, channel: HumanChannel | None = None
+                 ) -> None:
         self._store = store
         self._table = table
         self._waits = waits
@@ -55,6 +66,8 @@ class Approvals:
         self._open: dict[int, _Waiting] = {}
         # Tells a watcher (the console, a prompting run) that the queue changed.
         self.version = 0
+        self._channel = channel
+        self._answers = _LoopAnswers(self, loop, type(channel).__name__)
 
     # ----------------------------------------------------------------- from the broker
 
@@ -73,7 +86,7 @@ class Approvals:
         if caller.via_tool:
             detail["tool"] = caller.via_tool
         self._store.append_audit(caller.pid, call, request, "ask", detail)
-        self._suspend(caller.pid, rec.id, f"approval:{rec.id}", decided)
+        self._suspend(caller.pid, rec, f"approval:{rec.id}", decided)
         return rec.id
 
     def reattach(self, pid: int, ask_id: int, decided: Decided) -> None:
@@ -85,7 +98,7 @@ class Approvals:
                 self._stand(rec)
             decided(Grant(ask_id, rec.request or "", rec.digest))
         elif rec.state == "pending":
-            self._suspend(pid, ask_id, f"approval:{ask_id}", decided)
+            self._suspend(pid, rec, f"approval:{ask_id}", decided)
         else:
             decided(PermissionDenied(
                 f"{rec.call}: {rec.request} was {rec.state}"
@@ -107,7 +120,7 @@ class Approvals:
             created_at=time.time()))
         self._store.append_audit(caller.pid, "human.ask", f"human:ask:{topic}", "ask",
                                  {"question": rec.id, "summary": rec.summary})
-        return self._suspend(caller.pid, rec.id, f"human:{rec.id}", None)
+        return self._suspend(caller.pid, rec, f"human:{rec.id}", None)
 
     def _question_again(self, pid: int, ask_id: int) -> Pending | dict[str, Any]:
         rec = self._store.ask_get(ask_id)
@@ -117,54 +130,74 @@ class Approvals:
             raise PermissionDenied(f"human.ask: question {ask_id} was {rec.state}"
                                    + (f": {rec.reason}" if rec.reason else ""),
                                    approval=ask_id)
-        return self._suspend(pid, ask_id, f"human:{ask_id}", None)
+        return self._suspend(pid, rec, f"human:{ask_id}", None)
 
-    def _suspend(self, pid: int, ask_id: int, wait: str, decided: Decided | None) -> Pending:
+    def _suspend(self, pid: int, rec: AskRecord, wait: str, decided: Decided | None
+                 ) -> Pending:
         marker = Pending(pid)
         entry = _Waiting(marker, decided)
-        self._open[ask_id] = entry
+        self._open[rec.id] = entry
         self._waits.suspend(pid, marker, wait, durable={"approval" if decided else "ask":
-                                                        ask_id})
+                                                        rec.id})
         if self.timeout_s is not None:
-            entry.timer = self._loop.call_later(self.timeout_s, lambda: self._expire(ask_id))
-        self.version += 1
+            entry.timer = self._loop.call_later(self.timeout_s, lambda: self._expire(rec.id))
+        self._changed(rec)
         return marker
+
+    def _changed(self, rec: AskRecord) -> None:
+        """The one place the queue's watchers learn of a change (see the module doc)."""
+        self.version += 1
+        if self._channel is None:
+            return
+        try:  # the embedder's code: its bug must not fail the agent's call
+            if rec.state == "pending":
+                self._channel.opened(rec, self._answers)
+            else:
+                self._channel.closed(rec)
+        except Exception:
+            log.exception("the human channel failed on %s %d", rec.kind, rec.id)
 
     # ----------------------------------------------------------------- from the operator
 
-    def approve(self, ask_id: int, *, always: bool = False) -> AskRecord:
+    # ``by`` names who answered in the audit record when it was not the operator's
+    # control channel (a human channel).
+
+    def approve(self, ask_id: int, *, always: bool = False, by: str | None = None
+                ) -> AskRecord:
         if self._store.ask_get(ask_id).kind != "approval":
             raise InvalidArgument(f"{ask_id} is a question: answer it, not approve it")
         rec = self._store.ask_decide(ask_id, "approved", always=always)
         self._store.append_audit(rec.pid, rec.call, rec.request or "", "approved",
-                                 {"approval": ask_id, "always": always})
+                                 {"approval": ask_id, "always": always, **_by(by)})
         if always:
             self._stand(rec)
-        self._close(ask_id, Grant(ask_id, rec.request or "", rec.digest))
+        self._close(rec, Grant(ask_id, rec.request or "", rec.digest))
         return rec
 
-    def deny(self, ask_id: int, reason: str | None = None) -> AskRecord:
+    def deny(self, ask_id: int, reason: str | None = None, *, by: str | None = None
+             ) -> AskRecord:
         if self._store.ask_get(ask_id).kind != "approval":
             raise InvalidArgument(f"{ask_id} is a question: answer it, not deny it")
         rec = self._store.ask_decide(ask_id, "denied", reason=reason)
         self._store.append_audit(rec.pid, rec.call, rec.request or "", "denied",
-                                 {"approval": ask_id, "reason": reason})
-        self._close(ask_id, PermissionDenied(
+                                 {"approval": ask_id, "reason": reason, **_by(by)})
+        self._close(rec, PermissionDenied(
             f"{rec.call}: {rec.request} was denied by the operator"
             + (f": {reason}" if reason else ""), request=rec.request, approval=ask_id))
         return rec
 
-    def answer(self, ask_id: int, text: str) -> AskRecord:
+    def answer(self, ask_id: int, text: str, *, by: str | None = None) -> AskRecord:
         check_answer(self._store.ask_get(ask_id), text)
         rec = self._store.ask_decide(ask_id, "answered", answer=text)
         self._store.append_audit(rec.pid, "human.ask", f"human:ask:{rec.topic}", "answered",
-                                 {"question": ask_id, "answer": storable(text, 2000)})
+                                 {"question": ask_id, "answer": storable(text, 2000),
+                                  **_by(by)})
         entry = self._open.pop(ask_id, None)
         if entry is not None:
             if entry.timer is not None:
                 entry.timer.cancel()
             entry.marker.resolve({"answer": text, "id": ask_id})
-        self.version += 1
+        self._changed(rec)
         return rec
 
     def _expire(self, ask_id: int) -> None:
@@ -173,13 +206,13 @@ class Approvals:
                                  "expired", {"approval" if rec.kind == "approval"
                                              else "question": ask_id,
                                              "timeout_s": self.timeout_s})
-        self._close(ask_id, PermissionDenied(
+        self._close(rec, PermissionDenied(
             f"{rec.call}: {rec.request or 'the question'} was not answered: approval timed "
             f"out after {self.timeout_s:g} s", approval=ask_id))
 
-    def _close(self, ask_id: int, outcome: Grant | LibOSError) -> None:
-        self.version += 1
-        entry = self._open.pop(ask_id, None)
+    def _close(self, rec: AskRecord, outcome: Grant | LibOSError) -> None:
+        self._changed(rec)
+        entry = self._open.pop(rec.id, None)
         if entry is None:
             return  # its process has ended: the decision is recorded, nobody waits
         if entry.timer is not None:
@@ -206,8 +239,44 @@ class Approvals:
         """Asks of a process that ended are closed: nobody is there to be answered."""
         for rec in self._store.asks_of(pid):
             if rec.state == "pending":
-                self._store.ask_decide(rec.id, "expired", reason="the process ended")
+                closed = self._store.ask_decide(rec.id, "expired", reason="the process ended")
                 entry = self._open.pop(rec.id, None)
                 if entry is not None and entry.timer is not None:
                     entry.timer.cancel()
-                self.version += 1
+                self._changed(closed)
+
+
+def _by(who: str | None) -> dict[str, str]:
+    return {} if who is None else {"by": who}
+
+
+class _LoopAnswers:
+    """``HumanAnswers`` for a channel: each answer is applied on the loop thread, in a
+    turn (its records join that turn's commit), exactly as a control operation is."""
+
+    def __init__(self, approvals: Approvals, loop: Loop, name: str) -> None:
+        self._approvals = approvals
+        self._loop = loop
+        self._by = f"human channel {name}"
+
+    def _apply(self, act: Callable[[], AskRecord]) -> Future[AskRecord]:
+        fut: Future[AskRecord] = Future()
+
+        def run() -> None:
+            try:
+                fut.set_result(act())
+            except LibOSError as e:  # already decided, unknown id, a bad answer
+                fut.set_exception(e)
+
+        self._loop.call_soon_threadsafe(run)
+        return fut
+
+    def approve(self, ask_id: int, *, always: bool = False) -> Future[AskRecord]:
+        return self._apply(lambda: self._approvals.approve(ask_id, always=always,
+                                                           by=self._by))
+
+    def deny(self, ask_id: int, reason: str | None = None) -> Future[AskRecord]:
+        return self._apply(lambda: self._approvals.deny(ask_id, reason, by=self._by))
+
+    def answer(self, ask_id: int, text: str) -> Future[AskRecord]:
+        return self._apply(lambda: self._approvals.answer(ask_id, text, by=self._by))

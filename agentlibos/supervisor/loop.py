@@ -3,8 +3,8 @@
 Owners (the broker, the control server, the zygote client, the process table, the
 workers) register what they need: a readable fd or ZeroMQ socket with a callback, a
 timer, a hook run around each turn. One thread runs everything, so clients need no
-locks; :meth:`Loop.wake` is the only method safe from another thread or a signal
-handler.
+locks; :meth:`Loop.wake` and :meth:`Loop.call_soon_threadsafe` are the only methods
+safe from another thread (``wake`` from a signal handler too).
 
 A turn: poll -> inside the turn context (the store's group-commit batch) run every
 ready callback, then every due timer -> after-turn hooks (send the replies the batch
@@ -20,6 +20,7 @@ import heapq
 import itertools
 import logging
 import math
+import queue
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -76,6 +77,7 @@ class Loop:
         self._wake_w.setblocking(False)
         self._poller.register(self._wake_r.fileno(), zmq.POLLIN)
         self._readers[self._wake_r.fileno()] = self._drain_wake
+        self._soon: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._turn: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
         self._after: list[Callable[[], None]] = []
         self.on_error: Callable[[str, BaseException], None] | None = None
@@ -119,9 +121,20 @@ class Loop:
         with contextlib.suppress(OSError):
             self._wake_w.send(b"x")
 
+    def call_soon_threadsafe(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the loop thread, inside its next turn (from any thread)."""
+        self._soon.put(fn)  # queued before the wake byte, so the drain that reads the
+        self.wake()  # byte always finds it
+
     def _drain_wake(self, events: int) -> None:
         with contextlib.suppress(BlockingIOError):
             self._wake_r.recv(4096)
+        while True:
+            try:
+                fn = self._soon.get_nowait()
+            except queue.Empty:
+                return
+            self._guard("call-soon", fn)
 
     def next_deadline(self) -> float | None:
         while self._timers and self._timers[0].cancelled:

@@ -2,10 +2,11 @@
 
 Implements ``broker.syscalls.model.ModelService``. One ``model.chat``:
 
-1. on the loop: find the provider (``[models.NAME]``), refuse at once what cannot be
-   sent (an unknown provider, a key variable that is not set), *reserve* the call's
-   worst case against its tree's budget (kernel/tokens.py) -- a call that cannot
-   reserve is ``LimitExceeded`` and never reaches the provider;
+1. on the loop: find the provider (``[models.NAME]``, or one the embedder injected
+   through ``Providers(models=...)``, which wins over a configured one), refuse at
+   once what cannot be sent (an unknown provider, a key variable that is not set),
+   *reserve* the call's worst case against its tree's budget (kernel/tokens.py) -- a
+   call that cannot reserve is ``LimitExceeded`` and never reaches the provider;
 2. off the loop (supervisor/offloop.py): the blocking HTTP request, retries included;
 3. on the loop again: *settle* the real usage on the tree's row, audit the call (the
    model, the usage, a digest of the prompt -- never the prompt, never the key) and
@@ -22,7 +23,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from agentlibos.broker.syscalls import Caller, Pending, Result
@@ -58,10 +59,13 @@ def prompt_digest(messages: list[Any], tools: list[Any] | None) -> str:
 class Models:
     def __init__(self, configs: dict[str, ModelConfig], store: Store, offloop: OffLoop,
                  root_image: Callable[[int], AgentImage | None], *,
-                 default_limit: int | None = None) -> None:
+                 default_limit: int | None = None,
+                 injected: Mapping[str, ModelProvider] | None = None) -> None:
         self._default_limit = default_limit  # the operator's [limits] tokens
+        injected = dict(injected or {})  # names checked by Providers
         self._providers: dict[str, ModelProvider] = {
-            name: make_provider(cfg) for name, cfg in configs.items()}
+            name: make_provider(cfg) for name, cfg in configs.items() if name not in injected}
+        self._providers.update(injected)
         self._store = store
         self._offloop = offloop
         self._root_image = root_image  # a live tree's root image ([limits] tokens)

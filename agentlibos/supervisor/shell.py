@@ -1,54 +1,39 @@
-"""``shell.exec``'s service: each command in a sandbox of its own, off the loop.
-
-A command is a sandboxed helper process (``workers.py``) forked by the zygote with the
-"shell" profile (``sandbox/profile.build_shell_profile``): every layer on, exec allowed,
-a cgroup inside the caller's, and a file system built from the caller's ``fs``
-capabilities -- what it may read bound read-only, what it may write read-write, nothing
-else of the user's files. It runs as the owner of the caller's cwd. Its stdin, stdout
-and stderr are pipes the supervisor's loop serves without ever blocking; the calling
-syscall is suspended (wait ``shell:<argv0>``) until the command has ended. At its
-deadline the whole cgroup (and its pid namespace) is killed.
+"""``shell.exec``'s service: decide what a command sees, hand it to the shell provider.
 
 Deciding which host paths the command sees is pure (:func:`shell_paths`, tested on its
-own); the rest of this module only runs what was decided.
+own): from the caller's ``fs`` capabilities and the operator's policy, what it may read
+is bound read-only, what it may write read-write, nothing else of the user's files. The
+service turns an authorized call into a complete :class:`ShellRequest` (argv, cwd,
+environment, that mount plan, the uid it runs as), hands it to the shell provider
+(``providers/shell.py``; by default ``sandbox_shell.SandboxShell``, each command in a
+sandbox of its own), suspends the call (wait ``shell:<argv0>``) and, when the command
+has ended, caps its output, audits it and answers the agent. Authority, audit and the
+output limit stay here, so an injected provider changes where a command lands, never
+what an agent may do.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import logging
 import os
-import signal
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
-import zmq
-
-from agentlibos.broker.syscalls import Caller, Pending
+from agentlibos.broker.syscalls import Caller, Pending, Result
 from agentlibos.broker.syscalls.shell import SHELL_PATH
 from agentlibos.config import Paths
-from agentlibos.errors import LibOSError, NotFound, PermissionDenied, Unavailable
+from agentlibos.errors import NotFound, PermissionDenied
 from agentlibos.kernel.caps import CapPattern, escape, parse_cap
 from agentlibos.kernel.policy import Policy, Request, authorize
 from agentlibos.kernel.text import storable
-from agentlibos.providers.fstree import discard_tree
+from agentlibos.providers.shell import MAX_OUTPUT, ShellProvider, ShellRequest, ShellResult
 from agentlibos.sandbox.profile import SHELL_TMP
 from agentlibos.store import Store
-from agentlibos.supervisor.loop import Loop, Timer
 from agentlibos.supervisor.processes import ProcessTable
-from agentlibos.supervisor.sandboxing import SandboxManager
 from agentlibos.supervisor.waits import Waits
-from agentlibos.supervisor.workers import Workers
-from agentlibos.zygote.child import parse_report
 
-log = logging.getLogger(__name__)
+__all__ = ["MAX_OUTPUT", "ShellRunner", "cap_root", "output_text", "shell_paths"]
 
-MAX_OUTPUT: Final = 1 << 20  # per stream; the rest is read, counted and dropped
-_CHUNK: Final = 1 << 16
 # Never bound into a command's tree, whatever a capability says: the whole host, the
 # command's own /proc, /dev and /tmp, and the kernel's files.
 _NEVER: Final = ("/", "/proc", "/dev", "/sys", SHELL_TMP)
@@ -138,61 +123,19 @@ def output_text(data: bytes, total: int) -> str:
     return text
 
 
-# ----------------------------------------------------------------------- running
-
-
-@dataclass
-class _Stream:
-    fd: int | None = None
-    data: bytearray = field(default_factory=bytearray)
-    total: int = 0
-    digest: Any = field(default_factory=hashlib.sha256)
-
-
-@dataclass
-class Run:
-    wid: int
-    pid: int
-    argv: list[str]
-    exe: str
-    cwd: str
-    run_as: tuple[int, int]
-    scratch: Path
-    pending: Pending
-    timeout_s: float
-    stdin: bytes = b""
-    started: float = field(default_factory=time.monotonic)
-    cgroup: Any = None
-    host_pid: int | None = None
-    pidfd: int | None = None
-    report: int | None = None
-    stdin_fd: int | None = None
-    out: _Stream = field(default_factory=_Stream)
-    err: _Stream = field(default_factory=_Stream)
-    timer: Timer | None = None
-    timed_out: bool = False
-    killed: bool = False
-    error: LibOSError | None = None
-    layers: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
+# ----------------------------------------------------------------------- the call
 
 
 class ShellRunner:
     """The shell service ``shell.exec`` handlers receive (``ShellService``)."""
 
-    def __init__(self, paths: Paths, store: Store, loop: Loop, sandbox: SandboxManager,
-                 workers: Workers, waits: Waits, table: ProcessTable) -> None:
+    def __init__(self, paths: Paths, store: Store, waits: Waits, table: ProcessTable,
+                 provider: ShellProvider) -> None:
         self._paths = paths
         self._store = store
-        self._loop = loop
-        self._sandbox = sandbox
-        self._workers = workers
         self._waits = waits
-        self.runs: dict[int, Run] = {}
-        self._fds: dict[int, Run] = {}
-        table.ended.append(self.end_process)
-
-    # ------------------------------------------------------------------ the call
+        self.provider = provider
+        table.ended.append(provider.end_process)
 
     def resolve(self, argv0: str, cwd: str) -> str:
         """``argv0`` as the command's sandbox will find it: a path (against ``cwd``), or
@@ -206,8 +149,10 @@ class ShellRunner:
         raise NotFound(f"shell.exec: {argv0!r} is not a program on the sandbox's PATH "
                        f"({SHELL_PATH})", program=argv0)
 
-    def run(self, caller: Caller, argv: list[str], exe: str, stdin: bytes | None,
-            timeout_s: float, env: dict[str, str]) -> Pending:
+    def plan(self, caller: Caller, argv: list[str], exe: str, stdin: bytes | None,
+             timeout_s: float, env: dict[str, str]) -> ShellRequest:
+        """The complete request for an authorized call: its view of the user's files
+        decided from the caller's capabilities and policy, nothing left to a provider."""
         cwd = caller.cwd
         ro, rw = shell_paths(caller.caps, caller.approved, caller.policy, cwd,
                              hidden=(str(self._paths.home),))
@@ -221,228 +166,65 @@ class ShellRunner:
             st = os.stat(cwd)
         except OSError as e:
             raise NotFound(f"shell.exec: the process's cwd {cwd}: {e.strerror}") from None
-        wid = self._workers.new_id()
-        scratch = self._paths.scratch / f"s{-wid}"
-        scratch.mkdir(mode=0o700)
-        run = Run(wid, caller.pid, argv, exe, cwd, (st.st_uid, st.st_gid), scratch,
-                  Pending(caller.pid), timeout_s, stdin or b"")
-        try:
-            _mount_points(scratch, (*ro, *rw))
-            prep = self._sandbox.prepare_shell(wid, read_only=tuple(ro), read_write=tuple(rw),
-                                               scratch=scratch, run_as=run.run_as,
-                                               owner_pid=caller.pid)
-            self.runs[wid] = run
-            run.cgroup = self._workers.start(wid, self, prep, {
-                "command": True, "exe": exe, "argv": argv, "cwd": cwd,
-                "scratch": str(scratch), "title": f"agentlibos: {caller.pid} shell {argv[0]}",
-                "env": {"PATH": SHELL_PATH, "HOME": SHELL_TMP, "LANG": "C.UTF-8", **env},
-            })
-        except (LibOSError, OSError) as e:
-            self.runs.pop(wid, None)
-            discard_tree(scratch)
-            if isinstance(e, LibOSError):
-                raise
-            raise Unavailable(f"shell.exec: cannot prepare the command's sandbox: {e}") from None
-        run.timer = self._loop.call_later(timeout_s, lambda: self._timeout(run))
-        return self._waits.suspend(caller.pid, run.pending, f"shell:{storable(argv[0], 80)}")
+        return ShellRequest(
+            caller.pid, tuple(argv), exe, cwd, stdin or b"", timeout_s,
+            {"PATH": SHELL_PATH, "HOME": SHELL_TMP, "LANG": "C.UTF-8", **env},
+            tuple(ro), tuple(rw), (st.st_uid, st.st_gid))
 
-    # ------------------------------------------------------------ worker events
+    def run(self, caller: Caller, argv: list[str], exe: str, stdin: bytes | None,
+            timeout_s: float, env: dict[str, str]) -> Result:
+        req = self.plan(caller, argv, exe, stdin, timeout_s, env)
+        pending = Pending(caller.pid)
+        started = time.monotonic()
+        early: list[ShellResult] = []
+        suspended = False
 
-    def on_spawned(self, wid: int, host_pid: int, fds: list[int]) -> None:
-        run = self.runs.get(wid)
-        if run is None or len(fds) != 5:
-            for fd in fds:
-                os.close(fd)
-            return
-        run.host_pid = host_pid
-        run.pidfd, run.report, run.stdin_fd, run.out.fd, run.err.fd = fds
-        for fd in fds[1:]:
-            os.set_blocking(fd, False)
-        for fd in (run.report, run.out.fd, run.err.fd):
-            self._fds[fd] = run
-            self._loop.add_reader(fd, self._reader(fd))
-        if run.killed:
-            self._kill(run)
-        self._feed(run)
+        def done(result: ShellResult) -> None:
+            if suspended:
+                self._finish(req, pending, started, result)
+            else:  # answered before start returned: no wait to show
+                early.append(result)
 
-    def on_exited(self, wid: int, status: int) -> None:
-        run = self.runs.pop(wid, None)
-        if run is None:
-            return
-        # Its pid namespace ended with it, so nothing else holds the pipes' write ends:
-        # what is left in them is all there is.
-        if run.report is not None:
-            self._on_report(run)
-        for s in (run.out, run.err):
-            self._read(run, s)
-        self._finish(run, status)
+        self.provider.start(req, done)
+        if early:
+            self._finish(req, pending, started, early[0])
+            return pending
+        suspended = True
+        return self._waits.suspend(caller.pid, pending, f"shell:{storable(argv[0], 80)}")
 
-    def spawn_failed(self, wid: int, error: str) -> None:
-        run = self.runs.pop(wid, None)
-        if run is not None:
-            run.error = Unavailable(f"shell.exec: the command could not start: {error}")
-            self._finish(run, None)
-
-    # ---------------------------------------------------------------- the pipes
-
-    def _reader(self, fd: int) -> Any:
-        return lambda events: self._ready(fd, events)
-
-    def _ready(self, fd: int, events: int) -> None:
-        run = self._fds.get(fd)
-        if run is None:
-            return
-        if fd == run.report:
-            self._on_report(run)
-        elif fd == run.stdin_fd:
-            self._feed(run)
-        else:
-            self._read(run, run.out if fd == run.out.fd else run.err)
-
-    def _on_report(self, run: Run) -> None:
-        assert run.report is not None
-        try:
-            data = os.read(run.report, 65536)
-        except BlockingIOError:
-            return
-        self._close(run.report)
-        run.report = None
-        if not data:
-            return
-        report = parse_report(data)
-        run.layers = list(report.get("layers") or [])
-        run.missing = list(report.get("missing") or [])
-        if not report.get("ok"):
-            run.error = Unavailable(f"shell.exec: the command could not be sandboxed: "
-                                    f"{report.get('error')}")
-
-    def _read(self, run: Run, s: _Stream) -> None:
-        while s.fd is not None:
-            try:
-                chunk = os.read(s.fd, _CHUNK)
-            except BlockingIOError:
-                return
-            except OSError:
-                chunk = b""
-            if not chunk:
-                self._close(s.fd)
-                s.fd = None
-                return
-            s.total += len(chunk)
-            s.digest.update(chunk)
-            room = MAX_OUTPUT - len(s.data)
-            if room > 0:
-                s.data += chunk[:room]
-
-    def _feed(self, run: Run) -> None:
-        """Write what is left of its stdin without blocking; close it when done."""
-        fd = run.stdin_fd
-        if fd is None:
-            return
-        while run.stdin:
-            try:
-                n = os.write(fd, run.stdin[:_CHUNK])
-            except BlockingIOError:
-                break
-            except OSError:  # it closed its stdin: the rest is not wanted
-                run.stdin = b""
-                break
-            run.stdin = run.stdin[n:]
-        if run.stdin and fd not in self._fds:
-            self._fds[fd] = run
-            self._loop.add_reader(fd, self._reader(fd), zmq.POLLOUT)
-        elif not run.stdin:
-            self._close(fd)
-            run.stdin_fd = None
-
-    def _close(self, fd: int) -> None:
-        if self._fds.pop(fd, None) is not None:
-            self._loop.remove_reader(fd)
-        with contextlib.suppress(OSError):
-            os.close(fd)
-
-    # ------------------------------------------------------------------ ending
-
-    def _timeout(self, run: Run) -> None:
-        if run.wid in self.runs:
-            run.timed_out = True
-            self._kill(run)
-
-    def _kill(self, run: Run) -> None:
-        """Kill the command and everything it started: its cgroup (every process in it,
-        daemonized or not), and its pid 1 (which takes its pid namespace along)."""
-        run.killed = True
-        if run.cgroup is not None:
-            with contextlib.suppress(LibOSError, OSError):
-                run.cgroup.kill()
-        if run.pidfd is not None:
-            with contextlib.suppress(OSError):
-                signal.pidfd_send_signal(run.pidfd, signal.SIGKILL)
-
-    def _finish(self, run: Run, status: int | None) -> None:
-        if run.timer is not None:
-            run.timer.cancel()
-        self._kill(run)  # whatever is left: nothing it started outlives the call
-        for fd in (run.report, run.stdin_fd, run.out.fd, run.err.fd, run.pidfd):
-            if fd is not None:
-                self._close(fd)
-        oom, pids_hit, _ = self._sandbox.verdict(run.cgroup)  # before it is removed
-        self._workers.forget(run.wid)
-        self._workers.release(run.wid, run.cgroup)
-        discard_tree(run.scratch)
-        duration = round(time.monotonic() - run.started, 3)
-        code: int | None = None
-        if status is not None:
-            code = (os.WEXITSTATUS(status) if os.WIFEXITED(status)
-                    else -os.WTERMSIG(status) if os.WIFSIGNALED(status) else None)
-        truncated = run.out.total > MAX_OUTPUT or run.err.total > MAX_OUTPUT
+    def _finish(self, req: ShellRequest, pending: Pending, started: float,
+                res: ShellResult) -> None:
+        if pending.done:
+            return  # a provider that answered twice: the first answer stands
+        out_total, err_total = res.totals()
+        out_sha, err_sha = res.digests()
+        truncated = max(out_total, len(res.stdout)) > MAX_OUTPUT or max(
+            err_total, len(res.stderr)) > MAX_OUTPUT
         self._store.append_audit(
-            run.pid, "shell.exec", f"shell:exec:{run.argv[0]}",
-            "error" if run.error else "info",
-            {"argv": [storable(a, 1024) for a in run.argv[:64]], "argc": len(run.argv),
-             "exe": run.exe, "cwd": run.cwd, "uid": run.run_as[0],
-             "exit_code": code, "duration_s": duration, "timed_out": run.timed_out,
-             "truncated": truncated, "stdout_bytes": run.out.total,
-             "stderr_bytes": run.err.total, "stdout_sha256": run.out.digest.hexdigest(),
-             "stderr_sha256": run.err.digest.hexdigest(), "layers": run.layers,
-             "missing": run.missing, "memory_killed": oom, "pids_limit_hit": pids_hit,
-             **({"error": run.error.message} if run.error else {})})
-        if run.error is not None:
-            run.pending.reject(run.error)
+            req.pid, "shell.exec", f"shell:exec:{req.argv[0]}",
+            "error" if res.error else "info",
+            {**res.detail,
+             "argv": [storable(a, 1024) for a in req.argv[:64]], "argc": len(req.argv),
+             "exe": req.exe, "cwd": req.cwd, "uid": req.run_as[0],
+             "exit_code": res.exit_code, "timed_out": res.timed_out,
+             "duration_s": round(time.monotonic() - started, 3), "truncated": truncated,
+             "stdout_bytes": out_total, "stderr_bytes": err_total,
+             "stdout_sha256": out_sha, "stderr_sha256": err_sha,
+             **({"error": res.error.message} if res.error else {})})
+        if res.error is not None:
+            pending.reject(res.error)
             return
-        run.pending.resolve({
-            "exit_code": code,
-            "stdout": output_text(bytes(run.out.data), run.out.total),
-            "stderr": output_text(bytes(run.err.data), run.err.total),
+        # The limit is the runtime's, whatever the provider kept.
+        pending.resolve({
+            "exit_code": res.exit_code,
+            "stdout": output_text(res.stdout[:MAX_OUTPUT], max(out_total, len(res.stdout))),
+            "stderr": output_text(res.stderr[:MAX_OUTPUT], max(err_total, len(res.stderr))),
             "truncated": truncated,
-            "timed_out": run.timed_out,
+            "timed_out": res.timed_out,
         })
-
-    def end_process(self, pid: int) -> None:
-        """The calling process ended: so do its commands."""
-        for run in [r for r in self.runs.values() if r.pid == pid]:
-            self._kill(run)
 
 
 def _bindable(path: str) -> bool:
     """Exists, and names itself: a symlink as a bind root would show what it points to
     (anywhere on the host) under a name the capability was granted for."""
     return os.path.lexists(path) and os.path.realpath(path) == path
-
-
-def _mount_points(scratch: Path, paths: Sequence[str]) -> None:
-    """Paths under /tmp are bound inside the command's private /tmp (its scratch), after
-    it: their mount points must exist there."""
-    for p in paths:
-        if not p.startswith(SHELL_TMP + "/"):
-            continue
-        target = scratch / p[len(SHELL_TMP) + 1:]
-        if os.path.isdir(p):
-            target.mkdir(parents=True, exist_ok=True)
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.touch(exist_ok=True)
-        for d in (target, *target.parents):
-            if d == scratch:
-                break
-            os.chmod(d, 0o755)  # noqa: S103 - an empty mount point, seen only by the command

@@ -26,8 +26,9 @@ from agentlibos.broker.server import Broker
 from agentlibos.config import Paths, SupervisorConfig, operator_config
 from agentlibos.kernel.policy import Policy
 from agentlibos.providers.base import Providers
+from agentlibos.providers.registry import build_providers
 from agentlibos.sandbox.profile import SandboxConfig
-from agentlibos.store import ObjectQuota, Store, open_store
+from agentlibos.store import Store, open_store
 from agentlibos.supervisor import control
 from agentlibos.supervisor.approvals import Approvals
 from agentlibos.supervisor.durable import Durable
@@ -43,6 +44,7 @@ from agentlibos.supervisor.offloop import OffLoop
 from agentlibos.supervisor.process_calls import ProcessCalls
 from agentlibos.supervisor.processes import LiveProcess, ProcessTable
 from agentlibos.supervisor.recovery import clean_after
+from agentlibos.supervisor.sandbox_shell import SandboxShell
 from agentlibos.supervisor.sandboxing import SandboxManager
 from agentlibos.supervisor.services import wire_syscalls
 from agentlibos.supervisor.shell import ShellRunner
@@ -71,9 +73,8 @@ class Supervisor:
         self.operator = operator
         self.sandbox = SandboxManager(paths, sandbox)
         self.mode = mode
-        self.providers = providers or Providers()  # what effects go through (injectable)
+        self.providers = providers or build_providers(operator.providers)  # docs/providers.md
         self.fs = self.providers.files
-        self.object_quota: ObjectQuota = self.config.object_quota
         self._started = False
         self.resume_tree: int | None = None  # `agentlibos resume PID`: resume this tree
         self.recovered: dict[str, list[int]] = {}
@@ -87,7 +88,6 @@ class Supervisor:
         self._ctx: zmq.Context[zmq.Socket[bytes]]
 
     # ---------------------------------------------------------------- start and stop
-
     def start(self) -> None:
         self.paths.ensure()
         self._lock_fd = lock_home(self.paths)
@@ -138,22 +138,24 @@ class Supervisor:
         self.jit = JitManager(self.paths, store, loop, self.sandbox, workers, dispatcher,
                               max_per_tree=self.config.max_helpers_per_tree)
         table.ended.append(self.jit.end_process)
-        self.approvals = Approvals(store, table, waits, loop, self.operator.approvals_timeout_s)
+        self.approvals = Approvals(store, table, waits, loop, self.operator.approvals_timeout_s,
+                                   self.providers.human)
         self.events = Events(store, waits, loop)
         self.offloop, op = OffLoop(loop), self.operator
         self.net = Net(authz, waits, loop, self.offloop, self.providers.http, op.secrets)
         self.models = Models(op.models, store, self.offloop, lambda root: (
             table.live[root].caller.image if root in table.live else None),
-            default_limit=op.default_tokens)
+            default_limit=op.default_tokens, injected=self.providers.models)
         self.file_io, rate = OffLoop(loop, max_workers=2), ByteRate()  # large reads' own pool
         table.ended += [self.approvals.process_ended, self.events.process_ended, rate.forget]
         wire_syscalls(dispatcher, authz=authz, fs=self.fs, file_io=self.file_io, loop=loop,
-                      rate=rate, store=store, object_quota=self.object_quota,
+                      rate=rate, store=store, object_quota=self.config.object_quota,
                       tree_quota=self.sandbox.config.tree_quota, processes=self.processes,
                       tools=ToolCalls(table, self.jit, waits, store), approvals=self.approvals,
                       events=self.events, clock=Clock(waits, loop, self.providers.clock),
-                      shell=ShellRunner(self.paths, store, loop, self.sandbox, workers, waits,
-                                        table), net=self.net, models=self.models,
+                      shell=ShellRunner(self.paths, store, waits, table, self.providers.shell
+                                        or SandboxShell(self.paths, loop, self.sandbox, workers)),
+                      net=self.net, models=self.models,
                       images=ImageCalls(store, self.offloop, waits, self.paths.images,
                                         self.sandbox.config, table.live.__contains__))
         self.broker = Broker(self._ctx, self.paths.broker_endpoint, table, dispatcher)
@@ -256,7 +258,6 @@ class Supervisor:
         self.stop()
 
     # ---------------------------------------------------------------- driving it
-
     def request_stop(self) -> None:
         """Ask the loop to stop (safe from a signal handler, before start too)."""
         self._stop_requested = True
@@ -283,7 +284,6 @@ class Supervisor:
         return not self.table.live
 
     # ---------------------------------------------------------------- conveniences
-
     @property
     def live(self) -> dict[int, LiveProcess]:
         return self.table.live
