@@ -119,9 +119,13 @@ class Dispatcher:
         expected = self._next_seq.get(pid)
         if expected is None:
             expected = (self.journal.last_seq(pid) if self.journal else 0) + 1
-        if seq != expected:
+        if seq != expected and not (
+                self.replay is not None and expected < seq <= self.replay.last(pid) + 1):
+            # A resumed process's runtime answers replayed calls from the journal it
+            # fetched and may skip ahead within it: only its own past answers are skipped.
             raise ProtocolError(f"call out of sequence for pid {pid}: expected {expected}, "
                                 f"got {seq}")
+        expected = seq
         self._next_seq[pid] = expected + 1
         return expected
 

@@ -67,6 +67,12 @@ class Replayer:
     def replaying(self, pid: int) -> bool:
         return pid in self._by_pid
 
+    def last(self, pid: int) -> int:
+        """The last settled seq of the journal ``pid`` replays (0: not replaying): its
+        runtime may skip ahead to the call after it, never past a pending intent."""
+        st = self._by_pid.get(pid)
+        return 0 if st is None else st.upto
+
     def forget(self, pid: int) -> None:
         self._by_pid.pop(pid, None)
 

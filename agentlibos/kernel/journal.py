@@ -109,7 +109,8 @@ _REDO_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 
 # Calls the SDK sends without a sequence number: they are the handshake and the
 # goodbye (acting on the live host process, never replayed) or never change.
-UNJOURNALED: Final = frozenset({"proc.getpid", "proc.start", "proc.exit"})
+# proc.journal is how a resumed process fetches the journal it replays.
+UNJOURNALED: Final = frozenset({"proc.getpid", "proc.start", "proc.exit", "proc.journal"})
 
 
 def effect_kind(call: str, args: dict[str, Any]) -> EffectKind:

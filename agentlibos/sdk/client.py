@@ -6,13 +6,15 @@ error the broker raised (:func:`agentlibos.errors.from_wire`).
 
 from __future__ import annotations
 
+import base64
 import itertools
+import json
 from typing import Any
 
 import zmq
 
 from agentlibos.errors import ProtocolError, Timeout, from_wire
-from agentlibos.kernel.journal import UNJOURNALED
+from agentlibos.kernel.journal import UNJOURNALED, args_digest
 from agentlibos.protocol.wire import decode_reply, encode_request
 
 
@@ -30,6 +32,8 @@ class Client:
         self._ids = itertools.count(1)
         # The broker checks that calls arrive numbered 1, 2, 3...: the journal's order.
         self._seq = itertools.count(1)
+        # A resumed process's journal: seq -> (call, digest, status, result JSON text).
+        self._replay: dict[int, tuple[str, str, str, str]] = {}
 
     def close(self) -> None:
         self._sock.close(0)
@@ -46,10 +50,14 @@ class Client:
     ) -> tuple[Any, list[bytes]]:
         """Make one syscall; return ``(result, blobs)`` or raise its typed error."""
         req_id = next(self._ids)
+        seq = None if name in UNJOURNALED else next(self._seq)
+        if seq is not None and self._replay:
+            local = self._replayed(seq, name, args or {}, blobs or [])
+            if local is not None:
+                return local
         self._sock.send_multipart(
-            encode_request(req_id, self.pid, name, args or {}, self._token, blobs,
-                           seq=None if name in UNJOURNALED else next(self._seq)), copy=False
-        )
+            encode_request(req_id, self.pid, name, args or {}, self._token, blobs, seq=seq),
+            copy=False)
         deadline_ms = None if timeout_s is None else int(timeout_s * 1000)
         while True:
             if not self._sock.poll(deadline_ms):
@@ -63,6 +71,42 @@ class Client:
             if reply.id is None and reply.error is None:
                 raise ProtocolError(f"{name}: malformed error reply")
             raise from_wire(reply.error)
+
+    def load_replay(self, upto: int) -> None:
+        """Fetch the journal this resumed process replays (docs/durability.md): its calls
+        within it are answered here, without a round trip, when they are the journaled
+        ones. Anything else -- another call, other arguments, a large answer kept by
+        digest -- goes to the broker, which decides (and stops a process that diverged)."""
+        after = 0
+        while after < upto:
+            page = self.call("proc.journal", {"after": after, "limit": 1000})[0]
+            entries = page.get("entries") or []
+            if not entries:
+                break
+            for seq, call, digest, status, result in entries:
+                self._replay[int(seq)] = (call, digest, status, result)
+            after = int(entries[-1][0])
+
+    def _replayed(self, seq: int, name: str, args: dict[str, Any],
+                  blobs: list[bytes]) -> tuple[Any, list[bytes]] | None:
+        entry = self._replay.pop(seq, None)
+        if entry is None:
+            return None
+        call, digest, status, result = entry
+        try:
+            if call != name or args_digest(name, args, blobs) != digest:
+                return None
+        except (TypeError, ValueError, RecursionError):
+            return None
+        doc = json.loads(result)
+        if status == "error":
+            raise from_wire(doc)
+        out: list[bytes] = []
+        for b in doc.get("blobs") or []:
+            if not isinstance(b, str):
+                return None  # kept by digest only: the broker reads it again and checks
+            out.append(base64.b64decode(b))
+        return doc.get("result"), out
 
     def __enter__(self) -> Client:
         return self

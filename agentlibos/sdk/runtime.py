@@ -43,6 +43,8 @@ def run_agent(endpoint: str, pid: int, token: bytes) -> int:
     try:
         # Bounded: if the supervisor died between our fork and now, do not wait forever.
         info = client.call("proc.start", timeout_s=30)[0]
+        if info.get("replay"):
+            client.load_replay(int(info["replay"]))  # resumed: replay its journal
         sys.path.insert(0, info["image_path"])
         ctx = Context(client, info)
         module = importlib.import_module(info["entry_module"])

@@ -58,10 +58,15 @@ class Durable:
 
     # ------------------------------------------------------------------ resuming
 
+    def _hosts_children(self, pid: int) -> bool:
+        """Whether a child of ``pid`` runs in a host process: its cgroup nests inside
+        ``pid``'s, which an eviction or a resume would take down with it."""
+        return any(not self._table.live[c].evicted for c in self._table.live_children(pid))
+
     def _on_accident(self, pid: int, live: LiveProcess, error: str | None) -> bool:
         lc = live.caller.image.lifecycle
         resumes = self._store.get_process(pid).resumes
-        if lc.on_crash != "resume" or resumes >= lc.max_resumes:
+        if lc.on_crash != "resume" or resumes >= lc.max_resumes or self._hosts_children(pid):
             return False
         self._store.append_audit(pid, "proc.crash", f"proc:{pid}", "info",
                                  {"error": error, "resumes": resumes,
@@ -116,14 +121,21 @@ class Durable:
             lv = self._table.live.get(pid)
             if (lv is not None and lv.waits and lv.durable_waits == len(lv.waits)
                     and lv.waiting_since == since and not lv.evicted and not lv.evicting
-                    and lv.ready and lv.host_pid is not None):
+                    and lv.ready and lv.host_pid is not None
+                    and not self._hosts_children(pid)):
                 self.evict(pid)
 
         self._loop.call_later(self.evict_after_s, check)
 
     def evict(self, pid: int) -> None:
+        """Stop ``pid``'s host process; it stays in the table, waiting. Children first:
+        a parent is evicted once none of its children runs (see _hosts_children)."""
         live = self._table.live[pid]
         live.evicting = True
+        ppid = live.caller.ppid
+        parent = self._table.live.get(ppid) if ppid is not None else None
+        if parent is not None and parent.waits and parent.durable_waits == len(parent.waits):
+            self._loop.call_later(0.5, lambda: self.waiting(ppid) if ppid else None)
         self._store.append_audit(pid, "proc.evict", f"proc:{pid}", "info",
                                  {"wait": live.waits[0] if live.waits else None,
                                   "after_s": self.evict_after_s})

@@ -32,6 +32,8 @@ from agentlibos.supervisor.images import Images
 from agentlibos.supervisor.processes import ProcessTable
 from agentlibos.supervisor.waits import Waits
 
+JOURNAL_REPLY_BYTES = 1 << 20
+
 
 class ProcessCalls:
     def __init__(self, table: ProcessTable, images: Images, authz: Authz, fs: FileProvider,
@@ -75,7 +77,24 @@ class ProcessCalls:
             "image_path": str(img.path), "entry_module": img.entry_module,
             "entry_function": img.entry_function, "args": rec.args, "cwd": caller.cwd,
             "tools": [t.name for t in img.tools],
+            # How many calls replay from the journal (a resumed or restored process).
+            "replay": self._store.journal_settled_seq(caller.pid),
         }
+
+    def journal(self, caller: Caller, after: int, limit: int) -> dict[str, Any]:
+        """Entries after ``after`` of the caller's settled prefix, at most ``limit`` and
+        about 1 MiB of results: the caller's own past answers, nothing it has not seen."""
+        upto = self._store.journal_settled_seq(caller.pid)
+        entries = self._store.journal_entries(caller.pid, after_seq=after,
+                                              limit=max(0, min(limit, 1000, upto - after)))
+        out: list[list[Any]] = []
+        size = 0
+        for e in entries:
+            if e.status == "intent" or (out and size > JOURNAL_REPLY_BYTES):
+                break
+            out.append([e.seq, e.call, e.digest, e.status, e.result])
+            size += len(e.result or "")
+        return {"entries": out, "upto": upto}
 
     def spawn(self, caller: Caller, image: str, args: dict[str, Any],
               caps: list[str] | None, cwd: str | None) -> int:

@@ -20,6 +20,7 @@ class ProcessService(Protocol):
     def kill(self, caller: Caller, pid: int) -> None: ...
     def exit(self, caller: Caller, status: str, result: Any, error: str | None) -> None: ...
     def children(self, caller: Caller) -> list[dict[str, Any]]: ...
+    def journal(self, caller: Caller, after: int, limit: int) -> dict[str, Any]: ...
 
 
 class ProcServices(Protocol):
@@ -32,6 +33,15 @@ class ProcServices(Protocol):
 def proc_start(svc: ProcServices, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
     """The runtime's first call: the entry point, args and identity of this process."""
     return svc.processes.start_info(caller)
+
+
+@syscall("proc.journal", tool_ok=False, after=Param(int), limit=Param(int, required=False,
+                                                                       default=1000))
+def proc_journal(svc: ProcServices, caller: Caller, args: dict[str, Any],
+                 blobs: list[bytes]) -> Any:
+    """A resumed process's own journal (its settled prefix), so its runtime can answer
+    replayed calls without a round trip each (docs/durability.md)."""
+    return svc.processes.journal(caller, args["after"], args["limit"])
 
 
 @syscall("proc.getpid")
