@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agentlibos.broker.syscalls import Reply
-from agentlibos.errors import LibOSError, ProtocolError, from_wire
+from agentlibos.errors import LibOSError, ProtocolError, Unavailable, from_wire
 from agentlibos.kernel.journal import JournalEntry, args_digest, parse_intent
 from agentlibos.store import Store
 
@@ -115,7 +115,13 @@ class Replayer:
         if entry.status == "intent":
             self.forget(pid)
             intent = parse_intent(entry.result)
-            state = intent.get("state") if intent.get("effect") == "wait" else None
+            if intent.get("effect") != "wait":
+                # An effect whose outcome is unknown is never run again from here (the
+                # supervisor resumes a process only once its effects have settled, or
+                # after the operator's `resolve`): refuse rather than risk it twice.
+                return Answer("journaled", Unavailable(
+                    f"{call}: its effect's outcome is not known (docs/durability.md)"))
+            state = intent.get("state")
             return Answer("resume", resume=state if isinstance(state, dict) else {})
         if seq == st.upto and st.intent is None:
             self.forget(pid)

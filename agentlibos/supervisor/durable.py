@@ -71,8 +71,11 @@ class Durable:
         self._store.append_audit(pid, "proc.crash", f"proc:{pid}", "info",
                                  {"error": error, "resumes": resumes,
                                   "outcome": "resuming by replay"})
-        # After finalize has put it back in the table as evicted.
-        self._loop.call_later(0, lambda: self.resume(pid, why="crash"))
+        # After finalize has put it back in the table as evicted. A call still in flight
+        # (a shell command, a request: it outlives the host process) settles first;
+        # its end resumes the process (wait_ended), which replays up to its answer.
+        if not live.waits:
+            self._loop.call_later(0, lambda: self.resume(pid, why="crash"))
         return True
 
     def resume(self, pid: int, *, why: str) -> None:
@@ -203,6 +206,7 @@ class Durable:
             self._journal.intents.add((e.pid, e.seq))
         now = time.time()
         images: dict[str, AgentImage] = {}
+        rearm: list[tuple[LiveProcess, JournalEntry]] = []
         for rec in self._store.list_processes(live_only=True):
             pid = rec.pid
             if rec.state == "attention":
@@ -237,11 +241,13 @@ class Durable:
                                                                     else None).get("state")
                                                        or {}):
                 assert intent is not None
-                self.rearm(live, intent)
-                out["waiting"].append(pid)
+                rearm.append((live, intent))  # once every process is in the table:
+                out["waiting"].append(pid)    # a proc.wait finds its child there
             else:
                 self._resume_soon(pid, "restart")
                 out["resumed"].append(pid)
+        for live, intent in rearm:
+            self.rearm(live, intent)
         return out
 
     def _fail(self, pid: int, now: float, error: str) -> None:
