@@ -44,6 +44,38 @@ class _Waiting:
     timer: Timer | None = None
 
 
+# ---------------------------------------------------------------------- decisions
+# What an answer writes: the decision and its audit record. The supervisor's Approvals
+# then wakes the waiting call; with no supervisor running (`agentlibos approve` while
+# none is up) only these are written, and the process, resumed later, finds its ask
+# decided and honours it (``Approvals.reattach``, ``_question_again``).
+
+def record_approve(store: Store, ask_id: int, *, always: bool = False) -> AskRecord:
+    if store.ask_get(ask_id).kind != "approval":
+        raise InvalidArgument(f"{ask_id} is a question: answer it, not approve it")
+    rec = store.ask_decide(ask_id, "approved", always=always)
+    store.append_audit(rec.pid, rec.call, rec.request or "", "approved",
+                       {"approval": ask_id, "always": always})
+    return rec
+
+
+def record_deny(store: Store, ask_id: int, reason: str | None = None) -> AskRecord:
+    if store.ask_get(ask_id).kind != "approval":
+        raise InvalidArgument(f"{ask_id} is a question: answer it, not deny it")
+    rec = store.ask_decide(ask_id, "denied", reason=reason)
+    store.append_audit(rec.pid, rec.call, rec.request or "", "denied",
+                       {"approval": ask_id, "reason": reason})
+    return rec
+
+
+def record_answer(store: Store, ask_id: int, text: str) -> AskRecord:
+    check_answer(store.ask_get(ask_id), text)
+    rec = store.ask_decide(ask_id, "answered", answer=text)
+    store.append_audit(rec.pid, "human.ask", f"human:ask:{rec.topic}", "answered",
+                       {"question": ask_id, "answer": storable(text, 2000)})
+    return rec
+
+
 class Approvals:
     def __init__(self, store: Store, table: ProcessTable, waits: Waits, loop: Loop,
                  timeout_s: float | None = None) -> None:
@@ -133,32 +165,21 @@ class Approvals:
     # ----------------------------------------------------------------- from the operator
 
     def approve(self, ask_id: int, *, always: bool = False) -> AskRecord:
-        if self._store.ask_get(ask_id).kind != "approval":
-            raise InvalidArgument(f"{ask_id} is a question: answer it, not approve it")
-        rec = self._store.ask_decide(ask_id, "approved", always=always)
-        self._store.append_audit(rec.pid, rec.call, rec.request or "", "approved",
-                                 {"approval": ask_id, "always": always})
+        rec = record_approve(self._store, ask_id, always=always)
         if always:
             self._stand(rec)
         self._close(ask_id, Grant(ask_id, rec.request or "", rec.digest))
         return rec
 
     def deny(self, ask_id: int, reason: str | None = None) -> AskRecord:
-        if self._store.ask_get(ask_id).kind != "approval":
-            raise InvalidArgument(f"{ask_id} is a question: answer it, not deny it")
-        rec = self._store.ask_decide(ask_id, "denied", reason=reason)
-        self._store.append_audit(rec.pid, rec.call, rec.request or "", "denied",
-                                 {"approval": ask_id, "reason": reason})
+        rec = record_deny(self._store, ask_id, reason)
         self._close(ask_id, PermissionDenied(
             f"{rec.call}: {rec.request} was denied by the operator"
             + (f": {reason}" if reason else ""), request=rec.request, approval=ask_id))
         return rec
 
     def answer(self, ask_id: int, text: str) -> AskRecord:
-        check_answer(self._store.ask_get(ask_id), text)
-        rec = self._store.ask_decide(ask_id, "answered", answer=text)
-        self._store.append_audit(rec.pid, "human.ask", f"human:ask:{rec.topic}", "answered",
-                                 {"question": ask_id, "answer": storable(text, 2000)})
+        rec = record_answer(self._store, ask_id, text)
         entry = self._open.pop(ask_id, None)
         if entry is not None:
             if entry.timer is not None:

@@ -148,7 +148,7 @@ class Supervisor:
         self.file_io, rate = OffLoop(loop, max_workers=2), ByteRate()  # large reads' own pool
         table.ended += [self.approvals.process_ended, self.events.process_ended, rate.forget]
         wire_syscalls(dispatcher, authz=authz, fs=self.fs, file_io=self.file_io, loop=loop,
-                      rate=rate, store=store, object_quota=self.object_quota,
+                      rate=rate, store=store, object_quota=self.object_quota, durable=self.durable,
                       tree_quota=self.sandbox.config.tree_quota, processes=self.processes,
                       tools=ToolCalls(table, self.jit, waits, store), approvals=self.approvals,
                       events=self.events, clock=Clock(waits, loop, self.providers.clock),
@@ -163,7 +163,7 @@ class Supervisor:
         self.control = control.ControlServer(self._ctx, self.paths.control_endpoint)
         self.control_ctx = control.ControlContext(
             self.paths, self.mode, store, table, self.processes, self.request_stop,
-            self.approvals, self.events)
+            self.approvals, self.events, self.durable)
         table.ended_record.append(self.control_ctx.process_ended)
         loop.add_reader(self.broker.sock, self._on_broker)
         loop.add_reader(self.control.sock,
