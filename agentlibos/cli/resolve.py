@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from agentlibos.cli.attention import attention_items
 from agentlibos.cli.common import (
     EXIT_OK,
     add_command,
@@ -12,10 +13,13 @@ from agentlibos.cli.common import (
     note,
     paths_of,
     print_json,
+    readonly_store,
     sandbox_config,
 )
 from agentlibos.cli.resume import root_of
 from agentlibos.cli.run import report
+from agentlibos.config import Paths
+from agentlibos.errors import Conflict
 from agentlibos.launcher import RunOutcome, daemon_pid, embedded_supervisor
 
 
@@ -45,7 +49,9 @@ def cmd_resolve(ns: argparse.Namespace) -> int:
     action = str(ns.action)
     root = root_of(paths, ns.pid)
     req = {"op": "resolve", "pid": ns.pid, "action": action}
-    if daemon_pid(paths) is not None:
+    up = daemon_pid(paths) is not None
+    _check_in_attention(paths, ns.pid, supervisor_up=up)
+    if up:
         reply = control(paths, req)
         _print(ns, reply["pid"], action, str(reply["state"]))
         return EXIT_OK
@@ -59,6 +65,21 @@ def cmd_resolve(ns: argparse.Namespace) -> int:
         interrupted = sup.serve()
         outcome = RunOutcome(ns.pid, sup.record(ns.pid), interrupted=interrupted)
     return report(paths, outcome, as_json=ns.json)
+
+
+def _check_in_attention(paths: Paths, pid: int, *, supervisor_up: bool) -> None:
+    """Refuse before starting anything when ``pid`` has nothing to resolve."""
+    store = readonly_store(paths)
+    if store is None:
+        return
+    try:
+        if any(it["pid"] == pid for it in attention_items(store, supervisor_up=supervisor_up)):
+            return
+        state = store.get_process(pid).state
+    finally:
+        store.close()
+    raise Conflict(f"process {pid} is {state}, not waiting for attention "
+                   "(`agentlibos attention` lists those that are)")
 
 
 def _print(ns: argparse.Namespace, pid: int, action: str, state: str) -> None:
