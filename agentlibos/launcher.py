@@ -271,3 +271,61 @@ def _run_embedded(
             sup.terminate(p, "killed", "interrupted by the operator")
         sup.settle(timeout_s=sup.config.kill_grace_s + 5)
     return RunOutcome(pid, sup.store.get_process(pid).public(), interrupted=bool(interrupt))
+
+
+class Embedded:
+    """A supervisor in this process, for a command that needs one when no daemon is up
+    (``checkpoint``, ``restore``, ``resume``, ``resolve``): :func:`embedded_supervisor`."""
+
+    def __init__(self, sup: Supervisor, interrupt: Interrupt) -> None:
+        self.sup = sup
+        self.interrupt = interrupt
+
+    def call(self, req: dict[str, Any]) -> dict[str, Any]:
+        """A control operation on it, in one store turn, as a daemon's client would."""
+        replies: list[dict[str, Any]] = []
+        with self.sup.journal.turn():
+            control.handle(self.sup.control_ctx, req, replies.append)
+        if not replies or not replies[0].get("ok"):
+            raise ProtocolError(f"the {req.get('op')} operation answered {replies!r}")
+        return {k: v for k, v in replies[0].items() if k != "ok"}
+
+    def serve(self) -> bool:
+        """Serve until no process is live here; True if a signal ended it first."""
+        self.sup.run_until(lambda: not self.sup.live)
+        return bool(self.interrupt)
+
+    def record(self, pid: int) -> dict[str, Any]:
+        return self.sup.store.get_process(pid).public()
+
+
+@contextlib.contextmanager
+def embedded_supervisor(paths: Paths, *, sandbox: SandboxConfig | None = None,
+                        resume_tree: int | None = None) -> Iterator[Embedded]:
+    """Start a supervisor here (no daemon is up). It settles what the last one left:
+    the tree rooted at ``resume_tree`` is resumed, the rest stays for whoever resumes it.
+
+    Ctrl-C (SIGINT, SIGTERM) ends the serving, not the processes: they stop as they
+    stop with a daemon (evicted, every wait in the store), and ``agentlibos resume``
+    or ``serve`` goes on with them later."""
+    paths.ensure()
+    interrupt = Interrupt()
+    sup = Supervisor(paths, mode="embedded", sandbox=sandbox)
+    sup.resume_tree = resume_tree
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        interrupt(signum, frame)
+        sup.request_stop()
+
+    with signals(on_signal):
+        try:
+            sup.start()
+        except Conflict:
+            raise Unavailable(f"another supervisor holds {paths.lock}: it is starting or "
+                              "stopping; try again") from None
+        try:
+            yield Embedded(sup, interrupt)
+        finally:
+            if interrupt:
+                sup.mode = "serve"  # stop() then keeps the processes, as a daemon's
+            sup.stop()

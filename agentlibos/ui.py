@@ -131,12 +131,28 @@ def format_ps(recs: list[ProcessRecord], *, tree: bool, now: float | None = None
     ordered = _tree_order(recs) if tree else [(0, r) for r in recs]
     for depth, r in ordered:
         image = ("  " * depth + ("└ " if depth else "")) + printable(r.image)
-        rows.append((str(r.pid), "-" if r.ppid is None else str(r.ppid), image, r.state,
-                     r.exit_reason or "-", wait_of(r) or "-",
+        rows.append((str(r.pid), "-" if r.ppid is None else str(r.ppid), image, state_text(r),
+                     r.exit_reason or "-", wait_of(r) or attention_text(r) or "-",
                      age_text(r.started_at or r.created_at, now),
                      ",".join(t for t in (limits_text(r.limits), tokens_text(r.tokens))
                               if t != "-") or "-", layers_text(r)))
     return format_table(rows)
+
+
+def state_text(rec: ProcessRecord) -> str:
+    """The STATE column: ``waiting,evicted`` for a process whose host process was stopped
+    while it waits (or that a stopped supervisor left), to be resumed by replay."""
+    if getattr(rec, "evicted", False) and rec.live and rec.state != "attention":
+        return f"{rec.state},evicted"
+    return rec.state
+
+
+def attention_text(rec: ProcessRecord) -> str | None:
+    """The WAIT column of a process in ``attention``: the effect a crash left unsettled."""
+    att = getattr(rec, "attention", None)
+    if rec.state != "attention" or not att:
+        return None
+    return f"{att.get('call')} {att.get('request') or ''}".strip()
 
 
 def tokens_text(tokens: dict[str, Any] | None) -> str:

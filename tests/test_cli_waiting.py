@@ -138,8 +138,7 @@ def result(out: str) -> Any:
 # ------------------------------------------------------------------- no agents needed
 
 @pytest.mark.parametrize("argv", [
-    ["approvals"], ["approvals", "--all", "--json"], ["approve", "1"], ["approve", "1",
-    "--always"], ["deny", "1", "--reason", "no"], ["answer", "1", "yes"], ["caps", "1"],
+    ["approvals"], ["approvals", "--all", "--json"], ["caps", "1"],
     ["caps", "revoke", "1", "fs:read:/tmp/**"], ["event", "post", "build-done"],
 ])
 def test_without_a_supervisor_each_command_says_so_and_how_to_start_one(
@@ -148,6 +147,21 @@ def test_without_a_supervisor_each_command_says_so_and_how_to_start_one(
     p = cli(home, *argv)
     assert p.returncode == 1
     assert_one_line_error(p, "no supervisor is running", "agentlibos serve")
+    assert p.stdout == ""
+
+
+@pytest.mark.parametrize("argv", [
+    ["approve", "1"], ["approve", "1", "--always"], ["deny", "1", "--reason", "no"],
+    ["answer", "1", "yes"],
+])
+def test_without_a_supervisor_a_decision_on_an_unknown_id_is_bad_input(
+    home: Path, argv: list[str]
+) -> None:
+    # With no supervisor a decision goes straight to the store (test_cli_durable.py):
+    # here nothing has run, so there is no such approval.
+    p = cli(home, *argv)
+    assert p.returncode == 2
+    assert_one_line_error(p, "no approval or question 1")
     assert p.stdout == ""
 
 

@@ -41,6 +41,7 @@ from agentlibos.errors import (
 )
 from agentlibos.kernel.approvals import Grant, NeedsApproval
 from agentlibos.kernel.journal import (
+    SEQ_AWARE,
     args_digest,
     describe_request,
     effect_kind,
@@ -186,6 +187,8 @@ class Dispatcher:
                 journal.record(caller, seq, call, args, blobs, outcome)
                 outer(outcome)
 
+        if seq is not None and call in SEQ_AWARE:
+            caller = replace(caller, seq=seq)
         if refused is not None:
             if self._on_refused is not None and audit_refusal:
                 self._on_refused(caller, call, refused)

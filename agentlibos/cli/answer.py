@@ -7,12 +7,13 @@ import argparse
 from agentlibos.cli.common import (
     EXIT_OK,
     add_command,
-    control,
     note,
     paths_of,
     positive_id,
     print_json,
 )
+from agentlibos.cli.deciding import decide
+from agentlibos.supervisor.approvals import record_answer
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -26,7 +27,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def cmd_answer(ns: argparse.Namespace) -> int:
-    reply = control(paths_of(ns), {"op": "answer", "id": ns.id, "text": ns.text})
+    reply = decide(paths_of(ns), {"op": "answer", "id": ns.id, "text": ns.text},
+                   lambda store: record_answer(store, ns.id, ns.text))
     if ns.json:
         print_json(reply)
     else:

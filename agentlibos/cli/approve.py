@@ -7,12 +7,13 @@ import argparse
 from agentlibos.cli.common import (
     EXIT_OK,
     add_command,
-    control,
     note,
     paths_of,
     positive_id,
     print_json,
 )
+from agentlibos.cli.deciding import decide
+from agentlibos.supervisor.approvals import record_approve
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -28,7 +29,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def cmd_approve(ns: argparse.Namespace) -> int:
-    reply = control(paths_of(ns), {"op": "approve", "id": ns.id, "always": bool(ns.always)})
+    reply = decide(paths_of(ns), {"op": "approve", "id": ns.id, "always": bool(ns.always)},
+                   lambda store: record_approve(store, ns.id, always=bool(ns.always)))
     if ns.json:
         print_json(reply)
     else:

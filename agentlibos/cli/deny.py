@@ -7,12 +7,13 @@ import argparse
 from agentlibos.cli.common import (
     EXIT_OK,
     add_command,
-    control,
     note,
     paths_of,
     positive_id,
     print_json,
 )
+from agentlibos.cli.deciding import decide
+from agentlibos.supervisor.approvals import record_deny
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -24,7 +25,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def cmd_deny(ns: argparse.Namespace) -> int:
-    reply = control(paths_of(ns), {"op": "deny", "id": ns.id, "reason": ns.reason})
+    reply = decide(paths_of(ns), {"op": "deny", "id": ns.id, "reason": ns.reason},
+                   lambda store: record_deny(store, ns.id, ns.reason))
     if ns.json:
         print_json(reply)
     else:

@@ -12,8 +12,10 @@ from agentlibos.cli import (
     answer,
     approvals,
     approve,
+    attention,
     audit,
     caps,
+    checkpoint,
     console,
     demo,
     deny,
@@ -24,6 +26,9 @@ from agentlibos.cli import (
     logs,
     prune,
     ps,
+    resolve,
+    restore,
+    resume,
     run,
     serve,
     wait,
@@ -32,7 +37,8 @@ from agentlibos.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_U
 from agentlibos.errors import InvalidArgument, LibOSError, NotFound
 
 COMMANDS = (run, wait, logs, serve, ps, kill, approvals, approve, deny, answer, event, caps,
-            image, audit, prune, doctor, demo, console)
+            checkpoint, restore, resume, attention, resolve, image, audit, prune, doctor,
+            demo, console)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -39,6 +39,7 @@ def cmd_ps(ns: argparse.Namespace) -> int:
         print(format_ps(recs, tree=ns.tree), flush=True)
     if any(r.live for r in recs) and not supervisor_alive(paths):
         print("agentlibos: note: no supervisor is running; the live-looking processes above "
-              "were left by one that stopped and will be marked failed when one starts",
-              file=sys.stderr)
+              "were left by one that stopped: `agentlibos serve` resumes them all, "
+              "`agentlibos resume PID` one tree (`agentlibos attention` lists those that "
+              "wait for the operator)", file=sys.stderr)
     return EXIT_OK

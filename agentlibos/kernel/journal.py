@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, get_args
 
+from agentlibos.errors import InvalidArgument
 from agentlibos.kernel.audit import canonical_json
 
 JournalStatus = Literal["ok", "error", "intent"]
@@ -112,6 +114,11 @@ _REDO_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 # proc.journal is how a resumed process fetches the journal it replays.
 UNJOURNALED: Final = frozenset({"proc.getpid", "proc.start", "proc.exit", "proc.journal"})
 
+# Calls whose handler needs its own sequence number (``Caller.seq``): a checkpoint marks
+# the journal position of the very call that makes it, so a restore replays up to and
+# including it and the restored process gets the same answer.
+SEQ_AWARE: Final = frozenset({"proc.checkpoint"})
+
 
 def effect_kind(call: str, args: dict[str, Any]) -> EffectKind:
     kind = _KINDS.get(call, "once")
@@ -166,3 +173,21 @@ def describe_request(call: str, args: dict[str, Any]) -> str:
     if call == "tool.call":
         return f"tool:call:{args.get('name')}"
     return call
+
+
+# ------------------------------------------------------------------------ checkpoints
+
+# A checkpoint's name: `agentlibos restore` takes an id (digits) or a name, so a name is
+# never all digits; it is printed by `checkpoint` and `audit`, so it is plain text.
+_CHECKPOINT_NAME: Final = re.compile(r"^[A-Za-z0-9_.:@+-]{1,128}$")
+
+
+def check_checkpoint_name(name: str | None) -> str | None:
+    """``name`` if it may name a checkpoint (None: unnamed); else InvalidArgument."""
+    if name is None:
+        return None
+    if not _CHECKPOINT_NAME.match(name) or name.isdigit():
+        raise InvalidArgument(
+            f"checkpoint name {name!r}: 1 to 128 of letters, digits and _.:@+- , and not "
+            "all digits (`restore` takes an id or a name)")
+    return name

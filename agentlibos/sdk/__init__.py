@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import builtins
 import os
-from typing import Any, NoReturn
+from typing import Any, NoReturn, overload
 
 from agentlibos.errors import NotFound
 from agentlibos.sdk.client import Client
@@ -342,6 +342,26 @@ class Context:
         self.model = Model(client)
         self.image = Image(client, str(info.get("image", "")))
         self.image_path: str = str(info.get("image_path", ""))
+
+    def checkpoint(self, name: str | None = None) -> dict[str, Any]:
+        """Mark this point of the run (its journal position, its own objects, its
+        capabilities); `agentlibos restore ID|NAME` starts a new process that replays to
+        here, where this call returns the same {"id", "name", "pid", "seq"}, and goes on
+        live. ``name``: letters, digits and ``_.:@+-``, not all digits."""
+        args = {} if name is None else {"name": name}
+        return dict(self.client.call("proc.checkpoint", args)[0])
+
+    @overload
+    def random(self) -> float: ...
+    @overload
+    def random(self, n: int) -> bytes: ...
+
+    def random(self, n: int | None = None) -> float | bytes:
+        """Journaled randomness (a resumed agent draws the same again): without ``n`` a
+        float in [0, 1), like ``random.random()``; with ``n`` (1..4096) ``n`` random bytes."""
+        if n is None:
+            return float(self.client.call("clock.random")[0]["random"])
+        return bytes.fromhex(self.client.call("clock.random", {"bytes": n})[0]["hex"])
 
     def syscall(self, name: str, args: dict[str, Any] | None = None,
                 blobs: list[bytes] | None = None) -> tuple[Any, list[bytes]]:

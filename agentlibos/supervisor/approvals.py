@@ -54,6 +54,44 @@ class _Waiting:
     timer: Timer | None = None
 
 
+# ---------------------------------------------------------------------- decisions
+# What an answer writes: the decision and its audit record. The supervisor's Approvals
+# then wakes the waiting call; with no supervisor running (`agentlibos approve` while
+# none is up) only these are written, and the process, resumed later, finds its ask
+# decided and honours it (``Approvals.reattach``, ``_question_again``).
+
+# ``by`` names who answered in the audit record when it was not the operator's control
+# channel (a human channel, docs/providers.md).
+
+def record_approve(store: Store, ask_id: int, *, always: bool = False,
+                   by: str | None = None) -> AskRecord:
+    if store.ask_get(ask_id).kind != "approval":
+        raise InvalidArgument(f"{ask_id} is a question: answer it, not approve it")
+    rec = store.ask_decide(ask_id, "approved", always=always)
+    store.append_audit(rec.pid, rec.call, rec.request or "", "approved",
+                       {"approval": ask_id, "always": always, **_by(by)})
+    return rec
+
+
+def record_deny(store: Store, ask_id: int, reason: str | None = None, *,
+                by: str | None = None) -> AskRecord:
+    if store.ask_get(ask_id).kind != "approval":
+        raise InvalidArgument(f"{ask_id} is a question: answer it, not deny it")
+    rec = store.ask_decide(ask_id, "denied", reason=reason)
+    store.append_audit(rec.pid, rec.call, rec.request or "", "denied",
+                       {"approval": ask_id, "reason": reason, **_by(by)})
+    return rec
+
+
+def record_answer(store: Store, ask_id: int, text: str, *, by: str | None = None
+                  ) -> AskRecord:
+    check_answer(store.ask_get(ask_id), text)
+    rec = store.ask_decide(ask_id, "answered", answer=text)
+    store.append_audit(rec.pid, "human.ask", f"human:ask:{rec.topic}", "answered",
+                       {"question": ask_id, "answer": storable(text, 2000), **_by(by)})
+    return rec
+
+
 class Approvals:
     def __init__(self, store: Store, table: ProcessTable, waits: Waits, loop: Loop,
                  timeout_s: float | None = None, channel: HumanChannel | None = None
@@ -159,16 +197,9 @@ class Approvals:
 
     # ----------------------------------------------------------------- from the operator
 
-    # ``by`` names who answered in the audit record when it was not the operator's
-    # control channel (a human channel).
-
     def approve(self, ask_id: int, *, always: bool = False, by: str | None = None
                 ) -> AskRecord:
-        if self._store.ask_get(ask_id).kind != "approval":
-            raise InvalidArgument(f"{ask_id} is a question: answer it, not approve it")
-        rec = self._store.ask_decide(ask_id, "approved", always=always)
-        self._store.append_audit(rec.pid, rec.call, rec.request or "", "approved",
-                                 {"approval": ask_id, "always": always, **_by(by)})
+        rec = record_approve(self._store, ask_id, always=always, by=by)
         if always:
             self._stand(rec)
         self._close(rec, Grant(ask_id, rec.request or "", rec.digest))
@@ -176,22 +207,14 @@ class Approvals:
 
     def deny(self, ask_id: int, reason: str | None = None, *, by: str | None = None
              ) -> AskRecord:
-        if self._store.ask_get(ask_id).kind != "approval":
-            raise InvalidArgument(f"{ask_id} is a question: answer it, not deny it")
-        rec = self._store.ask_decide(ask_id, "denied", reason=reason)
-        self._store.append_audit(rec.pid, rec.call, rec.request or "", "denied",
-                                 {"approval": ask_id, "reason": reason, **_by(by)})
+        rec = record_deny(self._store, ask_id, reason, by=by)
         self._close(rec, PermissionDenied(
             f"{rec.call}: {rec.request} was denied by the operator"
             + (f": {reason}" if reason else ""), request=rec.request, approval=ask_id))
         return rec
 
     def answer(self, ask_id: int, text: str, *, by: str | None = None) -> AskRecord:
-        check_answer(self._store.ask_get(ask_id), text)
-        rec = self._store.ask_decide(ask_id, "answered", answer=text)
-        self._store.append_audit(rec.pid, "human.ask", f"human:ask:{rec.topic}", "answered",
-                                 {"question": ask_id, "answer": storable(text, 2000),
-                                  **_by(by)})
+        rec = record_answer(self._store, ask_id, text, by=by)
         entry = self._open.pop(ask_id, None)
         if entry is not None:
             if entry.timer is not None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 from agentlibos.broker.dispatch import Dispatcher, Outcome
@@ -192,12 +191,16 @@ class Durable:
 
     # ------------------------------------------------------------------ restart
 
-    def recover(self, *, resume: Callable[[ProcessRecord], bool]) -> dict[str, list[int]]:
+    def recover(self, everything: bool, tree: int | None = None) -> dict[str, list[int]]:
         """Settle what the last supervisor left (its host processes are gone).
 
-        ``resume(rec)``: whether this supervisor runs ``rec`` again now (``serve``: all;
-        an embedded run: none; ``agentlibos resume``: one tree). The others stay in the
-        store, evicted, for whoever resumes them."""
+        Which processes this supervisor runs again now: ``everything`` (a daemon), or
+        only the tree rooted at ``tree`` (`agentlibos resume`), or none (an embedded run).
+        The others stay in the store, evicted, for whoever resumes them."""
+
+        def resume(rec: ProcessRecord) -> bool:
+            return everything or rec.root_pid == tree
+
         out: dict[str, list[int]] = {"resumed": [], "waiting": [], "attention": [],
                                      "failed": [], "left": []}
         intents: dict[int, JournalEntry] = {}

@@ -9,6 +9,7 @@ call, the same mechanism as ``proc.wait`` and approvals.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import defaultdict
 from typing import Any
@@ -86,6 +87,13 @@ class Clock:
     def now(self) -> dict[str, Any]:
         t = self._source.time()
         return {"time": t, "iso": iso_time(t)}
+
+    def random(self, nbytes: int | None) -> dict[str, Any]:
+        """``clock.random``: journaled like ``now``, so replay hands back the same draw."""
+        if nbytes is not None:
+            return {"hex": os.urandom(nbytes).hex()}
+        # 53 random bits, as random.random() uses: every float in [0, 1) it can return.
+        return {"random": (int.from_bytes(os.urandom(7), "big") >> 3) / (1 << 53)}
 
     def sleep(self, caller: Caller, seconds: float) -> Pending:
         s = check_sleep(seconds)

@@ -20,6 +20,7 @@ from agentlibos.kernel.budgets import TreeQuota
 from agentlibos.providers.base import FileProvider
 from agentlibos.store import ObjectQuota, Store
 from agentlibos.supervisor.approvals import Approvals
+from agentlibos.supervisor.durable import Durable
 from agentlibos.supervisor.events import Clock, Events
 from agentlibos.supervisor.image_calls import ImageCalls
 from agentlibos.supervisor.loop import Loop
@@ -72,6 +73,7 @@ class ObjView:
 @dataclass(frozen=True)
 class ProcView:
     processes: ProcessCalls
+    checkpoints: Durable  # proc.checkpoint only (broker/syscalls/proc.py)
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,7 @@ class ImageView:
 
 
 def wire_syscalls(dispatcher: Dispatcher, *, authz: Authz, fs: FileProvider, file_io: OffLoop,
-                  loop: Loop, rate: ByteRate, store: Store,
+                  loop: Loop, rate: ByteRate, store: Store, durable: Durable,
                   object_quota: ObjectQuota, tree_quota: TreeQuota,
                   processes: ProcessCalls, tools: ToolCalls, approvals: Approvals,
                   events: Events, clock: Clock, shell: ShellRunner, net: Net,
@@ -142,7 +144,7 @@ def wire_syscalls(dispatcher: Dispatcher, *, authz: Authz, fs: FileProvider, fil
     """Hand each syscall family its services (and the dispatch its approval queue)."""
     dispatcher.add_services("fs", FsView(authz, fs, store, tree_quota, file_io, loop, rate))
     dispatcher.add_services("obj", ObjView(authz, store, object_quota, tree_quota))
-    dispatcher.add_services("proc", ProcView(processes))
+    dispatcher.add_services("proc", ProcView(processes, durable))
     dispatcher.add_services("cap", CapView(processes))
     dispatcher.add_services("tool", ToolView(authz, tools, dispatcher))
     dispatcher.add_services("human", HumanView(authz, approvals))

@@ -103,8 +103,7 @@ class Supervisor:
             self._ctx = zmq.Context(io_threads=1)
             self._wire()
             with self.journal.turn():  # what the last supervisor left (docs/durability.md)
-                self.recovered = self.durable.recover(resume=lambda r: self.mode == "serve"
-                                                      or r.root_pid == self.resume_tree)
+                self.recovered = self.durable.recover(self.mode != "embedded", self.resume_tree)
         except BaseException:
             self.loop.close()
             self._unlock()
@@ -150,6 +149,7 @@ class Supervisor:
         table.ended += [self.approvals.process_ended, self.events.process_ended, rate.forget]
         wire_syscalls(dispatcher, authz=authz, fs=self.fs, file_io=self.file_io, loop=loop,
                       rate=rate, store=store, object_quota=self.config.object_quota,
+                      durable=self.durable,
                       tree_quota=self.sandbox.config.tree_quota, processes=self.processes,
                       tools=ToolCalls(table, self.jit, waits, store), approvals=self.approvals,
                       events=self.events, clock=Clock(waits, loop, self.providers.clock),
@@ -165,7 +165,7 @@ class Supervisor:
         self.control = control.ControlServer(self._ctx, self.paths.control_endpoint)
         self.control_ctx = control.ControlContext(
             self.paths, self.mode, store, table, self.processes, self.request_stop,
-            self.approvals, self.events)
+            self.approvals, self.events, self.durable)
         table.ended_record.append(self.control_ctx.process_ended)
         loop.add_reader(self.broker.sock, self._on_broker)
         loop.add_reader(self.control.sock,
@@ -224,7 +224,7 @@ class Supervisor:
         self._started = False
         # A daemon's processes outlive it (evicted: the next `serve` resumes them); an
         # embedded supervisor's end with the run that started them.
-        keep = self.mode == "serve"
+        keep = self.mode != "embedded"
         self.durable.stop_all(keep)
         events = self.zygote.close()
         with self.journal.turn():

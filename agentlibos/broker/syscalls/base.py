@@ -94,6 +94,10 @@ class Caller:
     # the wait had recorded (a sleep's deadline, an ask's id, an event cursor), so the
     # handler waits on for the same thing instead of starting over (docs/durability.md).
     resume: dict[str, Any] | None = None
+    # The call's own journal sequence number, set by the dispatch only for the calls in
+    # ``kernel.journal.SEQ_AWARE`` (a checkpoint marks its own position): others pay
+    # nothing for it.
+    seq: int | None = None
 
 
 @dataclass

@@ -6,12 +6,16 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from agentlibos.broker.syscalls.base import Authorizer, Caller, Param, Result, syscall
+from agentlibos.errors import InvalidArgument
 from agentlibos.kernel.policy import Request
+
+RANDOM_MAX_BYTES = 4096
 
 
 class ClockService(Protocol):
     def now(self) -> dict[str, Any]: ...
     def sleep(self, caller: Caller, seconds: float) -> Result: ...
+    def random(self, nbytes: int | None) -> dict[str, Any]: ...
 
 
 class ClockServices(Protocol):
@@ -36,3 +40,16 @@ def clock_sleep(
     """Sleep ``seconds`` (needs clock:sleep:*); the process waits on sleep:ISO-TIME."""
     svc.authz.authorize(caller, "clock.sleep", Request("clock", "sleep", "*"))
     return svc.clock.sleep(caller, args["seconds"])
+
+
+@syscall("clock.random", bytes=Param(int, required=False))
+def clock_random(
+    svc: ClockServices, caller: Caller, args: dict[str, Any], blobs: list[bytes]
+) -> Any:
+    """Randomness the journal keeps, so a resumed agent draws the same: without
+    ``bytes`` {"random": a float in [0, 1)}; with it {"hex": that many random bytes, as
+    hex}. Needs no capability."""
+    n = args["bytes"]
+    if n is not None and not 1 <= n <= RANDOM_MAX_BYTES:
+        raise InvalidArgument(f"clock.random: bytes must be 1 to {RANDOM_MAX_BYTES}, not {n}")
+    return svc.clock.random(n)

@@ -6,6 +6,7 @@ from typing import Any, Protocol
 
 from agentlibos.broker.syscalls.base import ANY, Caller, Param, Result, syscall
 from agentlibos.errors import InvalidArgument
+from agentlibos.kernel.journal import check_checkpoint_name
 
 
 class ProcessService(Protocol):
@@ -27,6 +28,20 @@ class ProcServices(Protocol):
     @property
     def processes(self) -> ProcessService: ...
 
+
+class Checkpoint(Protocol):
+    def public(self) -> dict[str, Any]: ...
+
+
+class CheckpointService(Protocol):
+    """Durable execution's checkpoints (agentlibos.supervisor.durable)."""
+
+    def checkpoint(self, pid: int, name: str | None, seq: int | None = None) -> Checkpoint: ...
+
+
+class CheckpointServices(Protocol):
+    @property
+    def checkpoints(self) -> CheckpointService: ...
 
 
 @syscall("proc.start", tool_ok=False)
@@ -105,3 +120,14 @@ def proc_children(
 ) -> Any:
     """The caller's children: pid, image, state, exit_reason."""
     return svc.processes.children(caller)
+
+
+@syscall("proc.checkpoint", tool_ok=False, name=Param(str, required=False, max_len=128))
+def proc_checkpoint(
+    svc: CheckpointServices, caller: Caller, args: dict[str, Any], blobs: list[bytes]
+) -> Any:
+    """Mark this point of the caller's own run: its journal position (this very call),
+    its own objects and its capabilities; `agentlibos restore` starts a new process
+    from it. Returns {"id", "name", "pid", "seq"}. Needs no capability (like getpid)."""
+    name = check_checkpoint_name(args["name"])
+    return svc.checkpoints.checkpoint(caller.pid, name, caller.seq).public()

@@ -10,6 +10,7 @@ from agentlibos.config import Paths
 from agentlibos.store import Store
 from agentlibos.supervisor.approvals import Approvals
 from agentlibos.supervisor.control.server import Responder
+from agentlibos.supervisor.durable import Durable
 from agentlibos.supervisor.events import Events
 from agentlibos.supervisor.process_calls import ProcessCalls
 from agentlibos.supervisor.processes import ProcessTable
@@ -25,6 +26,7 @@ class ControlContext:
     request_stop: Callable[[], None]
     approvals: Approvals
     events: Events
+    durable: Durable  # checkpoint, restore, resume, resolve
     # Operators waiting for a process to end (`run` with wait, `wait`).
     waiters: dict[int, list[Responder]] = field(default_factory=dict)
 

@@ -12,11 +12,13 @@ from agentlibos.supervisor.control import (
     op_approve,
     op_audit_tail,
     op_caps,
+    op_checkpoint,
     op_deny,
     op_event_post,
     op_kill,
     op_ping,
     op_ps,
+    op_resume,
     op_run,
     op_shutdown,
     op_wait,
@@ -41,6 +43,10 @@ OPS: dict[str, Op] = {
     "caps_revoke": op_caps.caps_revoke,
     "ps": op_ps.ps,
     "audit_tail": op_audit_tail.audit_tail,
+    "checkpoint": op_checkpoint.checkpoint,
+    "restore": op_checkpoint.restore,
+    "resume": op_resume.resume,
+    "resolve": op_resume.resolve,
 }
 
 

@@ -1,0 +1,54 @@
+"""How ``approve``, ``deny`` and ``answer`` reach the queue: through the supervisor when
+one runs (it wakes the waiting call); else straight into the store, where the process
+finds its ask decided when it is resumed (DESIGN.md: approvals answered while no
+supervisor ran are honoured)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from agentlibos.cli.common import control, note, readonly_store
+from agentlibos.config import Paths
+from agentlibos.errors import Conflict, NotFound, Unavailable
+from agentlibos.kernel.approvals import AskRecord
+from agentlibos.store import Store, open_store
+from agentlibos.supervisor.control import ping
+from agentlibos.supervisor.lock import lock_home
+
+
+def decide(paths: Paths, request: dict[str, Any],
+           offline: Callable[[Store], AskRecord]) -> dict[str, Any]:
+    """The control operation ``request``, or with no supervisor up ``offline(store)``
+    under the home's lock (so none starts meanwhile): the decision and its audit record
+    in one transaction. Replies ``{"id", "state", ...}`` either way."""
+    if ping(paths.control_endpoint) is not None:
+        return control(paths, request)
+    probe = readonly_store(paths)
+    if probe is None:
+        raise NotFound(f"no approval or question {request.get('id')}: nothing has run in "
+                       f"{paths.home}")
+    probe.close()
+    try:
+        fd = lock_home(paths)
+    except Conflict:
+        raise Unavailable(f"a supervisor holds {paths.lock} but does not answer on "
+                          f"{paths.control_endpoint}: it is starting or stopping; try "
+                          "again") from None
+    try:
+        store = open_store(paths.db)
+        try:
+            with store.transaction():
+                rec = offline(store)
+        finally:
+            store.close()
+    finally:
+        os.close(fd)
+    note(f"no supervisor is running: {rec.kind} {rec.id} is {rec.state} in the store, "
+         f"and process {rec.pid} honours it when it is resumed (`agentlibos resume "
+         f"{rec.pid}`, or `agentlibos serve`)")
+    out: dict[str, Any] = {"id": rec.id, "state": rec.state, "supervisor": False}
+    if rec.kind == "approval" and rec.state == "approved":
+        out["always"] = rec.always
+    return out
