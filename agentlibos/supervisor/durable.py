@@ -322,7 +322,7 @@ class Durable:
         cp = self._store.checkpoint_get(ref)
         src = self._store.get_process(cp.pid)
         now_caps = [_cap(c) for c in self._store.get_caps(cp.pid)]
-        kept = [c for c in (_cap(x) for x in cp.caps) if within(c, now_caps)]
+        kept = [k for k in (_still_held(_cap(x), now_caps) for x in cp.caps) if k is not None]
         parent = self._table.live.get(src.ppid) if src.ppid is not None else None
         image = load_image(src.image_path)
         info = self._store.process_resume_info(cp.pid)
@@ -341,6 +341,14 @@ class Durable:
         for o in cp.objects:
             self._store.restore_object(f"proc/{pid}", o["name"], o["type"], o["value"], pid)
         self._dispatcher.begin_replay(pid)
+
+
+def _still_held(cap: CapPattern, held: list[CapPattern]) -> CapPattern | None:
+    """``cap`` narrowed to the rights of it still held (a revoked write keeps the read)."""
+    if within(cap, held):
+        return cap
+    rights = {r for r in cap.rights if within(cap.narrowed(frozenset({r})), held)}
+    return cap.narrowed(frozenset(rights)) if rights else None
 
 
 def _cap(text: str) -> CapPattern:
