@@ -18,6 +18,7 @@ repeatable; this module decides *when* a process starts again (docs/durability.m
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -212,15 +213,16 @@ class Durable:
         rearm: list[tuple[LiveProcess, JournalEntry]] = []
         for rec in self._store.list_processes(live_only=True):
             pid = rec.pid
-            if rec.state == "attention":
-                out["attention"].append(pid)
-                continue
             intent = intents.get(pid)
             kind = parse_intent(intent.result)["effect"] if intent is not None else None
-            if kind == "once":
-                assert intent is not None
-                self.to_attention(pid, intent)
+            if rec.state == "attention" or kind == "once":
+                if rec.state != "attention":
+                    assert intent is not None
+                    self.to_attention(pid, intent)
                 out["attention"].append(pid)
+                if resume(rec):  # in the table (no host process), so a parent's
+                    with contextlib.suppress(LibOSError):  # proc.wait waits for it
+                        self.rebuild(self._store.get_process(pid))
                 continue
             try:
                 image = images.get(rec.image_path) or load_image(rec.image_path)
@@ -285,10 +287,13 @@ class Durable:
         self._store.append_audit(pid, "proc.resolve", f"proc:{pid}", "info",
                                  {**rec.attention, "action": action})
         if action == "fail":
-            self._store.update_process(pid, state="failed", exit_reason="resolved-fail",
-                                       error=f"the operator failed it at {rec.attention}",
-                                       ended_at=time.time(), attention=None, evicted=0)
             self._journal.intents.discard((pid, seq))
+            self._store.update_process(pid, attention=None, evicted=0)
+            if pid not in self._table.live:
+                self.rebuild(rec)
+            # Ended through the table, so whoever waits for it (its parent) is told.
+            self._table.terminate(pid, "resolved-fail",
+                                  f"the operator failed it at {rec.attention}", grace_s=0)
             return self._store.get_process(pid)
         if action == "retry":
             self._store.journal_drop_intent(pid, seq)
@@ -300,8 +305,9 @@ class Durable:
                 "message": f"{rec.attention.get('call')}: skipped by the operator after a "
                            "crash (it may or may not have happened)"}))
         self._store.update_process(pid, state="running", attention=None)
-        live = self.rebuild(self._store.get_process(pid))
-        self.resume(live.caller.pid, why=f"resolve --{action}")
+        if pid not in self._table.live:
+            self.rebuild(self._store.get_process(pid))
+        self.resume(pid, why=f"resolve --{action}")
         return self._store.get_process(pid)
 
     def checkpoint(self, pid: int, name: str | None, seq: int | None = None) -> CheckpointRecord:
