@@ -103,7 +103,7 @@ class Supervisor:
             self._ctx = zmq.Context(io_threads=1)
             self._wire()
             with self.journal.turn():  # what the last supervisor left (docs/durability.md)
-                self.recovered = self.durable.recover(resume=lambda r: self.mode == "serve"
+                self.recovered = self.durable.recover(resume=lambda r: self.mode == "daemon"
                                                       or r.root_pid == self.resume_tree)
         except BaseException:
             self.loop.close()
@@ -222,7 +222,7 @@ class Supervisor:
         self._started = False
         # A daemon's processes outlive it (evicted: the next `serve` resumes them); an
         # embedded supervisor's end with the run that started them.
-        keep = self.mode == "serve"
+        keep = self.mode == "daemon"
         self.durable.stop_all(keep)
         events = self.zygote.close()
         with self.journal.turn():
