@@ -117,9 +117,18 @@ class Durable:
             if (lv is not None and lv.waits and lv.durable_waits == len(lv.waits)
                     and lv.waiting_since == since and not lv.evicted and not lv.evicting
                     and lv.ready and lv.host_pid is not None):
-                self.evict(pid)
+                if self._hosts_children(pid):
+                    # Their cgroups nest in its own: stopping it would kill them as well
+                    # (an accident each). Try again once they have been evicted or ended.
+                    self._loop.call_later(self.evict_after_s or 0, check)
+                else:
+                    self.evict(pid)
 
         self._loop.call_later(self.evict_after_s, check)
+
+    def _hosts_children(self, pid: int) -> bool:
+        return any(c.caller.ppid == pid and c.host_pid is not None
+                   for c in self._table.live.values())
 
     def evict(self, pid: int) -> None:
         live = self._table.live[pid]
@@ -190,6 +199,7 @@ class Durable:
             intents.setdefault(e.pid, e)
             self._journal.intents.add((e.pid, e.seq))
         now = time.time()
+        rearm: list[tuple[LiveProcess, JournalEntry]] = []
         for rec in self._store.list_processes(live_only=True):
             pid = rec.pid
             if rec.state == "attention":
@@ -224,11 +234,16 @@ class Durable:
                                                                     else None).get("state")
                                                        or {}):
                 assert intent is not None
-                self.rearm(live, intent)
+                rearm.append((live, intent))
                 out["waiting"].append(pid)
             else:
                 self._resume_soon(pid, "restart")
                 out["resumed"].append(pid)
+        # Once every process is back in the table: a proc.wait armed again must find its
+        # child live (in pid order a parent comes first), or it would be answered with the
+        # child's record as it stands, and that answer journaled for good.
+        for live, intent in rearm:
+            self.rearm(live, intent)
         return out
 
     def _fail(self, pid: int, now: float, error: str) -> None:
