@@ -51,7 +51,9 @@ class StoreJournal:
         # (pid, seq) of entries written as intents and not yet settled: their outcome
         # settles the row instead of adding one. Loaded from the store at recovery.
         self.intents: set[tuple[int, int]] = set()
-        self._acted = False  # an effect's entry is in this turn (the after-commit barrier)
+        # The calls whose effect's entry is in this turn (the after-commit barrier, which
+        # a test may arm for one call: `after-commit:fs.write`).
+        self._acted: set[str] = set()
 
     def last_seq(self, pid: int) -> int:
         return self._store.journal_last_seq(pid)
@@ -62,9 +64,9 @@ class StoreJournal:
         with self._store.batch():
             yield
             self.flush()
-        if self._acted:
-            self._acted = False
-            crash_at("after-commit", "")
+        acted, self._acted = self._acted, set()
+        for call in acted:
+            crash_at("after-commit", call)
 
     def flush(self) -> None:
         """Write the turn's entries (inside the turn's transaction, before its commit)."""
@@ -86,7 +88,7 @@ class StoreJournal:
                blobs: list[bytes], outcome: Outcome) -> None:
         status, text = encode_outcome(outcome)
         if effect_kind(call, args) in ("redo", "once"):
-            self._acted = True
+            self._acted.add(call)
         if (caller.pid, seq) in self.intents:
             self.intents.discard((caller.pid, seq))
             self._store.journal_settle(caller.pid, seq, "ok" if status == "ok" else "error",

@@ -124,21 +124,21 @@ class Durable:
             lv = self._table.live.get(pid)
             if (lv is not None and lv.waits and lv.durable_waits == len(lv.waits)
                     and lv.waiting_since == since and not lv.evicted and not lv.evicting
-                    and lv.ready and lv.host_pid is not None
-                    and not self._hosts_children(pid)):
-                self.evict(pid)
+                    and lv.ready and lv.host_pid is not None):
+                if self._hosts_children(pid):
+                    # Their cgroups nest in its own: stopping it would kill them as well
+                    # (an accident each). Try again once they have been evicted or ended.
+                    self._loop.call_later(self.evict_after_s or 0, check)
+                else:
+                    self.evict(pid)
 
         self._loop.call_later(self.evict_after_s, check)
 
     def evict(self, pid: int) -> None:
         """Stop ``pid``'s host process; it stays in the table, waiting. Children first:
-        a parent is evicted once none of its children runs (see _hosts_children)."""
+        a parent is evicted once none of its children runs (see waiting())."""
         live = self._table.live[pid]
         live.evicting = True
-        ppid = live.caller.ppid
-        parent = self._table.live.get(ppid) if ppid is not None else None
-        if parent is not None and parent.waits and parent.durable_waits == len(parent.waits):
-            self._loop.call_later(0.5, lambda: self.waiting(ppid) if ppid else None)
         self._store.append_audit(pid, "proc.evict", f"proc:{pid}", "info",
                                  {"wait": live.waits[0] if live.waits else None,
                                   "after_s": self.evict_after_s})
@@ -246,11 +246,14 @@ class Durable:
                                                                     else None).get("state")
                                                        or {}):
                 assert intent is not None
-                rearm.append((live, intent))  # once every process is in the table:
-                out["waiting"].append(pid)    # a proc.wait finds its child there
+                rearm.append((live, intent))
+                out["waiting"].append(pid)
             else:
                 self._resume_soon(pid, "restart")
                 out["resumed"].append(pid)
+        # Once every process is back in the table: a proc.wait armed again must find its
+        # child live (in pid order a parent comes first), or it would be answered with the
+        # child's record as it stands, and that answer journaled for good.
         for live, intent in rearm:
             self.rearm(live, intent)
         return out

@@ -1,0 +1,157 @@
+"""Shared by the durable-execution tests: real daemons started and killed, a loopback
+HTTP server that counts what it was sent, and reading the journal back from the store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from agentlibos.config import Paths
+from agentlibos.launcher import daemon_pid
+from agentlibos.store import SQLiteStore
+from tests.helpers import stop_process
+
+# Lets the agents of these tests do everything they ask for without a human.
+ALLOW_ALL = ('allow = ["net:*:*", "fs:*:./**", "obj:*:*", "proc:*:*", "event:*:*", '
+             '"clock:*:*", "shell:*:*", "human:*:*"]\ndefault = "deny"\n')
+
+
+def cli(home: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "AGENTLIBOS_CRASH_AT"}
+    env["AGENTLIBOS_HOME"] = str(home)
+    return subprocess.run([sys.executable, "-m", "agentlibos", *args], capture_output=True,
+                          text=True, env=env, timeout=timeout, check=False)
+
+
+def wait_until(cond: Callable[[], bool], timeout_s: float = 30, what: str = "condition"
+               ) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, f"{what}: not reached within {timeout_s:g} s"
+        time.sleep(0.05)
+
+
+def start_daemon(home: Path, crash_at: str | None = None) -> subprocess.Popen[str]:
+    """`agentlibos serve` on ``home``, answering once this returns; ``crash_at`` arms a
+    crash barrier (AGENTLIBOS_CRASH_AT) in it."""
+    env = {k: v for k, v in os.environ.items() if k != "AGENTLIBOS_CRASH_AT"}
+    env["AGENTLIBOS_HOME"] = str(home)
+    if crash_at is not None:
+        env["AGENTLIBOS_CRASH_AT"] = crash_at
+    proc = subprocess.Popen([sys.executable, "-m", "agentlibos", "serve"], env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: proc.poll() is not None or daemon_pid(Paths(home)) == proc.pid,
+                   what="the daemon answering")
+    except AssertionError:
+        stop_process(proc, 5)
+        raise
+    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+    return proc
+
+
+def kill9(proc: subprocess.Popen[str]) -> None:
+    """The daemon dies as in a power cut: SIGKILL, nothing flushed."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    stop_process(proc, 1)  # closes its pipes
+
+
+def ps(home: Path) -> dict[int, dict[str, Any]]:
+    p = cli(home, "ps", "--all", "--json")
+    assert p.returncode == 0, p.stderr
+    return {int(r["pid"]): r for r in json.loads(p.stdout or "[]")}
+
+
+def audit_verifies(home: Path) -> None:
+    p = cli(home, "audit", "--verify")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "OK" in p.stdout, p.stdout
+
+
+def journal_consistent(home: Path, pid: int, *, unsettled: int | None = None) -> int:
+    """``pid``'s journal: seqs 1..n without a gap, every entry settled except the one
+    ``unsettled`` (the attention one, which must be the last); returns n."""
+    store = SQLiteStore(Paths(home).db)
+    try:
+        entries = store.journal_entries(pid, limit=1_000_000)
+    finally:
+        store.close()
+    seqs = [e.seq for e in entries]
+    assert seqs == list(range(1, len(seqs) + 1)), seqs
+    left = [e.seq for e in entries if e.status == "intent"]
+    assert left == ([] if unsettled is None else [unsettled]), left
+    if unsettled is not None:
+        assert seqs[-1] == unsettled
+    return len(seqs)
+
+
+def object_version(home: Path, ns: str, name: str) -> int:
+    store = SQLiteStore(Paths(home).db)
+    try:
+        return store.get_object(ns, name).version
+    finally:
+        store.close()
+
+
+class _Counting(BaseHTTPRequestHandler):
+    server: CountingServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _answer(self) -> None:
+        n = int(self.headers.get("Content-Length") or 0)
+        if n:
+            self.rfile.read(n)
+        with self.server.lock:
+            self.server.hits[(self.command, self.path)] += 1
+        body = json.dumps({"path": self.path}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = _answer
+    do_POST = _answer
+
+
+class CountingServer(ThreadingHTTPServer):
+    """A loopback server counting requests by (method, path): the host-side witness that
+    an external effect happened, and how many times."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Counting)
+        self.hits: Counter[tuple[str, str]] = Counter()
+        self.lock = threading.Lock()
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+def counting_server() -> Iterator[CountingServer]:
+    srv = CountingServer()
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        t.join(5)

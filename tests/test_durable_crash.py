@@ -1,0 +1,159 @@
+"""A supervisor killed at each crash barrier, for each kind of effect: real daemons, real
+agents, exits as abrupt as kill -9 (``AGENTLIBOS_CRASH_AT``: ``os._exit`` at the barrier),
+then a plain ``agentlibos serve`` that settles what was left (docs/durability.md).
+
+What is asserted is seen from the host: the files on disk, the lines appended, the
+marker lines a shell wrote, the requests a loopback server counted, the store's objects
+and journal, and ``agentlibos audit --verify``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentlibos.broker.crashpoints import CRASH_STATUS
+from tests.durable_helpers import (
+    ALLOW_ALL,
+    CountingServer,
+    audit_verifies,
+    cli,
+    counting_server,
+    journal_consistent,
+    object_version,
+    ps,
+    start_daemon,
+    wait_until,
+)
+from tests.helpers import MakeImage, stop_process
+
+pytestmark = [pytest.mark.privileged]
+
+# Each effect kind, done once between an acknowledged write before it and one after it.
+# "before" (obj.put, a store effect) is acknowledged before the crash: present once after.
+AGENT = """
+def main(ctx, args):
+    kind, url = args["kind"], args["url"]
+    ctx.obj.put("before", {"kind": kind})
+    if kind == "write":
+        ctx.fs.write_text("out.txt", "whole")
+    elif kind == "append":
+        ctx.fs.write_text("out.txt", "line\\n", append=True)
+    elif kind == "shell":
+        r = ctx.shell.run(["sh", "-c", "echo x >> marker"])
+        assert r["exit_code"] == 0, r
+    elif kind in ("get", "post"):
+        r = ctx.net.fetch(url, method=kind.upper(), body=None if kind == "get" else "b")
+        assert r["status"] == 200, r
+    elif kind == "obj":
+        ctx.obj.put("thing", {"v": 1})
+    ctx.fs.write_text("done.txt", kind)
+    return {"kind": kind, "now": ctx.clock.now() > 0}
+"""
+
+# (kind, the call the barrier is armed for, its effect kind)
+KINDS = [
+    ("write", "fs.write", "redo"),
+    ("append", "fs.write", "once"),
+    ("shell", "shell.exec", "once"),
+    ("get", "net.fetch", "redo"),
+    ("post", "net.fetch", "once"),
+    ("obj", "fs.write", "store"),  # a store effect has no barrier: crash at the next one
+]
+BARRIERS = ["before-effect", "after-effect", "after-commit"]
+
+
+@pytest.fixture(scope="module")
+def http() -> Iterator[CountingServer]:
+    yield from counting_server()
+
+
+@pytest.fixture
+def agent_image(make_image: MakeImage, http: CountingServer) -> Path:
+    return make_image("crashy", AGENT, caps=[
+        "fs:rw:./**", "shell:exec:sh", f"net:fetch:{http.base}/**"])
+
+
+def _effects(proj: Path, http: CountingServer, kind: str, path: str) -> int:
+    """How many times the effect of ``kind`` happened, as the host sees it."""
+    if kind in ("append", "shell"):
+        f = proj / ("out.txt" if kind == "append" else "marker")
+        return len(f.read_text().splitlines()) if f.exists() else 0
+    if kind in ("get", "post"):
+        return http.hits[(kind.upper(), path)]
+    if kind == "write":
+        return int((proj / "out.txt").exists())
+    return 1
+
+
+@pytest.mark.parametrize("barrier", BARRIERS)
+@pytest.mark.parametrize(("kind", "call", "effect"), KINDS, ids=[k[0] for k in KINDS])
+def test_a_crash_at_each_barrier_never_repeats_an_effect_and_loses_no_acknowledged_write(
+    home: Path, tmp_path: Path, agent_image: Path, http: CountingServer,
+    kind: str, call: str, effect: str, barrier: str,
+) -> None:
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    policy = tmp_path / "allow.toml"
+    policy.write_text(ALLOW_ALL)
+    path = f"/{barrier}/{kind}"
+    crashing = start_daemon(home, crash_at=f"{barrier}:{call}")
+    try:
+        r = cli(home, "run", "--detach", str(agent_image), "--cwd", str(proj), "--policy",
+                str(policy), "--arg", f"kind={kind}", "--arg", f"url={http.base}{path}")
+        assert r.returncode == 0, r.stderr
+        pid = int(r.stdout.strip())
+        assert crashing.wait(30) == CRASH_STATUS
+    finally:
+        stop_process(crashing, 5)
+
+    done_before = _effects(proj, http, kind, path)
+    # The barrier is after the effect acted, or before it did.
+    acted = barrier != "before-effect" or effect == "store"
+    assert done_before == (1 if acted else 0), (kind, barrier, done_before)
+    # For "obj" the barrier is done.txt's own write, which may have acted.
+    assert (proj / "done.txt").exists() == (kind == "obj" and acted and
+                                            barrier != "before-effect")
+
+    daemon = start_daemon(home)
+    try:
+        attention = effect == "once" and barrier != "after-commit"
+        if attention:
+            # It may or may not have happened, and it must not happen twice: the operator
+            # decides. Nothing was redone; the process holds no host process.
+            wait_until(lambda: ps(home)[pid]["state"] == "attention", 20, "attention")
+            row = ps(home)[pid]
+            assert row["attention"]["call"] == call, row
+            assert row["host_pid"] is None
+            assert _effects(proj, http, kind, path) == done_before
+            assert not (proj / "done.txt").exists()
+        else:
+            w = cli(home, "wait", str(pid), "--json", timeout=60)
+            out: dict[str, Any] = json.loads(w.stdout)
+            assert (out["state"], out["exit_reason"]) == ("exited", "returned"), (
+                out, cli(home, "logs", str(pid)).stdout, cli(home, "audit").stdout)
+            assert out["result"] == {"kind": kind, "now": True}
+            assert (proj / "done.txt").read_text() == kind
+            # An idempotent effect interrupted before its result was committed is done
+            # again (a GET is sent twice after-effect); every other one exactly once.
+            twice = effect == "redo" and barrier == "after-effect" and kind == "get"
+            assert _effects(proj, http, kind, path) == (2 if twice else 1)
+            if kind == "write":
+                assert (proj / "out.txt").read_text() == "whole"
+    finally:
+        stop_process(daemon, 20)
+
+    # The store effect acknowledged before the crash is there, once (not put again by
+    # the replay).
+    assert object_version(home, f"proc/{pid}", "before") == 1
+    if kind == "obj":
+        assert object_version(home, f"proc/{pid}", "thing") == 1
+    if attention:
+        journal_consistent(home, pid, unsettled=int(ps(home)[pid]["attention"]["seq"]))
+    else:
+        journal_consistent(home, pid)
+    audit_verifies(home)
