@@ -130,6 +130,9 @@ class SupervisorConfig:
     log_max_bytes: int = 8 << 20
     # Live helper processes (JIT tools' Deno) a process tree may hold at once.
     max_helpers_per_tree: int = 8
+    # Processes kept forked and pre-confined for the next spawns (docs/sandbox.md, "The
+    # warm pool"); each serves one agent. 0: none, every spawn forks cold.
+    pool_size: int = 8
 
 
 # [supervisor] keys: config.toml name -> (field, parser). Durations and sizes take units
@@ -145,6 +148,7 @@ _SUPERVISOR_KEYS: Final[dict[str, tuple[str, str]]] = {
     "busy_poll_us": ("busy_poll_us", "int"),
     "log_max": ("log_max_bytes", "size"),
     "max_helpers_per_tree": ("max_helpers_per_tree", "int"),
+    "pool_size": ("pool_size", "int"),
 }
 # Tables the operator's file may hold. Later roadmap items add theirs here.
 SECTIONS: Final = frozenset({"supervisor", "durable", "sandbox", "limits", "jit", "approvals",

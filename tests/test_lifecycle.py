@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 
@@ -9,6 +10,7 @@ import psutil
 
 from agentlibos.config import Paths, SupervisorConfig
 from agentlibos.supervisor import Supervisor
+from agentlibos.zygote.child import POOL_TITLE
 from tests.helpers import MakeImage, run_proc
 
 
@@ -40,10 +42,17 @@ def test_runs_leave_no_child_process_fd_or_scratch_dir_behind(
     assert rec.exit_reason == "returned", rec.error
     zygote = psutil.Process(sup.zygote.pid)
 
-    def settled() -> bool:
-        return not zygote.children(recursive=True)
+    def left() -> list[psutil.Process]:
+        # Pooled processes waiting for their assignment (docs/sandbox.md) are the
+        # zygote's too; each serves one agent, so none of these ran one.
+        out = []
+        for p in zygote.children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if p.name() != POOL_TITLE:
+                    out.append(p)
+        return out
 
-    assert sup.run_until(settled, 10), zygote.children(recursive=True)
+    assert sup.run_until(lambda: not left(), 10), left()
 
     def helpers_gone() -> bool:
         return not [p for p in psutil.process_iter(["name", "status"])

@@ -16,6 +16,13 @@ applies it, top to bottom, each step needing the ones before it:
 Then the runtime connects to the broker. A layer that fails is fatal unless the operator
 made it optional; an optional one that fails is recorded as missing, with the reason.
 A layer is counted as applied only once it has been verified from inside.
+
+A pooled process (docs/sandbox.md, "The warm pool") runs the same list in two halves.
+:func:`pre_contain`, before it has an assignment: the namespaces and the shared part of
+the mount tree (2, 3, 4 without pivoting), rlimits (5), no_new_privs (7) and the pool's
+seccomp filter. :func:`apply` with ``pooled=``, on assignment: join the cgroups (1),
+finish the tree and pivot (4), verify the rlimits, drop privileges (6), Landlock (8)
+and the agent's seccomp filter stacked on the pool's (9).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from typing import Any
 
 from agentlibos.errors import SandboxError
 from agentlibos.sandbox import cgroups, landlock, namespaces, privileges, rlimits, seccomp
+from agentlibos.sandbox.namespaces import MountPlan
 from agentlibos.sandbox.pdeathsig import set_pdeathsig
 from agentlibos.sandbox.profile import SandboxProfile
 
@@ -88,6 +96,66 @@ def _join_cgroups(profile: SandboxProfile) -> None:
         tail = "/" + "/".join(os.path.dirname(procs).split("/")[-3:])
         if not any(p == tail or p.endswith(tail) for p in paths):
             raise SandboxError(f"cgroups: joined {procs} but /proc/self/cgroup does not show it")
+
+
+@dataclass(frozen=True)
+class Pooled:
+    """What :func:`pre_contain` did, for :func:`apply` to finish and verify."""
+
+    namespaces: tuple[str, ...]  # unshared (pid: by the zygote's fork)
+    host_ns: dict[str, int]  # the namespaces' inodes before, to verify they changed
+    mount: MountPlan  # the tree built so far (not pivoted into)
+    rlimits: dict[str, int]
+    timings_ms: dict[str, float]
+
+
+def pre_contain(pool: dict[str, Any]) -> Pooled:
+    """Everything a process can be confined with before it knows which agent it will
+    be (root only, no user namespace; pid 1 of its own pid namespace already).
+
+    ``pool``: ``namespaces``, ``mount`` (the host view and the broker socket, compiled),
+    ``rlimits``, ``seccomp_bpf`` (the pool variant, hex). Raises SandboxError."""
+    t0 = time.perf_counter()
+    names = tuple(str(n) for n in pool["namespaces"])
+    if "user" in names or os.getpid() != 1:
+        raise SandboxError("pool: needs root and a pid namespace made by the zygote")
+    before = namespaces.current_namespaces()
+    namespaces.unshare(tuple(n for n in names if n != "pid"))
+    mount = MountPlan.from_json(pool["mount"])
+    namespaces.start_mount_tree(mount)
+    t1 = time.perf_counter()
+    limits = {str(k): int(v) for k, v in pool["rlimits"].items()}
+    rlimits.apply(limits)
+    privileges.set_no_new_privs()
+    seccomp.load_bpf(bytes.fromhex(pool["seccomp_bpf"]))
+    t2 = time.perf_counter()
+    return Pooled(names, before, mount, limits,
+                  {"pool_namespaces": round((t1 - t0) * 1e3, 3),
+                   "pool_rlimits_seccomp": round((t2 - t1) * 1e3, 3)})
+
+
+def _finish_namespaces(profile: SandboxProfile, pooled: Pooled) -> None:
+    """The pooled half of _enter_namespaces: the same namespaces, the agent's own binds,
+    the pivot; then the same check that every namespace differs from the host's."""
+    if profile.mount is None or set(profile.namespaces) != set(pooled.namespaces):
+        raise SandboxError(f"namespaces: the pooled process has {pooled.namespaces}, the "
+                           f"profile wants {profile.namespaces}")
+    namespaces.finish_mount_tree(profile.mount, pooled.mount)
+    after = namespaces.current_namespaces()
+    # The pid namespace was new before host_ns was read: getpid() == 1 verifies it.
+    same = [n for n in pooled.namespaces
+            if n != "pid" and n in pooled.host_ns and pooled.host_ns[n] == after.get(n)]
+    if same or os.getpid() != 1:
+        raise SandboxError(f"namespaces: still in the host's {', '.join(same) or 'pid'} "
+                           "namespace")
+
+
+def _check_rlimits(profile: SandboxProfile, pooled: Pooled) -> None:
+    # Set before the assignment (the filter now refuses setrlimit): only verify them.
+    if profile.rlimits != pooled.rlimits:
+        raise SandboxError(f"rlimits: the pooled process has {pooled.rlimits}, the "
+                           f"profile wants {profile.rlimits}")
+    rlimits.verify(profile.rlimits)
 
 
 def _enter_namespaces(profile: SandboxProfile, pid_ns_ready: bool) -> None:
@@ -151,17 +219,28 @@ def _privileges(profile: SandboxProfile, out: Contained) -> None:
     privileges.set_no_new_privs()
 
 
-def apply(profile_json: dict[str, Any], *, pid_ns_ready: bool = False) -> Contained:
-    """Apply the profile; raise SandboxError naming the layer if a required one fails."""
+def apply(profile_json: dict[str, Any], *, pid_ns_ready: bool = False,
+          pooled: Pooled | None = None) -> Contained:
+    """Apply the profile; raise SandboxError naming the layer if a required one fails.
+
+    With ``pooled``, finish what :func:`pre_contain` started instead of starting over."""
     out = Contained()
     if not profile_json:
         out.missing.append("all: no sandbox profile (the supervisor runs unsandboxed)")
         return out
     profile = SandboxProfile.from_json(profile_json)
     _step(profile, out, "cgroups", lambda: _join_cgroups(profile))
-    if _step(profile, out, "namespaces", lambda: _enter_namespaces(profile, pid_ns_ready)):
+    if pooled is not None:
+        out.timings_ms.update(pooled.timings_ms)
+        # Not optional here: a pooled process has these already, or was never pooled.
+        if not _step(profile, out, "namespaces", lambda: _finish_namespaces(profile, pooled)):
+            raise SandboxError("namespaces: a pooled process cannot run without its tree")
         out.moved = dict(profile.mount.moved) if profile.mount is not None else {}
-    _step(profile, out, "rlimits", lambda: rlimits.apply(profile.rlimits))
+        _step(profile, out, "rlimits", lambda: _check_rlimits(profile, pooled))
+    else:
+        if _step(profile, out, "namespaces", lambda: _enter_namespaces(profile, pid_ns_ready)):
+            out.moved = dict(profile.mount.moved) if profile.mount is not None else {}
+        _step(profile, out, "rlimits", lambda: rlimits.apply(profile.rlimits))
     t0 = time.perf_counter()
     _privileges(profile, out)
     out.timings_ms["privileges"] = round((time.perf_counter() - t0) * 1e3, 3)

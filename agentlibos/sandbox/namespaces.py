@@ -315,40 +315,79 @@ def compile_mounts(plan: MountPlan) -> MountPlan:
 def build_mount_tree(plan: MountPlan) -> None:
     """In the child (pid 1 of its pid namespace, in its own mount namespace): build the
     view of ``plan`` and make it the root. Any failure raises SandboxError."""
+    start_mount_tree(plan)
+    finish_mount_tree(plan, plan)
+
+
+def start_mount_tree(plan: MountPlan) -> None:
+    """The first half of :func:`build_mount_tree`: a tmpfs at the new root holding every
+    bind, device node and link of ``plan`` and a fresh /proc -- not pivoted into yet.
+
+    A pooled process (docs/sandbox.md) runs this before it has an assignment, with the
+    part of the tree every agent shares (the host view and the broker socket); on
+    assignment :func:`finish_mount_tree` adds what is its own and pivots."""
     # Nothing done here may propagate back to the host's mount table.
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     root = plan.new_root
     _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=4m,mode=0755")
-    if plan.ops is None:
-        plan = compile_mounts(plan)
-    assert plan.ops is not None
-    try:
-        for d in plan.ops.dirs:
-            os.mkdir(root + d, 0o755)
-        for f in plan.ops.files:
-            os.close(os.open(root + f, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
-    except OSError as e:
-        raise SandboxError(f"namespaces: preparing the new root: {e}") from None
-    for path, target, flags in plan.ops.binds:
-        _mount(path, root + target, None, MS_BIND | MS_REC)
-        _mount(None, root + target, None, flags)
-    for node in plan.dev_nodes:
-        # Device nodes need a mount without nodev: the bind keeps devtmpfs's own flags.
-        _mount(node, root + node, None, MS_BIND)
-    for link, dest in plan.symlinks:
-        os.symlink(dest, root + link)
+    _populate(plan, None)
     os.makedirs(root + "/proc", mode=0o555, exist_ok=True)
     # A fresh procfs shows only this pid namespace; read-only, because uid 0 may write
     # some /proc/sys files by owner permission alone (core_pattern is a host escape).
     _mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY)
+    # Here, not after the pivot: a pooled process's filter already refuses sethostname.
+    with contextlib.suppress(OSError):
+        socket.sethostname(plan.hostname)
+
+
+def _populate(plan: MountPlan, done: MountPlan | None) -> None:
+    """Create and bind what ``plan`` holds and ``done`` (already populated) does not."""
+    root = plan.new_root
+    if plan.ops is None:
+        plan = compile_mounts(plan)
+    assert plan.ops is not None
+    skip = MountOps((), (), ()) if done is None or done.ops is None else done.ops
+    skip_dirs, skip_files, skip_binds = set(skip.dirs), set(skip.files), set(skip.binds)
+    try:
+        for d in plan.ops.dirs:
+            if d not in skip_dirs:
+                # exist_ok: a pooled tree's parents may already hold it.
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(root + d, 0o755)
+        for f in plan.ops.files:
+            if f not in skip_files:
+                os.close(os.open(root + f, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+    except OSError as e:
+        raise SandboxError(f"namespaces: preparing the new root: {e}") from None
+    for path, target, flags in plan.ops.binds:
+        if (path, target, flags) not in skip_binds:
+            _mount(path, root + target, None, MS_BIND | MS_REC)
+            _mount(None, root + target, None, flags)
+    done_nodes = set(done.dev_nodes) if done is not None else set()
+    for node in plan.dev_nodes:
+        if node not in done_nodes:
+            # Device nodes need a mount without nodev: the bind keeps devtmpfs's flags.
+            _mount(node, root + node, None, MS_BIND)
+    done_links = set(done.symlinks) if done is not None else set()
+    for link, dest in plan.symlinks:
+        if (link, dest) not in done_links:
+            os.symlink(dest, root + link)
+
+
+def finish_mount_tree(plan: MountPlan, done: MountPlan) -> None:
+    """The second half: add what ``plan`` holds beyond ``done`` (what start_mount_tree
+    was given), make the root read-only and pivot into it."""
+    root = plan.new_root
+    if done is not plan:
+        if done.new_root != root:
+            raise SandboxError("namespaces: the pooled tree was built for another root")
+        _populate(plan, done)
     # /tmp is the scratch directory, unless binds already live under /tmp.
     if not os.path.lexists(root + "/tmp"):  # noqa: S108 - a path in the new root
         os.symlink(plan.tmp_dir, root + "/tmp")  # noqa: S108
     # The tmpfs root itself becomes read-only: nothing can be created outside scratch.
     _mount(None, root, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
     pivot_root(root)
-    with contextlib.suppress(OSError):
-        socket.sethostname(plan.hostname)
 
 
 def current_namespaces() -> dict[str, int]:

@@ -37,3 +37,11 @@ def apply(limits: dict[str, int]) -> None:
             raise SandboxError(f"rlimits: cannot set {name} to {value}: {e}") from None
         if resource.getrlimit(res) != (value, value):
             raise SandboxError(f"rlimits: {name} did not take")
+
+
+def verify(limits: dict[str, int]) -> None:
+    """Check that each limit is in place (a pooled process set them before assignment)."""
+    for name, value in limits.items():
+        res = _NAMES.get(name)
+        if res is None or resource.getrlimit(res) != (value, value):
+            raise SandboxError(f"rlimits: {name} is not {value}")

@@ -604,6 +604,29 @@ _ALLOW_SHELL: Final[tuple[Rule, ...]] = (
 )
 
 
+# The pool variant: the first of two stacked filters (docs/sandbox.md, "The warm pool").
+# A pooled process loads it before it waits for an assignment; on assignment it still
+# has to finish the mount tree, pivot into it, change uid, drop capabilities, apply
+# Landlock -- then it loads the agent filter on top. The kernel runs every stacked
+# filter and the strictest verdict wins, so agent code runs under exactly the agent
+# filter: this one only lets the assignment's own steps through, for the little while
+# between the two loads, and only our code runs in that while.
+_ASSIGN_SYSCALLS: Final = ("mount", "umount2", "pivot_root", "landlock_create_ruleset",
+                           "landlock_add_rule", "landlock_restrict_self", "setgroups",
+                           "setresgid", "setresuid", "setgid", "setuid", "capset",
+                           "chown", "fchown", "fchownat", "lchown", "seccomp")
+_ALLOW_POOL: Final[tuple[Rule, ...]] = (
+    *_allow("finishing containment on assignment: the mount tree and pivot_root, "
+            "Landlock, the uid switch, dropping capabilities, the scratch directory's "
+            "owner, and loading the agent filter on top of this one", *_ASSIGN_SYSCALLS),
+    *tuple(
+        Rule("prctl", "allow", 0, (_eq(0, option),), f"prctl {name} (on assignment)")
+        for name, option in (("PR_SET_PDEATHSIG", 1), ("PR_CAPBSET_DROP", 24),
+                             ("PR_CAP_AMBIENT", 47))
+    ),
+)
+
+
 @dataclass(frozen=True)
 class _Variant:
     deny: tuple[Rule, ...]
@@ -619,6 +642,11 @@ _VARIANTS: Final[dict[str, _Variant]] = {
                      _ALLOW_PYTHON + _ALLOW_DENO + _ALLOW_FLOCK,
                      "a JIT tool: the Python child until it execs Deno, then Deno (V8, "
                      "tokio threads) with no permissions"),
+    "pool": _Variant(tuple(r for r in _DENY_COMMON + _DENY_EXEC + _DENY_LOCK_CHANNEL
+                           if r.syscall not in _ASSIGN_SYSCALLS),
+                     _ALLOW_PYTHON + _ALLOW_FCNTL_AGENT + _ALLOW_POOL,
+                     "a pooled process waiting for its assignment: the agent variant "
+                     "plus the assignment's own steps; the agent filter is stacked on it"),
     "shell": _Variant(_DENY_COMMON, _ALLOW_PYTHON + _ALLOW_SHELL + _ALLOW_FLOCK,
                       "a shell.exec command: any program its mount tree holds, forking "
                       "and exec'ing, with the agent's other refusals"),

@@ -240,6 +240,7 @@ class ProcessTable:
                 "log": str(live.log_path),
                 "title": f"agentlibos: {pid} {image.name}",
                 "profile": prepared.profile,
+                "pool": prepared.pool,  # a pooled process may take it (docs/sandbox.md)
             })
         except (Unavailable, SandboxError) as e:
             live.start_error = str(e)

@@ -23,7 +23,7 @@ from agentlibos.config import Paths
 from agentlibos.errors import LibOSError, SandboxError, Unavailable
 from agentlibos.jit import deno
 from agentlibos.kernel.image import Limits
-from agentlibos.sandbox import cgroups, landlock, namespaces
+from agentlibos.sandbox import cgroups, landlock, namespaces, pool
 from agentlibos.sandbox.profile import (
     LAYERS,
     HostView,
@@ -47,6 +47,7 @@ _instances = itertools.count(1)
 class Prepared:
     profile: dict[str, Any]
     cgroup: Any  # agentlibos.sandbox.cgroups.ProcessCgroup | None
+    pool: str | None = None  # the warm pool's key, if a pooled process may take it
 
 
 class SandboxManager:
@@ -63,6 +64,9 @@ class SandboxManager:
         self.seccomp_bpf = b""
         self.seccomp_bpf_deno = b""
         self.seccomp_bpf_shell = b""
+        self.seccomp_bpf_pool = b""
+        # The warm pool's template ({"key", "base"}), once pool_template() made one.
+        self.pool: dict[str, Any] | None = None
         self.shell_view: HostView | None = None
         self.deno: Any = None  # agentlibos.jit.deno.DenoView, once Deno is found
         self.deno_problem: str | None = None
@@ -84,6 +88,7 @@ class SandboxManager:
                 self.seccomp_bpf = seccomp.compile_bpf(seccomp.build_profile("agent"))
                 self.seccomp_bpf_deno = seccomp.compile_bpf(seccomp.build_profile("deno"))
                 self.seccomp_bpf_shell = seccomp.compile_bpf(seccomp.build_profile("shell"))
+                self.seccomp_bpf_pool = seccomp.compile_bpf(seccomp.build_profile("pool"))
             except (SandboxError, ImportError, OSError) as e:
                 self.unavailable["seccomp"] = f"cannot compile the filter: {e}"
         if self.config.layer_mode("landlock") != "disabled" and landlock.abi_version() <= 0:
@@ -119,6 +124,26 @@ class SandboxManager:
         except (LibOSError, OSError) as e:
             self.unavailable["cgroups"] = str(e)
             self.cgroup_placement = f"none: {e}"
+
+    def pool_template(self, size: int) -> dict[str, Any] | None:
+        """The zygote's "pool" message for ``size`` pooled processes, or None where the
+        pool cannot serve (docs/sandbox.md): not root, a user namespace, a layer it
+        pre-applies disabled or missing here."""
+        self.pool = None
+        usable = (size > 0 and os.geteuid() == 0 and self.view is not None
+                  and self.config.user_namespace != "always" and self.seccomp_bpf_pool
+                  and all(self.config.layer_mode(layer) != "disabled"
+                          and layer not in self.unavailable for layer in pool.PRE_APPLIED))
+        if not usable or self.view is None:
+            return None
+        try:
+            self.pool = pool.pool_base(
+                config=self.config, view=self.view, new_root=str(self.new_root),
+                pool_bpf=self.seccomp_bpf_pool)
+        except SandboxError as e:
+            log.warning("no warm pool: %s", e)
+            return None
+        return {"op": "pool", "size": size, **self.pool}
 
     def stop(self) -> None:
         self._by_pid.clear()
@@ -168,6 +193,8 @@ class SandboxManager:
         ))
         if prepared.cgroup is not None:
             self._by_pid[pid] = prepared.cgroup
+        if self.pool is not None and pool.fits(prepared.profile, self.pool["base"]):
+            prepared.pool = self.pool["key"]
         return prepared
 
     def prepare_tool(self, wid: int, read_only_dirs: tuple[str, ...],

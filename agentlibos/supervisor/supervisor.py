@@ -51,7 +51,7 @@ from agentlibos.supervisor.shell import ShellRunner
 from agentlibos.supervisor.tools import ToolCalls
 from agentlibos.supervisor.waits import Waits
 from agentlibos.supervisor.workers import Workers, is_worker_id
-from agentlibos.supervisor.zygote_client import ZygoteEvent, ZygoteHandle
+from agentlibos.supervisor.zygote_client import ZygoteEvent, ZygoteHandle, start_zygote
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class Supervisor:
             self.sandbox.start()
             # The zygote is a fresh interpreter, started before this process creates its
             # ZeroMQ context, so nothing it forks has ever seen an I/O thread.
-            self.zygote = ZygoteHandle(self.paths.logs / "zygote.log")
+            self.zygote = start_zygote(self.paths, self.sandbox, self.config)
             self._ctx = zmq.Context(io_threads=1)
             self._wire()
             with self.journal.turn():  # what the last supervisor left (docs/durability.md)
@@ -204,7 +204,7 @@ class Supervisor:
         self.loop.remove_reader(self.zygote.fileno())
         with contextlib.suppress(OSError):
             self.zygote.close(timeout_s=1)
-        self.zygote = ZygoteHandle(self.paths.logs / "zygote.log")
+        self.zygote = start_zygote(self.paths, self.sandbox, self.config)
         self.loop.add_reader(self.zygote.fileno(), self._on_zygote)
 
     def _on_loop_error(self, what: str, exc: BaseException, pid: int | None = None,

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agentlibos.config import Paths, SupervisorConfig
 from agentlibos.errors import Unavailable
+from agentlibos.supervisor.sandboxing import SandboxManager
 from agentlibos.zygote.zygote import MAX_PACKET
 
 
@@ -76,6 +78,17 @@ class ZygoteHandle:
             if any(e.op == "ready" for e in events):
                 break
 
+    def send_pool(self, msg: dict[str, Any] | None) -> None:
+        """Give the zygote the warm pool's template (None: no pool)."""
+        data = json.dumps(msg or {"op": "pool", "size": 0}).encode()
+        if len(data) > MAX_PACKET:
+            raise Unavailable("the pool template is too large")
+        self.sock.setblocking(True)
+        try:
+            self.sock.send(data)
+        finally:
+            self.sock.setblocking(False)
+
     def fileno(self) -> int:
         return self.sock.fileno()
 
@@ -131,3 +144,11 @@ class ZygoteHandle:
         self.sock.close()
         self.log.close()
         return events
+
+
+def start_zygote(paths: Paths, sandbox: SandboxManager,
+                 config: SupervisorConfig) -> ZygoteHandle:
+    """Start the zygote and give it the warm pool's template ([supervisor] pool_size)."""
+    zygote = ZygoteHandle(paths.logs / "zygote.log")
+    zygote.send_pool(sandbox.pool_template(config.pool_size))
+    return zygote

@@ -6,13 +6,14 @@ supervisor and arrives in ``spec``; the child does no thinking, only applies.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import sys
 import traceback
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 import setproctitle
 
@@ -62,12 +63,13 @@ def _title(spec: dict[str, Any]) -> None:
 
 
 def _start(spec: dict[str, Any], report_fd: int,
-           setup: Callable[[], None]) -> contain.Contained:
+           setup: Callable[[], None], pooled: contain.Pooled | None = None
+           ) -> contain.Contained:
     """Set up, contain, enter scratch and report -- or report why not and exit."""
     try:
         setup()
         contained = contain.apply(spec.get("profile", {}),
-                                  pid_ns_ready=bool(spec.get("pid_ns_ready")))
+                                  pid_ns_ready=bool(spec.get("pid_ns_ready")), pooled=pooled)
         # A shell command starts in its caller's libOS cwd (bound at its own path).
         os.chdir(spec.get("cwd") or contained.inside(spec["scratch"]))
         _report(report_fd, {"ok": True, "layers": contained.layers,
@@ -81,10 +83,13 @@ def _start(spec: dict[str, Any], report_fd: int,
             os._exit(START_FAILED_STATUS)
 
 
-def _close_inherited(keep: int) -> None:
-    """Close everything inherited except stdio and ``keep`` (the report pipe)."""
-    os.closerange(3, keep)
-    os.closerange(keep + 1, 1 << 16)
+def _close_inherited(*keep: int) -> None:
+    """Close everything inherited except stdio and ``keep`` (the report pipe...)."""
+    low = 3
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 16)
 
 
 def run_exec(spec: dict[str, Any], report_fd: int, stdin_fd: int, stdout_fd: int) -> NoReturn:
@@ -154,8 +159,11 @@ def run_command(spec: dict[str, Any], report_fd: int, stdin_fd: int, stdout_fd: 
 
 
 def run_child(spec: dict[str, Any], report_fd: int, log_fd: int, *,
-              zygote_pid: int) -> NoReturn:
+              zygote_pid: int, pooled: contain.Pooled | None = None) -> NoReturn:
     def setup() -> None:
+        if pooled is not None:  # run_pooled did the rest before the assignment came
+            _title(spec)
+            return
         # If the zygote (and so the supervisor) dies, so do we: no unsupervised agents.
         set_pdeathsig(signal.SIGKILL)
         if os.getppid() != zygote_pid:
@@ -167,7 +175,7 @@ def run_child(spec: dict[str, Any], report_fd: int, log_fd: int, *,
         _redirect_stdio(log_fd)
         _close_inherited(report_fd)
 
-    contained = _start(spec, report_fd, setup)
+    contained = _start(spec, report_fd, setup, pooled)
     scratch = contained.inside(spec["scratch"])
     os.environ.clear()
     os.environ.update(
@@ -186,3 +194,46 @@ def run_child(spec: dict[str, Any], report_fd: int, log_fd: int, *,
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+# What a pooled process writes on its report pipe once pre-confined: the zygote reads
+# it (anything else is why it failed) before it hands the pipe to the supervisor.
+POOL_READY: Final = b"R"
+POOL_TITLE: Final = "agentlibos: pooled"
+
+
+def run_pooled(pool: dict[str, Any], report_fd: int, log_fd: int, assign_fd: int, *,
+               zygote_pid: int) -> NoReturn:
+    """A pooled process (docs/sandbox.md, "The warm pool"): confine as far as nothing
+    image-specific is needed, say so, block on ``assign_fd`` until the zygote writes one
+    assignment (the spec run_child takes) and closes it, then run it. It serves that one
+    agent and exits; EOF without a spec means it was retired unused."""
+    try:
+        set_pdeathsig(signal.SIGKILL)
+        if os.getppid() != zygote_pid:
+            os._exit(START_FAILED_STATUS)
+        os.setpgid(0, 0)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        setproctitle.setproctitle(POOL_TITLE)
+        _redirect_stdio(log_fd)
+        _close_inherited(report_fd, assign_fd)
+        pooled = contain.pre_contain(pool)
+        os.write(report_fd, POOL_READY)
+    except BaseException as e:  # noqa: BLE001 - anything here means "cannot be pooled"
+        with contextlib.suppress(OSError):
+            os.write(report_fd, f"{type(e).__name__}: {e}".encode()[:4000])
+        os._exit(START_FAILED_STATUS)
+    chunks = []
+    while True:  # blocks in read(2): no polling, no timer
+        try:
+            chunk = os.read(assign_fd, 1 << 16)
+        except InterruptedError:
+            continue
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(assign_fd)
+    if not chunks:
+        os._exit(0)
+    run_child(json.loads(b"".join(chunks)), report_fd, -1, zygote_pid=zygote_pid,
+              pooled=pooled)

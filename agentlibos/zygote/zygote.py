@@ -9,7 +9,8 @@ ZeroMQ context; each child creates its own after its sandbox is in place.
 
 Protocol on the SOCK_SEQPACKET socket ``FD`` (one JSON object per packet):
 
-  supervisor -> zygote  {"op": "spawn", "pid", "spec": {...}} | {"op": "exit"}
+  supervisor -> zygote  {"op": "spawn", "pid", "spec": {...}} | {"op": "exit"} |
+                        {"op": "pool", "size", "key", "base": {...}} (the warm pool)
   zygote -> supervisor  {"op": "spawned", "pid", "host_pid"} + [pidfd, report_fd] as
                         SCM_RIGHTS (an "exec" adds its stdin and stdout pipes, and a
                         shell command's spec ("command") its stderr pipe too);
@@ -18,6 +19,14 @@ Protocol on the SOCK_SEQPACKET socket ``FD`` (one JSON object per packet):
 
 The zygote reaps its children (it is their parent) and reports each wait status; the
 supervisor signals them through the pidfds, which cannot hit a recycled pid.
+
+The warm pool (docs/sandbox.md): given ``base`` (what every agent's sandbox shares),
+the zygote keeps ``size`` pooled processes forked and pre-confined (child.run_pooled),
+forking a replacement after it has answered what was waiting, never before. A spawn
+whose spec carries the pool's ``key`` is handed to a ready pooled process, if there is
+one, by writing the spec down that process's own assignment pipe and closing it; the
+supervisor sees the same "spawned" event either way (with "pooled": true). Each pooled
+process serves one assignment and exits: none ever runs a second agent.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import select
 import signal
 import socket
 import sys
+from dataclasses import dataclass
 from typing import Any, Final
 
 import setproctitle
@@ -42,21 +52,47 @@ from agentlibos.sandbox.pdeathsig import set_pdeathsig
 
 # Imported here, at the top, so the zygote has everything a child needs loaded before
 # it forks: children share these pages copy-on-write and pay no import cost.
-from agentlibos.zygote.child import run_child, run_command, run_exec
+from agentlibos.zygote.child import POOL_READY, run_child, run_command, run_exec, run_pooled
 
 MAX_PACKET: Final = 1 << 20
+# Pooled processes that failed to pre-confine in a row before the pool is given up (the
+# host cannot do it; every spawn then takes the cold path, which says why it fails).
+POOL_MAX_FAILURES: Final = 3
+
+
+@dataclass
+class _Pooled:
+    """A pooled process: its pidfd, report and log pipes (handed to the supervisor on
+    assignment) and the write end of its assignment pipe."""
+
+    host_pid: int
+    pidfd: int
+    report_r: int
+    log_r: int
+    assign_w: int
+    ready: bool = False  # it said POOL_READY: pre-confined, blocked on its pipe
+
+    def close(self) -> None:
+        for fd in (self.pidfd, self.report_r, self.log_r, self.assign_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 class Zygote:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.children: dict[int, int] = {}  # host pid -> libOS pid
+        self.children: dict[int, int | None] = {}  # host pid -> libOS pid (None: pooled)
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         # Our own pid namespace, to return to after making one for a child (root only).
         self.own_pid_ns: int | None = None
         if os.geteuid() == 0:
             with contextlib.suppress(OSError):
                 self.own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        self.pool_base: dict[str, Any] | None = None
+        self.pool_key: str | None = None
+        self.pool_size = 0
+        self.pool: dict[int, _Pooled] = {}  # host pid -> pooled, oldest first
+        self.pool_failures = 0
 
     def send(self, msg: dict[str, Any], fds: list[int] | None = None) -> None:
         data = json.dumps(msg).encode()
@@ -164,6 +200,115 @@ class Zygote:
         for fd in (pidfd, report_r, *extra):
             os.close(fd)
 
+    # ------------------------------------------------------------------ the warm pool
+
+    def set_pool(self, msg: dict[str, Any]) -> None:
+        """A new pool template (or size 0: none). Pooled processes built for an older one
+        are retired: their pipe is closed unwritten, and they exit."""
+        for entry in list(self.pool.values()):
+            os.close(entry.assign_w)
+            entry.assign_w = -1
+        self.pool_base = msg.get("base") if self.own_pid_ns is not None else None
+        self.pool_key = str(msg.get("key"))
+        self.pool_size = max(0, int(msg.get("size", 0)))
+        self.pool_failures = 0
+
+    def pool_short(self) -> bool:
+        live = sum(1 for e in self.pool.values() if e.assign_w >= 0)
+        return self.pool_base is not None and live < self.pool_size
+
+    def fork_pooled(self) -> None:
+        """Fork one pooled process (after the loop has answered everything waiting)."""
+        assert self.pool_base is not None and self.own_pid_ns is not None
+        report_r, report_w = os.pipe2(os.O_CLOEXEC)
+        log_r, log_w = os.pipe2(os.O_CLOEXEC)
+        assign_r, assign_w = os.pipe2(os.O_CLOEXEC)
+        mine = (report_r, report_w, log_r, log_w, assign_r, assign_w)
+        try:
+            # pid 1 of a fresh pid namespace, as _enter_child_pid_ns does for a spawn.
+            libc.check(libc.unshare(ctypes.c_int(CLONE_NEWPID)), "unshare(CLONE_NEWPID)")
+        except OSError as e:
+            for fd in mine:
+                os.close(fd)
+            self._pool_failed(f"unshare(CLONE_NEWPID): {e}")
+            return
+        try:
+            host_pid = os.fork()
+        except OSError as e:
+            self._leave_child_pid_ns()
+            for fd in mine:
+                os.close(fd)
+            self._pool_failed(f"fork: {e}")
+            return
+        if host_pid == 0:  # the pooled process: never returns
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            # run_pooled closes every other inherited fd (other pooled processes' pipes).
+            run_pooled(self.pool_base, report_w, log_w, assign_r, zygote_pid=os.getppid())
+        self._leave_child_pid_ns()
+        for fd in (report_w, log_w, assign_r):
+            os.close(fd)
+        try:
+            pidfd = os.pidfd_open(host_pid)
+        except OSError as e:
+            os.kill(host_pid, signal.SIGKILL)
+            for fd in (report_r, log_r, assign_w):
+                os.close(fd)
+            self.children[host_pid] = None
+            self._pool_failed(f"pidfd_open: {e}")
+            return
+        self.children[host_pid] = None  # no libOS pid until it is assigned one
+        self.pool[host_pid] = _Pooled(host_pid, pidfd, report_r, log_r, assign_w)
+
+    def _pool_failed(self, why: str) -> None:
+        self.pool_failures += 1
+        print(f"zygote: a pooled process failed: {why}", file=sys.stderr, flush=True)
+        if self.pool_failures >= POOL_MAX_FAILURES:
+            print("zygote: giving up the warm pool; spawns take the cold path",
+                  file=sys.stderr, flush=True)
+            self.pool_base = None
+
+    def on_pool_report(self, entry: _Pooled) -> None:
+        """A pooled process said it is ready, or why it could not be pooled."""
+        try:
+            data = os.read(entry.report_r, 4096)
+        except BlockingIOError:
+            return
+        if data == POOL_READY:
+            entry.ready = True
+            self.pool_failures = 0
+            return
+        del self.pool[entry.host_pid]
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(entry.host_pid, signal.SIGKILL)
+        entry.close()
+        self._pool_failed(data.decode(errors="replace") or "it exited")
+
+    def assign(self, msg: dict[str, Any]) -> bool:
+        """Hand the spawn to a ready pooled process; False if none can take it."""
+        if msg["spec"].get("pool") != self.pool_key or self.pool_base is None:
+            return False
+        entry = next((e for e in self.pool.values() if e.ready and e.assign_w >= 0), None)
+        if entry is None:
+            return False
+        del self.pool[entry.host_pid]
+        pid = int(msg["pid"])
+        try:
+            data = json.dumps(msg["spec"]).encode()
+            view = memoryview(data)
+            while view:  # blocking: the process reads until EOF
+                view = view[os.write(entry.assign_w, view):]
+        except OSError:  # it died under us: the zygote reaps it; take the cold path
+            entry.close()
+            return False
+        os.close(entry.assign_w)
+        self.children[entry.host_pid] = pid
+        self.send({"op": "spawned", "pid": pid, "host_pid": entry.host_pid, "pooled": True},
+                  [entry.pidfd, entry.report_r, entry.log_r])
+        for fd in (entry.pidfd, entry.report_r, entry.log_r):
+            os.close(fd)
+        return True
+
     def reap(self) -> None:
         while True:
             # Look before reaping (WNOWAIT): while the child is an unreaped zombie its pid
@@ -179,9 +324,20 @@ class Zygote:
                 os.killpg(info.si_pid, signal.SIGKILL)
             host_pid, status = os.waitpid(info.si_pid, 0)
             pid = self.children.pop(host_pid, None)
+            entry = self.pool.pop(host_pid, None)
+            if entry is not None:  # never assigned: retired, or it failed to pre-confine
+                if not entry.ready and entry.assign_w >= 0:
+                    self._pool_failed(f"it exited with status {status} before it was ready")
+                entry.close()
+                continue
+            if pid is None:
+                continue
             self.send({"op": "exited", "pid": pid, "host_pid": host_pid, "status": status})
 
     def shutdown(self) -> None:
+        for entry in self.pool.values():
+            entry.close()
+        self.pool.clear()
         for host_pid in list(self.children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(host_pid, signal.SIGKILL)
@@ -200,7 +356,18 @@ class Zygote:
         # PEP 475 retries it; the wakeup fd is what makes the loop notice SIGCHLD.
         self.reap()
         while True:
-            ready, _, _ = select.select([self.sock.fileno(), self.wake_r], [], [])
+            waiting = {e.report_r: e for e in self.pool.values() if not e.ready}
+            # A short pool is refilled only once nothing is waiting (timeout 0): a spawn
+            # never waits behind a refill it did not need.
+            short = self.pool_short()
+            ready, _, _ = select.select([self.sock.fileno(), self.wake_r, *waiting], [], [],
+                                        0 if short else None)
+            if not ready:
+                self.fork_pooled()
+                continue
+            for fd in ready:
+                if fd in waiting:
+                    self.on_pool_report(waiting[fd])
             if self.wake_r in ready:
                 with contextlib.suppress(BlockingIOError):
                     while os.read(self.wake_r, 4096):
@@ -217,11 +384,20 @@ class Zygote:
                     self.shutdown()
                     return
                 msg = json.loads(data)
-                if msg.get("op") in ("spawn", "exec"):
+                op = msg.get("op")
+                if op == "spawn" and self.assign(msg):
+                    pass
+                elif op in ("spawn", "exec"):
                     self.spawn(msg)
-                elif msg.get("op") == "exit":
+                elif op == "pool":
+                    self.set_pool(msg)
+                elif op == "exit":
                     self.shutdown()
                     return
+            if self.pool_short():
+                # Under a steady stream of spawns the loop is never idle: one refill per
+                # turn, after this turn's answers went out.
+                self.fork_pooled()
 
 
 def main() -> None:

@@ -1,0 +1,235 @@
+"""The warm pool: pre-confined processes that each serve one agent, then exit.
+
+Looked at from inside (what a pooled agent sees: its filters, its scratch, its fds,
+its environment) and from the host (which host processes served which agents, the pool
+refilling, ``pool_size = 0``). The hostile-agent suites run against the pool too: the
+default config has one, so most of their agents are pooled processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentlibos.config import Paths, SupervisorConfig, parse_operator_config
+from agentlibos.sandbox import pool, seccomp
+from agentlibos.supervisor import Supervisor
+from agentlibos.zygote.child import POOL_TITLE
+from tests.helpers import MakeImage, run_proc
+
+# Reports everything an earlier assignment could have left behind, then leaves traces
+# of its own for the next agent to look for.
+SNOOP = r'''
+import ctypes, errno, os
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+def attempt(fn):
+    try:
+        fn()
+        return "ok"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+
+def raw(rc):
+    return "ok" if rc >= 0 else errno.errorcode.get(ctypes.get_errno(), "?")
+
+def main(ctx, args):
+    with open("/proc/self/status") as f:
+        status = dict(l.rstrip("\n").split(":\t", 1) for l in f if ":\t" in l)
+    seen = {
+        "scratch": sorted(os.listdir("/scratch")),
+        "fds": sorted(int(fd) for fd in os.listdir("/proc/self/fd")),
+        "env": dict(os.environ),
+        "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
+        "uid": os.getuid(),
+        "seccomp": status["Seccomp"], "filters": status["Seccomp_filters"],
+        "no_new_privs": status["NoNewPrivs"], "cap_eff": status["CapEff"],
+        "title": open("/proc/self/cmdline", "rb").read().decode(errors="replace"),
+        # What only the pool filter allows must be refused by the agent filter on top.
+        "mount": raw(libc.mount(b"none", b"/scratch", b"tmpfs", 0, None)),
+        "pivot_root": raw(libc.syscall(155, b".", b".")),
+        "setuid": attempt(lambda: os.setuid(0)),
+        "chown": attempt(lambda: os.chown("/scratch", 0, 0)),
+        "landlock": raw(libc.syscall(444, None, 0, 1)),
+        "seccomp_load": raw(libc.syscall(317, 1, 0, None)),
+        "pdeathsig": raw(libc.prctl(1, 0, 0, 0, 0)),
+        "passwd": attempt(lambda: open("/etc/passwd").read()),
+    }
+    # (/tmp is the scratch directory unless, as here, the image lies under /tmp.)
+    with open(f"/scratch/trace-{ctx.pid}", "w") as f:
+        f.write(ctx.client._token.hex())
+    os.environ["LEFT_BY"] = str(ctx.pid)
+    os.open("/scratch/trace-%d" % ctx.pid, os.O_RDONLY)  # an fd left open at exit
+    return seen
+'''
+
+
+def pooled_children(zygote_pid: int) -> set[int]:
+    """Host pids of the zygote's children that are waiting in the pool."""
+    out = set()
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            cmdline = (d / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == zygote_pid and cmdline.startswith(POOL_TITLE.encode()):
+            out.add(int(d.name))
+    return out
+
+
+def wait_for(cond: Callable[[], bool], sup: Supervisor, timeout_s: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        sup.step(0.02)
+    return cond()
+
+
+def contain_timings(sup: Supervisor, pid: int) -> dict[str, float]:
+    recs = [a for a in sup.store.audit_records(pid=pid) if a.call == "proc.contain"]
+    assert recs, f"pid {pid} reported no containment"
+    timings: dict[str, float] = recs[0].detail["timings_ms"]
+    return timings
+
+
+@pytest.fixture
+def pooled(paths: Paths) -> Iterator[Supervisor]:
+    s = Supervisor(paths, SupervisorConfig(pool_size=2))
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.mark.privileged
+def test_each_pooled_process_serves_one_agent_and_carries_nothing_from_another(
+        pooled: Supervisor, make_image: MakeImage) -> None:
+    img = make_image("snoop", SNOOP)
+    served: dict[int, int] = {}  # host pid -> libOS pid
+    seen: list[dict[str, Any]] = []
+    for _ in range(5):
+        # Wait for a full pool, so that every agent here is a pooled one.
+        assert wait_for(lambda: len(pooled_children(pooled.zygote.pid)) == 2, pooled)
+        rec = run_proc(pooled, img)
+        assert rec.exit_reason == "returned", rec.error
+        assert "pool_namespaces" in contain_timings(pooled, rec.pid), "not a pooled process"
+        assert rec.host_pid is not None
+        assert rec.host_pid not in served, (
+            f"host pid {rec.host_pid} served pid {served.get(rec.host_pid)} and {rec.pid}")
+        served[rec.host_pid] = rec.pid
+        # It is gone: a pooled process never goes back to the pool.
+        assert not Path(f"/proc/{rec.host_pid}").exists()
+        assert rec.host_pid not in pooled_children(pooled.zygote.pid)
+        seen.append(rec.result)
+    first = seen[0]
+    for got in seen:
+        # A fresh scratch (its own, empty), no inherited fds beyond stdio and the
+        # SDK's own, the runtime's environment only, alone in its pid namespace.
+        assert got["scratch"] == []
+        assert got["fds"] == first["fds"]
+        assert "LEFT_BY" not in got["env"]
+        assert sorted(got["env"]) == ["HOME", "LANG", "PATH", "PYTHONDONTWRITEBYTECODE",
+                                      "TMPDIR"]
+        assert got["pids"] == [1]
+        assert got["uid"] == 65534 and got["cap_eff"] == "0000000000000000"
+        # Two stacked filters: the pool's, and the agent's on top, which refuses what only
+        # the pool's allowed.
+        assert (got["seccomp"], got["filters"], got["no_new_privs"]) == ("2", "2", "1")
+        for call in ("mount", "pivot_root", "setuid", "chown", "landlock", "seccomp_load",
+                     "pdeathsig"):
+            assert got[call] == "EPERM", (call, got[call])
+        assert got["passwd"] in ("ENOENT", "EACCES")
+        assert "pooled" not in got["title"]
+
+
+@pytest.mark.privileged
+def test_the_pool_refills_after_each_assignment(pooled: Supervisor,
+                                                make_image: MakeImage) -> None:
+    img = make_image("quick", "def main(ctx, args):\n    return 1\n")
+    assert wait_for(lambda: len(pooled_children(pooled.zygote.pid)) == 2, pooled)
+    before = pooled_children(pooled.zygote.pid)
+    pids = [pooled.submit_run(str(img), {}) for _ in range(2)]
+    assert wait_for(lambda: not any(pooled.tree_live(p) for p in pids), pooled)
+    hosts = {pooled.store.get_process(p).host_pid for p in pids}
+    assert hosts == before
+    assert wait_for(lambda: len(pooled_children(pooled.zygote.pid)) == 2, pooled)
+    assert not pooled_children(pooled.zygote.pid) & before
+
+
+@pytest.mark.privileged
+def test_pool_size_zero_forks_every_agent_cold(paths: Paths, make_image: MakeImage) -> None:
+    img = make_image("quick", "def main(ctx, args):\n    return 1\n")
+    with Supervisor(paths, SupervisorConfig(pool_size=0)) as sup:
+        assert sup.sandbox.pool is None
+        sup.step(0.2)
+        assert pooled_children(sup.zygote.pid) == set()
+        rec = run_proc(sup, img)
+        assert rec.exit_reason == "returned", rec.error
+        assert rec.layers == ["cgroups", "namespaces", "rlimits", "landlock", "seccomp"]
+        assert "pool_namespaces" not in contain_timings(sup, rec.pid)
+
+
+def test_pool_size_is_read_from_the_supervisor_table() -> None:
+    assert SupervisorConfig().pool_size == 8
+    cfg = parse_operator_config("[supervisor]\npool_size = 0\n", "config.toml")
+    assert cfg.supervisor.pool_size == 0
+
+
+def test_the_pool_filter_allows_everything_the_agent_filter_allows() -> None:
+    # Stacked, the strictest verdict wins: agent code then runs under the agent filter
+    # exactly, as long as the pool's refuses nothing the agent's allows.
+    agent, pooled_ = seccomp.build_profile("agent"), seccomp.build_profile("pool")
+    names = {r.syscall for r in agent.rules} | {r.syscall for r in pooled_.rules}
+    for name in sorted(names):
+        for args in ((0,) * 6, (1,) * 6, (2, 0x5401, 0, 0, 0, 0)):
+            if seccomp.decide(agent, name, args) == seccomp.decide(agent, "read"):
+                assert seccomp.decide(pooled_, name, args) == seccomp.decide(pooled_, "read"), (
+                    name, args)
+    for extra in ("mount", "pivot_root", "setresuid", "landlock_restrict_self", "seccomp"):
+        assert seccomp.decide(agent, extra) != seccomp.decide(agent, "read")
+        assert seccomp.decide(pooled_, extra) == seccomp.decide(pooled_, "read")
+    for never in ("unshare", "setns", "ptrace", "execve", "bpf", "io_uring_setup"):
+        assert seccomp.decide(pooled_, never) != seccomp.decide(pooled_, "read")
+
+
+def _profile(base: dict[str, Any], **change: Any) -> dict[str, Any]:
+    prof: dict[str, Any] = json.loads(json.dumps({
+        "modes": {"namespaces": "required", "seccomp": "required"}, "skipped": {},
+        "seccomp_bpf": "00", "id_map": None, "namespaces": base["namespaces"],
+        "rlimits": base["rlimits"], "mount": base["mount"]}))
+    prof["mount"]["ops"]["binds"].append(["/srv/image", "/srv/image", 4129])
+    prof.update(change)
+    return prof
+
+
+def test_fits_takes_only_profiles_the_template_is_a_part_of(tmp_path: Path) -> None:
+    from agentlibos.sandbox.profile import HostView, SandboxConfig  # noqa: PLC0415
+
+    (tmp_path / "usr").mkdir()
+    view = HostView(ro_paths=(str(tmp_path / "usr"),), symlinks=(), dev_nodes=())
+    tpl = pool.pool_base(config=SandboxConfig(), view=view, new_root="/r", pool_bpf=b"x")
+    base = tpl["base"]
+    assert pool.fits(_profile(base), base)
+    assert not pool.fits(_profile(base, id_map=[0, 0]), base)  # a user namespace
+    assert not pool.fits(_profile(base, rlimits={"core": 0}), base)
+    assert not pool.fits(_profile(base, skipped={"seccomp": "no"}), base)
+    assert not pool.fits(_profile(base, modes={"namespaces": "disabled"}), base)
+    assert not pool.fits(_profile(base, seccomp_bpf=""), base)
+    above = _profile(base)
+    above["mount"]["ops"]["binds"].append([str(tmp_path), str(tmp_path), 4129])
+    assert not pool.fits(above, base)  # it would cover a template bind
+    assert pool.pool_key(base) == tpl["key"] != pool.pool_key({**base, "rlimits": {}})
+    assert os.path.isdir(tmp_path / "usr")
