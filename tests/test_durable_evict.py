@@ -6,6 +6,7 @@ a human's answer, a child's end -- also when the daemon was killed meanwhile
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import time
@@ -19,6 +20,7 @@ import pytest
 from agentlibos.config import Paths
 from agentlibos.launcher import start_on_daemon
 from agentlibos.store import SQLiteStore
+from agentlibos.zygote.child import POOL_TITLE
 from tests.durable_helpers import (
     audit_verifies,
     cli,
@@ -89,10 +91,16 @@ def daemon(evicting_home: Path) -> Iterator[subprocess.Popen[str]]:
 
 def agent_descendants(daemon: subprocess.Popen[str]) -> int:
     """Host processes under the daemon other than the zygote and its helpers (the
-    zygote is the daemon's child; agents are the zygote's)."""
+    zygote is the daemon's child; agents are the zygote's), and other than the warm
+    pool's processes, which wait for an agent and have never run one."""
     kids = psutil.Process(daemon.pid).children(recursive=True)
-    return sum(1 for k in kids if k.status() != psutil.STATUS_ZOMBIE) - len(
-        psutil.Process(daemon.pid).children())
+
+    def counts(k: psutil.Process) -> bool:
+        with contextlib.suppress(psutil.Error):
+            return k.status() != psutil.STATUS_ZOMBIE and k.name() != POOL_TITLE
+        return False
+
+    return sum(1 for k in kids if counts(k)) - len(psutil.Process(daemon.pid).children())
 
 
 def test_many_agents_waiting_on_one_event_are_evicted_and_one_post_wakes_them_all(
