@@ -38,13 +38,13 @@ class WalCheckpointer:
         self._path = path
         self._gather_s = gather_s
         self._wanted = threading.Event()
-        self._stopping = False
+        self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.checkpoints = 0  # completed runs (for tests and the bench)
 
     def poke(self) -> None:
         """A commit happened: checkpoint soon (cheap; called on the loop thread)."""
-        if self._wanted.is_set() or self._stopping:
+        if self._wanted.is_set() or self._stopping.is_set():
             return
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="alos-wal-checkpoint",
@@ -53,7 +53,7 @@ class WalCheckpointer:
         self._wanted.set()
 
     def close(self) -> None:
-        self._stopping = True
+        self._stopping.set()
         self._wanted.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
@@ -63,9 +63,9 @@ class WalCheckpointer:
         db = sqlite3.connect(str(self._path), isolation_level=None, check_same_thread=False)
         try:
             db.execute("PRAGMA busy_timeout = 1000")
-            while not self._stopping:  # checked after each clear(): a close() that
+            while not self._stopping.is_set():  # checked after each clear(): a close() that
                 self._wanted.wait()  # came during the gather is not lost
-                if self._stopping:
+                if self._stopping.is_set():
                     return
                 # Gather: commits keep arriving while the loop is busy; one checkpoint
                 # (and its two fdatasyncs) serves them all.
