@@ -15,6 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from contextlib import closing
 from pathlib import Path
@@ -622,3 +623,22 @@ def test_a_writer_killed_with_sigkill_leaves_a_consistent_database(db: Path) -> 
         seq = s.append_audit(None, "supervisor.start", "-", "info", {})
         assert seq == res.count + 1
         assert s.verify_audit().ok
+
+
+def test_wal_checkpoints_run_on_their_own_thread_and_stop_with_the_store(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "s.db")
+    assert store.checkpointer is not None
+    store.checkpointer._gather_s = 0.0
+    auto = store._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+    assert auto >= 10_000  # the commit before a reply does not checkpoint
+    for i in range(20):
+        with store.transaction():
+            store.append_audit(1, "fs.stat", f"fs:read:/f{i}", "allow", {})
+    deadline = time.monotonic() + 10
+    while store.checkpointer.checkpoints == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert store.checkpointer.checkpoints > 0
+    assert any(t.name == "alos-wal-checkpoint" for t in threading.enumerate())
+    assert store.verify_audit().ok
+    store.close()
+    assert not any(t.name == "alos-wal-checkpoint" for t in threading.enumerate())

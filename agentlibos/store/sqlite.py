@@ -36,6 +36,7 @@ from agentlibos.store.base import ImageRecord, ObjectQuota, ObjectRecord, Store
 from agentlibos.store.durable import DurableTables
 from agentlibos.store.migrations import check_version, migrate, read_version
 from agentlibos.store.waiting import WaitingTables
+from agentlibos.store.walcheckpoint import SAFETY_PAGES, WalCheckpointer
 
 # The records and the protocol live in base.py; they are re-exported here only for
 # callers that still import them from this module (import them from agentlibos.store).
@@ -95,6 +96,9 @@ class SQLiteStore(WaitingTables, DurableTables):
                 # corrupts; a kill -9 of the supervisor loses nothing that was committed.
                 self._db.execute("PRAGMA synchronous = NORMAL")
                 self._db.execute("PRAGMA foreign_keys = ON")
+                # Checkpoints run on their own thread (walcheckpoint.py), not inside the
+                # commit that precedes a reply; this bound is the writer's fallback.
+                self._db.execute(f"PRAGMA wal_autocheckpoint = {SAFETY_PAGES}")
                 self.schema_version = migrate(self._db, self.path)
             if self.schema_version < _WAIT_VERSION:  # an older database, read only
                 self._proc_cols = _PROC_COLS_V1 + ", NULL, 0"
@@ -111,8 +115,11 @@ class SQLiteStore(WaitingTables, DurableTables):
         self._sp_active = False
         self._audit_head: tuple[int, str] | None = None
         self._head_dirty = False
+        self.checkpointer = None if readonly else WalCheckpointer(self.path)
 
     def close(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.close()
         self._db.close()
 
     # ------------------------------------------------------------------ transactions
@@ -148,6 +155,8 @@ class SQLiteStore(WaitingTables, DurableTables):
         self._db.execute("COMMIT")
         self._begun = False
         self._head_dirty = False
+        if self.checkpointer is not None:
+            self.checkpointer.poke()
         # Another writer (the CLI's `image add`) may append after us: re-read the head
         # inside the next write transaction rather than trusting this cache.
         self._audit_head = None

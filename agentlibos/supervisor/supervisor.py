@@ -176,7 +176,7 @@ class Supervisor:
 
     def _on_broker(self, events: int) -> None:
         if self.broker.drain() and not self.offloop.in_flight:  # spinning would hold the
-            self.loop.mark_busy()  # GIL its worker threads need: busy-poll only when idle
+            self.loop.mark_busy(self.broker.sock)  # GIL its workers need: only when idle
 
     def _flush_broker(self) -> None:
         self.broker.flush()
