@@ -18,7 +18,7 @@ from typing import Any
 import psutil
 import pytest
 
-from agentlibos.config import Paths
+from agentlibos.config import Paths, SupervisorConfig
 from agentlibos.sandbox.profile import LAYERS, SandboxConfig
 from agentlibos.supervisor import Supervisor
 from tests.helpers import MakeImage, log_of, run_proc
@@ -458,15 +458,18 @@ def test_a_layer_failing_in_the_child_fails_closed_or_is_recorded_when_optional(
 ) -> None:
     img = make_image("plain", "def main(ctx, args):\n    return 'ran'\n")
     # The directory the child mounts its private root on vanishes after the supervisor
-    # planned it: building the mount tree fails in the child, after fork.
+    # planned it: building the mount tree fails in the child, after fork. Cold spawns
+    # (no warm pool): a pooled process may have built its tree before the rmdir.
     new_root = paths.run / "root"
-    with Supervisor(paths) as sup:
+    cold = SupervisorConfig(pool_size=0)
+    with Supervisor(paths, cold) as sup:
         new_root.rmdir()
         rec = run_proc(sup, img)
     assert (rec.state, rec.exit_reason) == ("failed", "start-failed")
     assert rec.error is not None and "namespaces" in rec.error and str(new_root) in rec.error
 
-    with Supervisor(paths, sandbox=SandboxConfig(optional=frozenset({"namespaces"}))) as sup:
+    with Supervisor(paths, cold,
+                    sandbox=SandboxConfig(optional=frozenset({"namespaces"}))) as sup:
         os.rmdir(new_root)  # the previous supervisor left it; this one made it again
         rec = run_proc(sup, img)
         contain = [a for a in sup.store.audit_records(pid=rec.pid) if a.call == "proc.contain"]
