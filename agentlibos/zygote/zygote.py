@@ -31,6 +31,7 @@ process serves one assignment and exits: none ever runs a second agent.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import errno
@@ -93,17 +94,41 @@ class Zygote:
         self.pool_size = 0
         self.pool: dict[int, _Pooled] = {}  # host pid -> pooled, oldest first
         self.pool_failures = 0
+        # Messages for the supervisor that did not fit in the socket yet (see send).
+        self.outbox: collections.deque[tuple[bytes, list[int]]] = collections.deque()
 
     def send(self, msg: dict[str, Any], fds: list[int] | None = None) -> None:
+        """Tell the supervisor; never block. The supervisor's own send to us blocks while
+        we are busy, and a burst of spawns in one of its turns fills both directions:
+        if we blocked too, each would wait for the other for ever. What does not fit
+        waits in ``outbox`` (with its own copies of the fds; the caller closes its own),
+        in order, and goes out as the socket drains (``flush``, from the loop)."""
         data = json.dumps(msg).encode()
+        if not self.outbox and self._try_send(data, fds or []):
+            return
+        self.outbox.append((data, [os.dup(fd) for fd in fds or []]))
+
+    def _try_send(self, data: bytes, fds: list[int]) -> bool:
         try:
             if fds:
                 socket.send_fds(self.sock, [data], fds)
             else:
                 self.sock.send(data)
+        except BlockingIOError:
+            return False
         except OSError:
             # The supervisor is gone; PDEATHSIG will end us. Nothing to report to.
             pass
+        return True
+
+    def flush(self) -> None:
+        while self.outbox:
+            data, fds = self.outbox[0]
+            if not self._try_send(data, fds):
+                return
+            self.outbox.popleft()
+            for fd in fds:
+                os.close(fd)
 
     def _enter_child_pid_ns(self, spec: dict[str, Any]) -> bool:
         """Make the next fork's child pid 1 of a new pid namespace, if the profile wants
@@ -355,14 +380,21 @@ class Zygote:
         # Python does not restart select() on EINTR with a handler that returns, but
         # PEP 475 retries it; the wakeup fd is what makes the loop notice SIGCHLD.
         self.reap()
+        self.sock.setblocking(False)  # sends queue instead of blocking (see send)
         while True:
+            self.flush()
             waiting = {e.report_r: e for e in self.pool.values() if not e.ready}
             # A short pool is refilled only once nothing is waiting (timeout 0): a spawn
             # never waits behind a refill it did not need.
             short = self.pool_short()
-            ready, _, _ = select.select([self.sock.fileno(), self.wake_r, *waiting], [], [],
-                                        0 if short else None)
+            ready, writable, _ = select.select(
+                [self.sock.fileno(), self.wake_r, *waiting],
+                [self.sock.fileno()] if self.outbox else [], [], 0 if short else None)
+            if writable:
+                self.flush()
             if not ready:
+                if writable:
+                    continue
                 self.fork_pooled()
                 continue
             for fd in ready:
