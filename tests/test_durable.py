@@ -8,7 +8,7 @@ import os
 import signal
 
 from agentlibos.supervisor.supervisor import Supervisor
-from tests.helpers import MakeImage
+from tests.helpers import MakeImage, run_proc
 
 
 def _audits(sup: Supervisor, pid: int, call: str) -> int:
@@ -94,3 +94,27 @@ def test_max_resumes_bounds_a_process_that_keeps_crashing(
     rec = sup.store.get_process(pid)
     assert (rec.state, rec.exit_reason, rec.resumes) == ("failed", "crashed", 2)
     assert _audits(sup, pid, "obj.put") == 1
+
+
+def test_spawns_past_the_supervisors_file_descriptors_are_refused_not_fatal(
+    sup: Supervisor, make_image: MakeImage
+) -> None:
+    # Each process with a host process costs the supervisor file descriptors; past
+    # RLIMIT_NOFILE libzmq would abort it. Two slots here: the parent and one child.
+    sup.table.host_slots = 2
+    img = make_image("parent", """
+        from agentlibos.errors import LimitExceeded
+        def main(ctx, args):
+            first = ctx.proc.spawn("kid")
+            try:
+                ctx.proc.spawn("kid")
+                second = "spawned"
+            except LimitExceeded as e:
+                second = str(e)
+            ctx.proc.wait(first)
+            return second
+    """, caps=["proc:spawn:kid", "proc:wait:kid"])
+    make_image("kid", "import time\ndef main(ctx, args):\n    time.sleep(0.5)\n")
+    rec = run_proc(sup, img)
+    assert rec.state == "exited", rec.error
+    assert "file descriptor" in rec.result

@@ -83,7 +83,10 @@ class Durable:
         live = self._table.live.get(pid)
         if live is None or not live.evicted:
             return
-        live.evicted = False
+        if not self._table.has_host_slot():  # no file descriptors for it yet: soon
+            self._loop.call_later(0.2, lambda: self.resume(pid, why=why))
+            return
+        self._table.set_evicted(live, False)
         replayed = self._dispatcher.begin_replay(pid)
         rec = self._store.get_process(pid)
         fields: dict[str, Any] = {"evicted": 0, "resumes": rec.resumes + (why == "crash")}
@@ -169,8 +172,9 @@ class Durable:
             ask_mode=info["ask_mode"], approved=[parse_cap(a) for a in info["approved"]])
         live = LiveProcess(caller=caller, token=b"", scratch=self._table.paths.scratch
                            / str(rec.pid), log_path=self._table.paths.logs / f"{rec.pid}.log",
-                           limits=rec.limits, evicted=True)
+                           limits=rec.limits)
         self._table.live[rec.pid] = live
+        self._table.set_evicted(live, True)
         return live
 
     def rearm(self, live: LiveProcess, entry: JournalEntry) -> None:

@@ -17,6 +17,7 @@ import hmac
 import json
 import logging
 import os
+import resource
 import secrets
 import signal
 import time
@@ -49,6 +50,22 @@ from agentlibos.supervisor.zygote_client import ZygoteEvent, ZygoteHandle
 from agentlibos.zygote.child import START_FAILED_STATUS, parse_report
 
 log = logging.getLogger(__name__)
+
+# File descriptors the supervisor holds for each process with a host process: its pidfd,
+# start report and log pipes, and its ZeroMQ connection. Past RLIMIT_NOFILE, libzmq
+# aborts the whole supervisor (EMFILE in its listener): spawns are refused first.
+FDS_PER_HOST_PROCESS = 4
+FDS_RESERVED = 512  # the store, sockets, workers, JIT helpers, the CLI's connections
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit; return the soft one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY
+                                                        else 1 << 20, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 @dataclass
@@ -97,6 +114,9 @@ class ProcessTable:
         self.sandbox = sandbox
         self._zygote = zygote
         self.live: dict[int, LiveProcess] = {}
+        # How many processes may hold a host process at once (see FDS_PER_HOST_PROCESS).
+        self.host_slots = max(16, (raise_fd_limit() - FDS_RESERVED) // FDS_PER_HOST_PROCESS)
+        self.evicted_count = 0  # entries of `live` with no host process (set_evicted)
         self._unreleased: dict[int, Any] = {}  # pid -> cgroup whose removal is retried
         # Called with the pid after a process's end is recorded.
         self.ended: list[Callable[[int], None]] = []
@@ -138,6 +158,17 @@ class ProcessTable:
     def live_children(self, pid: int) -> list[int]:
         return [p for p, lv in self.live.items() if lv.caller.ppid == pid]
 
+    def has_host_slot(self) -> bool:
+        """Whether one more host process fits in the supervisor's file descriptors
+        (evicted processes hold none)."""
+        return len(self.live) - self.evicted_count < self.host_slots
+
+    def set_evicted(self, live: LiveProcess, evicted: bool) -> None:
+        """The one place ``evicted`` changes for a process in the table (it is counted)."""
+        if live.evicted != evicted:
+            live.evicted = evicted
+            self.evicted_count += 1 if evicted else -1
+
     def check_tree_limits(self, caller: Caller) -> None:
         tree = sum(1 for lv in self.live.values() if lv.caller.root_pid == caller.root_pid)
         if tree >= self.config.max_live_per_tree:
@@ -173,6 +204,11 @@ class ProcessTable:
 
         A child inherits its tree's ask mode, and those of its parent's standing
         approvals that lie within what it holds."""
+        if not self.has_host_slot():
+            raise LimitExceeded(
+                f"the supervisor runs {self.host_slots} host processes, as many as its file "
+                "descriptor limit (RLIMIT_NOFILE) allows; try again when some have ended "
+                "or been evicted")
         args_json = json.dumps(args)
         if len(args_json) > self.config.max_args_bytes:
             raise LimitExceeded(f"args of {len(args_json)} bytes exceed "
@@ -429,7 +465,8 @@ class ProcessTable:
         live.cgroup = None
         self.sandbox.forget(pid)
         discard_tree(live.scratch)
-        live.host_pid, live.ready, live.evicting, live.evicted = None, False, False, True
+        live.host_pid, live.ready, live.evicting = None, False, False
+        self.set_evicted(live, True)
         live.exit_status = live.kill_reason = live.kill_detail = live.start_error = None
         live.accident = False
         self.live[pid] = live
@@ -442,6 +479,9 @@ class ProcessTable:
         with no host process; an accident (a crash nobody asked for) is handed to
         ``on_accident``, which may resume it instead of recording an end."""
         live = self.live.pop(pid)
+        if live.evicted:
+            self.evicted_count -= 1  # leaves the table (set again if it stays)
+            live.evicted = False
         self._release_host(pid, live)
         if live.evicting and live.kill_reason is None:
             self._host_gone(pid, live)
