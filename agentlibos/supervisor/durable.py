@@ -18,6 +18,7 @@ repeatable; this module decides *when* a process starts again (docs/durability.m
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
@@ -41,6 +42,9 @@ from agentlibos.supervisor.waits import Waits
 
 log = logging.getLogger(__name__)
 
+MAX_STARTING = 64  # resumed processes starting at once (see resume)
+
+
 class Durable:
     def __init__(self, table: ProcessTable, store: Store, loop: Loop, dispatcher: Dispatcher,
                  journal: StoreJournal, waits: Waits, *, evict_after_s: float | None) -> None:
@@ -50,6 +54,9 @@ class Durable:
         self._dispatcher = dispatcher
         self._journal = journal
         self.evict_after_s = evict_after_s
+        self._starting: set[int] = set()  # resumed, not yet answered their first call
+        self._queue: collections.deque[tuple[int, str]] = collections.deque()
+        self._pumping = False
         table.on_accident = self._on_accident
         waits.all_durable = self.waiting
         waits.ended_evicted = self.wait_ended
@@ -79,13 +86,44 @@ class Durable:
         return True
 
     def resume(self, pid: int, *, why: str) -> None:
-        """Start ``pid``'s host process again; its calls replay the journal."""
+        """Start ``pid``'s host process again; its calls replay the journal.
+
+        Not all at once: one post that wakes 10,000 evicted waiters must not start
+        10,000 sandboxes together (each would miss its start timeout on a small host),
+        nor more than the supervisor's file descriptors allow. Past MAX_STARTING
+        processes still starting, resumes wait in a queue, in order."""
         live = self._table.live.get(pid)
         if live is None or not live.evicted:
             return
-        if not self._table.has_host_slot():  # no file descriptors for it yet: soon
-            self._loop.call_later(0.2, lambda: self.resume(pid, why=why))
+        if self._queue or not self._may_start():
+            self._queue.append((pid, why))
+            self._arm_pump()
             return
+        self._start(pid, live, why)
+
+    def _may_start(self) -> bool:
+        live = self._table.live
+        self._starting = {p for p in self._starting
+                          if p in live and not live[p].ready and not live[p].evicted}
+        return len(self._starting) < MAX_STARTING and self._table.has_host_slot()
+
+    def _arm_pump(self) -> None:
+        if not self._pumping:
+            self._pumping = True
+            self._loop.call_later(0.02, self._pump)
+
+    def _pump(self) -> None:
+        self._pumping = False
+        while self._queue and self._may_start():
+            pid, why = self._queue.popleft()
+            live = self._table.live.get(pid)
+            if live is not None and live.evicted:
+                self._start(pid, live, why)
+        if self._queue:
+            self._arm_pump()
+
+    def _start(self, pid: int, live: LiveProcess, why: str) -> None:
+        self._starting.add(pid)
         self._table.set_evicted(live, False)
         replayed = self._dispatcher.begin_replay(pid)
         rec = self._store.get_process(pid)
