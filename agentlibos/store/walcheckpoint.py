@@ -41,6 +41,12 @@ class WalCheckpointer:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.checkpoints = 0  # completed runs (for tests and the bench)
+        # Opened now, with the store, not lazily on the thread: the supervisor's set of
+        # open files is then the same before and after its first commit.
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA busy_timeout = 1000")
+        # A first read opens the WAL (and its index) now too, not at the first checkpoint.
+        self._db.execute("SELECT COUNT(*) FROM sqlite_master").fetchall()
 
     def poke(self) -> None:
         """A commit happened: checkpoint soon (cheap; called on the loop thread)."""
@@ -58,23 +64,20 @@ class WalCheckpointer:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
+        self._db.close()
 
     def _run(self) -> None:
-        db = sqlite3.connect(str(self._path), isolation_level=None, check_same_thread=False)
-        try:
-            db.execute("PRAGMA busy_timeout = 1000")
-            while not self._stopping.is_set():  # checked after each clear(): a close() that
-                self._wanted.wait()  # came during the gather is not lost
-                if self._stopping.is_set():
-                    return
-                # Gather: commits keep arriving while the loop is busy; one checkpoint
-                # (and its two fdatasyncs) serves them all.
-                time.sleep(self._gather_s)
-                self._wanted.clear()
-                try:
-                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                    self.checkpoints += 1
-                except sqlite3.Error as e:  # busy or gone: the next poke tries again
-                    log.debug("WAL checkpoint of %s did not run: %s", self._path, e)
-        finally:
-            db.close()
+        # The connection is closed by close(), once this thread has ended.
+        while not self._stopping.is_set():  # checked after each clear(): a close() that
+            self._wanted.wait()  # came during the gather is not lost
+            if self._stopping.is_set():
+                return
+            # Gather: commits keep arriving while the loop is busy; one checkpoint (and
+            # its two fdatasyncs) serves them all.
+            time.sleep(self._gather_s)
+            self._wanted.clear()
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                self.checkpoints += 1
+            except sqlite3.Error as e:  # busy or gone: the next poke tries again
+                log.debug("WAL checkpoint of %s did not run: %s", self._path, e)
