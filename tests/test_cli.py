@@ -208,9 +208,10 @@ def test_demo_runs_end_to_end(home: Path) -> None:
 
 
 @contextlib.contextmanager
-def serving(home: Path) -> Iterator[subprocess.Popen[str]]:
-    """A real `agentlibos serve` with its own AGENTLIBOS_HOME, stopped at the end."""
-    env = {**os.environ, "AGENTLIBOS_HOME": str(home)}
+def serving(home: Path, **extra: str) -> Iterator[subprocess.Popen[str]]:
+    """A real `agentlibos serve` with its own AGENTLIBOS_HOME (and ``extra`` environment:
+    a crash barrier, say), stopped at the end."""
+    env = {**os.environ, "AGENTLIBOS_HOME": str(home), **extra}
     proc = subprocess.Popen([sys.executable, "-m", "agentlibos", "serve"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -4,13 +4,10 @@ killed with SIGKILL or at a crash barrier (broker/crashpoints.py), real agents."
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +16,8 @@ import pytest
 from agentlibos.cli.common import supervisor_alive
 from agentlibos.config import Paths
 from agentlibos.supervisor import Supervisor
-from tests.helpers import MakeImage, stop_process
-from tests.test_cli import assert_one_line_error, cli, wait_for
+from tests.helpers import MakeImage
+from tests.test_cli import assert_one_line_error, cli, serving, wait_for
 
 pytestmark = [
     pytest.mark.privileged,
@@ -111,20 +108,6 @@ def main(ctx, args):
     except PermissionDenied as e:
         return "denied: " + str(e)
 """
-
-
-@contextlib.contextmanager
-def serving(home: Path, **env: str) -> Iterator[subprocess.Popen[str]]:
-    """`agentlibos serve` with extra environment (a crash barrier, say)."""
-    full = {**os.environ, "AGENTLIBOS_HOME": str(home), **env}
-    proc = subprocess.Popen([sys.executable, "-m", "agentlibos", "serve"], env=full,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for(lambda: (home / "run/control.sock").exists() or proc.poll() is not None)
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        yield proc
-    finally:
-        stop_process(proc, 20)
 
 
 def out_json(p: subprocess.CompletedProcess[str]) -> Any:
