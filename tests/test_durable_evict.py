@@ -184,10 +184,13 @@ def test_each_kind_of_wait_ends_while_evicted_and_the_process_comes_back_for_it(
     make_image("evchild", CHILD, caps=["event:wait:child-go"])
     policy = tmp_path / "asking.toml"
     policy.write_text(ASKING_POLICY)
+    # A restart takes seconds on a loaded host: the sleep must outlast it, or it ends
+    # (correctly) before the test looks for it waiting.
+    sleep_s = SLEEP_S * (2 if restart else 1)
     daemon = start_daemon(home)
     try:
         r = cli(home, "run", "--detach", "--ask", "queue", "--policy", str(policy),
-                str(image), "--arg", f"kind={kind}", "--arg", f"seconds={SLEEP_S}")
+                str(image), "--arg", f"kind={kind}", "--arg", f"seconds={sleep_s}")
         assert r.returncode == 0, r.stderr
         pid = int(r.stdout)
         t_run = time.time()
@@ -211,8 +214,8 @@ def test_each_kind_of_wait_ends_while_evicted_and_the_process_comes_back_for_it(
         assert out["exit_reason"] == "returned", (out, cli(home, "logs", str(pid)).stdout)
         if kind == "sleep":
             # On time: not before its deadline, and not much after it.
-            assert SLEEP_S <= out["result"]["got"] < SLEEP_S + 3, out
-            assert time.time() - t_run < SLEEP_S + 6
+            assert sleep_s <= out["result"]["got"] < sleep_s + 3, out
+            assert time.time() - t_run < sleep_s + 6
         else:
             assert out["result"]["got"] == EXPECTED[kind], out
     finally:

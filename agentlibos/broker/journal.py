@@ -16,7 +16,7 @@ import base64
 import contextlib
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from agentlibos.broker.crashpoints import crash_at
@@ -47,7 +47,12 @@ def encode_outcome(outcome: Outcome) -> tuple[str, str]:
 class StoreJournal:
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._turn: list[JournalEntry] = []
+        # The turn's calls, as (caller pid, seq, call, args, blobs, outcome): the
+        # digests and encodings are made in flush(), after early replies (below) left.
+        self._turn: list[tuple[int, int, str, dict[str, Any], list[bytes], Outcome]] = []
+        # Called in each turn after its last write and before its commit: the broker's
+        # early replies to pure reads (Broker.flush_reads).
+        self.before_commit: Callable[[], None] | None = None
         # (pid, seq) of entries written as intents and not yet settled: their outcome
         # settles the row instead of adding one. Loaded from the store at recovery.
         self.intents: set[tuple[int, int]] = set()
@@ -63,6 +68,8 @@ class StoreJournal:
         """One loop turn: the store's group-commit batch, the turn's journal written last."""
         with self._store.batch():
             yield
+            if self.before_commit is not None:
+                self.before_commit()
             self.flush()
         acted, self._acted = self._acted, set()
         for call in acted:
@@ -70,8 +77,9 @@ class StoreJournal:
 
     def flush(self) -> None:
         """Write the turn's entries (inside the turn's transaction, before its commit)."""
-        entries, self._turn = self._turn, []
-        self._store.journal_append_many(entries)
+        turn, self._turn = self._turn, []
+        if turn:
+            self._store.journal_append_many([_entry(*t) for t in turn])
 
     def intent(self, pid: int, seq: int, call: str, digest: str, text: str, *,
                durable: bool) -> None:
@@ -86,20 +94,25 @@ class StoreJournal:
 
     def record(self, caller: Caller, seq: int, call: str, args: dict[str, Any],
                blobs: list[bytes], outcome: Outcome) -> None:
-        status, text = encode_outcome(outcome)
         if effect_kind(call, args) in ("redo", "once"):
             self._acted.add(call)
         if (caller.pid, seq) in self.intents:
             self.intents.discard((caller.pid, seq))
+            status, text = encode_outcome(outcome)
             self._store.journal_settle(caller.pid, seq, "ok" if status == "ok" else "error",
                                        text)
             return
-        try:
-            digest = args_digest(call, args, blobs)
-        except (ValueError, TypeError, RecursionError):
-            # Arguments the door refused (too deep to encode, say): identify the call
-            # by what it was refused for, which a replay would be refused for again.
-            digest = args_digest(call, {"refused": text})
-        self._turn.append(JournalEntry(
-            pid=caller.pid, seq=seq, call=call, digest=digest,
-            status="ok" if status == "ok" else "error", result=text))
+        self._turn.append((caller.pid, seq, call, args, blobs, outcome))
+
+
+def _entry(pid: int, seq: int, call: str, args: dict[str, Any], blobs: list[bytes],
+           outcome: Outcome) -> JournalEntry:
+    status, text = encode_outcome(outcome)
+    try:
+        digest = args_digest(call, args, blobs)
+    except (ValueError, TypeError, RecursionError):
+        # Arguments the door refused (too deep to encode, say): identify the call
+        # by what it was refused for, which a replay would be refused for again.
+        digest = args_digest(call, {"refused": text})
+    return JournalEntry(pid=pid, seq=seq, call=call, digest=digest,
+                        status="ok" if status == "ok" else "error", result=text)

@@ -159,8 +159,8 @@ class Supervisor:
                       images=ImageCalls(store, self.offloop, waits, self.paths.images,
                                         self.sandbox.config, table.live.__contains__))
         self.broker = Broker(self._ctx, self.paths.broker_endpoint, table, dispatcher)
-        # Agents may run as an unprivileged uid; the socket file is reachable only
-        # through run/ (0700) or the bind mount into each agent's own tree.
+        self.journal.before_commit = self.broker.flush_reads  # docs/store.md: early replies
+        # Agents may run as another uid: the socket is reachable only via run/ or a bind.
         os.chmod(self.paths.broker_endpoint[len("ipc://"):], 0o666)  # noqa: S103
         self.control = control.ControlServer(self._ctx, self.paths.control_endpoint)
         self.control_ctx = control.ControlContext(

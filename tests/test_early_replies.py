@@ -1,0 +1,97 @@
+"""Answers to pure reads leave before their turn's COMMIT statement; all others after it.
+
+Real agents on a real supervisor. The broker's sends and the store's commits are watched
+from the supervisor's side: each reply is logged with whether the turn's transaction was
+still open when it left. docs/store.md says why a read may go early and nothing else may.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from agentlibos.supervisor import Supervisor
+from tests.helpers import MakeImage, run_proc
+
+MIXED = """
+    def main(ctx, args):
+        ctx.fs.write_text("f.txt", "x")
+        for i in range(args["n"]):
+            ctx.obj.put("k", {"i": i})
+            ctx.fs.stat("f.txt")
+            assert ctx.obj.get("k") == {"i": i}
+        return "ok"
+"""
+
+
+def _watch_sends(sup: Supervisor) -> list[tuple[dict[str, Any], bool]]:
+    """Log every reply the broker sends, with whether a transaction was open then."""
+    sent: list[tuple[dict[str, Any], bool]] = []
+    send = sup.broker._send
+    store: Any = sup.store
+
+    def watched(frames: list[bytes]) -> bool:
+        sent.append((json.loads(bytes(frames[2])), bool(store._begun)))
+        return send(frames)
+
+    sup.broker._send = watched  # type: ignore[method-assign]
+    return sent
+
+
+def test_reads_are_answered_before_the_commit_and_writes_only_after_it(
+    sup: Supervisor, make_image: MakeImage, tmp_path: Any
+) -> None:
+    img = make_image("mixed", MIXED, caps=["fs:rw:./**"])
+    sent = _watch_sends(sup)
+    rec = run_proc(sup, img, {"n": 50}, cwd=tmp_path, timeout_s=60)
+    assert (rec.state, rec.result) == ("exited", "ok"), rec.error
+    results = [(h.get("result"), open_) for h, open_ in sent if h.get("ok")]
+    stats = [o for r, o in results if isinstance(r, dict) and "mode" in r]
+    gets = [o for r, o in results if isinstance(r, dict) and "value" in r]
+    puts = [o for r, o in results if isinstance(r, dict) and "version" in r
+            and "value" not in r]
+    assert len(stats) == len(gets) == len(puts) == 50
+    # A read's answer left while its turn's transaction was still open...
+    assert all(stats) and all(gets)
+    # ...a write's never: it is on disk when the agent hears of it.
+    assert not any(puts)
+    # And what every read answered is in the journal now, in order.
+    calls = [e.call for e in sup.store.journal_entries(rec.pid, limit=10_000)]
+    assert calls.count("obj.get") == calls.count("fs.stat") == 50
+
+
+PIPELINED = """
+    import json, zmq
+
+    def main(ctx, args):
+        z = zmq.Context()
+        s = z.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(ctx.client.endpoint)
+        token = ctx.client._token
+        order = []
+        for round in range(args["rounds"]):
+            # A write and a read of what it wrote, sent together: one turn serves both.
+            for i, (call, a) in enumerate((("obj.put", {"name": "k", "value": round}),
+                                           ("obj.get", {"name": "k"}))):
+                h = {"id": 2 * round + i + 1, "pid": ctx.pid, "call": call, "args": a}
+                s.send_multipart([b"ALOS/1", json.dumps(h).encode(), token])
+            for _ in range(2):
+                assert s.poll(10_000)
+                reply = json.loads(s.recv_multipart()[1])
+                assert reply["ok"], reply
+                order.append((reply["id"], reply["result"].get("value")))
+        return order
+"""
+
+
+def test_a_peer_with_a_write_answer_waiting_gets_its_read_answer_after_it(
+    sup: Supervisor, make_image: MakeImage
+) -> None:
+    img = make_image("pipelined", PIPELINED, caps=[])
+    rec = run_proc(sup, img, {"rounds": 30}, timeout_s=60)
+    assert rec.state == "exited", rec.error
+    ids = [i for i, _ in rec.result]
+    assert ids == sorted(ids)  # replies in the order the requests came
+    # Each read saw the write sent just before it.
+    assert [v for i, v in rec.result if i % 2 == 0] == list(range(30))
