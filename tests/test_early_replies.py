@@ -24,37 +24,67 @@ MIXED = """
 """
 
 
-def _watch_sends(sup: Supervisor) -> list[tuple[dict[str, Any], bool]]:
-    """Log every reply the broker sends, with whether a transaction was open then."""
-    sent: list[tuple[dict[str, Any], bool]] = []
+Event = tuple[str, Any]
+
+
+def _watch(sup: Supervisor) -> list[Event]:
+    """Log, in order, every reply the broker sends and every SQL statement the store
+    runs (SQLite's own trace hook)."""
+    events: list[Event] = []
     send = sup.broker._send
-    store: Any = sup.store
 
     def watched(frames: list[bytes]) -> bool:
-        sent.append((json.loads(bytes(frames[2])), bool(store._begun)))
+        events.append(("send", json.loads(bytes(frames[2]))))
         return send(frames)
 
     sup.broker._send = watched  # type: ignore[method-assign]
-    return sent
+    store: Any = sup.store
+    store._db.set_trace_callback(lambda sql: events.append(("sql", sql)))
+    return events
+
+
+def _after(events: list[Event], i: int) -> list[str]:
+    """The statements run after event ``i`` up to and including the next COMMIT."""
+    out: list[str] = []
+    for kind, what in events[i + 1:]:
+        if kind == "sql":
+            out.append(what)
+            if what == "COMMIT":
+                break
+    return out
+
+
+def _before(events: list[Event], i: int) -> str | None:
+    """The last write or COMMIT run before event ``i``."""
+    for kind, what in reversed(events[:i]):
+        if kind == "sql" and (what == "COMMIT" or what.startswith(("INSERT", "UPDATE"))):
+            return str(what)
+    return None
 
 
 def test_reads_are_answered_before_the_commit_and_writes_only_after_it(
     sup: Supervisor, make_image: MakeImage, tmp_path: Any
 ) -> None:
     img = make_image("mixed", MIXED, caps=["fs:rw:./**"])
-    sent = _watch_sends(sup)
+    events = _watch(sup)
     rec = run_proc(sup, img, {"n": 50}, cwd=tmp_path, timeout_s=60)
     assert (rec.state, rec.result) == ("exited", "ok"), rec.error
-    results = [(h.get("result"), open_) for h, open_ in sent if h.get("ok")]
-    stats = [o for r, o in results if isinstance(r, dict) and "mode" in r]
-    gets = [o for r, o in results if isinstance(r, dict) and "value" in r]
-    puts = [o for r, o in results if isinstance(r, dict) and "version" in r
-            and "value" not in r]
+    sends = [(i, what.get("result")) for i, (kind, what) in enumerate(events)
+             if kind == "send" and what.get("ok")]
+    stats = [i for i, r in sends if isinstance(r, dict) and "mode" in r]
+    puts = [i for i, r in sends if isinstance(r, dict) and "version" in r and "value" not in r]
+    gets = [i for i, r in sends if isinstance(r, dict) and "value" in r]
     assert len(stats) == len(gets) == len(puts) == 50
-    # A read's answer left while its turn's transaction was still open...
-    assert all(stats) and all(gets)
-    # ...a write's never: it is on disk when the agent hears of it.
-    assert not any(puts)
+    for i in stats + gets:
+        # A read's answer left before its audit record and journal row were written
+        # and committed (they come right after it, in one transaction)...
+        after = _after(events, i)
+        assert after[-1] == "COMMIT", after
+        assert any(s.startswith("INSERT INTO audit") for s in after), after
+        assert any(s.startswith("INSERT INTO journal") for s in after), after
+    for i in puts:
+        # ...a write's only once everything its turn wrote was committed.
+        assert _before(events, i) == "COMMIT", events[max(0, i - 8):i + 1]
     # And what every read answered is in the journal now, in order.
     calls = [e.call for e in sup.store.journal_entries(rec.pid, limit=10_000)]
     assert calls.count("obj.get") == calls.count("fs.stat") == 50

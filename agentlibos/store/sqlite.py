@@ -115,6 +115,12 @@ class SQLiteStore(WaitingTables, DurableTables):
         self._sp_active = False
         self._audit_head: tuple[int, str] | None = None
         self._head_dirty = False
+        # Audit records appended inside a batch, written at its commit (or before
+        # anything reads the audit table): (ts, pid, call, request, verdict, detail).
+        # A turn of reads then runs no SQL write, and takes no lock, before its replies
+        # leave (docs/store.md, "When a reply leaves").
+        self._audit_buf: list[tuple[float, int | None, str, str, str, str]] = []
+        self._sp_mark = 0  # the buffer's length when the current savepoint began
         self.checkpointer = None if readonly else WalCheckpointer(self.path)
 
     def close(self) -> None:
@@ -142,6 +148,9 @@ class SQLiteStore(WaitingTables, DurableTables):
             self._sp_active = True
 
     def _commit(self) -> None:
+        if self._audit_buf:
+            self._ensure_begun()
+            self._flush_audit()
         if not self._begun:
             return
         if self._head_dirty:
@@ -162,6 +171,7 @@ class SQLiteStore(WaitingTables, DurableTables):
         self._audit_head = None
 
     def _rollback(self) -> None:
+        self._audit_buf.clear()
         if self._begun:
             self._db.execute("ROLLBACK")
         self._begun = False
@@ -217,11 +227,13 @@ class SQLiteStore(WaitingTables, DurableTables):
                 raise refusal
             return
         self._sp_wanted = True
+        self._sp_mark = len(self._audit_buf)
         try:
             yield
         except LibOSError:
             raise
         except BaseException:
+            del self._audit_buf[self._sp_mark:]  # the handler's own records go with it
             if self._sp_active:
                 self._db.execute("ROLLBACK TO handler")
                 self._audit_head = None  # reloaded from the table at the next append
@@ -703,7 +715,7 @@ class SQLiteStore(WaitingTables, DurableTables):
 
     def audit_head_seq(self) -> int:
         """The last audit record's sequence number (0 for an empty chain)."""
-        return self._head()[0]
+        return self._head()[0] + len(self._audit_buf)
 
     def _head(self) -> tuple[int, str]:
         if self._audit_head is None:
@@ -715,28 +727,50 @@ class SQLiteStore(WaitingTables, DurableTables):
 
     def append_audit(
         self, pid: int | None, call: str, request: str, verdict: str, detail: dict[str, Any]
-    ) -> int:
-        """Append one record to the chain; returns its seq. Joins the open transaction."""
-        with self.transaction():
-            last_seq, last_hash = self._head()
-            seq = last_seq + 1
-            ts = time.time()
-            detail_json = json.dumps(detail, sort_keys=True, separators=(",", ":"),
-                                     default=str)
-            h = record_hash(seq, ts, pid, call, request, verdict, detail_json, last_hash)
-            self._db.execute(
-                "INSERT INTO audit (seq, ts, pid, call, request, verdict, detail, prev, hash)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (seq, ts, pid, call, request, verdict, detail_json, last_hash, h),
-            )
-            # The head row in meta is written once, at commit (see _commit).
-            self._audit_head = (seq, h)
-            self._head_dirty = True
-        return seq
+    ) -> None:
+        """Append one record to the chain.
+
+        Inside a batch the record joins the batch's buffer and is chained, hashed and
+        written at the batch's commit, under the write lock (or earlier, when something
+        reads the audit table). Outside one it is written and committed now.
+        """
+        detail_json = json.dumps(detail, sort_keys=True, separators=(",", ":"),
+                                 default=str)
+        self._audit_buf.append((time.time(), pid, call, request, verdict, detail_json))
+        if self._depth == 0:
+            with self.transaction():
+                pass  # the commit writes the buffer
+
+    def _flush_audit(self) -> None:
+        """Write the buffered records, chained onto the head as it is now (inside the
+        write transaction: no other writer can append in between)."""
+        buf, self._audit_buf = self._audit_buf, []
+        self._sp_mark = 0
+        self._audit_head = None  # re-read under the lock: another writer may have appended
+        last_seq, last_hash = self._head()
+        rows = []
+        for ts, pid, call, request, verdict, detail_json in buf:
+            last_seq += 1
+            h = record_hash(last_seq, ts, pid, call, request, verdict, detail_json, last_hash)
+            rows.append((last_seq, ts, pid, call, request, verdict, detail_json, last_hash, h))
+            last_hash = h
+        self._db.executemany(
+            "INSERT INTO audit (seq, ts, pid, call, request, verdict, detail, prev, hash)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        # The head row in meta is written once, at commit (see _commit).
+        self._audit_head = (last_seq, last_hash)
+        self._head_dirty = True
+
+    def _audit_visible(self) -> None:
+        """Before reading the audit table: write what this batch buffered."""
+        if self._audit_buf:
+            with self.transaction():
+                self._flush_audit()
 
     def audit_records(
         self, *, pid: int | None = None, since_seq: int = 0, limit: int | None = None
     ) -> list[AuditRecord]:
+        self._audit_visible()
         sql = "SELECT seq, ts, pid, call, request, verdict, detail, prev, hash FROM audit"
         sql += " WHERE seq > ?"
         params: list[Any] = [since_seq]
@@ -753,6 +787,7 @@ class SQLiteStore(WaitingTables, DurableTables):
         ]
 
     def verify_audit(self) -> VerifyResult:
+        self._audit_visible()
         row = self._db.execute("SELECT value FROM meta WHERE key = 'audit_head'").fetchone()
         head: tuple[int, str] | None = None
         if row:
