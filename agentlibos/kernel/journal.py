@@ -100,8 +100,8 @@ _KINDS: Final[dict[str, EffectKind]] = {
     "model.chat": "redo", "net.fetch": "redo",
     "obj.delete": "store", "obj.get": "read", "obj.list": "read", "obj.put": "store",
     "obj.stat": "read",
-    "proc.checkpoint": "store", "proc.children": "read", "proc.kill": "store",
-    "proc.spawn": "store", "proc.wait": "read",
+    "proc.checkpoint": "store", "proc.children": "read", "proc.getpid": "read",
+    "proc.journal": "read", "proc.kill": "store", "proc.spawn": "store", "proc.wait": "read",
     "shell.exec": "once", "tool.call": "once",
 }
 # HTTP methods that are sent again after a crash: the safe ones only. PUT and DELETE are
