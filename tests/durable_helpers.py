@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from agentlibos.config import Paths
-from agentlibos.launcher import daemon_pid
 from agentlibos.store import SQLiteStore
 from tests.helpers import stop_process
 
@@ -39,26 +38,6 @@ def wait_until(cond: Callable[[], bool], timeout_s: float = 30, what: str = "con
     while not cond():
         assert time.monotonic() < deadline, f"{what}: not reached within {timeout_s:g} s"
         time.sleep(0.05)
-
-
-def start_daemon(home: Path, crash_at: str | None = None) -> subprocess.Popen[str]:
-    """`agentlibos serve` on ``home``, answering once this returns; ``crash_at`` arms a
-    crash barrier (AGENTLIBOS_CRASH_AT) in it."""
-    env = {k: v for k, v in os.environ.items() if k != "AGENTLIBOS_CRASH_AT"}
-    env["AGENTLIBOS_HOME"] = str(home)
-    if crash_at is not None:
-        env["AGENTLIBOS_CRASH_AT"] = crash_at
-    proc = subprocess.Popen([sys.executable, "-m", "agentlibos", "serve"], env=env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        wait_until(lambda: proc.poll() is not None or daemon_pid(Paths(home)) == proc.pid,
-                   what="the daemon answering")
-    except AssertionError:
-        stop_process(proc, 5)
-        raise
-    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-    return proc
 
 
 def kill9(proc: subprocess.Popen[str]) -> None:

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
+import sys
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agentlibos.config import Paths
 from agentlibos.kernel.policy import Policy
 from agentlibos.kernel.process import ProcessRecord
+from agentlibos.launcher import daemon_pid
 from agentlibos.supervisor import Supervisor
 
 # The `make_image` fixture's type: make_image(name, code, caps=..., limits=..., ...) -> dir.
@@ -88,3 +93,23 @@ def stop_process(proc: subprocess.Popen[str], grace_s: float) -> None:
     for f in (proc.stdin, proc.stdout, proc.stderr):
         if f:
             f.close()
+
+
+def start_daemon(home: Path, **extra: str) -> subprocess.Popen[str]:
+    """A real `agentlibos serve` on ``home``, answering once this returns (its pid is in
+    the lock file); ``extra`` is more environment (``AGENTLIBOS_CRASH_AT``, say, which is
+    otherwise never inherited from the test's own environment). The caller stops it
+    (:func:`stop_process`), or kills it as a test needs."""
+    env = {k: v for k, v in os.environ.items() if k != "AGENTLIBOS_CRASH_AT"}
+    env.update(AGENTLIBOS_HOME=str(home), **extra)
+    proc = subprocess.Popen([sys.executable, "-m", "agentlibos", "serve"], env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while proc.poll() is None and daemon_pid(Paths(home)) != proc.pid:
+        if time.monotonic() > deadline:
+            stop_process(proc, 5)
+            raise AssertionError("the daemon did not answer within 30 s")
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+    return proc

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.helpers import MakeImage, stop_process, write_image
+from tests.helpers import MakeImage, start_daemon, stop_process, write_image
 
 
 def cli(home: Path, *args: str, timeout: float = 60,
@@ -211,12 +211,8 @@ def test_demo_runs_end_to_end(home: Path) -> None:
 def serving(home: Path, **extra: str) -> Iterator[subprocess.Popen[str]]:
     """A real `agentlibos serve` with its own AGENTLIBOS_HOME (and ``extra`` environment:
     a crash barrier, say), stopped at the end."""
-    env = {**os.environ, "AGENTLIBOS_HOME": str(home), **extra}
-    proc = subprocess.Popen([sys.executable, "-m", "agentlibos", "serve"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_daemon(home, **extra)
     try:
-        wait_for(lambda: (home / "run/control.sock").exists() or proc.poll() is not None)
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
         yield proc
     finally:
         stop_process(proc, 20)

@@ -26,10 +26,9 @@ from tests.durable_helpers import (
     journal_consistent,
     object_version,
     ps,
-    start_daemon,
     wait_until,
 )
-from tests.helpers import MakeImage, stop_process
+from tests.helpers import MakeImage, start_daemon, stop_process
 
 pytestmark = [pytest.mark.privileged]
 
@@ -101,7 +100,7 @@ def test_a_crash_at_each_barrier_never_repeats_an_effect_and_loses_no_acknowledg
     policy = tmp_path / "allow.toml"
     policy.write_text(ALLOW_ALL)
     path = f"/{barrier}/{kind}"
-    crashing = start_daemon(home, crash_at=f"{barrier}:{call}")
+    crashing = start_daemon(home, AGENTLIBOS_CRASH_AT=f"{barrier}:{call}")
     try:
         r = cli(home, "run", "--detach", str(agent_image), "--cwd", str(proj), "--policy",
                 str(policy), "--arg", f"kind={kind}", "--arg", f"url={http.base}{path}")

@@ -27,10 +27,9 @@ from tests.durable_helpers import (
     journal_consistent,
     kill9,
     ps,
-    start_daemon,
     wait_until,
 )
-from tests.helpers import MakeImage, stop_process
+from tests.helpers import MakeImage, start_daemon, stop_process
 
 pytestmark = [pytest.mark.privileged]
 

@@ -15,8 +15,8 @@ import pytest
 from agentlibos.config import Paths
 from agentlibos.launcher import start_on_daemon
 from agentlibos.store import SQLiteStore
-from tests.durable_helpers import audit_verifies, journal_consistent, kill9, start_daemon
-from tests.helpers import MakeImage, stop_process
+from tests.durable_helpers import audit_verifies, journal_consistent, kill9
+from tests.helpers import MakeImage, start_daemon, stop_process
 
 pytestmark = [pytest.mark.privileged, pytest.mark.slow]
 
