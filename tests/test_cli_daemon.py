@@ -203,7 +203,7 @@ def test_kill_json_and_prune_never_touch_a_live_process(
     running_host_pid(home, int(detached))
     pruned = json.loads(cli(home, "prune", "--json", check=True).stdout)
     assert pruned == [{"pid": 1, "removed": [str(home / "logs/1.log"), str(home / "work/1")],
-                       "bytes": pruned[0]["bytes"]}]
+                       "bytes": pruned[0]["bytes"], "journal_entries": 0}]
     assert (home / "work" / detached).is_dir()
     assert json.loads(cli(home, "kill", detached, "--json", check=True).stdout) == {
         "pid": int(detached), "stopping": True}

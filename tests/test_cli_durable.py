@@ -4,9 +4,11 @@ killed with SIGKILL or at a crash barrier (broker/crashpoints.py), real agents."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -151,6 +153,47 @@ def test_restore_of_a_checkpoint_the_agent_made_replays_to_it_then_runs_live(
 
     by_id = out_json(cli(home, "restore", str(cp["id"]), "--json"))
     assert by_id["result"]["r"] == first["result"]["r"]
+
+
+def test_prune_drops_ended_journals_but_what_a_checkpoint_replays_and_live_ones(
+    home: Path, make_image: MakeImage
+) -> None:
+    img = make_image("checkpointer", CHECKPOINTER)
+    gated = make_image("gated", GATED_WRITER, caps=["event:wait:go", "fs:rw:./**"])
+    with_cp = out_json(cli(home, "run", str(img), "--arg", "name=mid", "--json"))
+    without = make_image("plain", "def main(ctx, args):\n"
+                         "    for i in range(5):\n        ctx.obj.put(str(i), i)\n")
+    plain = out_json(cli(home, "run", str(without), "--json"))
+    with serving(home):
+        waiting = detach(home, gated)
+        wait_for(lambda: ps_row(home, waiting)["state"] == "waiting")
+        pruned = {r["pid"]: r for r in out_json(cli(home, "prune", "--json"))}
+        assert waiting not in pruned  # live: its journal is how it resumes
+        assert pruned[plain["pid"]]["journal_entries"] == 5
+        # Only the calls after its checkpoint (seq 3): the list and the last put.
+        assert pruned[with_cp["pid"]]["journal_entries"] == 2
+        entries = _journal_seqs(home)
+        assert entries[with_cp["pid"]] == [1, 2, 3]
+        assert plain["pid"] not in entries
+        assert entries[waiting]  # untouched
+        # Nothing left to prune.
+        assert [r for r in out_json(cli(home, "prune", "--json"))
+                if r["journal_entries"]] == []
+    # The restore still replays to its checkpoint (no daemon now: `restore` waits).
+    again = out_json(cli(home, "restore", "mid", "--json"))
+    assert again["result"]["r"] == with_cp["result"]["r"]
+    audit = out_json(cli(home, "audit", "--json"))
+    assert [r["detail"] for r in audit if r["call"] == "journal.prune"] == [
+        {"processes": 2, "entries": 7}]
+    assert out_json(cli(home, "audit", "--verify", "--json"))["ok"] is True
+
+
+def _journal_seqs(home: Path) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    with contextlib.closing(sqlite3.connect(Paths(home).db)) as db:
+        for pid, seq in db.execute("SELECT pid, seq FROM journal ORDER BY pid, seq"):
+            out.setdefault(pid, []).append(seq)
+    return out
 
 
 def test_checkpoint_from_the_cli_marks_where_the_process_is(

@@ -1,9 +1,10 @@
-"""``agentlibos prune``: remove ended processes' work directories and logs.
+"""``agentlibos prune``: remove ended processes' work directories, logs and journals.
 
 Only what the runtime made for a process is removed: ``work/<pid>/`` (its default cwd;
-never a directory given with ``--cwd``) and ``logs/<pid>.log``, ``logs/<pid>.<tool>.log``.
-A process the store records as live is never touched, even when no supervisor runs
-(the next one to start marks it failed; prune it after that).
+never a directory given with ``--cwd``), ``logs/<pid>.log``, ``logs/<pid>.<tool>.log``,
+and its syscall journal past its last checkpoint (which a restore still replays). A
+process the store records as live is never touched, even when no supervisor runs: its
+journal is how it resumes. The audit chain is never pruned; the prune itself is audited.
 """
 
 from __future__ import annotations
@@ -23,14 +24,17 @@ from agentlibos.cli.common import (
     print_json,
     readonly_store,
 )
+from agentlibos.errors import LibOSError
+from agentlibos.store import open_store
 from agentlibos.ui import format_table
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    add_command(sub, "prune", help="remove ended processes' work directories and logs",
+    add_command(sub, "prune",
+                help="remove ended processes' work directories, logs and journals",
                 func=cmd_prune, example="""
         agentlibos prune
-        agentlibos prune --json    # [{"pid", "removed": [paths], "bytes"}]
+        agentlibos prune --json    # [{"pid", "removed": [paths], "bytes", "journal_entries"}]
     """)
 
 
@@ -79,6 +83,31 @@ def remove_tree(path: Path) -> int:
     return freed
 
 
+def _prune_journals(db: Path, report: list[dict[str, Any]]) -> bool:
+    """Delete each ended process's journal past its last checkpoint; note the rows in
+    its report entry. One audit record for the whole prune. True if one failed."""
+    if not report or not db.exists():
+        return False
+    failed, total = False, 0
+    store = open_store(db)  # a second writer beside a daemon, like `image add`
+    try:
+        for entry in report:
+            try:
+                entry["journal_entries"] = n = store.journal_prune(entry["pid"])
+            except LibOSError as e:  # it was resumed or restored meanwhile
+                err(f"pid {entry['pid']}: {e.message}")
+                failed = True
+                continue
+            total += n
+        if total:
+            store.append_audit(None, "journal.prune", "-", "info", {
+                "processes": sum(1 for r in report if r["journal_entries"]),
+                "entries": total})
+    finally:
+        store.close()
+    return failed
+
+
 def _name_in(parent_fd: int, st: os.stat_result) -> str:
     with os.scandir(parent_fd) as it:
         for entry in it:
@@ -114,13 +143,20 @@ def cmd_prune(ns: argparse.Namespace) -> int:
             except OSError as e:
                 err(f"cannot remove {t}: {e.strerror}")
                 failed = True
-        if removed:
-            report.append({"pid": rec.pid, "removed": removed, "bytes": freed})
+        report.append({"pid": rec.pid, "removed": removed, "bytes": freed,
+                       "journal_entries": 0})
+    try:
+        failed |= _prune_journals(paths.db, report)
+    except (LibOSError, OSError) as e:
+        err(f"cannot prune the journals: {e}")
+        failed = True
+    report = [r for r in report if r["removed"] or r["journal_entries"]]
     if ns.json:
         print_json(report)
     elif report:
-        rows: list[tuple[str, ...]] = [("PID", "BYTES", "REMOVED")]
-        rows += [(str(r["pid"]), str(r["bytes"]), " ".join(r["removed"])) for r in report]
+        rows: list[tuple[str, ...]] = [("PID", "BYTES", "JOURNAL", "REMOVED")]
+        rows += [(str(r["pid"]), str(r["bytes"]), str(r["journal_entries"]),
+                  " ".join(r["removed"]) or "-") for r in report]
         print(format_table(rows), flush=True)
     else:
         print("nothing to prune", flush=True)

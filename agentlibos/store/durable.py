@@ -14,8 +14,9 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from agentlibos.errors import NotFound
+from agentlibos.errors import Conflict, NotFound
 from agentlibos.kernel.journal import JournalEntry
+from agentlibos.kernel.process import LIVE_STATES
 
 _CP_COLS: Final = "id, name, pid, seq, caps, objects, created_at"
 
@@ -83,6 +84,20 @@ class DurableTables:
             "settled_at) SELECT ?, seq, call, digest, status, result, created_at, settled_at "
             "FROM journal WHERE pid = ? AND seq <= ? AND status != 'intent'",
             (dst_pid, src_pid, upto_seq))
+        return cur.rowcount
+
+    def journal_prune(self, pid: int) -> int:
+        """Delete the journal of ended process ``pid`` past its last checkpoint (a
+        restore replays its source's entries up to the checkpoint; nothing else reads an
+        ended process's journal). Refused for a live process. The rows deleted."""
+        row = self._db.execute("SELECT state FROM processes WHERE pid = ?", (pid,)).fetchone()
+        if row is None:
+            raise NotFound(f"no process {pid}")
+        if str(row[0]) in LIVE_STATES:
+            raise Conflict(f"process {pid} is {row[0]}: its journal is how it resumes")
+        keep = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM checkpoints WHERE pid = ?",
+                                (pid,)).fetchone()[0]
+        cur = self._write("DELETE FROM journal WHERE pid = ? AND seq > ?", (pid, int(keep)))
         return cur.rowcount
 
     def journal_settled_seq(self, pid: int) -> int:
