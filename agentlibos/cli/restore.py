@@ -13,10 +13,11 @@ from agentlibos.cli.common import (
     note,
     paths_of,
     print_json,
+    readonly_store,
     sandbox_config,
 )
 from agentlibos.cli.run import report
-from agentlibos.errors import UsageError
+from agentlibos.errors import NotFound, UsageError
 from agentlibos.launcher import RunOutcome, daemon_pid, embedded_supervisor
 
 
@@ -45,6 +46,14 @@ def cmd_restore(ns: argparse.Namespace) -> int:
         else:
             print(pid, flush=True)
         return EXIT_OK
+    store = readonly_store(paths)
+    try:  # bad input answered before a supervisor (and its sandbox) starts for it
+        if store is None:
+            raise NotFound(f"no checkpoint {ref!r}: nothing has run in {paths.home}")
+        store.checkpoint_get(ref)
+    finally:
+        if store is not None:
+            store.close()
     with embedded_supervisor(paths, sandbox=sandbox_config(ns)) as sup:
         pid = int(sup.call(req)["pid"])
         note(f"restored {ref} as pid {pid} (log: {log_path(paths, pid)})")
