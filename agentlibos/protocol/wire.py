@@ -197,7 +197,11 @@ def decode_request(frames: list[bytes], limits: WireLimits = DEFAULT_LIMITS) -> 
     try:
         # As json.loads(bytes) decodes; 'surrogatepass' lets an encoded surrogate through
         # to be refused below with the request's id, not here without it.
-        text = header_raw.decode(json.detect_encoding(header_raw), "surrogatepass")
+        # Our clients send UTF-8 starting with "{": skip the detection (a second
+        # byte of 0 would be UTF-16, which detect_encoding still decides).
+        enc = ("utf-8" if header_raw[:1] == b"{" and header_raw[1:2] != b"\x00"
+               else json.detect_encoding(header_raw))
+        text = header_raw.decode(enc, "surrogatepass")
     except (UnicodeDecodeError, LookupError) as e:
         raise WireError(ProtocolError(f"header is not valid JSON: {e}"), None) from None
     try:
