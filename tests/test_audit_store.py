@@ -461,6 +461,40 @@ def test_a_batch_that_only_reads_takes_no_write_lock(store: SQLiteStore, db: Pat
             other.execute("ROLLBACK")
 
 
+def test_audit_records_of_a_batch_take_no_lock_until_its_commit(
+    store: SQLiteStore, db: Path
+) -> None:
+    # What a turn of reads does: audit them, read; the replies leave before the commit.
+    put(store, "x", 1)
+    with store.batch():
+        append(store, 3)
+        store.get_object("self", "x")
+        assert store.audit_head_seq() == 3  # counted, though not written yet
+        with closing(sqlite3.connect(db, timeout=0, isolation_level=None)) as other:
+            other.execute("BEGIN IMMEDIATE")  # would raise "database is locked"
+            other.execute("ROLLBACK")
+        assert count(db, "SELECT COUNT(*) FROM audit") == 0
+    assert count(db, "SELECT COUNT(*) FROM audit") == 3
+    assert store.verify_audit().ok
+
+
+def test_records_buffered_while_another_writer_appends_are_chained_after_its_own(
+    store: SQLiteStore, db: Path
+) -> None:
+    with store.batch():
+        store.append_audit(1, "fs.stat", "fs:read:/ours", "allow", {})
+        with closing(SQLiteStore(db)) as cli_store:  # `image add`, say, meanwhile
+            cli_store.append_audit(None, "image.add", "image:add:x", "info", {})
+            cli_store.append_audit(None, "image.add", "image:add:y", "info", {})
+        # Read inside the batch: what it buffered is written first, after theirs.
+        assert [r.request for r in store.audit_records()] == [
+            "image:add:x", "image:add:y", "fs:read:/ours"]
+        store.append_audit(1, "fs.stat", "fs:read:/ours-2", "allow", {})
+    res = reopened(db).verify_audit()
+    assert (res.ok, res.count) == (True, 4), res.problem
+    assert [r.seq for r in store.audit_records()] == [1, 2, 3, 4]
+
+
 def test_nested_batches_commit_once_at_the_outermost(store: SQLiteStore, db: Path) -> None:
     with store.batch():
         with store.batch(), store.transaction():

@@ -149,7 +149,9 @@ class SQLiteStore(WaitingTables, DurableTables):
 
     def _commit(self) -> None:
         if self._audit_buf:
-            self._ensure_begun()
+            if not self._begun:  # (never a savepoint here: the batch is ending)
+                self._db.execute("BEGIN IMMEDIATE")
+                self._begun = True
             self._flush_audit()
         if not self._begun:
             return
@@ -198,7 +200,7 @@ class SQLiteStore(WaitingTables, DurableTables):
         """Commit what the open batch wrote so far, now; the batch goes on (its next
         write begins a new transaction). For an intent, which must be on disk before the
         effect it announces acts. Never inside a handler's savepoint."""
-        if self._sp_active:
+        if self._sp_active or self._sp_wanted:
             raise RuntimeError("commit_now() inside a savepoint")
         self._commit()
 
