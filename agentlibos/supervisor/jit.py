@@ -13,6 +13,10 @@ audited with the tool's name), results and errors. Everything is non-blocking an
 on the supervisor's one loop: a tool that stops reading or writes garbage cannot stall
 anything but itself.
 
+A few workers are started ahead of need, in the tool sandbox without any tool in it
+(``jit_pool.py``, docs/jit.md "The pool"); a first call takes one, if its tool may be
+pooled, and gives it the tool's checked text: one (process, tool), then it ends.
+
 A worker serves one call at a time; calls queue. A call that runs past its time limit,
 a worker that dies (an exception escaping the runner, the OOM killer), output that is
 not the protocol -- each ends the worker (its whole cgroup is killed) and gives the
@@ -29,6 +33,7 @@ import logging
 import os
 import re
 import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -57,6 +62,7 @@ from agentlibos.kernel.schema import validate
 from agentlibos.protocol.wire import check_args
 from agentlibos.providers.fs import discard_tree
 from agentlibos.store import Store
+from agentlibos.supervisor import jit_pool
 from agentlibos.supervisor.exits import describe_status, log_tail
 from agentlibos.supervisor.loop import Loop, Timer
 from agentlibos.supervisor.sandboxing import SandboxManager
@@ -68,6 +74,8 @@ log = logging.getLogger(__name__)
 MAX_LINE: Final = 48 << 20  # one protocol message, base64 blobs included
 MAX_RESULT_BYTES: Final = 1 << 20
 START_TIMEOUT_S: Final = 30.0
+# Deno workers kept started ahead of need ([jit] pool_size; docs/jit.md, "The pool").
+DEFAULT_POOL_SIZE: Final = 2
 
 
 @dataclass(frozen=True)
@@ -91,7 +99,7 @@ class Call:
     timer: Timer | None = None
 
 
-@dataclass
+@dataclass(eq=False)  # identity: a worker is one process, whatever its fields
 class Worker:
     wid: int  # negative: the zygote's id space for non-agents
     pid: int  # the AgentProcess it belongs to
@@ -115,15 +123,18 @@ class Worker:
     calls: int = 0
     error: LibOSError | None = None  # why it is being killed, for its queued calls
     # A type check ("check") rather than a tool runner ("run"): its stdout is ignored and
-    # on_exit gets the exit status.
+    # on_exit gets the exit status. "pooled": started ahead, no tool yet (pid 0).
     kind: str = "run"
+    contain: dict[str, Any] | None = None  # a pooled worker's start report, until assigned
+    from_pool: bool = False  # started ahead, then assigned (or still waiting)
     root: int = 0  # the process tree it counts against
     on_exit: Callable[[int], None] | None = None
 
 
 class JitManager:
     def __init__(self, paths: Paths, store: Store, loop: Loop, sandbox: SandboxManager,
-                 workers: Workers, dispatcher: Dispatcher, *, max_per_tree: int = 8) -> None:
+                 workers: Workers, dispatcher: Dispatcher, *, max_per_tree: int = 8,
+                 pool_size: int = DEFAULT_POOL_SIZE) -> None:
         self.paths = paths
         self.max_per_tree = max_per_tree
         self.store = store
@@ -139,16 +150,28 @@ class JitManager:
         # the checks in flight, by sha256, with the calls waiting on each.
         self.checked: set[str] = set()
         self.checking: dict[str, list[Callable[[str | None], None]]] = {}
+        # The pool: workers started ahead, none assigned (each is also in by_wid). It is
+        # filled from the first use of a tool and emptied after [jit] idle without one.
+        self.pool_size = pool_size
+        self.pool: list[Worker] = []
+        self.pool_active = False
+        self._pool_failures = 0
+        self._refill: Timer | None = None
+        self._last_use = time.monotonic()
 
     # ------------------------------------------------------------------ calling a tool
 
     def call(self, caller: Caller, tool: ToolDef, args: dict[str, Any]) -> Pending:
         if tool.schema is not None:
             validate(args, tool.schema, f"{tool.name}(args)")
-        if tool.version == "image" and (first := self._check_first(caller, tool, args)):
-            return first  # a tool of the image's [tools] (ToolCalls.find), not checked yet
+        self._use_pool()
         key = (caller.pid, tool.name)
         w = self.workers.get(key)
+        # A live worker of this tool loaded what was checked when it started; hashing
+        # the file again on every warm call would change nothing it runs.
+        if (tool.version == "image" and (w is None or w.state == "dead")
+                and (first := self._check_first(caller, tool, args))):
+            return first  # a tool of the image's [tools] (ToolCalls.find), not checked yet
         if w is not None and w.tool.version != tool.version:
             self.kill(w, ToolError(f"tool {tool.name} was replaced"))
             w = None
@@ -157,7 +180,7 @@ class JitManager:
             w = None
         if w is None:
             self._make_room(caller.root_pid)
-            w = self._start(caller.pid, tool)
+            w = self._start_pooled(caller.pid, tool) or self._start(caller.pid, tool)
             w.root = caller.root_pid
         pending = Pending(caller.pid)
         w.queue.append(Call(args, pending, self._as_tool(w, caller)))
@@ -257,11 +280,12 @@ class JitManager:
             raise
         w.start_timer = self.loop.call_later(START_TIMEOUT_S, lambda: self._start_timeout(w))
 
-    def _new(self, pid: int, tool: ToolDef, log_path: Path) -> Worker:
+    def _new(self, pid: int, tool: ToolDef, log_path: Path | None) -> Worker:
         wid = self.helpers.new_id()
         scratch = self.paths.scratch / f"t{-wid}"
         scratch.mkdir(mode=0o700)
-        return Worker(wid, pid, tool, scratch, log_path)
+        return Worker(wid, pid, tool, scratch,
+                      log_path or self.paths.logs / f"jit-pool.{-wid}.log")
 
     def _start(self, pid: int, tool: ToolDef) -> Worker:
         base = self.tool_dir(pid, tool.name)
@@ -277,9 +301,141 @@ class JitManager:
                                     {"tool": tool.name, "worker": -w.wid, "path": tool.path})
         return w
 
+    # --------------------------------------------------------------------- the pool
+
+    def _use_pool(self) -> None:
+        """A tool is in use: fill the pool if it is not filled yet."""
+        self._last_use = time.monotonic()
+        if not self.pool_active and self.pool_size > 0 and self.sandbox.deno is not None:
+            self.pool_active = True
+            self._pool_failures = 0
+            self._fill_pool()
+
+    def _schedule_refill(self, delay_s: float = jit_pool.REFILL_DELAY_S) -> None:
+        if not self.pool_active:
+            return
+        if self._refill is not None:
+            if self._refill.when <= time.monotonic() + delay_s:
+                return
+            self._refill.cancel()
+        self._refill = self.loop.call_later(delay_s, self._fill_pool)
+
+    def _fill_pool(self) -> None:
+        self._refill = None
+        heap = self.sandbox.config.tool_heap_mb
+        while (self.pool_active and len(self.pool) < self.pool_size
+               and self._pool_failures < jit_pool.MAX_FAILURES):
+            w = self._new(0, ToolDef(name="(pool)", path=""), None)
+            w.kind, w.from_pool = "pooled", True
+            try:
+                # Its tree: Deno and this package's jit/ directory; no tool's directory.
+                self._launch(w, lambda exe: deno.pool_argv(exe, heap_mb=heap),
+                             (str(deno.JIT_DIR),))
+            except LibOSError as e:
+                self._pool_failures += 1
+                log.warning("jit: cannot start a pooled worker: %s", e)
+                return
+            self.pool.append(w)
+
+    def drain_pool(self) -> None:
+        """End every pooled worker and stop refilling (until a tool is used again)."""
+        self.pool_active = False
+        if self._refill is not None:
+            self._refill.cancel()
+            self._refill = None
+        for w in list(self.pool):
+            self.kill(w, ToolError("the pool was drained"))
+
+    def _digest_ok(self, tool: ToolDef) -> Callable[[str], bool]:
+        """What text of ``tool`` passed `deno check`: an image tool's, by content
+        (``checked``); a registered tool's, the one its version names (its digest)."""
+        if tool.version == "image":
+            return self.checked.__contains__
+        version = tool.version
+        if len(version) != 16 or not all(c in "0123456789abcdef" for c in version):
+            return lambda _digest: False
+        return lambda digest: digest[:16] == version
+
+    def _start_pooled(self, pid: int, tool: ToolDef) -> Worker | None:
+        """Give ``tool`` of process ``pid`` a ready pooled worker, or None (cold path):
+        none ready, the tool not poolable, or its cgroup cannot be moved."""
+        w = next((p for p in self.pool if p.state == "ready" and p.host_pid is not None),
+                 None)
+        log_path = self.paths.logs / f"{pid}.{tool.name}.log"
+        # An earlier worker's log: a cold worker appends to it, where a rename would not.
+        if w is None or log_path.exists():
+            return None
+        source = jit_pool.read_checked(tool.path, self._digest_ok(tool))
+        if source is None:
+            return None
+        assert w.host_pid is not None
+        try:
+            cgroup = self.sandbox.tool_cgroup(w.wid, pid)
+        except LibOSError as e:
+            log.warning("jit: no cgroup for a pooled worker of process %d: %s", pid, e)
+            return None
+        self.pool.remove(w)
+        self._schedule_refill()
+        w.pid, w.tool, w.kind, w.state = pid, tool, "run", "starting"
+        w.created = w.last_used = time.monotonic()
+        self.workers[(pid, tool.name)] = w
+        # Loading the tool runs its top level: bounded like a cold worker's start.
+        w.start_timer = self.loop.call_later(START_TIMEOUT_S, lambda: self._start_timeout(w))
+        with contextlib.suppress(OSError):
+            os.rename(w.log_path, log_path)  # its stderr (open) follows the inode
+            w.log_path = log_path
+        self.store.append_audit(pid, "jit.start", f"jit:invoke:{tool.name}", "info",
+                                {"tool": tool.name, "worker": -w.wid, "path": tool.path,
+                                 "pooled": True})
+        if w.contain is not None:
+            self._audit_contain(w, w.contain)
+        if cgroup is None:
+            self._send(w, {"op": "load", "source": source})
+            return w
+        host_pid, procs = w.host_pid, tuple(cgroup.procs_files)
+
+        def move() -> None:  # a thread: the write may wait ~10 ms for the kernel
+            error: OSError | None = None
+            try:
+                jit_pool.move_into(procs, host_pid)
+            except OSError as e:
+                error = e
+            self.loop.call_soon_threadsafe(lambda: self._adopted(w, cgroup, source, error))
+
+        threading.Thread(target=move, name="agentlibos-jit-move", daemon=True).start()
+        return w
+
+    def _adopted(self, w: Worker, cgroup: Any, source: str, error: OSError | None) -> None:
+        """A pooled worker was moved into its caller's cgroup (or could not be): only now
+        does it get its tool. What it uses from here on counts against the caller's tree,
+        where its cgroup's kill reaches it."""
+        if w.state == "dead":  # killed meanwhile (its process ended...)
+            self.helpers.release(w.wid, cgroup)
+            return
+        if error is not None:
+            log.warning("jit: a pooled worker could not be moved: %s", error)
+            calls = list(w.queue)
+            w.queue.clear()
+            self.kill(w, ToolError(f"tool {w.tool.name}: {error}"))
+            self.helpers.release(w.wid, cgroup)
+            try:  # its calls go to a cold worker, as if there had been no pool
+                cold = self._start(w.pid, w.tool)
+            except LibOSError as e:
+                for call in calls:
+                    call.pending.reject(e)
+                return
+            cold.root = w.root
+            cold.queue.extend(calls)
+            return
+        if w.cgroup is not None:
+            self.helpers.release(w.wid, w.cgroup)  # the pool's own, empty now
+        w.cgroup = cgroup
+        self._send(w, {"op": "load", "source": source})
+
     def check(self, pid: int, tool: ToolDef, done: Callable[[bool, str], None]) -> None:
         """Type-check ``tool`` with `deno check`, sandboxed like a run (type checking
         resolves imports too); ``done(ok, compiler output)`` is called when it ends."""
+        self._use_pool()  # a call usually follows: the pool fills while this runs
         base = self.tool_dir(pid, tool.name)
         entry = base / "check.ts"
         entry.write_text(deno.check_source(tool.path))
@@ -336,6 +492,8 @@ class JitManager:
         if w.stdout is not None and w.stdout in self.fds:
             self._on_stdout(w)  # whatever it said last
         oom, _, _ = self.sandbox.verdict(w.cgroup)
+        if w.kind == "pooled" and w.error is None:
+            self._pool_failures += 1  # it died by itself before anyone used it
         if w.error is None:
             if oom:
                 w.error = LimitExceeded(
@@ -377,14 +535,20 @@ class JitManager:
         if not data:
             return
         report = parse_report(data)
+        if w.kind == "pooled":
+            w.contain = report  # audited for the process it is assigned to, if any
+        else:
+            self._audit_contain(w, report)
+        if not report.get("ok"):
+            w.error = Unavailable(f"tool {w.tool.name} could not be sandboxed: "
+                                  f"{report.get('error')}")
+
+    def _audit_contain(self, w: Worker, report: dict[str, Any]) -> None:
         self.store.append_audit(
             w.pid, "jit.contain", f"jit:invoke:{w.tool.name}", "info",
             {"tool": w.tool.name, "worker": -w.wid, "layers": report.get("layers"),
              "missing": report.get("missing"), "error": report.get("error"),
-             "timings_ms": report.get("timings_ms")})
-        if not report.get("ok"):
-            w.error = Unavailable(f"tool {w.tool.name} could not be sandboxed: "
-                                  f"{report.get('error')}")
+             "timings_ms": report.get("timings_ms"), "pooled": w.from_pool})
 
     def _on_stdout(self, w: Worker) -> None:
         assert w.stdout is not None
@@ -455,7 +619,12 @@ class JitManager:
                                    f"protocol ({e}); a tool must not write to stdout"))
             return
         op = msg.get("op")
-        if op == "ready" and w.state == "starting":
+        if op == "pooled" and w.kind == "pooled" and w.state == "starting":
+            w.state = "ready"  # waiting in the pool for a tool
+            self._pool_failures = 0
+            if w.start_timer is not None:
+                w.start_timer.cancel()
+        elif op == "ready" and w.state == "starting" and w.kind == "run":
             w.state = "ready"
             if w.start_timer is not None:
                 w.start_timer.cancel()
@@ -476,6 +645,10 @@ class JitManager:
                 self._returned(w, call, msg.get("value"))
             else:
                 call.pending.reject(self._tool_error(w, msg.get("error")))
+            if w.from_pool and w.calls == 1:
+                # The call that took it is answered (its reply goes out at the end of
+                # this turn): replace it now, in a later turn, rather than at the delay.
+                self._schedule_refill(jit_pool.REFILL_SOON_S)
             self._next(w)
         else:
             self.kill(w, ToolError(f"tool {w.tool.name} sent an unexpected {op!r} message"))
@@ -599,6 +772,11 @@ class JitManager:
         self.helpers.forget(w.wid)
         self.helpers.release(w.wid, w.cgroup)
         discard_tree(w.scratch)
+        if w.kind == "pooled":  # never assigned: its log is nobody's
+            w.log_path.unlink(missing_ok=True)
+        if w in self.pool:
+            self.pool.remove(w)
+            self._schedule_refill()
 
     def end_process(self, pid: int) -> None:
         """An AgentProcess ended: so do its tools."""
@@ -609,8 +787,11 @@ class JitManager:
     def reap_idle(self) -> None:
         limit = self.sandbox.config.tool_idle_s
         now = time.monotonic()
+        if self.pool_active and now - self._last_use > limit:
+            self.drain_pool()  # no tool used for as long: the pool stops costing memory
         for w in list(self.by_wid.values()):
-            if w.state == "ready" and not w.queue and now - w.last_used > limit:
+            if (w.kind == "run" and w.state == "ready" and not w.queue
+                    and now - w.last_used > limit):
                 self.kill(w, ToolError(f"tool {w.tool.name} was idle for {limit:g} s"))
 
 
