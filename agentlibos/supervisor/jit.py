@@ -45,7 +45,7 @@ import zmq
 
 from agentlibos.broker.dispatch import Dispatcher
 from agentlibos.broker.syscalls import Caller, Pending, Reply, lookup
-from agentlibos.config import Paths
+from agentlibos.config import DEFAULT_JIT_POOL_SIZE, Paths
 from agentlibos.errors import (
     InvalidArgument,
     LibOSError,
@@ -74,8 +74,6 @@ log = logging.getLogger(__name__)
 MAX_LINE: Final = 48 << 20  # one protocol message, base64 blobs included
 MAX_RESULT_BYTES: Final = 1 << 20
 START_TIMEOUT_S: Final = 30.0
-# Deno workers kept started ahead of need ([jit] pool_size; docs/jit.md, "The pool").
-DEFAULT_POOL_SIZE: Final = 2
 
 
 @dataclass(frozen=True)
@@ -134,7 +132,7 @@ class Worker:
 class JitManager:
     def __init__(self, paths: Paths, store: Store, loop: Loop, sandbox: SandboxManager,
                  workers: Workers, dispatcher: Dispatcher, *, max_per_tree: int = 8,
-                 pool_size: int = DEFAULT_POOL_SIZE) -> None:
+                 pool_size: int = DEFAULT_JIT_POOL_SIZE) -> None:
         self.paths = paths
         self.max_per_tree = max_per_tree
         self.store = store
