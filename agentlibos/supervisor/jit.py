@@ -73,6 +73,7 @@ log = logging.getLogger(__name__)
 
 MAX_LINE: Final = 48 << 20  # one protocol message, base64 blobs included
 MAX_RESULT_BYTES: Final = 1 << 20
+READ_CHUNK: Final = 1 << 20
 START_TIMEOUT_S: Final = 30.0
 
 
@@ -552,7 +553,7 @@ class JitManager:
         assert w.stdout is not None
         while True:
             try:
-                chunk = os.read(w.stdout, 1 << 20)
+                chunk = os.read(w.stdout, READ_CHUNK)
             except BlockingIOError:
                 break
             except OSError:
@@ -565,6 +566,11 @@ class JitManager:
                 self.kill(w, ToolError(f"tool {w.tool.name} wrote a message over "
                                        f"{MAX_LINE} bytes"))
                 return
+            if len(chunk) < READ_CHUNK:
+                # A short read emptied the pipe: the read that would say so (EAGAIN) is
+                # a syscall and an exception on every warm call. Whatever comes next
+                # wakes the loop again (level-triggered poll); EOF comes as its own.
+                break
         if w.kind == "check":
             w.inbuf.clear()  # `deno check` says nothing on stdout worth keeping
             return
@@ -640,7 +646,7 @@ class JitManager:
             if call.timer is not None:
                 call.timer.cancel()
             if op == "return":
-                self._returned(w, call, msg.get("value"))
+                self._returned(w, call, msg.get("value"), len(line))
             else:
                 call.pending.reject(self._tool_error(w, msg.get("error")))
             if w.from_pool and w.calls == 1:
@@ -651,8 +657,9 @@ class JitManager:
         else:
             self.kill(w, ToolError(f"tool {w.tool.name} sent an unexpected {op!r} message"))
 
-    def _returned(self, w: Worker, call: Call, value: Any) -> None:
-        size = len(json.dumps(value))
+    def _returned(self, w: Worker, call: Call, value: Any, line_size: int) -> None:
+        # The value is part of the line it came in: only a long line needs measuring.
+        size = len(json.dumps(value)) if line_size > MAX_RESULT_BYTES else 0
         if size > MAX_RESULT_BYTES:
             call.pending.reject(LimitExceeded(
                 f"tool {w.tool.name} returned {size} bytes; the limit is {MAX_RESULT_BYTES}"))
