@@ -16,7 +16,7 @@ from agentlibos.jit import deno
 from agentlibos.sandbox.profile import LAYERS
 from agentlibos.supervisor import Supervisor
 from agentlibos.supervisor.jit import Worker
-from agentlibos.supervisor.jit_pool import read_checked, self_contained
+from agentlibos.supervisor.jit_pool import check_pids_room, read_checked, self_contained
 from tests.helpers import MakeImage, log_of
 from tests.test_jit import call_tool, deno_processes, tool_image
 
@@ -96,6 +96,22 @@ def test_only_the_checked_bytes_of_a_regular_file_are_read(tmp_path: Path) -> No
     importer = tmp_path / "i.ts"
     importer.write_text('import x from "./t.ts"; export default x;')
     assert read_checked(str(importer), lambda _d: True) is None
+
+
+def test_a_worker_is_not_moved_into_a_tree_with_no_room_for_its_threads(
+    tmp_path: Path
+) -> None:
+    tree = tmp_path / "a" / "b" / "c"  # the tool's cgroup, inside its caller's (b)
+    tree.mkdir(parents=True)
+    (tree / "pids.max").write_text("32\n")
+    (tree / "pids.current").write_text("0\n")
+    (tree.parent / "pids.max").write_text("max\n")
+    (tree.parent / "pids.current").write_text("5\n")
+    check_pids_room(str(tree), os.getpid())  # room everywhere
+    (tree.parent / "pids.max").write_text("5\n")  # the caller's tree is full
+    with pytest.raises(OSError, match="no room"):
+        check_pids_room(str(tree), os.getpid())
+    check_pids_room(None, os.getpid())  # no pids controller: nothing to check
 
 
 # --------------------------------------------------------------- with real workers

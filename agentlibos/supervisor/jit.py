@@ -392,10 +392,12 @@ class JitManager:
             self._send(w, {"op": "load", "source": source})
             return w
         host_pid, procs = w.host_pid, tuple(cgroup.procs_files)
+        pids_dir: str | None = getattr(cgroup, "pids_dir", None)
 
         def move() -> None:  # a thread: the write may wait ~10 ms for the kernel
             error: OSError | None = None
             try:
+                jit_pool.check_pids_room(pids_dir, host_pid)
                 jit_pool.move_into(procs, host_pid)
             except OSError as e:
                 error = e

@@ -21,6 +21,7 @@ conservative (a "no" only means the cold path, which is always correct):
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -94,3 +95,34 @@ def move_into(procs_files: tuple[str, ...], host_pid: int) -> None:
             raise OSError(e.errno, f"cannot move {host_pid} into {path}: {e.strerror}") from None
         finally:
             os.close(fd)
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def check_pids_room(pids_dir: str | None, host_pid: int) -> None:
+    """Raise OSError (EAGAIN) unless every cgroup from ``pids_dir`` up has room under its
+    pids.max for the threads of ``host_pid``.
+
+    A move charges the pids controller whatever its limit (a fork would have been
+    refused): without this check, a tree at its limit would gain a Deno's threads past
+    it, where a cold start would have failed. A fork in the tree between this check and
+    the move can still overshoot, by at most those threads, once."""
+    if pids_dir is None:
+        return
+    status = _read(f"/proc/{host_pid}/status") or ""
+    need = next((int(line.split()[1]) for line in status.splitlines()
+                 if line.startswith("Threads:")), 1)
+    d = pids_dir.rstrip("/")
+    while d.count("/") > 3:  # /sys/fs/cgroup/<hierarchy>: the host's root has no limit
+        limit, current = _read(f"{d}/pids.max"), _read(f"{d}/pids.current")
+        if limit is not None and limit != "max" and current is not None \
+                and int(current) + need > int(limit):
+            raise OSError(errno.EAGAIN, f"no room for {need} more tasks under {d} "
+                                        f"({current} of {limit})")
+        d = os.path.dirname(d)
