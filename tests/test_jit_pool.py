@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from agentlibos.errors import SandboxError
 from agentlibos.jit import deno
 from agentlibos.sandbox.profile import LAYERS
 from agentlibos.supervisor import Supervisor
@@ -304,3 +305,23 @@ def test_the_pool_is_emptied_when_no_tool_was_used_for_the_idle_time(
     assert sup.run_until(lambda: not sup.jit.pool and not sup.jit.by_wid, 10)
     assert not hosts & {p.pid for p in deno_processes()}
     assert sup.jit._refill is None and not sup.jit.pool_active
+
+
+@pytest.mark.deno
+@pytest.mark.privileged
+def test_a_worker_that_cannot_be_moved_is_ended_and_the_call_starts_cold(
+    sup: Supervisor, make_image: MakeImage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fill(sup)
+    taken = {w.wid for w in sup.jit.pool}
+
+    def refuse(wid: int, owner_pid: int) -> Any:
+        raise SandboxError("cgroups: refused by the test")
+
+    monkeypatch.setattr(sup.sandbox, "tool_cgroup", refuse)
+    img = tool_image(make_image, "unmovable", COUNTER)
+    assert [o["value"]["calls"] for o in call_tool(sup, img, [{}, {}])] == [1, 2]
+    first, second = starts(sup)[-2:]
+    assert first.get("pooled") is True and -first["worker"] in taken
+    assert "pooled" not in second  # the cold worker that served both calls
+    assert sup.run_until(lambda: -first["worker"] not in sup.jit.by_wid, 10)  # ended

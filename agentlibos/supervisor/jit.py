@@ -50,6 +50,7 @@ from agentlibos.errors import (
     InvalidArgument,
     LibOSError,
     LimitExceeded,
+    SandboxError,
     Timeout,
     ToolError,
     Unavailable,
@@ -368,11 +369,6 @@ class JitManager:
         if source is None:
             return None
         assert w.host_pid is not None
-        try:
-            cgroup = self.sandbox.tool_cgroup(w.wid, pid)
-        except LibOSError as e:
-            log.warning("jit: no cgroup for a pooled worker of process %d: %s", pid, e)
-            return None
         self.pool.remove(w)
         self._schedule_refill()
         w.pid, w.tool, w.kind, w.state = pid, tool, "run", "starting"
@@ -388,31 +384,37 @@ class JitManager:
                                  "pooled": True})
         if w.contain is not None:
             self._audit_contain(w, w.contain)
-        if cgroup is None:
+        if w.cgroup is None:  # no cgroups here: nothing to move
             self._send(w, {"op": "load", "source": source})
             return w
-        host_pid, procs = w.host_pid, tuple(cgroup.procs_files)
-        pids_dir: str | None = getattr(cgroup, "pids_dir", None)
+        host_pid, wid = w.host_pid, w.wid
 
-        def move() -> None:  # a thread: the write may wait ~10 ms for the kernel
-            error: OSError | None = None
+        def move() -> None:
+            # A thread: making the cgroup is a few mkdirs and writes, but the first move
+            # after a quiet spell may wait ~10 ms for the kernel (jit_pool.move_into).
+            cgroup, error = None, None
             try:
-                jit_pool.check_pids_room(pids_dir, host_pid)
-                jit_pool.move_into(procs, host_pid)
-            except OSError as e:
+                cgroup = self.sandbox.tool_cgroup(wid, pid)
+                if cgroup is not None:
+                    jit_pool.check_pids_room(getattr(cgroup, "pids_dir", None), host_pid)
+                    jit_pool.move_into(tuple(cgroup.procs_files), host_pid)
+            except (LibOSError, OSError) as e:
                 error = e
             self.loop.call_soon_threadsafe(lambda: self._adopted(w, cgroup, source, error))
 
         threading.Thread(target=move, name="agentlibos-jit-move", daemon=True).start()
         return w
 
-    def _adopted(self, w: Worker, cgroup: Any, source: str, error: OSError | None) -> None:
+    def _adopted(self, w: Worker, cgroup: Any, source: str,
+                 error: LibOSError | OSError | None) -> None:
         """A pooled worker was moved into its caller's cgroup (or could not be): only now
         does it get its tool. What it uses from here on counts against the caller's tree,
         where its cgroup's kill reaches it."""
         if w.state == "dead":  # killed meanwhile (its process ended...)
             self.helpers.release(w.wid, cgroup)
             return
+        if error is None and cgroup is None:
+            error = SandboxError("cgroups: no cgroup for it")  # the pool had one: fail closed
         if error is not None:
             log.warning("jit: a pooled worker could not be moved: %s", error)
             calls = list(w.queue)
