@@ -325,3 +325,21 @@ def test_a_worker_that_cannot_be_moved_is_ended_and_the_call_starts_cold(
     assert first.get("pooled") is True and -first["worker"] in taken
     assert "pooled" not in second  # the cold worker that served both calls
     assert sup.run_until(lambda: -first["worker"] not in sup.jit.by_wid, 10)  # ended
+
+
+@pytest.mark.deno
+@pytest.mark.privileged
+def test_a_tool_that_throws_while_loading_fails_its_first_call_with_the_reason(
+    sup: Supervisor, make_image: MakeImage
+) -> None:
+    fill(sup)
+    img = tool_image(make_image, "throws-at-load", """
+        if (Math.random() >= 0) throw new RangeError("boom at load");
+        export default function (args: Record<string, never>, libos: Libos): number {
+          return 1;
+        }
+    """)
+    (out,) = call_tool(sup, img, [{}])
+    assert (out["ok"], out["type"]) == (False, "ToolError")
+    assert "did not load" in out["message"] and "boom at load" in out["message"]
+    assert starts(sup)[-1].get("pooled") is True

@@ -127,6 +127,8 @@ class Worker:
     kind: str = "run"
     contain: dict[str, Any] | None = None  # a pooled worker's start report, until assigned
     from_pool: bool = False  # started ahead, then assigned (or still waiting)
+    # Its load was sent and its first call right behind it; its "ready" is still to come.
+    loading: bool = False
     root: int = 0  # the process tree it counts against
     on_exit: Callable[[int], None] | None = None
 
@@ -385,7 +387,7 @@ class JitManager:
         if w.contain is not None:
             self._audit_contain(w, w.contain)
         if w.cgroup is None:  # no cgroups here: nothing to move
-            self._send(w, {"op": "load", "source": source})
+            self._load(w, source)
             return w
         host_pid, wid = w.host_pid, w.wid
 
@@ -433,7 +435,15 @@ class JitManager:
         if w.cgroup is not None:
             self.helpers.release(w.wid, w.cgroup)  # the pool's own, empty now
         w.cgroup = cgroup
+        self._load(w, source)
+
+    def _load(self, w: Worker, source: str) -> None:
+        """Send a pooled worker its tool, and its first call right behind it: the runner
+        reads them in order and serves the call once the tool is loaded (or says why
+        not, which fails the call), so the call need not wait a round trip for "ready"."""
         self._send(w, {"op": "load", "source": source})
+        w.state, w.loading = "ready", True
+        self._next(w)
 
     def check(self, pid: int, tool: ToolDef, done: Callable[[bool, str], None]) -> None:
         """Type-check ``tool`` with `deno check`, sandboxed like a run (type checking
@@ -630,6 +640,10 @@ class JitManager:
         if op == "pooled" and w.kind == "pooled" and w.state == "starting":
             w.state = "ready"  # waiting in the pool for a tool
             self._pool_failures = 0
+            if w.start_timer is not None:
+                w.start_timer.cancel()
+        elif op == "ready" and w.loading:
+            w.loading = False  # its tool loaded; its first call may already be running
             if w.start_timer is not None:
                 w.start_timer.cancel()
         elif op == "ready" and w.state == "starting" and w.kind == "run":
