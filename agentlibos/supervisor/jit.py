@@ -96,7 +96,7 @@ class Call:
     pending: Pending
     caller: Caller  # the calling process, narrowed to the tool's capabilities
     started: float = 0.0
-    timer: Timer | None = None
+    deadline: float = 0.0  # monotonic; past it, the worker is killed (_check_deadline)
 
 
 @dataclass(eq=False)  # identity: a worker is one process, whatever its fields
@@ -120,6 +120,9 @@ class Worker:
     created: float = field(default_factory=time.monotonic)
     last_used: float = field(default_factory=time.monotonic)
     start_timer: Timer | None = None
+    # One timer per worker for its calls' time limits, re-armed when it fires rather than
+    # made and cancelled for every call (a warm call is well under a millisecond).
+    call_timer: Timer | None = None
     calls: int = 0
     error: LibOSError | None = None  # why it is being killed, for its queued calls
     # A type check ("check") rather than a tool runner ("run"): its stdout is ignored and
@@ -251,14 +254,29 @@ class JitManager:
         w.state = "busy"
         w.calls += 1
         call.started = time.monotonic()
-        timeout = w.tool.timeout_s or self.sandbox.config.tool_timeout_s
-        call.timer = self.loop.call_later(timeout, lambda: self._timeout(w, call, timeout))
+        call.deadline = call.started + self._call_limit(w)
+        if w.call_timer is None:
+            w.call_timer = self.loop.call_later(call.deadline - call.started,
+                                                lambda: self._check_deadline(w))
         self._send(w, {"op": "call", "id": w.calls, "args": call.args})
 
-    def _timeout(self, w: Worker, call: Call, limit: float) -> None:
-        if w.current is call:
-            self.kill(w, Timeout(f"tool {w.tool.name} did not return within {limit:g} s; "
-                                 "its process was killed"))
+    def _call_limit(self, w: Worker) -> float:
+        return w.tool.timeout_s or self.sandbox.config.tool_timeout_s
+
+    def _check_deadline(self, w: Worker) -> None:
+        """The worker's call timer fired: kill it if its current call is past its time
+        limit, else wait until that call's own deadline (it started after the timer)."""
+        w.call_timer = None
+        call = w.current
+        if w.state == "dead" or call is None:
+            return
+        now = time.monotonic()
+        if now >= call.deadline:
+            self.kill(w, Timeout(f"tool {w.tool.name} did not return within "
+                                 f"{self._call_limit(w):g} s; its process was killed"))
+        else:
+            w.call_timer = self.loop.call_later(call.deadline - now,
+                                                lambda: self._check_deadline(w))
 
     # -------------------------------------------------------------- starting a worker
 
@@ -661,8 +679,6 @@ class JitManager:
             w.current = None
             w.state = "ready"
             w.last_used = time.monotonic()
-            if call.timer is not None:
-                call.timer.cancel()
             if op == "return":
                 self._returned(w, call, msg.get("value"), len(line))
             else:
@@ -756,9 +772,10 @@ class JitManager:
             del self.workers[(w.pid, w.tool.name)]
 
     def _fail_calls(self, w: Worker, error: LibOSError) -> None:
+        if w.call_timer is not None:
+            w.call_timer.cancel()
+            w.call_timer = None
         for call in [c for c in (w.current, *w.queue) if c is not None]:
-            if call.timer is not None:
-                call.timer.cancel()
             call.pending.reject(error)
         w.current = None
         w.queue.clear()
