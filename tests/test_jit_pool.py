@@ -325,6 +325,8 @@ def test_a_worker_that_cannot_be_moved_is_ended_and_the_call_starts_cold(
     assert first.get("pooled") is True and -first["worker"] in taken
     assert "pooled" not in second  # the cold worker that served both calls
     assert sup.run_until(lambda: -first["worker"] not in sup.jit.by_wid, 10)  # ended
+    # Counted: a host that refuses every move stops refilling the pool after a few.
+    assert sup.jit._move_failures == 1
 
 
 @pytest.mark.deno

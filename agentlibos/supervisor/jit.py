@@ -161,6 +161,9 @@ class JitManager:
         self.pool: list[Worker] = []
         self.pool_active = False
         self._pool_failures = 0
+        # Pooled workers that could not be moved into their caller's cgroup, in a row (a
+        # delegated, unprivileged host may refuse it): past MAX_FAILURES, no more pool.
+        self._move_failures = 0
         self._refill: Timer | None = None
         self._last_use = time.monotonic()
 
@@ -344,7 +347,8 @@ class JitManager:
         self._refill = None
         heap = self.sandbox.config.tool_heap_mb
         while (self.pool_active and len(self.pool) < self.pool_size
-               and self._pool_failures < jit_pool.MAX_FAILURES):
+               and self._pool_failures < jit_pool.MAX_FAILURES
+               and self._move_failures < jit_pool.MAX_FAILURES):
             w = self._new(0, ToolDef(name="(pool)", path=""), None)
             w.kind, w.from_pool = "pooled", True
             try:
@@ -437,6 +441,7 @@ class JitManager:
             error = SandboxError("cgroups: no cgroup for it")  # the pool had one: fail closed
         if error is not None:
             log.warning("jit: a pooled worker could not be moved: %s", error)
+            self._move_failures += 1
             calls = list(w.queue)
             w.queue.clear()
             self.kill(w, ToolError(f"tool {w.tool.name}: {error}"))
@@ -450,6 +455,7 @@ class JitManager:
             cold.root = w.root
             cold.queue.extend(calls)
             return
+        self._move_failures = 0
         if w.cgroup is not None:
             self.helpers.release(w.wid, w.cgroup)  # the pool's own, empty now
         w.cgroup = cgroup

@@ -40,8 +40,9 @@ _LOADS_MODULES: Final = re.compile(
 # sooner once that call is answered (REFILL_SOON_S: the turn after the reply).
 REFILL_DELAY_S: Final = 0.05
 REFILL_SOON_S: Final = 0.001
-# Pooled workers that died before they were ready, in a row, before the pool stops
-# refilling (the host cannot start them; every call then takes the cold path).
+# Pooled workers that died before they were ready (or could not be moved into their
+# caller's cgroup), in a row, before the pool stops refilling (the host cannot do it;
+# every call then takes the cold path).
 MAX_FAILURES: Final = 3
 
 
