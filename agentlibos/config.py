@@ -1,8 +1,9 @@
 """Where state lives, and the ONE loader of the operator's config.toml.
 
 ``$AGENTLIBOS_HOME/config.toml`` (or ``--config FILE``) holds every operator setting, each
-table parsed into a frozen dataclass with documented defaults: ``[supervisor]`` here,
-``[sandbox]``/``[limits]``/``[jit]`` by ``sandbox.profile.sandbox_config_from``,
+table parsed into a frozen dataclass with documented defaults: ``[supervisor]`` and
+``[jit] pool_size`` here, ``[sandbox]``/``[limits]``/the rest of ``[jit]`` by
+``sandbox.profile.sandbox_config_from``,
 ``[models]``, ``[secrets]`` and ``[providers]`` by ``providers/``. Nothing else reads
 the file. Unknown tables and keys are errors naming the file once.
 """
