@@ -1,8 +1,9 @@
 """Where state lives, and the ONE loader of the operator's config.toml.
 
 ``$AGENTLIBOS_HOME/config.toml`` (or ``--config FILE``) holds every operator setting, each
-table parsed into a frozen dataclass with documented defaults: ``[supervisor]`` here,
-``[sandbox]``/``[limits]``/``[jit]`` by ``sandbox.profile.sandbox_config_from``,
+table parsed into a frozen dataclass with documented defaults: ``[supervisor]`` and
+``[jit] pool_size`` here, ``[sandbox]``/``[limits]``/the rest of ``[jit]`` by
+``sandbox.profile.sandbox_config_from``,
 ``[models]``, ``[secrets]`` and ``[providers]`` by ``providers/``. Nothing else reads
 the file. Unknown tables and keys are errors naming the file once.
 """
@@ -25,6 +26,8 @@ from agentlibos.store import ObjectQuota
 
 # sun_path in struct sockaddr_un holds 108 bytes including the NUL.
 MAX_IPC_PATH: Final = 107
+# [jit] pool_size: Deno workers kept started ahead for first tool calls (docs/jit.md).
+DEFAULT_JIT_POOL_SIZE: Final = 2
 
 
 def default_home() -> Path:
@@ -170,6 +173,10 @@ class OperatorConfig:
     # [durable] evict_after: how long a process may wait before it is evicted (stopped,
     # to be resumed by replay when its wait ends; docs/durability.md).
     evict_after_s: float = 30.0
+    # [jit] pool_size: Deno workers started ahead of need, each serving one (process,
+    # tool) then ending (docs/jit.md, "The pool"); 0: every first call starts one cold.
+    # (The rest of [jit] is the sandbox's: sandbox.profile.sandbox_config_from.)
+    jit_pool_size: int = DEFAULT_JIT_POOL_SIZE
     # [secrets.NAME]: headers the supervisor adds to matching net.fetch requests.
     secrets: tuple[SecretRule, ...] = ()
     # [models.NAME]: the model providers (providers/models.py parses them).
@@ -224,12 +231,20 @@ def parse_operator_config(text: str, source: str) -> OperatorConfig:
         if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
             raise PolicyError(f"{source}: [limits] tokens must be a whole number >= 1")
         data = {**data, "limits": {k: v for k, v in limits.items() if k != "tokens"}}
+    pool_size = DEFAULT_JIT_POOL_SIZE
+    jit = data.get("jit")
+    if isinstance(jit, dict) and "pool_size" in jit:
+        pool_size = jit["pool_size"]
+        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 0:
+            raise PolicyError(f"{source}: [jit] pool_size must be a whole number >= 0")
+        data = {**data, "jit": {k: v for k, v in jit.items() if k != "pool_size"}}
     return OperatorConfig(
         supervisor=_supervisor_config(data.get("supervisor", {}), source),
         sandbox=sandbox_config_from(data, source),
         approvals_timeout_s=_approvals_timeout(data.get("approvals", {}), source),
         default_tokens=tokens,
         evict_after_s=_evict_after(data.get("durable", {}), source),
+        jit_pool_size=pool_size,
         secrets=parse_secrets(data.get("secrets", {}), source),
         models=parse_models(data.get("models", {}), source),
         providers=parse_providers(data.get("providers", {}), source),

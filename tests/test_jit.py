@@ -287,9 +287,12 @@ def test_npm_imports_download_nothing(sup: Supervisor, make_image: MakeImage) ->
 # ------------------------------------------------------------------------- failures
 
 
-def deno_processes() -> list[psutil.Process]:
+def deno_processes(sup: Supervisor | None = None) -> list[psutil.Process]:
+    """Live Deno processes, less ``sup``'s pooled workers (started ahead, no tool yet)."""
+    pooled = {w.host_pid for w in sup.jit.pool} if sup is not None else set()
     return [p for p in psutil.process_iter(["name", "status"])
-            if p.info["name"] == "deno" and p.info["status"] != "zombie"]
+            if p.info["name"] == "deno" and p.info["status"] != "zombie"
+            and p.pid not in pooled]
 
 
 @pytest.mark.slow
@@ -307,7 +310,7 @@ def test_an_endless_loop_is_killed_at_its_timeout_and_nothing_keeps_running(
     assert (out[0]["ok"], out[0]["type"]) == (False, "Timeout")
     assert "did not return within 1 s" in out[0]["message"]
     assert out[1] == {"ok": True, "value": "done"}  # a fresh process took over
-    assert sup.run_until(lambda: {p.pid for p in deno_processes()} <= before, 10)
+    assert sup.run_until(lambda: {p.pid for p in deno_processes(sup)} <= before, 10)
 
 
 def test_an_exception_and_malformed_output_are_typed_errors(
@@ -359,8 +362,8 @@ def test_tools_die_with_their_process_and_are_not_shared_between_processes(
     second = call_tool(sup, img, [{}])
     assert [o["value"] for o in first] == [1, 2, 3]
     assert second == [{"ok": True, "value": 1}]  # a new process, a new Deno
-    assert sup.run_until(lambda: not sup.jit.by_wid, 10)
-    assert not any(p for p in deno_processes() if p.ppid() == sup.zygote.pid)
+    assert sup.run_until(lambda: set(sup.jit.by_wid.values()) <= set(sup.jit.pool), 10)
+    assert not any(p for p in deno_processes(sup) if p.ppid() == sup.zygote.pid)
 
 
 # ------------------------------------------------------------------- registration

@@ -48,6 +48,8 @@ JIT_DIR: Final = Path(__file__).resolve().parent
 # JavaScript (JSDoc-typed), so every cold start is spared transpiling it.
 RUNNER: Final = JIT_DIR / "runner.js"
 TYPES: Final = JIT_DIR / "libos.d.ts"
+# A pooled worker's entry (docs/jit.md, "The pool"): the runner, waiting for its tool.
+POOL_ENTRY: Final = JIT_DIR / "pool.js"
 
 FLAGS: Final = ("--no-prompt", "--no-remote", "--no-npm", "--cached-only", "--no-config")
 CHECK_FLAGS: Final = ("--no-remote", "--no-npm", "--no-config", "--quiet")
@@ -150,6 +152,11 @@ def check_source(tool_path: str) -> str:
 
 def run_argv(exe: str, entry: str, *, heap_mb: int) -> list[str]:
     return [exe, "run", *FLAGS, f"--v8-flags=--max-old-space-size={heap_mb}", entry]
+
+
+def pool_argv(exe: str, *, heap_mb: int) -> list[str]:
+    """A pooled worker: the same flags, no tool named (it arrives on stdin)."""
+    return run_argv(exe, str(POOL_ENTRY), heap_mb=heap_mb)
 
 
 def check_argv(exe: str, entry: str) -> list[str]:

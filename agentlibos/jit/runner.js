@@ -193,12 +193,40 @@ function dispatch(tool, msg) {
         ),
       );
     }
+  } else if (msg.op === "load") {
+    // A worker serves the one tool it started or was loaded with, never another.
+    throw new Error("this worker already serves a tool");
   }
 }
 
-/** Serve calls to `tool` until stdin closes. Called by the generated entry module. */
-/** @param {unknown} tool */
-export async function serve(tool) {
+/**
+ * The protocol's lines from stdin, as they come. A worker reads stdin through exactly
+ * one of these: a pooled worker's load message and the calls after it share the buffer.
+ * @returns {AsyncGenerator<string, void, void>}
+ */
+async function* lines() {
+  // Deno.stdin.read into one buffer rather than Deno.stdin.readable: a stream hands each
+  // chunk through a reader, a queue and a promise more per call on the warm path.
+  const chunk = new Uint8Array(1 << 16);
+  let buf = "";
+  for (;;) {
+    const n = await Deno.stdin.read(chunk);
+    if (n === null) return;
+    buf += dec.decode(chunk.subarray(0, n), { stream: true });
+    let nl;
+    while ((nl = buf.indexOf("\n")) >= 0) {
+      const line = buf.slice(0, nl);
+      buf = buf.slice(nl + 1);
+      if (line) yield line;
+    }
+  }
+}
+
+/**
+ * @param {unknown} tool
+ * @param {AsyncGenerator<string, void, void>} input
+ */
+async function serveLines(tool, input) {
   if (typeof tool !== "function") {
     send({
       op: "load-error",
@@ -207,14 +235,46 @@ export async function serve(tool) {
     return;
   }
   send({ op: "ready" });
-  let buf = "";
-  for await (const chunk of Deno.stdin.readable) {
-    buf += dec.decode(chunk, { stream: true });
-    let nl;
-    while ((nl = buf.indexOf("\n")) >= 0) {
-      const line = buf.slice(0, nl);
-      buf = buf.slice(nl + 1);
-      if (line) dispatch(/** @type {Tool} */ (tool), JSON.parse(line));
-    }
+  for await (const line of input) dispatch(/** @type {Tool} */ (tool), JSON.parse(line));
+}
+
+/** Serve calls to `tool` until stdin closes. Called by the generated entry module. */
+/** @param {unknown} tool */
+export async function serve(tool) {
+  await serveLines(tool, lines());
+}
+
+/** @param {string} source @returns {string} */
+function moduleUrl(source) {
+  return "data:application/typescript;base64," + b64encode(enc.encode(source));
+}
+
+/**
+ * A pooled worker (docs/jit.md, "The pool"): started before anyone needs it, in a
+ * sandbox holding Deno and this directory only -- no tool's files at all. It warms the
+ * TypeScript transpiler and the module loader, says `{"op":"pooled"}`, and waits for
+ * exactly one `{"op":"load","source":...}`: the tool's own text, which the supervisor
+ * read and checked against what passed `deno check`. The tool is imported from a data:
+ * URL (no file, so no read permission, is involved) and served like any other; a
+ * second load ends the process (dispatch). It serves that one (process, tool) until it ends.
+ */
+export async function servePooled() {
+  await import(moduleUrl("export default (n: number): number => n;"));
+  send({ op: "pooled" });
+  const input = lines();
+  const first = await input.next();
+  if (first.done) return; // retired unused
+  const msg = JSON.parse(first.value);
+  if (msg.op !== "load" || typeof msg.source !== "string") {
+    send({ op: "load-error", error: { type: "ProtocolError", message: "expected a load" } });
+    return;
   }
+  let tool;
+  try {
+    tool = (await import(moduleUrl(msg.source))).default;
+  } catch (e) {
+    send({ op: "load-error", error: describe(e) });
+    return;
+  }
+  await serveLines(tool, input);
 }

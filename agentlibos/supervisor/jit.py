@@ -13,6 +13,10 @@ audited with the tool's name), results and errors. Everything is non-blocking an
 on the supervisor's one loop: a tool that stops reading or writes garbage cannot stall
 anything but itself.
 
+A few workers are started ahead of need, in the tool sandbox without any tool in it
+(``jit_pool.py``, docs/jit.md "The pool"); a first call takes one, if its tool may be
+pooled, and gives it the tool's checked text: one (process, tool), then it ends.
+
 A worker serves one call at a time; calls queue. A call that runs past its time limit,
 a worker that dies (an exception escaping the runner, the OOM killer), output that is
 not the protocol -- each ends the worker (its whole cgroup is killed) and gives the
@@ -29,6 +33,7 @@ import logging
 import os
 import re
 import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -40,11 +45,12 @@ import zmq
 
 from agentlibos.broker.dispatch import Dispatcher
 from agentlibos.broker.syscalls import Caller, Pending, Reply, lookup
-from agentlibos.config import Paths
+from agentlibos.config import DEFAULT_JIT_POOL_SIZE, Paths
 from agentlibos.errors import (
     InvalidArgument,
     LibOSError,
     LimitExceeded,
+    SandboxError,
     Timeout,
     ToolError,
     Unavailable,
@@ -57,6 +63,7 @@ from agentlibos.kernel.schema import validate
 from agentlibos.protocol.wire import check_args
 from agentlibos.providers.fs import discard_tree
 from agentlibos.store import Store
+from agentlibos.supervisor import jit_pool
 from agentlibos.supervisor.exits import describe_status, log_tail
 from agentlibos.supervisor.loop import Loop, Timer
 from agentlibos.supervisor.sandboxing import SandboxManager
@@ -67,6 +74,7 @@ log = logging.getLogger(__name__)
 
 MAX_LINE: Final = 48 << 20  # one protocol message, base64 blobs included
 MAX_RESULT_BYTES: Final = 1 << 20
+READ_CHUNK: Final = 1 << 20
 START_TIMEOUT_S: Final = 30.0
 
 
@@ -88,10 +96,10 @@ class Call:
     pending: Pending
     caller: Caller  # the calling process, narrowed to the tool's capabilities
     started: float = 0.0
-    timer: Timer | None = None
+    deadline: float = 0.0  # monotonic; past it, the worker is killed (_check_deadline)
 
 
-@dataclass
+@dataclass(eq=False)  # identity: a worker is one process, whatever its fields
 class Worker:
     wid: int  # negative: the zygote's id space for non-agents
     pid: int  # the AgentProcess it belongs to
@@ -112,18 +120,26 @@ class Worker:
     created: float = field(default_factory=time.monotonic)
     last_used: float = field(default_factory=time.monotonic)
     start_timer: Timer | None = None
+    # One timer per worker for its calls' time limits, re-armed when it fires rather than
+    # made and cancelled for every call (a warm call is well under a millisecond).
+    call_timer: Timer | None = None
     calls: int = 0
     error: LibOSError | None = None  # why it is being killed, for its queued calls
     # A type check ("check") rather than a tool runner ("run"): its stdout is ignored and
-    # on_exit gets the exit status.
+    # on_exit gets the exit status. "pooled": started ahead, no tool yet (pid 0).
     kind: str = "run"
+    contain: dict[str, Any] | None = None  # a pooled worker's start report, until assigned
+    from_pool: bool = False  # started ahead, then assigned (or still waiting)
+    # Its load was sent and its first call right behind it; its "ready" is still to come.
+    loading: bool = False
     root: int = 0  # the process tree it counts against
     on_exit: Callable[[int], None] | None = None
 
 
 class JitManager:
     def __init__(self, paths: Paths, store: Store, loop: Loop, sandbox: SandboxManager,
-                 workers: Workers, dispatcher: Dispatcher, *, max_per_tree: int = 8) -> None:
+                 workers: Workers, dispatcher: Dispatcher, *, max_per_tree: int = 8,
+                 pool_size: int = DEFAULT_JIT_POOL_SIZE) -> None:
         self.paths = paths
         self.max_per_tree = max_per_tree
         self.store = store
@@ -139,16 +155,31 @@ class JitManager:
         # the checks in flight, by sha256, with the calls waiting on each.
         self.checked: set[str] = set()
         self.checking: dict[str, list[Callable[[str | None], None]]] = {}
+        # The pool: workers started ahead, none assigned (each is also in by_wid). It is
+        # filled from the first use of a tool and emptied after [jit] idle without one.
+        self.pool_size = pool_size
+        self.pool: list[Worker] = []
+        self.pool_active = False
+        self._pool_failures = 0
+        # Pooled workers that could not be moved into their caller's cgroup, in a row (a
+        # delegated, unprivileged host may refuse it): past MAX_FAILURES, no more pool.
+        self._move_failures = 0
+        self._refill: Timer | None = None
+        self._last_use = time.monotonic()
 
     # ------------------------------------------------------------------ calling a tool
 
     def call(self, caller: Caller, tool: ToolDef, args: dict[str, Any]) -> Pending:
         if tool.schema is not None:
             validate(args, tool.schema, f"{tool.name}(args)")
-        if tool.version == "image" and (first := self._check_first(caller, tool, args)):
-            return first  # a tool of the image's [tools] (ToolCalls.find), not checked yet
+        self._use_pool()
         key = (caller.pid, tool.name)
         w = self.workers.get(key)
+        # A live worker of this tool loaded what was checked when it started; hashing
+        # the file again on every warm call would change nothing it runs.
+        if (tool.version == "image" and (w is None or w.state == "dead")
+                and (first := self._check_first(caller, tool, args))):
+            return first  # a tool of the image's [tools] (ToolCalls.find), not checked yet
         if w is not None and w.tool.version != tool.version:
             self.kill(w, ToolError(f"tool {tool.name} was replaced"))
             w = None
@@ -157,7 +188,7 @@ class JitManager:
             w = None
         if w is None:
             self._make_room(caller.root_pid)
-            w = self._start(caller.pid, tool)
+            w = self._start_pooled(caller.pid, tool) or self._start(caller.pid, tool)
             w.root = caller.root_pid
         pending = Pending(caller.pid)
         w.queue.append(Call(args, pending, self._as_tool(w, caller)))
@@ -226,14 +257,29 @@ class JitManager:
         w.state = "busy"
         w.calls += 1
         call.started = time.monotonic()
-        timeout = w.tool.timeout_s or self.sandbox.config.tool_timeout_s
-        call.timer = self.loop.call_later(timeout, lambda: self._timeout(w, call, timeout))
+        call.deadline = call.started + self._call_limit(w)
+        if w.call_timer is None:
+            w.call_timer = self.loop.call_later(call.deadline - call.started,
+                                                lambda: self._check_deadline(w))
         self._send(w, {"op": "call", "id": w.calls, "args": call.args})
 
-    def _timeout(self, w: Worker, call: Call, limit: float) -> None:
-        if w.current is call:
-            self.kill(w, Timeout(f"tool {w.tool.name} did not return within {limit:g} s; "
-                                 "its process was killed"))
+    def _call_limit(self, w: Worker) -> float:
+        return w.tool.timeout_s or self.sandbox.config.tool_timeout_s
+
+    def _check_deadline(self, w: Worker) -> None:
+        """The worker's call timer fired: kill it if its current call is past its time
+        limit, else wait until that call's own deadline (it started after the timer)."""
+        w.call_timer = None
+        call = w.current
+        if w.state == "dead" or call is None:
+            return
+        now = time.monotonic()
+        if now >= call.deadline:
+            self.kill(w, Timeout(f"tool {w.tool.name} did not return within "
+                                 f"{self._call_limit(w):g} s; its process was killed"))
+        else:
+            w.call_timer = self.loop.call_later(call.deadline - now,
+                                                lambda: self._check_deadline(w))
 
     # -------------------------------------------------------------- starting a worker
 
@@ -257,11 +303,12 @@ class JitManager:
             raise
         w.start_timer = self.loop.call_later(START_TIMEOUT_S, lambda: self._start_timeout(w))
 
-    def _new(self, pid: int, tool: ToolDef, log_path: Path) -> Worker:
+    def _new(self, pid: int, tool: ToolDef, log_path: Path | None) -> Worker:
         wid = self.helpers.new_id()
         scratch = self.paths.scratch / f"t{-wid}"
         scratch.mkdir(mode=0o700)
-        return Worker(wid, pid, tool, scratch, log_path)
+        return Worker(wid, pid, tool, scratch,
+                      log_path or self.paths.logs / f"jit-pool.{-wid}.log")
 
     def _start(self, pid: int, tool: ToolDef) -> Worker:
         base = self.tool_dir(pid, tool.name)
@@ -277,9 +324,155 @@ class JitManager:
                                     {"tool": tool.name, "worker": -w.wid, "path": tool.path})
         return w
 
+    # --------------------------------------------------------------------- the pool
+
+    def _use_pool(self) -> None:
+        """A tool is in use: fill the pool if it is not filled yet."""
+        self._last_use = time.monotonic()
+        if not self.pool_active and self.pool_size > 0 and self.sandbox.deno is not None:
+            self.pool_active = True
+            self._pool_failures = 0
+            self._fill_pool()
+
+    def _schedule_refill(self, delay_s: float = jit_pool.REFILL_DELAY_S) -> None:
+        if not self.pool_active:
+            return
+        if self._refill is not None:
+            if self._refill.when <= time.monotonic() + delay_s:
+                return
+            self._refill.cancel()
+        self._refill = self.loop.call_later(delay_s, self._fill_pool)
+
+    def _fill_pool(self) -> None:
+        self._refill = None
+        heap = self.sandbox.config.tool_heap_mb
+        while (self.pool_active and len(self.pool) < self.pool_size
+               and self._pool_failures < jit_pool.MAX_FAILURES
+               and self._move_failures < jit_pool.MAX_FAILURES):
+            w = self._new(0, ToolDef(name="(pool)", path=""), None)
+            w.kind, w.from_pool = "pooled", True
+            try:
+                # Its tree: Deno and this package's jit/ directory; no tool's directory.
+                self._launch(w, lambda exe: deno.pool_argv(exe, heap_mb=heap),
+                             (str(deno.JIT_DIR),))
+            except LibOSError as e:
+                self._pool_failures += 1
+                log.warning("jit: cannot start a pooled worker: %s", e)
+                return
+            self.pool.append(w)
+
+    def drain_pool(self) -> None:
+        """End every pooled worker and stop refilling (until a tool is used again)."""
+        self.pool_active = False
+        if self._refill is not None:
+            self._refill.cancel()
+            self._refill = None
+        for w in list(self.pool):
+            self.kill(w, ToolError("the pool was drained"))
+
+    def _digest_ok(self, tool: ToolDef) -> Callable[[str], bool]:
+        """What text of ``tool`` passed `deno check`: an image tool's, by content
+        (``checked``); a registered tool's, the one its version names (its digest)."""
+        if tool.version == "image":
+            return self.checked.__contains__
+        version = tool.version
+        if len(version) != 16 or not all(c in "0123456789abcdef" for c in version):
+            return lambda _digest: False
+        return lambda digest: digest[:16] == version
+
+    def _start_pooled(self, pid: int, tool: ToolDef) -> Worker | None:
+        """Give ``tool`` of process ``pid`` a ready pooled worker, or None (cold path):
+        none ready, the tool not poolable, or its cgroup cannot be moved."""
+        w = next((p for p in self.pool if p.state == "ready" and p.host_pid is not None),
+                 None)
+        log_path = self.paths.logs / f"{pid}.{tool.name}.log"
+        # An earlier worker's log: a cold worker appends to it, where a rename would not.
+        if w is None or log_path.exists():
+            return None
+        source = jit_pool.read_checked(tool.path, self._digest_ok(tool))
+        if source is None:
+            return None
+        assert w.host_pid is not None
+        self.pool.remove(w)
+        self._schedule_refill()
+        w.pid, w.tool, w.kind, w.state = pid, tool, "run", "starting"
+        w.created = w.last_used = time.monotonic()
+        self.workers[(pid, tool.name)] = w
+        # Loading the tool runs its top level: bounded like a cold worker's start.
+        w.start_timer = self.loop.call_later(START_TIMEOUT_S, lambda: self._start_timeout(w))
+        with contextlib.suppress(OSError):
+            os.rename(w.log_path, log_path)  # its stderr (open) follows the inode
+            w.log_path = log_path
+        self.store.append_audit(pid, "jit.start", f"jit:invoke:{tool.name}", "info",
+                                {"tool": tool.name, "worker": -w.wid, "path": tool.path,
+                                 "pooled": True})
+        if w.contain is not None:
+            self._audit_contain(w, w.contain)
+        if w.cgroup is None:  # no cgroups here: nothing to move
+            self._load(w, source)
+            return w
+        host_pid, wid = w.host_pid, w.wid
+
+        def move() -> None:
+            # A thread: making the cgroup is a few mkdirs and writes, but the first move
+            # after a quiet spell may wait ~10 ms for the kernel (jit_pool.move_into).
+            cgroup, error = None, None
+            try:
+                cgroup = self.sandbox.tool_cgroup(wid, pid)
+                if cgroup is not None:
+                    jit_pool.check_pids_room(getattr(cgroup, "pids_dir", None), host_pid)
+                    jit_pool.move_into(tuple(cgroup.procs_files), host_pid)
+            except (LibOSError, OSError) as e:
+                error = e
+            self.loop.call_soon_threadsafe(lambda: self._adopted(w, cgroup, source, error))
+
+        threading.Thread(target=move, name="agentlibos-jit-move", daemon=True).start()
+        return w
+
+    def _adopted(self, w: Worker, cgroup: Any, source: str,
+                 error: LibOSError | OSError | None) -> None:
+        """A pooled worker was moved into its caller's cgroup (or could not be): only now
+        does it get its tool. What it uses from here on counts against the caller's tree,
+        where its cgroup's kill reaches it."""
+        if w.state == "dead":  # killed meanwhile (its process ended...)
+            self.helpers.release(w.wid, cgroup)
+            return
+        if error is None and cgroup is None:
+            error = SandboxError("cgroups: no cgroup for it")  # the pool had one: fail closed
+        if error is not None:
+            log.warning("jit: a pooled worker could not be moved: %s", error)
+            self._move_failures += 1
+            calls = list(w.queue)
+            w.queue.clear()
+            self.kill(w, ToolError(f"tool {w.tool.name}: {error}"))
+            self.helpers.release(w.wid, cgroup)
+            try:  # its calls go to a cold worker, as if there had been no pool
+                cold = self._start(w.pid, w.tool)
+            except LibOSError as e:
+                for call in calls:
+                    call.pending.reject(e)
+                return
+            cold.root = w.root
+            cold.queue.extend(calls)
+            return
+        self._move_failures = 0
+        if w.cgroup is not None:
+            self.helpers.release(w.wid, w.cgroup)  # the pool's own, empty now
+        w.cgroup = cgroup
+        self._load(w, source)
+
+    def _load(self, w: Worker, source: str) -> None:
+        """Send a pooled worker its tool, and its first call right behind it: the runner
+        reads them in order and serves the call once the tool is loaded (or says why
+        not, which fails the call), so the call need not wait a round trip for "ready"."""
+        self._send(w, {"op": "load", "source": source})
+        w.state, w.loading = "ready", True
+        self._next(w)
+
     def check(self, pid: int, tool: ToolDef, done: Callable[[bool, str], None]) -> None:
         """Type-check ``tool`` with `deno check`, sandboxed like a run (type checking
         resolves imports too); ``done(ok, compiler output)`` is called when it ends."""
+        self._use_pool()  # a call usually follows: the pool fills while this runs
         base = self.tool_dir(pid, tool.name)
         entry = base / "check.ts"
         entry.write_text(deno.check_source(tool.path))
@@ -336,6 +529,8 @@ class JitManager:
         if w.stdout is not None and w.stdout in self.fds:
             self._on_stdout(w)  # whatever it said last
         oom, _, _ = self.sandbox.verdict(w.cgroup)
+        if w.kind == "pooled" and w.error is None:
+            self._pool_failures += 1  # it died by itself before anyone used it
         if w.error is None:
             if oom:
                 w.error = LimitExceeded(
@@ -377,20 +572,26 @@ class JitManager:
         if not data:
             return
         report = parse_report(data)
+        if w.kind == "pooled":
+            w.contain = report  # audited for the process it is assigned to, if any
+        else:
+            self._audit_contain(w, report)
+        if not report.get("ok"):
+            w.error = Unavailable(f"tool {w.tool.name} could not be sandboxed: "
+                                  f"{report.get('error')}")
+
+    def _audit_contain(self, w: Worker, report: dict[str, Any]) -> None:
         self.store.append_audit(
             w.pid, "jit.contain", f"jit:invoke:{w.tool.name}", "info",
             {"tool": w.tool.name, "worker": -w.wid, "layers": report.get("layers"),
              "missing": report.get("missing"), "error": report.get("error"),
-             "timings_ms": report.get("timings_ms")})
-        if not report.get("ok"):
-            w.error = Unavailable(f"tool {w.tool.name} could not be sandboxed: "
-                                  f"{report.get('error')}")
+             "timings_ms": report.get("timings_ms"), "pooled": w.from_pool})
 
     def _on_stdout(self, w: Worker) -> None:
         assert w.stdout is not None
         while True:
             try:
-                chunk = os.read(w.stdout, 1 << 20)
+                chunk = os.read(w.stdout, READ_CHUNK)
             except BlockingIOError:
                 break
             except OSError:
@@ -403,6 +604,11 @@ class JitManager:
                 self.kill(w, ToolError(f"tool {w.tool.name} wrote a message over "
                                        f"{MAX_LINE} bytes"))
                 return
+            if len(chunk) < READ_CHUNK:
+                # A short read emptied the pipe: the read that would say so (EAGAIN) is
+                # a syscall and an exception on every warm call. Whatever comes next
+                # wakes the loop again (level-triggered poll); EOF comes as its own.
+                break
         if w.kind == "check":
             w.inbuf.clear()  # `deno check` says nothing on stdout worth keeping
             return
@@ -455,7 +661,16 @@ class JitManager:
                                    f"protocol ({e}); a tool must not write to stdout"))
             return
         op = msg.get("op")
-        if op == "ready" and w.state == "starting":
+        if op == "pooled" and w.kind == "pooled" and w.state == "starting":
+            w.state = "ready"  # waiting in the pool for a tool
+            self._pool_failures = 0
+            if w.start_timer is not None:
+                w.start_timer.cancel()
+        elif op == "ready" and w.loading:
+            w.loading = False  # its tool loaded; its first call may already be running
+            if w.start_timer is not None:
+                w.start_timer.cancel()
+        elif op == "ready" and w.state == "starting" and w.kind == "run":
             w.state = "ready"
             if w.start_timer is not None:
                 w.start_timer.cancel()
@@ -470,18 +685,21 @@ class JitManager:
             w.current = None
             w.state = "ready"
             w.last_used = time.monotonic()
-            if call.timer is not None:
-                call.timer.cancel()
             if op == "return":
-                self._returned(w, call, msg.get("value"))
+                self._returned(w, call, msg.get("value"), len(line))
             else:
                 call.pending.reject(self._tool_error(w, msg.get("error")))
+            if w.from_pool and w.calls == 1:
+                # The call that took it is answered (its reply goes out at the end of
+                # this turn): replace it now, in a later turn, rather than at the delay.
+                self._schedule_refill(jit_pool.REFILL_SOON_S)
             self._next(w)
         else:
             self.kill(w, ToolError(f"tool {w.tool.name} sent an unexpected {op!r} message"))
 
-    def _returned(self, w: Worker, call: Call, value: Any) -> None:
-        size = len(json.dumps(value))
+    def _returned(self, w: Worker, call: Call, value: Any, line_size: int) -> None:
+        # The value is part of the line it came in: only a long line needs measuring.
+        size = len(json.dumps(value)) if line_size > MAX_RESULT_BYTES else 0
         if size > MAX_RESULT_BYTES:
             call.pending.reject(LimitExceeded(
                 f"tool {w.tool.name} returned {size} bytes; the limit is {MAX_RESULT_BYTES}"))
@@ -560,9 +778,10 @@ class JitManager:
             del self.workers[(w.pid, w.tool.name)]
 
     def _fail_calls(self, w: Worker, error: LibOSError) -> None:
+        if w.call_timer is not None:
+            w.call_timer.cancel()
+            w.call_timer = None
         for call in [c for c in (w.current, *w.queue) if c is not None]:
-            if call.timer is not None:
-                call.timer.cancel()
             call.pending.reject(error)
         w.current = None
         w.queue.clear()
@@ -599,6 +818,11 @@ class JitManager:
         self.helpers.forget(w.wid)
         self.helpers.release(w.wid, w.cgroup)
         discard_tree(w.scratch)
+        if w.kind == "pooled":  # never assigned: its log is nobody's
+            w.log_path.unlink(missing_ok=True)
+        if w in self.pool:
+            self.pool.remove(w)
+            self._schedule_refill()
 
     def end_process(self, pid: int) -> None:
         """An AgentProcess ended: so do its tools."""
@@ -609,8 +833,11 @@ class JitManager:
     def reap_idle(self) -> None:
         limit = self.sandbox.config.tool_idle_s
         now = time.monotonic()
+        if self.pool_active and now - self._last_use > limit:
+            self.drain_pool()  # no tool used for as long: the pool stops costing memory
         for w in list(self.by_wid.values()):
-            if w.state == "ready" and not w.queue and now - w.last_used > limit:
+            if (w.kind == "run" and w.state == "ready" and not w.queue
+                    and now - w.last_used > limit):
                 self.kill(w, ToolError(f"tool {w.tool.name} was idle for {limit:g} s"))
 
 

@@ -221,6 +221,18 @@ class SandboxManager:
                                  supervisor_gid=os.getegid(),
                              ))
 
+    def tool_cgroup(self, wid: int, owner_pid: int) -> Any:
+        """A cgroup for a pooled JIT worker (prepared by ``prepare_tool`` with no owner)
+        assigned to ``owner_pid``: the tool limits, inside the owner's cgroup, as a cold
+        worker's is made; None where cgroups are not in use. The worker is moved in by
+        ``supervisor/jit_pool.move_into``."""
+        if self.cgroups is None or not self._require("cgroups"):
+            return None
+        limits = self.config.tool_limits
+        return self.cgroups.create(f"t{-wid}", cgroups.CgroupLimits(
+            memory_max_bytes=limits.memory_max_bytes, pids_max=limits.pids_max,
+            cpu_max_cores=limits.cpu_max_cores), parent=self._parent_cgroup(owner_pid))
+
     def prepare_shell(self, wid: int, *, read_only: tuple[str, ...],
                       read_write: tuple[str, ...], scratch: Path, run_as: tuple[int, int],
                       owner_pid: int) -> Prepared:
