@@ -66,6 +66,14 @@ def test_the_supervisor_reads_its_limits_from_the_homes_config(paths: Paths) -> 
     assert "landlock" in sup.sandbox.config.optional
 
 
+def test_the_supervisor_sizes_its_jit_pool_from_the_homes_config(paths: Paths) -> None:
+    paths.ensure()
+    for size in (0, 3):
+        (paths.home / "config.toml").write_text(f"[jit]\npool_size = {size}\n")
+        with Supervisor(paths) as sup:
+            assert sup.jit.pool_size == size
+
+
 def test_every_operator_key_the_contract_names_is_accepted() -> None:
     # DESIGN.md "Shapes the checks rely on": [durable] evict_after, [approvals] timeout,
     # [models.NAME], [secrets.NAME], [limits] tokens, [limits.ceiling].

@@ -135,7 +135,8 @@ class Supervisor:
                                evict_after_s=self.operator.evict_after_s)  # durability.md
         self.workers = workers = Workers(self.sandbox, lambda: self.zygote, table)
         self.jit = JitManager(self.paths, store, loop, self.sandbox, workers, dispatcher,
-                              max_per_tree=self.config.max_helpers_per_tree)
+                              max_per_tree=self.config.max_helpers_per_tree,
+                              pool_size=self.operator.jit_pool_size)
         table.ended.append(self.jit.end_process)
         self.approvals = Approvals(store, table, waits, loop, self.operator.approvals_timeout_s,
                                    self.providers.human)
@@ -160,8 +161,7 @@ class Supervisor:
                                         self.sandbox.config, table.live.__contains__))
         self.broker = Broker(self._ctx, self.paths.broker_endpoint, table, dispatcher)
         self.journal.before_commit = self.broker.flush_reads  # docs/store.md: early replies
-        # Agents may run as another uid: the socket is reachable only via run/ or a bind.
-        os.chmod(self.paths.broker_endpoint[len("ipc://"):], 0o666)  # noqa: S103
+        os.chmod(self.paths.broker_endpoint[len("ipc://"):], 0o666)  # noqa: S103 - reached only via run/ (0700) or a bind
         self.control = control.ControlServer(self._ctx, self.paths.control_endpoint)
         self.control_ctx = control.ControlContext(
             self.paths, self.mode, store, table, self.processes, self.request_stop,
