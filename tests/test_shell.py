@@ -482,3 +482,31 @@ def test_a_running_command_suspends_its_call_and_dies_with_its_process(
     while _sleepers("sleep 10047") and time.monotonic() < deadline:
         shsup.run_until(lambda: False, 0.1)
     assert not _sleepers("sleep 10047")
+
+
+@pytest.mark.privileged
+def test_a_quick_command_writes_no_wait_state_and_a_long_one_is_shown_waiting(
+    shsup: Supervisor, tmp_path: Path, project: Path
+) -> None:
+    # supervisor/waits.py: a wait on an effect off the loop reaches the store only once
+    # it has lasted SHOW_AFTER_S (50 ms); `ps` then shows it like any other wait.
+    writes: list[tuple[int, Any, Any]] = []
+    update = shsup.store.update_process
+
+    def watched(pid: int, **fields: Any) -> None:
+        if "wait" in fields or "state" in fields:
+            writes.append((pid, fields.get("state"), fields.get("wait")))
+        update(pid, **fields)
+
+    shsup.store.update_process = watched  # type: ignore[method-assign]
+    try:
+        [quick, slow] = shell(shsup, tmp_path, [{"argv": ["true"]},
+                                                {"argv": ["sleep", "0.5"]}],
+                              cwd=project, caps=["shell:exec:*", "fs:rw:./**"])
+    finally:
+        shsup.store.update_process = update  # type: ignore[method-assign]
+    assert quick["exit_code"] == slow["exit_code"] == 0
+    shown = [(s, w) for _, s, w in writes if w is not None or s == "running"]
+    # One wait shown (the sleep's), then running again: `true` left no trace.
+    assert [s for s, _ in shown].count("waiting") == 1, shown
+    assert ("waiting", "shell:sleep") in shown, shown

@@ -6,18 +6,25 @@ to bind it to what it waits on (``proc:7`` today; ``approval:12``, ``event:NAME`
 the process is ``waiting`` and ``ps`` shows the wait; when the last one resolves it is
 ``running`` again. An optional timeout (a finite number, checked by the loop) rejects
 the call with whatever error the caller gives.
+
+A wait on an effect running off the loop (a JIT tool, a shell command, a fetch, a model
+call: no ``durable`` state) usually ends within milliseconds; the store hears of it only
+once it has lasted :data:`SHOW_AFTER_S`, so a quick one costs no write at all (two
+process-row updates were a fifth of a warm tool call).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from agentlibos.broker.syscalls import Pending
 from agentlibos.errors import LibOSError
-from agentlibos.supervisor.loop import Loop
+from agentlibos.supervisor.loop import Loop, Timer
 from agentlibos.supervisor.processes import ProcessTable
+
+SHOW_AFTER_S: Final = 0.05
 
 
 class Waits:
@@ -28,6 +35,8 @@ class Waits:
         # a process is durable (it may be evicted), and when an evicted one's waits end.
         self.all_durable: Callable[[int], None] | None = None
         self.ended_evicted: Callable[[int], None] | None = None
+        # Processes whose current wait the store does not show yet (SHOW_AFTER_S).
+        self._unshown: dict[int, Timer] = {}
 
     def suspend(self, pid: int, pending: Pending, wait: str, *,
                 timeout_s: float | None = None,
@@ -51,7 +60,13 @@ class Waits:
             live.durable_waits += 1
         if len(live.waits) == 1:
             live.waiting_since = time.monotonic()
-            store.update_process(pid, state="waiting", wait=wait)
+            if durable is None:
+                self._unshown[pid] = self._loop.call_later(SHOW_AFTER_S,
+                                                           lambda: self._show(pid))
+            else:
+                store.update_process(pid, state="waiting", wait=wait)
+        elif durable is not None and pid in self._unshown:
+            self._show(pid)  # a durable wait is shown (and may be evicted) at once
         if live.durable_waits == len(live.waits) and self.all_durable is not None:
             self.all_durable(pid)
 
@@ -63,16 +78,30 @@ class Waits:
                 lv.waits.remove(wait)
                 if durable is not None:
                     lv.durable_waits -= 1
-                if not lv.waits:
-                    lv.waiting_since = None
+                unshown = self._unshown.pop(pid, None) if not lv.waits else None
+                if unshown is not None:
+                    unshown.cancel()  # over before anyone was told it began
+                elif not lv.waits:
                     store.update_process(pid, state="running", wait=None)
                     if lv.evicted and self.ended_evicted is not None:
                         self.ended_evicted(pid)
-                else:
+                elif pid not in self._unshown:
                     store.update_process(pid, wait=lv.waits[0])
+                if not lv.waits:
+                    lv.waiting_since = None
 
         pending.on_done = resume
         return pending
+
+    def _show(self, pid: int) -> None:
+        """The store shows ``pid`` waiting on its oldest suspended call (if it still
+        waits)."""
+        timer = self._unshown.pop(pid, None)
+        if timer is not None:
+            timer.cancel()
+        lv = self._table.live.get(pid)
+        if lv is not None and lv.waits:
+            self._table.store.update_process(pid, state="waiting", wait=lv.waits[0])
 
     def current(self, pid: int) -> str | None:
         """What ``pid`` waits on (its oldest suspended call), or None."""
