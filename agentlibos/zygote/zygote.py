@@ -54,7 +54,14 @@ from agentlibos.sandbox.pdeathsig import set_pdeathsig
 
 # Imported here, at the top, so the zygote has everything a child needs loaded before
 # it forks: children share these pages copy-on-write and pay no import cost.
-from agentlibos.zygote.child import POOL_READY, run_child, run_command, run_exec, run_pooled
+from agentlibos.zygote.child import (
+    POOL_READY,
+    agent_environ,
+    run_child,
+    run_command,
+    run_exec,
+    run_pooled,
+)
 
 MAX_PACKET: Final = 1 << 20
 
@@ -483,6 +490,7 @@ def main() -> None:
     sock = socket.socket(fileno=fd)
     setproctitle.setproctitle("agentlibos: zygote")
     zygote = Zygote(sock)
+    agent_environ()
     # Freeze what the preload allocated: the children then do not touch (and copy) those
     # pages when their garbage collector runs.
     gc.collect()
