@@ -18,11 +18,14 @@ made it optional; an optional one that fails is recorded as missing, with the re
 A layer is counted as applied only once it has been verified from inside.
 
 A pooled process (docs/sandbox.md, "The warm pool") runs the same list in two halves.
-:func:`pre_contain`, before it has an assignment: the namespaces and the shared part of
-the mount tree (2, 3, 4 without pivoting), rlimits (5), no_new_privs (7) and the pool's
-seccomp filter. :func:`apply` with ``pooled=``, on assignment: join the cgroups (1),
-finish the tree and pivot (4), verify the rlimits, drop privileges (6), Landlock (8)
-and the agent's seccomp filter stacked on the pool's (9).
+:func:`pre_contain`, before it has an assignment: a top-level cgroup of its own (1,
+without limits), the namespaces and the shared part of the mount tree (2, 3, 4 without
+pivoting), rlimits (5), no_new_privs (7) and the pool's seccomp filter. :func:`apply`
+with ``pooled=``, on assignment: verify it is in the agent's cgroups (a top-level
+agent's are the ones it made, limits written by the supervisor) or join them (a nested
+agent's, inside its parent's) (1), finish the tree and pivot (4), verify the rlimits,
+drop privileges (6), Landlock (8) and the agent's seccomp filter stacked on the
+pool's (9).
 """
 
 from __future__ import annotations
@@ -82,10 +85,14 @@ def _step(profile: SandboxProfile, out: Contained, layer: str, fn: Callable[[], 
     return True
 
 
-def _join_cgroups(profile: SandboxProfile) -> None:
+def _join_cgroups(profile: SandboxProfile, pooled: Pooled | None = None) -> None:
     if not profile.cgroup_procs:
         raise SandboxError("cgroups: no cgroup was prepared for this process")
-    cgroups.join(profile.cgroup_procs)
+    # A pooled process serving a top-level agent is in its cgroup already (the one it
+    # made before its assignment, the agent's limits now written into it): moving a
+    # process into the cgroup it is in still costs the kernel's global lock.
+    if pooled is None or tuple(profile.cgroup_procs) != pooled.cgroup_procs:
+        cgroups.join(profile.cgroup_procs)
     # Verify from inside: every prepared cgroup shows up in /proc/self/cgroup.
     with open("/proc/self/cgroup") as f:
         mine = f.read()
@@ -107,18 +114,31 @@ class Pooled:
     mount: MountPlan  # the tree built so far (not pivoted into)
     rlimits: dict[str, int]
     timings_ms: dict[str, float]
+    cgroup_procs: tuple[str, ...] = ()  # the top-level cgroup it made and joined, if any
 
 
-def pre_contain(pool: dict[str, Any]) -> Pooled:
+def pre_contain(pool: dict[str, Any], cgroup_name: str | None = None) -> Pooled:
     """Everything a process can be confined with before it knows which agent it will
     be (root only, no user namespace; pid 1 of its own pid namespace already).
 
     ``pool``: ``namespaces``, ``mount`` (the host view and the broker socket, compiled),
-    ``rlimits``, ``seccomp_bpf`` (the pool variant, hex). Raises SandboxError."""
+    ``rlimits``, ``seccomp_bpf`` (the pool variant, hex), and ``cgroup`` (a recipe for a
+    top-level cgroup of its own, named ``cgroup_name``) when the cgroups layer is on.
+    Raises SandboxError."""
     t0 = time.perf_counter()
     names = tuple(str(n) for n in pool["namespaces"])
     if "user" in names or os.getpid() != 1:
         raise SandboxError("pool: needs root and a pid namespace made by the zygote")
+    joined: tuple[str, ...] = ()
+    timings: dict[str, float] = {}
+    if pool.get("cgroup") is not None:
+        if not cgroup_name:
+            raise SandboxError("pool: the template has a cgroup recipe but no name was given")
+        # First, as for every process: all it does from here on is counted there.
+        joined = cgroups.make_and_join(pool["cgroup"], cgroup_name)
+        t = time.perf_counter()
+        timings["pool_cgroups"] = round((t - t0) * 1e3, 3)
+        t0 = t
     before = namespaces.current_namespaces()
     namespaces.unshare(tuple(n for n in names if n != "pid"))
     mount = MountPlan.from_json(pool["mount"])
@@ -129,9 +149,9 @@ def pre_contain(pool: dict[str, Any]) -> Pooled:
     privileges.set_no_new_privs()
     seccomp.load_bpf(bytes.fromhex(pool["seccomp_bpf"]))
     t2 = time.perf_counter()
-    return Pooled(names, before, mount, limits,
-                  {"pool_namespaces": round((t1 - t0) * 1e3, 3),
-                   "pool_rlimits_seccomp": round((t2 - t1) * 1e3, 3)})
+    timings.update({"pool_namespaces": round((t1 - t0) * 1e3, 3),
+                    "pool_rlimits_seccomp": round((t2 - t1) * 1e3, 3)})
+    return Pooled(names, before, mount, limits, timings, joined)
 
 
 def _finish_namespaces(profile: SandboxProfile, pooled: Pooled) -> None:
@@ -229,7 +249,7 @@ def apply(profile_json: dict[str, Any], *, pid_ns_ready: bool = False,
         out.missing.append("all: no sandbox profile (the supervisor runs unsandboxed)")
         return out
     profile = SandboxProfile.from_json(profile_json)
-    _step(profile, out, "cgroups", lambda: _join_cgroups(profile))
+    _step(profile, out, "cgroups", lambda: _join_cgroups(profile, pooled))
     if pooled is not None:
         out.timings_ms.update(pooled.timings_ms)
         # Not optional here: a pooled process has these already, or was never pooled.

@@ -217,11 +217,12 @@ POOL_TITLE: Final = "agentlibos: pooled"
 
 
 def run_pooled(pool: dict[str, Any], report_fd: int, log_fd: int, assign_fd: int, *,
-               zygote_pid: int) -> NoReturn:
+               zygote_pid: int, cgroup_name: str | None = None) -> NoReturn:
     """A pooled process (docs/sandbox.md, "The warm pool"): confine as far as nothing
     image-specific is needed, say so, block on ``assign_fd`` until the zygote writes one
     assignment (the spec run_child takes) and closes it, then run it. It serves that one
-    agent and exits; EOF without a spec means it was retired unused."""
+    agent and exits; EOF without a spec means it was retired unused. ``cgroup_name``:
+    the top-level cgroup it makes for itself when the template has a cgroup recipe."""
     try:
         set_pdeathsig(signal.SIGKILL)
         if os.getppid() != zygote_pid:
@@ -231,7 +232,7 @@ def run_pooled(pool: dict[str, Any], report_fd: int, log_fd: int, assign_fd: int
         setproctitle.setproctitle(POOL_TITLE)
         _redirect_stdio(log_fd)
         _close_inherited(report_fd, assign_fd)
-        pooled = contain.pre_contain(pool)
+        pooled = contain.pre_contain(pool, cgroup_name)
         os.write(report_fd, POOL_READY)
     except BaseException as e:  # noqa: BLE001 - anything here means "cannot be pooled"
         with contextlib.suppress(OSError):

@@ -15,7 +15,8 @@ Protocol on the SOCK_SEQPACKET socket ``FD`` (one JSON object per packet):
                         SCM_RIGHTS (an "exec" adds its stdin and stdout pipes, and a
                         shell command's spec ("command") its stderr pipe too);
                         {"op": "spawn-failed", "pid", "error"};
-                        {"op": "exited", "pid", "host_pid", "status"}
+                        {"op": "exited", "pid", "host_pid", "status"};
+                        {"op": "pool-ready" | "pool-gone", "cgroup"} (the warm pool)
 
 The zygote reaps its children (it is their parent) and reports each wait status; the
 supervisor signals them through the pidfds, which cannot hit a recycled pid.
@@ -27,6 +28,13 @@ whose spec carries the pool's ``key`` is handed to a ready pooled process, if th
 one, by writing the spec down that process's own assignment pipe and closing it; the
 supervisor sees the same "spawned" event either way (with "pooled": true). Each pooled
 process serves one assignment and exits: none ever runs a second agent.
+
+When the template carries a cgroup recipe, each pooled process also makes and joins a
+top-level cgroup of its own (``p<zygote pid>-<n>``) before it is ready; the zygote says
+"pool-ready" with that name, and hands a spawn only to the pooled process its spec
+names ("pool_cgroup": the supervisor wrote a top-level agent's limits into that cgroup
+first), never to another. One that ends unassigned is reported "pool-gone" (the
+supervisor removes its cgroup).
 """
 
 from __future__ import annotations
@@ -119,6 +127,7 @@ class _Pooled:
     log_r: int
     assign_w: int
     ready: bool = False  # it said POOL_READY: pre-confined, blocked on its pipe
+    cgroup: str | None = None  # the top-level cgroup it made for itself, if any
 
     def close(self) -> None:
         for fd in (self.pidfd, self.report_r, self.log_r, self.assign_w):
@@ -141,6 +150,10 @@ class Zygote:
         self.pool_size = 0
         self.pool: dict[int, _Pooled] = {}  # host pid -> pooled, oldest first
         self.pool_failures = 0
+        self.pool_serial = 0  # names pooled processes' cgroups: p<zygote pid>-<serial>
+        # Pooled processes' cgroups, by host pid, until assigned: when such a process
+        # ends unassigned, the supervisor is told ("pool-gone") and removes the cgroup.
+        self.pool_cgroups: dict[int, str] = {}
         # Messages for the supervisor that did not fit in the socket yet (see send).
         self.outbox: collections.deque[tuple[bytes, list[int]]] = collections.deque()
 
@@ -292,6 +305,10 @@ class Zygote:
     def fork_pooled(self) -> None:
         """Fork one pooled process (after the loop has answered everything waiting)."""
         assert self.pool_base is not None and self.own_pid_ns is not None
+        cgroup: str | None = None
+        if self.pool_base.get("cgroup") is not None:
+            self.pool_serial += 1
+            cgroup = f"p{os.getpid()}-{self.pool_serial}"
         report_r, report_w = os.pipe2(os.O_CLOEXEC)
         log_r, log_w = os.pipe2(os.O_CLOEXEC)
         assign_r, assign_w = os.pipe2(os.O_CLOEXEC)
@@ -316,7 +333,8 @@ class Zygote:
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             # run_pooled closes every other inherited fd (other pooled processes' pipes).
-            run_pooled(self.pool_base, report_w, log_w, assign_r, zygote_pid=os.getppid())
+            run_pooled(self.pool_base, report_w, log_w, assign_r, zygote_pid=os.getppid(),
+                       cgroup_name=cgroup)
         self._leave_child_pid_ns()
         for fd in (report_w, log_w, assign_r):
             os.close(fd)
@@ -330,7 +348,10 @@ class Zygote:
             self._pool_failed(f"pidfd_open: {e}")
             return
         self.children[host_pid] = None  # no libOS pid until it is assigned one
-        self.pool[host_pid] = _Pooled(host_pid, pidfd, report_r, log_r, assign_w)
+        self.pool[host_pid] = _Pooled(host_pid, pidfd, report_r, log_r, assign_w,
+                                      cgroup=cgroup)
+        if cgroup is not None:
+            self.pool_cgroups[host_pid] = cgroup
 
     def _pool_failed(self, why: str) -> None:
         self.pool_failures += 1
@@ -349,6 +370,10 @@ class Zygote:
         if data == POOL_READY:
             entry.ready = True
             self.pool_failures = 0
+            if entry.cgroup is not None:
+                # The supervisor names the pooled process a spawn goes to by its cgroup
+                # (it writes the agent's limits there first): it must know the ready ones.
+                self.send({"op": "pool-ready", "cgroup": entry.cgroup})
             return
         del self.pool[entry.host_pid]
         with contextlib.suppress(ProcessLookupError):
@@ -360,10 +385,19 @@ class Zygote:
         """Hand the spawn to a ready pooled process; False if none can take it."""
         if msg["spec"].get("pool") != self.pool_key or self.pool_base is None:
             return False
-        entry = next((e for e in self.pool.values() if e.ready and e.assign_w >= 0), None)
+        if self.pool_base.get("cgroup") is not None:
+            # Only the one the supervisor named: it may have written this agent's limits
+            # into that process's cgroup, and no other agent may ever run there. Gone
+            # or not ready: the cold path, which joins the named (empty) cgroup.
+            name = msg["spec"].get("pool_cgroup")
+            entry = next((e for e in self.pool.values()
+                          if name and e.cgroup == name and e.ready and e.assign_w >= 0), None)
+        else:
+            entry = next((e for e in self.pool.values() if e.ready and e.assign_w >= 0), None)
         if entry is None:
             return False
         del self.pool[entry.host_pid]
+        self.pool_cgroups.pop(entry.host_pid, None)  # the supervisor's now
         pid = int(msg["pid"])
         try:
             data = json.dumps(msg["spec"]).encode()
@@ -397,6 +431,9 @@ class Zygote:
             host_pid, status = os.waitpid(info.si_pid, 0)
             pid = self.children.pop(host_pid, None)
             entry = self.pool.pop(host_pid, None)
+            unused = self.pool_cgroups.pop(host_pid, None)
+            if unused is not None:
+                self.send({"op": "pool-gone", "cgroup": unused})
             if entry is not None:  # never assigned: retired, or it failed to pre-confine
                 if not entry.ready and entry.assign_w >= 0:
                     self._pool_failed(f"it exited with status {status} before it was ready")
