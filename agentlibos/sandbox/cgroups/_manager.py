@@ -340,12 +340,11 @@ class CgroupManager:
         agents directory of each hierarchy, kill-first, and what to write to a v2 tree's
         cgroup.subtree_control before its leaf is made (as :meth:`create` does).
 
-        Joining is the one cgroup step that is slow on the hot path: each move takes
-        the kernel's global cgroup_threadgroup_rwsem for writing (an RCU grace period
-        when it was idle) and a move between cpu cgroups reschedules the task, which on
-        a busy host waits its turn (0.8 ms quiet, 4-12 ms loaded, measured). A pooled
-        process pays it before it is needed; on assignment the supervisor writes the
-        agent's limits into that cgroup (:meth:`adopt`) and the child only verifies."""
+        Joining is the cgroup step that is slow on the hot path: a move takes the kernel's
+        global cgroup_threadgroup_rwsem for writing (an RCU grace period if it was idle),
+        and a move between cpu cgroups reschedules the task (0.8 ms quiet, 4-12 ms on a
+        busy host). A pooled process pays it before it is needed; on assignment the
+        supervisor writes the agent's limits there (:meth:`adopt`), the child verifies."""
         if not self._ready:
             raise SandboxError("cgroups: pool_recipe() before setup()")
         lay = self.layout
