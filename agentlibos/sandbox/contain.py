@@ -22,10 +22,10 @@ A pooled process (docs/sandbox.md, "The warm pool") runs the same list in two ha
 without limits), the namespaces and the shared part of the mount tree (2, 3, 4 without
 pivoting), rlimits (5), no_new_privs (7) and the pool's seccomp filter. :func:`apply`
 with ``pooled=``, on assignment: verify it is in the agent's cgroups (a top-level
-agent's are the ones it made, limits written by the supervisor) or join them (a nested
-agent's, inside its parent's) (1), finish the tree and pivot (4), verify the rlimits,
-drop privileges (6), Landlock (8) and the agent's seccomp filter stacked on the
-pool's (9).
+agent's are the ones it made, limits written by the supervisor; a nested agent's, inside
+its parent's, the zygote moved it into) or join them (1), finish the tree and pivot
+(4), verify the rlimits, drop privileges (6), Landlock (8) and the agent's seccomp
+filter stacked on the pool's (9).
 """
 
 from __future__ import annotations
@@ -85,24 +85,34 @@ def _step(profile: SandboxProfile, out: Contained, layer: str, fn: Callable[[], 
     return True
 
 
-def _join_cgroups(profile: SandboxProfile, pooled: Pooled | None = None) -> None:
-    if not profile.cgroup_procs:
-        raise SandboxError("cgroups: no cgroup was prepared for this process")
-    # A pooled process serving a top-level agent is in its cgroup already (the one it
-    # made before its assignment, the agent's limits now written into it): moving a
-    # process into the cgroup it is in still costs the kernel's global lock.
-    if pooled is None or tuple(profile.cgroup_procs) != pooled.cgroup_procs:
-        cgroups.join(profile.cgroup_procs)
-    # Verify from inside: every prepared cgroup shows up in /proc/self/cgroup.
+def _not_in(profile: SandboxProfile) -> list[str]:
+    """The prepared cgroups (their cgroup.procs files) that /proc/self/cgroup does not
+    show this process in."""
     with open("/proc/self/cgroup") as f:
         mine = f.read()
     paths = [line.split(":", 2)[2] for line in mine.splitlines() if line.count(":") >= 2]
-    for procs in profile.cgroup_procs:
-        # The whole tail (agents/<pid>/self), not just the leaf's name: every process's
-        # leaf is called "self", so the name alone would prove nothing.
-        tail = "/" + "/".join(os.path.dirname(procs).split("/")[-3:])
-        if not any(p == tail or p.endswith(tail) for p in paths):
-            raise SandboxError(f"cgroups: joined {procs} but /proc/self/cgroup does not show it")
+    # The whole tail (agents/<pid>/self), not just the leaf's name: every process's leaf
+    # is called "self", so the name alone would prove nothing.
+    tails = ["/" + "/".join(os.path.dirname(procs).split("/")[-3:])
+             for procs in profile.cgroup_procs]
+    return [procs for procs, tail in zip(profile.cgroup_procs, tails, strict=True)
+            if not any(p == tail or p.endswith(tail) for p in paths)]
+
+
+def _join_cgroups(profile: SandboxProfile) -> None:
+    if not profile.cgroup_procs:
+        raise SandboxError("cgroups: no cgroup was prepared for this process")
+    # A pooled process may be there already: serving a top-level agent, in the cgroup
+    # it made before its assignment (the agent's limits now written into it); serving
+    # a nested one, moved by the zygote while it was blocked. Moving a process into the
+    # cgroup it is in would still take the kernel's global lock.
+    if _not_in(profile):
+        cgroups.join(profile.cgroup_procs)
+    # Verify from inside: every prepared cgroup shows up in /proc/self/cgroup.
+    missing = _not_in(profile)
+    if missing:
+        raise SandboxError(f"cgroups: joined {missing[0]} but /proc/self/cgroup does not "
+                           "show it")
 
 
 @dataclass(frozen=True)
@@ -249,7 +259,7 @@ def apply(profile_json: dict[str, Any], *, pid_ns_ready: bool = False,
         out.missing.append("all: no sandbox profile (the supervisor runs unsandboxed)")
         return out
     profile = SandboxProfile.from_json(profile_json)
-    _step(profile, out, "cgroups", lambda: _join_cgroups(profile, pooled))
+    _step(profile, out, "cgroups", lambda: _join_cgroups(profile))
     if pooled is not None:
         out.timings_ms.update(pooled.timings_ms)
         # Not optional here: a pooled process has these already, or was never pooled.
