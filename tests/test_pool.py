@@ -333,8 +333,13 @@ def test_a_pooled_process_that_dies_unassigned_takes_its_cgroup_with_it(
     img = make_image("quick", "def main(ctx, args):\n    return 1\n")
     assert wait_for(lambda: pool_ready(pooled, 2), pooled)
     victim = pooled.sandbox.pool_ready[0]
-    host = next(h for h in pooled_children(pooled.zygote.pid)
-                if f"/{victim}/" in Path(f"/proc/{h}/cgroup").read_text())
+
+    def in_victim() -> list[int]:  # it joins its cgroup right after saying it is ready
+        return [h for h in pooled_children(pooled.zygote.pid)
+                if f"/{victim}/" in Path(f"/proc/{h}/cgroup").read_text()]
+
+    assert wait_for(lambda: len(in_victim()) == 1, pooled)
+    host = in_victim()[0]
     tree = unified_cgroup(Path(f"/proc/{host}/cgroup").read_text()).parent
     os.kill(host, 9)
     assert wait_for(lambda: victim not in pooled.sandbox.pool_ready and not tree.exists(),

@@ -124,7 +124,7 @@ class Pooled:
     mount: MountPlan  # the tree built so far (not pivoted into)
     rlimits: dict[str, int]
     timings_ms: dict[str, float]
-    cgroup_procs: tuple[str, ...] = ()  # the top-level cgroup it made and joined, if any
+    cgroup_procs: tuple[str, ...] = ()  # the top-level cgroup it made for itself, if any
 
 
 def pre_contain(pool: dict[str, Any], cgroup_name: str | None = None) -> Pooled:
@@ -139,13 +139,13 @@ def pre_contain(pool: dict[str, Any], cgroup_name: str | None = None) -> Pooled:
     names = tuple(str(n) for n in pool["namespaces"])
     if "user" in names or os.getpid() != 1:
         raise SandboxError("pool: needs root and a pid namespace made by the zygote")
-    joined: tuple[str, ...] = ()
+    own: tuple[str, ...] = ()
     timings: dict[str, float] = {}
     if pool.get("cgroup") is not None:
         if not cgroup_name:
             raise SandboxError("pool: the template has a cgroup recipe but no name was given")
-        # First, as for every process: all it does from here on is counted there.
-        joined = cgroups.make_and_join(pool["cgroup"], cgroup_name)
+        # Made here, joined by join_own_cgroup once the process has said it is ready.
+        own = cgroups.make_own(pool["cgroup"], cgroup_name)
         t = time.perf_counter()
         timings["pool_cgroups"] = round((t - t0) * 1e3, 3)
         t0 = t
@@ -161,7 +161,18 @@ def pre_contain(pool: dict[str, Any], cgroup_name: str | None = None) -> Pooled:
     t2 = time.perf_counter()
     timings.update({"pool_namespaces": round((t1 - t0) * 1e3, 3),
                     "pool_rlimits_seccomp": round((t2 - t1) * 1e3, 3)})
-    return Pooled(names, before, mount, limits, timings, joined)
+    return Pooled(names, before, mount, limits, timings, own)
+
+
+def join_own_cgroup(pooled: Pooled) -> None:
+    """A pooled process joins the cgroup it made (pre_contain), after it has said it
+    is ready and before it reads its assignment. The move is the slow part (the
+    kernel's global cgroup_threadgroup_rwsem: an RCU grace period when it was idle,
+    1-12 ms on a busy host): the zygote and the supervisor learn of a ready process
+    that much earlier, and a spawn that takes it waits at most for what is left of
+    it. On assignment the agent's cgroups are verified from inside (apply)."""
+    if pooled.cgroup_procs:
+        cgroups.join(pooled.cgroup_procs)
 
 
 def _finish_namespaces(profile: SandboxProfile, pooled: Pooled) -> None:

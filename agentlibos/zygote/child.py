@@ -238,6 +238,11 @@ def run_pooled(pool: dict[str, Any], report_fd: int, log_fd: int, assign_fd: int
         with contextlib.suppress(OSError):
             os.write(report_fd, f"{type(e).__name__}: {e}".encode()[:4000])
         os._exit(START_FAILED_STATUS)
+    try:
+        contain.join_own_cgroup(pooled)
+    except BaseException:  # noqa: BLE001 - the zygote reports the exit; nothing runs here
+        traceback.print_exc()
+        os._exit(START_FAILED_STATUS)
     chunks = []
     while True:  # blocks in read(2): no polling, no timer
         try:

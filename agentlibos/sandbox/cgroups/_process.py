@@ -177,10 +177,10 @@ def join(procs_files: Sequence[str]) -> None:
 
 
 
-def make_and_join(recipe: Mapping[str, Any], name: str) -> tuple[str, ...]:
+def make_own(recipe: Mapping[str, Any], name: str) -> tuple[str, ...]:
     """A pooled process's own top-level cgroup (CgroupManager.pool_recipe): make
-    ``<agents>/<name>`` and its leaf in every hierarchy, kill-first, then join the
-    leaves; return their cgroup.procs files. Runs before any assignment, as root.
+    ``<agents>/<name>`` and its leaf in every hierarchy, kill-first; return the leaves'
+    cgroup.procs files, for :func:`join`. Runs before any assignment, as root.
 
     The directory must be new (EEXIST fails): a pooled process never shares a cgroup
     with another. Limits come on assignment, written by the supervisor."""
@@ -201,5 +201,4 @@ def make_and_join(recipe: Mapping[str, Any], name: str) -> tuple[str, ...]:
             raise SandboxError(f"cgroups: cannot make the pooled cgroup {tree}: {_why(e)}",
                                path=tree, errno=e.errno) from None
         leaves.append(f"{tree}/{SELF_LEAF}/cgroup.procs")
-    join(leaves)
     return tuple(leaves)
