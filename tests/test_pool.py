@@ -8,6 +8,7 @@ default config has one, so most of their agents are pooled processes.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -61,6 +62,7 @@ def main(ctx, args):
         "seccomp_load": raw(libc.syscall(317, 1, 0, None)),
         "pdeathsig": raw(libc.prctl(1, 0, 0, 0, 0)),
         "passwd": attempt(lambda: open("/etc/passwd").read()),
+        "cgroup": open("/proc/self/cgroup").read(),
     }
     # (/tmp is the scratch directory unless, as here, the image lies under /tmp.)
     with open(f"/scratch/trace-{ctx.pid}", "w") as f:
@@ -97,6 +99,24 @@ def wait_for(cond: Callable[[], bool], sup: Supervisor, timeout_s: float = 20.0)
     return cond()
 
 
+def pool_ready(sup: Supervisor, n: int) -> bool:
+    """The supervisor knows ``n`` pooled processes ready (it names the one a spawn goes
+    to, so a spawn made before it heard of any goes cold)."""
+    return len(pooled_children(sup.zygote.pid)) == n and len(sup.sandbox.pool_ready) == n
+
+
+def gone(path: Path) -> bool:
+    return not path.exists()
+
+
+def unified_cgroup(proc_self_cgroup: str) -> Path:
+    """The cgroup2 directory of a /proc/<pid>/cgroup text, on this host."""
+    rel = next(line[3:] for line in proc_self_cgroup.splitlines() if line.startswith("0::"))
+    with open("/proc/self/mounts") as f:
+        mount = next(line.split()[1] for line in f if line.split()[2] == "cgroup2")
+    return Path(mount + rel)
+
+
 def contain_timings(sup: Supervisor, pid: int) -> dict[str, float]:
     recs = [a for a in sup.store.audit_records(pid=pid) if a.call == "proc.contain"]
     assert recs, f"pid {pid} reported no containment"
@@ -120,12 +140,23 @@ def test_each_pooled_process_serves_one_agent_and_carries_nothing_from_another(
     img = make_image("snoop", SNOOP)
     served: dict[int, int] = {}  # host pid -> libOS pid
     seen: list[dict[str, Any]] = []
+    cgroup_dirs: list[Path] = []
     for _ in range(5):
         # Wait for a full pool, so that every agent here is a pooled one.
-        assert wait_for(lambda: len(pooled_children(pooled.zygote.pid)) == 2, pooled)
+        assert wait_for(lambda: pool_ready(pooled, 2), pooled)
         rec = run_proc(pooled, img)
         assert rec.exit_reason == "returned", rec.error
         assert "pool_namespaces" in contain_timings(pooled, rec.pid), "not a pooled process"
+        # In the cgroup its pooled process made for itself before the assignment (no
+        # move on the hot path), which no other process ever used; removed once it ended.
+        cg = unified_cgroup(rec.result["cgroup"])
+        assert cg.name == "self" and cg.parent.name.startswith("p"), cg
+        assert cg.parent.parent.name == "agents", cg
+        assert "pool_cgroups" in contain_timings(pooled, rec.pid)
+        tree = cg.parent
+        assert tree not in cgroup_dirs, f"{tree} served two agents"
+        cgroup_dirs.append(tree)
+        assert wait_for(functools.partial(gone, tree), pooled), f"{tree} left behind"
         assert rec.host_pid is not None
         assert rec.host_pid not in served, (
             f"host pid {rec.host_pid} served pid {served.get(rec.host_pid)} and {rec.pid}")
@@ -159,7 +190,7 @@ def test_each_pooled_process_serves_one_agent_and_carries_nothing_from_another(
 def test_the_pool_refills_after_each_assignment(pooled: Supervisor,
                                                 make_image: MakeImage) -> None:
     img = make_image("quick", "def main(ctx, args):\n    return 1\n")
-    assert wait_for(lambda: len(pooled_children(pooled.zygote.pid)) == 2, pooled)
+    assert wait_for(lambda: pool_ready(pooled, 2), pooled)
     before = pooled_children(pooled.zygote.pid)
     pids = [pooled.submit_run(str(img), {}) for _ in range(2)]
     assert wait_for(lambda: not any(pooled.tree_live(p) for p in pids), pooled)
@@ -233,3 +264,89 @@ def test_fits_takes_only_profiles_the_template_is_a_part_of(tmp_path: Path) -> N
     assert not pool.fits(above, base)  # it would cover a template bind
     assert pool.pool_key(base) == tpl["key"] != pool.pool_key({**base, "rlimits": {}})
     assert os.path.isdir(tmp_path / "usr")
+
+
+# Blocks until the host posts "go"; reports its cgroup first, through an object.
+HOLD = """
+def main(ctx, args):
+    ctx.obj.put("cgroup", open("/proc/self/cgroup").read())
+    ctx.events.wait("go")
+    return None
+"""
+
+PARENT = """
+def main(ctx, args):
+    child = ctx.proc.spawn("hold")
+    return ctx.proc.wait(child)["pid"]
+"""
+
+
+@pytest.mark.privileged
+def test_a_pooled_agent_runs_under_its_own_limits_in_the_cgroup_its_process_made(
+        pooled: Supervisor, make_image: MakeImage) -> None:
+    img = make_image("hold", HOLD, caps=["event:wait:go"], limits={"memory": "96MiB",
+                                                                   "pids": 17})
+    assert wait_for(lambda: pool_ready(pooled, 2), pooled)
+    named = set(pooled.sandbox.pool_ready)
+    pid = pooled.submit_run(str(img), {})
+    assert wait_for(lambda: pooled.store.get_process(pid).state == "waiting", pooled)
+    live = pooled.live[pid]
+    assert live.cgroup is not None and live.cgroup.name in named
+    # The limits are the agent's, written before its first line ran.
+    assert int(Path(live.cgroup.pids_dir, "pids.max").read_text()) == 17
+    mem = Path(live.cgroup.memory_dir)
+    limit = mem / ("memory.max" if live.cgroup.memory_v2 else "memory.limit_in_bytes")
+    assert int(limit.read_text()) == 96 << 20
+    assert str(live.host_pid) in Path(live.cgroup.procs_files[0]).read_text().split()
+    pooled.events.post("go", None, None)
+    assert pooled.run_until(lambda: not pooled.tree_live(pid), 20)
+    assert pooled.store.get_process(pid).exit_reason == "returned"
+    assert wait_for(lambda: not Path(live.cgroup.dirs[0]).exists(), pooled)
+
+
+@pytest.mark.privileged
+def test_a_nested_pooled_agent_moves_into_its_parents_tree_and_its_pool_cgroup_goes(
+        pooled: Supervisor, make_image: MakeImage) -> None:
+    make_image("hold", HOLD, caps=["event:wait:go"])
+    parent = make_image("parent", PARENT, caps=["proc:spawn:hold", "proc:wait:children",
+                                                "event:wait:go"])
+    assert wait_for(lambda: pool_ready(pooled, 2), pooled)
+    ppid = pooled.submit_run(str(parent), {})
+    assert wait_for(lambda: any(lv.caller.ppid == ppid and lv.ready and lv.waits
+                                for lv in pooled.live.values()), pooled), (
+        pooled.store.get_process(ppid).error, pooled.store.get_process(ppid).exit_reason)
+    cpid = next(p for p, lv in pooled.live.items() if lv.caller.ppid == ppid)
+    assert "pool_namespaces" in contain_timings(pooled, cpid), "not a pooled process"
+    child, par = pooled.live[cpid], pooled.live[ppid]
+    assert child.cgroup.dirs[0].startswith(par.cgroup.dirs[0] + "/")
+    leftover = Path(child.pool_leftover.dirs[0])
+    assert leftover.exists() and not (leftover / "self" / "cgroup.procs").read_text().split()
+    pooled.events.post("go", None, None)
+    assert pooled.run_until(lambda: not pooled.tree_live(ppid), 20)
+    assert pooled.store.get_process(ppid).exit_reason == "returned"
+    assert wait_for(lambda: not leftover.exists(), pooled), f"{leftover} left behind"
+
+
+@pytest.mark.privileged
+def test_a_pooled_process_that_dies_unassigned_takes_its_cgroup_with_it(
+        pooled: Supervisor, make_image: MakeImage) -> None:
+    img = make_image("quick", "def main(ctx, args):\n    return 1\n")
+    assert wait_for(lambda: pool_ready(pooled, 2), pooled)
+    victim = pooled.sandbox.pool_ready[0]
+
+    def in_victim() -> list[int]:  # it joins its cgroup right after saying it is ready
+        return [h for h in pooled_children(pooled.zygote.pid)
+                if f"/{victim}/" in Path(f"/proc/{h}/cgroup").read_text()]
+
+    assert wait_for(lambda: len(in_victim()) == 1, pooled)
+    host = in_victim()[0]
+    tree = unified_cgroup(Path(f"/proc/{host}/cgroup").read_text()).parent
+    os.kill(host, 9)
+    assert wait_for(lambda: victim not in pooled.sandbox.pool_ready and not tree.exists(),
+                    pooled)
+    # Nobody is ever handed to it, or to its cgroup.
+    assert wait_for(lambda: pool_ready(pooled, 2), pooled)
+    rec = run_proc(pooled, img)
+    assert rec.exit_reason == "returned", rec.error
+    assert pooled.live.get(rec.pid) is None
+    assert victim not in pooled.sandbox.pool_ready

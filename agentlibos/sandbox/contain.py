@@ -18,11 +18,14 @@ made it optional; an optional one that fails is recorded as missing, with the re
 A layer is counted as applied only once it has been verified from inside.
 
 A pooled process (docs/sandbox.md, "The warm pool") runs the same list in two halves.
-:func:`pre_contain`, before it has an assignment: the namespaces and the shared part of
-the mount tree (2, 3, 4 without pivoting), rlimits (5), no_new_privs (7) and the pool's
-seccomp filter. :func:`apply` with ``pooled=``, on assignment: join the cgroups (1),
-finish the tree and pivot (4), verify the rlimits, drop privileges (6), Landlock (8)
-and the agent's seccomp filter stacked on the pool's (9).
+:func:`pre_contain`, before it has an assignment: a top-level cgroup of its own (1,
+without limits), the namespaces and the shared part of the mount tree (2, 3, 4 without
+pivoting), rlimits (5), no_new_privs (7) and the pool's seccomp filter. :func:`apply`
+with ``pooled=``, on assignment: verify it is in the agent's cgroups (a top-level
+agent's are the ones it made, limits written by the supervisor; a nested agent's, inside
+its parent's, the zygote moved it into) or join them (1), finish the tree and pivot
+(4), verify the rlimits, drop privileges (6), Landlock (8) and the agent's seccomp
+filter stacked on the pool's (9).
 """
 
 from __future__ import annotations
@@ -82,20 +85,34 @@ def _step(profile: SandboxProfile, out: Contained, layer: str, fn: Callable[[], 
     return True
 
 
-def _join_cgroups(profile: SandboxProfile) -> None:
-    if not profile.cgroup_procs:
-        raise SandboxError("cgroups: no cgroup was prepared for this process")
-    cgroups.join(profile.cgroup_procs)
-    # Verify from inside: every prepared cgroup shows up in /proc/self/cgroup.
+def _not_in(profile: SandboxProfile) -> list[str]:
+    """The prepared cgroups (their cgroup.procs files) that /proc/self/cgroup does not
+    show this process in."""
     with open("/proc/self/cgroup") as f:
         mine = f.read()
     paths = [line.split(":", 2)[2] for line in mine.splitlines() if line.count(":") >= 2]
-    for procs in profile.cgroup_procs:
-        # The whole tail (agents/<pid>/self), not just the leaf's name: every process's
-        # leaf is called "self", so the name alone would prove nothing.
-        tail = "/" + "/".join(os.path.dirname(procs).split("/")[-3:])
-        if not any(p == tail or p.endswith(tail) for p in paths):
-            raise SandboxError(f"cgroups: joined {procs} but /proc/self/cgroup does not show it")
+    # The whole tail (agents/<pid>/self), not just the leaf's name: every process's leaf
+    # is called "self", so the name alone would prove nothing.
+    tails = ["/" + "/".join(os.path.dirname(procs).split("/")[-3:])
+             for procs in profile.cgroup_procs]
+    return [procs for procs, tail in zip(profile.cgroup_procs, tails, strict=True)
+            if not any(p == tail or p.endswith(tail) for p in paths)]
+
+
+def _join_cgroups(profile: SandboxProfile) -> None:
+    if not profile.cgroup_procs:
+        raise SandboxError("cgroups: no cgroup was prepared for this process")
+    # A pooled process may be there already: serving a top-level agent, in the cgroup
+    # it made before its assignment (the agent's limits now written into it); serving
+    # a nested one, moved by the zygote while it was blocked. Moving a process into the
+    # cgroup it is in would still take the kernel's global lock.
+    if _not_in(profile):
+        cgroups.join(profile.cgroup_procs)
+    # Verify from inside: every prepared cgroup shows up in /proc/self/cgroup.
+    missing = _not_in(profile)
+    if missing:
+        raise SandboxError(f"cgroups: joined {missing[0]} but /proc/self/cgroup does not "
+                           "show it")
 
 
 @dataclass(frozen=True)
@@ -107,18 +124,31 @@ class Pooled:
     mount: MountPlan  # the tree built so far (not pivoted into)
     rlimits: dict[str, int]
     timings_ms: dict[str, float]
+    cgroup_procs: tuple[str, ...] = ()  # the top-level cgroup it made for itself, if any
 
 
-def pre_contain(pool: dict[str, Any]) -> Pooled:
+def pre_contain(pool: dict[str, Any], cgroup_name: str | None = None) -> Pooled:
     """Everything a process can be confined with before it knows which agent it will
     be (root only, no user namespace; pid 1 of its own pid namespace already).
 
     ``pool``: ``namespaces``, ``mount`` (the host view and the broker socket, compiled),
-    ``rlimits``, ``seccomp_bpf`` (the pool variant, hex). Raises SandboxError."""
+    ``rlimits``, ``seccomp_bpf`` (the pool variant, hex), and ``cgroup`` (a recipe for a
+    top-level cgroup of its own, named ``cgroup_name``) when the cgroups layer is on.
+    Raises SandboxError."""
     t0 = time.perf_counter()
     names = tuple(str(n) for n in pool["namespaces"])
     if "user" in names or os.getpid() != 1:
         raise SandboxError("pool: needs root and a pid namespace made by the zygote")
+    own: tuple[str, ...] = ()
+    timings: dict[str, float] = {}
+    if pool.get("cgroup") is not None:
+        if not cgroup_name:
+            raise SandboxError("pool: the template has a cgroup recipe but no name was given")
+        # Made here, joined by join_own_cgroup once the process has said it is ready.
+        own = cgroups.make_own(pool["cgroup"], cgroup_name)
+        t = time.perf_counter()
+        timings["pool_cgroups"] = round((t - t0) * 1e3, 3)
+        t0 = t
     before = namespaces.current_namespaces()
     namespaces.unshare(tuple(n for n in names if n != "pid"))
     mount = MountPlan.from_json(pool["mount"])
@@ -129,9 +159,20 @@ def pre_contain(pool: dict[str, Any]) -> Pooled:
     privileges.set_no_new_privs()
     seccomp.load_bpf(bytes.fromhex(pool["seccomp_bpf"]))
     t2 = time.perf_counter()
-    return Pooled(names, before, mount, limits,
-                  {"pool_namespaces": round((t1 - t0) * 1e3, 3),
-                   "pool_rlimits_seccomp": round((t2 - t1) * 1e3, 3)})
+    timings.update({"pool_namespaces": round((t1 - t0) * 1e3, 3),
+                    "pool_rlimits_seccomp": round((t2 - t1) * 1e3, 3)})
+    return Pooled(names, before, mount, limits, timings, own)
+
+
+def join_own_cgroup(pooled: Pooled) -> None:
+    """A pooled process joins the cgroup it made (pre_contain), after it has said it
+    is ready and before it reads its assignment. The move is the slow part (the
+    kernel's global cgroup_threadgroup_rwsem: an RCU grace period when it was idle,
+    1-12 ms on a busy host): the zygote and the supervisor learn of a ready process
+    that much earlier, and a spawn that takes it waits at most for what is left of
+    it. On assignment the agent's cgroups are verified from inside (apply)."""
+    if pooled.cgroup_procs:
+        cgroups.join(pooled.cgroup_procs)
 
 
 def _finish_namespaces(profile: SandboxProfile, pooled: Pooled) -> None:

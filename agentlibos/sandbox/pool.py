@@ -3,9 +3,10 @@
 Pure, run in the supervisor before any fork. A pooled process (docs/sandbox.md, "The
 warm pool") applies the template before it knows which agent it will be
 (:func:`agentlibos.sandbox.contain.pre_contain`): its namespaces, the mount tree of the
-host view (not pivoted into), rlimits, no_new_privs and the pool
-seccomp filter. What is an agent's own -- its image and scratch binds, its cgroup,
-Landlock rules, uid, the agent filter on top -- comes with its assignment.
+host view (not pivoted into), a top-level cgroup of its own (no limits yet), rlimits,
+no_new_privs and the pool seccomp filter. What is an agent's own -- its image and
+scratch binds, its cgroup's limits (or a cgroup inside its parent's), Landlock rules,
+uid, the agent filter on top -- comes with its assignment.
 
 :func:`fits` says whether a prepared profile may be finished from the template: the
 same namespaces and rlimits, the template's binds a subset of the profile's, the layers
@@ -28,13 +29,18 @@ PRE_APPLIED = ("namespaces", "seccomp")
 
 
 def pool_base(*, config: SandboxConfig, view: HostView, new_root: str,
-              pool_bpf: bytes) -> dict[str, Any]:
+              pool_bpf: bytes, cgroup: dict[str, Any] | None = None) -> dict[str, Any]:
     """The template (JSON) for this operator config and host; raises SandboxError if a
     bind source is missing (compile_mounts).
 
     The broker socket is not in it: the zygote (and so the pool) starts before the broker
     binds its socket, and a bind is of an inode -- a socket file made later would not be
-    the one bound. It is bound on assignment, with the agent's scratch and image."""
+    the one bound. It is bound on assignment, with the agent's scratch and image.
+
+    ``cgroup`` (CgroupManager.pool_recipe, when the cgroups layer is on): each pooled
+    process makes a top-level cgroup of its own and joins it before its assignment;
+    a top-level agent it serves keeps that cgroup (the supervisor writes its limits
+    into it), a nested one moves into one inside its parent's."""
     plan = compile_mounts(MountPlan(
         new_root=new_root, ro_binds=view.ro_paths, rw_binds=(), dev_nodes=view.dev_nodes,
         symlinks=view.symlinks, tmp_dir=SCRATCH_INSIDE))
@@ -45,6 +51,8 @@ def pool_base(*, config: SandboxConfig, view: HostView, new_root: str,
         "rlimits": {"core": 0, "nofile": config.nofile, "fsize": config.fsize_bytes},
         "seccomp_bpf": pool_bpf.hex(),
     }
+    if cgroup is not None:
+        base["cgroup"] = cgroup
     return {"key": pool_key(base), "base": base}
 
 

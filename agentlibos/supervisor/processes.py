@@ -93,6 +93,9 @@ class LiveProcess:
     deadline: float | None = None  # monotonic end of its wall-clock budget
     log: LogSink | None = None  # its stdout/stderr pipe, drained into log_path
     cgroup: Any = None  # agentlibos.sandbox.cgroups.ProcessCgroup, when that layer is on
+    # The cgroup its pooled process made before it moved into ``cgroup`` (a nested
+    # agent's): removed when it ends (sandboxing.Prepared.pool_leftover).
+    pool_leftover: Any = None
     jit_tools: dict[str, Any] = field(default_factory=dict)  # name -> ToolDef, at run time
     durable_waits: int = 0  # how many of `waits` survive an eviction (docs/durability.md)
     waiting_since: float | None = None  # monotonic, while it waits on anything
@@ -117,7 +120,8 @@ class ProcessTable:
         # How many processes may hold a host process at once (see FDS_PER_HOST_PROCESS).
         self.host_slots = max(16, (raise_fd_limit() - FDS_RESERVED) // FDS_PER_HOST_PROCESS)
         self.evicted_count = 0  # entries of `live` with no host process (set_evicted)
-        self._unreleased: dict[int, Any] = {}  # pid -> cgroup whose removal is retried
+        # (pid, cgroup name) -> cgroup whose removal is retried
+        self._unreleased: dict[tuple[int, str], Any] = {}
         # Called with the pid after a process's end is recorded.
         self.ended: list[Callable[[int], None]] = []
         # Called with (pid, record) to answer those waiting for it outside the broker.
@@ -268,6 +272,7 @@ class ProcessTable:
                 pid, eff_limits, str(image.path), live.scratch,
                 parent_pid=parent_pid if parent_pid in self.live else None)
             live.cgroup = prepared.cgroup
+            live.pool_leftover = prepared.pool_leftover
             self._zygote().spawn(pid, {
                 "pid": pid,
                 "token": live.token.hex(),
@@ -277,6 +282,7 @@ class ProcessTable:
                 "title": f"agentlibos: {pid} {image.name}",
                 "profile": prepared.profile,
                 "pool": prepared.pool,  # a pooled process may take it (docs/sandbox.md)
+                "pool_cgroup": prepared.pool_cgroup,  # which one, when the pool has cgroups
             })
         except (Unavailable, SandboxError) as e:
             live.start_error = str(e)
@@ -312,8 +318,15 @@ class ProcessTable:
     # ---------------------------------------------------------------- the zygote's news
 
     def on_zygote_event(self, ev: ZygoteEvent) -> None:
-        """``spawned`` / ``spawn-failed`` / ``exited`` for an AgentProcess."""
-        if ev.op == "spawned":
+        """``spawned`` / ``spawn-failed`` / ``exited`` for an AgentProcess; ``pool-ready``
+        and ``pool-gone`` for the warm pool's cgroups."""
+        if ev.op in ("pool-ready", "pool-gone"):
+            name = str(ev.msg.get("cgroup"))
+            if ev.op == "pool-ready":
+                self.sandbox.on_pool_ready(name)
+            else:
+                self.sandbox.on_pool_gone(name)
+        elif ev.op == "spawned":
             pid = int(ev.msg["pid"])
             pidfd, report_fd, log_fd = ev.fds
             live = self.live.get(pid)
@@ -462,7 +475,8 @@ class ProcessTable:
         """After an eviction or an accident it will be resumed from: keep it in the
         table with its waits, without a host process."""
         self.release_cgroup(pid, live.cgroup)
-        live.cgroup = None
+        self.release_cgroup(pid, live.pool_leftover)
+        live.cgroup = live.pool_leftover = None
         self.sandbox.forget(pid)
         discard_tree(live.scratch)
         live.host_pid, live.ready, live.evicting = None, False, False
@@ -512,6 +526,7 @@ class ProcessTable:
                                  "status": status, "usage": usage,
                                  "pids_limit_hit": pids_hit})
         self.release_cgroup(pid, live.cgroup)
+        self.release_cgroup(pid, live.pool_leftover)
         self.sandbox.forget(pid)
         discard_tree(live.scratch)
         for hook in self.ended:
@@ -549,9 +564,9 @@ class ProcessTable:
         try:
             cgroup.kill()
             cgroup.remove(timeout_s=0)
-            self._unreleased.pop(pid, None)
+            self._unreleased.pop((pid, cgroup.name), None)
         except (SandboxError, OSError) as e:
-            self._unreleased[pid] = cgroup
+            self._unreleased[(pid, cgroup.name)] = cgroup
             if attempt < 50:
                 self.loop.call_later(0.05 * (attempt + 1),
                                      lambda: self.release_cgroup(pid, cgroup, attempt + 1))
@@ -562,7 +577,7 @@ class ProcessTable:
 
     def release_all_cgroups(self) -> None:
         """At stop, when retry timers will not run again: remove what is left, blocking."""
-        for pid, cgroup in list(self._unreleased.items()):
+        for (pid, _name), cgroup in list(self._unreleased.items()):
             try:
                 cgroup.kill()
                 cgroup.remove(timeout_s=2.0)

@@ -9,6 +9,7 @@ and the child records it as missing.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import itertools
@@ -48,6 +49,11 @@ class Prepared:
     profile: dict[str, Any]
     cgroup: Any  # agentlibos.sandbox.cgroups.ProcessCgroup | None
     pool: str | None = None  # the warm pool's key, if a pooled process may take it
+    # The pooled process (by the cgroup it made) the zygote must hand it to, if any.
+    pool_cgroup: str | None = None
+    # That process's own cgroup when the agent lives in another (a nested agent's, in
+    # its parent's): empty once it moved out, removed when the agent has ended.
+    pool_leftover: Any = None
 
 
 class SandboxManager:
@@ -67,6 +73,10 @@ class SandboxManager:
         self.seccomp_bpf_pool = b""
         # The warm pool's template ({"key", "base"}), once pool_template() made one.
         self.pool: dict[str, Any] | None = None
+        # Pooled processes ready for an agent, by the cgroup each made for itself (the
+        # zygote's "pool-ready"), oldest first; and those handed to an agent, by pid.
+        self.pool_ready: collections.deque[str] = collections.deque()
+        self._pool_claims: dict[int, str] = {}
         self.shell_view: HostView | None = None
         self.deno: Any = None  # agentlibos.jit.deno.DenoView, once Deno is found
         self.deno_problem: str | None = None
@@ -130,6 +140,7 @@ class SandboxManager:
         pool cannot serve (docs/sandbox.md): not root, a user namespace, a layer it
         pre-applies disabled or missing here."""
         self.pool = None
+        self.pool_ready.clear()  # a new zygote: the old one's pool died with it
         usable = (size > 0 and os.geteuid() == 0 and self.view is not None
                   and self.config.user_namespace != "always" and self.seccomp_bpf_pool
                   and all(self.config.layer_mode(layer) != "disabled"
@@ -137,9 +148,12 @@ class SandboxManager:
         if not usable or self.view is None:
             return None
         try:
+            recipe = None
+            if self.cgroups is not None and self.config.layer_mode("cgroups") != "disabled":
+                recipe = self.cgroups.pool_recipe()
             self.pool = pool.pool_base(
                 config=self.config, view=self.view, new_root=str(self.new_root),
-                pool_bpf=self.seccomp_bpf_pool)
+                pool_bpf=self.seccomp_bpf_pool, cgroup=recipe)
         except SandboxError as e:
             log.warning("no warm pool: %s", e)
             return None
@@ -179,7 +193,13 @@ class SandboxManager:
         """
         assert self.view is not None
         view = self.view
-        prepared = self._prepare(str(pid), limits, parent_pid, lambda procs: build_profile(
+        # A pooled process with a cgroup of its own, if one is ready: a top-level agent
+        # takes over that cgroup (no mkdir here, no move in the child); a nested one
+        # still gets one inside its parent's, and the pooled process moves there.
+        claim = self._claim_pooled()
+        adopt = claim if parent_pid is None else None
+        try:
+            prepared = self._prepare(str(pid), limits, parent_pid, lambda procs: build_profile(
             config=self.config,
             view=view,
             image_dir=image_dir,
@@ -190,12 +210,69 @@ class SandboxManager:
             seccomp_bpf=self.seccomp_bpf,
             supervisor_uid=os.geteuid(),
             supervisor_gid=os.getegid(),
-        ))
+            ), adopt=adopt)
+            if adopt is not None and getattr(prepared.cgroup, "name", None) != adopt:
+                claim = adopt = None  # not adopted: that pooled process is not usable
+            fits = self.pool is not None and pool.fits(prepared.profile, self.pool["base"])
+            if claim is not None and not fits:
+                # It goes cold: it must not join a cgroup a pooled process is still in.
+                self._unclaim(claim)
+                if adopt is not None and prepared.cgroup is not None:
+                    prepared = self._replace_cgroup(prepared, str(pid), limits)
+                claim = None
+        except BaseException:
+            if claim is not None:
+                self._unclaim(claim)
+            raise
         if prepared.cgroup is not None:
             self._by_pid[pid] = prepared.cgroup
-        if self.pool is not None and pool.fits(prepared.profile, self.pool["base"]):
+        if fits and self.pool is not None:
             prepared.pool = self.pool["key"]
+        if claim is not None:
+            assert self.cgroups is not None
+            self._pool_claims[pid] = claim
+            prepared.pool_cgroup = claim
+            if adopt is None:
+                prepared.pool_leftover = self.cgroups.pooled_cgroup(claim)
         return prepared
+
+    # ......................................................... the pool's cgroups
+
+    def _claim_pooled(self) -> str | None:
+        if self.cgroups is None or self.pool is None or "cgroup" not in self.pool["base"]:
+            return None
+        return self.pool_ready.popleft() if self.pool_ready else None
+
+    def _unclaim(self, name: str) -> None:
+        """Back to the front: that pooled process is still ready (limits written into
+        its cgroup are overwritten by the next agent that takes it)."""
+        self.pool_ready.appendleft(name)
+
+    def _replace_cgroup(self, prepared: Prepared, name: str, limits: Limits) -> Prepared:
+        assert self.cgroups is not None
+        cgroup = self.cgroups.create(name, cgroups.CgroupLimits(
+            memory_max_bytes=limits.memory_max_bytes, pids_max=limits.pids_max,
+            cpu_max_cores=limits.cpu_max_cores))
+        profile = {**prepared.profile, "cgroup_procs": list(cgroup.procs_files)}
+        return Prepared(profile, cgroup)
+
+    def on_pool_ready(self, name: str) -> None:
+        """The zygote's "pool-ready": a pooled process with cgroup ``name`` waits."""
+        if self.pool is not None and "cgroup" in self.pool["base"]:
+            self.pool_ready.append(name)
+
+    def on_pool_gone(self, name: str) -> None:
+        """The zygote's "pool-gone": the pooled process of cgroup ``name`` ended without
+        an assignment. Unless a spawn claimed it (whose agent then joins that cgroup
+        cold, and owns it), remove the cgroup; what cannot be removed yet goes with the
+        supervisor's group at stop."""
+        if name in self._pool_claims.values():
+            return
+        with contextlib.suppress(ValueError):
+            self.pool_ready.remove(name)
+        if self.cgroups is not None:
+            with contextlib.suppress(LibOSError, OSError):
+                self.cgroups.pooled_cgroup(name).remove(timeout_s=0)
 
     def prepare_tool(self, wid: int, read_only_dirs: tuple[str, ...],
                      scratch: Path, owner_pid: int | None = None) -> Prepared:
@@ -263,17 +340,25 @@ class SandboxManager:
         return self._by_pid.get(parent_pid)
 
     def _prepare(self, name: str, limits: Limits, parent_pid: int | None,
-                 build: Callable[[tuple[str, ...]], SandboxProfile]) -> Prepared:
+                 build: Callable[[tuple[str, ...]], SandboxProfile], *,
+                 adopt: str | None = None) -> Prepared:
         for layer in LAYERS:
             self._require(layer)  # fail closed before anything is created
         cgroup = None
         skipped = {layer: why for layer, why in self.unavailable.items()
                    if self.config.layer_mode(layer) == "optional"}
         if self.cgroups is not None and self._require("cgroups"):
+            cg_limits = cgroups.CgroupLimits(
+                memory_max_bytes=limits.memory_max_bytes, pids_max=limits.pids_max,
+                cpu_max_cores=limits.cpu_max_cores)
+            if adopt is not None:
+                # Its cgroup gone (the process died and it was removed): a fresh one.
+                with contextlib.suppress(LibOSError, OSError):
+                    cgroup = self.cgroups.adopt(adopt, cg_limits)
             try:
-                cgroup = self.cgroups.create(name, cgroups.CgroupLimits(
-                    memory_max_bytes=limits.memory_max_bytes, pids_max=limits.pids_max,
-                    cpu_max_cores=limits.cpu_max_cores), parent=self._parent_cgroup(parent_pid))
+                if cgroup is None:
+                    cgroup = self.cgroups.create(name, cg_limits,
+                                                 parent=self._parent_cgroup(parent_pid))
             except (LibOSError, OSError) as e:
                 if self.config.layer_mode("cgroups") == "required":
                     raise SandboxError(f"cgroups: {e}") from None
@@ -295,6 +380,7 @@ class SandboxManager:
     def forget(self, pid: int) -> None:
         """``pid`` ended: no child will be made inside its cgroup any more."""
         self._by_pid.pop(pid, None)
+        self._pool_claims.pop(pid, None)
 
     def verdict(self, cgroup: Any) -> tuple[bool, bool, dict[str, int]]:
         """(OOM-killed, pids limit hit, stats) of a process's cgroup after it ended."""

@@ -15,7 +15,8 @@ Protocol on the SOCK_SEQPACKET socket ``FD`` (one JSON object per packet):
                         SCM_RIGHTS (an "exec" adds its stdin and stdout pipes, and a
                         shell command's spec ("command") its stderr pipe too);
                         {"op": "spawn-failed", "pid", "error"};
-                        {"op": "exited", "pid", "host_pid", "status"}
+                        {"op": "exited", "pid", "host_pid", "status"};
+                        {"op": "pool-ready" | "pool-gone", "cgroup"} (the warm pool)
 
 The zygote reaps its children (it is their parent) and reports each wait status; the
 supervisor signals them through the pidfds, which cannot hit a recycled pid.
@@ -27,10 +28,18 @@ whose spec carries the pool's ``key`` is handed to a ready pooled process, if th
 one, by writing the spec down that process's own assignment pipe and closing it; the
 supervisor sees the same "spawned" event either way (with "pooled": true). Each pooled
 process serves one assignment and exits: none ever runs a second agent.
+
+When the template carries a cgroup recipe, each pooled process also makes and joins a
+top-level cgroup of its own (``p<zygote pid>-<n>``) before it is ready; the zygote says
+"pool-ready" with that name, and hands a spawn only to the pooled process its spec
+names ("pool_cgroup": the supervisor wrote a top-level agent's limits into that cgroup
+first), never to another. One that ends unassigned is reported "pool-gone" (the
+supervisor removes its cgroup).
 """
 
 from __future__ import annotations
 
+import _random
 import collections
 import contextlib
 import ctypes
@@ -53,9 +62,55 @@ from agentlibos.sandbox.pdeathsig import set_pdeathsig
 
 # Imported here, at the top, so the zygote has everything a child needs loaded before
 # it forks: children share these pages copy-on-write and pay no import cost.
-from agentlibos.zygote.child import POOL_READY, run_child, run_command, run_exec, run_pooled
+from agentlibos.zygote.child import (
+    POOL_READY,
+    agent_environ,
+    run_child,
+    run_command,
+    run_exec,
+    run_pooled,
+)
 
 MAX_PACKET: Final = 1 << 20
+
+# libc's fork(), called with the GIL held (PyDLL): see _fork.
+_LIBC_FORK: Final = ctypes.PyDLL(None, use_errno=True).fork
+_LIBC_FORK.restype = ctypes.c_int
+_LIBC_FORK.argtypes = ()
+
+
+def _fork() -> int:
+    """fork(2) without CPython's after-fork work; the child's pid, 0 in the child.
+
+    os.fork() runs the interpreter's after-fork hooks in the child: threading rebuilds its
+    thread table (walking a WeakSet), logging re-creates its handlers' locks, random
+    reseeds. Each write lands on a page the child shares with the zygote, and every one
+    of those pages is then copied into the child: 650 KiB of the 890 KiB an agent owns
+    right after its fork (Private_Dirty, measured on the preloaded zygote), in every
+    agent, before it has done anything. What those hooks repair is state another thread
+    could have left locked or half-written at the fork; the zygote never runs a second
+    thread (it never creates a ZeroMQ context, and no module it imports starts one), so
+    there is nothing to repair -- except random's state, which every child must not
+    share: the child reseeds it (_after_fork_child)."""
+    pid = int(_LIBC_FORK())
+    if pid < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"fork: {os.strerror(e)}")
+    if pid == 0:
+        _after_fork_child()
+    return pid
+
+
+def _after_fork_child() -> None:
+    """The part of os.fork()'s child hooks that still matters: a fresh random state.
+
+    Seeded from the kernel by the C method (the Python one builds a 2.5 KiB int first).
+    """
+    random = sys.modules.get("random")
+    if random is not None:
+        inst = random._inst  # the module-level functions use this one
+        _random.Random.seed(inst)
+        inst.gauss_next = None
 # Pooled processes that failed to pre-confine in a row before the pool is given up (the
 # host cannot do it; every spawn then takes the cold path, which says why it fails).
 POOL_MAX_FAILURES: Final = 3
@@ -72,6 +127,7 @@ class _Pooled:
     log_r: int
     assign_w: int
     ready: bool = False  # it said POOL_READY: pre-confined, blocked on its pipe
+    cgroup: str | None = None  # the top-level cgroup it made for itself, if any
 
     def close(self) -> None:
         for fd in (self.pidfd, self.report_r, self.log_r, self.assign_w):
@@ -94,6 +150,10 @@ class Zygote:
         self.pool_size = 0
         self.pool: dict[int, _Pooled] = {}  # host pid -> pooled, oldest first
         self.pool_failures = 0
+        self.pool_serial = 0  # names pooled processes' cgroups: p<zygote pid>-<serial>
+        # Pooled processes' cgroups, by host pid, until assigned: when such a process
+        # ends unassigned, the supervisor is told ("pool-gone") and removes the cgroup.
+        self.pool_cgroups: dict[int, str] = {}
         # Messages for the supervisor that did not fit in the socket yet (see send).
         self.outbox: collections.deque[tuple[bytes, list[int]]] = collections.deque()
 
@@ -174,7 +234,7 @@ class Zygote:
             log_r, log_w = os.pipe2(os.O_CLOEXEC)
         new_ns = self._enter_child_pid_ns(msg["spec"])
         try:
-            host_pid = os.fork()
+            host_pid = _fork()
         except OSError as e:
             if new_ns:
                 self._leave_child_pid_ns()
@@ -245,6 +305,10 @@ class Zygote:
     def fork_pooled(self) -> None:
         """Fork one pooled process (after the loop has answered everything waiting)."""
         assert self.pool_base is not None and self.own_pid_ns is not None
+        cgroup: str | None = None
+        if self.pool_base.get("cgroup") is not None:
+            self.pool_serial += 1
+            cgroup = f"p{os.getpid()}-{self.pool_serial}"
         report_r, report_w = os.pipe2(os.O_CLOEXEC)
         log_r, log_w = os.pipe2(os.O_CLOEXEC)
         assign_r, assign_w = os.pipe2(os.O_CLOEXEC)
@@ -258,7 +322,7 @@ class Zygote:
             self._pool_failed(f"unshare(CLONE_NEWPID): {e}")
             return
         try:
-            host_pid = os.fork()
+            host_pid = _fork()
         except OSError as e:
             self._leave_child_pid_ns()
             for fd in mine:
@@ -269,7 +333,8 @@ class Zygote:
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             # run_pooled closes every other inherited fd (other pooled processes' pipes).
-            run_pooled(self.pool_base, report_w, log_w, assign_r, zygote_pid=os.getppid())
+            run_pooled(self.pool_base, report_w, log_w, assign_r, zygote_pid=os.getppid(),
+                       cgroup_name=cgroup)
         self._leave_child_pid_ns()
         for fd in (report_w, log_w, assign_r):
             os.close(fd)
@@ -283,7 +348,10 @@ class Zygote:
             self._pool_failed(f"pidfd_open: {e}")
             return
         self.children[host_pid] = None  # no libOS pid until it is assigned one
-        self.pool[host_pid] = _Pooled(host_pid, pidfd, report_r, log_r, assign_w)
+        self.pool[host_pid] = _Pooled(host_pid, pidfd, report_r, log_r, assign_w,
+                                      cgroup=cgroup)
+        if cgroup is not None:
+            self.pool_cgroups[host_pid] = cgroup
 
     def _pool_failed(self, why: str) -> None:
         self.pool_failures += 1
@@ -302,6 +370,10 @@ class Zygote:
         if data == POOL_READY:
             entry.ready = True
             self.pool_failures = 0
+            if entry.cgroup is not None:
+                # The supervisor names the pooled process a spawn goes to by its cgroup
+                # (it writes the agent's limits there first): it must know the ready ones.
+                self.send({"op": "pool-ready", "cgroup": entry.cgroup})
             return
         del self.pool[entry.host_pid]
         with contextlib.suppress(ProcessLookupError):
@@ -313,10 +385,20 @@ class Zygote:
         """Hand the spawn to a ready pooled process; False if none can take it."""
         if msg["spec"].get("pool") != self.pool_key or self.pool_base is None:
             return False
-        entry = next((e for e in self.pool.values() if e.ready and e.assign_w >= 0), None)
+        if self.pool_base.get("cgroup") is not None:
+            # Only the one the supervisor named: it may have written this agent's limits
+            # into that process's cgroup, and no other agent may ever run there. Gone
+            # or not ready: the cold path, which joins the named (empty) cgroup.
+            name = msg["spec"].get("pool_cgroup")
+            entry = next((e for e in self.pool.values()
+                          if name and e.cgroup == name and e.ready and e.assign_w >= 0), None)
+        else:
+            entry = next((e for e in self.pool.values() if e.ready and e.assign_w >= 0), None)
         if entry is None:
             return False
         del self.pool[entry.host_pid]
+        self.pool_cgroups.pop(entry.host_pid, None)  # the supervisor's now
+        self._move_into_cgroups(entry, msg["spec"])
         pid = int(msg["pid"])
         try:
             data = json.dumps(msg["spec"]).encode()
@@ -334,6 +416,30 @@ class Zygote:
             os.close(fd)
         return True
 
+    @staticmethod
+    def _move_into_cgroups(entry: _Pooled, spec: dict[str, Any]) -> None:
+        """Move a pooled process into its agent's cgroups now, while it is blocked in
+        read(2), unless it is in them already (a top-level agent's, when it made them).
+
+        A running task moved between cpu cgroups is rescheduled: on a busy host it
+        waits its turn again (~4 ms of a nested pooled spawn, measured), a sleeping one
+        does not. Best effort: the child verifies from inside and joins what is missing.
+        Its pid cannot have been reused: it is the zygote's unreaped child."""
+        procs = (spec.get("profile") or {}).get("cgroup_procs") or []
+        own = f"/{entry.cgroup}/self/cgroup.procs" if entry.cgroup else None
+        if not procs or (own is not None and all(str(p).endswith(own) for p in procs)):
+            return
+        pid = str(entry.host_pid).encode()
+        for path in procs:
+            try:
+                fd = os.open(str(path), os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    os.write(fd, pid)
+                finally:
+                    os.close(fd)
+            except OSError:
+                return
+
     def reap(self) -> None:
         while True:
             # Look before reaping (WNOWAIT): while the child is an unreaped zombie its pid
@@ -350,6 +456,9 @@ class Zygote:
             host_pid, status = os.waitpid(info.si_pid, 0)
             pid = self.children.pop(host_pid, None)
             entry = self.pool.pop(host_pid, None)
+            unused = self.pool_cgroups.pop(host_pid, None)
+            if unused is not None:
+                self.send({"op": "pool-gone", "cgroup": unused})
             if entry is not None:  # never assigned: retired, or it failed to pre-confine
                 if not entry.ready and entry.assign_w >= 0:
                     self._pool_failed(f"it exited with status {status} before it was ready")
@@ -443,6 +552,7 @@ def main() -> None:
     sock = socket.socket(fileno=fd)
     setproctitle.setproctitle("agentlibos: zygote")
     zygote = Zygote(sock)
+    agent_environ()
     # Freeze what the preload allocated: the children then do not touch (and copy) those
     # pages when their garbage collector runs.
     gc.collect()

@@ -55,7 +55,7 @@ from agentlibos.sandbox.cgroups._plan import (
     plan_layout,
     plan_placement,
 )
-from agentlibos.sandbox.cgroups._process import ProcessCgroup, join
+from agentlibos.sandbox.cgroups._process import ProcessCgroup, join, make_own
 
 __all__ = [
     "AGENTS_DIR",
@@ -90,6 +90,7 @@ __all__ = [
     "group_name",
     "join",
     "limit_writes",
+    "make_own",
     "place",
     "plan_layout",
     "plan_placement",

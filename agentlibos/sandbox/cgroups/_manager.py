@@ -6,7 +6,7 @@ import contextlib
 import errno
 import os
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 from agentlibos.errors import SandboxError
 from agentlibos.sandbox.cgroups import _v1, _v2
@@ -19,6 +19,7 @@ from agentlibos.sandbox.cgroups._common import (
     SWEEP_TIMEOUT_S,
     UNIFIED,
     CgroupLimits,
+    LimitWrite,
     _check_name,
 )
 from agentlibos.sandbox.cgroups._host import CgroupHost, detect
@@ -291,16 +292,7 @@ class CgroupManager:
                 raise SandboxError(f"cgroups: the parent of {name} ({parent.name}) has no "
                                    f"cgroup any more ({gone[0]} is gone)")
             self._check_room(name, parent)
-        versions: dict[str, Literal["v1", "v2"]] = {}
-        for c, wanted in (("memory", limits.memory_max_bytes), ("pids", limits.pids_max),
-                          ("cpu", limits.cpu_max_cores)):
-            h = lay.hierarchy_for(c)
-            if h is not None:
-                versions[c] = "v2" if h.v2 else "v1"
-            elif wanted is not None:
-                raise SandboxError(f"cgroups: agent {name} asks for a {c} limit, but "
-                                   + self._controller_problems(c))
-        writes = limit_writes(limits, versions)
+        writes = self._limit_writes(name, limits)
         trees = {h: lay.agent_dir(h, name, None if parent is None else parent.dirs[i])
                  for i, h in enumerate(lay.hierarchies)}
         made: list[str] = []
@@ -316,9 +308,9 @@ class CgroupManager:
                 self._mkdir(lay.leaf_dir(tree), f"agent {name}")
                 made.append(lay.leaf_dir(tree))
             for w in writes:
-                h = lay.hierarchy_for(w.controller)
-                assert h is not None  # limit_writes refused a limit without its controller
-                path = f"{trees[h]}/{w.file}"
+                wh = lay.hierarchy_for(w.controller)
+                assert wh is not None  # limit_writes refused a limit without its controller
+                path = f"{trees[wh]}/{w.file}"
                 if w.optional and not fs.exists(path):
                     continue
                 self._write(path, w.value, f"set the {w.controller} limit of agent {name}")
@@ -327,6 +319,64 @@ class CgroupManager:
             _rmdir_all(fs, made, SWEEP_TIMEOUT_S)
             raise
         return pc
+
+    def _limit_writes(self, name: str, limits: CgroupLimits) -> tuple[LimitWrite, ...]:
+        versions: dict[str, Literal["v1", "v2"]] = {}
+        for c, wanted in (("memory", limits.memory_max_bytes), ("pids", limits.pids_max),
+                          ("cpu", limits.cpu_max_cores)):
+            h = self.layout.hierarchy_for(c)
+            if h is not None:
+                versions[c] = "v2" if h.v2 else "v1"
+            elif wanted is not None:
+                raise SandboxError(f"cgroups: agent {name} asks for a {c} limit, but "
+                                   + self._controller_problems(c))
+        return limit_writes(limits, versions)
+
+    # ......................................................... the warm pool's cgroups
+
+    def pool_recipe(self) -> dict[str, Any]:
+        """How a pooled process makes and joins a top-level cgroup of its own before it
+        has an assignment (JSON; :func:`agentlibos.sandbox.cgroups.make_and_join`): the
+        agents directory of each hierarchy, kill-first, and what to write to a v2 tree's
+        cgroup.subtree_control before its leaf is made (as :meth:`create` does).
+
+        Joining is the cgroup step that is slow on the hot path: a move takes the kernel's
+        global cgroup_threadgroup_rwsem for writing (an RCU grace period if it was idle),
+        and a move between cpu cgroups reschedules the task (0.8 ms quiet, 4-12 ms on a
+        busy host). A pooled process pays it before it is needed; on assignment the
+        supervisor writes the agent's limits there (:meth:`adopt`), the child verifies."""
+        if not self._ready:
+            raise SandboxError("cgroups: pool_recipe() before setup()")
+        lay = self.layout
+        enable = _v2.enable_value(lay.v2_enable) if lay.v2_enable else None
+        return {"agents_dirs": [lay.agents_dir(h) for h in lay.hierarchies],
+                "enable": [enable if h.v2 else None for h in lay.hierarchies]}
+
+    def adopt(self, name: str, limits: CgroupLimits) -> ProcessCgroup:
+        """The top-level cgroup ``name`` a pooled process made for itself (pool_recipe),
+        made an agent's: its limits written, as :meth:`create` writes them. Nothing of
+        another agent is in it: each pooled process makes its own, serves one agent,
+        and the cgroup is removed with that agent (or unused, with the process)."""
+        _check_name(name, "pooled cgroup name")
+        lay, fs = self.layout, self.fs
+        trees = {h: lay.agent_dir(h, name) for h in lay.hierarchies}
+        gone = [d for d in trees.values() if not fs.exists(d)]
+        if gone:
+            raise SandboxError(f"cgroups: the pooled cgroup {gone[0]} is gone", path=gone[0])
+        for w in self._limit_writes(name, limits):
+            h = lay.hierarchy_for(w.controller)
+            assert h is not None  # _limit_writes refused a limit without its controller
+            path = f"{trees[h]}/{w.file}"
+            if w.optional and not fs.exists(path):
+                continue
+            self._write(path, w.value, f"set the {w.controller} limit of agent {name}")
+        return self._describe(name, trees)
+
+    def pooled_cgroup(self, name: str) -> ProcessCgroup:
+        """The cgroup a pooled process made for itself, to remove once it is unused."""
+        _check_name(name, "pooled cgroup name")
+        return self._describe(name, {h: self.layout.agent_dir(h, name)
+                                     for h in self.layout.hierarchies})
 
     def _check_room(self, name: str, parent: ProcessCgroup) -> None:
         """Refuse a child whose tree has no pid left for it.

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from agentlibos.errors import SandboxError
 from agentlibos.sandbox.cgroups._common import SELF_LEAF
@@ -174,3 +175,30 @@ def join(procs_files: Sequence[str]) -> None:
             raise SandboxError(f"cgroups: cannot join {path}: {_why(e)}", file=path,
                                errno=e.errno) from None
 
+
+
+def make_own(recipe: Mapping[str, Any], name: str) -> tuple[str, ...]:
+    """A pooled process's own top-level cgroup (CgroupManager.pool_recipe): make
+    ``<agents>/<name>`` and its leaf in every hierarchy, kill-first; return the leaves'
+    cgroup.procs files, for :func:`join`. Runs before any assignment, as root.
+
+    The directory must be new (EEXIST fails): a pooled process never shares a cgroup
+    with another. Limits come on assignment, written by the supervisor."""
+    leaves: list[str] = []
+    for agents, enable in zip(recipe["agents_dirs"], recipe["enable"], strict=True):
+        tree = f"{agents}/{name}"
+        try:
+            os.mkdir(tree, 0o755)
+            if enable:
+                # Before the leaf exists, so its children's limits can be enforced.
+                fd = os.open(f"{tree}/cgroup.subtree_control", os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    os.write(fd, str(enable).encode())
+                finally:
+                    os.close(fd)
+            os.mkdir(f"{tree}/{SELF_LEAF}", 0o755)
+        except OSError as e:
+            raise SandboxError(f"cgroups: cannot make the pooled cgroup {tree}: {_why(e)}",
+                               path=tree, errno=e.errno) from None
+        leaves.append(f"{tree}/{SELF_LEAF}/cgroup.procs")
+    return tuple(leaves)
