@@ -170,14 +170,18 @@ def test_a_pooled_worker_sees_no_tool_and_serves_from_inside_the_callers_cgroup(
     assert "NoNewPrivs:\t1" in status and "Seccomp:\t2" in status
     assert "Uid:\t65534\t65534\t65534\t65534" in status
     assert "CapEff:\t0000000000000000" in status
-    # Every hierarchy places it in a cgroup inside its caller's (named by its pid).
+    # Every hierarchy places it in a cgroup inside its caller's: below the directory of
+    # the caller's own leaf (`.../self`, where the agent process itself sits).
     own = proc_file(w.host_pid, "cgroup")
     live = sup.table.live[pid]
-    assert live.cgroup is not None
+    assert live.cgroup is not None and live.host_pid is not None
+    caller = proc_file(live.host_pid, "cgroup")
+    theirs = dict(line.split(":", 2)[1:] for line in caller.strip().splitlines())
     for line in own.strip().splitlines():
         _, controllers, path = line.split(":", 2)
         if controllers in ("", "memory", "pids") or "cpu" in controllers.split(","):
-            assert f"/{pid}/" in path + "/", own
+            base = theirs[controllers].removesuffix("/self")
+            assert base not in ("", "/") and path.startswith(base + "/"), (own, caller)
     go(sup, pid)
     assert sup.run_until(lambda: not sup.tree_live(pid), 60)
     rec = sup.store.get_process(pid)
