@@ -214,6 +214,19 @@ def _supervisor_config(table: object, source: str) -> SupervisorConfig:
     return SupervisorConfig(**values)
 
 
+def _take_whole(data: dict[str, Any], section: str, key: str, minimum: int,
+                default: int | None, source: str) -> tuple[dict[str, Any], int | None]:
+    """``[section] key``, a whole number >= ``minimum`` (``default`` when absent), and
+    the data without it (the rest of the section is parsed by its own reader)."""
+    table = data.get(section)
+    if not isinstance(table, dict) or key not in table:
+        return data, default
+    value = table[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise PolicyError(f"{source}: [{section}] {key} must be a whole number >= {minimum}")
+    return {**data, section: {k: v for k, v in table.items() if k != key}}, value
+
+
 def parse_operator_config(text: str, source: str) -> OperatorConfig:
     """Parse a whole config.toml; unknown tables and keys are errors naming ``source``."""
     try:
@@ -224,27 +237,15 @@ def parse_operator_config(text: str, source: str) -> OperatorConfig:
     if unknown:
         raise PolicyError(f"{source}: unknown section(s) {', '.join(sorted(unknown))} "
                           f"(known: {', '.join(sorted(SECTIONS))})")
-    tokens = None
-    limits = data.get("limits")
-    if isinstance(limits, dict) and "tokens" in limits:
-        tokens = limits["tokens"]
-        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
-            raise PolicyError(f"{source}: [limits] tokens must be a whole number >= 1")
-        data = {**data, "limits": {k: v for k, v in limits.items() if k != "tokens"}}
-    pool_size = DEFAULT_JIT_POOL_SIZE
-    jit = data.get("jit")
-    if isinstance(jit, dict) and "pool_size" in jit:
-        pool_size = jit["pool_size"]
-        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 0:
-            raise PolicyError(f"{source}: [jit] pool_size must be a whole number >= 0")
-        data = {**data, "jit": {k: v for k, v in jit.items() if k != "pool_size"}}
+    data, tokens = _take_whole(data, "limits", "tokens", 1, None, source)
+    data, pool_size = _take_whole(data, "jit", "pool_size", 0, DEFAULT_JIT_POOL_SIZE, source)
     return OperatorConfig(
         supervisor=_supervisor_config(data.get("supervisor", {}), source),
         sandbox=sandbox_config_from(data, source),
         approvals_timeout_s=_approvals_timeout(data.get("approvals", {}), source),
         default_tokens=tokens,
         evict_after_s=_evict_after(data.get("durable", {}), source),
-        jit_pool_size=pool_size,
+        jit_pool_size=DEFAULT_JIT_POOL_SIZE if pool_size is None else pool_size,
         secrets=parse_secrets(data.get("secrets", {}), source),
         models=parse_models(data.get("models", {}), source),
         providers=parse_providers(data.get("providers", {}), source),

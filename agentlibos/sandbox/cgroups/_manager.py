@@ -307,18 +307,24 @@ class CgroupManager:
                                 f"enable controllers for the children of agent {name}")
                 self._mkdir(lay.leaf_dir(tree), f"agent {name}")
                 made.append(lay.leaf_dir(tree))
-            for w in writes:
-                wh = lay.hierarchy_for(w.controller)
-                assert wh is not None  # limit_writes refused a limit without its controller
-                path = f"{trees[wh]}/{w.file}"
-                if w.optional and not fs.exists(path):
-                    continue
-                self._write(path, w.value, f"set the {w.controller} limit of agent {name}")
+            self._write_limits(name, trees, writes)
             pc = self._describe(name, trees)
         except SandboxError:
             _rmdir_all(fs, made, SWEEP_TIMEOUT_S)
             raise
         return pc
+
+    def _write_limits(self, name: str, trees: dict[Any, str],
+                      writes: tuple[LimitWrite, ...]) -> None:
+        """Write agent ``name``'s limits into its directories (``trees``, by hierarchy)."""
+        lay, fs = self.layout, self.fs
+        for w in writes:
+            h = lay.hierarchy_for(w.controller)
+            assert h is not None  # _limit_writes refused a limit without its controller
+            path = f"{trees[h]}/{w.file}"
+            if w.optional and not fs.exists(path):
+                continue
+            self._write(path, w.value, f"set the {w.controller} limit of agent {name}")
 
     def _limit_writes(self, name: str, limits: CgroupLimits) -> tuple[LimitWrite, ...]:
         versions: dict[str, Literal["v1", "v2"]] = {}
@@ -363,13 +369,7 @@ class CgroupManager:
         gone = [d for d in trees.values() if not fs.exists(d)]
         if gone:
             raise SandboxError(f"cgroups: the pooled cgroup {gone[0]} is gone", path=gone[0])
-        for w in self._limit_writes(name, limits):
-            h = lay.hierarchy_for(w.controller)
-            assert h is not None  # _limit_writes refused a limit without its controller
-            path = f"{trees[h]}/{w.file}"
-            if w.optional and not fs.exists(path):
-                continue
-            self._write(path, w.value, f"set the {w.controller} limit of agent {name}")
+        self._write_limits(name, trees, self._limit_writes(name, limits))
         return self._describe(name, trees)
 
     def pooled_cgroup(self, name: str) -> ProcessCgroup:
