@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable
-from typing import Final, Protocol
+from typing import Protocol
 
 import zmq
 
@@ -23,6 +23,7 @@ from agentlibos.broker.flow import FlowLimits, InFlight, RefusalLimiter
 from agentlibos.broker.syscalls import Caller
 from agentlibos.errors import AuthenticationFailed, LibOSError, LimitExceeded
 from agentlibos.kernel.journal import effect_kind
+from agentlibos.protocol.frames import EVENTS, NOBLOCK, POLLIN, recv_frames, send_frames
 from agentlibos.protocol.wire import (
     DEFAULT_LIMITS,
     WireError,
@@ -33,17 +34,6 @@ from agentlibos.protocol.wire import (
 )
 
 log = logging.getLogger(__name__)
-
-# Plain ints, not pyzmq's enums: an enum's `&`/`|` builds a new enum member, and the
-# hot path did that about fourteen times per request (a profile: 13 us of 150).
-_EVENTS: Final = int(zmq.EVENTS)
-_POLLIN: Final = int(zmq.POLLIN)
-_RCVMORE: Final = int(zmq.RCVMORE)
-_NOBLOCK: Final = int(zmq.NOBLOCK)
-_MORE_NOBLOCK: Final = int(zmq.SNDMORE) | int(zmq.NOBLOCK)
-# A frame this large goes to libzmq without a copy; a smaller one is copied, which is
-# cheaper than the zero-copy Frame object and its release hook.
-_ZERO_COPY_BYTES: Final = 64 << 10
 
 
 class Door(Protocol):
@@ -114,11 +104,9 @@ class Broker:
         # Asking ZMQ_EVENTS first is cheaper than ending every drain on a zmq.Again.
         sock = self.sock
         while (n < max_messages and self._turn_bytes < self.flow.max_turn_reply_bytes
-               and int(sock.getsockopt(_EVENTS)) & _POLLIN):
+               and int(sock.getsockopt(EVENTS)) & POLLIN):
             try:
-                frames = [sock.recv(_NOBLOCK)]
-                while sock.getsockopt(_RCVMORE):  # a message's frames arrive together
-                    frames.append(sock.recv(_NOBLOCK))
+                frames = recv_frames(sock, NOBLOCK)
             except zmq.Again:
                 break
             n += 1
@@ -180,13 +168,8 @@ class Broker:
         self._reads.clear()
 
     def _send(self, frames: list[bytes]) -> bool:
-        sock, last = self.sock, len(frames) - 1
         try:
-            # The first frame (the peer's routing id) decides: once it is accepted
-            # the rest of the message is, whole (libzmq queues messages atomically).
-            for i, f in enumerate(frames):
-                sock.send(f, _NOBLOCK if i == last else _MORE_NOBLOCK,
-                          copy=len(f) < _ZERO_COPY_BYTES)
+            send_frames(self.sock, frames, NOBLOCK)
         except zmq.Again:
             return False  # the peer's queue is full: it is not reading
         except zmq.ZMQError:

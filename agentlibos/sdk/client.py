@@ -9,18 +9,14 @@ from __future__ import annotations
 import base64
 import itertools
 import json
-from typing import Any, Final
+from typing import Any
 
 import zmq
 
 from agentlibos.errors import ProtocolError, Timeout, from_wire
 from agentlibos.kernel.journal import UNJOURNALED, args_digest
+from agentlibos.protocol.frames import POLLIN, recv_frames, send_frames
 from agentlibos.protocol.wire import decode_reply, encode_request
-
-# Plain ints, not pyzmq's enums (an enum's `|` builds a new member on every call).
-_RCVMORE: Final = int(zmq.RCVMORE)
-_SNDMORE: Final = int(zmq.SNDMORE)
-_POLLIN: Final = int(zmq.POLLIN)
 
 
 class Client:
@@ -61,23 +57,15 @@ class Client:
             if local is not None:
                 return local
         sock = self._sock
-        frames = encode_request(req_id, self.pid, name, args or {}, self._token, blobs,
-                                seq=seq)
-        last = len(frames) - 1
-        for i, f in enumerate(frames):
-            # Large payloads (a file's bytes) go without a copy; small frames are
-            # cheaper copied than wrapped in a zero-copy Frame.
-            sock.send(f, 0 if i == last else _SNDMORE, copy=len(f) < 65536)
+        send_frames(sock, encode_request(req_id, self.pid, name, args or {}, self._token,
+                                         blobs, seq=seq))
         deadline_ms = None if timeout_s is None else int(timeout_s * 1000)
         while True:
             # Without a timeout the receive itself blocks; Socket.poll() would build a
             # Poller and a dict for every call.
-            if deadline_ms is not None and not sock.poll(deadline_ms, _POLLIN):
+            if deadline_ms is not None and not sock.poll(deadline_ms, POLLIN):
                 raise Timeout(f"{name}: no answer from the broker within {timeout_s} s")
-            frames = [sock.recv()]
-            while sock.getsockopt(_RCVMORE):
-                frames.append(sock.recv())
-            reply = decode_reply(frames)
+            reply = decode_reply(recv_frames(sock))
             if reply.id is not None and reply.id != req_id:
                 continue  # a late answer to an earlier call that timed out
             if reply.ok:

@@ -32,12 +32,12 @@ from typing import Any
 import zmq
 
 from agentlibos.errors import InvalidArgument
+from agentlibos.protocol.frames import EVENTS, POLLIN  # plain ints: no enum per ask
 
 log = logging.getLogger(__name__)
 
 Reader = Callable[[int], None]  # called with the poll events (zmq.POLLIN | POLLOUT ...)
 PollTarget = int | zmq.Socket[bytes]
-_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)  # plain ints: no enum per ask
 
 
 @dataclass(order=True)
@@ -180,7 +180,7 @@ class Loop:
             return dict(ready)
         end = time.perf_counter() + self._busy_poll_us / 1e6
         spins = 0
-        while not int(hot.getsockopt(_EVENTS)) & _POLLIN:
+        while not int(hot.getsockopt(EVENTS)) & POLLIN:
             spins += 1
             if spins % 8 == 0 or time.perf_counter() >= end:
                 # Now and then every fd: a reply may come on another (a tool's pipe).
