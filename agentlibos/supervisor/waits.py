@@ -78,17 +78,18 @@ class Waits:
                 lv.waits.remove(wait)
                 if durable is not None:
                     lv.durable_waits -= 1
-                unshown = self._unshown.pop(pid, None) if not lv.waits else None
+                if lv.waits:
+                    if pid not in self._unshown:
+                        store.update_process(pid, wait=lv.waits[0])
+                    return
+                lv.waiting_since = None
+                unshown = self._unshown.pop(pid, None)
                 if unshown is not None:
                     unshown.cancel()  # over before anyone was told it began
-                elif not lv.waits:
-                    store.update_process(pid, state="running", wait=None)
-                    if lv.evicted and self.ended_evicted is not None:
-                        self.ended_evicted(pid)
-                elif pid not in self._unshown:
-                    store.update_process(pid, wait=lv.waits[0])
-                if not lv.waits:
-                    lv.waiting_since = None
+                    return
+                store.update_process(pid, state="running", wait=None)
+                if lv.evicted and self.ended_evicted is not None:
+                    self.ended_evicted(pid)
 
         pending.on_done = resume
         return pending
