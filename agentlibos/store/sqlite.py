@@ -137,21 +137,22 @@ class SQLiteStore(WaitingTables, DurableTables):
     # without losing the rest of the batch (typed errors keep their writes: the audit
     # record of a refusal must survive the refusal).
 
-    def _ensure_begun(self) -> None:
+    def _begin(self) -> None:
         if not self._begun:
             # IMMEDIATE takes the write lock now, so reads inside the transaction see
             # the state they will write over (the audit head above all).
             self._db.execute("BEGIN IMMEDIATE")
             self._begun = True
+
+    def _ensure_begun(self) -> None:
+        self._begin()
         if self._sp_wanted and not self._sp_active:
             self._db.execute("SAVEPOINT handler")
             self._sp_active = True
 
     def _commit(self) -> None:
         if self._audit_buf:
-            if not self._begun:  # (never a savepoint here: the batch is ending)
-                self._db.execute("BEGIN IMMEDIATE")
-                self._begun = True
+            self._begin()  # (never a savepoint here: the batch is ending)
             self._flush_audit()
         if not self._begun:
             return
