@@ -91,18 +91,19 @@ def _prune_journals(db: Path, report: list[dict[str, Any]]) -> bool:
     failed, total = False, 0
     store = open_store(db)  # a second writer beside a daemon, like `image add`
     try:
-        for entry in report:
-            try:
-                entry["journal_entries"] = n = store.journal_prune(entry["pid"])
-            except LibOSError as e:  # it was resumed or restored meanwhile
-                err(f"pid {entry['pid']}: {e.message}")
-                failed = True
-                continue
-            total += n
-        if total:
-            store.append_audit(None, "journal.prune", "-", "info", {
-                "processes": sum(1 for r in report if r["journal_entries"]),
-                "entries": total})
+        with store.batch():  # one commit for every process and the audit record
+            for entry in report:
+                try:
+                    entry["journal_entries"] = n = store.journal_prune(entry["pid"])
+                except LibOSError as e:  # it was resumed or restored meanwhile
+                    err(f"pid {entry['pid']}: {e.message}")
+                    failed = True
+                    continue
+                total += n
+            if total:
+                store.append_audit(None, "journal.prune", "-", "info", {
+                    "processes": sum(1 for r in report if r["journal_entries"]),
+                    "entries": total})
     finally:
         store.close()
     return failed
