@@ -8,6 +8,7 @@ default config has one, so most of their agents are pooled processes.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -184,6 +185,46 @@ def test_each_pooled_process_serves_one_agent_and_carries_nothing_from_another(
             assert got[call] == "EPERM", (call, got[call])
         assert got["passwd"] in ("ENOENT", "EACCES")
         assert "pooled" not in got["title"]
+
+
+def socket_inodes(host_pid: int) -> set[str]:
+    out = set()
+    for fd in Path(f"/proc/{host_pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:"):
+                out.add(target)
+    return out
+
+
+SOCKETS = """
+import os
+def main(ctx, args):
+    ctx.proc.getpid()
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # the listing's own fd, closed by now
+            continue
+        if target.startswith("socket:"):
+            out.append(target)
+    return sorted(out)
+"""
+
+
+@pytest.mark.privileged
+def test_a_pooled_process_is_connected_to_the_broker_before_its_assignment(
+        pooled: Supervisor, make_image: MakeImage) -> None:
+    """It connects while it waits (docs/sandbox.md): its agent makes its calls over
+    that same socket, and no other."""
+    assert wait_for(lambda: pool_ready(pooled, 2), pooled)
+    before = {p: socket_inodes(p) for p in pooled_children(pooled.zygote.pid)}
+    assert all(len(s) == 1 for s in before.values()), before
+    rec = run_proc(pooled, make_image("sockets", SOCKETS))
+    assert rec.exit_reason == "returned", rec.error
+    assert rec.host_pid in before, "not a pooled process"
+    assert rec.result == sorted(before[rec.host_pid])
 
 
 @pytest.mark.privileged

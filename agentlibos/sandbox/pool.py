@@ -29,7 +29,8 @@ PRE_APPLIED = ("namespaces", "seccomp")
 
 
 def pool_base(*, config: SandboxConfig, view: HostView, new_root: str,
-              pool_bpf: bytes, cgroup: dict[str, Any] | None = None) -> dict[str, Any]:
+              pool_bpf: bytes, cgroup: dict[str, Any] | None = None,
+              broker_socket: str | None = None) -> dict[str, Any]:
     """The template (JSON) for this operator config and host; raises SandboxError if a
     bind source is missing (compile_mounts).
 
@@ -40,7 +41,12 @@ def pool_base(*, config: SandboxConfig, view: HostView, new_root: str,
     ``cgroup`` (CgroupManager.pool_recipe, when the cgroups layer is on): each pooled
     process makes a top-level cgroup of its own and joins it before its assignment;
     a top-level agent it serves keeps that cgroup (the supervisor writes its limits
-    into it), a nested one moves into one inside its parent's."""
+    into it), a nested one moves into one inside its parent's.
+
+    ``broker_socket``: the broker's socket on the host, which a pooled process connects
+    to (by that path, before it pivots) while it waits, so that its agent's first call
+    needs no connection of its own. The supervisor sends the template once the broker
+    has bound it; the connection carries no authority (every call has its token)."""
     plan = compile_mounts(MountPlan(
         new_root=new_root, ro_binds=view.ro_paths, rw_binds=(), dev_nodes=view.dev_nodes,
         symlinks=view.symlinks, tmp_dir=SCRATCH_INSIDE))
@@ -53,6 +59,8 @@ def pool_base(*, config: SandboxConfig, view: HostView, new_root: str,
     }
     if cgroup is not None:
         base["cgroup"] = cgroup
+    if broker_socket is not None:
+        base["broker"] = broker_socket
     return {"key": pool_key(base), "base": base}
 
 

@@ -1,4 +1,4 @@
-"""The syscall client: one DEALER socket to the broker, one call at a time.
+"""The syscall client: one DEALER connection to the broker, one call at a time.
 
 Every SDK method is exactly one :meth:`Client.call`. A refused call raises the typed
 error the broker raised (:func:`agentlibos.errors.from_wire`).
@@ -11,25 +11,21 @@ import itertools
 import json
 from typing import Any
 
-import zmq
-
 from agentlibos.errors import ProtocolError, Timeout, from_wire
 from agentlibos.kernel.journal import UNJOURNALED, args_digest
-from agentlibos.protocol.frames import POLLIN, recv_frames, send_frames
 from agentlibos.protocol.wire import decode_reply, encode_request
+from agentlibos.protocol.zmtp import Dealer
 
 
 class Client:
     def __init__(self, endpoint: str, pid: int, token: bytes,
-                 *, ctx: zmq.Context[zmq.Socket[bytes]] | None = None) -> None:
+                 *, dealer: Dealer | None = None) -> None:
+        """``dealer``: a connection made earlier (a pooled process connects while it
+        waits for its assignment); otherwise one is made to ``endpoint`` here."""
         self.endpoint = endpoint
         self.pid = pid
         self._token = token
-        self._own_ctx = ctx is None
-        self._ctx: zmq.Context[zmq.Socket[bytes]] = ctx or zmq.Context(io_threads=1)
-        self._sock: zmq.Socket[bytes] = self._ctx.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.connect(endpoint)
+        self._dealer = dealer or Dealer(endpoint)
         self._ids = itertools.count(1)
         # The broker checks that calls arrive numbered 1, 2, 3...: the journal's order.
         self._seq = itertools.count(1)
@@ -37,9 +33,7 @@ class Client:
         self._replay: dict[int, tuple[str, str, str, str]] = {}
 
     def close(self) -> None:
-        self._sock.close(0)
-        if self._own_ctx:
-            self._ctx.term()
+        self._dealer.close()
 
     def call(
         self,
@@ -56,16 +50,16 @@ class Client:
             local = self._replayed(seq, name, args or {}, blobs or [])
             if local is not None:
                 return local
-        sock = self._sock
-        send_frames(sock, encode_request(req_id, self.pid, name, args or {}, self._token,
-                                         blobs, seq=seq))
-        deadline_ms = None if timeout_s is None else int(timeout_s * 1000)
+        dealer = self._dealer
+        dealer.send(encode_request(req_id, self.pid, name, args or {}, self._token,
+                                   blobs, seq=seq))
         while True:
-            # Without a timeout the receive itself blocks; Socket.poll() would build a
-            # Poller and a dict for every call.
-            if deadline_ms is not None and not sock.poll(deadline_ms, POLLIN):
-                raise Timeout(f"{name}: no answer from the broker within {timeout_s} s")
-            reply = decode_reply(recv_frames(sock))
+            try:
+                frames = dealer.recv(timeout_s)
+            except Timeout:
+                raise Timeout(f"{name}: no answer from the broker within {timeout_s} s"
+                              ) from None
+            reply = decode_reply(frames)
             if reply.id is not None and reply.id != req_id:
                 continue  # a late answer to an earlier call that timed out
             if reply.ok:

@@ -11,6 +11,7 @@ from types import FrameType
 from typing import Any
 
 from agentlibos.errors import LibOSError
+from agentlibos.protocol.zmtp import Dealer
 from agentlibos.sdk import Context
 from agentlibos.sdk.client import Client
 
@@ -35,10 +36,11 @@ def _describe(e: BaseException) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def run_agent(endpoint: str, pid: int, token: bytes) -> int:
-    """Run the agent's entry function; return the process exit status."""
+def run_agent(endpoint: str, pid: int, token: bytes, *, dealer: Dealer | None = None) -> int:
+    """Run the agent's entry function; return the process exit status. ``dealer``: a
+    connection to the broker made earlier (a pooled process's)."""
     signal.signal(signal.SIGTERM, _on_sigterm)
-    client = Client(endpoint, pid, token)
+    client = Client(endpoint, pid, token, dealer=dealer)
     status, result, error = "returned", None, None
     try:
         # Bounded: if the supervisor died between our fork and now, do not wait forever.

@@ -153,7 +153,8 @@ class SandboxManager:
                 recipe = self.cgroups.pool_recipe()
             self.pool = pool.pool_base(
                 config=self.config, view=self.view, new_root=str(self.new_root),
-                pool_bpf=self.seccomp_bpf_pool, cgroup=recipe)
+                pool_bpf=self.seccomp_bpf_pool, cgroup=recipe,
+                broker_socket=self.paths.broker_endpoint[len("ipc://"):])
         except SandboxError as e:
             log.warning("no warm pool: %s", e)
             return None

@@ -64,8 +64,7 @@ class Supervisor:
                  mode: str = "embedded", sandbox: SandboxConfig | None = None,
                  providers: Providers | None = None) -> None:
         self.paths = paths
-        # What is not given comes from $AGENTLIBOS_HOME/config.toml if it exists, else
-        # the defaults (every layer required).
+        # Not given: $AGENTLIBOS_HOME/config.toml if it exists, else defaults (all layers on).
         operator = operator_config(paths)
         self.config = config or operator.supervisor
         sandbox = sandbox or operator.sandbox
@@ -99,9 +98,10 @@ class Supervisor:
             self.sandbox.start()
             # The zygote is a fresh interpreter, started before this process creates its
             # ZeroMQ context, so nothing it forks has ever seen an I/O thread.
-            self.zygote = start_zygote(self.paths, self.sandbox, self.config)
+            self.zygote = start_zygote(self.paths, self.sandbox, self.config, pool=False)
             self._ctx = zmq.Context(io_threads=1)
-            self._wire()
+            self._wire()  # binds the broker's socket, which the pool's template names
+            self.zygote.send_pool(self.sandbox.pool_template(self.config.pool_size))
             with self.journal.turn():  # what the last supervisor left (docs/durability.md)
                 self.recovered = self.durable.recover(self.mode != "embedded", self.resume_tree)
         except BaseException:

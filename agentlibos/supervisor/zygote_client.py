@@ -146,9 +146,12 @@ class ZygoteHandle:
         return events
 
 
-def start_zygote(paths: Paths, sandbox: SandboxManager,
-                 config: SupervisorConfig) -> ZygoteHandle:
-    """Start the zygote and give it the warm pool's template ([supervisor] pool_size)."""
+def start_zygote(paths: Paths, sandbox: SandboxManager, config: SupervisorConfig,
+                 *, pool: bool = True) -> ZygoteHandle:
+    """Start the zygote and give it the warm pool's template ([supervisor] pool_size).
+    ``pool=False``: not yet -- the template names the broker's socket, which pooled
+    processes connect to as soon as they exist (the caller sends it once bound)."""
     zygote = ZygoteHandle(paths.logs / "zygote.log")
-    zygote.send_pool(sandbox.pool_template(config.pool_size))
+    if pool:
+        zygote.send_pool(sandbox.pool_template(config.pool_size))
     return zygote

@@ -17,6 +17,7 @@ from typing import Any, Final, NoReturn
 
 import setproctitle
 
+from agentlibos.protocol.zmtp import Dealer
 from agentlibos.sandbox import contain
 from agentlibos.sandbox.pdeathsig import set_pdeathsig
 from agentlibos.sandbox.seccomp import DENO_EXE_FD
@@ -180,7 +181,8 @@ def agent_environ() -> None:
 
 
 def run_child(spec: dict[str, Any], report_fd: int, log_fd: int, *,
-              zygote_pid: int, pooled: contain.Pooled | None = None) -> NoReturn:
+              zygote_pid: int, pooled: contain.Pooled | None = None,
+              dealer: Dealer | None = None) -> NoReturn:
     def setup() -> None:
         if pooled is not None:  # run_pooled did the rest before the assignment came
             _title(spec)
@@ -204,7 +206,7 @@ def run_child(spec: dict[str, Any], report_fd: int, log_fd: int, *,
     endpoint = spec["endpoint"]
     if endpoint.startswith("ipc://"):
         endpoint = "ipc://" + contained.inside(endpoint[len("ipc://"):])
-    code = run_agent(endpoint, spec["pid"], bytes.fromhex(spec["token"]))
+    code = run_agent(endpoint, spec["pid"], bytes.fromhex(spec["token"]), dealer=dealer)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
@@ -233,6 +235,9 @@ def run_pooled(pool: dict[str, Any], report_fd: int, log_fd: int, assign_fd: int
         _redirect_stdio(log_fd)
         _close_inherited(report_fd, assign_fd)
         pooled = contain.pre_contain(pool, cgroup_name)
+        # Connected now, as root, by the host path: the fd outlives the pivot, Landlock
+        # and the uid switch on assignment (none of them acts on an open socket).
+        dealer = Dealer("ipc://" + pool["broker"]) if pool.get("broker") else None
         os.write(report_fd, POOL_READY)
     except BaseException as e:  # noqa: BLE001 - anything here means "cannot be pooled"
         with contextlib.suppress(OSError):
@@ -256,4 +261,4 @@ def run_pooled(pool: dict[str, Any], report_fd: int, log_fd: int, assign_fd: int
     if not chunks:
         os._exit(0)
     run_child(json.loads(b"".join(chunks)), report_fd, -1, zygote_pid=zygote_pid,
-              pooled=pooled)
+              pooled=pooled, dealer=dealer)
