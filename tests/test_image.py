@@ -10,6 +10,8 @@ import pytest
 
 from agentlibos.errors import ImageError
 from agentlibos.kernel.image import NAME_RE, AgentImage, Limits, ToolSpec, load_image
+from agentlibos.store import open_store
+from agentlibos.supervisor.images import Images
 
 GOOD = """\
 [image]
@@ -386,3 +388,32 @@ def test_a_section_that_is_not_a_table_is_refused(tmp_path: Path, table: str) ->
 def test_an_image_error_names_the_image_toml(tmp_path: Path) -> None:
     d = make(tmp_path, minimal(name="BAD"))
     assert refused(d).startswith(str(d / "image.toml"))
+
+
+# =========================================================== the supervisor's cache
+
+
+def test_a_supervisor_keeps_a_loaded_image_until_anything_it_read_changes(
+        tmp_path: Path) -> None:
+    """supervisor/images.py keeps what load_image returned while the image's fingerprint
+    holds; each kind of change below loads it again, with load_image's own errors."""
+    d = make(tmp_path, GOOD, files={"tools/word_count.ts": TS, "prompts/a.md": "a"})
+    images = Images(open_store(tmp_path / "state.db"))
+    first = images.resolve(str(d))
+    assert images.resolve(str(d)) is first  # nothing changed: kept
+
+    (d / "image.toml").write_text(textwrap.dedent(GOOD).replace('"human:ask"', '"obj:rw:self"'))
+    second = images.resolve(str(d))
+    assert second is not first and "human:ask" not in {str(c) for c in second.requested}
+
+    (d / "tools" / "word_count.ts").rename(d / "tools" / "other.ts")  # a rename, deeper
+    with pytest.raises(ImageError, match="does not exist"):
+        images.resolve(str(d))
+    (d / "tools" / "other.ts").rename(d / "tools" / "word_count.ts")
+    third = images.resolve(str(d))
+    assert third is not second and images.resolve(str(d)) is third
+
+    if os.geteuid() == 0:  # only root checks that the agent's uid can read every file
+        (d / "prompts" / "a.md").chmod(0o600)  # a mode, deeper: same size and mtime
+        with pytest.raises(ImageError, match=r"prompts/a\.md is not readable"):
+            images.resolve(str(d))

@@ -398,6 +398,32 @@ def agent_can_read(mode: int, owner: tuple[int, int], reader: tuple[int, int]) -
     return bits & need == need
 
 
+def image_stamp(directory: str | Path) -> tuple[tuple[object, ...], ...] | None:
+    """A cheap fingerprint of what :func:`load_image` reads and checks in ``directory``:
+    name, inode, mode, owner, size and times of the directory and of every entry the
+    readability walk visits, in its order. Equal fingerprints: load_image would return
+    an equal image (a supervisor keeps the image it loaded, images.py). None: more
+    entries than the walk checks, so no fingerprint covers them."""
+    root = os.path.realpath(directory)
+    out: list[tuple[object, ...]] = []
+
+    def add(rel: str) -> None:
+        st = os.lstat(os.path.join(root, rel))
+        out.append((rel, st.st_ino, st.st_mode, st.st_uid, st.st_gid, st.st_size,
+                    st.st_mtime_ns, st.st_ctime_ns))
+
+    add(".")
+    seen = 0
+    for top, dirs, names in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d not in IGNORED_DIRS)
+        for n in [*dirs, *sorted(names)]:
+            seen += 1
+            if seen > MAX_CHECKED_ENTRIES:
+                return None
+            add(os.path.relpath(os.path.join(top, n), root))
+    return tuple(out)
+
+
 def _check_agent_can_read(root: Path, reader: tuple[int, int]) -> None:
     """Refuse an image with a file the agent could not read: otherwise it loads here and
     dies inside the sandbox with a bare PermissionError (symbolic links are the
