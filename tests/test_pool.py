@@ -53,6 +53,7 @@ def main(ctx, args):
         "uid": os.getuid(),
         "seccomp": status["Seccomp"], "filters": status["Seccomp_filters"],
         "no_new_privs": status["NoNewPrivs"], "cap_eff": status["CapEff"],
+        "cap_bnd": status["CapBnd"], "cap_prm": status["CapPrm"],
         "title": open("/proc/self/cmdline", "rb").read().decode(errors="replace"),
         # What only the pool filter allows must be refused by the agent filter on top.
         "mount": raw(libc.mount(b"none", b"/scratch", b"tmpfs", 0, None)),
@@ -177,6 +178,8 @@ def test_each_pooled_process_serves_one_agent_and_carries_nothing_from_another(
                                       "TMPDIR"]
         assert got["pids"] == [1]
         assert got["uid"] == 65534 and got["cap_eff"] == "0000000000000000"
+        # The bounding set was emptied before the assignment, the rest on it.
+        assert got["cap_bnd"] == got["cap_prm"] == "0000000000000000"
         # Two stacked filters: the pool's, and the agent's on top, which refuses what only
         # the pool's allowed.
         assert (got["seccomp"], got["filters"], got["no_new_privs"]) == ("2", "2", "1")

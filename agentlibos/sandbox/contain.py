@@ -20,11 +20,13 @@ A layer is counted as applied only once it has been verified from inside.
 A pooled process (docs/sandbox.md, "The warm pool") runs the same list in two halves.
 :func:`pre_contain`, before it has an assignment: a top-level cgroup of its own (1,
 without limits), the namespaces and the shared part of the mount tree (2, 3, 4 without
-pivoting), rlimits (5), no_new_privs (7) and the pool's seccomp filter. :func:`apply`
-with ``pooled=``, on assignment: verify it is in the agent's cgroups (a top-level
-agent's are the ones it made, limits written by the supervisor; a nested agent's, inside
-its parent's, the zygote moved it into) or join them (1), finish the tree and pivot
-(4), verify the rlimits, drop privileges (6), Landlock (8) and the agent's seccomp
+pivoting), rlimits (5), the capability bounding set emptied (the first part of 6: it
+limits only what an exec could gain, so the assignment's mounts and uid switch still
+work), no_new_privs (7) and the pool's seccomp filter. :func:`apply` with ``pooled=``,
+on assignment: verify it is in the agent's cgroups (a top-level agent's are the ones it
+made, limits written by the supervisor; a nested agent's, inside its parent's, the
+zygote moved it into) or join them (1), finish the tree and pivot (4), verify the
+rlimits, drop the rest of its privileges (6), Landlock (8) and the agent's seccomp
 filter stacked on the pool's (9).
 """
 
@@ -125,6 +127,7 @@ class Pooled:
     rlimits: dict[str, int]
     timings_ms: dict[str, float]
     cgroup_procs: tuple[str, ...] = ()  # the top-level cgroup it made for itself, if any
+    bounding_set_empty: bool = False  # dropped already (41 prctl calls off the hot path)
 
 
 def pre_contain(pool: dict[str, Any], cgroup_name: str | None = None) -> Pooled:
@@ -156,12 +159,13 @@ def pre_contain(pool: dict[str, Any], cgroup_name: str | None = None) -> Pooled:
     t1 = time.perf_counter()
     limits = {str(k): int(v) for k, v in pool["rlimits"].items()}
     rlimits.apply(limits)
+    privileges.drop_bounding_set()  # root here (checked above), so it has CAP_SETPCAP
     privileges.set_no_new_privs()
     seccomp.load_bpf(bytes.fromhex(pool["seccomp_bpf"]))
     t2 = time.perf_counter()
     timings.update({"pool_namespaces": round((t1 - t0) * 1e3, 3),
                     "pool_rlimits_seccomp": round((t2 - t1) * 1e3, 3)})
-    return Pooled(names, before, mount, limits, timings, own)
+    return Pooled(names, before, mount, limits, timings, own, bounding_set_empty=True)
 
 
 def join_own_cgroup(pooled: Pooled) -> None:
@@ -240,10 +244,10 @@ def _seccomp(profile: SandboxProfile) -> None:
     seccomp.load_bpf(profile.seccomp_bpf)  # verifies PR_GET_SECCOMP says "filter"
 
 
-def _privileges(profile: SandboxProfile, out: Contained) -> None:
+def _privileges(profile: SandboxProfile, out: Contained, pooled: Pooled | None) -> None:
     """Not a layer the operator can turn off: always on, and fatal if it fails."""
     privileged = os.geteuid() == 0 or "user" in profile.namespaces
-    if privileged:
+    if privileged and not (pooled is not None and pooled.bounding_set_empty):
         privileges.drop_bounding_set()
     # The uid switch needs CAP_SETUID, so it comes after the bounding set is emptied
     # and before the effective set is.
@@ -283,7 +287,7 @@ def apply(profile_json: dict[str, Any], *, pid_ns_ready: bool = False,
             out.moved = dict(profile.mount.moved) if profile.mount is not None else {}
         _step(profile, out, "rlimits", lambda: rlimits.apply(profile.rlimits))
     t0 = time.perf_counter()
-    _privileges(profile, out)
+    _privileges(profile, out, pooled)
     out.timings_ms["privileges"] = round((time.perf_counter() - t0) * 1e3, 3)
     _step(profile, out, "landlock", lambda: _landlock(profile, out))
     _step(profile, out, "seccomp", lambda: _seccomp(profile))
