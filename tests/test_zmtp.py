@@ -18,6 +18,7 @@ import pytest
 import zmq
 
 from agentlibos.errors import ProtocolError, Timeout
+from agentlibos.protocol import zmtp
 from agentlibos.protocol.zmtp import Dealer
 
 
@@ -130,6 +131,31 @@ def test_a_peer_that_does_not_speak_zmtp_3_is_refused(tmp_path: Path) -> None:
     t.start()
     with pytest.raises(ProtocolError, match="ZMTP 3"):
         Dealer(f"ipc://{path}")
+    t.join()
+    srv.close()
+
+
+def test_a_command_inside_a_message_is_a_protocol_error(tmp_path: Path) -> None:
+    """A peer that speaks ZMTP but breaks a message with a command (libzmq never does)."""
+    path = str(tmp_path / "odd.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(1)
+
+    def odd() -> None:
+        conn, _ = srv.accept()
+        conn.sendall(zmtp.GREETING + zmtp.READY)
+        conn.recv(1000)
+        conn.sendall(b"\x01\x02ab" + b"\x04\x07\x04PING\x00\x00")  # "ab", MORE; then PING
+        conn.recv(1000)
+        conn.close()
+
+    t = threading.Thread(target=odd)
+    t.start()
+    d = Dealer(f"ipc://{path}")
+    with pytest.raises(ProtocolError, match="inside a message"):
+        d.recv(5)
+    d.close()
     t.join()
     srv.close()
 

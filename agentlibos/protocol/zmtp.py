@@ -132,6 +132,8 @@ class Dealer:
                 head = self._frame_at(pos, deadline)
                 flags, start, end = head
                 if flags & _COMMAND:
+                    if frames:  # ZMTP sends a message's frames together
+                        raise ProtocolError("the broker sent a command inside a message")
                     self._on_command(bytes(self._buf[start:end]))
                     del self._buf[:end]
                     break
