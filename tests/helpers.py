@@ -75,6 +75,17 @@ def run_proc(
     return sup.store.get_process(pid)
 
 
+def fd_targets(pid: int | str = "self") -> dict[str, str]:
+    """What each of a process's fds is (``/proc/PID/fd``): fd number -> link target."""
+    out = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out[fd] = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:  # closed since the listing (the listing's own fd, for "self")
+            continue
+    return out
+
+
 def log_of(sup: Supervisor, pid: int) -> str:
     p = sup.paths.logs / f"{pid}.log"
     return p.read_text() if p.exists() else ""

@@ -11,24 +11,16 @@ import psutil
 from agentlibos.config import Paths, SupervisorConfig
 from agentlibos.supervisor import Supervisor
 from agentlibos.zygote.child import POOL_TITLE
-from tests.helpers import MakeImage, run_proc
+from tests.helpers import MakeImage, fd_targets, run_proc
 
 
 def _fds() -> tuple[set[str], int]:
     """This process's fds: each by number, but sockets by count. Each pooled process
     holds a connection to the broker (docs/sandbox.md); a refilled pool's connections
     are new ones, under new numbers, as many as before."""
-    named, sockets = set(), 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:  # the listing's own fd, closed by now
-            continue
-        if target.startswith("socket:"):
-            sockets += 1
-        else:
-            named.add(fd)
-    return named, sockets
+    fds = fd_targets()
+    sockets = {fd for fd, target in fds.items() if target.startswith("socket:")}
+    return set(fds) - sockets, len(sockets)
 
 
 def _pool_full(sup: Supervisor) -> bool:

@@ -8,7 +8,6 @@ default config has one, so most of their agents are pooled processes.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
@@ -23,7 +22,7 @@ from agentlibos.config import Paths, SupervisorConfig, parse_operator_config
 from agentlibos.sandbox import pool, seccomp
 from agentlibos.supervisor import Supervisor
 from agentlibos.zygote.child import POOL_TITLE
-from tests.helpers import MakeImage, run_proc
+from tests.helpers import MakeImage, fd_targets, run_proc
 
 # Reports everything an earlier assignment could have left behind, then leaves traces
 # of its own for the next agent to look for.
@@ -191,13 +190,7 @@ def test_each_pooled_process_serves_one_agent_and_carries_nothing_from_another(
 
 
 def socket_inodes(host_pid: int) -> set[str]:
-    out = set()
-    for fd in Path(f"/proc/{host_pid}/fd").iterdir():
-        with contextlib.suppress(OSError):
-            target = os.readlink(fd)
-            if target.startswith("socket:"):
-                out.add(target)
-    return out
+    return {t for t in fd_targets(host_pid).values() if t.startswith("socket:")}
 
 
 SOCKETS = """

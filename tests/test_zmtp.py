@@ -7,6 +7,7 @@ ROUTER sends comes back whole, over a real ipc:// socket.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -115,49 +116,45 @@ def test_heartbeats_are_answered_while_waiting_so_the_router_keeps_the_peer(
         ctx.term()
 
 
-def test_a_peer_that_does_not_speak_zmtp_3_is_refused(tmp_path: Path) -> None:
-    path = str(tmp_path / "not-zmq.sock")
+@contextlib.contextmanager
+def odd_peer(path: Path, *sends: bytes) -> Iterator[str]:
+    """A hand-written peer at ``path`` (yields its ipc:// endpoint): on one connection
+    it sends each of ``sends`` after reading what the DEALER sent, then hangs up."""
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    srv.bind(path)
+    srv.bind(str(path))
     srv.listen(1)
 
-    def garbage() -> None:
+    def serve() -> None:
         conn, _ = srv.accept()
-        conn.sendall(b"HTTP/1.1 400 Bad Request\r\n".ljust(64, b" "))
-        conn.recv(100)
+        for data in sends:
+            conn.sendall(data)
+            conn.recv(1000)
         conn.close()
 
-    t = threading.Thread(target=garbage)
+    t = threading.Thread(target=serve)
     t.start()
-    with pytest.raises(ProtocolError, match="ZMTP 3"):
-        Dealer(f"ipc://{path}")
-    t.join()
-    srv.close()
+    try:
+        yield f"ipc://{path}"
+    finally:
+        t.join()
+        srv.close()
+
+
+def test_a_peer_that_does_not_speak_zmtp_3_is_refused(tmp_path: Path) -> None:
+    not_zmq = b"HTTP/1.1 400 Bad Request\r\n".ljust(64, b" ")
+    with odd_peer(tmp_path / "not-zmq.sock", not_zmq) as endpoint, \
+            pytest.raises(ProtocolError, match="ZMTP 3"):
+        Dealer(endpoint)
 
 
 def test_a_command_inside_a_message_is_a_protocol_error(tmp_path: Path) -> None:
     """A peer that speaks ZMTP but breaks a message with a command (libzmq never does)."""
-    path = str(tmp_path / "odd.sock")
-    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    srv.bind(path)
-    srv.listen(1)
-
-    def odd() -> None:
-        conn, _ = srv.accept()
-        conn.sendall(zmtp.GREETING + zmtp.READY)
-        conn.recv(1000)
-        conn.sendall(b"\x01\x02ab" + b"\x04\x07\x04PING\x00\x00")  # "ab", MORE; then PING
-        conn.recv(1000)
-        conn.close()
-
-    t = threading.Thread(target=odd)
-    t.start()
-    d = Dealer(f"ipc://{path}")
-    with pytest.raises(ProtocolError, match="inside a message"):
-        d.recv(5)
-    d.close()
-    t.join()
-    srv.close()
+    broken = b"\x01\x02ab" + b"\x04\x07\x04PING\x00\x00"  # "ab", MORE; then a PING
+    with odd_peer(tmp_path / "odd.sock", zmtp.GREETING + zmtp.READY, broken) as endpoint:
+        d = Dealer(endpoint)
+        with pytest.raises(ProtocolError, match="inside a message"):
+            d.recv(5)
+        d.close()
 
 
 def test_only_ipc_endpoints_are_taken() -> None:
