@@ -90,6 +90,11 @@ class Paths:
         return self._ipc("broker.sock")
 
     @property
+    def broker_socket(self) -> str:
+        """The broker's socket file (``broker_endpoint`` without ``ipc://``)."""
+        return self.broker_endpoint[len("ipc://"):]
+
+    @property
     def control_endpoint(self) -> str:
         return self._ipc("control.sock")
 

@@ -1,8 +1,9 @@
-"""Moving one multipart message on a ZeroMQ socket: the broker's and the SDK's one way.
+"""Moving one multipart message on a libzmq socket: the broker's one way (its loop
+uses the flags too; agents do not load libzmq, their DEALER is protocol/zmtp.py).
 
 Plain ints, not pyzmq's enums: an enum's ``&``/``|`` builds a new member, and the
 broker's hot path did that about fourteen times per request (a profile: 13 us of 150).
-``send_multipart``/``recv_multipart`` do the same inside pyzmq, so both ends use these.
+``send_multipart``/``recv_multipart`` do the same inside pyzmq, so the broker uses these.
 """
 
 from __future__ import annotations

@@ -98,13 +98,10 @@ class Dealer:
 
     def _handshake(self, deadline: float | None) -> None:
         """The broker's READY, read with the first answer: no round trip of its own."""
-        name, _body = self._command(deadline)
+        name, _body = self._read_command(deadline)
         if name != b"READY":
             raise ProtocolError(f"the broker's handshake sent {name!r}, not READY")
         self._greeted = True
-
-    def fileno(self) -> int:
-        return self._sock.fileno()
 
     def close(self) -> None:
         self._sock.close()
@@ -129,8 +126,7 @@ class Dealer:
             frames: list[bytes] = []
             pos = 0
             while True:
-                head = self._frame_at(pos, deadline)
-                flags, start, end = head
+                flags, start, end = self._frame_at(pos, deadline)
                 if flags & _COMMAND:
                     if frames:  # ZMTP sends a message's frames together
                         raise ProtocolError("the broker sent a command inside a message")
@@ -160,7 +156,7 @@ class Dealer:
         self._need(start + size, deadline)
         return flags, start, start + size
 
-    def _command(self, deadline: float | None) -> tuple[bytes, bytes]:
+    def _read_command(self, deadline: float | None) -> tuple[bytes, bytes]:
         flags, start, end = self._frame_at(0, deadline)
         if not flags & _COMMAND:
             raise ProtocolError("the broker sent a message before its handshake")

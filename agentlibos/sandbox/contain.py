@@ -127,7 +127,6 @@ class Pooled:
     rlimits: dict[str, int]
     timings_ms: dict[str, float]
     cgroup_procs: tuple[str, ...] = ()  # the top-level cgroup it made for itself, if any
-    bounding_set_empty: bool = False  # dropped already (41 prctl calls off the hot path)
 
 
 def pre_contain(pool: dict[str, Any], cgroup_name: str | None = None) -> Pooled:
@@ -165,7 +164,7 @@ def pre_contain(pool: dict[str, Any], cgroup_name: str | None = None) -> Pooled:
     t2 = time.perf_counter()
     timings.update({"pool_namespaces": round((t1 - t0) * 1e3, 3),
                     "pool_rlimits_seccomp": round((t2 - t1) * 1e3, 3)})
-    return Pooled(names, before, mount, limits, timings, own, bounding_set_empty=True)
+    return Pooled(names, before, mount, limits, timings, own)
 
 
 def join_own_cgroup(pooled: Pooled) -> None:
@@ -247,7 +246,9 @@ def _seccomp(profile: SandboxProfile) -> None:
 def _privileges(profile: SandboxProfile, out: Contained, pooled: Pooled | None) -> None:
     """Not a layer the operator can turn off: always on, and fatal if it fails."""
     privileged = os.geteuid() == 0 or "user" in profile.namespaces
-    if privileged and not (pooled is not None and pooled.bounding_set_empty):
+    # A pooled process emptied it before its assignment (pre_contain): 41 prctl calls
+    # off the hot path. clear_capabilities checks it below either way.
+    if privileged and pooled is None:
         privileges.drop_bounding_set()
     # The uid switch needs CAP_SETUID, so it comes after the bounding set is emptied
     # and before the effective set is.

@@ -154,7 +154,7 @@ class SandboxManager:
             self.pool = pool.pool_base(
                 config=self.config, view=self.view, new_root=str(self.new_root),
                 pool_bpf=self.seccomp_bpf_pool, cgroup=recipe,
-                broker_socket=self.paths.broker_endpoint[len("ipc://"):])
+                broker_socket=self.paths.broker_socket)
         except SandboxError as e:
             log.warning("no warm pool: %s", e)
             return None
@@ -205,7 +205,7 @@ class SandboxManager:
             view=view,
             image_dir=image_dir,
             scratch=str(scratch),
-            broker_socket=self.paths.broker_endpoint[len("ipc://"):],
+            broker_socket=self.paths.broker_socket,
             new_root=str(self.new_root),
             cgroup_procs=procs,
             seccomp_bpf=self.seccomp_bpf,

@@ -161,7 +161,7 @@ class Supervisor:
                                         self.sandbox.config, table.live.__contains__))
         self.broker = Broker(self._ctx, self.paths.broker_endpoint, table, dispatcher)
         self.journal.before_commit = self.broker.flush_reads  # docs/store.md: early replies
-        os.chmod(self.paths.broker_endpoint[len("ipc://"):], 0o666)  # noqa: S103 - reached only via run/ (0700) or a bind
+        os.chmod(self.paths.broker_socket, 0o666)  # noqa: S103 - reached only via run/ (0700) or a bind
         self.control = control.ControlServer(self._ctx, self.paths.control_endpoint)
         self.control_ctx = control.ControlContext(
             self.paths, self.mode, store, table, self.processes, self.request_stop,
