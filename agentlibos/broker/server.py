@@ -1,4 +1,4 @@
-"""The syscall broker: one ROUTER socket, every AgentProcess's only door.
+"""The syscall broker: one ROUTER socket (protocol/router.py), every AgentProcess's only door.
 
 Single-threaded and non-blocking: the supervisor's loop calls :meth:`Broker.drain` when
 the socket is readable; each request is decoded and authenticated here (the door), then
@@ -10,20 +10,16 @@ that is not on disk -- with one exception, :meth:`Broker.flush_reads`.
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
-import os
 from collections.abc import Callable
 from typing import Protocol
-
-import zmq
 
 from agentlibos.broker.dispatch import Dispatcher, Outcome
 from agentlibos.broker.flow import FlowLimits, InFlight, RefusalLimiter
 from agentlibos.broker.syscalls import Caller
 from agentlibos.errors import AuthenticationFailed, LibOSError, LimitExceeded
 from agentlibos.kernel.journal import effect_kind
-from agentlibos.protocol.frames import EVENTS, NOBLOCK, POLLIN, recv_frames, send_frames
+from agentlibos.protocol.router import Full, Router
 from agentlibos.protocol.wire import (
     DEFAULT_LIMITS,
     WireError,
@@ -47,7 +43,6 @@ class Door(Protocol):
 class Broker:
     def __init__(
         self,
-        ctx: zmq.Context[zmq.Socket[bytes]],
         endpoint: str,
         door: Door,
         dispatcher: Dispatcher,
@@ -67,33 +62,26 @@ class Broker:
         self._backlog_bytes: dict[bytes, int] = {}
         self.dropped_replies = 0
         self.dropped_requests = 0
-        self.sock: zmq.Socket[bytes] = ctx.socket(zmq.ROUTER)
-        # Frames above this are refused by libzmq before they are buffered: the hard
-        # guard against a process exhausting the supervisor's memory.
-        self.sock.setsockopt(zmq.MAXMSGSIZE, limits.zmq_maxmsgsize)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        # A send to a peer that is gone or whose queue is full fails at once (never
-        # blocks the one loop that serves everybody); flush() decides what to do.
-        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        # A peer that does not read its replies holds at most this many in libzmq's
-        # queue; small replies past it wait in a bounded backlog, large ones are dropped.
-        self.sock.setsockopt(zmq.SNDHWM, self.flow.reply_queue_messages)
-        # Requests queued per peer before the peer's own sends block: a flooding process
-        # waits in its own socket (its memory, not ours) instead of being read and
-        # refused one by one on the loop every other agent shares.
-        self.sock.setsockopt(zmq.RCVHWM, self.flow.request_queue_messages)
-        self.sock.bind(endpoint)
+        # The ROUTER is the loop's own (protocol/router.py), never a blocking call:
+        # - a frame above zmq_maxmsgsize ends its connection before it is buffered: the
+        #   hard guard against a process exhausting the supervisor's memory;
+        # - a send to a peer that is gone is dropped, one to a peer with
+        #   reply_queue_messages replies not taken is refused (flush() decides what to
+        #   do: small replies wait in a bounded backlog, large ones are dropped);
+        # - at most request_queue_messages requests of a peer are read ahead: a flooding
+        #   process waits in its own socket (its memory, not ours) instead of being read
+        #   and refused one by one on the loop every other agent shares.
+        self.router = Router(endpoint, max_frame=limits.zmq_maxmsgsize,
+                             max_message=2 * limits.zmq_maxmsgsize,
+                             max_queued=self.flow.reply_queue_messages,
+                             max_inbox=self.flow.request_queue_messages)
         self.outbox: list[list[bytes]] = []
         # The outbox's replies to pure reads (their ids), which may leave before the
         # turn's COMMIT statement: see flush_reads().
         self._reads: set[int] = set()
 
     def close(self) -> None:
-        self.sock.close(0)
-        if self.endpoint.startswith("ipc://"):
-            # libzmq unlinks on unbind for most versions; make sure no socket file leaks.
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.endpoint[len("ipc://"):])
+        self.router.close()  # (unlinks the socket file)
 
     def drain(self, max_messages: int = 512) -> int:
         """Handle the requests that are ready, up to a turn's worth of work (so timers,
@@ -101,13 +89,10 @@ class Broker:
         """
         n = 0
         self._turn_bytes = 0
-        # Asking ZMQ_EVENTS first is cheaper than ending every drain on a zmq.Again.
-        sock = self.sock
-        while (n < max_messages and self._turn_bytes < self.flow.max_turn_reply_bytes
-               and int(sock.getsockopt(EVENTS)) & POLLIN):
-            try:
-                frames = recv_frames(sock, NOBLOCK)
-            except zmq.Again:
+        recv = self.router.recv
+        while n < max_messages and self._turn_bytes < self.flow.max_turn_reply_bytes:
+            frames = recv()
+            if frames is None:
                 break
             n += 1
             self._handle(frames)
@@ -169,11 +154,9 @@ class Broker:
 
     def _send(self, frames: list[bytes]) -> bool:
         try:
-            send_frames(self.sock, frames, NOBLOCK)
-        except zmq.Again:
+            self.router.send(frames)  # (a peer that is gone: nobody to answer)
+        except Full:
             return False  # the peer's queue is full: it is not reading
-        except zmq.ZMQError:
-            pass  # the peer is gone (EHOSTUNREACH): nobody to answer
         return True
 
     def _park(self, peer: bytes, frames: list[bytes]) -> None:

@@ -36,11 +36,11 @@ _U32: Final = struct.Struct(">I")
 _CHUNK: Final = 1 << 16
 
 
-def _property(name: bytes, value: bytes) -> bytes:
+def prop(name: bytes, value: bytes) -> bytes:
     return bytes([len(name)]) + name + _U32.pack(len(value)) + value
 
 
-def _command(name: bytes, body: bytes) -> bytes:
+def command(name: bytes, body: bytes) -> bytes:
     data = bytes([len(name)]) + name + body
     if len(data) < 256:
         return bytes([_COMMAND, len(data)]) + data
@@ -48,8 +48,8 @@ def _command(name: bytes, body: bytes) -> bytes:
 
 
 # What libzmq's DEALER says: its type and an empty identity (the ROUTER picks one).
-READY: Final = _command(b"READY", _property(b"Socket-Type", b"DEALER")
-                        + _property(b"Identity", b""))
+READY: Final = command(b"READY", prop(b"Socket-Type", b"DEALER")
+                        + prop(b"Identity", b""))
 
 
 def encode(frames: list[bytes]) -> list[bytes]:
@@ -91,10 +91,10 @@ class Dealer:
 
     @staticmethod
     def _check_greeting(greeting: bytes) -> None:
-        if greeting[:1] != b"\xff" or greeting[9:10] != b"\x7f" or greeting[10] < 3:
-            raise ProtocolError("the broker's endpoint does not speak ZMTP 3")
-        if greeting[12:32].rstrip(b"\x00") != b"NULL":
-            raise ProtocolError("the broker asks for a security mechanism other than NULL")
+        try:
+            check_greeting(greeting)
+        except ValueError as e:
+            raise ProtocolError(f"the broker's endpoint {e}") from None
 
     def _handshake(self, deadline: float | None) -> None:
         """The broker's READY, read with the first answer: no round trip of its own."""
@@ -162,13 +162,13 @@ class Dealer:
             raise ProtocolError("the broker sent a message before its handshake")
         data = bytes(self._buf[start:end])
         del self._buf[:end]
-        return _split_command(data)
+        return _command_of(data)
 
     def _on_command(self, data: bytes) -> None:
-        name, body = _split_command(data)
+        name, body = _command_of(data)
         if name == b"PING":
             # PONG echoes the ping's context (after its 2-byte TTL).
-            self._sock.sendall(_command(b"PONG", body[2:]))
+            self._sock.sendall(command(b"PONG", body[2:]))
         elif name == b"ERROR":
             reason = body[1:1 + body[0]].decode(errors="replace") if body else ""
             raise ProtocolError(f"the broker closed the connection: {reason}")
@@ -191,7 +191,23 @@ class Dealer:
         return data
 
 
-def _split_command(data: bytes) -> tuple[bytes, bytes]:
+def _command_of(data: bytes) -> tuple[bytes, bytes]:
+    try:
+        return split_command(data)
+    except ValueError:
+        raise ProtocolError("malformed command from the broker") from None
+
+
+def check_greeting(greeting: bytes) -> None:
+    """A peer's 64-byte greeting: ZMTP 3 or later, the NULL mechanism; else ValueError."""
+    if greeting[:1] != b"\xff" or greeting[9:10] != b"\x7f" or greeting[10] < 3:
+        raise ValueError("does not speak ZMTP 3")
+    if greeting[12:32].rstrip(b"\x00") != b"NULL":
+        raise ValueError("asks for a security mechanism other than NULL")
+
+
+def split_command(data: bytes) -> tuple[bytes, bytes]:
+    """(name, body) of a command frame's data; ValueError if malformed."""
     if not data or len(data) < 1 + data[0]:
-        raise ProtocolError("malformed command from the broker")
+        raise ValueError("a malformed command")
     return data[1:1 + data[0]], data[1 + data[0]:]

@@ -27,14 +27,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import zmq
 
 from agentlibos.errors import InvalidArgument
-from agentlibos.protocol.frames import EVENTS, POLLIN  # plain ints: no enum per ask
 
 log = logging.getLogger(__name__)
+POLLIN: Final = int(zmq.POLLIN)  # a plain int: an enum's | builds a new member each time
 
 Reader = Callable[[int], None]  # called with the poll events (zmq.POLLIN | POLLOUT ...)
 PollTarget = int | zmq.Socket[bytes]
@@ -74,7 +74,10 @@ class Loop:
         self._ids = itertools.count(1)
         self._busy_poll_us = busy_poll_us
         self._busy = False
-        self._hot: zmq.Socket[bytes] | None = None
+        self._hot: Callable[[], bool] | None = None
+        # Readers whose source buffers input the fd no longer shows (the broker's
+        # router parses ahead): asked before each poll, run when they have some.
+        self._pending: dict[PollTarget, Callable[[], bool]] = {}
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -88,14 +91,18 @@ class Loop:
 
     # ---------------------------------------------------------------- registration
 
-    def add_reader(self, target: PollTarget, fn: Reader, events: int = zmq.POLLIN) -> None:
+    def add_reader(self, target: PollTarget, fn: Reader, events: int = zmq.POLLIN, *,
+                   pending: Callable[[], bool] | None = None) -> None:
         self._readers[target] = fn
         self._poller.register(target, events)
+        if pending is not None:
+            self._pending[target] = pending
 
     def modify(self, target: PollTarget, events: int) -> None:
         self._poller.modify(target, events)
 
     def remove_reader(self, target: PollTarget) -> None:
+        self._pending.pop(target, None)
         if self._readers.pop(target, None) is not None:
             with contextlib.suppress(KeyError):
                 self._poller.unregister(target)
@@ -113,9 +120,9 @@ class Loop:
     def after_turn(self, fn: Callable[[], None]) -> None:
         self._after.append(fn)
 
-    def mark_busy(self, hot: zmq.Socket[bytes] | None = None) -> None:
+    def mark_busy(self, hot: Callable[[], bool] | None = None) -> None:
         """A client served a request: poll without sleeping for a moment next turn,
-        watching ``hot`` (the socket it came on) for the next one."""
+        asking ``hot`` (does the source it came from have more?) for the next one."""
         self._busy = True
         self._hot = hot
 
@@ -152,6 +159,9 @@ class Loop:
             timeout_s = max(0.0, min(timeout_s, deadline - time.monotonic()))
         ready = self._busy_poll() if self._busy else {}
         self._busy = False
+        for target, has in self._pending.items():
+            if has():
+                ready.setdefault(target, POLLIN)
         if not ready:
             ready = dict(self._poller.poll(int(timeout_s * 1000)))
         with self._turn():
@@ -168,19 +178,18 @@ class Loop:
 
         An agent making a run of syscalls sends the next one tens of microseconds after
         its reply; waking from a blocking poll costs about as much again on a VM. The
-        spin asks only the hot socket (ZMQ_EVENTS: no poll over every fd the loop
-        watches, which grows with the number of processes) and yields the core between
+        spin asks only the hot source (the broker's router: its parsed queue, then one
+        epoll_wait of 0 -- no poll over every fd the loop watches) and yields the core between
         asks: on a small host the agent whose request we wait for may need this very
         core (a profile showed 490,000 zmq polls for 35,000 syscalls). One ask in eight
         polls every fd, so an answer on another (a JIT tool's pipe) is not kept waiting.
         """
         hot = self._hot
         if hot is None:
-            ready = self._poller.poll(0)
-            return dict(ready)
+            return dict(self._poller.poll(0))
         end = time.perf_counter() + self._busy_poll_us / 1e6
         spins = 0
-        while not int(hot.getsockopt(EVENTS)) & POLLIN:
+        while not hot():
             spins += 1
             if spins % 8 == 0 or time.perf_counter() >= end:
                 # Now and then every fd: a reply may come on another (a tool's pipe).

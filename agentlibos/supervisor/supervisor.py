@@ -159,7 +159,7 @@ class Supervisor:
                       net=self.net, models=self.models,
                       images=ImageCalls(store, self.offloop, waits, self.paths.images,
                                         self.sandbox.config, table.live.__contains__))
-        self.broker = Broker(self._ctx, self.paths.broker_endpoint, table, dispatcher)
+        self.broker = Broker(self.paths.broker_endpoint, table, dispatcher)
         self.journal.before_commit = self.broker.flush_reads  # docs/store.md: early replies
         os.chmod(self.paths.broker_socket, 0o666)  # noqa: S103 - reached only via run/ (0700) or a bind
         self.control = control.ControlServer(self._ctx, self.paths.control_endpoint)
@@ -167,16 +167,16 @@ class Supervisor:
             self.paths, self.mode, store, table, self.processes, self.request_stop,
             self.approvals, self.events, self.durable)
         table.ended_record.append(self.control_ctx.process_ended)
-        loop.add_reader(self.broker.sock, self._on_broker)
-        loop.add_reader(self.control.sock,
-                        lambda _ev: self.control.drain(self._on_control))
+        loop.add_reader(self.broker.router.fileno(), self._on_broker,
+                        pending=self.broker.router.pending)
+        loop.add_reader(self.control.sock, lambda _ev: self.control.drain(self._on_control))
         loop.add_reader(self.zygote.fileno(), self._on_zygote)
         loop.after_turn(self._flush_broker)
         loop.after_turn(self.control.flush)
 
     def _on_broker(self, events: int) -> None:
         if self.broker.drain() and not self.offloop.in_flight:  # spinning would hold the
-            self.loop.mark_busy(self.broker.sock)  # GIL its workers need: only when idle
+            self.loop.mark_busy(self.broker.router.has_input)  # GIL its workers need
 
     def _flush_broker(self) -> None:
         self.broker.flush()
