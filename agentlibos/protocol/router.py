@@ -335,7 +335,10 @@ class Router:
             return  # gone (or never a peer): nobody to answer, as EHOSTUNREACH
         if len(p.out_msgs) >= self.max_queued:
             raise Full(frames[0].hex())
-        self._push(p, [memoryview(b) for b in encode(frames[1:])], message=True)
+        # (An empty frame is its header alone: no empty buffer is queued. One left last
+        # would never be taken off: the peer's queue would never empty, and epoll
+        # would wake the loop for it, turn after turn.)
+        self._push(p, [memoryview(b) for b in encode(frames[1:]) if b], message=True)
 
     def _push(self, p: _Peer, parts: list[memoryview], *, message: bool = False) -> None:
         p.out.extend(parts)
@@ -365,7 +368,7 @@ class Router:
             budget -= sent
             while sent:
                 head = p.out[0]
-                if sent >= len(head):
+                if sent >= len(head):  # (no empty buffer is queued: see send)
                     sent -= len(head)
                     p.out.popleft()
                 else:
