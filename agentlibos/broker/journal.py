@@ -16,6 +16,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -27,6 +28,10 @@ from agentlibos.kernel.journal import JournalEntry, args_digest, effect_kind
 from agentlibos.store import Store
 
 INLINE_BLOB_BYTES = 64 << 10
+# A loop turn that only served reads may leave its commit to a later turn, for at most
+# this long and this many calls (docs/store.md, "Deferred commits").
+DEFER_MAX_S = 0.002
+DEFER_MAX_CALLS = 256
 
 
 def encode_outcome(outcome: Outcome) -> tuple[str, str]:
@@ -59,27 +64,79 @@ class StoreJournal:
         # The calls whose effect's entry is in this turn (the after-commit barrier, which
         # a test may arm for one call: `after-commit:fs.write`).
         self._acted: set[str] = set()
+        # Asked at the end of a loop turn that wrote nothing: may its commit wait? (The
+        # supervisor: not while any reply waits for it.) None: never.
+        self.may_defer: Callable[[], bool] | None = None
+        self._deferred_since: float | None = None
+        store.pending_journal = self.take
 
     def last_seq(self, pid: int) -> int:
         return self._store.journal_last_seq(pid)
 
     @contextlib.contextmanager
-    def turn(self) -> Iterator[None]:
-        """One loop turn: the store's group-commit batch, the turn's journal written last."""
+    def turn(self, *, may_defer: bool = False) -> Iterator[None]:
+        """One loop turn: the store's group-commit batch, the turn's journal written last.
+
+        ``may_defer``: a turn that wrote nothing (reads, whose answers already left:
+        Broker.flush_reads) keeps its calls' journal entries and audit records in
+        memory for the next turn that commits -- the first that writes, answers a
+        write, finds the deferral DEFER_MAX_S old or DEFER_MAX_CALLS long, or
+        :meth:`commit_deferred` before the loop sleeps. A run of reads pays one commit,
+        not one per call, and holds no lock meanwhile. Whatever reads the journal
+        first has them written (SQLiteStore.pending_journal)."""
         with self._store.batch():
             yield
             if self.before_commit is not None:
                 self.before_commit()
-            self.flush()
+            if may_defer and self._deferrable():
+                self._store.defer_commit()
+            else:
+                self.flush()
         acted, self._acted = self._acted, set()
         for call in acted:
             crash_at("after-commit", call)
 
+    def loop_turn(self) -> contextlib.AbstractContextManager[None]:
+        """The loop's turn context: :meth:`turn` that may defer its commit."""
+        return self.turn(may_defer=True)
+
+    def _deferrable(self) -> bool:
+        if self.may_defer is None or self._store.wrote() or not self.may_defer():
+            self._deferred_since = None
+            return False
+        now = time.monotonic()
+        if self._deferred_since is None:
+            self._deferred_since = now
+        if now - self._deferred_since >= DEFER_MAX_S or len(self._turn) >= DEFER_MAX_CALLS:
+            self._deferred_since = None
+            return False
+        return True
+
+    def commit_deferred(self, force: bool = False) -> float | None:
+        """Before the loop sleeps: commit what deferred turns left, if they are
+        DEFER_MAX_S old or ``force``; else the seconds until they will be (the loop
+        sleeps no longer). A steady run of reads from an agent slower than the loop's
+        spin then still commits once per DEFER_MAX_S, not at every pause."""
+        if not (self._turn or self._store.uncommitted()):
+            self._deferred_since = None
+            return None
+        if not force and self._deferred_since is not None:
+            left = self._deferred_since + DEFER_MAX_S - time.monotonic()
+            if left > 0:
+                return left
+        self._deferred_since = None
+        with self._store.batch():
+            self.flush()
+        return None
+
+    def take(self) -> list[JournalEntry]:
+        """The entries not yet written, encoded, handed over to be written."""
+        turn, self._turn = self._turn, []
+        return [_entry(*t) for t in turn]
+
     def flush(self) -> None:
         """Write the turn's entries (inside the turn's transaction, before its commit)."""
-        turn, self._turn = self._turn, []
-        if turn:
-            self._store.journal_append_many([_entry(*t) for t in turn])
+        self._store.journal_append_many(self.take())
 
     def intent(self, pid: int, seq: int, call: str, digest: str, text: str, *,
                durable: bool) -> None:

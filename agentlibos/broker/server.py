@@ -83,6 +83,17 @@ class Broker:
     def close(self) -> None:
         self.router.close()  # (unlinks the socket file)
 
+    # For the loop: the fd to poll, requests parsed ahead that it will not show, and
+    # whether any request waits now (the busy poll's question).
+    def fileno(self) -> int:
+        return self.router.fileno()
+
+    def pending(self) -> bool:
+        return self.router.pending()
+
+    def has_input(self) -> bool:
+        return self.router.has_input()
+
     def drain(self, max_messages: int = 512) -> int:
         """Handle the requests that are ready, up to a turn's worth of work (so timers,
         exits and the commit get their turn, and one flooding peer cannot hold the loop).

@@ -51,6 +51,7 @@ class DurableTables:
         def transaction(self) -> AbstractContextManager[None]: ...
         def _write(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor: ...
         def commit_now(self) -> None: ...
+        def _journal_visible(self) -> None: ...
 
     # ------------------------------------------------------------------ intents
 
@@ -72,6 +73,7 @@ class DurableTables:
 
     def journal_intents(self) -> list[JournalEntry]:
         """Every unsettled intent, in (pid, seq) order: what recovery settles."""
+        self._journal_visible()
         rows = self._db.execute(
             "SELECT pid, seq, call, digest, status, result FROM journal "
             "WHERE status = 'intent' ORDER BY pid, seq").fetchall()
@@ -79,6 +81,7 @@ class DurableTables:
 
     def journal_copy(self, src_pid: int, dst_pid: int, upto_seq: int) -> int:
         """Give ``dst_pid`` the settled entries 1..``upto_seq`` of ``src_pid`` (restore)."""
+        self._journal_visible()
         cur = self._write(
             "INSERT INTO journal (pid, seq, call, digest, status, result, created_at, "
             "settled_at) SELECT ?, seq, call, digest, status, result, created_at, settled_at "
@@ -90,6 +93,7 @@ class DurableTables:
         """Delete the journal of ended process ``pid`` past its last checkpoint (a
         restore replays its source's entries up to the checkpoint; nothing else reads an
         ended process's journal). Refused for a live process. The rows deleted."""
+        self._journal_visible()
         row = self._db.execute("SELECT state FROM processes WHERE pid = ?", (pid,)).fetchone()
         if row is None:
             raise NotFound(f"no process {pid}")
@@ -102,6 +106,7 @@ class DurableTables:
 
     def journal_settled_seq(self, pid: int) -> int:
         """The last seq of ``pid`` whose whole prefix is settled (where a replay ends)."""
+        self._journal_visible()
         row = self._db.execute(
             "SELECT COALESCE(MIN(seq) - 1, (SELECT COALESCE(MAX(seq), 0) FROM journal "
             "WHERE pid = ?)) FROM journal WHERE pid = ? AND status = 'intent'",

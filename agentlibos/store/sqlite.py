@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -132,6 +132,8 @@ class SQLiteStore(WaitingTables, DurableTables):
             raise
         self._depth = 0  # nesting of batch()/transaction() contexts
         self._begun = False  # BEGIN IMMEDIATE issued, COMMIT pending
+        self._changes_at = 0  # the connection's total_changes when the batch began
+        self._defer = False  # defer_commit(): the batch ends without its commit
         self._sp_wanted = False  # inside savepoint(): open one at the first write
         self._sp_active = False
         self._audit_head: tuple[int, str] | None = None
@@ -141,6 +143,10 @@ class SQLiteStore(WaitingTables, DurableTables):
         # A turn of reads then runs no SQL write, and takes no lock, before its replies
         # leave (docs/store.md, "When a reply leaves").
         self._audit_buf: list[tuple[float, int | None, str, str, str, str]] = []
+        # Journal entries a deferred turn left with their owner (StoreJournal), taken
+        # and written before anything reads the journal: set by the supervisor.
+        self.pending_journal: Callable[[], list[JournalEntry]] | None = None
+        self._sp_journal: list[JournalEntry] = []  # written inside the open savepoint
         self._sp_mark = 0  # the buffer's length when the current savepoint began
         self.checkpointer = None if readonly else WalCheckpointer(self.path)
 
@@ -172,6 +178,15 @@ class SQLiteStore(WaitingTables, DurableTables):
             self._sp_active = True
 
     def _commit(self) -> None:
+        if self._defer:
+            # defer_commit(): the audit records stay buffered for the next batch that
+            # ends, or commit_now(). A transaction begun for reads (it changed nothing)
+            # ends now: a deferral never holds the write lock another process may want.
+            self._defer = False
+            if self._begun:
+                self._db.execute("COMMIT")
+                self._begun = False
+            return
         if self._audit_buf:
             self._begin()  # (never a savepoint here: the batch is ending)
             self._flush_audit()
@@ -195,6 +210,9 @@ class SQLiteStore(WaitingTables, DurableTables):
         self._audit_head = None
 
     def _rollback(self) -> None:
+        # (Deferred turns' records go too: only a BaseException escaping a turn gets
+        # here -- the loop catches the rest -- and the supervisor is going down with it.)
+        self._defer = False
         self._audit_buf.clear()
         if self._begun:
             self._db.execute("ROLLBACK")
@@ -204,6 +222,8 @@ class SQLiteStore(WaitingTables, DurableTables):
 
     @contextmanager
     def _scope(self, *, begin: bool) -> Iterator[None]:
+        if self._depth == 0:
+            self._changes_at = self._db.total_changes
         if begin:
             self._ensure_begun()
         self._depth += 1
@@ -225,6 +245,21 @@ class SQLiteStore(WaitingTables, DurableTables):
         if self._sp_active or self._sp_wanted:
             raise RuntimeError("commit_now() inside a savepoint")
         self._commit()
+
+    def wrote(self) -> bool:
+        """Whether the open batch has changed a row so far."""
+        return self._db.total_changes != self._changes_at
+
+    def defer_commit(self) -> None:
+        """End the open batch, which changed no row (:meth:`wrote`), leaving its audit
+        records buffered until the next batch that ends normally, or :meth:`commit_now`.
+        Only for records that may be lost with the supervisor -- a turn of reads
+        (docs/store.md, "Deferred commits")."""
+        self._defer = True
+
+    def uncommitted(self) -> bool:
+        """Outside a batch: whether deferred batches left audit records to commit."""
+        return self._depth == 0 and bool(self._audit_buf)
 
     def transaction(self) -> AbstractContextManager[None]:
         """A write transaction; joins an open batch or transaction."""
@@ -261,11 +296,15 @@ class SQLiteStore(WaitingTables, DurableTables):
             if self._sp_active:
                 self._db.execute("ROLLBACK TO handler")
                 self._audit_head = None  # reloaded from the table at the next append
+                # Earlier turns' entries written while the handler read the journal are
+                # not the handler's: they are written again.
+                self._insert_journal(self._sp_journal)
             raise
         finally:
             if self._sp_active:
                 self._db.execute("RELEASE handler")
             self._sp_wanted = self._sp_active = False
+            self._sp_journal = []
 
     def _write(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
         # Any text may come from an agent (an error message, a path, a tool's output):
@@ -651,20 +690,42 @@ class SQLiteStore(WaitingTables, DurableTables):
     def journal_append_many(self, entries: list[JournalEntry]) -> None:
         """Record a turn's syscalls in one statement (the broker batches them: one insert
         per call was most of what journaling cost). A duplicate seq is a Conflict."""
+        if entries:
+            with self.transaction():
+                self._insert_journal(entries)
+
+    def _insert_journal(self, entries: list[JournalEntry]) -> None:
         if not entries:
             return
         now = time.time()
-        with self.transaction():
-            try:
-                self._db.executemany(
-                    "INSERT INTO journal (pid, seq, call, digest, status, result, created_at,"
-                    " settled_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(e.pid, e.seq, e.call, e.digest, e.status, e.result, now,
-                      None if e.status == "intent" else now) for e in entries])
-            except sqlite3.IntegrityError:
-                for e in entries:  # find which one, for a clear error
-                    self.journal_append(e)
-                raise
+        try:
+            self._db.executemany(
+                "INSERT INTO journal (pid, seq, call, digest, status, result, created_at,"
+                " settled_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(e.pid, e.seq, e.call, e.digest, e.status, e.result, now,
+                  None if e.status == "intent" else now) for e in entries])
+        except sqlite3.IntegrityError:
+            for e in entries:  # find which one, for a clear error
+                self.journal_append(e)
+            raise
+
+    def _journal_visible(self) -> None:
+        """Before reading the journal: write the entries deferred turns left.
+
+        Into the batch's transaction, ahead of any savepoint a handler has yet to open
+        (they are not the handler's writes); if one is open, they are written inside it
+        and again should it roll back."""
+        entries = self.pending_journal() if self.pending_journal is not None else []
+        if not entries:
+            return
+        if self._depth == 0:
+            with self.transaction():
+                self._insert_journal(entries)
+            return
+        self._begin()
+        self._insert_journal(entries)
+        if self._sp_active:
+            self._sp_journal += entries
 
     def journal_append(self, entry: JournalEntry) -> None:
         """Record one syscall of ``entry.pid``; a second entry at the same seq is a Conflict."""
@@ -715,6 +776,7 @@ class SQLiteStore(WaitingTables, DurableTables):
         self, pid: int, *, after_seq: int = 0, limit: int = 1000
     ) -> list[JournalEntry]:
         """``pid``'s entries with seq > ``after_seq``, in order, at most ``limit``."""
+        self._journal_visible()
         if limit < 0:
             raise ValueError(f"limit must be >= 0, not {limit}")
         if self.schema_version < _JOURNAL_VERSION:
@@ -728,6 +790,7 @@ class SQLiteStore(WaitingTables, DurableTables):
 
     def journal_last_seq(self, pid: int) -> int:
         """The highest journaled seq of ``pid``; 0 if it has none."""
+        self._journal_visible()
         if self.schema_version < _JOURNAL_VERSION:
             return 0
         row = self._db.execute(

@@ -87,6 +87,7 @@ class Loop:
         self._turn: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
         self._after: list[Callable[[], None]] = []
         self.on_error: Callable[[str, BaseException], None] | None = None
+        self._on_idle: Callable[[bool], float | None] | None = None  # set_turn_context
         self.stopping = False
 
     # ---------------------------------------------------------------- registration
@@ -113,9 +114,14 @@ class Loop:
         heapq.heappush(self._timers, t)
         return t
 
-    def set_turn_context(self, ctx: Callable[[], AbstractContextManager[Any]]) -> None:
-        """Every turn's callbacks and timers run inside ``ctx()`` (the store batch)."""
+    def set_turn_context(self, ctx: Callable[[], AbstractContextManager[Any]], *,
+                         idle: Callable[[bool], float | None] | None = None) -> None:
+        """Every turn's callbacks and timers run inside ``ctx()`` (the store batch);
+        ``idle(force)`` before the loop sleeps in poll(), which sleeps no longer than
+        the seconds it returns, and ``idle(True)`` before run_until returns (the commit
+        of what turns of reads deferred: StoreJournal.commit_deferred)."""
         self._turn = ctx
+        self._on_idle = idle
 
     def after_turn(self, fn: Callable[[], None]) -> None:
         self._after.append(fn)
@@ -153,7 +159,9 @@ class Loop:
             heapq.heappop(self._timers)
         return self._timers[0].when if self._timers else None
 
-    def run_once(self, timeout_s: float = 1.0) -> None:
+    def run_once(self, timeout_s: float = 1.0, *, settle: bool = False) -> None:
+        """One turn; ``settle``: run the idle hook after it, as before a return to a
+        caller that may look at the store from elsewhere."""
         deadline = self.next_deadline()
         if deadline is not None:
             timeout_s = max(0.0, min(timeout_s, deadline - time.monotonic()))
@@ -163,7 +171,11 @@ class Loop:
             if has():
                 ready.setdefault(target, POLLIN)
         if not ready:
-            ready = dict(self._poller.poll(int(timeout_s * 1000)))
+            if timeout_s > 0:
+                again = self._idle(False)
+                if again is not None:
+                    timeout_s = min(timeout_s, again)
+            ready = dict(self._poller.poll(math.ceil(timeout_s * 1000)))
         with self._turn():
             for target, events in ready.items():
                 fn = self._readers.get(target)
@@ -172,6 +184,14 @@ class Loop:
             self._run_timers()
         for hook in self._after:
             self._guard("after-turn", hook)
+        if settle:
+            self._idle(True)
+
+    def _idle(self, force: bool) -> float | None:
+        if self._on_idle is None:
+            return None
+        again: float | None = self._guard("idle", self._on_idle, force)
+        return again
 
     def _busy_poll(self) -> dict[Any, int]:
         """Right after serving a request, spin briefly before sleeping in poll().
@@ -206,10 +226,11 @@ class Loop:
             if not t.cancelled:
                 self._guard("timer", t.fn)
 
-    def _guard(self, what: str, fn: Callable[..., None], *args: Any) -> None:
-        # The last-resort guard: a runtime bug in one callback fails that callback only.
+    def _guard(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        # The last-resort guard: a runtime bug in one callback fails that callback only
+        # (its result is then None).
         try:
-            fn(*args)
+            return fn(*args)
         except Exception as e:
             log.exception("unexpected error in a loop %s callback", what)
             if self.on_error is not None:
@@ -219,13 +240,16 @@ class Loop:
     def run_until(self, done: Callable[[], bool], timeout_s: float | None = None) -> bool:
         """Turn until ``done()`` or a stop is requested; False on timeout or stop."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while not done():
-            if self.stopping:
-                return False
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            self.run_once(0.5 if deadline is None else min(0.5, deadline - time.monotonic()))
-        return True
+        try:
+            while not done():
+                if self.stopping:
+                    return False
+                if deadline is not None and time.monotonic() >= deadline:
+                    return False
+                self.run_once(0.5 if deadline is None else min(0.5, deadline - time.monotonic()))
+            return True
+        finally:
+            self._idle(True)  # the caller may look at the store from another connection
 
     def fds(self) -> Iterator[PollTarget]:
         return iter(list(self._readers))

@@ -119,7 +119,7 @@ class Supervisor:
     def _wire(self) -> None:
         store, loop = self.store, self.loop
         self.journal = journal = StoreJournal(store)
-        loop.set_turn_context(journal.turn)
+        loop.set_turn_context(journal.loop_turn, idle=journal.commit_deferred)  # store.md
         loop.on_error = self._on_loop_error
         self.table = table = ProcessTable(self.paths, self.config, store, loop, self.sandbox,
                                           lambda: self.zygote)
@@ -160,15 +160,15 @@ class Supervisor:
                       images=ImageCalls(store, self.offloop, waits, self.paths.images,
                                         self.sandbox.config, table.live.__contains__))
         self.broker = Broker(self.paths.broker_endpoint, table, dispatcher)
-        self.journal.before_commit = self.broker.flush_reads  # docs/store.md: early replies
+        journal.before_commit = self.broker.flush_reads  # docs/store.md: early replies
         os.chmod(self.paths.broker_socket, 0o666)  # noqa: S103 - reached only via run/ (0700) or a bind
         self.control = control.ControlServer(self._ctx, self.paths.control_endpoint)
         self.control_ctx = control.ControlContext(
             self.paths, self.mode, store, table, self.processes, self.request_stop,
             self.approvals, self.events, self.durable)
         table.ended_record.append(self.control_ctx.process_ended)
-        loop.add_reader(self.broker.router.fileno(), self._on_broker,
-                        pending=self.broker.router.pending)
+        journal.may_defer = lambda: not (self.broker.outbox or self.control.outbox)
+        loop.add_reader(self.broker.fileno(), self._on_broker, pending=self.broker.pending)
         loop.add_reader(self.control.sock, lambda _ev: self.control.drain(self._on_control))
         loop.add_reader(self.zygote.fileno(), self._on_zygote)
         loop.after_turn(self._flush_broker)
@@ -176,7 +176,7 @@ class Supervisor:
 
     def _on_broker(self, events: int) -> None:
         if self.broker.drain() and not self.offloop.in_flight:  # spinning would hold the
-            self.loop.mark_busy(self.broker.router.has_input)  # GIL its workers need
+            self.loop.mark_busy(self.broker.has_input)  # GIL its workers need
 
     def _flush_broker(self) -> None:
         self.broker.flush()
@@ -270,7 +270,7 @@ class Supervisor:
         return self._stop_requested
 
     def step(self, timeout_s: float = 1.0) -> None:
-        self.loop.run_once(timeout_s)
+        self.loop.run_once(timeout_s, settle=True)
 
     def run_until(self, done: Callable[[], bool], timeout_s: float | None = None) -> bool:
         """Step until ``done()`` or a stop is requested; False on timeout."""
