@@ -156,3 +156,56 @@ def test_a_crash_at_each_barrier_never_repeats_an_effect_and_loses_no_acknowledg
     else:
         journal_consistent(home, pid)
     audit_verifies(home)
+
+
+TOOL_AGENT = """
+def main(ctx, args):
+    if args["tool"] == "jit":
+        return ctx.tools.call("double", {"n": 21})
+    return ctx.tools.call("put", {"name": "x", "value": 1})
+"""
+
+DOUBLE = """
+export default function (args: { n: number }, libos: Libos): number {
+  return args.n * 2;
+}
+"""
+
+
+@pytest.mark.deno
+@pytest.mark.parametrize("tool", ["jit", "builtin"])
+def test_a_crash_before_a_tool_acts_replays_a_jit_tool_and_stops_on_a_builtin(
+    home: Path, tmp_path: Path, make_image: MakeImage, tool: str,
+) -> None:
+    """A JIT tool can act only by asking the broker, in later turns, after the commit
+    that carries its call's intent: a crash before that commit loses nothing it did, so
+    the call is made again. A builtin tool acts inside the call: its intent is on disk
+    first, and a crash leaves it for the operator (attention)."""
+    img = make_image("tooly", TOOL_AGENT, caps=["jit:*:*", "obj:rw:x"],
+                     tools={"double": "jit:tools/double.ts", "put": "builtin:obj.put"},
+                     files={"tools/double.ts": DOUBLE})
+    policy = tmp_path / "allow.toml"
+    policy.write_text(ALLOW_ALL.replace('"human:*:*"]', '"human:*:*", "jit:*:*"]'))
+    crashing = start_daemon(home, AGENTLIBOS_CRASH_AT="before-effect:tool.call")
+    try:
+        r = cli(home, "run", "--detach", str(img), "--policy", str(policy),
+                "--arg", f"tool={tool}")
+        assert r.returncode == 0, r.stderr
+        pid = int(r.stdout.strip())
+        assert crashing.wait(60) == CRASH_STATUS
+    finally:
+        stop_process(crashing, 5)
+    daemon = start_daemon(home)
+    try:
+        if tool == "jit":
+            w = cli(home, "wait", str(pid), "--json", timeout=90)
+            out: dict[str, Any] = json.loads(w.stdout)
+            assert (out["state"], out["exit_reason"], out["result"]) == (
+                "exited", "returned", 42), (out, cli(home, "logs", str(pid)).stdout)
+            journal_consistent(home, pid)
+        else:
+            wait_until(lambda: ps(home)[pid]["state"] == "attention", 30, "attention")
+            assert ps(home)[pid]["attention"]["call"] == "tool.call"
+    finally:
+        stop_process(daemon, 20)
+    audit_verifies(home)

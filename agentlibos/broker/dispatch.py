@@ -93,6 +93,9 @@ class Dispatcher:
         # Set by the supervisor for durable execution: answers a resumed process's calls
         # from its journal (broker/replay.py).
         self.replay: Replayer | None = None
+        # Calls whose intent may commit with the turn instead of at once, when the
+        # predicate says so for these arguments (docs/durability.md, "JIT tools").
+        self.intent_with_turn: dict[str, Callable[[Caller, dict[str, Any]], bool]] = {}
 
     def add_services(self, family: str, services: object) -> None:
         """Wire ``family``'s services (a tool family needs the dispatcher itself)."""
@@ -239,9 +242,13 @@ class Dispatcher:
         if seq is not None and self.journal is not None and \
                 effect_kind(call, args) == "once":
             # On disk before the effect acts: a crash past here leaves an intent that
-            # recovery will not redo blindly (docs/durability.md).
+            # recovery will not redo blindly (docs/durability.md) -- unless every effect
+            # of the call comes back through the broker in a later turn (a JIT tool's),
+            # which this turn's commit, carrying the intent, precedes.
+            later = self.intent_with_turn.get(call)
             self.journal.intent(caller.pid, seq, call, _digest(call, args, blobs),
-                                once_intent(describe_request(call, args)), durable=True)
+                                once_intent(describe_request(call, args)),
+                                durable=later is None or not later(caller, args))
             crash_at("before-effect", call)
         elif seq is not None and effect_kind(call, args) == "redo":
             crash_at("before-effect", call)

@@ -147,6 +147,7 @@ def wire_syscalls(dispatcher: Dispatcher, *, authz: Authz, fs: FileProvider, fil
     dispatcher.add_services("proc", ProcView(processes, durable))
     dispatcher.add_services("cap", CapView(processes))
     dispatcher.add_services("tool", ToolView(authz, tools, dispatcher))
+    dispatcher.intent_with_turn["tool.call"] = tools.acts_through_the_broker
     dispatcher.add_services("human", HumanView(authz, approvals))
     dispatcher.add_services("event", EventView(authz, events))
     dispatcher.add_services("clock", ClockView(authz, clock))

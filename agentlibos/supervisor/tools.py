@@ -43,6 +43,17 @@ class ToolCalls:
         return ToolDef(name=name, path=str(caller.image.path / spec.ref), caps=spec.caps,
                        schema=spec.schema, timeout_s=spec.timeout_s, version="image")
 
+    def acts_through_the_broker(self, caller: Caller, args: dict[str, Any]) -> bool:
+        """Whether tool.call with ``args`` calls a JIT tool: its Deno process can do
+        nothing but ask the broker, in later turns (a builtin acts in the call itself)."""
+        name = args.get("name")
+        if not isinstance(name, str) or caller.pid not in self._table.live:
+            return False
+        try:
+            return isinstance(self.find(caller, name), ToolDef)
+        except NotFound:
+            return False
+
     def call_jit(self, caller: Caller, tool: ToolDef, args: dict[str, Any]) -> Result:
         pending = self._jit.call(caller, tool, args)
         return self._waits.suspend(caller.pid, pending, f"tool:{tool.name}")
