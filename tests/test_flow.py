@@ -135,6 +135,55 @@ def test_a_request_beyond_the_in_flight_limit_is_refused_at_once_without_work(
     assert "proc.getpid" not in served  # refused before any handler ran
 
 
+PIPELINE_ON = """
+    import json, zmq
+
+    def main(ctx, args):
+        child = ctx.proc.spawn("sleeper")
+        z = zmq.Context()
+        s = z.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(ctx.client.endpoint)
+        token = ctx.client._token
+
+        def send(i, call, call_args):
+            h = {"id": i, "pid": ctx.pid, "call": call, "args": call_args}
+            s.send_multipart([b"ALOS/1", json.dumps(h).encode(), token])
+
+        for i in range(1, 5):  # four calls that stay in flight for about 2 s
+            send(i, "proc.wait", {"pid": child, "timeout": 2})
+        for i in range(5, 25):  # twenty more at once
+            send(i, "proc.getpid", {})
+        order = []
+        while len(order) < 24 and s.poll(10_000):
+            r = json.loads(s.recv_multipart()[1])
+            order.append([r["id"], r["ok"], (r.get("error") or {}).get("type")])
+        return order
+"""
+
+
+def test_past_its_in_flight_bound_a_process_is_not_read_until_a_call_ends(
+    sup: Supervisor, make_image: MakeImage
+) -> None:
+    """The first request past the bound is refused at once; the rest wait unread in the
+    process's own socket (no refusal each: a flood would cost the loop one per request)
+    and are served once its calls end."""
+    make_image("sleeper", "import time\ndef main(ctx, args):\n    time.sleep(60)\n")
+    img = make_image("pipe-on", PIPELINE_ON, caps=["proc:spawn:sleeper"])
+    rec = run_proc(sup, img, timeout_s=60)
+    assert rec.state == "exited", rec.error
+    order = rec.result
+    assert len(order) == 24, order
+    assert order[0] == [5, False, "LimitExceeded"], order
+    refused = [o for o in order if not o[1] and o[0] > 4]
+    assert refused == [order[0]], order  # only the first past the bound
+    # The other 19 were served after the waits ended (and each wait's reply is first).
+    waits = [i for i, o in enumerate(order) if o[0] <= 4]
+    served = [i for i, o in enumerate(order) if o[0] > 5]
+    assert len(served) == 19 and all(o[1] for o in order if o[0] > 5), order
+    assert min(served) > min(waits), order
+
+
 def test_a_process_moving_more_than_its_byte_rate_waits_and_others_do_not() -> None:
     clock = FakeClock()
     r = ByteRate(rate=100.0, burst=50.0, clock=clock)

@@ -315,24 +315,36 @@ def test_peers_are_served_in_turn_and_a_flood_waits_in_its_own_socket(
     t.join(5)
 
 
-def test_a_reply_to_a_peer_that_does_not_read_is_refused_past_max_queued(
-        router: Router, endpoint: str) -> None:
-    deaf = handshaken(endpoint, router)
-    deaf.sendall(b"\x00\x01x")
-    rid = next_message(router)[0]
-    big = b"r" * (1 << 20)  # past what the socket's own buffer takes
-    sent = 0
-    with pytest.raises(Full):
-        for _ in range(100):
-            router.send([rid, big])
-            sent += 1
-    assert sent == router.max_queued
-    # Once it reads, its queue empties and replies are taken again, whole.
-    got = received(deaf, router, sent * (9 + len(big)))
-    assert got == (b"\x02" + struct.pack(">Q", len(big)) + big) * sent
-    router.send([rid, b"again"])
-    assert received(deaf, router, 7) == b"\x00\x05again"
-    deaf.close()
+@pytest.mark.parametrize("bound", ["replies", "bytes"])
+def test_a_reply_to_a_peer_that_does_not_read_is_refused_past_its_queue_bound(
+        endpoint: str, bound: str) -> None:
+    """A peer has at most max_queued replies, and max_queued_bytes, that its socket has
+    not taken; past either, Full (the broker then backlogs or drops)."""
+    if bound == "replies":
+        router = make(endpoint, max_queued=4, max_queued_bytes=1 << 30)
+        expected = 4
+    else:
+        router = make(endpoint, max_queued=1000, max_queued_bytes=3 << 20)
+        expected = 4  # the 4th takes it past 3 MiB not written (the socket took some)
+    try:
+        deaf = handshaken(endpoint, router)
+        deaf.sendall(b"\x00\x01x")
+        rid = next_message(router)[0]
+        big = b"r" * (1 << 20)  # past what the socket's own buffer takes
+        sent = 0
+        with pytest.raises(Full):
+            for _ in range(100):
+                router.send([rid, big])
+                sent += 1
+        assert sent == expected
+        # Once it reads, its queue empties and replies are taken again, whole.
+        got = received(deaf, router, sent * (9 + len(big)))
+        assert got == (b"\x02" + struct.pack(">Q", len(big)) + big) * sent
+        router.send([rid, b"again"])
+        assert received(deaf, router, 7) == b"\x00\x05again"
+        deaf.close()
+    finally:
+        router.close()
 
 
 def test_a_reply_to_a_peer_that_is_gone_is_dropped_quietly(
@@ -354,3 +366,23 @@ def test_close_removes_the_socket_file(endpoint: str) -> None:
     assert not os.path.exists(path)
     with pytest.raises(OSError):
         Dealer(endpoint, timeout_s=1)
+
+
+def test_a_paused_peer_is_not_read_until_resumed_and_others_are_served(
+        router: Router, endpoint: str) -> None:
+    a, b = handshaken(endpoint, router), handshaken(endpoint, router)
+    a.sendall(b"\x00\x05first")
+    rid = next_message(router)[0]
+    router.pause(rid)
+    a.sendall(b"\x00\x06second")
+    b.sendall(b"\x00\x05other")
+    assert next_message(router)[1] == b"other"
+    with pytest.raises(AssertionError, match="in time"):
+        next_message(router, timeout_s=0.3)  # a's second waits in its socket
+    assert_quiet(router)  # and its pending input does not keep waking the loop
+    router.send([rid, b"replies still go"])  # a paused peer is still answered
+    assert received(a, router, 18) == b"\x00\x10replies still go"
+    router.resume(rid)
+    assert next_message(router) == [rid, b"second"]
+    a.close()
+    b.close()

@@ -5,12 +5,15 @@ Pure bookkeeping, no sockets, so each rule is unit-tested on its own:
 
 * **In flight.** The SDK makes one call at a time; a process with ``max_in_flight``
   requests already being served (or suspended) gets ``LimitExceeded`` at once for the
-  next, without any work done for it. Pipelining hundreds of 16 MiB reads buys nothing.
+  next, without any work done for it -- and its connection is then not read until one
+  of its calls ends: what it sends meanwhile waits in its own socket. Pipelining
+  hundreds of 16 MiB reads buys nothing, and costs the loop one refusal, not hundreds.
 * **Work per turn.** A drain stops once its replies hold ``max_turn_reply_bytes``; the
   loop commits, sends, runs timers and comes straight back. The ROUTER fair-queues the
   peers it reads from, so another agent waits for at most about one turn's work.
-* **Replies nobody reads** are bounded: libzmq holds at most ``reply_queue_messages``
-  per peer; past that, replies wait in order in a backlog of at most
+* **Replies nobody reads** are bounded: the ROUTER holds at most
+  ``reply_queue_messages`` replies, and ``reply_queue_bytes``, per peer that its socket
+  has not taken; past that, replies wait in order in a backlog of at most
   ``max_backlog_bytes`` per peer (small refusals in a burst are all answered) and any
   reply that does not fit is dropped -- the peer that does not read pays, not the
   supervisor's memory.
@@ -31,6 +34,7 @@ class FlowLimits:
     max_in_flight: int = 4
     max_turn_reply_bytes: int = 8 << 20
     reply_queue_messages: int = 4
+    reply_queue_bytes: int = 1 << 20
     request_queue_messages: int = 16
     max_backlog_bytes: int = 1 << 20
     audit_burst: int = 5

@@ -56,6 +56,7 @@ class Broker:
         self.flow = flow or FlowLimits()
         self.in_flight = InFlight(self.flow)
         self.refusals = RefusalLimiter(self.flow)
+        self._held: dict[int, set[bytes]] = {}  # peers paused at their in-flight bound
         self._turn_bytes = 0
         # Small replies that did not fit a peer's queue, kept in order (bounded).
         self._backlog: dict[bytes, collections.deque[list[bytes]]] = {}
@@ -66,14 +67,17 @@ class Broker:
         # - a frame above zmq_maxmsgsize ends its connection before it is buffered: the
         #   hard guard against a process exhausting the supervisor's memory;
         # - a send to a peer that is gone is dropped, one to a peer with
-        #   reply_queue_messages replies not taken is refused (flush() decides what to
-        #   do: small replies wait in a bounded backlog, large ones are dropped);
-        # - at most request_queue_messages requests of a peer are read ahead: a flooding
-        #   process waits in its own socket (its memory, not ours) instead of being read
-        #   and refused one by one on the loop every other agent shares.
+        #   reply_queue_messages replies or reply_queue_bytes not taken by its socket is
+        #   refused (flush() decides what to do: small replies wait in a bounded
+        #   backlog, large ones are dropped);
+        # - at most request_queue_messages requests of a peer are read ahead, and none
+        #   while its process is at its in-flight bound (_handle): a flooding process
+        #   waits in its own socket (its memory, not ours) instead of being read and
+        #   refused one by one on the loop every other agent shares.
         self.router = Router(endpoint, max_frame=limits.zmq_maxmsgsize,
                              max_message=2 * limits.zmq_maxmsgsize,
                              max_queued=self.flow.reply_queue_messages,
+                             max_queued_bytes=self.flow.reply_queue_bytes,
                              max_inbox=self.flow.request_queue_messages)
         self.outbox: list[list[bytes]] = []
         # The outbox's replies to pure reads (their ids), which may leave before the
@@ -187,6 +191,9 @@ class Broker:
               read: bool) -> Callable[[Outcome], None]:
         def sink(outcome: Outcome) -> None:
             self.in_flight.done(pid)
+            if pid in self._held and self.in_flight.of(pid) < self.flow.max_in_flight:
+                for rid in self._held.pop(pid):
+                    self.router.resume(rid)
             if isinstance(outcome, LibOSError):
                 frames = [routing_id, *encode_error(req_id, outcome)]
             else:
@@ -236,6 +243,11 @@ class Broker:
         if not self.in_flight.admit(caller.pid):
             # Numbered first, so the SDK's numbering and the broker's stay in step.
             self.in_flight.admit(caller.pid, force=True)
+            # This one is refused at once; the next wait in the peer's own socket until
+            # one of its calls ends, so a flood costs the flooder a wait, not the loop
+            # a refusal per request.
+            self.router.pause(routing_id)
+            self._held.setdefault(caller.pid, set()).add(routing_id)
             refused = LimitExceeded(
                 f"{req.call}: process {caller.pid} already has "
                 f"{self.flow.max_in_flight} requests in flight; wait for their replies")

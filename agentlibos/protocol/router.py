@@ -53,12 +53,13 @@ _U32: Final = struct.Struct(">I")
 _CHUNK: Final = 1 << 16
 # A large frame is read in pieces up to this size: not 64 KiB at a time.
 _BIG_READ: Final = 4 << 20
-# The stream socket's own buffer takes writes up to this size in one go.
+# One sendmsg hands the kernel at most this much: a nonblocking send to a peer that
+# reads as fast as it is written goes on copying while there is room, so one sendmsg
+# of a 16 MiB buffer held the loop (and every other agent) for its whole copy.
 _SEND_AT_ONCE: Final = 1 << 16
-# At most this much is written to one peer per call: a 16 MiB reply to a peer that
-# reads as fast as we write would otherwise hold the loop (and every other agent) for
-# its whole copy. The rest goes when epoll says the socket has room, turn by turn.
-_WRITE_PER_CALL: Final = 512 << 10
+# At most this much is written to one peer per call; the rest goes when epoll says
+# its socket has room, between other peers' requests.
+_WRITE_PER_CALL: Final = 256 << 10
 READY: Final = command(b"READY", prop(b"Socket-Type", b"ROUTER"))
 # The peers a ROUTER accepts (ZMTP 23: "ROUTER accepts DEALER, REQ, ROUTER").
 _PEER_TYPES: Final = frozenset({b"DEALER", b"REQ", b"ROUTER"})
@@ -86,12 +87,14 @@ class _Peer:
     written: int = 0
     turn: bool = False  # in the round-robin queue
     writing: bool = False  # EPOLLOUT wanted
+    paused: bool = False  # not read until resumed (pause())
 
 
 class Router:
     def __init__(self, endpoint: str, *, max_frame: int, max_message: int,
                  max_frames: int = 64,
-                 max_queued: int = 4, max_inbox: int = 16, max_peers: int = 65536,
+                 max_queued: int = 4, max_queued_bytes: int = 1 << 20,
+                 max_inbox: int = 16, max_peers: int = 65536,
                  handshake_s: float = 30.0) -> None:
         if not endpoint.startswith("ipc://"):
             raise ValueError(f"the broker's endpoint must be ipc://, not {endpoint!r}")
@@ -99,7 +102,7 @@ class Router:
         path = endpoint[len("ipc://"):]
         self._path = None if path.startswith("@") else path
         self.max_frame, self.max_frames, self.max_queued = max_frame, max_frames, max_queued
-        self.max_message = max_message
+        self.max_message, self.max_queued_bytes = max_message, max_queued_bytes
         self.max_peers, self.handshake_s, self.max_inbox = max_peers, handshake_s, max_inbox
         self._listen = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM
                                      | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
@@ -167,6 +170,8 @@ class Router:
             self._round -= 1
             p = self._turns.popleft()
             p.turn = False
+            if p.paused:
+                continue
             if not p.inbox:
                 self._read(p)
             if p.inbox:
@@ -178,7 +183,7 @@ class Router:
         return None
 
     def _queue(self, p: _Peer) -> None:
-        if not p.turn and p.rid in self._by_rid:
+        if not p.turn and not p.paused and p.rid in self._by_rid:
             p.turn = True
             self._turns.append(p)
 
@@ -192,7 +197,10 @@ class Router:
                 continue
             if ev & select.EPOLLOUT:
                 self._write(p)
-            if ev & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR) and p.rid in self._by_rid:
+            gone = ev & (select.EPOLLHUP | select.EPOLLERR)
+            if p.paused and gone:
+                self._drop(p)  # gone while paused: nothing to read it for
+            elif (ev & select.EPOLLIN or gone) and p.rid in self._by_rid:
                 if p.state != 2:
                     self._read(p)  # the handshake is the router's own business
                 if p.state == 2:
@@ -333,7 +341,7 @@ class Router:
         p = self._by_rid.get(frames[0])
         if p is None or p.state != 2:
             return  # gone (or never a peer): nobody to answer, as EHOSTUNREACH
-        if len(p.out_msgs) >= self.max_queued:
+        if len(p.out_msgs) >= self.max_queued or p.pushed - p.written >= self.max_queued_bytes:
             raise Full(frames[0].hex())
         # (An empty frame is its header alone: no empty buffer is queued. One left last
         # would never be taken off: the peer's queue would never empty, and epoll
@@ -351,11 +359,14 @@ class Router:
     def _write(self, p: _Peer) -> None:
         budget = _WRITE_PER_CALL
         while p.out and budget > 0:
-            batch, size = [], 0
+            batch, room = [], _SEND_AT_ONCE
             for b in p.out:
+                if len(b) >= room:
+                    batch.append(b[:room])
+                    break
                 batch.append(b)
-                size += len(b)
-                if size >= _SEND_AT_ONCE or len(batch) >= 64:
+                room -= len(b)
+                if len(batch) >= 64:
                     break
             try:
                 sent = p.sock.sendmsg(batch)
@@ -382,8 +393,30 @@ class Router:
     def _want_write(self, p: _Peer, want: bool) -> None:
         if want != p.writing and p.rid in self._by_rid:
             p.writing = want
-            self._ep.modify(p.sock.fileno(),
-                            select.EPOLLIN | (select.EPOLLOUT if want else 0))
+            self._rearm(p)
+
+    def _rearm(self, p: _Peer) -> None:
+        self._ep.modify(p.sock.fileno(), (0 if p.paused else select.EPOLLIN)
+                        | (select.EPOLLOUT if p.writing else 0))
+
+    # ---------------------------------------------------------------------- pausing
+
+    def pause(self, rid: bytes) -> None:
+        """Read nothing more from peer ``rid`` until :meth:`resume`: what it sends waits
+        in its own socket (the broker pauses a process at its in-flight bound, so that
+        a flood of requests costs it a wait, not the loop a refusal each)."""
+        p = self._by_rid.get(rid)
+        if p is not None and not p.paused:
+            p.paused = True
+            self._rearm(p)
+
+    def resume(self, rid: bytes) -> None:
+        p = self._by_rid.get(rid)
+        if p is not None and p.paused:
+            p.paused = False
+            self._rearm(p)
+            if p.inbox or p.buf:
+                self._queue(p)
 
     # ---------------------------------------------------------------------- ending
 
