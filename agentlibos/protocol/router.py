@@ -66,7 +66,8 @@ _PEER_TYPES: Final = frozenset({b"DEALER", b"REQ", b"ROUTER"})
 
 
 class Full(Exception):
-    """The peer has ``max_queued`` replies its socket has not taken: it is not reading."""
+    """The peer has ``max_queued`` replies, or ``max_queued_bytes``, that its socket has
+    not taken: it is not reading (fast enough)."""
 
 
 @dataclass(eq=False)
@@ -122,7 +123,9 @@ class Router:
         self._by_rid: dict[bytes, _Peer] = {}
         self._turns: collections.deque[_Peer] = collections.deque()
         self._round = 0  # turns left in this round
-        self._next_rid = 0x6B8B4567  # libzmq starts its ids at a random number too
+        # Routing ids from a 64-bit counter: one never comes back, so a reply can never
+        # reach a later connection that reused a gone peer's id (libzmq's are 32-bit).
+        self._next_rid = 0
         self._handshaking: collections.deque[_Peer] = collections.deque()
         self.disconnected = 0  # peers dropped for breaking the protocol or a limit
 
@@ -227,8 +230,8 @@ class Router:
                 self.disconnected += 1
                 continue
             conn.setblocking(False)
-            self._next_rid = (self._next_rid + 1) & 0xFFFFFFFF
-            p = _Peer(conn, b"\x00" + _U32.pack(self._next_rid), now)
+            self._next_rid += 1
+            p = _Peer(conn, b"\x00" + _U64.pack(self._next_rid), now)
             self._peers[conn.fileno()] = p
             self._by_rid[p.rid] = p
             self._handshaking.append(p)
