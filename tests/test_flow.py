@@ -6,6 +6,8 @@ thousands of frames with a wrong token, one pipelines requests without waiting.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from agentlibos.broker.flow import ByteRate, FlowLimits, InFlight, RefusalLimiter
@@ -109,57 +111,39 @@ PIPELINER = """
 
         # Four calls that stay in flight (suspended on a child that sleeps)...
         for i in range(1, 5):
-            send(i, "proc.wait", {"pid": child, "timeout": 3})
-        # ...and one more, which must be refused at once, before the waits end.
-        send(5, "proc.getpid", {})
-        first = json.loads(s.recv_multipart()[1]) if s.poll(2000) else None
-        for _ in range(4):  # the waits time out; then its own calls fit again
-            if s.poll(10_000):
-                s.recv_multipart()
-        return first
+            send(i, "proc.wait", {"pid": child, "timeout": args["wait_s"]})
+        # ...and more at once, past the bound.
+        for i in range(5, 5 + args["more"]):
+            send(i, "proc.getpid", {})
+        order = []  # every reply as it came: [id, ok, error type]
+        while len(order) < 4 + args["more"] and s.poll(10_000):
+            r = json.loads(s.recv_multipart()[1])
+            order.append([r["id"], r["ok"], (r.get("error") or {}).get("type")])
+        return order
 """
+
+
+def _pipelined(sup: Supervisor, make_image: MakeImage, more: int,
+               wait_s: float) -> tuple[int, list[list[Any]]]:
+    """(pid, the replies in the order they came) of an agent that pipelines four waits
+    of ``wait_s`` and ``more`` getpids on a raw DEALER."""
+    make_image("sleeper", "import time\ndef main(ctx, args):\n    time.sleep(60)\n")
+    img = make_image("pipe", PIPELINER, caps=["proc:spawn:sleeper"])
+    rec = run_proc(sup, img, {"more": more, "wait_s": wait_s}, timeout_s=60)
+    assert rec.state == "exited", rec.error
+    order: list[list[Any]] = rec.result
+    assert len(order) == 4 + more, order
+    return rec.pid, order
 
 
 def test_a_request_beyond_the_in_flight_limit_is_refused_at_once_without_work(
     sup: Supervisor, make_image: MakeImage
 ) -> None:
-    make_image("sleeper", "import time\ndef main(ctx, args):\n    time.sleep(60)\n")
-    img = make_image("pipe", PIPELINER, caps=["proc:spawn:sleeper"])
-    rec = run_proc(sup, img, timeout_s=60)
-    assert rec.state == "exited", rec.error
-    first = rec.result
-    assert first is not None, "no reply within 2 s: the fifth call was not refused at once"
-    assert first["id"] == 5 and first["ok"] is False
-    assert first["error"]["type"] == "LimitExceeded"
-    served = [e.call for e in sup.store.journal_entries(rec.pid)]
+    pid, order = _pipelined(sup, make_image, 1, 3)
+    # The fifth is answered first: refused at once, before the waits end.
+    assert order[0] == [5, False, "LimitExceeded"], order
+    served = [e.call for e in sup.store.journal_entries(pid)]
     assert "proc.getpid" not in served  # refused before any handler ran
-
-
-PIPELINE_ON = """
-    import json, zmq
-
-    def main(ctx, args):
-        child = ctx.proc.spawn("sleeper")
-        z = zmq.Context()
-        s = z.socket(zmq.DEALER)
-        s.setsockopt(zmq.LINGER, 0)
-        s.connect(ctx.client.endpoint)
-        token = ctx.client._token
-
-        def send(i, call, call_args):
-            h = {"id": i, "pid": ctx.pid, "call": call, "args": call_args}
-            s.send_multipart([b"ALOS/1", json.dumps(h).encode(), token])
-
-        for i in range(1, 5):  # four calls that stay in flight for about 2 s
-            send(i, "proc.wait", {"pid": child, "timeout": 2})
-        for i in range(5, 25):  # twenty more at once
-            send(i, "proc.getpid", {})
-        order = []
-        while len(order) < 24 and s.poll(10_000):
-            r = json.loads(s.recv_multipart()[1])
-            order.append([r["id"], r["ok"], (r.get("error") or {}).get("type")])
-        return order
-"""
 
 
 def test_past_its_in_flight_bound_a_process_is_not_read_until_a_call_ends(
@@ -168,12 +152,7 @@ def test_past_its_in_flight_bound_a_process_is_not_read_until_a_call_ends(
     """The first request past the bound is refused at once; the rest wait unread in the
     process's own socket (no refusal each: a flood would cost the loop one per request)
     and are served once its calls end."""
-    make_image("sleeper", "import time\ndef main(ctx, args):\n    time.sleep(60)\n")
-    img = make_image("pipe-on", PIPELINE_ON, caps=["proc:spawn:sleeper"])
-    rec = run_proc(sup, img, timeout_s=60)
-    assert rec.state == "exited", rec.error
-    order = rec.result
-    assert len(order) == 24, order
+    _, order = _pipelined(sup, make_image, 20, 2)
     assert order[0] == [5, False, "LimitExceeded"], order
     refused = [o for o in order if not o[1] and o[0] > 4]
     assert refused == [order[0]], order  # only the first past the bound

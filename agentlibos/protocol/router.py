@@ -15,7 +15,7 @@ libzmq's alike -- and it keeps the guards the broker set on libzmq's socket:
   MAXMSGSIZE), and so does a message of more than ``max_frames`` frames or
   ``max_message`` bytes (libzmq has no such bound: a peer could make it buffer
   frames without end);
-* a peer is read only when nothing it sent is waiting to be served, at most ``_CHUNK``
+* a peer is read only when nothing it sent is waiting to be served, at most ``CHUNK``
   bytes at a time, so a flooding process waits in its own socket buffer (libzmq's
   RCVHWM), and peers are served in turn, one message each (libzmq's fair queueing);
 * a reply to a peer that has ``max_queued`` replies not yet taken by its socket is
@@ -36,21 +36,27 @@ import logging
 import os
 import select
 import socket
-import struct
 import time
 from dataclasses import dataclass, field
 from typing import Final
 
-from agentlibos.protocol.zmtp import GREETING, check_greeting, command, encode, prop, split_command
+from agentlibos.protocol.zmtp import (
+    CHUNK,
+    COMMAND,
+    GREETING,
+    LONG,
+    MORE,
+    U32,
+    U64,
+    check_greeting,
+    command,
+    encode,
+    prop,
+    split_command,
+)
 
 log = logging.getLogger(__name__)
 
-_MORE: Final = 0x01
-_LONG: Final = 0x02
-_COMMAND: Final = 0x04
-_U64: Final = struct.Struct(">Q")
-_U32: Final = struct.Struct(">I")
-_CHUNK: Final = 1 << 16
 # A large frame is read in pieces up to this size: not 64 KiB at a time.
 _BIG_READ: Final = 4 << 20
 # One sendmsg hands the kernel at most this much: a nonblocking send to a peer that
@@ -231,7 +237,7 @@ class Router:
                 continue
             conn.setblocking(False)
             self._next_rid += 1
-            p = _Peer(conn, b"\x00" + _U64.pack(self._next_rid), now)
+            p = _Peer(conn, b"\x00" + U64.pack(self._next_rid), now)
             self._peers[conn.fileno()] = p
             self._by_rid[p.rid] = p
             self._handshaking.append(p)
@@ -244,9 +250,9 @@ class Router:
             self._parse_or_drop(p)
             if p.inbox:
                 return
-        want = _CHUNK
-        if p.state == 2 and len(p.buf) >= 9 and p.buf[0] & _LONG:
-            want = max(_CHUNK, min(_BIG_READ, 9 + _U64.unpack_from(p.buf, 1)[0] - len(p.buf)))
+        want = CHUNK
+        if p.state == 2 and len(p.buf) >= 9 and p.buf[0] & LONG:
+            want = max(CHUNK, min(_BIG_READ, 9 + U64.unpack_from(p.buf, 1)[0] - len(p.buf)))
         try:
             data = p.sock.recv(want)
         except (BlockingIOError, InterruptedError):
@@ -285,12 +291,12 @@ class Router:
             if n - pos < 2:
                 break
             flags = buf[pos]
-            if flags & ~(_MORE | _LONG | _COMMAND):
+            if flags & ~(MORE | LONG | COMMAND):
                 raise _Broken(f"a frame with flags {flags:#x}")
-            if flags & _LONG:
+            if flags & LONG:
                 if n - pos < 9:
                     break
-                size, start = _U64.unpack_from(buf, pos + 1)[0], pos + 9
+                size, start = U64.unpack_from(buf, pos + 1)[0], pos + 9
             else:
                 size, start = buf[pos + 1], pos + 2
             if size > self.max_frame:
@@ -301,7 +307,7 @@ class Router:
                 break
             end = start + size
             pos = end
-            if flags & _COMMAND:
+            if flags & COMMAND:
                 if p.frames:
                     raise _Broken("a command inside a message")
                 self._on_command(p, bytes(buf[start:end]))
@@ -310,7 +316,7 @@ class Router:
                 raise _Broken("a message before its READY")
             p.frames.append(bytes(buf[start:end]))
             p.frames_bytes += size
-            if flags & _MORE:
+            if flags & MORE:
                 if len(p.frames) >= self.max_frames:
                     raise _Broken(f"a message of more than {self.max_frames} frames")
                 continue
@@ -454,7 +460,7 @@ def _socket_type(body: bytes) -> bytes | None:
         pos += 1 + n
         if pos + 4 > len(body):
             return None
-        size = _U32.unpack_from(body, pos)[0]
+        size = U32.unpack_from(body, pos)[0]
         value = body[pos + 4:pos + 4 + size]
         pos += 4 + size
         if pos > len(body):

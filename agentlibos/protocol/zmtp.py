@@ -27,24 +27,25 @@ from agentlibos.errors import ProtocolError, Timeout
 _SIGNATURE_HEAD: Final = b"\xff" + b"\x00" * 8 + b"\x7f"
 # Signature, version 3.0, mechanism "NULL" padded to 20 bytes, as-server 0, filler.
 GREETING: Final = _SIGNATURE_HEAD + b"\x03\x00" + b"NULL".ljust(20, b"\x00") + b"\x00" * 32
-_MORE: Final = 0x01
-_LONG: Final = 0x02
-_COMMAND: Final = 0x04
-_U64: Final = struct.Struct(">Q")
-_U32: Final = struct.Struct(">I")
+# A frame's flags (ZMTP 3.0 section 2.5), and the sizes in its header.
+MORE: Final = 0x01
+LONG: Final = 0x02
+COMMAND: Final = 0x04
+U64: Final = struct.Struct(">Q")
+U32: Final = struct.Struct(">I")
 # Read at least this much at a time: a reply usually arrives whole in one read.
-_CHUNK: Final = 1 << 16
+CHUNK: Final = 1 << 16
 
 
 def prop(name: bytes, value: bytes) -> bytes:
-    return bytes([len(name)]) + name + _U32.pack(len(value)) + value
+    return bytes([len(name)]) + name + U32.pack(len(value)) + value
 
 
 def command(name: bytes, body: bytes) -> bytes:
     data = bytes([len(name)]) + name + body
     if len(data) < 256:
-        return bytes([_COMMAND, len(data)]) + data
-    return bytes([_COMMAND | _LONG]) + _U64.pack(len(data)) + data
+        return bytes([COMMAND, len(data)]) + data
+    return bytes([COMMAND | LONG]) + U64.pack(len(data)) + data
 
 
 # What libzmq's DEALER says: its type and an empty identity (the ROUTER picks one).
@@ -57,9 +58,9 @@ def encode(frames: list[bytes]) -> list[bytes]:
     out: list[bytes] = []
     last = len(frames) - 1
     for i, f in enumerate(frames):
-        more = _MORE if i < last else 0
+        more = MORE if i < last else 0
         n = len(f)
-        out.append(bytes((more, n)) if n < 256 else bytes((more | _LONG,)) + _U64.pack(n))
+        out.append(bytes((more, n)) if n < 256 else bytes((more | LONG,)) + U64.pack(n))
         out.append(f)
     return out
 
@@ -109,7 +110,7 @@ class Dealer:
     def send(self, frames: list[bytes]) -> None:
         """Send ``frames`` as one message. Small ones go out in one write."""
         parts = encode(frames)
-        if sum(len(p) for p in parts) <= _CHUNK:
+        if sum(len(p) for p in parts) <= CHUNK:
             self._sock.sendall(b"".join(parts))
         else:  # no copy of a large blob into one buffer
             for p in parts:
@@ -127,7 +128,7 @@ class Dealer:
             pos = 0
             while True:
                 flags, start, end = self._frame_at(pos, deadline)
-                if flags & _COMMAND:
+                if flags & COMMAND:
                     if frames:  # ZMTP sends a message's frames together
                         raise ProtocolError("the broker sent a command inside a message")
                     self._on_command(bytes(self._buf[start:end]))
@@ -135,7 +136,7 @@ class Dealer:
                     break
                 frames.append(bytes(self._buf[start:end]))
                 pos = end
-                if not flags & _MORE:
+                if not flags & MORE:
                     del self._buf[:end]
                     return frames
 
@@ -144,11 +145,11 @@ class Dealer:
         is whole."""
         self._need(pos + 2, deadline)
         flags = self._buf[pos]
-        if flags & ~(_MORE | _LONG | _COMMAND):
+        if flags & ~(MORE | LONG | COMMAND):
             raise ProtocolError(f"malformed frame from the broker (flags {flags:#x})")
-        if flags & _LONG:
+        if flags & LONG:
             self._need(pos + 9, deadline)
-            size = _U64.unpack_from(self._buf, pos + 1)[0]
+            size = U64.unpack_from(self._buf, pos + 1)[0]
             start = pos + 9
         else:
             size = self._buf[pos + 1]
@@ -158,7 +159,7 @@ class Dealer:
 
     def _read_command(self, deadline: float | None) -> tuple[bytes, bytes]:
         flags, start, end = self._frame_at(0, deadline)
-        if not flags & _COMMAND:
+        if not flags & COMMAND:
             raise ProtocolError("the broker sent a message before its handshake")
         data = bytes(self._buf[start:end])
         del self._buf[:end]
@@ -179,7 +180,7 @@ class Dealer:
                 left = deadline - time.monotonic()
                 if left <= 0 or not self._poll.poll(max(1, int(left * 1000))):
                     raise Timeout("no answer from the broker in time")
-            chunk = self._sock.recv(max(_CHUNK, n - len(self._buf)))
+            chunk = self._sock.recv(max(CHUNK, n - len(self._buf)))
             if not chunk:
                 raise ProtocolError("the broker closed the connection")
             self._buf += chunk
