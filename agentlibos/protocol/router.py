@@ -18,9 +18,10 @@ libzmq's alike -- and it keeps the guards the broker set on libzmq's socket:
 * a peer is read only when nothing it sent is waiting to be served, at most ``CHUNK``
   bytes at a time, so a flooding process waits in its own socket buffer (libzmq's
   RCVHWM), and peers are served in turn, one message each (libzmq's fair queueing);
-* a reply to a peer that has ``max_queued`` replies not yet taken by its socket is
-  refused (:class:`Full`: libzmq's EAGAIN under ROUTER_MANDATORY and SNDHWM), one to a
-  peer that is gone is dropped (EHOSTUNREACH);
+* a reply to a peer that has ``max_queued`` replies, or ``max_queued_bytes``, not yet
+  taken by its socket is refused (:class:`Full`: libzmq's EAGAIN under
+  ROUTER_MANDATORY and SNDHWM), one to a peer that is gone is dropped (EHOSTUNREACH);
+* a peer can be paused (:meth:`Router.pause`): not read at all until resumed;
 * a connection that has not finished its handshake within ``handshake_s`` is closed
   (libzmq's HANDSHAKE_IVL), and at most ``max_peers`` are open at once.
 
@@ -51,6 +52,8 @@ from agentlibos.protocol.zmtp import (
     check_greeting,
     command,
     encode,
+    frame_header,
+    ipc_address,
     prop,
     split_command,
 )
@@ -103,11 +106,9 @@ class Router:
                  max_queued: int = 4, max_queued_bytes: int = 1 << 20,
                  max_inbox: int = 16, max_peers: int = 65536,
                  handshake_s: float = 30.0) -> None:
-        if not endpoint.startswith("ipc://"):
-            raise ValueError(f"the broker's endpoint must be ipc://, not {endpoint!r}")
         self.endpoint = endpoint
-        path = endpoint[len("ipc://"):]
-        self._path = None if path.startswith("@") else path
+        address = ipc_address(endpoint)
+        self._path = None if address.startswith("\0") else address  # abstract: no file
         self.max_frame, self.max_frames, self.max_queued = max_frame, max_frames, max_queued
         self.max_message, self.max_queued_bytes = max_message, max_queued_bytes
         self.max_peers, self.handshake_s, self.max_inbox = max_peers, handshake_s, max_inbox
@@ -118,7 +119,7 @@ class Router:
             if self._path is not None:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._path)  # a stale socket file, as libzmq does
-            self._listen.bind("\0" + path[1:] if self._path is None else path)
+            self._listen.bind(address)
             self._listen.listen(4096)
             self._ep.register(self._listen.fileno(), select.EPOLLIN)
         except BaseException:
@@ -288,17 +289,13 @@ class Router:
         # At most max_inbox messages parsed ahead: the rest stays in the buffer, and the
         # socket is not read again until they are served (libzmq's RCVHWM).
         while len(p.inbox) < self.max_inbox:
-            if n - pos < 2:
+            try:
+                header = frame_header(buf, pos)
+            except ValueError as e:
+                raise _Broken(str(e)) from None
+            if header is None:
                 break
-            flags = buf[pos]
-            if flags & ~(MORE | LONG | COMMAND):
-                raise _Broken(f"a frame with flags {flags:#x}")
-            if flags & LONG:
-                if n - pos < 9:
-                    break
-                size, start = U64.unpack_from(buf, pos + 1)[0], pos + 9
-            else:
-                size, start = buf[pos + 1], pos + 2
+            flags, start, size = header
             if size > self.max_frame:
                 raise _Broken(f"a frame of {size} bytes, over the limit of {self.max_frame}")
             if p.frames_bytes + size > self.max_message:

@@ -53,6 +53,31 @@ READY: Final = command(b"READY", prop(b"Socket-Type", b"DEALER")
                         + prop(b"Identity", b""))
 
 
+def ipc_address(endpoint: str) -> str:
+    """The AF_UNIX address of ``ipc://PATH`` (``ipc://@NAME``: the abstract NAME);
+    ValueError for another transport."""
+    if not endpoint.startswith("ipc://"):
+        raise ValueError(f"the broker's endpoint must be ipc://, not {endpoint!r}")
+    path = endpoint[len("ipc://"):]
+    return "\0" + path[1:] if path.startswith("@") else path
+
+
+def frame_header(buf: bytearray, pos: int) -> tuple[int, int, int] | None:
+    """(flags, start, size) of the frame whose header begins at ``pos`` of ``buf``;
+    None while the header is not whole; ValueError for flags ZMTP does not define."""
+    n = len(buf) - pos
+    if n < 2:
+        return None
+    flags = buf[pos]
+    if flags & ~(MORE | LONG | COMMAND):
+        raise ValueError(f"a frame with flags {flags:#x}")
+    if not flags & LONG:
+        return flags, pos + 2, buf[pos + 1]
+    if n < 9:
+        return None
+    return flags, pos + 9, U64.unpack_from(buf, pos + 1)[0]
+
+
 def encode(frames: list[bytes]) -> list[bytes]:
     """``frames`` as one message on the wire: each frame's flags and size, then it."""
     out: list[bytes] = []
@@ -70,16 +95,17 @@ class Dealer:
     makes one call at a time, as with a libzmq socket)."""
 
     def __init__(self, endpoint: str, *, timeout_s: float = 30.0) -> None:
-        if not endpoint.startswith("ipc://"):
-            raise ProtocolError(f"the broker's endpoint must be ipc://, not {endpoint!r}")
-        path = endpoint[len("ipc://"):]
+        try:
+            address = ipc_address(endpoint)
+        except ValueError as e:
+            raise ProtocolError(str(e)) from None
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         self._buf = bytearray()
         self._poll = select.poll()
         self._poll.register(self._sock.fileno(), select.POLLIN)
         self._greeted = False
         try:
-            self._sock.connect("\0" + path[1:] if path.startswith("@") else path)
+            self._sock.connect(address)
             # Greetings first, then READY: as a libzmq peer does. libzmq reads a READY
             # (and a message after it) that arrives with the greeting in one read only
             # once more bytes come, so a message sent with both would wait unanswered.
@@ -143,17 +169,15 @@ class Dealer:
     def _frame_at(self, pos: int, deadline: float | None) -> tuple[int, int, int]:
         """(flags, start, end) of the frame at ``pos`` of the buffer, reading until it
         is whole."""
-        self._need(pos + 2, deadline)
-        flags = self._buf[pos]
-        if flags & ~(MORE | LONG | COMMAND):
-            raise ProtocolError(f"malformed frame from the broker (flags {flags:#x})")
-        if flags & LONG:
-            self._need(pos + 9, deadline)
-            size = U64.unpack_from(self._buf, pos + 1)[0]
-            start = pos + 9
-        else:
-            size = self._buf[pos + 1]
-            start = pos + 2
+        while True:
+            try:
+                header = frame_header(self._buf, pos)
+            except ValueError as e:
+                raise ProtocolError(f"malformed frame from the broker: {e}") from None
+            if header is not None:
+                break
+            self._need(len(self._buf) + 1, deadline)
+        flags, start, size = header
         self._need(start + size, deadline)
         return flags, start, start + size
 
