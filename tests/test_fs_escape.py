@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from agentlibos.errors import InvalidArgument, LibOSError, PermissionDenied
-from agentlibos.providers import fs as fsmod
+from agentlibos.providers import fspath as fsmod
 from agentlibos.providers.fs import LocalFs, remove_tree, safe_open
 from agentlibos.supervisor import Supervisor
 from tests.helpers import MakeImage, run_proc

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import stat as stat_mod
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agentlibos.providers.fs import realpath
+from agentlibos.errors import InvalidArgument, PermissionDenied
+from agentlibos.providers.fs import LocalFs, realpath, stat_dict
 
 
 @pytest.fixture
@@ -58,3 +60,55 @@ def tree_factory(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "a/b/up").symlink_to("../..")
     (root / "dang").symlink_to(root / "gone")
     return root
+
+
+def _reference(lexical: str, follow_last: bool) -> str:
+    """What LocalFs.resolve answered before it resolved in one walk: the standard
+    library's realpath of the path, or of its parent joined to the last name."""
+    if follow_last or lexical == "/":
+        return os.path.realpath(lexical)
+    parent, name = os.path.split(lexical)
+    return os.path.join(os.path.realpath(parent), name)
+
+
+@pytest.mark.parametrize("follow_last", [True, False])
+@pytest.mark.parametrize("rel", [*CASES, "a/lb", "l/lb"])
+def test_one_walk_resolve_agrees_with_the_reference(tree: Path, rel: str,
+                                                     follow_last: bool) -> None:
+    """The one-walk fast path (open O_PATH, readlink, and an fstat for a path whose last
+    link is not followed) names what the slow composition names, and its status is the
+    lstat of that very name."""
+    lexical = os.path.normpath(str(tree / rel) if rel else str(tree))
+    try:
+        r = LocalFs.resolve("/", lexical, follow_last=follow_last)
+    except InvalidArgument:
+        assert "loop" in rel  # too many levels of links, either way
+        return
+    assert r.real == _reference(lexical, follow_last)
+    if r.st is not None:
+        assert not follow_last
+        ref = os.lstat(r.real)
+        assert (r.st.st_ino, r.st.st_mode, r.st.st_size) == (ref.st_ino, ref.st_mode,
+                                                            ref.st_size)
+        assert stat_dict(os.path.basename(r.real), r.st) == LocalFs().stat(r.real)
+    elif not follow_last and os.path.lexists(_reference(lexical, False)):
+        pytest.fail("an existing path resolved without its status")
+
+
+@pytest.mark.parametrize("path", ["/dev/fd/0", "/proc/self/fd/0", "/proc/self/root/etc",
+                                  "/proc/thread-self/cwd", "/dev/stdin/x"])
+@pytest.mark.parametrize("follow_last", [True, False])
+def test_the_fast_path_still_refuses_the_supervisors_own_proc(path: str,
+                                                              follow_last: bool) -> None:
+    with pytest.raises(PermissionDenied):
+        LocalFs.resolve("/", path, follow_last=follow_last)
+
+
+def test_a_last_link_not_followed_is_the_link_itself() -> None:
+    """``/dev/stdin`` leads into the supervisor's /proc only when followed: as lstat and
+    unlink see it (follow_last=False) it is a symlink in /dev, and names nothing there."""
+    with pytest.raises(PermissionDenied):
+        LocalFs.resolve("/", "/dev/stdin", follow_last=True)
+    r = LocalFs.resolve("/", "/dev/stdin", follow_last=False)
+    assert r.real == "/dev/stdin"
+    assert r.st is not None and stat_mod.S_ISLNK(r.st.st_mode)

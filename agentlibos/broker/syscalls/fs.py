@@ -18,7 +18,7 @@ from agentlibos.kernel.budgets import TreeQuota, Usage
 from agentlibos.kernel.policy import Request
 from agentlibos.kernel.text import storable
 from agentlibos.providers.base import FileProvider
-from agentlibos.providers.fs import MAX_PATH, Resolved
+from agentlibos.providers.fs import MAX_PATH, Resolved, stat_dict
 
 
 class TreeBudgets(Protocol):
@@ -118,6 +118,8 @@ def fs_list(svc: FsServices, caller: Caller, args: dict[str, Any], blobs: list[b
 def fs_stat(svc: FsServices, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
     """Type, size, mtime and mode of one path (symlinks are not followed). Needs fs:read."""
     r = _check(svc, caller, "fs.stat", "read", args["path"], follow_last=False)
+    if r.st is not None:  # taken by the provider from the very object it resolved
+        return stat_dict(r.real.rsplit("/", 1)[-1] or "/", r.st)
     return svc.fs.stat(r.real)
 
 
