@@ -269,6 +269,11 @@ def decode_request(frames: list[bytes], limits: WireLimits = DEFAULT_LIMITS) -> 
     return WireRequest(rid, pid, call, args, token, list(blobs), seq, args_error)
 
 
+# One encoder for every header: json.dumps with any option builds a new JSONEncoder per
+# call (~1 us of a round trip, on both ends); encode() keeps no state between calls.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
 def encode_request(
     req_id: int, pid: int, call: str, args: dict[str, Any], token: bytes,
     blobs: list[bytes] | None = None, seq: int | None = None,
@@ -276,13 +281,12 @@ def encode_request(
     fields: dict[str, Any] = {"id": req_id, "pid": pid, "call": call, "args": args}
     if seq is not None:
         fields["seq"] = seq
-    header = json.dumps(fields, separators=(",", ":")).encode()
+    header = _COMPACT.encode(fields).encode()
     return [MAGIC, header, token, *(blobs or [])]
 
 
 def encode_ok(req_id: int, result: Any, blobs: list[bytes] | None = None) -> list[bytes]:
-    header = json.dumps({"id": req_id, "ok": True, "result": result},
-                        separators=(",", ":")).encode()
+    header = _COMPACT.encode({"id": req_id, "ok": True, "result": result}).encode()
     return [MAGIC, header, *(blobs or [])]
 
 

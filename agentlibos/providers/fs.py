@@ -4,9 +4,10 @@ Threat: an agent plants a symlink (or races one into place) inside a directory i
 write, pointing at a file it may not touch, then asks the broker -- which runs with the
 operator's authority -- to follow it. Defence in two steps:
 
-1. :meth:`LocalFs.resolve` (``fspath.resolve``) turns the agent's path into the *real* path (every symlink in
-   the existing prefix resolved); capabilities and policy are checked against that path,
-   so a link is followed only when its target is itself permitted.
+1. :meth:`LocalFs.resolve` (``fspath.resolve``) turns the agent's path into the *real*
+   path (every symlink in the existing prefix resolved); capabilities and policy are
+   checked against that path, so a link is followed only when its target is itself
+   permitted.
 2. Every operation then opens the real path with ``openat2(RESOLVE_NO_SYMLINKS)`` (or a
    component-by-component ``O_NOFOLLOW`` walk where openat2 is missing), so a symlink
    swapped in after the check makes the call fail instead of escaping.

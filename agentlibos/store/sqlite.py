@@ -83,6 +83,11 @@ def _enter_wal(db: sqlite3.Connection) -> None:
         delay = min(delay * 2, 0.05)
 
 
+# An audit record's detail, canonical (sorted keys) so its hash is stable; built once
+# (json.dumps with options builds an encoder per call, and this runs per audited call).
+_DETAIL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
+
+
 class SQLiteStore(WaitingTables, DurableTables):
     """SQLite in WAL mode. One instance per thread; the broker loop owns the writer."""
 
@@ -821,8 +826,7 @@ class SQLiteStore(WaitingTables, DurableTables):
         written at the batch's commit, under the write lock (or earlier, when something
         reads the audit table). Outside one it is written and committed now.
         """
-        detail_json = json.dumps(detail, sort_keys=True, separators=(",", ":"),
-                                 default=str)
+        detail_json = _DETAIL_JSON.encode(detail)
         self._audit_buf.append((time.time(), pid, call, request, verdict, detail_json))
         if self._depth == 0:
             with self.transaction():
