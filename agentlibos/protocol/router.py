@@ -151,6 +151,7 @@ class Router:
         if self._turns:
             return True
         self._events()
+        self._round = len(self._turns)  # a new round begins: recv() need not ask again
         return bool(self._turns)
 
     def close(self) -> None:
