@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import queue
+import select
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -35,9 +36,25 @@ from agentlibos.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
 POLLIN: Final = int(zmq.POLLIN)  # a plain int: an enum's | builds a new member each time
-# While the busy spin keeps finding the hot source ready, the other fds are polled this
-# often (a JIT tool's pipe, the zygote, the control socket wait at most this long more).
+# While the busy spin keeps finding the hot source ready, the ZeroMQ sockets (the CLI's
+# control socket) are polled this often; the plain fds (a JIT tool's pipe, the zygote)
+# are polled every turn, with one poll(2) of 0.
 FULL_POLL_EVERY_S: Final = 0.001
+
+
+def _to_select(events: int) -> int:
+    return ((select.POLLIN if events & zmq.POLLIN else 0)
+            | (select.POLLOUT if events & zmq.POLLOUT else 0))
+
+
+def _from_select(revents: int) -> int:
+    """As zmq_poll reports a plain fd: anything but IN and OUT (HUP, ERR, NVAL) is ERR."""
+    out = POLLIN if revents & select.POLLIN else 0
+    if revents & select.POLLOUT:
+        out |= int(zmq.POLLOUT)
+    if revents & ~(select.POLLIN | select.POLLOUT):
+        out |= int(zmq.POLLERR)
+    return out
 
 Reader = Callable[[int], None]  # called with the poll events (zmq.POLLIN | POLLOUT ...)
 PollTarget = int | zmq.Socket[bytes]
@@ -72,6 +89,9 @@ def check_delay(delay_s: float, what: str = "a timer") -> float:
 class Loop:
     def __init__(self, *, busy_poll_us: int = 0) -> None:
         self._poller = zmq.Poller()
+        # The plain fds alone, for the busy spin: poll(2) over them costs a fraction of
+        # zmq_poll over them and a ZeroMQ socket.
+        self._plain = select.poll()
         self._readers: dict[PollTarget, Reader] = {}
         self._timers: list[Timer] = []
         self._ids = itertools.count(1)
@@ -86,6 +106,7 @@ class Loop:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._poller.register(self._wake_r.fileno(), zmq.POLLIN)
+        self._plain.register(self._wake_r.fileno(), select.POLLIN)
         self._readers[self._wake_r.fileno()] = self._drain_wake
         self._soon: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._turn: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
@@ -100,17 +121,24 @@ class Loop:
                    pending: Callable[[], bool] | None = None) -> None:
         self._readers[target] = fn
         self._poller.register(target, events)
+        if isinstance(target, int):
+            self._plain.register(target, _to_select(events))
         if pending is not None:
             self._pending[target] = pending
 
     def modify(self, target: PollTarget, events: int) -> None:
         self._poller.modify(target, events)
+        if isinstance(target, int):
+            self._plain.modify(target, _to_select(events))
 
     def remove_reader(self, target: PollTarget) -> None:
         self._pending.pop(target, None)
         if self._readers.pop(target, None) is not None:
             with contextlib.suppress(KeyError):
                 self._poller.unregister(target)
+            if isinstance(target, int):
+                with contextlib.suppress(KeyError):
+                    self._plain.unregister(target)
 
     def call_later(self, delay_s: float, fn: Callable[[], None]) -> Timer:
         delay = check_delay(delay_s)
@@ -223,12 +251,13 @@ class Loop:
                 if ready or self._full_poll_at >= end:
                     return dict(ready)
             os.sched_yield()
-        # Straight back to the hot source (its pending hook names it ready): a poll over
-        # every fd would cost ~5 us of each round trip. Every fd is still looked at once
-        # a millisecond, so a flood on the hot source cannot starve the others.
+        # Back to the hot source (its pending hook names it ready) with the plain fds
+        # that are ready too: zmq_poll over every target would cost ~5 us of each round
+        # trip. The ZeroMQ sockets are looked at once a millisecond, so a flood on the
+        # hot source cannot starve them either.
         now = time.perf_counter()
         if now - self._full_poll_at < FULL_POLL_EVERY_S:
-            return {}
+            return {fd: _from_select(ev) for fd, ev in self._plain.poll(0)}
         self._full_poll_at = now
         return dict(self._poller.poll(0))
 
