@@ -239,17 +239,18 @@ class Dispatcher:
             self.approvals.reattach(caller.pid, ask_id, self._decided(
                 replace(caller, resume=None), call, args, blobs, sink, seq))
             return
+        with_turn = False
         if seq is not None and self.journal is not None and \
                 effect_kind(call, args) == "once":
             # On disk before the effect acts: a crash past here leaves an intent that
             # recovery will not redo blindly (docs/durability.md) -- unless every effect
             # of the call comes back through the broker in a later turn (a JIT tool's),
-            # which this turn's commit, carrying the intent, precedes.
+            # which this turn's commit, carrying the intent, precedes: that intent is
+            # written once the call is started (the tool is at work meanwhile).
             later = self.intent_with_turn.get(call)
-            self.journal.intent(caller.pid, seq, call, _digest(call, args, blobs),
-                                once_intent(describe_request(call, args)),
-                                durable=later is None or not later(caller, args))
-            crash_at("before-effect", call)
+            with_turn = later is not None and later(caller, args)
+            if not with_turn:
+                self._once_intent(caller, seq, call, args, blobs, durable=True)
         elif seq is not None and effect_kind(call, args) == "redo":
             crash_at("before-effect", call)
         try:
@@ -270,6 +271,8 @@ class Dispatcher:
             sink(InternalError(f"{call}: internal error ({type(e).__name__}); "
                                "the supervisor log has the details"))
             return
+        if with_turn and seq is not None:
+            self._once_intent(caller, seq, call, args, blobs, durable=False)
         if isinstance(result, Pending):
             if seq is not None and self.journal is not None and result.durable is not None:
                 self.journal.intent(caller.pid, seq, call, _digest(call, args, blobs),
@@ -279,6 +282,13 @@ class Dispatcher:
             sink(result)
         else:
             sink(Reply(result))
+
+    def _once_intent(self, caller: Caller, seq: int, call: str, args: dict[str, Any],
+                     blobs: list[bytes], *, durable: bool) -> None:
+        assert self.journal is not None
+        self.journal.intent(caller.pid, seq, call, _digest(call, args, blobs),
+                            once_intent(describe_request(call, args)), durable=durable)
+        crash_at("before-effect", call)
 
     def _ask(self, caller: Caller, call: str, args: dict[str, Any], blobs: list[bytes],
              need: NeedsApproval, sink: Sink, seq: int | None = None) -> None:
