@@ -60,7 +60,8 @@ class Journal(Protocol):
     def record(self, caller: Caller, seq: int, call: str, args: dict[str, Any],
                blobs: list[bytes], outcome: Outcome) -> None: ...
     def intent(self, pid: int, seq: int, call: str, digest: str, text: str, *,
-               durable: bool) -> None: ...
+               durable: bool, hold: bool = False) -> None: ...
+    def tool_acts(self) -> None: ...
 
 
 class ApprovalQueue(Protocol):
@@ -190,6 +191,10 @@ class Dispatcher:
                 journal.record(caller, seq, call, args, blobs, outcome)
                 outer(outcome)
 
+        if seq is None and caller.via_tool and self.journal is not None:
+            # A JIT tool's syscall (builtin tools' run inside their call, not here): the
+            # intent of the call running the tool is on disk before anything it asks acts.
+            self.journal.tool_acts()
         if seq is not None and call in SEQ_AWARE:
             caller = replace(caller, seq=seq)
         if refused is not None:
@@ -287,7 +292,8 @@ class Dispatcher:
                      blobs: list[bytes], *, durable: bool) -> None:
         assert self.journal is not None
         self.journal.intent(caller.pid, seq, call, _digest(call, args, blobs),
-                            once_intent(describe_request(call, args)), durable=durable)
+                            once_intent(describe_request(call, args)), durable=durable,
+                            hold=not durable)
         crash_at("before-effect", call)
 
     def _ask(self, caller: Caller, call: str, args: dict[str, Any], blobs: list[bytes],

@@ -68,6 +68,11 @@ class StoreJournal:
         # supervisor: not while any reply waits for it.) None: never.
         self.may_defer: Callable[[], bool] | None = None
         self._deferred_since: float | None = None
+        # Intents held in memory (``hold``): a JIT tool call's, whose tool can act only
+        # through the broker. Written with the turn's entries (take), or made durable
+        # before the tool's first syscall (tool_acts); an outcome that comes first makes
+        # it an ordinary entry, and the call costs one commit instead of two.
+        self._held: dict[tuple[int, int], JournalEntry] = {}
         store.pending_journal = self.take
 
     def last_seq(self, pid: int) -> int:
@@ -117,7 +122,7 @@ class StoreJournal:
         DEFER_MAX_S old or ``force``; else the seconds until they will be (the loop
         sleeps no longer). A steady run of reads from an agent slower than the loop's
         spin then still commits once per DEFER_MAX_S, not at every pause."""
-        if not (self._turn or self._store.uncommitted()):
+        if not (self._turn or self._held or self._store.uncommitted()):
             self._deferred_since = None
             return None
         if not force and self._deferred_since is not None:
@@ -130,22 +135,41 @@ class StoreJournal:
         return None
 
     def take(self) -> list[JournalEntry]:
-        """The entries not yet written, encoded, handed over to be written."""
+        """The entries not yet written, encoded, handed over to be written (held intents
+        among them, as rows in state 'intent')."""
+        held = list(self._held.values())
+        if held:
+            self.intents.update(self._held)
+            self._held.clear()
         turn, self._turn = self._turn, []
-        return [_entry(*t) for t in turn]
+        return held + [_entry(*t) for t in turn]
 
     def flush(self) -> None:
         """Write the turn's entries (inside the turn's transaction, before its commit)."""
         self._store.journal_append_many(self.take())
 
     def intent(self, pid: int, seq: int, call: str, digest: str, text: str, *,
-               durable: bool) -> None:
+               durable: bool, hold: bool = False) -> None:
         """Write the unsettled entry of a call before it acts (``durable``: commit now,
-        with what the turn wrote before it) or while it waits."""
-        self._store.journal_put_intent(JournalEntry(
-            pid=pid, seq=seq, call=call, digest=digest, status="intent", result=text))
+        with what the turn wrote before it) or while it waits. ``hold``: keep it in memory
+        like the turn's entries, for a call none of whose effects can act before
+        :meth:`tool_acts` (a JIT tool's)."""
+        entry = JournalEntry(pid=pid, seq=seq, call=call, digest=digest, status="intent",
+                             result=text)
+        if hold and not durable and (pid, seq) not in self.intents:
+            self._held[(pid, seq)] = entry
+            return
+        self._held.pop((pid, seq), None)
+        self._store.journal_put_intent(entry)
         self.intents.add((pid, seq))
         if durable:
+            self.flush()
+            self._store.commit_now()
+
+    def tool_acts(self) -> None:
+        """A JIT tool is about to make a syscall, which may act: the held intents (its
+        call's among them) go to disk first, with everything deferred before them."""
+        if self._held:
             self.flush()
             self._store.commit_now()
 
@@ -153,6 +177,8 @@ class StoreJournal:
                blobs: list[bytes], outcome: Outcome) -> None:
         if effect_kind(call, args) in ("redo", "once"):
             self._acted.add(call)
+        # A held intent was never written: its outcome is an ordinary entry of the turn.
+        self._held.pop((caller.pid, seq), None)
         if (caller.pid, seq) in self.intents:
             self.intents.discard((caller.pid, seq))
             status, text = encode_outcome(outcome)
