@@ -3,6 +3,7 @@ HTTP server that counts what it was sent, and reading the journal back from the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -75,6 +76,22 @@ def journal_consistent(home: Path, pid: int, *, unsettled: int | None = None) ->
     if unsettled is not None:
         assert seqs[-1] == unsettled
     return len(seqs)
+
+
+@contextlib.contextmanager
+def counting_commits(store: Any) -> Iterator[list[int]]:
+    """Count the COMMIT statements an embedded supervisor's store runs in the block:
+    ``with counting_commits(sup.store) as n: ...`` then ``n[0]``."""
+    count = [0]
+
+    def trace(sql: str) -> None:
+        count[0] += sql == "COMMIT"
+
+    store._db.set_trace_callback(trace)
+    try:
+        yield count
+    finally:
+        store._db.set_trace_callback(None)
 
 
 def object_version(home: Path, ns: str, name: str) -> int:

@@ -25,6 +25,7 @@ from tests.durable_helpers import (
     ALLOW_ALL,
     audit_verifies,
     cli,
+    counting_commits,
     journal_consistent,
     kill9,
     wait_until,
@@ -48,20 +49,10 @@ def _count(db: Path, sql: str, *params: Any) -> int:
 
 def _commits_for(sup: Supervisor, img: Path, cwd: Path, n: int) -> tuple[int, int]:
     """(COMMIT statements while an agent made ``n`` reads, its pid)."""
-    commits = 0
-
-    def trace(sql: str) -> None:
-        nonlocal commits
-        commits += sql == "COMMIT"
-
-    store: Any = sup.store
-    store._db.set_trace_callback(trace)
-    try:
+    with counting_commits(sup.store) as commits:
         rec = run_proc(sup, img, {"n": n}, cwd=cwd, timeout_s=120)
-    finally:
-        store._db.set_trace_callback(None)
     assert (rec.state, rec.result) == ("exited", n), rec.error
-    return commits, rec.pid
+    return commits[0], rec.pid
 
 
 def test_a_run_of_reads_commits_a_few_times_and_loses_nothing(

@@ -21,6 +21,7 @@ from agentlibos.providers.base import Providers
 from agentlibos.providers.fs import LocalFs
 from agentlibos.supervisor import Supervisor
 from tests.conftest import default_sandbox
+from tests.durable_helpers import counting_commits
 from tests.helpers import MakeImage, run_proc
 from tests.test_jit import call_tool, tool_image
 
@@ -38,20 +39,10 @@ WRITER = """
 
 
 def _commits(sup: Supervisor, img: Path, calls: list[dict[str, Any]]) -> int:
-    commits = 0
-
-    def trace(sql: str) -> None:
-        nonlocal commits
-        commits += sql == "COMMIT"
-
-    store: Any = sup.store
-    store._db.set_trace_callback(trace)
-    try:
+    with counting_commits(sup.store) as commits:
         out = call_tool(sup, img, calls)
-    finally:
-        store._db.set_trace_callback(None)
     assert out == [{"ok": True, "value": c["n"] * 2} for c in calls]
-    return commits
+    return commits[0]
 
 
 def test_a_tool_that_asks_nothing_commits_once_per_call(

@@ -249,9 +249,9 @@ class Dispatcher:
                 effect_kind(call, args) == "once":
             # On disk before the effect acts: a crash past here leaves an intent that
             # recovery will not redo blindly (docs/durability.md) -- unless every effect
-            # of the call comes back through the broker in a later turn (a JIT tool's),
-            # which this turn's commit, carrying the intent, precedes: that intent is
-            # written once the call is started (the tool is at work meanwhile).
+            # of the call comes back through the broker in a later turn (a JIT tool's):
+            # that intent is made once the call is started (the tool at work meanwhile)
+            # and held until the tool could act (StoreJournal.tool_acts).
             later = self.intent_with_turn.get(call)
             with_turn = later is not None and later(caller, args)
             if not with_turn:
