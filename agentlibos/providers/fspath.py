@@ -144,52 +144,48 @@ def realpath(path: str) -> str:
     parent (iteratively: a 1,500-level missing tail once recursed that deep). Falls back
     to ``os.path.realpath`` when that cannot give an exact answer.
     """
+    return _realpath(path)[0]
+
+
+def _realpath(path: str) -> tuple[str, bool]:
+    """:func:`realpath`, and whether one kernel walk of the whole path gave it (that
+    walk refused every /proc magic link it would have followed)."""
     if not path.startswith("/") or any(c in (".", "..") for c in path.split("/")):
         # Only absolute, normalised paths take the fast way (the broker's always are):
         # "missing/.." is resolved lexically by os.path.realpath, physically by the kernel.
-        return _std_realpath(path)
+        return _std_realpath(path), False
     tail: list[str] = []  # the missing components, last first
     p = path
     while True:
         try:
-            fd = _openat2(p, os.O_PATH, 0, _RESOLVE_NO_MAGICLINKS)
+            walked = _kernel_walk(p, os.O_PATH, want_stat=False)
         except FileNotFoundError:
             if p == "/" or os.path.islink(p):
-                return _join_tail(_std_realpath(p), tail)  # a dangling link names its target
+                # A dangling link names its target.
+                return _join_tail(_std_realpath(p), tail), False
             p, name = os.path.split(p)
             tail.append(name)
             continue
         except OSError:
-            return _join_tail(_std_realpath(p), tail)
-        try:
-            real = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            return _join_tail(_std_realpath(p), tail)
-        finally:
-            os.close(fd)
-        if not real.startswith("/") or real.endswith(" (deleted)"):
-            return _join_tail(_std_realpath(p), tail)
-        return _join_tail(real, tail)
+            walked = None
+        if walked is None:
+            return _join_tail(_std_realpath(p), tail), False
+        return _join_tail(walked[0], tail), not tail
 
 
-def _kernel_real(path: str, *, follow_last: bool,
+def _kernel_walk(path: str, flags: int, *,
                  want_stat: bool) -> tuple[str, os.stat_result | None] | None:
-    """An existing absolute, normalised path's real path in one kernel walk, or None.
+    """An absolute, normalised path's real path in one kernel walk.
 
-    Opens ``path`` with O_PATH, refusing /proc magic links anywhere the walk follows
-    one, and reads the name back from /proc/self/fd. With ``follow_last=False`` the last
-    component is opened itself (a symlink or magic link there is not followed:
-    RESOLVE_NO_MAGICLINKS with O_PATH|O_NOFOLLOW hands back the link), so its real path
-    is the link's own. ``want_stat`` also takes the object's ``fstat`` -- an ``lstat``
-    for ``follow_last=False`` -- on the same descriptor. None means "ask the slow way":
-    a missing component, a magic link on the way, anything the kernel's answer cannot be
-    trusted for; no decision is ever taken on a None.
+    Opens ``path`` with ``flags`` (O_PATH, perhaps O_NOFOLLOW), refusing /proc magic
+    links anywhere the walk follows one, and reads the name back from /proc/self/fd.
+    With O_NOFOLLOW the last component is opened itself (RESOLVE_NO_MAGICLINKS with
+    O_PATH|O_NOFOLLOW hands back a link there), so its real path is the link's own.
+    ``want_stat`` also takes the object's ``fstat`` -- an ``lstat`` with O_NOFOLLOW --
+    on the same descriptor. Raises what the open raises; None when the name read back
+    cannot be trusted. No decision is ever taken on a None: the caller asks the slow way.
     """
-    flags = os.O_PATH if follow_last else os.O_PATH | os.O_NOFOLLOW
-    try:
-        fd = _openat2(path, flags, 0, _RESOLVE_NO_MAGICLINKS)
-    except OSError:
-        return None
+    fd = _openat2(path, flags, 0, _RESOLVE_NO_MAGICLINKS)
     try:
         real = os.readlink(f"/proc/self/fd/{fd}")
         st = os.fstat(fd) if want_stat else None
@@ -292,7 +288,7 @@ def _refuse_own_proc(real: str, asked: str, lexical: str) -> None:
 
 def _refuse_own_proc_real(real: str, asked: str) -> None:
     """The first test alone: enough when the real path came from a walk that refused
-    every magic link it would have followed (``_kernel_real``)."""
+    every magic link it would have followed (``_kernel_walk``)."""
     if real.startswith("/proc/") and _under_own_proc(real, _own_proc_ids()):
         _refuse(real, asked)
 
@@ -334,25 +330,28 @@ def resolve(cwd: str, path: str, *, follow_last: bool = True) -> Resolved:
         raise InvalidArgument(
             f"invalid path {path[:80]!r}...: longer than the limit of {MAX_PATH} bytes "
             "once joined to the working directory", limit=MAX_PATH)
-    follow = follow_last or lexical == "/"
-    # The common case, an existing path, in one walk (open, readlink, close). That
+    # The common case, an existing path, takes one walk (open, readlink, close). That
     # walk refused magic links wherever it followed a link, so the slower question
     # _refuse_own_proc asks of a path through one (and its second walk) is settled.
-    fast = (_kernel_real(lexical, follow_last=follow, want_stat=not follow)
-            if lexical.startswith("/") else None)
     st: os.stat_result | None = None
-    if fast is not None:
-        real, st = fast
-    elif follow:
-        real = realpath(lexical)
+    if follow_last or lexical == "/":
+        real, whole = _realpath(lexical)
     else:
-        parent, name = os.path.split(lexical)
-        real = os.path.join(realpath(parent), name)
+        try:
+            walked = _kernel_walk(lexical, os.O_PATH | os.O_NOFOLLOW, want_stat=True)
+        except OSError:
+            walked = None
+        whole = walked is not None
+        if walked is not None:
+            real, st = walked
+        else:
+            parent, name = os.path.split(lexical)
+            real = os.path.join(realpath(parent), name)
     if not is_text(real):
         # A host directory whose name is not UTF-8 on the way: it could be neither
         # audited nor named back to the agent.
         raise InvalidArgument(f"path {path[:80]!r} leads through a name that is not text")
-    if fast is not None:
+    if whole:
         _refuse_own_proc_real(real, path)
     else:
         _refuse_own_proc(real, path, lexical)
