@@ -86,6 +86,21 @@ def fd_targets(pid: int | str = "self") -> dict[str, str]:
     return out
 
 
+def host_processes() -> dict[int, tuple[int, bytes]]:
+    """Every host process now: pid -> (parent pid, command line as the kernel has it)."""
+    out: dict[int, tuple[int, bytes]] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            cmdline = (d / "cmdline").read_bytes()
+        except OSError:
+            continue
+        out[int(d.name)] = (int(stat.rsplit(")", 1)[1].split()[1]), cmdline)
+    return out
+
+
 def log_of(sup: Supervisor, pid: int) -> str:
     p = sup.paths.logs / f"{pid}.log"
     return p.read_text() if p.exists() else ""

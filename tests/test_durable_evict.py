@@ -21,6 +21,7 @@ from agentlibos.config import Paths
 from agentlibos.launcher import start_on_daemon
 from agentlibos.store import SQLiteStore
 from agentlibos.zygote.child import POOL_TITLE
+from agentlibos.zygote.forker import FORKER_TITLE
 from tests.durable_helpers import (
     audit_verifies,
     cli,
@@ -91,12 +92,14 @@ def daemon(evicting_home: Path) -> Iterator[subprocess.Popen[str]]:
 def agent_descendants(daemon: subprocess.Popen[str]) -> int:
     """Host processes under the daemon other than the zygote and its helpers (the
     zygote is the daemon's child; agents are the zygote's), and other than the warm
-    pool's processes, which wait for an agent and have never run one."""
+    pool's processes, which wait for an agent and have never run one, and their
+    forker."""
     kids = psutil.Process(daemon.pid).children(recursive=True)
 
     def counts(k: psutil.Process) -> bool:
         with contextlib.suppress(psutil.Error):
-            return k.status() != psutil.STATUS_ZOMBIE and k.name() != POOL_TITLE
+            return (k.status() != psutil.STATUS_ZOMBIE
+                    and k.name() not in (POOL_TITLE, FORKER_TITLE))
         return False
 
     return sum(1 for k in kids if counts(k)) - len(psutil.Process(daemon.pid).children())

@@ -11,6 +11,7 @@ import psutil
 from agentlibos.config import Paths, SupervisorConfig
 from agentlibos.supervisor import Supervisor
 from agentlibos.zygote.child import POOL_TITLE
+from agentlibos.zygote.forker import FORKER_TITLE
 from tests.helpers import MakeImage, fd_targets, run_proc
 
 
@@ -53,12 +54,12 @@ def test_runs_leave_no_child_process_fd_or_scratch_dir_behind(
     zygote = psutil.Process(sup.zygote.pid)
 
     def left() -> list[psutil.Process]:
-        # Pooled processes waiting for their assignment (docs/sandbox.md) are the
-        # zygote's too; each serves one agent, so none of these ran one.
+        # Pooled processes waiting for their assignment (docs/sandbox.md), and the
+        # forker that forks them, are the zygote's too; none of them ran an agent.
         out = []
         for p in zygote.children(recursive=True):
             with contextlib.suppress(psutil.NoSuchProcess):
-                if p.name() != POOL_TITLE:
+                if p.name() not in (POOL_TITLE, FORKER_TITLE):
                     out.append(p)
         return out
 

@@ -22,7 +22,8 @@ from agentlibos.config import Paths, SupervisorConfig, parse_operator_config
 from agentlibos.sandbox import pool, seccomp
 from agentlibos.supervisor import Supervisor
 from agentlibos.zygote.child import POOL_TITLE
-from tests.helpers import MakeImage, fd_targets, run_proc
+from agentlibos.zygote.forker import FORKER_TITLE
+from tests.helpers import MakeImage, fd_targets, host_processes, run_proc
 
 # Reports everything an earlier assignment could have left behind, then leaves traces
 # of its own for the next agent to look for.
@@ -75,20 +76,13 @@ def main(ctx, args):
 
 
 def pooled_children(zygote_pid: int) -> set[int]:
-    """Host pids of the zygote's children that are waiting in the pool."""
-    out = set()
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text()
-            cmdline = (d / "cmdline").read_bytes()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == zygote_pid and cmdline.startswith(POOL_TITLE.encode()):
-            out.add(int(d.name))
-    return out
+    """Host pids of the processes waiting in the zygote's pool (the children of its
+    forker, forker.py)."""
+    procs = host_processes()
+    forkers = {p for p, (ppid, cmd) in procs.items()
+               if ppid == zygote_pid and cmd.startswith(FORKER_TITLE.encode())}
+    return {p for p, (ppid, cmd) in procs.items()
+            if ppid in forkers and cmd.startswith(POOL_TITLE.encode())}
 
 
 def wait_for(cond: Callable[[], bool], sup: Supervisor, timeout_s: float = 20.0) -> bool:

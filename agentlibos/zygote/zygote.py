@@ -23,7 +23,9 @@ supervisor signals them through the pidfds, which cannot hit a recycled pid.
 
 The warm pool (docs/sandbox.md): given ``base`` (what every agent's sandbox shares),
 the zygote keeps ``size`` pooled processes forked and pre-confined (child.run_pooled),
-forking a replacement after it has answered what was waiting, never before. A spawn
+asking for a replacement after it has answered what was waiting, never before. Its pool
+forker (forker.py, a quiet child of its own) forks them, so that they do not each keep a
+copy of the zygote's working set; the zygote holds their pipes and pidfds as before. A spawn
 whose spec carries the pool's ``key`` is handed to a ready pooled process, if there is
 one, by writing the spec down that process's own assignment pipe and closing it; the
 supervisor sees the same "spawned" event either way (with "pooled": true). Each pooled
@@ -39,7 +41,6 @@ supervisor removes its cgroup).
 
 from __future__ import annotations
 
-import _random
 import collections
 import contextlib
 import ctypes
@@ -62,55 +63,20 @@ from agentlibos.sandbox.pdeathsig import set_pdeathsig
 
 # Imported here, at the top, so the zygote has everything a child needs loaded before
 # it forks: children share these pages copy-on-write and pay no import cost.
+from agentlibos.zygote.channel import Channel
 from agentlibos.zygote.child import (
     POOL_READY,
     agent_environ,
     run_child,
     run_command,
     run_exec,
-    run_pooled,
 )
+from agentlibos.zygote.fork import fork as _fork
+from agentlibos.zygote.forker import Forker
 
 MAX_PACKET: Final = 1 << 20
+PR_SET_CHILD_SUBREAPER: Final = 36
 
-# libc's fork(), called with the GIL held (PyDLL): see _fork.
-_LIBC_FORK: Final = ctypes.PyDLL(None, use_errno=True).fork
-_LIBC_FORK.restype = ctypes.c_int
-_LIBC_FORK.argtypes = ()
-
-
-def _fork() -> int:
-    """fork(2) without CPython's after-fork work; the child's pid, 0 in the child.
-
-    os.fork() runs the interpreter's after-fork hooks in the child: threading rebuilds its
-    thread table (walking a WeakSet), logging re-creates its handlers' locks, random
-    reseeds. Each write lands on a page the child shares with the zygote, and every one
-    of those pages is then copied into the child: 650 KiB of the 890 KiB an agent owns
-    right after its fork (Private_Dirty, measured on the preloaded zygote), in every
-    agent, before it has done anything. What those hooks repair is state another thread
-    could have left locked or half-written at the fork; the zygote never runs a second
-    thread (it never creates a ZeroMQ context, and no module it imports starts one), so
-    there is nothing to repair -- except random's state, which every child must not
-    share: the child reseeds it (_after_fork_child)."""
-    pid = int(_LIBC_FORK())
-    if pid < 0:
-        e = ctypes.get_errno()
-        raise OSError(e, f"fork: {os.strerror(e)}")
-    if pid == 0:
-        _after_fork_child()
-    return pid
-
-
-def _after_fork_child() -> None:
-    """The part of os.fork()'s child hooks that still matters: a fresh random state.
-
-    Seeded from the kernel by the C method (the Python one builds a 2.5 KiB int first).
-    """
-    random = sys.modules.get("random")
-    if random is not None:
-        inst = random._inst  # the module-level functions use this one
-        _random.Random.seed(inst)
-        inst.gauss_next = None
 # Pooled processes that failed to pre-confine in a row before the pool is given up (the
 # host cannot do it; every spawn then takes the cold path, which says why it fails).
 POOL_MAX_FAILURES: Final = 3
@@ -138,6 +104,7 @@ class _Pooled:
 class Zygote:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self.sup = Channel(sock)
         self.children: dict[int, int | None] = {}  # host pid -> libOS pid (None: pooled)
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         # Our own pid namespace, to return to after making one for a child (root only).
@@ -154,41 +121,27 @@ class Zygote:
         # Pooled processes' cgroups, by host pid, until assigned: when such a process
         # ends unassigned, the supervisor is told ("pool-gone") and removes the cgroup.
         self.pool_cgroups: dict[int, str] = {}
-        # Messages for the supervisor that did not fit in the socket yet (see send).
-        self.outbox: collections.deque[tuple[bytes, list[int]]] = collections.deque()
+        # The pool's forker (forker.py), started with the first pool template, and the
+        # pooled processes it forked: host pid -> libOS pid (None until assigned).
+        self.forker: Forker | None = None
+        self.forker_ch: Channel | None = None
+        self.forked: dict[int, int | None] = {}
+        self.pool_asked = 0  # forks asked of the forker and not answered yet
+        self.pool_gen = 0  # bumped by each template: "forked" under an older one retires
+        self.dying: dict[int, _Pooled | None] = {}  # said "exiting", not yet reaped
 
     def send(self, msg: dict[str, Any], fds: list[int] | None = None) -> None:
-        """Tell the supervisor; never block. The supervisor's own send to us blocks while
-        we are busy, and a burst of spawns in one of its turns fills both directions:
-        if we blocked too, each would wait for the other for ever. What does not fit
-        waits in ``outbox`` (with its own copies of the fds; the caller closes its own),
-        in order, and goes out as the socket drains (``flush``, from the loop)."""
-        data = json.dumps(msg).encode()
-        if not self.outbox and self._try_send(data, fds or []):
-            return
-        self.outbox.append((data, [os.dup(fd) for fd in fds or []]))
+        """Tell the supervisor; never block (Channel.send)."""
+        self.sup.send(msg, fds)
 
-    def _try_send(self, data: bytes, fds: list[int]) -> bool:
-        try:
-            if fds:
-                socket.send_fds(self.sock, [data], fds)
-            else:
-                self.sock.send(data)
-        except BlockingIOError:
-            return False
-        except OSError:
-            # The supervisor is gone; PDEATHSIG will end us. Nothing to report to.
-            pass
-        return True
+    @property
+    def outbox(self) -> collections.deque[tuple[bytes, list[int]]]:
+        return self.sup.outbox
 
     def flush(self) -> None:
-        while self.outbox:
-            data, fds = self.outbox[0]
-            if not self._try_send(data, fds):
-                return
-            self.outbox.popleft()
-            for fd in fds:
-                os.close(fd)
+        self.sup.flush()
+        if self.forker_ch is not None:
+            self.forker_ch.flush()
 
     def _enter_child_pid_ns(self, spec: dict[str, Any]) -> bool:
         """Make the next fork's child pid 1 of a new pid namespace, if the profile wants
@@ -297,61 +250,79 @@ class Zygote:
         self.pool_key = str(msg.get("key"))
         self.pool_size = max(0, int(msg.get("size", 0)))
         self.pool_failures = 0
+        self.pool_gen += 1  # a fork asked for under the old template is retired unused
+        if self.forker_ch is not None and self.pool_base is not None:
+            self.forker_ch.send({"op": "pool", "base": self.pool_base})
 
     def pool_short(self) -> bool:
         live = sum(1 for e in self.pool.values() if e.assign_w >= 0)
-        return self.pool_base is not None and live < self.pool_size
+        return self.pool_base is not None and live + self.pool_asked < self.pool_size
 
     def fork_pooled(self) -> None:
-        """Fork one pooled process (after the loop has answered everything waiting)."""
+        """Ask the forker for one pooled process (after the loop has answered everything
+        waiting); it comes back as "forked" (on_forker)."""
         assert self.pool_base is not None and self.own_pid_ns is not None
+        if self.forker_ch is None:
+            # Pooled processes' orphans (the forker died) come to us to be reaped.
+            libc.check(libc.prctl(ctypes.c_int(PR_SET_CHILD_SUBREAPER), ctypes.c_ulong(1)),
+                       "prctl(PR_SET_CHILD_SUBREAPER)")
+            self.forker = Forker.start(self.own_pid_ns)
+            self.forker_ch = Channel(self.forker.sock)
+            self.forker_ch.send({"op": "pool", "base": self.pool_base})
         cgroup: str | None = None
         if self.pool_base.get("cgroup") is not None:
             self.pool_serial += 1
             cgroup = f"p{os.getpid()}-{self.pool_serial}"
-        report_r, report_w = os.pipe2(os.O_CLOEXEC)
-        log_r, log_w = os.pipe2(os.O_CLOEXEC)
-        assign_r, assign_w = os.pipe2(os.O_CLOEXEC)
-        mine = (report_r, report_w, log_r, log_w, assign_r, assign_w)
+        self.pool_asked += 1
+        self.forker_ch.send({"op": "fork", "cgroup": cgroup, "gen": self.pool_gen})
+
+    def on_forker(self) -> None:
+        """What the forker says: a pooled process forked, or one that ended."""
+        assert self.forker is not None and self.forker_ch is not None
         try:
-            # pid 1 of a fresh pid namespace, as _enter_child_pid_ns does for a spawn.
-            libc.check(libc.unshare(ctypes.c_int(CLONE_NEWPID)), "unshare(CLONE_NEWPID)")
-        except OSError as e:
-            for fd in mine:
-                os.close(fd)
-            self._pool_failed(f"unshare(CLONE_NEWPID): {e}")
+            data, fds, _, _ = socket.recv_fds(self.forker.sock, MAX_PACKET, 4)
+        except (BlockingIOError, InterruptedError):
             return
-        try:
-            host_pid = _fork()
-        except OSError as e:
-            self._leave_child_pid_ns()
-            for fd in mine:
+        if not data:
+            return  # it exited: reap() hears of it
+        msg = json.loads(data)
+        op, host_pid = msg.get("op"), int(msg.get("host_pid") or 0)
+        if op == "forked":
+            self.pool_asked -= 1
+            pidfd, report_r, log_r, assign_w = fds
+            entry = _Pooled(host_pid, pidfd, report_r, log_r, assign_w,
+                            cgroup=msg.get("cgroup"))
+            self.forked[host_pid] = None  # no libOS pid until it is assigned one
+            self.pool[host_pid] = entry
+            if entry.cgroup is not None:
+                self.pool_cgroups[host_pid] = entry.cgroup
+            if msg.get("gen") != self.pool_gen or self.pool_base is None:
+                os.close(entry.assign_w)  # asked for under an older template: retired
+                entry.assign_w = -1
+        elif op == "fork-failed":
+            self.pool_asked -= 1
+            for fd in fds:
                 os.close(fd)
-            self._pool_failed(f"fork: {e}")
-            return
-        if host_pid == 0:  # the pooled process: never returns
-            signal.set_wakeup_fd(-1)
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            # run_pooled closes every other inherited fd (other pooled processes' pipes).
-            run_pooled(self.pool_base, report_w, log_w, assign_r, zygote_pid=os.getppid(),
-                       cgroup_name=cgroup)
-        self._leave_child_pid_ns()
-        for fd in (report_w, log_w, assign_r):
-            os.close(fd)
-        try:
-            pidfd = os.pidfd_open(host_pid)
-        except OSError as e:
-            os.kill(host_pid, signal.SIGKILL)
-            for fd in (report_r, log_r, assign_w):
-                os.close(fd)
-            self.children[host_pid] = None
-            self._pool_failed(f"pidfd_open: {e}")
-            return
-        self.children[host_pid] = None  # no libOS pid until it is assigned one
-        self.pool[host_pid] = _Pooled(host_pid, pidfd, report_r, log_r, assign_w,
-                                      cgroup=cgroup)
-        if cgroup is not None:
-            self.pool_cgroups[host_pid] = cgroup
+            if msg.get("cgroup") is not None:
+                self.send({"op": "pool-gone", "cgroup": msg["cgroup"]})
+            self._pool_failed(str(msg.get("error")))
+        elif op == "exiting":
+            # Forget its pid before the forker reaps it (no later use can reach another
+            # process that got the same pid), then let it.
+            self.dying[host_pid] = self.pool.pop(host_pid, None)
+            self.forker_ch.send({"op": "reap", "host_pid": host_pid})
+        elif op == "exited":
+            self._ended(host_pid, int(msg["status"]), self.dying.pop(host_pid, None))
+
+    def _forker_gone(self, status: int) -> None:
+        """The forker ended (PDEATHSIG has killed its children: they come to us, its
+        subreaper, and reap() reports them). The next refill starts another."""
+        assert self.forker is not None
+        self.forker.sock.close()
+        self.forker = None
+        self.forker_ch = None
+        self.pool_asked = 0
+        self._pool_failed(f"the pool's forker exited with status {status}")
 
     def _pool_failed(self, why: str) -> None:
         self.pool_failures += 1
@@ -376,8 +347,8 @@ class Zygote:
                 self.send({"op": "pool-ready", "cgroup": entry.cgroup})
             return
         del self.pool[entry.host_pid]
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(entry.host_pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            signal.pidfd_send_signal(entry.pidfd, signal.SIGKILL)
         entry.close()
         self._pool_failed(data.decode(errors="replace") or "it exited")
 
@@ -409,7 +380,7 @@ class Zygote:
             entry.close()
             return False
         os.close(entry.assign_w)
-        self.children[entry.host_pid] = pid
+        self.forked[entry.host_pid] = pid
         self.send({"op": "spawned", "pid": pid, "host_pid": entry.host_pid, "pooled": True},
                   [entry.pidfd, entry.report_r, entry.log_r])
         for fd in (entry.pidfd, entry.report_r, entry.log_r):
@@ -424,7 +395,8 @@ class Zygote:
         A running task moved between cpu cgroups is rescheduled: on a busy host it
         waits its turn again (~4 ms of a nested pooled spawn, measured), a sleeping one
         does not. Best effort: the child verifies from inside and joins what is missing.
-        Its pid cannot have been reused: it is the zygote's unreaped child."""
+        Its pid cannot have been reused: the forker reaps its children only once we have
+        forgotten them (forker.py)."""
         procs = (spec.get("profile") or {}).get("cgroup_procs") or []
         own = f"/{entry.cgroup}/self/cgroup.procs" if entry.cgroup else None
         if not procs or (own is not None and all(str(p).endswith(own) for p in procs)):
@@ -440,6 +412,22 @@ class Zygote:
             except OSError:
                 return
 
+    def _ended(self, host_pid: int, status: int, entry: _Pooled | None) -> None:
+        """A child is reaped (ours, or one of the forker's): tell the supervisor."""
+        pid = self.children.pop(host_pid, None)
+        if host_pid in self.forked:
+            pid = self.forked.pop(host_pid)
+        unused = self.pool_cgroups.pop(host_pid, None)
+        if unused is not None:
+            self.send({"op": "pool-gone", "cgroup": unused})
+        if entry is not None:  # never assigned: retired, or it failed to pre-confine
+            if not entry.ready and entry.assign_w >= 0:
+                self._pool_failed(f"it exited with status {status} before it was ready")
+            entry.close()
+            return
+        if pid is not None:
+            self.send({"op": "exited", "pid": pid, "host_pid": host_pid, "status": status})
+
     def reap(self) -> None:
         while True:
             # Look before reaping (WNOWAIT): while the child is an unreaped zombie its pid
@@ -454,24 +442,18 @@ class Zygote:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(info.si_pid, signal.SIGKILL)
             host_pid, status = os.waitpid(info.si_pid, 0)
-            pid = self.children.pop(host_pid, None)
-            entry = self.pool.pop(host_pid, None)
-            unused = self.pool_cgroups.pop(host_pid, None)
-            if unused is not None:
-                self.send({"op": "pool-gone", "cgroup": unused})
-            if entry is not None:  # never assigned: retired, or it failed to pre-confine
-                if not entry.ready and entry.assign_w >= 0:
-                    self._pool_failed(f"it exited with status {status} before it was ready")
-                entry.close()
+            if self.forker is not None and host_pid == self.forker.pid:
+                self._forker_gone(status)
                 continue
-            if pid is None:
-                continue
-            self.send({"op": "exited", "pid": pid, "host_pid": host_pid, "status": status})
+            self._ended(host_pid, status,
+                        self.pool.pop(host_pid, None) or self.dying.pop(host_pid, None))
 
     def shutdown(self) -> None:
         for entry in self.pool.values():
             entry.close()
         self.pool.clear()
+        if self.forker is not None:
+            self._stop_forker(self.forker)
         for host_pid in list(self.children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(host_pid, signal.SIGKILL)
@@ -482,6 +464,30 @@ class Zygote:
                 break
             pid = self.children.pop(host_pid, None)
             self.send({"op": "exited", "pid": pid, "host_pid": host_pid, "status": status})
+
+    def _stop_forker(self, forker: Forker) -> None:
+        """The forker kills and reaps its children, and says how each ended."""
+        forker.sock.setblocking(True)
+        with contextlib.suppress(OSError):
+            if self.forker_ch is not None:
+                for _data, fds in self.forker_ch.outbox:
+                    for fd in fds:
+                        os.close(fd)
+                self.forker_ch.outbox.clear()
+            forker.sock.send(json.dumps({"op": "exit"}).encode())
+            while True:
+                data, fds, _, _ = socket.recv_fds(forker.sock, MAX_PACKET, 4)
+                for fd in fds:
+                    os.close(fd)
+                if not data:
+                    break
+                msg = json.loads(data)
+                if msg.get("op") == "exited":
+                    self._ended(int(msg["host_pid"]), int(msg["status"]), None)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(forker.pid, 0)
+        self.forker = None
+        self.forker_ch = None
 
     def loop(self) -> None:
         signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -496,9 +502,13 @@ class Zygote:
             # A short pool is refilled only once nothing is waiting (timeout 0): a spawn
             # never waits behind a refill it did not need.
             short = self.pool_short()
+            forker = self.forker.sock.fileno() if self.forker is not None else -1
+            outgoing = [self.sock.fileno()] if self.outbox else []
+            if self.forker_ch is not None and self.forker_ch.outbox:
+                outgoing.append(forker)
             ready, writable, _ = select.select(
-                [self.sock.fileno(), self.wake_r, *waiting],
-                [self.sock.fileno()] if self.outbox else [], [], 0 if short else None)
+                [self.sock.fileno(), self.wake_r, *waiting, *([forker] if forker >= 0 else [])],
+                outgoing, [], 0 if short else None)
             if writable:
                 self.flush()
             if not ready:
@@ -509,6 +519,8 @@ class Zygote:
             for fd in ready:
                 if fd in waiting:
                     self.on_pool_report(waiting[fd])
+            if forker >= 0 and forker in ready:
+                self.on_forker()
             if self.wake_r in ready:
                 with contextlib.suppress(BlockingIOError):
                     while os.read(self.wake_r, 4096):
