@@ -303,8 +303,6 @@ class Zygote:
             self.pool_asked -= 1
             for fd in fds:
                 os.close(fd)
-            if msg.get("cgroup") is not None:
-                self.send({"op": "pool-gone", "cgroup": msg["cgroup"]})
             self._pool_failed(str(msg.get("error")))
         elif op == "exiting":
             # Forget its pid before the forker reaps it (no later use can reach another
@@ -322,6 +320,10 @@ class Zygote:
         self.forker = None
         self.forker_ch = None
         self.pool_asked = 0
+        for entry in self.pool.values():  # dying with it: never hand one out
+            if entry.assign_w >= 0:
+                os.close(entry.assign_w)
+                entry.assign_w = -1
         self._pool_failed(f"the pool's forker exited with status {status}")
 
     def _pool_failed(self, why: str) -> None:
