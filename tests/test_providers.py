@@ -414,6 +414,12 @@ def test_the_operators_providers_table_chooses_them_and_an_explicit_bundle_wins(
         """, caps=["fs:rw:./**", "shell:exec:echo"])
         # The built-in policy asks for shell.exec: the configured channel approves it.
         rec = run_proc(sup, img, {}, cwd=tmp_path)
+        # Its bridge thread then tries a second answer, which the loop must still see
+        # (and refuse): a thread left waiting on it would fail a later test.
+        human = sup.providers.human
+        assert isinstance(human, AutoApprover)
+        assert sup.run_until(lambda: not any(t.is_alive() for t in human.threads), 30)
+        assert human.outcomes == ["second answer refused", "approved"]
     finally:
         sup.stop()
     assert rec.exit_reason == "returned", rec.error
