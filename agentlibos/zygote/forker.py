@@ -114,7 +114,7 @@ class Forker:
         self.sock = sock
 
     @classmethod
-    def start(cls, own_pid_ns: int, keep_stderr: bool = True) -> Forker:
+    def start(cls, own_pid_ns: int) -> Forker:
         """Fork the forker. It keeps only its socket, the zygote's pid namespace (to
         return to after making one for a child) and stdio."""
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -141,7 +141,7 @@ class _Serve:
         self.base: dict[str, Any] | None = None
         self.poll = select.epoll()
         self.poll.register(sock.fileno(), select.EPOLLIN)
-        self.kids: dict[int, tuple[int, int]] = {}  # pidfd -> (host pid, pidfd)
+        self.kids: dict[int, int] = {}  # pidfd -> host pid, while it runs
         self.dead: dict[int, int] = {}  # host pid -> pidfd, exited, not yet reaped
 
     def send(self, msg: dict[str, Any], fds: list[int] | None = None) -> None:
@@ -195,7 +195,7 @@ class _Serve:
                 os.close(fd)
             self.send({"op": "fork-failed", "error": f"pidfd_open: {e}", **answer})
             return
-        self.kids[pidfd] = (host_pid, pidfd)
+        self.kids[pidfd] = host_pid
         self.poll.register(pidfd, select.EPOLLIN)
         self.send({"op": "forked", "host_pid": host_pid, **answer},
                   [pidfd, report_r, log_r, assign_w])
@@ -213,7 +213,7 @@ class _Serve:
 
     def exited(self, pidfd: int) -> None:
         """A child ended: tell the zygote, and keep it unreaped until it answers."""
-        host_pid, _ = self.kids.pop(pidfd)
+        host_pid = self.kids.pop(pidfd)
         self.poll.unregister(pidfd)
         self.dead[host_pid] = pidfd
         self.send({"op": "exiting", "host_pid": host_pid})
@@ -231,7 +231,7 @@ class _Serve:
         self.send({"op": "exited", "host_pid": host_pid, "status": status})
 
     def exit(self) -> NoReturn:
-        for host_pid, pidfd in list(self.kids.values()):
+        for pidfd, host_pid in list(self.kids.items()):
             with contextlib.suppress(OSError):
                 signal.pidfd_send_signal(pidfd, signal.SIGKILL)
             self.dead[host_pid] = pidfd
