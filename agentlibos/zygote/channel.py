@@ -51,3 +51,10 @@ class Channel:
             self.outbox.popleft()
             for fd in fds:
                 os.close(fd)
+
+    def drop(self) -> None:
+        """Forget what has not gone out (the peer is being stopped), closing its fds."""
+        for _data, fds in self.outbox:
+            for fd in fds:
+                os.close(fd)
+        self.outbox.clear()

@@ -49,6 +49,7 @@ import setproctitle
 from agentlibos import libc
 from agentlibos.sandbox.namespaces import CLONE_NEWPID
 from agentlibos.sandbox.pdeathsig import set_pdeathsig
+from agentlibos.zygote.channel import Channel
 from agentlibos.zygote.child import _close_inherited, run_pooled
 from agentlibos.zygote.fork import fork
 
@@ -107,11 +108,13 @@ def fill_pools(rounds: int = 3) -> int:
 
 
 class Forker:
-    """The forker as the zygote sees it: its pid and socket."""
+    """The forker as the zygote sees it: its pid, its socket, and the zygote's queue of
+    what it sends there (the zygote never blocks on the forker: Channel)."""
 
     def __init__(self, pid: int, sock: socket.socket) -> None:
         self.pid = pid
         self.sock = sock
+        self.ch = Channel(sock)
 
     @classmethod
     def start(cls, own_pid_ns: int) -> Forker:

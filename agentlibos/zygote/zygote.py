@@ -95,6 +95,12 @@ class _Pooled:
     ready: bool = False  # it said POOL_READY: pre-confined, blocked on its pipe
     cgroup: str | None = None  # the top-level cgroup it made for itself, if any
 
+    def retire(self) -> None:
+        """Close its assignment pipe unwritten: it exits, and nobody is handed to it."""
+        if self.assign_w >= 0:
+            os.close(self.assign_w)
+            self.assign_w = -1
+
     def close(self) -> None:
         for fd in (self.pidfd, self.report_r, self.log_r, self.assign_w):
             with contextlib.suppress(OSError):
@@ -105,7 +111,7 @@ class Zygote:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.sup = Channel(sock)
-        self.children: dict[int, int | None] = {}  # host pid -> libOS pid (None: pooled)
+        self.children: dict[int, int] = {}  # host pid -> libOS pid (cold spawns)
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         # Our own pid namespace, to return to after making one for a child (root only).
         self.own_pid_ns: int | None = None
@@ -124,7 +130,6 @@ class Zygote:
         # The pool's forker (forker.py), started with the first pool template, and the
         # pooled processes it forked: host pid -> libOS pid (None until assigned).
         self.forker: Forker | None = None
-        self.forker_ch: Channel | None = None
         self.forked: dict[int, int | None] = {}
         self.pool_asked = 0  # forks asked of the forker and not answered yet
         self.pool_gen = 0  # bumped by each template: "forked" under an older one retires
@@ -140,8 +145,8 @@ class Zygote:
 
     def flush(self) -> None:
         self.sup.flush()
-        if self.forker_ch is not None:
-            self.forker_ch.flush()
+        if self.forker is not None:
+            self.forker.ch.flush()
 
     def _enter_child_pid_ns(self, spec: dict[str, Any]) -> bool:
         """Make the next fork's child pid 1 of a new pid namespace, if the profile wants
@@ -243,16 +248,15 @@ class Zygote:
     def set_pool(self, msg: dict[str, Any]) -> None:
         """A new pool template (or size 0: none). Pooled processes built for an older one
         are retired: their pipe is closed unwritten, and they exit."""
-        for entry in list(self.pool.values()):
-            os.close(entry.assign_w)
-            entry.assign_w = -1
+        for entry in self.pool.values():
+            entry.retire()
         self.pool_base = msg.get("base") if self.own_pid_ns is not None else None
         self.pool_key = str(msg.get("key"))
         self.pool_size = max(0, int(msg.get("size", 0)))
         self.pool_failures = 0
         self.pool_gen += 1  # a fork asked for under the old template is retired unused
-        if self.forker_ch is not None and self.pool_base is not None:
-            self.forker_ch.send({"op": "pool", "base": self.pool_base})
+        if self.forker is not None and self.pool_base is not None:
+            self.forker.ch.send({"op": "pool", "base": self.pool_base})
 
     def pool_short(self) -> bool:
         live = sum(1 for e in self.pool.values() if e.assign_w >= 0)
@@ -262,23 +266,22 @@ class Zygote:
         """Ask the forker for one pooled process (after the loop has answered everything
         waiting); it comes back as "forked" (on_forker)."""
         assert self.pool_base is not None and self.own_pid_ns is not None
-        if self.forker_ch is None:
+        if self.forker is None:
             # Pooled processes' orphans (the forker died) come to us to be reaped.
             libc.check(libc.prctl(ctypes.c_int(PR_SET_CHILD_SUBREAPER), ctypes.c_ulong(1)),
                        "prctl(PR_SET_CHILD_SUBREAPER)")
             self.forker = Forker.start(self.own_pid_ns)
-            self.forker_ch = Channel(self.forker.sock)
-            self.forker_ch.send({"op": "pool", "base": self.pool_base})
+            self.forker.ch.send({"op": "pool", "base": self.pool_base})
         cgroup: str | None = None
         if self.pool_base.get("cgroup") is not None:
             self.pool_serial += 1
             cgroup = f"p{os.getpid()}-{self.pool_serial}"
         self.pool_asked += 1
-        self.forker_ch.send({"op": "fork", "cgroup": cgroup, "gen": self.pool_gen})
+        self.forker.ch.send({"op": "fork", "cgroup": cgroup, "gen": self.pool_gen})
 
     def on_forker(self) -> None:
         """What the forker says: a pooled process forked, or one that ended."""
-        assert self.forker is not None and self.forker_ch is not None
+        assert self.forker is not None
         try:
             data, fds, _, _ = socket.recv_fds(self.forker.sock, MAX_PACKET, 4)
         except (BlockingIOError, InterruptedError):
@@ -297,8 +300,7 @@ class Zygote:
             if entry.cgroup is not None:
                 self.pool_cgroups[host_pid] = entry.cgroup
             if msg.get("gen") != self.pool_gen or self.pool_base is None:
-                os.close(entry.assign_w)  # asked for under an older template: retired
-                entry.assign_w = -1
+                entry.retire()  # asked for under an older template
         elif op == "fork-failed":
             self.pool_asked -= 1
             for fd in fds:
@@ -308,7 +310,7 @@ class Zygote:
             # Forget its pid before the forker reaps it (no later use can reach another
             # process that got the same pid), then let it.
             self.dying[host_pid] = self.pool.pop(host_pid, None)
-            self.forker_ch.send({"op": "reap", "host_pid": host_pid})
+            self.forker.ch.send({"op": "reap", "host_pid": host_pid})
         elif op == "exited":
             self._ended(host_pid, int(msg["status"]), self.dying.pop(host_pid, None))
 
@@ -318,12 +320,9 @@ class Zygote:
         assert self.forker is not None
         self.forker.sock.close()
         self.forker = None
-        self.forker_ch = None
         self.pool_asked = 0
         for entry in self.pool.values():  # dying with it: never hand one out
-            if entry.assign_w >= 0:
-                os.close(entry.assign_w)
-                entry.assign_w = -1
+            entry.retire()
         self._pool_failed(f"the pool's forker exited with status {status}")
 
     def _pool_failed(self, why: str) -> None:
@@ -470,12 +469,8 @@ class Zygote:
     def _stop_forker(self, forker: Forker) -> None:
         """The forker kills and reaps its children, and says how each ended."""
         forker.sock.setblocking(True)
+        forker.ch.drop()
         with contextlib.suppress(OSError):
-            if self.forker_ch is not None:
-                for _data, fds in self.forker_ch.outbox:
-                    for fd in fds:
-                        os.close(fd)
-                self.forker_ch.outbox.clear()
             forker.sock.send(json.dumps({"op": "exit"}).encode())
             while True:
                 data, fds, _, _ = socket.recv_fds(forker.sock, MAX_PACKET, 4)
@@ -489,7 +484,6 @@ class Zygote:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(forker.pid, 0)
         self.forker = None
-        self.forker_ch = None
 
     def loop(self) -> None:
         signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -506,7 +500,7 @@ class Zygote:
             short = self.pool_short()
             forker = self.forker.sock.fileno() if self.forker is not None else -1
             outgoing = [self.sock.fileno()] if self.outbox else []
-            if self.forker_ch is not None and self.forker_ch.outbox:
+            if self.forker is not None and self.forker.ch.outbox:
                 outgoing.append(forker)
             ready, writable, _ = select.select(
                 [self.sock.fileno(), self.wake_r, *waiting, *([forker] if forker >= 0 else [])],
