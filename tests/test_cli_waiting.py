@@ -364,10 +364,13 @@ def test_caps_shows_a_live_process_capabilities_and_revoke_takes_one_at_once(
         from agentlibos.errors import PermissionDenied
 
         def main(ctx, args):
+            # Allowed once before the revoke: the same request afterwards must be
+            # decided again, not answered from the broker's memo of decisions.
+            ctx.fs.write_text("out/x.txt", "before")
             while not ctx.fs.exists("go"):
                 time.sleep(0.02)
             try:
-                ctx.fs.write_text("out/x.txt", "x")
+                ctx.fs.write_text("out/x.txt", "after")
                 return "written"
             except PermissionDenied as e:
                 return "denied: " + str(e)
@@ -375,6 +378,7 @@ def test_caps_shows_a_live_process_capabilities_and_revoke_takes_one_at_once(
     (proj / "out").mkdir()
     run = start_run(home, str(gated), "--cwd", str(proj), "--json")
     wait_for(lambda: any(r["pid"] == 1 and r["state"] == "running" for r in ps(home)))
+    wait_for(lambda: (proj / "out/x.txt").exists())
     read, write = f"fs:read:{proj}/**", f"fs:write:{proj}/out/**"
     held = json.loads(cli(home, "caps", "1", "--json", check=True).stdout)
     assert isinstance(held, list) and {read, write} <= set(held)
@@ -396,4 +400,4 @@ def test_caps_shows_a_live_process_capabilities_and_revoke_takes_one_at_once(
     out, err = finish(run)
     assert run.returncode == 0, err
     assert result(out).startswith("denied: ")
-    assert not (proj / "out/x.txt").exists()
+    assert (proj / "out/x.txt").read_text() == "before"

@@ -11,6 +11,7 @@ from agentlibos.kernel.caps import CapPattern, parse_cap
 from agentlibos.kernel.policy import (
     BUILTIN_POLICY,
     Decision,
+    DecisionMemo,
     Policy,
     Request,
     authorize,
@@ -325,3 +326,49 @@ def test_the_builtin_policy_still_needs_a_capability() -> None:
 def test_the_builtin_policy_has_its_source_and_text() -> None:
     assert BUILTIN_POLICY.source == "<built-in>"
     assert parse_policy(BUILTIN_POLICY.text, "<built-in>") == BUILTIN_POLICY
+
+
+# ============================================================================ the memo
+
+
+def _req(text: str) -> Request:
+    kind, right, resource = text.split(":", 2)
+    return Request(kind, right, resource)
+
+
+def test_the_memo_decides_as_authorize_does_and_keeps_what_it_decided() -> None:
+    pol = policy('deny = ["fs:*:/home/u/proj/secret/**"]\nask = ["fs:write:**"]\n'
+                 'allow = ["fs:*:**"]\n')
+    held = caps("fs:rw:./**")
+    memo = DecisionMemo()
+    reqs = [_req(f"fs:read:{CWD}/a.txt"), _req(f"fs:write:{CWD}/a.txt"),
+            _req(f"fs:read:{CWD}/secret/k"), _req("fs:read:/etc/passwd")]
+    first = [memo.decide(held, pol, r, CWD) for r in reqs]
+    assert first == [authorize(held, pol, r, CWD) for r in reqs]
+    assert [d.verdict for d in first] == ["allow", "ask", "deny", "deny"]
+    # Asked again with the same objects: the very decisions made before.
+    assert all(memo.decide(held, pol, r, CWD) is d for r, d in zip(reqs, first, strict=True))
+
+
+def test_new_capabilities_a_new_policy_or_cwd_are_decided_afresh() -> None:
+    memo = DecisionMemo()
+    held = caps("fs:rw:./**")
+    write = _req(f"fs:write:{CWD}/a.txt")
+    assert memo.decide(held, ALLOW_ALL, write, CWD).verdict == "allow"
+    # A dropped capability is a new sequence: the memo must not answer from before.
+    dropped = caps("fs:read:./**")
+    assert memo.decide(dropped, ALLOW_ALL, write, CWD).verdict == "deny"
+    strict = policy('deny = ["fs:*:**"]\n')
+    assert memo.decide(held, strict, write, CWD).verdict == "deny"
+    # A relative policy rule means another place under another cwd.
+    rel = policy('deny = ["fs:*:./**"]\nallow = ["fs:*:**"]\n')
+    assert memo.decide(held, rel, write, CWD).verdict == "deny"
+    assert memo.decide(held, rel, write, "/elsewhere").verdict == "allow"
+
+
+def test_the_memo_is_bounded() -> None:
+    memo = DecisionMemo()
+    held = caps("fs:rw:./**")
+    for i in range(DecisionMemo.LIMIT * 3):
+        memo.decide(held, ALLOW_ALL, _req(f"fs:read:{CWD}/f{i}"), CWD)
+        assert len(memo._seen) <= DecisionMemo.LIMIT

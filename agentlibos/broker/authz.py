@@ -11,7 +11,7 @@ from typing import Any
 from agentlibos.broker.syscalls.base import Caller
 from agentlibos.errors import LibOSError, PermissionDenied
 from agentlibos.kernel.approvals import NeedsApproval
-from agentlibos.kernel.policy import Decision, Request, authorize
+from agentlibos.kernel.policy import Decision, Request
 from agentlibos.kernel.text import storable
 from agentlibos.store import Store
 
@@ -21,7 +21,7 @@ class Authz:
         self._store = store
 
     def decide(self, caller: Caller, request: Request) -> Decision:
-        return authorize(caller.caps, caller.policy, request, caller.cwd)
+        return caller.decided.decide(caller.caps, caller.policy, request, caller.cwd)
 
     def authorize(self, caller: Caller, call: str, request: Request) -> None:
         d = self.decide(caller, request)

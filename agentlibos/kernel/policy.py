@@ -176,3 +176,37 @@ def authorize(
         f"no policy rule matches {request}; the policy's default is '{pol.default}'",
         None,
     )
+
+
+class DecisionMemo:
+    """One process's recent decisions, so a call it repeats is not decided again.
+
+    :func:`authorize` is pure: its verdict depends on the held capabilities, the policy,
+    the cwd and the request only. The memo keeps verdicts while the first three are the
+    *same objects* as when they were decided; a process whose capabilities change gets a
+    new sequence (``Caller.caps`` is a ``Sequence``, replaced and never edited in place),
+    and that alone empties the memo. Bounded: when full it starts over, so an agent that
+    asks about ever new paths costs a dict, not memory without end.
+    """
+
+    __slots__ = ("_cwd", "_held", "_policy", "_seen")
+    LIMIT: Final[int] = 512
+
+    def __init__(self) -> None:
+        self._held: Sequence[CapPattern] | None = None
+        self._policy: Policy | None = None
+        self._cwd = ""
+        self._seen: dict[Request, Decision] = {}
+
+    def decide(self, held: Sequence[CapPattern], policy: Policy, request: Request,
+               cwd: str) -> Decision:
+        if held is not self._held or policy is not self._policy or cwd != self._cwd:
+            self._held, self._policy, self._cwd = held, policy, cwd
+            self._seen = {}
+        d = self._seen.get(request)
+        if d is None:
+            d = authorize(held, policy, request, cwd)
+            if len(self._seen) >= self.LIMIT:
+                self._seen = {}
+            self._seen[request] = d
+        return d

@@ -237,7 +237,7 @@ class ProcessCalls:
                 kept.append(h)
         if not changed:
             raise NotFound(f"cap.drop: this process holds nothing within '{c}'")
-        caller.caps[:] = kept
+        caller.caps = kept
         if caller.via_tool is None:
             # A tool holds its own narrowed copy for the call it serves: what it gives up
             # is its own, never its caller's (stored capabilities are the process's).

@@ -8,18 +8,18 @@ value, a :class:`Reply` with blobs, or a :class:`Pending` to answer later.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from agentlibos.errors import InvalidArgument, LibOSError, UnknownSyscall
+from agentlibos.kernel.policy import DecisionMemo
 
 if TYPE_CHECKING:
     from agentlibos.kernel.approvals import Grant
     from agentlibos.kernel.caps import CapPattern
     from agentlibos.kernel.image import AgentImage
     from agentlibos.kernel.policy import Decision, Policy, Request
-
 
 class _Any:
     """Marker type: any JSON value."""
@@ -76,7 +76,9 @@ class Caller:
     root_pid: int
     cwd: str
     image: AgentImage
-    caps: list[CapPattern]
+    # Replaced, never edited in place: the memo of decisions below is kept only while
+    # this is the same object (a Sequence, so mypy refuses `caps[:] = ...`).
+    caps: Sequence[CapPattern]
     policy: Policy
     # Set when the call arrives through a tool (JIT or builtin); audited with each check.
     via_tool: str | None = None
@@ -98,6 +100,10 @@ class Caller:
     # ``kernel.journal.SEQ_AWARE`` (a checkpoint marks its own position): others pay
     # nothing for it.
     seq: int | None = None
+    # Decisions already made for this caps/policy/cwd (kernel.policy.DecisionMemo); not
+    # an init field, so a `replace()`d caller (a tool's narrowed copy) starts its own.
+    decided: DecisionMemo = field(default_factory=DecisionMemo, init=False, repr=False,
+                                  compare=False)
 
 
 @dataclass

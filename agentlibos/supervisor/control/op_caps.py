@@ -56,7 +56,7 @@ def caps_revoke(ctx: ControlContext, req: dict[str, Any], respond: Responder) ->
             if len(kept) == len(held) and all(a is b for a, b in zip(kept, held, strict=True)):
                 continue
             if live:
-                live.caller.caps[:] = kept  # its next call that needed it is refused
+                live.caller.caps = kept  # its next call that needed it is refused
                 live.caller.approved[:] = _without(live.caller.approved, cut)
             ctx.store.set_caps(p, [str(k) for k in kept])
             ctx.store.append_audit(p, "caps.revoke", str(cut), "info",
