@@ -20,7 +20,8 @@ import pytest
 
 from agentlibos.config import Paths, SupervisorConfig
 from agentlibos.supervisor import Supervisor
-from agentlibos.zygote.forker import FORKER_TITLE
+from agentlibos.zygote.child import POOL_TITLE
+from agentlibos.zygote.forker import FORKER_TITLE, POOL_NICE
 from tests.helpers import MakeImage, host_processes, run_proc
 
 IDLER = """
@@ -66,6 +67,29 @@ def test_a_killed_forker_takes_its_agents_with_it_and_the_pool_comes_back(
         done = run_proc(sup, quick)
         assert done.exit_reason == "returned", done.error
 
+
+
+@pytest.mark.privileged
+def test_the_pool_refills_at_low_priority_and_an_assigned_agent_runs_at_normal_priority(
+        paths: Paths, make_image: MakeImage) -> None:
+    """A refill must not take the CPU from the spawn that emptied its slot: the forker
+    and its waiting processes run at POOL_NICE; the zygote sets a process back to 0
+    before it hands it an agent."""
+    idler = make_image("idler", IDLER, caps=["clock:sleep:*"])
+    with Supervisor(paths, SupervisorConfig(pool_size=2)) as sup:
+        zygote = sup.zygote.pid
+        assert sup.run_until(lambda: len(sup.sandbox.pool_ready) == 2, 20)
+        (forker,) = children(zygote, FORKER_TITLE)
+        waiting = children(forker, POOL_TITLE)
+        assert len(waiting) == 2
+        assert os.getpriority(os.PRIO_PROCESS, forker) == POOL_NICE
+        assert all(os.getpriority(os.PRIO_PROCESS, w) == POOL_NICE for w in waiting)
+        pid = sup.submit_run(str(idler), {})
+        assert sup.run_until(lambda: pid in sup.live and bool(sup.live[pid].waits), 20)
+        host = sup.live[pid].host_pid
+        assert host in waiting, "the agent went to a pooled process"
+        assert os.getpriority(os.PRIO_PROCESS, host) == 0
+        assert os.getpriority(os.PRIO_PROCESS, zygote) == 0
 
 FILL_PROBE = r"""
 import json, os, sys

@@ -55,6 +55,10 @@ from agentlibos.zygote.fork import fork
 
 MAX_PACKET: Final = 1 << 20
 FORKER_TITLE: Final = "agentlibos: pool forker"
+# The forker and the pooled processes it forks run at this niceness until a process is
+# assigned (the zygote sets it back to 0 first): a refill competes with the spawn that
+# emptied its slot on a small host, and the scheduler should favour the spawn.
+POOL_NICE: Final = 19
 
 # What fill_pools keeps alive: the objects that plug the pools' free blocks.
 _PLUGS: list[object] = []
@@ -127,6 +131,7 @@ class Forker:
                 signal.set_wakeup_fd(-1)
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 set_pdeathsig(signal.SIGKILL)
+                os.setpriority(os.PRIO_PROCESS, 0, POOL_NICE)  # its children inherit it
                 setproctitle.setproctitle(FORKER_TITLE)
                 _close_inherited(theirs.fileno(), own_pid_ns)
                 _serve(socket.socket(fileno=theirs.detach()), own_pid_ns)

@@ -371,6 +371,10 @@ class Zygote:
         del self.pool[entry.host_pid]
         self.pool_cgroups.pop(entry.host_pid, None)  # the supervisor's now
         self._move_into_cgroups(entry, msg["spec"])
+        with contextlib.suppress(OSError):
+            # Back from the pool's niceness (forker.POOL_NICE) before it wakes: it is
+            # a spawn now. Its pid is its own until we forget it (as above).
+            os.setpriority(os.PRIO_PROCESS, entry.host_pid, 0)
         pid = int(msg["pid"])
         try:
             data = json.dumps(msg["spec"]).encode()
