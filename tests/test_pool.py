@@ -19,7 +19,9 @@ from typing import Any
 import pytest
 
 from agentlibos.config import Paths, SupervisorConfig, parse_operator_config
+from agentlibos.kernel.image import Limits
 from agentlibos.sandbox import pool, seccomp
+from agentlibos.sandbox.profile import effective_limits
 from agentlibos.supervisor import Supervisor
 from agentlibos.zygote.child import POOL_TITLE
 from agentlibos.zygote.forker import FORKER_TITLE
@@ -333,6 +335,31 @@ def test_a_pooled_agent_runs_under_its_own_limits_in_the_cgroup_its_process_made
     assert pooled.run_until(lambda: not pooled.tree_live(pid), 20)
     assert pooled.store.get_process(pid).exit_reason == "returned"
     assert wait_for(lambda: not Path(live.cgroup.dirs[0]).exists(), pooled)
+
+
+@pytest.mark.privileged
+def test_a_waiting_pooled_cgroup_holds_the_default_limits_and_each_agent_gets_its_own(
+        pooled: Supervisor, make_image: MakeImage) -> None:
+    """The default limits are written into a pooled cgroup once it is ready (off the
+    spawn's path); a spawn with those limits writes nothing there, one with others
+    writes its own -- whichever pooled process each one takes."""
+    assert pooled.sandbox.cgroups is not None
+    default = effective_limits(Limits(), pooled.sandbox.config)
+    assert default.pids_max is not None
+    assert wait_for(lambda: pool_ready(pooled, 2), pooled)
+    for name in list(pooled.sandbox.pool_ready):
+        cg = pooled.sandbox.cgroups.pooled_cgroup(name)
+        assert int(Path(cg.pids_dir or "", "pids.max").read_text()) == default.pids_max
+    own = make_image("hold17", HOLD, caps=["event:wait:go"], limits={"pids": 17})
+    plain = make_image("hold", HOLD, caps=["event:wait:go"])
+    pids = [pooled.submit_run(str(own), {}), pooled.submit_run(str(plain), {})]
+    assert wait_for(lambda: all(pooled.store.get_process(p).state == "waiting"
+                                for p in pids), pooled)
+    got = [int(Path(pooled.live[p].cgroup.pids_dir, "pids.max").read_text()) for p in pids]
+    assert got == [17, default.pids_max]
+    assert all("pool_cgroups" in contain_timings(pooled, p) for p in pids)
+    pooled.events.post("go", None, None)
+    assert pooled.run_until(lambda: not any(pooled.tree_live(p) for p in pids), 20)
 
 
 @pytest.mark.privileged

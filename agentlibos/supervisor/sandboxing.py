@@ -33,6 +33,7 @@ from agentlibos.sandbox.profile import (
     build_profile,
     build_shell_profile,
     build_tool_profile,
+    effective_limits,
     host_view,
     shell_view,
 )
@@ -77,6 +78,9 @@ class SandboxManager:
         # zygote's "pool-ready"), oldest first; and those handed to an agent, by pid.
         self.pool_ready: collections.deque[str] = collections.deque()
         self._pool_claims: dict[int, str] = {}
+        # Limits already written into a ready pooled cgroup (on_pool_ready), so that a
+        # spawn taking it with those limits writes nothing there on its hot path.
+        self._preset: dict[str, cgroups.CgroupLimits] = {}
         self.shell_view: HostView | None = None
         self.deno: Any = None  # agentlibos.jit.deno.DenoView, once Deno is found
         self.deno_problem: str | None = None
@@ -261,12 +265,24 @@ class SandboxManager:
         """The zygote's "pool-ready": a pooled process with cgroup ``name`` waits."""
         if self.pool is not None and "cgroup" in self.pool["base"]:
             self.pool_ready.append(name)
+            if self.cgroups is not None:
+                # The limits of an agent whose image sets none, written now rather than
+                # when a spawn takes it (adopt writes only what differs). Best effort:
+                # what was not written here is written then.
+                lim = effective_limits(Limits(), self.config)
+                preset = cgroups.CgroupLimits(memory_max_bytes=lim.memory_max_bytes,
+                                              pids_max=lim.pids_max,
+                                              cpu_max_cores=lim.cpu_max_cores)
+                with contextlib.suppress(LibOSError, OSError):
+                    self.cgroups.adopt(name, preset)
+                    self._preset[name] = preset
 
     def on_pool_gone(self, name: str) -> None:
         """The zygote's "pool-gone": the pooled process of cgroup ``name`` ended without
         an assignment. Unless a spawn claimed it (whose agent then joins that cgroup
         cold, and owns it), remove the cgroup; what cannot be removed yet goes with the
         supervisor's group at stop."""
+        self._preset.pop(name, None)
         if name in self._pool_claims.values():
             return
         with contextlib.suppress(ValueError):
@@ -355,7 +371,7 @@ class SandboxManager:
             if adopt is not None:
                 # Its cgroup gone (the process died and it was removed): a fresh one.
                 with contextlib.suppress(LibOSError, OSError):
-                    cgroup = self.cgroups.adopt(adopt, cg_limits)
+                    cgroup = self.cgroups.adopt(adopt, cg_limits, self._preset.pop(adopt, None))
             try:
                 if cgroup is None:
                     cgroup = self.cgroups.create(name, cg_limits,

@@ -342,15 +342,11 @@ class CgroupManager:
 
     def pool_recipe(self) -> dict[str, Any]:
         """How a pooled process makes and joins a top-level cgroup of its own before it
-        has an assignment (JSON; :func:`agentlibos.sandbox.cgroups.make_and_join`): the
-        agents directory of each hierarchy, kill-first, and what to write to a v2 tree's
-        cgroup.subtree_control before its leaf is made (as :meth:`create` does).
-
-        Joining is the cgroup step that is slow on the hot path: a move takes the kernel's
-        global cgroup_threadgroup_rwsem for writing (an RCU grace period if it was idle),
-        and a move between cpu cgroups reschedules the task (0.8 ms quiet, 4-12 ms on a
-        busy host). A pooled process pays it before it is needed; on assignment the
-        supervisor writes the agent's limits there (:meth:`adopt`), the child verifies."""
+        has an assignment (JSON; cgroups.make_own): each hierarchy's agents directory,
+        kill-first, and a v2 tree's cgroup.subtree_control value (as :meth:`create`).
+        Joining is slow on the hot path (the kernel's global cgroup_threadgroup_rwsem, an
+        RCU grace period if idle; a move between cpu cgroups reschedules: 0.8-12 ms): a
+        pooled process pays it early; the supervisor writes limits there (:meth:`adopt`)."""
         if not self._ready:
             raise SandboxError("cgroups: pool_recipe() before setup()")
         lay = self.layout
@@ -358,18 +354,22 @@ class CgroupManager:
         return {"agents_dirs": [lay.agents_dir(h) for h in lay.hierarchies],
                 "enable": [enable if h.v2 else None for h in lay.hierarchies]}
 
-    def adopt(self, name: str, limits: CgroupLimits) -> ProcessCgroup:
+    def adopt(self, name: str, limits: CgroupLimits,
+              written: CgroupLimits | None = None) -> ProcessCgroup:
         """The top-level cgroup ``name`` a pooled process made for itself (pool_recipe),
-        made an agent's: its limits written, as :meth:`create` writes them. Nothing of
-        another agent is in it: each pooled process makes its own, serves one agent,
-        and the cgroup is removed with that agent (or unused, with the process)."""
+        made an agent's: its limits written, as :meth:`create` writes them, except those
+        ``written`` there already (preset before any spawn wanted it). Nothing of another
+        agent is in it: each pooled process makes its own, serves one agent, and the
+        cgroup is removed with that agent (or unused, with the process)."""
         _check_name(name, "pooled cgroup name")
         lay, fs = self.layout, self.fs
         trees = {h: lay.agent_dir(h, name) for h in lay.hierarchies}
         gone = [d for d in trees.values() if not fs.exists(d)]
         if gone:
             raise SandboxError(f"cgroups: the pooled cgroup {gone[0]} is gone", path=gone[0])
-        self._write_limits(name, trees, self._limit_writes(name, limits))
+        done = set(self._limit_writes(name, written)) if written is not None else set()
+        self._write_limits(name, trees, tuple(
+            w for w in self._limit_writes(name, limits) if w not in done))
         return self._describe(name, trees)
 
     def pooled_cgroup(self, name: str) -> ProcessCgroup:
