@@ -108,10 +108,12 @@ def _join_cgroups(profile: SandboxProfile) -> None:
     # it made before its assignment (the agent's limits now written into it); serving
     # a nested one, moved by the zygote while it was blocked. Moving a process into the
     # cgroup it is in would still take the kernel's global lock.
-    if _not_in(profile):
-        cgroups.join(profile.cgroup_procs)
-    # Verify from inside: every prepared cgroup shows up in /proc/self/cgroup.
+    # Verified from inside: every prepared cgroup shows up in /proc/self/cgroup (read
+    # again only after a join).
     missing = _not_in(profile)
+    if missing:
+        cgroups.join(profile.cgroup_procs)
+        missing = _not_in(profile)
     if missing:
         raise SandboxError(f"cgroups: joined {missing[0]} but /proc/self/cgroup does not "
                            "show it")
