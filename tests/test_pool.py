@@ -358,6 +358,7 @@ def test_a_waiting_pooled_cgroup_holds_the_default_limits_and_each_agent_gets_it
     got = [int(Path(pooled.live[p].cgroup.pids_dir, "pids.max").read_text()) for p in pids]
     assert got == [17, default.pids_max]
     assert all("pool_cgroups" in contain_timings(pooled, p) for p in pids)
+    assert set(pooled.sandbox._preset) <= set(pooled.sandbox.pool_ready)
     pooled.events.post("go", None, None)
     assert pooled.run_until(lambda: not any(pooled.tree_live(p) for p in pids), 20)
 
@@ -379,6 +380,9 @@ def test_a_nested_pooled_agent_moves_into_its_parents_tree_and_its_pool_cgroup_g
     assert child.cgroup.dirs[0].startswith(par.cgroup.dirs[0] + "/")
     leftover = Path(child.pool_leftover.dirs[0])
     assert leftover.exists() and not (leftover / "self" / "cgroup.procs").read_text().split()
+    # Limits are preset only for cgroups still waiting: none is kept for one a spawn took.
+    assert set(pooled.sandbox._preset) <= set(pooled.sandbox.pool_ready)
+    assert leftover.name not in pooled.sandbox._preset
     pooled.events.post("go", None, None)
     assert pooled.run_until(lambda: not pooled.tree_live(ppid), 20)
     assert pooled.store.get_process(ppid).exit_reason == "returned"

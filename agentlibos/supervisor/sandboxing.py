@@ -203,6 +203,8 @@ class SandboxManager:
         # still gets one inside its parent's, and the pooled process moves there.
         claim = self._claim_pooled()
         adopt = claim if parent_pid is None else None
+        if claim is not None and adopt is None:
+            self._preset.pop(claim, None)  # a nested agent leaves that cgroup: forgotten
         try:
             prepared = self._prepare(str(pid), limits, parent_pid, lambda procs: build_profile(
             config=self.config,

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from agentlibos.kernel.image import AgentImage
     from agentlibos.kernel.policy import Decision, Policy, Request
 
+
 class _Any:
     """Marker type: any JSON value."""
 
