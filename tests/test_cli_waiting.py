@@ -378,7 +378,7 @@ def test_caps_shows_a_live_process_capabilities_and_revoke_takes_one_at_once(
     (proj / "out").mkdir()
     run = start_run(home, str(gated), "--cwd", str(proj), "--json")
     wait_for(lambda: any(r["pid"] == 1 and r["state"] == "running" for r in ps(home)))
-    wait_for(lambda: (proj / "out/x.txt").exists())
+    wait_for((proj / "out/x.txt").exists)
     read, write = f"fs:read:{proj}/**", f"fs:write:{proj}/out/**"
     held = json.loads(cli(home, "caps", "1", "--json", check=True).stdout)
     assert isinstance(held, list) and {read, write} <= set(held)
