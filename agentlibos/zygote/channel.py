@@ -31,10 +31,7 @@ class Channel:
 
     def _try_send(self, data: bytes, fds: list[int]) -> bool:
         try:
-            if fds:
-                socket.send_fds(self.sock, [data], fds)
-            else:
-                self.sock.send(data)
+            send_packet(self.sock, data, fds)
         except BlockingIOError:
             return False
         except OSError:
@@ -58,3 +55,11 @@ class Channel:
             for fd in fds:
                 os.close(fd)
         self.outbox.clear()
+
+
+def send_packet(sock: socket.socket, data: bytes, fds: list[int] | None = None) -> None:
+    """One packet, with ``fds`` attached when there are any (raises as send does)."""
+    if fds:
+        socket.send_fds(sock, [data], fds)
+    else:
+        sock.send(data)

@@ -49,7 +49,7 @@ import setproctitle
 from agentlibos import libc
 from agentlibos.sandbox.namespaces import CLONE_NEWPID
 from agentlibos.sandbox.pdeathsig import set_pdeathsig
-from agentlibos.zygote.channel import Channel
+from agentlibos.zygote.channel import Channel, send_packet
 from agentlibos.zygote.child import _close_inherited, run_pooled
 from agentlibos.zygote.fork import fork
 
@@ -155,12 +155,8 @@ class _Serve:
     def send(self, msg: dict[str, Any], fds: list[int] | None = None) -> None:
         # Blocking: the zygote never blocks on us (it queues what it sends), so waiting
         # for it to read cannot deadlock.
-        data = json.dumps(msg).encode()
         try:
-            if fds:
-                socket.send_fds(self.sock, [data], fds)
-            else:
-                self.sock.send(data)
+            send_packet(self.sock, json.dumps(msg).encode(), fds)
         except OSError:
             os._exit(0)  # the zygote is gone; so are we
 
