@@ -20,10 +20,10 @@ import pytest
 
 from agentlibos.config import Paths, SupervisorConfig, parse_operator_config
 from agentlibos.kernel.image import Limits
-from agentlibos.sandbox import pool, seccomp
+from agentlibos.sandbox import cgroups, pool, seccomp
 from agentlibos.sandbox.profile import effective_limits
 from agentlibos.supervisor import Supervisor
-from agentlibos.zygote.child import POOL_TITLE
+from agentlibos.zygote.child import POOL_ASSIGN_FD, POOL_TITLE
 from agentlibos.zygote.forker import FORKER_TITLE
 from tests.helpers import MakeImage, fd_targets, host_processes, run_proc
 
@@ -50,6 +50,9 @@ def main(ctx, args):
     seen = {
         "scratch": sorted(os.listdir("/scratch")),
         "fds": sorted(int(fd) for fd in os.listdir("/proc/self/fd")),
+        "fd_targets": sorted(os.readlink(f"/proc/self/fd/{fd}")
+                             for fd in os.listdir("/proc/self/fd") if int(fd) > 2
+                             and os.path.lexists(f"/proc/self/fd/{fd}")),
         "env": dict(os.environ),
         "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
         "uid": os.getuid(),
@@ -60,6 +63,7 @@ def main(ctx, args):
         # What only the pool filter allows must be refused by the agent filter on top.
         "mount": raw(libc.mount(b"none", b"/scratch", b"tmpfs", 0, None)),
         "pivot_root": raw(libc.syscall(155, b".", b".")),
+        "move_mount": raw(libc.syscall(429, -1, b"", -100, b"/scratch", 4)),
         "setuid": attempt(lambda: os.setuid(0)),
         "chown": attempt(lambda: os.chown("/scratch", 0, 0)),
         "landlock": raw(libc.syscall(444, None, 0, 1)),
@@ -178,9 +182,12 @@ def test_each_pooled_process_serves_one_agent_and_carries_nothing_from_another(
         # Two stacked filters: the pool's, and the agent's on top, which refuses what only
         # the pool's allowed.
         assert (got["seccomp"], got["filters"], got["no_new_privs"]) == ("2", "2", "1")
-        for call in ("mount", "pivot_root", "setuid", "chown", "landlock", "seccomp_load",
-                     "pdeathsig"):
+        for call in ("mount", "pivot_root", "move_mount", "setuid", "chown", "landlock",
+                     "seccomp_load", "pdeathsig"):
             assert got[call] == "EPERM", (call, got[call])
+        # Its broker socket and nothing else: no descriptor its assignment brought (a
+        # bind would show as the path of its root), none the pooled process opened.
+        assert [t.split(":")[0] for t in got["fd_targets"]] == ["socket"], got["fd_targets"]
         assert got["passwd"] in ("ENOENT", "EACCES")
         assert "pooled" not in got["title"]
 
@@ -212,7 +219,9 @@ def test_a_pooled_process_is_connected_to_the_broker_before_its_assignment(
     that same socket, and no other."""
     assert wait_for(lambda: pool_ready(pooled, 2), pooled)
     before = {p: socket_inodes(p) for p in pooled_children(pooled.zygote.pid)}
-    assert all(len(s) == 1 for s in before.values()), before
+    # Two while it waits: the broker's, and the one its assignment will come down.
+    assert all(len(s) == 2 for s in before.values()), before
+    before = {p: s - {fd_targets(p)[str(POOL_ASSIGN_FD)]} for p, s in before.items()}
     rec = run_proc(pooled, make_image("sockets", SOCKETS))
     assert rec.exit_reason == "returned", rec.error
     assert rec.host_pid in before, "not a pooled process"
@@ -262,10 +271,12 @@ def test_the_pool_filter_allows_everything_the_agent_filter_allows() -> None:
             if seccomp.decide(agent, name, args) == seccomp.decide(agent, "read"):
                 assert seccomp.decide(pooled_, name, args) == seccomp.decide(pooled_, "read"), (
                     name, args)
-    for extra in ("mount", "pivot_root", "setresuid", "landlock_restrict_self", "seccomp"):
+    for extra in ("mount", "move_mount", "setresuid", "landlock_restrict_self", "seccomp"):
         assert seccomp.decide(agent, extra) != seccomp.decide(agent, "read")
         assert seccomp.decide(pooled_, extra) == seccomp.decide(pooled_, "read")
-    for never in ("unshare", "setns", "ptrace", "execve", "bpf", "io_uring_setup"):
+    # It pivoted before it loaded the filter: no second pivot, no unmount, no new tree.
+    for never in ("unshare", "setns", "ptrace", "execve", "bpf", "io_uring_setup",
+                  "pivot_root", "umount2", "open_tree", "fsopen", "mount_setattr"):
         assert seccomp.decide(pooled_, never) != seccomp.decide(pooled_, "read")
 
 
@@ -373,7 +384,7 @@ def test_a_nested_pooled_agent_moves_into_its_parents_tree_and_its_pool_cgroup_g
     ppid = pooled.submit_run(str(parent), {})
     assert wait_for(lambda: any(lv.caller.ppid == ppid and lv.ready and lv.waits
                                 for lv in pooled.live.values()), pooled), (
-        pooled.store.get_process(ppid).error, pooled.store.get_process(ppid).exit_reason)
+        [(p.pid, p.error, p.exit_reason) for p in pooled.store.list_processes()])
     cpid = next(p for p, lv in pooled.live.items() if lv.caller.ppid == ppid)
     assert "pool_namespaces" in contain_timings(pooled, cpid), "not a pooled process"
     child, par = pooled.live[cpid], pooled.live[ppid]
@@ -412,3 +423,51 @@ def test_a_pooled_process_that_dies_unassigned_takes_its_cgroup_with_it(
     assert rec.exit_reason == "returned", rec.error
     assert pooled.live.get(rec.pid) is None
     assert victim not in pooled.sandbox.pool_ready
+
+
+@pytest.mark.privileged
+def test_a_waiting_pooled_process_has_already_pivoted_into_its_own_root(
+        pooled: Supervisor, paths: Paths) -> None:
+    """The old root's unmount is off the spawn's path (docs/sandbox.md): while it waits,
+    its root is its tmpfs, and the host's files -- the home, the images -- are gone."""
+    assert wait_for(lambda: pool_ready(pooled, 2), pooled)
+    for host_pid in pooled_children(pooled.zygote.pid):
+        mounts = [line.split() for line in
+                  Path(f"/proc/{host_pid}/mountinfo").read_text().splitlines()]
+        root = next(m for m in mounts if m[4] == "/")
+        assert root[root.index("-") + 1] == "tmpfs", root
+        assert not Path(f"/proc/{host_pid}/root{paths.home}").exists()
+        assert not any(m[4].startswith(str(paths.home)) for m in mounts)
+
+
+@pytest.mark.privileged
+def test_a_pooled_process_joins_a_cgroup_by_a_descriptor_opened_before(
+        pooled: Supervisor) -> None:
+    """What a nested agent's pooled process does when the zygote's move into its
+    cgroups lost the race with its own join of its pooled cgroup: it joins by the
+    descriptors the supervisor sent, having no path it could open."""
+    assert pooled.sandbox.cgroups is not None
+    cg = pooled.sandbox.cgroups.create("joinfd", cgroups.CgroupLimits())
+    fds = [os.open(p, os.O_WRONLY | os.O_CLOEXEC) for p in cg.procs_files]
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            cgroups.join_fds(cg.procs_files, fds)
+            mine = Path("/proc/self/cgroup").read_text()
+            # Each leaf (agents/joinfd/self) is where /proc/self/cgroup says it is.
+            tails = ["/".join(os.path.dirname(p).split("/")[-3:]) for p in cg.procs_files]
+            os.write(w, b"in" if all(f"/{t}\n" in mine for t in tails) else mine.encode())
+        except BaseException as e:  # noqa: BLE001 - reported to the parent
+            os.write(w, repr(e).encode())
+        os._exit(0)
+    os.close(w)
+    for fd in fds:
+        os.close(fd)
+    try:
+        with os.fdopen(r, "rb") as f:
+            assert f.read() == b"in"
+    finally:
+        os.waitpid(pid, 0)
+        cg.remove(timeout_s=5)

@@ -32,6 +32,7 @@ filter stacked on the pool's (9).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -101,7 +102,7 @@ def _not_in(profile: SandboxProfile) -> list[str]:
             if not any(p == tail or p.endswith(tail) for p in paths)]
 
 
-def _join_cgroups(profile: SandboxProfile) -> None:
+def _join_cgroups(profile: SandboxProfile, handed: Handed | None = None) -> None:
     if not profile.cgroup_procs:
         raise SandboxError("cgroups: no cgroup was prepared for this process")
     # A pooled process may be there already: serving a top-level agent, in the cgroup
@@ -111,12 +112,38 @@ def _join_cgroups(profile: SandboxProfile) -> None:
     # Verified from inside: every prepared cgroup shows up in /proc/self/cgroup (read
     # again only after a join).
     missing = _not_in(profile)
-    if missing:
+    if missing and handed is not None:
+        # Pivoted before its assignment, it can no longer name a cgroup: it joins by
+        # the descriptors the supervisor sent, if any.
+        if len(handed.cgroups) != len(profile.cgroup_procs):
+            raise SandboxError(f"cgroups: the pooled process is not in {missing[0]}, and "
+                               "its assignment brought no descriptor to join it")
+        cgroups.join_fds(profile.cgroup_procs, handed.cgroups)
+        missing = _not_in(profile)
+    elif missing:
         cgroups.join(profile.cgroup_procs)
         missing = _not_in(profile)
     if missing:
         raise SandboxError(f"cgroups: joined {missing[0]} but /proc/self/cgroup does not "
                            "show it")
+
+
+@dataclass
+class Handed:
+    """What a pooled process's assignment brought besides its spec: descriptors it can
+    no longer open itself, having pivoted (docs/sandbox.md, "The warm pool")."""
+
+    binds: list[int] = field(default_factory=list)  # namespaces.agent_binds, in order
+    # A nested agent's cgroup.procs files (profile.cgroup_procs, in order), opened by the
+    # supervisor: the zygote's move into them may lose a race with the process's own
+    # join of its pooled cgroup, and then it joins them itself.
+    cgroups: list[int] = field(default_factory=list)
+
+    def close(self) -> None:
+        for fd in (*self.binds, *self.cgroups):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.binds, self.cgroups = [], []
 
 
 @dataclass(frozen=True)
@@ -129,11 +156,19 @@ class Pooled:
     rlimits: dict[str, int]
     timings_ms: dict[str, float]
     cgroup_procs: tuple[str, ...] = ()  # the top-level cgroup it made for itself, if any
+    # Those cgroups' cgroup.procs, opened before the pivot hid them (join_own_cgroup
+    # writes to and closes them).
+    cgroup_fds: tuple[int, ...] = ()
 
 
-def pre_contain(pool: dict[str, Any], cgroup_name: str | None = None) -> Pooled:
+def pre_contain(pool: dict[str, Any], cgroup_name: str | None = None,
+                before_pivot: Callable[[], None] | None = None) -> Pooled:
     """Everything a process can be confined with before it knows which agent it will
     be (root only, no user namespace; pid 1 of its own pid namespace already).
+
+    It pivots into the tree of the host view, so that the old root's unmount (an RCU
+    grace period) is off the spawn's path; ``before_pivot`` runs just before, while
+    host paths (the broker's socket) can still be named.
 
     ``pool``: ``namespaces``, ``mount`` (the host view and the broker socket, compiled),
     ``rlimits``, ``seccomp_bpf`` (the pool variant, hex), and ``cgroup`` (a recipe for a
@@ -144,12 +179,18 @@ def pre_contain(pool: dict[str, Any], cgroup_name: str | None = None) -> Pooled:
     if "user" in names or os.getpid() != 1:
         raise SandboxError("pool: needs root and a pid namespace made by the zygote")
     own: tuple[str, ...] = ()
+    own_fds: list[int] = []
     timings: dict[str, float] = {}
     if pool.get("cgroup") is not None:
         if not cgroup_name:
             raise SandboxError("pool: the template has a cgroup recipe but no name was given")
         # Made here, joined by join_own_cgroup once the process has said it is ready.
         own = cgroups.make_own(pool["cgroup"], cgroup_name)
+        try:
+            own_fds.extend(os.open(p, os.O_WRONLY | os.O_CLOEXEC) for p in own)
+        except OSError as e:
+            raise SandboxError(f"cgroups: cannot open {cgroup_name}'s cgroup.procs: "
+                               f"{e.strerror}") from None
         t = time.perf_counter()
         timings["pool_cgroups"] = round((t - t0) * 1e3, 3)
         t0 = t
@@ -157,6 +198,9 @@ def pre_contain(pool: dict[str, Any], cgroup_name: str | None = None) -> Pooled:
     namespaces.unshare(tuple(n for n in names if n != "pid"))
     mount = MountPlan.from_json(pool["mount"])
     namespaces.start_mount_tree(mount)
+    if before_pivot is not None:
+        before_pivot()
+    namespaces.pivot_root(mount.new_root)
     t1 = time.perf_counter()
     limits = {str(k): int(v) for k, v in pool["rlimits"].items()}
     rlimits.apply(limits)
@@ -166,7 +210,7 @@ def pre_contain(pool: dict[str, Any], cgroup_name: str | None = None) -> Pooled:
     t2 = time.perf_counter()
     timings.update({"pool_namespaces": round((t1 - t0) * 1e3, 3),
                     "pool_rlimits_seccomp": round((t2 - t1) * 1e3, 3)})
-    return Pooled(names, before, mount, limits, timings, own)
+    return Pooled(names, before, mount, limits, timings, own, tuple(own_fds))
 
 
 def join_own_cgroup(pooled: Pooled) -> None:
@@ -176,17 +220,22 @@ def join_own_cgroup(pooled: Pooled) -> None:
     1-12 ms on a busy host): the zygote and the supervisor learn of a ready process
     that much earlier, and a spawn that takes it waits at most for what is left of
     it. On assignment the agent's cgroups are verified from inside (apply)."""
-    if pooled.cgroup_procs:
-        cgroups.join(pooled.cgroup_procs)
+    try:
+        cgroups.join_fds(pooled.cgroup_procs, pooled.cgroup_fds)
+    finally:
+        # Opened as root before the pivot: no agent may inherit one.
+        for fd in pooled.cgroup_fds:
+            os.close(fd)
 
 
-def _finish_namespaces(profile: SandboxProfile, pooled: Pooled) -> None:
-    """The pooled half of _enter_namespaces: the same namespaces, the agent's own binds,
-    the pivot; then the same check that every namespace differs from the host's."""
+def _finish_namespaces(profile: SandboxProfile, pooled: Pooled, binds: list[int]) -> None:
+    """The pooled half of _enter_namespaces: the same namespaces, the agent's own binds
+    (cloned by the supervisor); then the same check that every namespace differs from
+    the host's."""
     if profile.mount is None or set(profile.namespaces) != set(pooled.namespaces):
         raise SandboxError(f"namespaces: the pooled process has {pooled.namespaces}, the "
                            f"profile wants {profile.namespaces}")
-    namespaces.finish_mount_tree(profile.mount, pooled.mount)
+    namespaces.attach_agent_binds(profile.mount, pooled.mount, binds)
     after = namespaces.current_namespaces()
     # The pid namespace was new before host_ns was read: getpid() == 1 verifies it.
     same = [n for n in pooled.namespaces
@@ -268,20 +317,33 @@ def _privileges(profile: SandboxProfile, out: Contained, pooled: Pooled | None) 
 
 
 def apply(profile_json: dict[str, Any], *, pid_ns_ready: bool = False,
-          pooled: Pooled | None = None) -> Contained:
+          pooled: Pooled | None = None, handed: Handed | None = None) -> Contained:
     """Apply the profile; raise SandboxError naming the layer if a required one fails.
 
-    With ``pooled``, finish what :func:`pre_contain` started instead of starting over."""
+    With ``pooled``, finish what :func:`pre_contain` started instead of starting over,
+    with what its assignment ``handed`` it (closed here, whatever happens)."""
+    handed = handed if handed is not None else Handed() if pooled is not None else None
+    try:
+        return _apply(profile_json, pid_ns_ready, pooled, handed)
+    finally:
+        if handed is not None:
+            handed.close()
+
+
+def _apply(profile_json: dict[str, Any], pid_ns_ready: bool, pooled: Pooled | None,
+           handed: Handed | None) -> Contained:
     out = Contained()
     if not profile_json:
         out.missing.append("all: no sandbox profile (the supervisor runs unsandboxed)")
         return out
     profile = SandboxProfile.from_json(profile_json)
-    _step(profile, out, "cgroups", lambda: _join_cgroups(profile))
+    _step(profile, out, "cgroups", lambda: _join_cgroups(profile, handed))
     if pooled is not None:
         out.timings_ms.update(pooled.timings_ms)
         # Not optional here: a pooled process has these already, or was never pooled.
-        if not _step(profile, out, "namespaces", lambda: _finish_namespaces(profile, pooled)):
+        binds = handed.binds if handed is not None else []
+        if not _step(profile, out, "namespaces",
+                     lambda: _finish_namespaces(profile, pooled, binds)):
             raise SandboxError("namespaces: a pooled process cannot run without its tree")
         out.moved = dict(profile.mount.moved) if profile.mount is not None else {}
         _step(profile, out, "rlimits", lambda: _check_rlimits(profile, pooled))

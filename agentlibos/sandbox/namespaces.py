@@ -37,6 +37,7 @@ from typing import Final, NoReturn
 
 from agentlibos import libc
 from agentlibos.errors import SandboxError
+from agentlibos.sandbox import mountfd
 from agentlibos.sandbox.pdeathsig import set_pdeathsig
 
 NAMESPACES_LAYER: Final = "namespaces"
@@ -316,7 +317,7 @@ def build_mount_tree(plan: MountPlan) -> None:
     """In the child (pid 1 of its pid namespace, in its own mount namespace): build the
     view of ``plan`` and make it the root. Any failure raises SandboxError."""
     start_mount_tree(plan)
-    finish_mount_tree(plan, plan)
+    finish_mount_tree(plan)
 
 
 def start_mount_tree(plan: MountPlan) -> None:
@@ -324,13 +325,13 @@ def start_mount_tree(plan: MountPlan) -> None:
     bind, device node and link of ``plan`` and a fresh /proc -- not pivoted into yet.
 
     A pooled process (docs/sandbox.md) runs this before it has an assignment, with the
-    part of the tree every agent shares (the host view and the broker socket); on
-    assignment :func:`finish_mount_tree` adds what is its own and pivots."""
+    part of the tree every agent shares (the host view), and pivots into it; on
+    assignment :func:`attach_agent_binds` adds what is its agent's own."""
     # Nothing done here may propagate back to the host's mount table.
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     root = plan.new_root
     _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=4m,mode=0755")
-    _populate(plan, None)
+    _populate(plan)
     os.makedirs(root + "/proc", mode=0o555, exist_ok=True)
     # A fresh procfs shows only this pid namespace; read-only, because uid 0 may write
     # some /proc/sys files by owner permission alone (core_pattern is a host escape).
@@ -340,54 +341,78 @@ def start_mount_tree(plan: MountPlan) -> None:
         socket.sethostname(plan.hostname)
 
 
-def _populate(plan: MountPlan, done: MountPlan | None) -> None:
-    """Create and bind what ``plan`` holds and ``done`` (already populated) does not."""
-    root = plan.new_root
-    if plan.ops is None:
-        plan = compile_mounts(plan)
-    assert plan.ops is not None
-    skip = MountOps((), (), ()) if done is None or done.ops is None else done.ops
-    skip_dirs, skip_files, skip_binds = set(skip.dirs), set(skip.files), set(skip.binds)
+def _make_points(ops: MountOps, root: str, skip: MountOps) -> None:
+    """Create under ``root`` the directories and files ``ops`` binds onto, less ``skip``'s."""
+    skip_dirs, skip_files = set(skip.dirs), set(skip.files)
     try:
-        for d in plan.ops.dirs:
+        for d in ops.dirs:
             if d not in skip_dirs:
                 # exist_ok: a pooled tree's parents may already hold it.
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(root + d, 0o755)
-        for f in plan.ops.files:
+        for f in ops.files:
             if f not in skip_files:
                 os.close(os.open(root + f, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
     except OSError as e:
         raise SandboxError(f"namespaces: preparing the new root: {e}") from None
-    for path, target, flags in plan.ops.binds:
-        if (path, target, flags) not in skip_binds:
-            _mount(path, root + target, None, MS_BIND | MS_REC)
-            _mount(None, root + target, None, flags)
-    done_nodes = set(done.dev_nodes) if done is not None else set()
-    for node in plan.dev_nodes:
-        if node not in done_nodes:
-            # Device nodes need a mount without nodev: the bind keeps devtmpfs's flags.
-            _mount(node, root + node, None, MS_BIND)
-    done_links = set(done.symlinks) if done is not None else set()
-    for link, dest in plan.symlinks:
-        if (link, dest) not in done_links:
-            os.symlink(dest, root + link)
 
 
-def finish_mount_tree(plan: MountPlan, done: MountPlan) -> None:
-    """The second half: add what ``plan`` holds beyond ``done`` (what start_mount_tree
-    was given), make the root read-only and pivot into it."""
+def _populate(plan: MountPlan) -> None:
+    """Create and bind everything ``plan`` holds, under its new root (not pivoted into)."""
     root = plan.new_root
-    if done is not plan:
-        if done.new_root != root:
-            raise SandboxError("namespaces: the pooled tree was built for another root")
-        _populate(plan, done)
+    if plan.ops is None:
+        plan = compile_mounts(plan)
+    assert plan.ops is not None
+    _make_points(plan.ops, root, MountOps((), (), ()))
+    for path, target, flags in plan.ops.binds:
+        _mount(path, root + target, None, MS_BIND | MS_REC)
+        _mount(None, root + target, None, flags)
+    for node in plan.dev_nodes:
+        # Device nodes need a mount without nodev: the bind keeps devtmpfs's flags.
+        _mount(node, root + node, None, MS_BIND)
+    for link, dest in plan.symlinks:
+        os.symlink(dest, root + link)
+
+
+def _seal(plan: MountPlan, root: str) -> None:
+    """Link /tmp and make the tmpfs root (at ``root``) read-only: from here nothing can
+    be created outside the writable binds."""
     # /tmp is the scratch directory, unless binds already live under /tmp.
     if not os.path.lexists(root + "/tmp"):  # noqa: S108 - a path in the new root
         os.symlink(plan.tmp_dir, root + "/tmp")  # noqa: S108
-    # The tmpfs root itself becomes read-only: nothing can be created outside scratch.
-    _mount(None, root, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
-    pivot_root(root)
+    _mount(None, root or "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def finish_mount_tree(plan: MountPlan) -> None:
+    """The second half (cold path): seal the root and pivot into it."""
+    _seal(plan, plan.new_root)
+    pivot_root(plan.new_root)
+
+
+def agent_binds(plan: MountPlan, done: MountPlan) -> list[tuple[str, str, int]]:
+    """The binds of ``plan`` that the pooled tree ``done`` lacks, in the order they go
+    on: what the supervisor clones (mountfd.clone_bind) and the process attaches."""
+    if plan.ops is None or done.ops is None:
+        raise SandboxError("namespaces: a pooled tree needs compiled mount plans")
+    have = set(done.ops.binds)
+    return [b for b in plan.ops.binds if b not in have]
+
+
+def attach_agent_binds(plan: MountPlan, done: MountPlan, fds: list[int]) -> None:
+    """In a pooled process, inside the tree ``done`` it pivoted into before its
+    assignment: attach its agent's binds (``fds``, cloned by the supervisor in the order
+    of :func:`agent_binds`), then seal the root. The caller closes ``fds``."""
+    if done.new_root != plan.new_root:
+        raise SandboxError("namespaces: the pooled tree was built for another root")
+    binds = agent_binds(plan, done)
+    if len(binds) != len(fds):
+        raise SandboxError(f"namespaces: the assignment brought {len(fds)} binds, "
+                           f"its plan has {len(binds)}")
+    assert plan.ops is not None and done.ops is not None
+    _make_points(plan.ops, "", done.ops)
+    for (_source, target, _flags), fd in zip(binds, fds, strict=True):
+        mountfd.attach(fd, target)
+    _seal(plan, "")
 
 
 def current_namespaces() -> dict[str, int]:
@@ -408,7 +433,9 @@ def describe() -> str:
         max_user = -1
     have = [n for n in NS_FLAGS if os.path.exists(f"/proc/self/ns/{n}")]
     priv = "root" if os.geteuid() == 0 else f"uid {os.geteuid()} (needs user namespaces)"
+    no_api = mountfd.missing()
     return (f"{', '.join(have)} available; as {priv}; max_user_namespaces={max_user}; "
             f"pivot_root on {os.uname().machine}: "
-            f"{'yes' if os.uname().machine in _SYS_PIVOT_ROOT else 'unknown arch'}")
+            f"{'yes' if os.uname().machine in _SYS_PIVOT_ROOT else 'unknown arch'}; "
+            f"binds by descriptor (the warm pool): {'yes' if no_api is None else no_api}")
 

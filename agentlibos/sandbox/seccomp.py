@@ -606,18 +606,19 @@ _ALLOW_SHELL: Final[tuple[Rule, ...]] = (
 
 # The pool variant: the first of two stacked filters (docs/sandbox.md, "The warm pool").
 # A pooled process loads it before it waits for an assignment; on assignment it still
-# has to finish the mount tree, pivot into it, change uid, drop capabilities, apply
-# Landlock -- then it loads the agent filter on top. The kernel runs every stacked
-# filter and the strictest verdict wins, so agent code runs under exactly the agent
-# filter: this one only lets the assignment's own steps through, for the little while
-# between the two loads, and only our code runs in that while.
-_ASSIGN_SYSCALLS: Final = ("mount", "umount2", "pivot_root", "landlock_create_ruleset",
+# has to attach its agent's binds (move_mount: the supervisor cloned them), seal the root,
+# change uid, drop capabilities, apply Landlock -- then it loads the agent filter on top.
+# It pivoted before loading this one: pivot_root and umount2 stay refused. The kernel
+# runs every stacked filter and the strictest verdict wins, so agent code runs under
+# exactly the agent filter: this one only lets the assignment's own steps through, for
+# the little while between the two loads, and only our code runs in that while.
+_ASSIGN_SYSCALLS: Final = ("mount", "move_mount", "landlock_create_ruleset",
                            "landlock_add_rule", "landlock_restrict_self", "setgroups",
                            "setresgid", "setresuid", "setgid", "setuid", "capset",
                            "chown", "fchown", "fchownat", "lchown", "seccomp")
 _ALLOW_POOL: Final[tuple[Rule, ...]] = (
-    *_allow("finishing containment on assignment: the mount tree and pivot_root, "
-            "Landlock, the uid switch, dropping capabilities, the scratch directory's "
+    *_allow("finishing containment on assignment: the agent's binds and the read-only "
+            "root, Landlock, the uid switch, dropping capabilities, the scratch directory's "
             "owner, and loading the agent filter on top of this one", *_ASSIGN_SYSCALLS),
     *tuple(
         Rule("prctl", "allow", 0, (_eq(0, option),), f"prctl {name} (on assignment)")

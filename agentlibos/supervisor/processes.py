@@ -273,17 +273,19 @@ class ProcessTable:
                 parent_pid=parent_pid if parent_pid in self.live else None)
             live.cgroup = prepared.cgroup
             live.pool_leftover = prepared.pool_leftover
-            self._zygote().spawn(pid, {
-                "pid": pid,
-                "token": live.token.hex(),
-                "endpoint": self.paths.broker_endpoint,
-                "scratch": str(live.scratch),
-                "log": str(live.log_path),
-                "title": f"agentlibos: {pid} {image.name}",
-                "profile": prepared.profile,
-                "pool": prepared.pool,  # a pooled process may take it (docs/sandbox.md)
-                "pool_cgroup": prepared.pool_cgroup,  # which one, when the pool has cgroups
-            })
+            with contextlib.closing(prepared):  # the binds' descriptors, once sent
+                self._zygote().spawn(pid, {
+                    "pid": pid,
+                    "token": live.token.hex(),
+                    "endpoint": self.paths.broker_endpoint,
+                    "scratch": str(live.scratch),
+                    "log": str(live.log_path),
+                    "title": f"agentlibos: {pid} {image.name}",
+                    "profile": prepared.profile,
+                    "pool": prepared.pool,  # a pooled process may take it (docs/sandbox.md)
+                    "pool_cgroup": prepared.pool_cgroup,  # which one, when the pool has cgroups
+                    **prepared.assignment(),  # what the descriptors sent with it are
+                }, fds=prepared.fds)
         except (Unavailable, SandboxError) as e:
             live.start_error = str(e)
             self.finalize(pid, None)

@@ -16,7 +16,7 @@ import itertools
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from agentlibos.config import Paths
 from agentlibos.errors import LibOSError, SandboxError, Unavailable
 from agentlibos.jit import deno
 from agentlibos.kernel.image import Limits
-from agentlibos.sandbox import cgroups, landlock, namespaces, pool
+from agentlibos.sandbox import cgroups, landlock, mountfd, namespaces, pool
 from agentlibos.sandbox.profile import (
     LAYERS,
     HostView,
@@ -55,6 +55,28 @@ class Prepared:
     # That process's own cgroup when the agent lives in another (a nested agent's, in
     # its parent's): empty once it moved out, removed when the agent has ended.
     pool_leftover: Any = None
+    # For a pooled process, which can no longer name host paths: its agent's binds,
+    # cloned here (mountfd.clone_bind), and where each goes. The caller sends and closes.
+    mount_fds: list[int] = field(default_factory=list)
+    mount_targets: list[str] = field(default_factory=list)
+    # And a nested agent's cgroup.procs files, opened (contain.Handed says why).
+    cgroup_fds: list[int] = field(default_factory=list)
+
+    @property
+    def fds(self) -> list[int]:
+        """What goes to the zygote with the spawn, in this order."""
+        return [*self.mount_fds, *self.cgroup_fds]
+
+    def assignment(self) -> dict[str, Any]:
+        """The spawn spec's keys that name those descriptors (child._read_assignment)."""
+        return {"mount_fds": self.mount_targets,
+                "cgroup_fds": self.profile.get("cgroup_procs") if self.cgroup_fds else []}
+
+    def close(self) -> None:
+        """Close the descriptors (once sent to the zygote, or not to be)."""
+        for fd in self.fds:
+            os.close(fd)
+        self.mount_fds, self.cgroup_fds = [], []
 
 
 class SandboxManager:
@@ -151,6 +173,12 @@ class SandboxManager:
                           and layer not in self.unavailable for layer in pool.PRE_APPLIED))
         if not usable or self.view is None:
             return None
+        # A pooled process pivots before its assignment and is handed its binds as
+        # descriptors (sandbox/mountfd.py): without that API, every spawn goes cold.
+        why = mountfd.missing()
+        if why is not None:
+            log.warning("no warm pool: %s", why)
+            return None
         try:
             recipe = None
             if self.cgroups is not None and self.config.layer_mode("cgroups") != "disabled":
@@ -227,6 +255,11 @@ class SandboxManager:
                 if adopt is not None and prepared.cgroup is not None:
                     prepared = self._replace_cgroup(prepared, str(pid), limits)
                 claim = None
+            if fits and self.pool is not None and (claim is not None
+                                                   or "cgroup" not in self.pool["base"]):
+                # Cloned only when a pooled process will take it: one the zygote closes
+                # unused costs it an RCU grace period.
+                self._clone_binds(prepared)
         except BaseException:
             if claim is not None:
                 self._unclaim(claim)
@@ -241,7 +274,29 @@ class SandboxManager:
             prepared.pool_cgroup = claim
             if adopt is None:
                 prepared.pool_leftover = self.cgroups.pooled_cgroup(claim)
+                try:
+                    prepared.cgroup_fds.extend(
+                        os.open(p, os.O_WRONLY | os.O_CLOEXEC)
+                        for p in prepared.profile.get("cgroup_procs") or ())
+                except OSError as e:
+                    prepared.close()
+                    raise SandboxError(f"cgroups: cannot open {e.filename}: {e.strerror}"
+                                       ) from None
         return prepared
+
+    def _clone_binds(self, prepared: Prepared) -> None:
+        assert self.pool is not None
+        plan = namespaces.MountPlan.from_json(prepared.profile["mount"])
+        done = namespaces.MountPlan.from_json(self.pool["base"]["mount"])
+        try:
+            for source, target, flags in namespaces.agent_binds(plan, done):
+                prepared.mount_fds.append(mountfd.clone_bind(source, flags))
+                prepared.mount_targets.append(target)
+        except BaseException:
+            for fd in prepared.mount_fds:
+                os.close(fd)
+            prepared.mount_fds.clear()
+            raise
 
     # ......................................................... the pool's cgroups
 

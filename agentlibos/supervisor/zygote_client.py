@@ -18,6 +18,7 @@ from typing import Any
 from agentlibos.config import Paths, SupervisorConfig
 from agentlibos.errors import Unavailable
 from agentlibos.supervisor.sandboxing import SandboxManager
+from agentlibos.zygote.channel import send_packet
 from agentlibos.zygote.zygote import MAX_PACKET
 
 
@@ -92,14 +93,16 @@ class ZygoteHandle:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def spawn(self, pid: int, spec: dict[str, Any], *, op: str = "spawn") -> None:
-        """Fork an AgentProcess ("spawn") or a sandboxed program with piped stdio ("exec")."""
+    def spawn(self, pid: int, spec: dict[str, Any], *, op: str = "spawn",
+              fds: list[int] | None = None) -> None:
+        """Fork an AgentProcess ("spawn") or a sandboxed program with piped stdio ("exec").
+        ``fds`` go with it (a pooled process's binds): the caller closes its own."""
         data = json.dumps({"op": op, "pid": pid, "spec": spec}).encode()
         if len(data) > MAX_PACKET:
             raise Unavailable(f"spawn request for pid {pid} is too large")
         self.sock.setblocking(True)
         try:
-            self.sock.send(data)
+            send_packet(self.sock, data, fds)
         except OSError as e:
             raise Unavailable(f"the zygote is gone: {e}") from None
         finally:

@@ -7,9 +7,11 @@ supervisor and arrives in ``spec``; the child does no thinking, only applies.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
+import socket
 import sys
 import traceback
 from collections.abc import Callable
@@ -64,13 +66,14 @@ def _title(spec: dict[str, Any]) -> None:
 
 
 def _start(spec: dict[str, Any], report_fd: int,
-           setup: Callable[[], None], pooled: contain.Pooled | None = None
-           ) -> contain.Contained:
+           setup: Callable[[], None], pooled: contain.Pooled | None = None,
+           handed: contain.Handed | None = None) -> contain.Contained:
     """Set up, contain, enter scratch and report -- or report why not and exit."""
     try:
         setup()
         contained = contain.apply(spec.get("profile", {}),
-                                  pid_ns_ready=bool(spec.get("pid_ns_ready")), pooled=pooled)
+                                  pid_ns_ready=bool(spec.get("pid_ns_ready")), pooled=pooled,
+                                  handed=handed)
         # A shell command starts in its caller's libOS cwd (bound at its own path).
         os.chdir(spec.get("cwd") or contained.inside(spec["scratch"]))
         _report(report_fd, {"ok": True, "layers": contained.layers,
@@ -182,7 +185,8 @@ def agent_environ() -> None:
 
 def run_child(spec: dict[str, Any], report_fd: int, log_fd: int, *,
               zygote_pid: int, pooled: contain.Pooled | None = None,
-              dealer: Dealer | None = None) -> NoReturn:
+              dealer: Dealer | None = None, handed: contain.Handed | None = None
+              ) -> NoReturn:
     def setup() -> None:
         if pooled is not None:  # run_pooled did the rest before the assignment came
             _title(spec)
@@ -198,7 +202,7 @@ def run_child(spec: dict[str, Any], report_fd: int, log_fd: int, *,
         _redirect_stdio(log_fd)
         _close_inherited(report_fd)
 
-    contained = _start(spec, report_fd, setup, pooled)
+    contained = _start(spec, report_fd, setup, pooled, handed)
     scratch = contained.inside(spec["scratch"])
     # The rest of the environment was set once, in the zygote (agent_environ).
     os.environ["HOME"] = scratch
@@ -218,13 +222,31 @@ POOL_READY: Final = b"R"
 POOL_TITLE: Final = "agentlibos: pooled"
 
 
+# Where a pooled process holds its assignment socket while it waits (_renumber).
+POOL_ASSIGN_FD: Final = 4
+# The most descriptors an assignment brings: its agent's binds (image, scratch, broker
+# socket) and a nested agent's cgroups (one per hierarchy). More is an error.
+MAX_ASSIGN_FDS: Final = 16
+
+
 def run_pooled(pool: dict[str, Any], report_fd: int, log_fd: int, assign_fd: int, *,
                zygote_pid: int, cgroup_name: str | None = None) -> NoReturn:
     """A pooled process (docs/sandbox.md, "The warm pool"): confine as far as nothing
-    image-specific is needed, say so, block on ``assign_fd`` until the zygote writes one
-    assignment (the spec run_child takes) and closes it, then run it. It serves that one
-    agent and exits; EOF without a spec means it was retired unused. ``cgroup_name``:
-    the top-level cgroup it makes for itself when the template has a cgroup recipe."""
+    image-specific is needed, say so, block on the socket ``assign_fd`` until the zygote
+    sends one assignment -- the spec run_child takes, with its agent's binds as
+    descriptors (namespaces.agent_binds) -- and closes it, then run it. It serves that
+    one agent and exits; EOF without a spec means it was retired unused.
+    ``cgroup_name``: the top-level cgroup it makes for itself when the template has a
+    cgroup recipe."""
+    dealer: list[Dealer] = []
+
+    def connect() -> None:
+        # Connected now, as root, by the host path, before the pivot hides it: the fd
+        # outlives the pivot, Landlock and the uid switch on assignment (none of them
+        # acts on an open socket).
+        if pool.get("broker"):
+            dealer.append(Dealer("ipc://" + pool["broker"]))
+
     try:
         set_pdeathsig(signal.SIGKILL)
         if os.getppid() != zygote_pid:
@@ -234,10 +256,8 @@ def run_pooled(pool: dict[str, Any], report_fd: int, log_fd: int, assign_fd: int
         setproctitle.setproctitle(POOL_TITLE)
         _redirect_stdio(log_fd)
         _close_inherited(report_fd, assign_fd)
-        pooled = contain.pre_contain(pool, cgroup_name)
-        # Connected now, as root, by the host path: the fd outlives the pivot, Landlock
-        # and the uid switch on assignment (none of them acts on an open socket).
-        dealer = Dealer("ipc://" + pool["broker"]) if pool.get("broker") else None
+        report_fd, assign_fd = _renumber(report_fd, assign_fd)  # 3, POOL_ASSIGN_FD
+        pooled = contain.pre_contain(pool, cgroup_name, before_pivot=connect)
         os.write(report_fd, POOL_READY)
     except BaseException as e:  # noqa: BLE001 - anything here means "cannot be pooled"
         with contextlib.suppress(OSError):
@@ -245,20 +265,59 @@ def run_pooled(pool: dict[str, Any], report_fd: int, log_fd: int, assign_fd: int
         os._exit(START_FAILED_STATUS)
     try:
         contain.join_own_cgroup(pooled)
+        spec, handed = _read_assignment(assign_fd)
     except BaseException:  # noqa: BLE001 - the zygote reports the exit; nothing runs here
         traceback.print_exc()
         os._exit(START_FAILED_STATUS)
-    chunks = []
-    while True:  # blocks in read(2): no polling, no timer
-        try:
-            chunk = os.read(assign_fd, 1 << 16)
-        except InterruptedError:
-            continue
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(assign_fd)
-    if not chunks:
+    if spec is None:
         os._exit(0)
-    run_child(json.loads(b"".join(chunks)), report_fd, -1, zygote_pid=zygote_pid,
-              pooled=pooled, dealer=dealer)
+    run_child(spec, report_fd, -1, zygote_pid=zygote_pid, pooled=pooled,
+              dealer=dealer[0] if dealer else None, handed=handed)
+
+
+def _renumber(*fds: int) -> list[int]:
+    """Move ``fds`` to 3, 4, ...: the numbers the forker's pipes got vary with what it
+    holds, and so would those of every descriptor opened after them, the agent's
+    included -- each agent should find the same ones, whichever process served it."""
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64) for fd in fds]
+    for fd in fds:
+        os.close(fd)
+    out = []
+    for i, fd in enumerate(high):
+        os.dup2(fd, 3 + i, inheritable=False)
+        os.close(fd)
+        out.append(3 + i)
+    return out
+
+
+def _read_assignment(assign_fd: int) -> tuple[dict[str, Any] | None, contain.Handed]:
+    """Block in recvmsg(2) (no polling, no timer) until the zygote has sent the spec and
+    closed the socket: the spec (None if it closed it unwritten) and the descriptors --
+    its binds' ("mount_fds" names their targets), then its cgroups' ("cgroup_fds")."""
+    sock = socket.socket(fileno=assign_fd)
+    chunks: list[bytes] = []
+    fds: list[int] = []
+    try:
+        while True:
+            try:
+                data, got, flags, _ = socket.recv_fds(sock, 1 << 16, MAX_ASSIGN_FDS)
+            except InterruptedError:
+                continue
+            fds.extend(got)
+            if flags & socket.MSG_CTRUNC:
+                raise ValueError(f"an assignment with more than {MAX_ASSIGN_FDS} binds")
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        sock.close()
+    if not chunks:
+        for fd in fds:
+            os.close(fd)
+        return None, contain.Handed()
+    spec = json.loads(b"".join(chunks))
+    binds, joins = len(spec.get("mount_fds") or ()), len(spec.get("cgroup_fds") or ())
+    if len(fds) != binds + joins:
+        raise ValueError(f"the assignment brought {len(fds)} descriptors for {binds} "
+                         f"binds and {joins} cgroups")
+    return spec, contain.Handed(fds[:binds], fds[binds:])

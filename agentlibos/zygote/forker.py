@@ -20,7 +20,7 @@ Protocol on the SOCK_SEQPACKET socket (one JSON object per packet):
                     {"op": "reap", "host_pid"}          the zygote has forgotten it
                     {"op": "exit"}                      kill and reap every child, end
   forker -> zygote  {"op": "forked", "host_pid", "cgroup", "gen"}
-                        + [pidfd, report_r, log_r, assign_w]
+                        + [pidfd, report_r, log_r, assign_w (a stream socket)]
                     {"op": "fork-failed", "error", "cgroup", "gen"}
                     {"op": "exiting", "host_pid"}        dead, not reaped: answer "reap"
                     {"op": "exited", "host_pid", "status"}  reaped (status: waitpid's)
@@ -168,7 +168,9 @@ class _Serve:
             return
         report_r, report_w = os.pipe2(os.O_CLOEXEC)
         log_r, log_w = os.pipe2(os.O_CLOEXEC)
-        assign_r, assign_w = os.pipe2(os.O_CLOEXEC)
+        # A socket, not a pipe: the assignment brings its agent's binds as descriptors.
+        assign_r, assign_w = (s.detach() for s in socket.socketpair(
+            socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC))
         pipes = (report_r, report_w, log_r, log_w, assign_r, assign_w)
         try:
             # pid 1 of a fresh pid namespace, as the zygote does for a cold spawn.

@@ -9,7 +9,8 @@ ZeroMQ context; each child creates its own after its sandbox is in place.
 
 Protocol on the SOCK_SEQPACKET socket ``FD`` (one JSON object per packet):
 
-  supervisor -> zygote  {"op": "spawn", "pid", "spec": {...}} | {"op": "exit"} |
+  supervisor -> zygote  {"op": "spawn", "pid", "spec": {...}} (+ its agent's binds, as
+                        SCM_RIGHTS, when a pooled process may take it) | {"op": "exit"} |
                         {"op": "pool", "size", "key", "base": {...}} (the warm pool)
   zygote -> supervisor  {"op": "spawned", "pid", "host_pid"} + [pidfd, report_fd] as
                         SCM_RIGHTS (an "exec" adds its stdin and stdout pipes, and a
@@ -27,9 +28,10 @@ asking for a replacement after it has answered what was waiting, never before. I
 forker (forker.py, a quiet child of its own) forks them, so that they do not each keep a
 copy of the zygote's working set; the zygote holds their pipes and pidfds as before. A spawn
 whose spec carries the pool's ``key`` is handed to a ready pooled process, if there is
-one, by writing the spec down that process's own assignment pipe and closing it; the
-supervisor sees the same "spawned" event either way (with "pooled": true). Each pooled
-process serves one assignment and exits: none ever runs a second agent.
+one, by sending the spec and the binds down that process's own assignment socket and
+closing it; the supervisor sees the same "spawned" event either way (with "pooled":
+true). Each pooled process serves one assignment and exits: none ever runs a second
+agent.
 
 When the template carries a cgroup recipe, each pooled process also makes and joins a
 top-level cgroup of its own (``p<zygote pid>-<n>``) before it is ready; the zygote says
@@ -75,6 +77,8 @@ from agentlibos.zygote.fork import fork as _fork
 from agentlibos.zygote.forker import Forker
 
 MAX_PACKET: Final = 1 << 20
+# The most descriptors a spawn brings (its agent's binds, for a pooled process).
+MAX_SPAWN_FDS: Final = 16
 PR_SET_CHILD_SUBREAPER: Final = 36
 
 # Pooled processes that failed to pre-confine in a row before the pool is given up (the
@@ -85,7 +89,7 @@ POOL_MAX_FAILURES: Final = 3
 @dataclass
 class _Pooled:
     """A pooled process: its pidfd, report and log pipes (handed to the supervisor on
-    assignment) and the write end of its assignment pipe."""
+    assignment) and our end of its assignment socket."""
 
     host_pid: int
     pidfd: int
@@ -96,7 +100,7 @@ class _Pooled:
     cgroup: str | None = None  # the top-level cgroup it made for itself, if any
 
     def retire(self) -> None:
-        """Close its assignment pipe unwritten: it exits, and nobody is handed to it."""
+        """Close its assignment socket unwritten: it exits, and nobody is handed to it."""
         if self.assign_w >= 0:
             os.close(self.assign_w)
             self.assign_w = -1
@@ -353,8 +357,9 @@ class Zygote:
         entry.close()
         self._pool_failed(data.decode(errors="replace") or "it exited")
 
-    def assign(self, msg: dict[str, Any]) -> bool:
-        """Hand the spawn to a ready pooled process; False if none can take it."""
+    def assign(self, msg: dict[str, Any], fds: list[int]) -> bool:
+        """Hand the spawn to a ready pooled process, with ``fds`` (its agent's binds,
+        which the caller closes); False if none can take it."""
         if msg["spec"].get("pool") != self.pool_key or self.pool_base is None:
             return False
         if self.pool_base.get("cgroup") is not None:
@@ -376,15 +381,19 @@ class Zygote:
             # a spawn now. Its pid is its own until we forget it (as above).
             os.setpriority(os.PRIO_PROCESS, entry.host_pid, 0)
         pid = int(msg["pid"])
+        sock = socket.socket(fileno=entry.assign_w)
+        entry.assign_w = -1
         try:
             data = json.dumps(msg["spec"]).encode()
-            view = memoryview(data)
-            while view:  # blocking: the process reads until EOF
-                view = view[os.write(entry.assign_w, view):]
+            # Blocking: the process reads until EOF. The descriptors ride on the first
+            # bytes; the spec's "mount_fds" names what they are.
+            sent = socket.send_fds(sock, [data[:1 << 16]], fds) if fds else 0
+            sock.sendall(data[sent:])
         except OSError:  # it died under us: the zygote reaps it; take the cold path
+            sock.close()
             entry.close()
             return False
-        os.close(entry.assign_w)
+        sock.close()
         self.forked[entry.host_pid] = pid
         self.send({"op": "spawned", "pid": pid, "host_pid": entry.host_pid, "pooled": True},
                   [entry.pidfd, entry.report_r, entry.log_r])
@@ -399,7 +408,8 @@ class Zygote:
 
         A running task moved between cpu cgroups is rescheduled: on a busy host it
         waits its turn again (~4 ms of a nested pooled spawn, measured), a sleeping one
-        does not. Best effort: the child verifies from inside and joins what is missing.
+        does not. Best effort: the child verifies from inside, and fails to start if it was
+        not moved (pivoted already, it cannot name a cgroup to join).
         Its pid cannot have been reused: the forker reaps its children only once we have
         forgotten them (forker.py)."""
         procs = (spec.get("profile") or {}).get("cgroup_procs") or []
@@ -528,25 +538,31 @@ class Zygote:
                 self.reap()
             if self.sock.fileno() in ready:
                 try:
-                    data = self.sock.recv(MAX_PACKET)
+                    data, fds, _, _ = socket.recv_fds(self.sock, MAX_PACKET, MAX_SPAWN_FDS)
                 except OSError as e:
                     if e.errno in (errno.EINTR, errno.EAGAIN):
                         continue
-                    data = b""
+                    data, fds = b"", []
                 if not data:
                     self.shutdown()
                     return
                 msg = json.loads(data)
                 op = msg.get("op")
-                if op == "spawn" and self.assign(msg):
-                    pass
-                elif op in ("spawn", "exec"):
-                    self.spawn(msg)
-                elif op == "pool":
-                    self.set_pool(msg)
-                elif op == "exit":
-                    self.shutdown()
-                    return
+                try:
+                    if op == "spawn" and self.assign(msg, fds):
+                        pass
+                    elif op in ("spawn", "exec"):
+                        # The cold path binds by path: a pooled spawn's descriptors
+                        # (the pool was empty) are not needed.
+                        self.spawn(msg)
+                    elif op == "pool":
+                        self.set_pool(msg)
+                    elif op == "exit":
+                        self.shutdown()
+                        return
+                finally:
+                    for fd in fds:
+                        os.close(fd)
             if self.pool_short():
                 # Under a steady stream of spawns the loop is never idle: one refill per
                 # turn, after this turn's answers went out.

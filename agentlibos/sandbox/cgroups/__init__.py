@@ -55,7 +55,7 @@ from agentlibos.sandbox.cgroups._plan import (
     plan_layout,
     plan_placement,
 )
-from agentlibos.sandbox.cgroups._process import ProcessCgroup, join, make_own
+from agentlibos.sandbox.cgroups._process import ProcessCgroup, join, join_fds, make_own
 
 __all__ = [
     "AGENTS_DIR",
@@ -89,6 +89,7 @@ __all__ = [
     "detect",
     "group_name",
     "join",
+    "join_fds",
     "limit_writes",
     "make_own",
     "place",

@@ -177,6 +177,18 @@ def join(procs_files: Sequence[str]) -> None:
 
 
 
+def join_fds(procs_files: Sequence[str], fds: Sequence[int]) -> None:
+    """:func:`join` by descriptors opened earlier (``procs_files`` only name them): a
+    pooled process, pivoted, can no longer open the files. The caller closes ``fds``."""
+    pid = str(os.getpid()).encode()
+    for path, fd in zip(procs_files, fds, strict=True):
+        try:
+            os.write(fd, pid)
+        except OSError as e:
+            raise SandboxError(f"cgroups: cannot join {path}: {_why(e)}", file=path,
+                               errno=e.errno) from None
+
+
 def make_own(recipe: Mapping[str, Any], name: str) -> tuple[str, ...]:
     """A pooled process's own top-level cgroup (CgroupManager.pool_recipe): make
     ``<agents>/<name>`` and its leaf in every hierarchy, kill-first; return the leaves'
