@@ -801,3 +801,19 @@ def test_apply_leaves_no_descriptor_behind(abi: int, layout: Layout) -> None:
 def test_list_only_grants_listing_but_not_reading() -> None:
     p = plan(LandlockRules(read_only=(), read_write=(), list_only=("/",)), 7)
     assert [(r.path, r.access) for r in p.paths] == [("/", 0x8)]  # read_dir only
+
+
+@pytest.mark.privileged
+def test_a_rehearsal_builds_the_ruleset_but_enforces_nothing(
+        abi: int, layout: Layout) -> None:
+    """What a pooled process runs while it waits (contain.rehearse): the same code and
+    syscalls as apply, up to the restriction, which it must not make."""
+    hidden = layout.outside / "hidden.txt"
+
+    def body() -> Report:
+        used = apply(layout.rules(), rehearse=True)
+        after = {"abi": used, "read_outside": outcome(lambda: read(hidden))}
+        apply(layout.rules())  # and the real thing still works after it
+        return {**after, "then": outcome(lambda: read(hidden))}
+
+    assert in_child(body) == {"abi": min(abi, KNOWN_ABI), "read_outside": "ok", "then": "EACCES"}

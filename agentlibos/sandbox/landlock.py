@@ -373,8 +373,14 @@ def describe() -> str:
     return line
 
 
-def apply(rules: LandlockRules, *, optional_paths: Collection[str] = ()) -> int:
+def apply(rules: LandlockRules, *, optional_paths: Collection[str] = (),
+          rehearse: bool = False) -> int:
     """Restrict the calling thread (and every process it later creates) to ``rules``.
+
+    ``rehearse``: do everything but the restriction itself -- the ruleset is built and
+    dropped, nothing is enforced. A pooled process rehearses with the template's paths
+    while it waits, so that the pages of the code and data this path touches are its
+    own before its assignment, not faulted in on the spawn's path (docs/sandbox.md).
 
     Returns the ABI level used (see :attr:`Plan.abi`). Raises SandboxError naming the
     reason and errno on any failure; nothing is enforced then, and the caller must not
@@ -413,6 +419,8 @@ def apply(rules: LandlockRules, *, optional_paths: Collection[str] = ()) -> int:
     try:
         for rule in p.paths:
             _add_path_rule(ruleset_fd, rule, optional)
+        if rehearse:
+            return p.abi
         privileges.set_no_new_privs()  # idempotent; contain.py has set it already
         r = int(_syscall(ctypes.c_long(_SYS_RESTRICT_SELF), ctypes.c_long(ruleset_fd),
                          ctypes.c_long(p.restrict_flags)))

@@ -265,6 +265,7 @@ def run_pooled(pool: dict[str, Any], report_fd: int, log_fd: int, assign_fd: int
         os._exit(START_FAILED_STATUS)
     try:
         contain.join_own_cgroup(pooled)
+        contain.rehearse(pooled)
         spec, handed = _read_assignment(assign_fd)
     except BaseException:  # noqa: BLE001 - the zygote reports the exit; nothing runs here
         traceback.print_exc()
