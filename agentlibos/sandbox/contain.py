@@ -19,13 +19,14 @@ A layer is counted as applied only once it has been verified from inside.
 
 A pooled process (docs/sandbox.md, "The warm pool") runs the same list in two halves.
 :func:`pre_contain`, before it has an assignment: a top-level cgroup of its own (1,
-without limits), the namespaces and the shared part of the mount tree (2, 3, 4 without
-pivoting), rlimits (5), the capability bounding set emptied (the first part of 6: it
-limits only what an exec could gain, so the assignment's mounts and uid switch still
-work), no_new_privs (7) and the pool's seccomp filter. :func:`apply` with ``pooled=``,
-on assignment: verify it is in the agent's cgroups (a top-level agent's are the ones it
+without limits), the namespaces and the shared part of the mount tree, pivoted into (2,
+3, 4), rlimits (5), the capability bounding set emptied (the first part of 6: it limits
+only what an exec could gain, so the assignment's mounts and uid switch still work),
+no_new_privs (7) and the pool's seccomp filter. :func:`apply` with ``pooled=``, on
+assignment: verify it is in the agent's cgroups (a top-level agent's are the ones it
 made, limits written by the supervisor; a nested agent's, inside its parent's, the
-zygote moved it into) or join them (1), finish the tree and pivot (4), verify the
+zygote moved it into) or join them by the descriptors its assignment brought (1),
+attach its agent's binds (cloned by the supervisor) and seal the root (4), verify the
 rlimits, drop the rest of its privileges (6), Landlock (8) and the agent's seccomp
 filter stacked on the pool's (9).
 """

@@ -96,7 +96,7 @@ class _Pooled:
     report_r: int
     log_r: int
     assign_w: int
-    ready: bool = False  # it said POOL_READY: pre-confined, blocked on its pipe
+    ready: bool = False  # it said POOL_READY: pre-confined, blocked on its socket
     cgroup: str | None = None  # the top-level cgroup it made for itself, if any
 
     def retire(self) -> None:
@@ -404,7 +404,7 @@ class Zygote:
     @staticmethod
     def _move_into_cgroups(entry: _Pooled, spec: dict[str, Any]) -> None:
         """Move a pooled process into its agent's cgroups now, while it is blocked in
-        read(2), unless it is in them already (a top-level agent's, when it made them).
+        recvmsg(2), unless it is in them already (a top-level agent's, when it made them).
 
         A running task moved between cpu cgroups is rescheduled: on a busy host it
         waits its turn again (~4 ms of a nested pooled spawn, measured), a sleeping one
