@@ -306,6 +306,12 @@ def test_fits_takes_only_profiles_the_template_is_a_part_of(tmp_path: Path) -> N
     above = _profile(base)
     above["mount"]["ops"]["binds"].append([str(tmp_path), str(tmp_path), 4129])
     assert not pool.fits(above, base)  # it would cover a template bind
+    many = _profile(base)  # more binds of its own than an assignment carries
+    many["mount"]["ops"]["binds"] += [[f"/srv/{i}", f"/srv/{i}", 4129]
+                                      for i in range(pool.MAX_AGENT_BINDS)]
+    assert not pool.fits(many, base)
+    many["mount"]["ops"]["binds"].pop()
+    assert pool.fits(many, base)
     assert pool.pool_key(base) == tpl["key"] != pool.pool_key({**base, "rlimits": {}})
     assert os.path.isdir(tmp_path / "usr")
 

@@ -26,6 +26,10 @@ from agentlibos.sandbox.profile import HostView, SandboxConfig
 # The layers a pooled process has before its assignment; the pool is not used unless
 # the profile applies both (a pooled process cannot run without them).
 PRE_APPLIED = ("namespaces", "seccomp")
+# The most binds of its own an agent may have and still be pooled: each comes with its
+# assignment as a descriptor, and with a nested agent's cgroups (one per hierarchy, four
+# at most) they must fit the 16 an assignment carries (child.MAX_ASSIGN_FDS).
+MAX_AGENT_BINDS = 12
 
 
 def pool_base(*, config: SandboxConfig, view: HostView, new_root: str,
@@ -92,4 +96,6 @@ def fits(profile: dict[str, Any], base: dict[str, Any]) -> bool:
     # cover it, where the cold path (binds sorted by depth) puts it underneath.
     old_targets = [str(b[1]).rstrip("/") + "/" for b in done_ops["binds"]]
     new_targets = {str(b[1]).rstrip("/") + "/" for b in ops["binds"]} - set(old_targets)
+    if len(ops["binds"]) - len(done_ops["binds"]) > MAX_AGENT_BINDS:
+        return False
     return not any(o.startswith(n) for n in new_targets for o in old_targets)
