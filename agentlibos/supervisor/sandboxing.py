@@ -260,6 +260,9 @@ class SandboxManager:
                 # Cloned only when a pooled process will take it: one the zygote closes
                 # unused costs it an RCU grace period.
                 self._clone_binds(prepared)
+            if claim is not None and adopt is None:
+                # A nested agent: the join its pooled process may have to make itself.
+                self._open_procs(prepared)
         except BaseException:
             if claim is not None:
                 self._unclaim(claim)
@@ -274,14 +277,6 @@ class SandboxManager:
             prepared.pool_cgroup = claim
             if adopt is None:
                 prepared.pool_leftover = self.cgroups.pooled_cgroup(claim)
-                try:
-                    prepared.cgroup_fds.extend(
-                        os.open(p, os.O_WRONLY | os.O_CLOEXEC)
-                        for p in prepared.profile.get("cgroup_procs") or ())
-                except OSError as e:
-                    prepared.close()
-                    raise SandboxError(f"cgroups: cannot open {e.filename}: {e.strerror}"
-                                       ) from None
         return prepared
 
     def _clone_binds(self, prepared: Prepared) -> None:
@@ -293,10 +288,17 @@ class SandboxManager:
                 prepared.mount_fds.append(mountfd.clone_bind(source, flags))
                 prepared.mount_targets.append(target)
         except BaseException:
-            for fd in prepared.mount_fds:
-                os.close(fd)
-            prepared.mount_fds.clear()
+            prepared.close()
             raise
+
+    @staticmethod
+    def _open_procs(prepared: Prepared) -> None:
+        try:
+            for path in prepared.profile.get("cgroup_procs") or ():
+                prepared.cgroup_fds.append(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
+        except OSError as e:
+            prepared.close()
+            raise SandboxError(f"cgroups: cannot open {e.filename}: {e.strerror}") from None
 
     # ......................................................... the pool's cgroups
 

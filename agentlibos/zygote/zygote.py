@@ -77,7 +77,8 @@ from agentlibos.zygote.fork import fork as _fork
 from agentlibos.zygote.forker import Forker
 
 MAX_PACKET: Final = 1 << 20
-# The most descriptors a spawn brings (its agent's binds, for a pooled process).
+# The most descriptors a spawn brings (for a pooled process: its agent's binds and a
+# nested agent's cgroups; child.MAX_ASSIGN_FDS).
 MAX_SPAWN_FDS: Final = 16
 PR_SET_CHILD_SUBREAPER: Final = 36
 
