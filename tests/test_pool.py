@@ -23,7 +23,7 @@ from agentlibos.kernel.image import Limits
 from agentlibos.sandbox import cgroups, pool, seccomp
 from agentlibos.sandbox.profile import effective_limits
 from agentlibos.supervisor import Supervisor
-from agentlibos.zygote.child import POOL_ASSIGN_FD, POOL_TITLE
+from agentlibos.zygote.child import MAX_ASSIGN_FDS, POOL_ASSIGN_FD, POOL_TITLE
 from agentlibos.zygote.forker import FORKER_TITLE
 from tests.helpers import MakeImage, fd_targets, host_processes, run_proc
 
@@ -312,6 +312,8 @@ def test_fits_takes_only_profiles_the_template_is_a_part_of(tmp_path: Path) -> N
     assert not pool.fits(many, base)
     many["mount"]["ops"]["binds"].pop()
     assert pool.fits(many, base)
+    # With a nested agent's cgroups (four hierarchies at most) they fit one assignment.
+    assert pool.MAX_AGENT_BINDS + 4 <= MAX_ASSIGN_FDS
     assert pool.pool_key(base) == tpl["key"] != pool.pool_key({**base, "rlimits": {}})
     assert os.path.isdir(tmp_path / "usr")
 

@@ -225,7 +225,8 @@ POOL_TITLE: Final = "agentlibos: pooled"
 # Where a pooled process holds its assignment socket while it waits (_renumber).
 POOL_ASSIGN_FD: Final = 4
 # The most descriptors an assignment brings: its agent's binds (image, scratch, broker
-# socket) and a nested agent's cgroups (one per hierarchy). More is an error.
+# socket) and a nested agent's cgroups (one per hierarchy); the zygote receives a spawn's
+# with the same bound. More is an error.
 MAX_ASSIGN_FDS: Final = 16
 
 
@@ -306,7 +307,7 @@ def _read_assignment(assign_fd: int) -> tuple[dict[str, Any] | None, contain.Han
                 continue
             fds.extend(got)
             if flags & socket.MSG_CTRUNC:
-                raise ValueError(f"an assignment with more than {MAX_ASSIGN_FDS} binds")
+                raise ValueError(f"an assignment with more than {MAX_ASSIGN_FDS} descriptors")
             if not data:
                 break
             chunks.append(data)

@@ -67,6 +67,7 @@ from agentlibos.sandbox.pdeathsig import set_pdeathsig
 # it forks: children share these pages copy-on-write and pay no import cost.
 from agentlibos.zygote.channel import Channel
 from agentlibos.zygote.child import (
+    MAX_ASSIGN_FDS,
     POOL_READY,
     agent_environ,
     run_child,
@@ -77,9 +78,6 @@ from agentlibos.zygote.fork import fork as _fork
 from agentlibos.zygote.forker import Forker
 
 MAX_PACKET: Final = 1 << 20
-# The most descriptors a spawn brings (for a pooled process: its agent's binds and a
-# nested agent's cgroups; child.MAX_ASSIGN_FDS).
-MAX_SPAWN_FDS: Final = 16
 PR_SET_CHILD_SUBREAPER: Final = 36
 
 # Pooled processes that failed to pre-confine in a row before the pool is given up (the
@@ -539,7 +537,7 @@ class Zygote:
                 self.reap()
             if self.sock.fileno() in ready:
                 try:
-                    data, fds, _, _ = socket.recv_fds(self.sock, MAX_PACKET, MAX_SPAWN_FDS)
+                    data, fds, _, _ = socket.recv_fds(self.sock, MAX_PACKET, MAX_ASSIGN_FDS)
                 except OSError as e:
                     if e.errno in (errno.EINTR, errno.EAGAIN):
                         continue
