@@ -18,7 +18,7 @@ from typing import Any
 from agentlibos.config import Paths, SupervisorConfig
 from agentlibos.errors import Unavailable
 from agentlibos.supervisor.sandboxing import SandboxManager
-from agentlibos.zygote.channel import send_packet
+from agentlibos.zygote.channel import encode_spawn, send_packet
 from agentlibos.zygote.zygote import MAX_PACKET
 
 
@@ -97,7 +97,7 @@ class ZygoteHandle:
               fds: list[int] | None = None) -> None:
         """Fork an AgentProcess ("spawn") or a sandboxed program with piped stdio ("exec").
         ``fds`` go with it (a pooled process's binds): the caller closes its own."""
-        data = json.dumps({"op": op, "pid": pid, "spec": spec}).encode()
+        data = encode_spawn(op, pid, spec)
         if len(data) > MAX_PACKET:
             raise Unavailable(f"spawn request for pid {pid} is too large")
         self.sock.setblocking(True)

@@ -49,6 +49,25 @@ def parse_report(data: bytes) -> dict[str, Any]:
     return report
 
 
+def decode_spec(data: bytes, report_fd: int, *, pid_ns_ready: bool) -> dict[str, Any]:
+    """A freshly forked child's spec, from the JSON the zygote passed on undecoded
+    (channel.encode_spawn); ``pid_ns_ready``: the zygote made it pid 1 of a new pid
+    namespace. One the supervisor did not encode as an object: report it and exit,
+    never return into the zygote's code."""
+    try:
+        spec = json.loads(data)
+        if not isinstance(spec, dict):
+            raise ValueError("the spec is not a JSON object")
+    except (ValueError, RecursionError) as e:
+        try:
+            _report(report_fd, {"ok": False, "error": f"a garbled spawn request: {e}"})
+        finally:
+            os._exit(START_FAILED_STATUS)
+    if pid_ns_ready:
+        spec["pid_ns_ready"] = True
+    return spec
+
+
 def _redirect_stdio(log_fd: int) -> None:
     null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
     os.dup2(null, 0)

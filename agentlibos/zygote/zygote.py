@@ -65,11 +65,12 @@ from agentlibos.sandbox.pdeathsig import set_pdeathsig
 
 # Imported here, at the top, so the zygote has everything a child needs loaded before
 # it forks: children share these pages copy-on-write and pay no import cost.
-from agentlibos.zygote.channel import Channel
+from agentlibos.zygote.channel import Channel, decode_head
 from agentlibos.zygote.child import (
     MAX_ASSIGN_FDS,
     POOL_READY,
     agent_environ,
+    decode_spec,
     run_child,
     run_command,
     run_exec,
@@ -151,17 +152,16 @@ class Zygote:
         if self.forker is not None:
             self.forker.ch.flush()
 
-    def _enter_child_pid_ns(self, spec: dict[str, Any]) -> bool:
+    def _enter_child_pid_ns(self, route: dict[str, Any]) -> bool:
         """Make the next fork's child pid 1 of a new pid namespace, if the profile wants
         one and this zygote may (root): it saves the child a second fork and a relay."""
-        namespaces = (spec.get("profile") or {}).get("namespaces") or []
+        namespaces = route.get("namespaces") or []
         if self.own_pid_ns is None or "pid" not in namespaces or "user" in namespaces:
             return False
         try:
             libc.check(libc.unshare(ctypes.c_int(CLONE_NEWPID)), "unshare(CLONE_NEWPID)")
         except OSError:
             return False  # the child enters one itself, the slower way
-        spec["pid_ns_ready"] = True
         return True
 
     def _leave_child_pid_ns(self) -> None:
@@ -174,10 +174,12 @@ class Zygote:
             # replaced by the supervisor than to fail every spawn from now on.
             os._exit(3)
 
-    def spawn(self, msg: dict[str, Any]) -> None:
+    def spawn(self, msg: dict[str, Any], spec: bytes) -> None:
         """Fork an AgentProcess (op "spawn") or a sandboxed program such as a JIT tool's
-        Deno (op "exec", which also gets a pipe for its stdin and one for its stdout)."""
+        Deno (op "exec", which also gets a pipe for its stdin and one for its stdout).
+        ``spec``: its JSON, which the child decodes (channel.encode_spawn)."""
         pid = int(msg["pid"])
+        route = msg["route"]
         is_exec = msg.get("op") == "exec"
         report_r, report_w = os.pipe2(os.O_CLOEXEC)
         stdio: tuple[int, int, int, int] | None = None
@@ -187,13 +189,13 @@ class Zygote:
             in_r, in_w = os.pipe2(os.O_CLOEXEC)
             out_r, out_w = os.pipe2(os.O_CLOEXEC)
             stdio = (in_r, in_w, out_r, out_w)
-            if msg["spec"].get("command"):
+            if route.get("command"):
                 err = os.pipe2(os.O_CLOEXEC)
         else:
             # The agent's stdout and stderr: a pipe the supervisor reads and writes to
             # the log, up to the per-process cap (an agent never writes the log itself).
             log_r, log_w = os.pipe2(os.O_CLOEXEC)
-        new_ns = self._enter_child_pid_ns(msg["spec"])
+        new_ns = self._enter_child_pid_ns(route)
         try:
             host_pid = _fork()
         except OSError as e:
@@ -212,11 +214,12 @@ class Zygote:
                        *((err[0],) if err else ())):
                 with contextlib.suppress(OSError):
                     os.close(fd)
+            child_spec = decode_spec(spec, report_w, pid_ns_ready=new_ns)
             if stdio is not None and err is not None:
-                run_command(msg["spec"], report_w, stdio[0], stdio[3], err[1])
+                run_command(child_spec, report_w, stdio[0], stdio[3], err[1])
             if stdio is not None:
-                run_exec(msg["spec"], report_w, stdio[0], stdio[3])
-            run_child(msg["spec"], report_w, log_w, zygote_pid=os.getppid())
+                run_exec(child_spec, report_w, stdio[0], stdio[3])
+            run_child(child_spec, report_w, log_w, zygote_pid=os.getppid())
         if new_ns:
             self._leave_child_pid_ns()
         os.close(report_w)
@@ -356,16 +359,18 @@ class Zygote:
         entry.close()
         self._pool_failed(data.decode(errors="replace") or "it exited")
 
-    def assign(self, msg: dict[str, Any], fds: list[int]) -> bool:
-        """Hand the spawn to a ready pooled process, with ``fds`` (its agent's binds,
-        which the caller closes); False if none can take it."""
-        if msg["spec"].get("pool") != self.pool_key or self.pool_base is None:
+    def assign(self, msg: dict[str, Any], spec: bytes, fds: list[int]) -> bool:
+        """Hand the spawn to a ready pooled process: ``spec`` (its JSON, passed on as
+        it came) with ``fds`` (its agent's binds, which the caller closes); False if
+        none can take it."""
+        route = msg["route"]
+        if route.get("pool") != self.pool_key or self.pool_base is None:
             return False
         if self.pool_base.get("cgroup") is not None:
             # Only the one the supervisor named: it may have written this agent's limits
             # into that process's cgroup, and no other agent may ever run there. Gone
             # or not ready: the cold path, which joins the named (empty) cgroup.
-            name = msg["spec"].get("pool_cgroup")
+            name = route.get("pool_cgroup")
             entry = next((e for e in self.pool.values()
                           if name and e.cgroup == name and e.ready and e.assign_w >= 0), None)
         else:
@@ -374,7 +379,7 @@ class Zygote:
             return False
         del self.pool[entry.host_pid]
         self.pool_cgroups.pop(entry.host_pid, None)  # the supervisor's now
-        self._move_into_cgroups(entry, msg["spec"])
+        self._move_into_cgroups(entry, route)
         with contextlib.suppress(OSError):
             # Back from the pool's niceness (forker.POOL_NICE) before it wakes: it is
             # a spawn now. Its pid is its own until we forget it (as above).
@@ -383,11 +388,10 @@ class Zygote:
         sock = socket.socket(fileno=entry.assign_w)
         entry.assign_w = -1
         try:
-            data = json.dumps(msg["spec"]).encode()
             # Blocking: the process reads until EOF. The descriptors ride on the first
             # bytes; the spec's "mount_fds" names what they are.
-            sent = socket.send_fds(sock, [data[:1 << 16]], fds) if fds else 0
-            sock.sendall(data[sent:])
+            sent = socket.send_fds(sock, [spec[:1 << 16]], fds) if fds else 0
+            sock.sendall(spec[sent:])
         except OSError:  # it died under us: the zygote reaps it; take the cold path
             sock.close()
             entry.close()
@@ -401,7 +405,7 @@ class Zygote:
         return True
 
     @staticmethod
-    def _move_into_cgroups(entry: _Pooled, spec: dict[str, Any]) -> None:
+    def _move_into_cgroups(entry: _Pooled, route: dict[str, Any]) -> None:
         """Move a pooled process into its agent's cgroups now, while it is blocked in
         recvmsg(2), unless it is in them already (a top-level agent's, when it made them).
 
@@ -411,7 +415,7 @@ class Zygote:
         not moved (pivoted already, it cannot name a cgroup to join).
         Its pid cannot have been reused: the forker reaps its children only once we have
         forgotten them (forker.py)."""
-        procs = (spec.get("profile") or {}).get("cgroup_procs") or []
+        procs = route.get("cgroup_procs") or []
         own = f"/{entry.cgroup}/self/cgroup.procs" if entry.cgroup else None
         if not procs or (own is not None and all(str(p).endswith(own) for p in procs)):
             return
@@ -545,15 +549,15 @@ class Zygote:
                 if not data:
                     self.shutdown()
                     return
-                msg = json.loads(data)
+                msg, spec = decode_head(data)
                 op = msg.get("op")
                 try:
-                    if op == "spawn" and self.assign(msg, fds):
+                    if op == "spawn" and self.assign(msg, spec, fds):
                         pass
                     elif op in ("spawn", "exec"):
                         # The cold path binds by path: a pooled spawn's descriptors
                         # (the pool was empty) are not needed.
-                        self.spawn(msg)
+                        self.spawn(msg, spec)
                     elif op == "pool":
                         self.set_pool(msg)
                     elif op == "exit":
