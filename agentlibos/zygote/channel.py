@@ -71,10 +71,12 @@ def encode_spawn(op: str, pid: int, spec: Mapping[str, Any]) -> bytes:
     Why not one JSON object: decoding the ~9 KB spec in the zygote, and freeing it
     after the fork, wrote pages each fork had just made copy-on-write: the zygote's
     page faults per cold spawn went from ~250 to ~200 without it (docs/benchmarks.md,
-    issue 14's ninth pass). A pooled spawn also paid for a decode and an encode there. The head carries only what the zygote decides by: the pool
-    and cgroup the supervisor chose, the cgroup.procs files a pooled process is moved
-    into, the namespaces (whether the zygote makes the pid namespace), whether it is a
-    shell command."""
+    issue 14's ninth pass). A pooled spawn also paid for a decode and an encode there.
+
+    The head carries only what the zygote decides by: the pool and cgroup the
+    supervisor chose, the cgroup.procs files a pooled process is moved into, the
+    namespaces (whether the zygote makes the pid namespace), whether it is a shell
+    command."""
     profile = spec.get("profile") or {}
     head = {"op": op, "pid": pid, "route": {
         "pool": spec.get("pool"), "pool_cgroup": spec.get("pool_cgroup"),
