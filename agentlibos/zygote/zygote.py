@@ -7,10 +7,13 @@ locks held by threads that do not exist in the child. It imports everything an a
 runtime needs *before* forking (the child pays no import cost) and never creates a
 ZeroMQ context; each child creates its own after its sandbox is in place.
 
-Protocol on the SOCK_SEQPACKET socket ``FD`` (one JSON object per packet):
+Protocol on the SOCK_SEQPACKET socket ``FD`` (one JSON object per packet, except a
+spawn's: a head, a NUL and the spec's JSON, which the zygote passes on undecoded --
+channel.encode_spawn):
 
-  supervisor -> zygote  {"op": "spawn", "pid", "spec": {...}} (+ its agent's binds, as
-                        SCM_RIGHTS, when a pooled process may take it) | {"op": "exit"} |
+  supervisor -> zygote  {"op": "spawn" | "exec", "pid", "route": {...}} NUL {spec} (+ its
+                        agent's binds, as SCM_RIGHTS, when a pooled process may take
+                        it) | {"op": "exit"} |
                         {"op": "pool", "size", "key", "base": {...}} (the warm pool)
   zygote -> supervisor  {"op": "spawned", "pid", "host_pid"} + [pidfd, report_fd] as
                         SCM_RIGHTS (an "exec" adds its stdin and stdout pipes, and a
