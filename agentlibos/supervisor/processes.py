@@ -316,6 +316,7 @@ class ProcessTable:
         if not live.ready:
             live.ready = True
             self.store.update_process(pid, state="running", ready_at=time.time())
+            self.sandbox.on_ready(pid, self.loop.call_later)  # its parent's spare cgroup
 
     # ---------------------------------------------------------------- the zygote's news
 

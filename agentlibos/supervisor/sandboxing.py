@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 # The environment's way to set [sandbox] cgroup_root (e.g. from a systemd unit).
 CGROUP_ROOT_ENV = "AGENTLIBOS_CGROUP_ROOT"
 _instances = itertools.count(1)
+# Spare cgroups (SandboxManager.on_ready): at most this many held at once, each made this
+# long after the child that asked for it answered its first syscall (off its path).
+MAX_SPARES = 64
+SPARE_AFTER_S = 0.002
 
 
 @dataclass
@@ -103,6 +107,15 @@ class SandboxManager:
         # Limits already written into a ready pooled cgroup (on_pool_ready), so that a
         # spawn taking it with those limits writes nothing there on its hot path.
         self._preset: dict[str, cgroups.CgroupLimits] = {}
+        # A spare cgroup made inside an agent's own ahead of its next child (on_ready),
+        # by that agent's pid, with the limits written in it; the children that will
+        # ask for one once ready (child -> parent, limits); the agents whose cgroup is
+        # not named by their pid (a spare or a pooled one taken), by that name.
+        self.spares_on = False  # with the warm pool (pool_template)
+        self._spares: dict[int, tuple[cgroups.ProcessCgroup, cgroups.CgroupLimits]] = {}
+        self._spare_due: dict[int, tuple[int, cgroups.CgroupLimits]] = {}
+        self._spare_names = itertools.count(1)
+        self._pid_of: dict[str, int] = {}
         self.shell_view: HostView | None = None
         self.deno: Any = None  # agentlibos.jit.deno.DenoView, once Deno is found
         self.deno_problem: str | None = None
@@ -167,6 +180,7 @@ class SandboxManager:
         pre-applies disabled or missing here."""
         self.pool = None
         self.pool_ready.clear()  # a new zygote: the old one's pool died with it
+        self.spares_on = size > 0 and self.cgroups is not None
         usable = (size > 0 and os.geteuid() == 0 and self.view is not None
                   and self.config.user_namespace != "always" and self.seccomp_bpf_pool
                   and all(self.config.layer_mode(layer) != "disabled"
@@ -193,7 +207,8 @@ class SandboxManager:
         return {"op": "pool", "size": size, **self.pool}
 
     def stop(self) -> None:
-        self._by_pid.clear()
+        for table in (self._by_pid, self._spares, self._spare_due, self._pid_of):
+            table.clear()
         if self.cgroups is not None:
             try:
                 self.cgroups.teardown()
@@ -245,7 +260,7 @@ class SandboxManager:
             seccomp_bpf=self.seccomp_bpf,
             supervisor_uid=os.geteuid(),
             supervisor_gid=os.getegid(),
-            ), adopt=adopt)
+            ), adopt=adopt, spare=True)
             if adopt is not None and getattr(prepared.cgroup, "name", None) != adopt:
                 claim = adopt = None  # not adopted: that pooled process is not usable
             fits = self.pool is not None and pool.fits(prepared.profile, self.pool["base"])
@@ -269,6 +284,10 @@ class SandboxManager:
             raise
         if prepared.cgroup is not None:
             self._by_pid[pid] = prepared.cgroup
+            if prepared.cgroup.name != str(pid):
+                self._pid_of[prepared.cgroup.name] = pid
+            if parent_pid is not None and self.spares_on:
+                self._spare_due[pid] = (parent_pid, _cg_limits(limits))
         if fits and self.pool is not None:
             prepared.pool = self.pool["key"]
         if claim is not None:
@@ -314,9 +333,7 @@ class SandboxManager:
 
     def _replace_cgroup(self, prepared: Prepared, name: str, limits: Limits) -> Prepared:
         assert self.cgroups is not None
-        cgroup = self.cgroups.create(name, cgroups.CgroupLimits(
-            memory_max_bytes=limits.memory_max_bytes, pids_max=limits.pids_max,
-            cpu_max_cores=limits.cpu_max_cores))
+        cgroup = self.cgroups.create(name, _cg_limits(limits))
         profile = {**prepared.profile, "cgroup_procs": list(cgroup.procs_files)}
         return Prepared(profile, cgroup)
 
@@ -328,10 +345,7 @@ class SandboxManager:
                 # The limits of an agent whose image sets none, written now rather than
                 # when a spawn takes it (adopt writes only what differs). Best effort:
                 # what was not written here is written then.
-                lim = effective_limits(Limits(), self.config)
-                preset = cgroups.CgroupLimits(memory_max_bytes=lim.memory_max_bytes,
-                                              pids_max=lim.pids_max,
-                                              cpu_max_cores=lim.cpu_max_cores)
+                preset = _cg_limits(effective_limits(Limits(), self.config))
                 with contextlib.suppress(LibOSError, OSError):
                     self.cgroups.adopt(name, preset)
                     self._preset[name] = preset
@@ -381,10 +395,8 @@ class SandboxManager:
         ``supervisor/jit_pool.move_into``."""
         if self.cgroups is None or not self._require("cgroups"):
             return None
-        limits = self.config.tool_limits
-        return self.cgroups.create(f"t{-wid}", cgroups.CgroupLimits(
-            memory_max_bytes=limits.memory_max_bytes, pids_max=limits.pids_max,
-            cpu_max_cores=limits.cpu_max_cores), parent=self._parent_cgroup(owner_pid))
+        return self.cgroups.create(f"t{-wid}", _cg_limits(self.config.tool_limits),
+                                   parent=self._parent_cgroup(owner_pid))
 
     def prepare_shell(self, wid: int, *, read_only: tuple[str, ...],
                       read_write: tuple[str, ...], scratch: Path, run_as: tuple[int, int],
@@ -417,21 +429,21 @@ class SandboxManager:
 
     def _prepare(self, name: str, limits: Limits, parent_pid: int | None,
                  build: Callable[[tuple[str, ...]], SandboxProfile], *,
-                 adopt: str | None = None) -> Prepared:
+                 adopt: str | None = None, spare: bool = False) -> Prepared:
         for layer in LAYERS:
             self._require(layer)  # fail closed before anything is created
         cgroup = None
         skipped = {layer: why for layer, why in self.unavailable.items()
                    if self.config.layer_mode(layer) == "optional"}
         if self.cgroups is not None and self._require("cgroups"):
-            cg_limits = cgroups.CgroupLimits(
-                memory_max_bytes=limits.memory_max_bytes, pids_max=limits.pids_max,
-                cpu_max_cores=limits.cpu_max_cores)
+            cg_limits = _cg_limits(limits)
             if adopt is not None:
                 # Its cgroup gone (the process died and it was removed): a fresh one.
                 with contextlib.suppress(LibOSError, OSError):
                     cgroup = self.cgroups.adopt(adopt, cg_limits, self._preset.pop(adopt, None))
             try:
+                if cgroup is None and spare and parent_pid is not None:
+                    cgroup = self._take_spare(parent_pid, cg_limits)
                 if cgroup is None:
                     cgroup = self.cgroups.create(name, cg_limits,
                                                  parent=self._parent_cgroup(parent_pid))
@@ -454,9 +466,56 @@ class SandboxManager:
         return Prepared(dataclasses.replace(profile, skipped=skipped).to_json(), cgroup)
 
     def forget(self, pid: int) -> None:
-        """``pid`` ended: no child will be made inside its cgroup any more."""
-        self._by_pid.pop(pid, None)
+        """``pid`` ended: no child will be made inside its cgroup any more (its spare,
+        if it has one, goes with that cgroup: ProcessCgroup.remove takes the subtree)."""
+        cgroup = self._by_pid.pop(pid, None)
+        if cgroup is not None:
+            self._pid_of.pop(cgroup.name, None)
         self._pool_claims.pop(pid, None)
+        self._spares.pop(pid, None)
+        self._spare_due.pop(pid, None)
+
+    # ......................................................... spare nested cgroups
+
+    def on_ready(self, pid: int, later: Callable[[float, Callable[[], None]], Any]) -> None:
+        """``pid`` answered its first syscall. If it is a child whose parent has no spare
+        cgroup, make one inside the parent's, shortly (``later``: the loop's call_later),
+        for the parent's next child: on a hybrid host a nested cgroup is eight mkdirs
+        (~1.3 ms), on pure v2 two, which that spawn then does not wait for."""
+        due = self._spare_due.pop(pid, None)
+        if due is not None and due[0] not in self._spares:
+            later(SPARE_AFTER_S, lambda: self._make_spare(*due))
+
+    def _make_spare(self, parent_pid: int, limits: cgroups.CgroupLimits) -> None:
+        parent = self._by_pid.get(parent_pid)
+        if (self.cgroups is None or parent is None or parent_pid in self._spares
+                or len(self._spares) >= MAX_SPARES):
+            return  # the parent ended, has one, or enough are held
+        try:
+            spare = self.cgroups.create(f"n{next(self._spare_names)}", limits, parent=parent)
+        except (LibOSError, OSError) as e:  # its tree is full, or its cgroup is going
+            log.debug("no spare cgroup for %d: %s", parent_pid, e)
+            return
+        self._spares[parent_pid] = (spare, limits)
+
+    def _take_spare(self, parent_pid: int, limits: cgroups.CgroupLimits
+                    ) -> cgroups.ProcessCgroup | None:
+        """The spare made inside ``parent_pid``'s cgroup, made a child's: its limits
+        written where they differ from the last child's; None if there is none. It never
+        held a process: a spare is made empty and taken once."""
+        got = self._spares.pop(parent_pid, None)
+        parent = self._by_pid.get(parent_pid)
+        if got is None or parent is None or self.cgroups is None:
+            return None
+        spare, written = got
+        try:
+            return self.cgroups.adopt(spare.name, limits, written, parent=parent)
+        except (LibOSError, OSError):
+            # Gone, no room, a write refused: the spawn makes its own (create says why,
+            # if it fails too); the spare is not used again.
+            with contextlib.suppress(LibOSError, OSError):
+                spare.remove(timeout_s=0)
+            return None
 
     def verdict(self, cgroup: Any) -> tuple[bool, bool, dict[str, int]]:
         """(OOM-killed, pids limit hit, stats) of a process's cgroup after it ended."""
@@ -464,9 +523,16 @@ class SandboxManager:
             return False, False, {}
         # Called once the process has ended: its cgroup takes no new children now.
         name = getattr(cgroup, "name", "")
-        if name.isdigit() and self._by_pid.get(int(name)) is cgroup:
-            self.forget(int(name))
+        pid = self._pid_of.get(name, int(name) if name.isdigit() else -1)
+        if self._by_pid.get(pid) is cgroup:
+            self.forget(pid)
         try:
             return bool(cgroup.oom_killed()), bool(cgroup.pids_limit_hit()), cgroup.stats()
         except (SandboxError, OSError):
             return False, False, {}
+
+
+def _cg_limits(limits: Limits) -> cgroups.CgroupLimits:
+    """The cgroup's share of an agent's (or a tool's, a command's) limits."""
+    return cgroups.CgroupLimits(memory_max_bytes=limits.memory_max_bytes,
+                                pids_max=limits.pids_max, cpu_max_cores=limits.cpu_max_cores)

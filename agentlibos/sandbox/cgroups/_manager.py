@@ -355,18 +355,27 @@ class CgroupManager:
                 "enable": [enable if h.v2 else None for h in lay.hierarchies]}
 
     def adopt(self, name: str, limits: CgroupLimits,
-              written: CgroupLimits | None = None) -> ProcessCgroup:
+              written: CgroupLimits | None = None, *,
+              parent: ProcessCgroup | None = None) -> ProcessCgroup:
         """The top-level cgroup ``name`` a pooled process made for itself (pool_recipe),
         made an agent's: its limits written, as :meth:`create` writes them, except those
         ``written`` there already (preset before any spawn wanted it). Nothing of another
         agent is in it: each pooled process makes its own, serves one agent, and the
-        cgroup is removed with that agent (or unused, with the process)."""
+        cgroup is removed with that agent (or unused, with the process).
+
+        With ``parent``: ``name`` is a spare made inside that cgroup ahead of need (by
+        :meth:`create`, with the limits ``written``, while no process was in it), taken
+        by a child of its owner; the tree must have room for it, as :meth:`create`
+        checks."""
         _check_name(name, "pooled cgroup name")
         lay, fs = self.layout, self.fs
-        trees = {h: lay.agent_dir(h, name) for h in lay.hierarchies}
+        trees = {h: lay.agent_dir(h, name, None if parent is None else parent.dirs[i])
+                 for i, h in enumerate(lay.hierarchies)}
         gone = [d for d in trees.values() if not fs.exists(d)]
         if gone:
             raise SandboxError(f"cgroups: the pooled cgroup {gone[0]} is gone", path=gone[0])
+        if parent is not None:
+            self._check_room(name, parent)
         done = set(self._limit_writes(name, written)) if written is not None else set()
         self._write_limits(name, trees, tuple(
             w for w in self._limit_writes(name, limits) if w not in done))
