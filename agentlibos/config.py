@@ -139,7 +139,8 @@ class SupervisorConfig:
     # Live helper processes (JIT tools' Deno) a process tree may hold at once.
     max_helpers_per_tree: int = 8
     # Processes kept forked and pre-confined for the next spawns (docs/sandbox.md, "The
-    # warm pool"); each serves one agent. 0: none, every spawn forks cold.
+    # warm pool"); each serves one agent. 0: none, every spawn forks cold, and no spare
+    # cgroups are made for nested spawns either (docs/sandbox.md).
     pool_size: int = 8
 
 
