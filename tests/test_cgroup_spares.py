@@ -15,13 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from agentlibos.config import Paths, SupervisorConfig
+from agentlibos.config import Paths
 from agentlibos.errors import SandboxError
 from agentlibos.kernel.image import Limits
 from agentlibos.sandbox.cgroups import ProcessCgroup
 from agentlibos.sandbox.profile import SandboxConfig, effective_limits
 from agentlibos.supervisor import Supervisor, sandboxing
 from agentlibos.supervisor.sandboxing import SandboxManager
+from tests import test_pool as _tp
 from tests.helpers import MakeImage
 from tests.test_pool import wait_for
 
@@ -44,14 +45,8 @@ def main(ctx, args):
 """
 
 
-@pytest.fixture
-def sup(paths: Paths) -> Iterator[Supervisor]:
-    s = Supervisor(paths, SupervisorConfig(pool_size=2))
-    s.start()
-    try:
-        yield s
-    finally:
-        s.stop()
+# test_pool's supervisor with a pool of 2, found by pytest by this name.
+pooled = _tp.pooled
 
 
 def _procs(cg: ProcessCgroup) -> list[str]:
@@ -59,7 +54,8 @@ def _procs(cg: ProcessCgroup) -> list[str]:
 
 
 def test_a_parents_second_child_takes_the_spare_made_after_its_first(
-        sup: Supervisor, make_image: MakeImage) -> None:
+        pooled: Supervisor, make_image: MakeImage) -> None:
+    sup = pooled
     assert sup.sandbox.cgroups is not None and sup.sandbox.spares_on
     make_image("quick", QUICK)
     make_image("hold17", HOLD, caps=["event:wait:go"], limits={"pids": 17})

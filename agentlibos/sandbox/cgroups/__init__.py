@@ -39,9 +39,10 @@ from agentlibos.sandbox.cgroups._common import (
     LimitWrite,
     group_name,
 )
+from agentlibos.sandbox.cgroups._describe import describe, describe_host, place
 from agentlibos.sandbox.cgroups._host import CgroupHost, detect
 from agentlibos.sandbox.cgroups._kernel import HOST_FS, CgroupFs, HostFs
-from agentlibos.sandbox.cgroups._manager import CgroupManager, describe, describe_host, place
+from agentlibos.sandbox.cgroups._manager import CgroupManager
 from agentlibos.sandbox.cgroups._plan import (
     DELEGATE_COMMAND,
     CgroupLevel,
