@@ -125,3 +125,31 @@ def test_a_peer_with_a_write_answer_waiting_gets_its_read_answer_after_it(
     assert ids == sorted(ids)  # replies in the order the requests came
     # Each read saw the write sent just before it.
     assert [v for i, v in rec.result if i % 2 == 0] == list(range(30))
+
+
+def test_the_handshake_is_answered_before_the_commit_of_its_running_state(
+    sup: Supervisor, make_image: MakeImage
+) -> None:
+    """proc.start (EARLY_ANSWER) leaves like a read: a spawned agent starts its entry
+    while the turn that marked it running commits. Its state is still committed."""
+    img = make_image("hello", """
+        def main(ctx, args):
+            return ctx.proc.getpid()
+    """, caps=[])
+    events = _watch(sup)
+    rec = run_proc(sup, img, {}, timeout_s=60)
+    assert rec.state == "exited" and rec.result == rec.pid, rec.error
+    starts = [i for i, (kind, what) in enumerate(events) if kind == "send"
+              and isinstance(what.get("result"), dict) and "entry_module" in what["result"]]
+    assert len(starts) == 1
+    after = _after(events, starts[0])
+    assert after[-1] == "COMMIT", after
+    # The row that says it is running was written before the answer left, and that
+    # answer left before the COMMIT that carries the row.
+    assert not any(s.startswith("UPDATE processes") for s in after), after
+    written = [what for kind, what in events[:starts[0]]
+               if kind == "sql" and isinstance(what, str)]
+    last_commit = max(i for i, s in enumerate(written) if s == "COMMIT")
+    assert any(s.startswith("UPDATE processes SET state = 'running', ready_at")
+               for s in written[last_commit + 1:]), written[last_commit:]
+    assert rec.ready_at is not None

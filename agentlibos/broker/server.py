@@ -18,7 +18,7 @@ from agentlibos.broker.dispatch import Dispatcher, Outcome
 from agentlibos.broker.flow import FlowLimits, InFlight, RefusalLimiter
 from agentlibos.broker.syscalls import Caller
 from agentlibos.errors import AuthenticationFailed, LibOSError, LimitExceeded
-from agentlibos.kernel.journal import effect_kind
+from agentlibos.kernel.journal import EARLY_ANSWER, effect_kind
 from agentlibos.protocol.router import Full, Router
 from agentlibos.protocol.wire import (
     DEFAULT_LIMITS,
@@ -80,8 +80,8 @@ class Broker:
                              max_queued_bytes=self.flow.reply_queue_bytes,
                              max_inbox=self.flow.request_queue_messages)
         self.outbox: list[list[bytes]] = []
-        # The outbox's replies to pure reads (their ids), which may leave before the
-        # turn's COMMIT statement: see flush_reads().
+        # The outbox's replies to pure reads and the handshake (EARLY_ANSWER), by id,
+        # which may leave before the turn's COMMIT statement: see flush_reads().
         self._reads: set[int] = set()
 
     def close(self) -> None:
@@ -141,6 +141,8 @@ class Broker:
     def flush_reads(self) -> None:
         """Send the turn's answers to pure reads now, before the turn's COMMIT (called
         after every row of the turn was written, before the statement that commits them).
+        The handshake, ``proc.start``, goes with them (``EARLY_ANSWER``): its one write,
+        the process's state, is nothing its agent can see or use.
 
         Why it is safe: a read acts on nothing; what its answer shows was written in this
         same transaction; and an agent can make use of an answer only through another
@@ -251,7 +253,8 @@ class Broker:
             refused = LimitExceeded(
                 f"{req.call}: process {caller.pid} already has "
                 f"{self.flow.max_in_flight} requests in flight; wait for their replies")
-        read = refused is None and effect_kind(req.call, req.args) == "read"
+        read = refused is None and (effect_kind(req.call, req.args) == "read"
+                                    or req.call in EARLY_ANSWER)
         self.dispatcher.submit(caller, req.call, req.args, req.blobs,
                                self._sink(routing_id, req.id, caller.pid, read), seq=seq,
                                refused=refused, audit_refusal=refused is req.args_error)

@@ -114,6 +114,13 @@ _REDO_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 # proc.journal is how a resumed process fetches the journal it replays.
 UNJOURNALED: Final = frozenset({"proc.getpid", "proc.start", "proc.exit", "proc.journal"})
 
+# Calls besides pure reads whose answer may leave before the turn's COMMIT statement
+# (Broker.flush_reads): the handshake. Its only write (the process is running, and
+# when) changes nothing an agent can see, and the agent can make use of its answer
+# only through another call, served after that commit; on a spawn's path this saves
+# the child the commit's wait (docs/store.md, "When a reply leaves").
+EARLY_ANSWER: Final = frozenset({"proc.start"})
+
 # Calls whose handler needs its own sequence number (``Caller.seq``): a checkpoint marks
 # the journal position of the very call that makes it, so a restore replays up to and
 # including it and the restored process gets the same answer.
