@@ -30,7 +30,7 @@ from tests.helpers import MakeImage, fd_targets, host_processes, run_proc
 # Reports everything an earlier assignment could have left behind, then leaves traces
 # of its own for the next agent to look for.
 SNOOP = r'''
-import ctypes, errno, os
+import ctypes, errno, os, sys
 
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -71,6 +71,9 @@ def main(ctx, args):
         "pdeathsig": raw(libc.prctl(1, 0, 0, 0, 0)),
         "passwd": attempt(lambda: open("/etc/passwd").read()),
         "cgroup": open("/proc/self/cgroup").read(),
+        # What the pooled process's rehearsal (sdk.runtime.rehearse) imported: forgotten.
+        "rehearsal_left": [n for n in (*sys.modules, *sys.path, *sys.path_importer_cache)
+                           if "rehearsal" in n],
     }
     # (/tmp is the scratch directory unless, as here, the image lies under /tmp.)
     with open(f"/scratch/trace-{ctx.pid}", "w") as f:
@@ -154,6 +157,8 @@ def test_each_pooled_process_serves_one_agent_and_carries_nothing_from_another(
         assert cg.name == "self" and cg.parent.name.startswith("p"), cg
         assert cg.parent.parent.name == "agents", cg
         assert "pool_cgroups" in contain_timings(pooled, rec.pid)
+        # It rehearsed the SDK's first steps while it waited, inside its sandbox.
+        assert "pool_rehearsal" in contain_timings(pooled, rec.pid)
         tree = cg.parent
         assert tree not in cgroup_dirs, f"{tree} served two agents"
         cgroup_dirs.append(tree)
@@ -171,6 +176,7 @@ def test_each_pooled_process_serves_one_agent_and_carries_nothing_from_another(
         # A fresh scratch (its own, empty), no inherited fds beyond stdio and the
         # SDK's own, the runtime's environment only, alone in its pid namespace.
         assert got["scratch"] == []
+        assert got["rehearsal_left"] == []
         assert got["fds"] == first["fds"]
         assert "LEFT_BY" not in got["env"]
         assert sorted(got["env"]) == ["HOME", "LANG", "PATH", "PYTHONDONTWRITEBYTECODE",

@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any, Final, NoReturn
@@ -23,7 +24,7 @@ from agentlibos.protocol.zmtp import Dealer
 from agentlibos.sandbox import contain
 from agentlibos.sandbox.pdeathsig import set_pdeathsig
 from agentlibos.sandbox.seccomp import DENO_EXE_FD
-from agentlibos.sdk.runtime import run_agent
+from agentlibos.sdk.runtime import rehearse, run_agent
 
 # Exit status of a child that could not be contained or started (the reason went down
 # the report pipe first).
@@ -286,6 +287,9 @@ def run_pooled(pool: dict[str, Any], report_fd: int, log_fd: int, assign_fd: int
     try:
         contain.join_own_cgroup(pooled)
         contain.rehearse(pooled)
+        t0 = time.perf_counter()
+        if rehearse():  # the SDK's first steps (its entry module's import)
+            pooled.timings_ms["pool_rehearsal"] = round((time.perf_counter() - t0) * 1e3, 3)
         spec, handed = _read_assignment(assign_fd)
     except BaseException:  # noqa: BLE001 - the zygote reports the exit; nothing runs here
         traceback.print_exc()
