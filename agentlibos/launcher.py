@@ -291,9 +291,37 @@ class Embedded:
         return {k: v for k, v in replies[0].items() if k != "ok"}
 
     def serve(self) -> bool:
-        """Serve until no process is live here; True if a signal ended it first."""
-        self.sup.run_until(lambda: not self.sup.live)
+        """Serve until no process is live here, or until every one that is waits for the
+        operator (:meth:`stuck`), which are then left as a daemon leaves its processes
+        (evicted, their waits in the store, for `resolve` and `resume`); True if a
+        signal ended it first."""
+        self.sup.run_until(lambda: not self.sup.live or bool(self.stuck()))
+        if self.sup.live:
+            self.sup.mode = "serve"  # stop() keeps them
         return bool(self.interrupt)
+
+    def stuck(self) -> list[int]:
+        """The processes in attention that hold up every live one here, or [] if any can
+        move on its own. Stuck: a process in attention (only `agentlibos resolve` moves
+        it), or one waiting for a stuck child (proc.wait)."""
+        attention = self.sup.recovered.get("attention") or []
+        if not attention:
+            return []  # the cheap answer for every turn of a tree with none
+        recs = {p: self.sup.store.get_process(p) for p in self.sup.live}
+
+        def stuck(pid: int, seen: frozenset[int] = frozenset()) -> bool:
+            rec = recs.get(pid)
+            if rec is None or pid in seen:
+                return False
+            if rec.state == "attention":
+                return True
+            wait = rec.wait or ""
+            return (rec.state == "waiting" and wait.startswith("proc:")
+                    and wait[5:].isdigit() and stuck(int(wait[5:]), seen | {pid}))
+
+        if not recs or not all(stuck(p) for p in recs):
+            return []
+        return sorted(p for p, r in recs.items() if r.state == "attention")
 
     def record(self, pid: int) -> dict[str, Any]:
         return self.sup.store.get_process(pid).public()

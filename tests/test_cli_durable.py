@@ -10,6 +10,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -322,6 +323,50 @@ def test_an_unsettled_shell_command_waits_for_attention_until_resolved(
     again = cli(home, "resolve", str(pid), "--retry")
     assert again.returncode == 1
     assert_one_line_error(again, f"process {pid}", "not waiting for attention")
+
+
+SHELLER_PARENT = """
+def main(ctx, args):
+    return ctx.proc.wait(ctx.proc.spawn("sheller"))["result"]
+"""
+
+
+def test_resume_of_a_tree_held_up_by_attention_says_so_and_exits_1(
+    home: Path, make_image: MakeImage, tmp_path: Path
+) -> None:
+    """`resume` without a daemon serves a tree until nothing in it can move without the
+    operator: a process in attention, or one waiting for such a child. It exits 1 at
+    once naming them, leaves them as they were, and resumes them once resolved."""
+    caps = ["shell:exec:echo", "fs:read:./**"]
+    make_image("sheller", SHELLER, caps=caps)
+    parent = make_image("sheller-parent", SHELLER_PARENT, caps=[*caps, "proc:spawn:sheller"])
+    policy = tmp_path / "shell.toml"
+    policy.write_text(SHELL_POLICY)
+    with serving(home, AGENTLIBOS_CRASH_AT="before-effect:shell.exec") as daemon:
+        pid = detach(home, parent, "--policy", str(policy), "--cwd", str(tmp_path))
+        gone(home, daemon)  # its child died at the barrier, with the daemon
+    child = next(r["pid"] for r in out_json(cli(home, "attention", "--json")))
+
+    started = time.monotonic()
+    own = cli(home, "resume", str(child), "--json", timeout=60)
+    assert own.returncode == 1 and own.stdout == "", own
+    # (Notes about what the killed daemon left, the stale cgroups it removed, go first.)
+    last = own.stderr.strip().splitlines()[-1]
+    assert last.startswith("agentlibos: error: ") and f"process {child} needs attention" in last
+    assert f"resolve {child}" in last
+    held = cli(home, "resume", str(pid), "--json", timeout=60)
+    assert held.returncode == 1 and held.stdout == "", held
+    last = held.stderr.strip().splitlines()[-1]
+    assert f"process {pid} waits for {child}, which needs attention" in last, last
+    assert time.monotonic() - started < 30, "resume waited for what cannot move"
+    # Left as they were: the child in attention, the parent's wait in the store.
+    assert ps_row(home, child)["state"] == "attention"
+    assert ps_row(home, pid)["wait"] == f"proc:{child}"
+
+    got = out_json(cli(home, "resolve", str(child), "--skip", "--json"))
+    assert got["pid"] == child and got["result"]["skipped"] == "Unavailable", got
+    rec = out_json(cli(home, "resume", str(pid), "--json"))
+    assert rec["exit_reason"] == "returned" and rec["result"]["skipped"] == "Unavailable"
 
 
 # ------------------------------------------------------------------ offline approvals

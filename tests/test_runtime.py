@@ -497,3 +497,37 @@ def test_state_transitions_are_recorded(sup: Supervisor, make_image: MakeImage) 
     rec = sup.store.get_process(pid)
     assert rec.state == "exited" and rec.result == "exited" and rec.wait is None
     assert rec.created_at <= (rec.started_at or 0) <= (rec.ready_at or 0) <= (rec.ended_at or 0)
+
+
+def test_a_call_too_large_to_send_is_refused_and_the_agent_goes_on_in_step(
+    sup: Supervisor, make_image: MakeImage
+) -> None:
+    """A request the broker would refuse at its door for its size (before it numbers
+    it) is refused by the SDK before it is sent, unnumbered: the agent catches the
+    LimitExceeded and its next calls are answered, and journaled in order."""
+    img = make_image("big", """
+        from agentlibos.errors import LimitExceeded
+
+        def main(ctx, args):
+            refused = []
+            for attempt in (lambda: ctx.obj.put("big", "x" * (2 << 20)),
+                            lambda: ctx.client.call("clock.now", {"pad": "z" * 1_100_000}),
+                            lambda: ctx.fs.write_bytes("b.bin", b"y" * (40 << 20))):
+                try:
+                    attempt()
+                except LimitExceeded as e:
+                    refused.append(str(e))
+            ctx.obj.put("small", "ok")
+            return {"refused": refused, "names": ctx.obj.list(), "get": ctx.obj.get("small")}
+    """, caps=["fs:rw:./**"])
+    rec = run_proc(sup, img, timeout_s=60)
+    assert rec.exit_reason == "returned", rec.error
+    assert len(rec.result["refused"]) == 3, rec.result
+    assert rec.result["refused"][0].startswith("obj.put: header of"), rec.result
+    assert "exceeds 1048576" in rec.result["refused"][0]
+    assert rec.result["refused"][2].startswith("fs.write: blob of"), rec.result
+    assert rec.result["get"] == "ok"
+    # The journal holds the calls that were sent, numbered 1, 2, 3 with no gap.
+    entries = sup.store.journal_entries(rec.pid)
+    assert [e.call for e in entries] == ["obj.put", "obj.list", "obj.get"]
+    assert [e.seq for e in entries] == [1, 2, 3]

@@ -64,10 +64,17 @@ def cmd_resume(ns: argparse.Namespace) -> int:
         return report(paths, outcome, as_json=ns.json)
     with embedded_supervisor(paths, sandbox=sandbox_config(ns), resume_tree=root) as sup:
         interrupted = sup.serve()
+        stuck = [] if interrupted else sup.stuck()
         outcome = RunOutcome(ns.pid, sup.record(ns.pid), interrupted=interrupted)
     if outcome.record.get("state") == "attention":
         err(f"process {ns.pid} needs attention: a crash left an effect unsettled "
             f"(`agentlibos attention`); answer with `agentlibos resolve {ns.pid} "
-            "--retry|--skip|--fail`")
+            "--retry|--skip|--fail`, then resume it again")
+        return EXIT_FAILED
+    if stuck:
+        err(f"process {ns.pid} waits for {', '.join(map(str, stuck))}, which "
+            f"need{'s' if len(stuck) == 1 else ''} attention: a crash left an effect "
+            "unsettled (`agentlibos attention`); answer with `agentlibos resolve PID "
+            "--retry|--skip|--fail`, then resume it again")
         return EXIT_FAILED
     return report(paths, outcome, as_json=ns.json)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -174,6 +175,33 @@ def _salvage_id(text: str) -> int | None:
         return None
 
 
+def _header_size_error(header: bytes, limits: WireLimits) -> LibOSError | None:
+    if len(header) > limits.max_header_bytes:
+        return LimitExceeded(f"header of {len(header)} bytes exceeds {limits.max_header_bytes}")
+    return None
+
+
+def _frames_size_error(total: int, blobs: Sequence[bytes],
+                       limits: WireLimits) -> LibOSError | None:
+    if total > limits.max_total_bytes:
+        return LimitExceeded(f"message of {total} bytes exceeds {limits.max_total_bytes}")
+    if len(blobs) > limits.max_blobs:
+        return ProtocolError(f"too many blob frames ({len(blobs)})")
+    for b in blobs:
+        if len(b) > limits.max_blob_bytes:
+            return LimitExceeded(f"blob of {len(b)} bytes exceeds {limits.max_blob_bytes}")
+    return None
+
+
+def size_error(frames: Sequence[bytes], limits: WireLimits = DEFAULT_LIMITS) -> LibOSError | None:
+    """Why the broker would refuse an encoded request (magic, header, token, blobs) for
+    its sizes alone, or None. The SDK asks before it sends: the broker refuses such a
+    request before it reads its sequence number, so a client that numbered it anyway
+    would be out of step with the journal for every call after it."""
+    return (_header_size_error(frames[1], limits)
+            or _frames_size_error(sum(len(f) for f in frames), frames[3:], limits))
+
+
 def decode_request(frames: list[bytes], limits: WireLimits = DEFAULT_LIMITS) -> WireRequest:
     """Decode the frames after the routing id; raise :class:`WireError` if bad."""
     if not frames:
@@ -189,11 +217,9 @@ def decode_request(frames: list[bytes], limits: WireLimits = DEFAULT_LIMITS) -> 
         raise WireError(ProtocolError("truncated message: need header and token frames"), None)
     total = sum(len(f) for f in frames)
     header_raw, token, blobs = frames[1], frames[2], frames[3:]
-    if len(header_raw) > limits.max_header_bytes:
-        raise WireError(
-            LimitExceeded(f"header of {len(header_raw)} bytes exceeds {limits.max_header_bytes}"),
-            None,
-        )
+    too_big = _header_size_error(header_raw, limits)
+    if too_big is not None:
+        raise WireError(too_big, None)
     try:
         # As json.loads(bytes) decodes; 'surrogatepass' lets an encoded surrogate through
         # to be refused below with the request's id, not here without it.
@@ -221,17 +247,9 @@ def decode_request(frames: list[bytes], limits: WireLimits = DEFAULT_LIMITS) -> 
     rid = req_id if _is_int(req_id) else None
     if rid is None:
         raise WireError(ProtocolError("header 'id' must be an integer"), None)
-    if total > limits.max_total_bytes:
-        raise WireError(
-            LimitExceeded(f"message of {total} bytes exceeds {limits.max_total_bytes}"), rid
-        )
-    if len(blobs) > limits.max_blobs:
-        raise WireError(ProtocolError(f"too many blob frames ({len(blobs)})"), rid)
-    for b in blobs:
-        if len(b) > limits.max_blob_bytes:
-            raise WireError(
-                LimitExceeded(f"blob of {len(b)} bytes exceeds {limits.max_blob_bytes}"), rid
-            )
+    too_big = _frames_size_error(total, blobs, limits)
+    if too_big is not None:
+        raise WireError(too_big, rid)
     pid, call, args = header.get("pid"), header.get("call"), header.get("args", {})
     if not _is_int(pid):
         raise WireError(ProtocolError("header 'pid' must be an integer"), rid)

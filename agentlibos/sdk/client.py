@@ -13,7 +13,7 @@ from typing import Any
 
 from agentlibos.errors import ProtocolError, Timeout, from_wire
 from agentlibos.kernel.journal import UNJOURNALED, args_digest
-from agentlibos.protocol.wire import decode_reply, encode_request
+from agentlibos.protocol.wire import decode_reply, encode_request, size_error
 from agentlibos.protocol.zmtp import Dealer
 
 
@@ -28,7 +28,8 @@ class Client:
         self._dealer = dealer or Dealer(endpoint)
         self._ids = itertools.count(1)
         # The broker checks that calls arrive numbered 1, 2, 3...: the journal's order.
-        self._seq = itertools.count(1)
+        # The number of the next journaled call, taken only by a call that is sent.
+        self._next_seq = 1
         # A resumed process's journal: seq -> (call, digest, status, result JSON text).
         self._replay: dict[int, tuple[str, str, str, str]] = {}
 
@@ -45,14 +46,22 @@ class Client:
     ) -> tuple[Any, list[bytes]]:
         """Make one syscall; return ``(result, blobs)`` or raise its typed error."""
         req_id = next(self._ids)
-        seq = None if name in UNJOURNALED else next(self._seq)
+        seq = None if name in UNJOURNALED else self._next_seq
         if seq is not None and self._replay:
             local = self._replayed(seq, name, args or {}, blobs or [])
             if local is not None:
                 return local
+        frames = encode_request(req_id, self.pid, name, args or {}, self._token, blobs,
+                                seq=seq)
+        too_big = size_error(frames)
+        if too_big is not None:
+            # Refused here, unnumbered, as the broker would refuse it at its door: the
+            # agent may catch the error and go on, its next call keeps this number.
+            raise type(too_big)(f"{name}: {too_big.message}")
+        if seq is not None:
+            self._next_seq += 1
         dealer = self._dealer
-        dealer.send(encode_request(req_id, self.pid, name, args or {}, self._token,
-                                   blobs, seq=seq))
+        dealer.send(frames)
         while True:
             try:
                 frames = dealer.recv(timeout_s)
@@ -96,12 +105,14 @@ class Client:
             return None
         doc = json.loads(result)
         if status == "error":
+            self._next_seq = seq + 1  # answered here: it took its number
             raise from_wire(doc)
         out: list[bytes] = []
         for b in doc.get("blobs") or []:
             if not isinstance(b, str):
                 return None  # kept by digest only: the broker reads it again and checks
             out.append(base64.b64decode(b))
+        self._next_seq = seq + 1
         return doc.get("result"), out
 
     def __enter__(self) -> Client:
