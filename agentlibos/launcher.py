@@ -173,13 +173,18 @@ def run_request(
 def start_on_daemon(
     paths: Paths, image: str, args: dict[str, Any], *, cwd: str | None,
     policy: Policy | None, ask: str = "queue", tokens: int | None = None,
+    daemon_only: bool = False,
 ) -> tuple[int, int] | None:
-    """Submit the run to the daemon without waiting: (pid, daemon pid), or None if none is up."""
-    supervisor = daemon_pid(paths)
-    if supervisor is None:
+    """Submit the run to the daemon without waiting: (pid, daemon pid), or None if none is up.
+
+    ``daemon_only``: not to a supervisor another command embeds (an `agentlibos run` in
+    the foreground serves its own tree and ends with it; a run handed to it would hold
+    that command open until it ends too)."""
+    info = ping(paths.control_endpoint)
+    if info is None or (daemon_only and info.get("mode") == "embedded"):
         return None
     req = run_request(image, args, cwd=cwd, policy=policy, ask=ask, tokens=tokens)
-    return int(control_call(paths.control_endpoint, req)["pid"]), supervisor
+    return int(control_call(paths.control_endpoint, req)["pid"]), int(info["pid"])
 
 
 def run_image(

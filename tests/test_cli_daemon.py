@@ -179,6 +179,29 @@ def test_detach_without_a_daemon_is_refused_with_how_to_start_one(
     assert not (home / "state.db").exists() or ps(home) == []
 
 
+def test_detach_is_refused_when_only_a_foreground_run_serves(
+    home: Path, make_image: MakeImage, tmp_path: Path
+) -> None:
+    """A foreground `run` embeds a supervisor for its own tree, which ends with it: a
+    detached run is not handed to it (it would hold that command open)."""
+    gated = make_image("gated", GATED, caps=["fs:read:./**"])
+    quick = make_image("quick", "def main(ctx, args):\n    return 1\n")
+    first = start_run(home, str(gated), "--cwd", str(tmp_path), "--json")
+    try:
+        wait_for(lambda: any(r["state"] in ("running", "waiting") for r in ps(home)))
+        p = cli(home, "run", str(quick), "--detach")
+        assert p.returncode == 2, p
+        assert "needs a running daemon" in p.stderr and "serve --detach" in p.stderr
+        assert [r["pid"] for r in ps(home)] == [1]  # nothing was started
+        (tmp_path / "go").write_text("")
+        out, _ = first.communicate(timeout=60)
+        assert first.returncode == 0 and json.loads(out)["pid"] == 1
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait(10)
+
+
 def test_serve_detach_returns_once_the_daemon_answers(home: Path, make_image: MakeImage) -> None:
     p = cli(home, "serve", "--detach", "--json", check=True)
     info = json.loads(p.stdout)

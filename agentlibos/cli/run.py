@@ -136,9 +136,10 @@ def cmd_run(ns: argparse.Namespace) -> int:
     if ns.detach:
         paths.check()
         started = start_on_daemon(paths, image, args, cwd=cwd, policy=policy, ask=ask,
-                                  tokens=ns.tokens)
+                                  tokens=ns.tokens, daemon_only=True)
         if started is None:
-            raise UsageError("--detach needs a running daemon: start one with "
+            raise UsageError("--detach needs a running daemon (`agentlibos run` in the "
+                             "foreground serves only its own tree): start one with "
                              "`agentlibos serve --detach`")
         pid = started[0]
         if ns.json:
