@@ -323,3 +323,56 @@ def test_an_llm_agent_runs_a_command_and_fetches_a_url_through_its_tools(
         sup.stop()
         server.shutdown()
         server.server_close()
+
+
+SHOUT_TS = """
+export default async function (args: { text: string }, libos: unknown) {
+  return args.text.toUpperCase();
+}
+"""
+
+
+@pytest.mark.deno
+def test_a_model_registers_a_jit_tool_and_calls_it_from_its_next_step(
+        paths: Paths, project: Path, tmp_path: Path, server: FakeOpenAI) -> None:
+    schema = {"type": "object", "properties": {"text": {"type": "string"}},
+              "required": ["text"]}
+    server.plan.extend([
+        Answer(content=None, tool_calls=[
+            {"name": "register", "arguments": {"name": "shout", "source": SHOUT_TS,
+                                               "schema": schema}},
+            {"name": "register", "arguments": {"name": "broken",
+                                               "source": "export default 3 +;"}}]),
+        Answer(content=None, tool_calls=[{"name": "shout", "arguments": {"text": "hi"}},
+                                         {"name": "shout", "arguments": {"text": 7}}]),
+        Answer(content="done"),
+    ])
+    sup = http_sup(paths, server)
+    try:
+        img = agent_image(tmp_path, "toolsmith", model="local/gpt-test", caps=(
+            "model:call:*", "jit:register:*", "jit:invoke:*"),
+            tools={"register": "builtin:jit.register"})
+        rec = run_proc(sup, img, {"task": "make a tool"}, cwd=project, timeout_s=120)
+        assert rec.state == "exited", (rec.error, log_of(sup, rec.pid))
+        assert rec.result["answer"] == "done" and rec.result["steps"] == 3
+        offered = [{t["function"]["name"]: t["function"]["parameters"]
+                    for t in r["body"]["tools"]} for r in server.received]
+        assert set(offered[0]) == {"register"}
+        # The one that passed `deno check` is offered from the next step, with its schema.
+        assert set(offered[1]) == set(offered[2]) == {"register", "shout"}
+        assert offered[1]["shout"] == schema
+        registered, broken = _tool_results(server, 1)
+        assert "InvalidArgument" not in registered, registered
+        assert broken.startswith("InvalidArgument: jit.register: 'broken' does not pass")
+        shouted, bad = _tool_results(server, 2)[2:]
+        assert shouted == "HI"
+        assert bad.startswith("InvalidArgument: the arguments of shout do not match")
+    finally:
+        sup.stop()
+
+
+def test_a_jit_tool_cannot_register_tools_but_the_loop_may() -> None:
+    from agentlibos.broker.syscalls import lookup  # noqa: PLC0415
+
+    assert lookup("jit.register").tool_ok and not lookup("jit.register").jit_ok
+    assert IMAGE_BUILTINS["jit.register"] == "jit.register"

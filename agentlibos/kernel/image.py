@@ -66,6 +66,7 @@ BUILTIN_TOOLS: Final[dict[str, str]] = {
     "shell.exec": "shell.exec",
     "net.fetch": "net.fetch",
     "image.register": "image.register",
+    "jit.register": "jit.register",
 }
 # The built-in agent loop (agentlibos/sdk/agent_loop.py): what an image with an [agent]
 # table and no entry runs.

@@ -24,7 +24,7 @@ from typing import Any, Final
 import jsonschema
 
 from agentlibos.errors import LibOSError, LimitExceeded
-from agentlibos.kernel.image import AgentImage, ToolSpec, load_image
+from agentlibos.kernel.image import TOOL_NAME_RE, AgentImage, ToolSpec, load_image
 from agentlibos.sdk import Context
 
 __all__ = ["BUILTIN_TOOLS", "BuiltinTool", "LoopTool", "main", "run_loop", "tool_table"]
@@ -109,8 +109,7 @@ def _fetch_decode(result: Any, blobs: list[bytes]) -> Any:
     return out
 
 
-# Keyed by the syscall a builtin wraps (ToolSpec.ref). Builtins that arrive with later
-# primitives add a row here (jit.register).
+# Keyed by the syscall a builtin wraps (ToolSpec.ref).
 BUILTIN_TOOLS: Final[dict[str, BuiltinTool]] = {
     "fs.read": BuiltinTool(
         "Read a whole text file and return its contents.",
@@ -201,6 +200,17 @@ BUILTIN_TOOLS: Final[dict[str, BuiltinTool]] = {
         "Register an image directory under your working directory by its name (or the "
         "given name), so it can be spawned. Registering grants it nothing.",
         _obj({"path": _PATH, "name": {"type": "string", "minLength": 1}}, ("path",))),
+    "jit.register": BuiltinTool(
+        "Write a new tool in TypeScript and register it under a name; from your next "
+        "step on you can call it by that name. The source is a module whose default "
+        "export is `async function (args, libos)` returning a JSON value; `libos` offers "
+        "fs.readText(path), fs.writeText(path, text), obj.get(name), obj.put(name, "
+        "value) and syscall(name, params), each checked against your capabilities. It "
+        "is type-checked first (errors come back as the result). Returns its version.",
+        _obj({"name": {"type": "string", "pattern": TOOL_NAME_RE.pattern.replace("\\Z", "$")},
+              "source": {"type": "string", "minLength": 1},
+              "schema": {"type": "object", "description": "the JSON Schema of its "
+                         "arguments (default: any object)"}}, ("name", "source"))),
 }
 
 
@@ -260,7 +270,8 @@ def _error(e: LibOSError) -> str:
 
 def run_tool(ctx: Context, table: dict[str, LoopTool], call: dict[str, Any]) -> str:
     """One tool call the model made, as the text of its tool result. Never raises a
-    LibOSError: what goes wrong is what the model reads."""
+    LibOSError: what goes wrong is what the model reads. A tool the model registered
+    (jit.register) joins ``table``, to be offered from the next step on."""
     fn = call.get("function") or {}
     name = fn.get("name")
     tool = table.get(name) if isinstance(name, str) else None
@@ -290,9 +301,23 @@ def run_tool(ctx: Context, table: dict[str, LoopTool], call: dict[str, Any]) -> 
                                         blobs)
     except LibOSError as e:
         return _error(e)
+    if tool.builtin is BUILTIN_TOOLS["jit.register"]:
+        _offer(table, str(args["name"]), args.get("schema"))
     if tool.builtin is not None:
         result = tool.builtin.decode(result, out_blobs)
     return _text(result)
+
+
+def _offer(table: dict[str, LoopTool], name: str, schema: Any) -> None:
+    """Offer a tool registered at run time (again, if registered anew)."""
+    params = schema if isinstance(schema, dict) else {"type": "object"}
+    for fn, t in list(table.items()):
+        if t.name == name and t.builtin is None:
+            table[fn] = LoopTool(name, fn, t.description, params, None)
+            return
+    fn = _function_name(name, set(table))
+    table[fn] = LoopTool(name, fn, f"The {name} tool (TypeScript, registered by you).",
+                         params, None)
 
 
 def _add(usage: dict[str, int], more: Any) -> None:
@@ -337,6 +362,7 @@ def run_loop(ctx: Context, image: AgentImage, task: str) -> dict[str, Any]:
         for call in calls:
             messages.append({"role": "tool", "tool_call_id": str(call.get("id", "")),
                              "content": run_tool(ctx, table, call)})
+        schemas = [t.schema() for t in table.values()] or None  # with any registered
     return {"answer": last, "steps": steps, "usage": usage, "stopped": "max_steps"}
 
 

@@ -736,7 +736,7 @@ class JitManager:
         try:
             if not isinstance(name, str) or not isinstance(params, dict):
                 raise InvalidArgument("a tool's syscall needs a name and an object of params")
-            if not lookup(name).tool_ok:
+            if not lookup(name).jit_ok:
                 raise InvalidArgument(f"{name} cannot be called from a tool")
             # The tool's pipe is a door like the wire: the same refusals of non-finite
             # numbers, text that is not text and deep nesting.

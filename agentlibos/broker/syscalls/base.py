@@ -185,6 +185,9 @@ class Syscall:
     handler: Handler
     doc: str
     tool_ok: bool  # may be wrapped as a builtin tool
+    # May a JIT tool's code make it (libos.syscall)? Unless said otherwise, when it may
+    # be a builtin tool.
+    jit_ok: bool = True
 
     def validate(self, args: dict[str, Any]) -> dict[str, Any]:
         unknown = set(args) - set(self.params)
@@ -200,14 +203,15 @@ REGISTRY: dict[str, Syscall] = {}
 
 
 def syscall(
-    name: str, /, *, tool_ok: bool = True, **params: Param
+    name: str, /, *, tool_ok: bool = True, jit_ok: bool | None = None, **params: Param
 ) -> Callable[[Handler], Handler]:
     """Register a handler under ``name`` with its parameter schema."""
 
     def register(fn: Handler) -> Handler:
         if name in REGISTRY:
             raise RuntimeError(f"syscall {name} registered twice")
-        REGISTRY[name] = Syscall(name, dict(params), fn, (fn.__doc__ or "").strip(), tool_ok)
+        REGISTRY[name] = Syscall(name, dict(params), fn, (fn.__doc__ or "").strip(), tool_ok,
+                                 tool_ok if jit_ok is None else jit_ok)
         return fn
 
     return register

@@ -74,7 +74,9 @@ def tool_call(
 
 @syscall(
     "jit.register",
-    tool_ok=False,
+    # The agent loop's builtin tool (a model writes a tool, then calls it); not from a
+    # JIT tool's own code, which registers nothing.
+    jit_ok=False,
     name=Param(str, max_len=64),
     source=Param(str, max_len=MAX_SOURCE_BYTES),
     schema=Param(dict, required=False),
