@@ -240,3 +240,26 @@ def test_ctrl_c_at_the_prompt_stops_the_tree_and_exits_130(
     rows = json.loads(cli(home, "ps", "--all", "--json", check=True).stdout)
     assert [(r["pid"], r["state"]) for r in rows] == [(1, "killed")]
     assert not (proj / "out.txt").exists()
+
+
+@pytest.mark.parametrize("typed, want", [
+    ("n\nnot on a Friday\n", ["denied"]),   # the reason is the line after the "n"
+    ("y\nn\n\n", ["written", "denied"]),    # two asks, answered from one pipe
+    ("y\ny", ["written", "written"]),       # a last line without its newline
+])
+def test_prompt_answers_from_a_pipe_take_one_line_each(
+    home: Path, writer: Path, policy: Path, proj: Path, typed: str, want: list[str]
+) -> None:
+    """stdin a pipe holding every answer at once (a script, `yes`): each line answers
+    one question, none is lost to the read that found it."""
+    n = str(len(want))
+    p = subprocess.run(
+        [sys.executable, "-m", "agentlibos", "run", str(writer), "--cwd", str(proj),
+         "--policy", str(policy), "--arg", f"n={n}", "--ask", "prompt", "--json"],
+        check=False, input=typed, capture_output=True, text=True, timeout=90,
+        env={**os.environ, "AGENTLIBOS_HOME": str(home)})
+    assert p.returncode == 0, p.stderr
+    got = json.loads(p.stdout)["result"]
+    assert [g.split(":")[0] for g in got] == want, got
+    if want == ["denied"]:
+        assert "not on a Friday" in got[0]

@@ -45,6 +45,8 @@ class Prompter:
         self.out = out if out is not None else sys.stderr
         self._stop = threading.Event()
         self._eof = False
+        self._eof_seen = False  # stdin ended; lines read before it are still answered
+        self._typed = b""  # read from stdin, not yet answered
         self._thread = threading.Thread(target=self._main, name=f"ask-prompt-{root_pid}",
                                         daemon=True)
 
@@ -149,21 +151,30 @@ class Prompter:
         """One line from the terminal; _Gone if the item is decided elsewhere meanwhile."""
         self._say(prompt)
         checked = time.monotonic()
-        buf = b""
         while True:
             if self._stop.is_set():
+                raise _Gone
+            # Lines read ahead are kept for the next question (stdin may be a pipe that
+            # holds every answer at once): one line answers one question.
+            if b"\n" in self._typed:
+                line, self._typed = self._typed.split(b"\n", 1)
+                return line.decode(errors="replace").strip()
+            if self._eof_seen:
+                if self._typed:  # a last line without its newline
+                    line, self._typed = self._typed, b""
+                    return line.decode(errors="replace").strip()
+                # stdin closed: nobody is there to ask any more
+                self._eof = True
+                self._say("\nagentlibos: stdin closed; answer with `agentlibos approve "
+                          f"{item.get('id')}`, `deny` or `answer`\n")
                 raise _Gone
             ready, _, _ = select.select([self.fd_in], [], [], POLL_S)
             if ready:
                 chunk = os.read(self.fd_in, 4096)
-                if not chunk:  # stdin closed: nobody is there to ask any more
-                    self._eof = True
-                    self._say("\nagentlibos: stdin closed; answer with `agentlibos approve "
-                              f"{item.get('id')}`, `deny` or `answer`\n")
-                    raise _Gone
-                buf += chunk
-                if b"\n" in buf:
-                    return buf.split(b"\n", 1)[0].decode(errors="replace").strip()
+                if chunk:
+                    self._typed += chunk
+                else:
+                    self._eof_seen = True
             elif time.monotonic() - checked >= RECHECK_S:
                 checked = time.monotonic()
                 if not self._still_pending(int(item["id"])):
