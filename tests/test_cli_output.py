@@ -182,6 +182,20 @@ def test_agent_chosen_text_never_reaches_the_terminal_raw(
 @pytest.mark.privileged
 @needs_root
 @pytest.mark.slow
+def test_audit_of_a_home_where_nothing_ran_is_an_empty_sound_log(tmp_path: Path) -> None:
+    home = tmp_path / "fresh"
+    assert json.loads(cli(home, "audit", "--json", check=True).stdout) == []
+    assert cli(home, "audit", check=True).stdout == ""
+    verified = json.loads(cli(home, "audit", "--verify", "--json", check=True).stdout)
+    assert verified == {"ok": True, "count": 0, "first_bad_seq": None, "problem": None,
+                        "head": None}
+    assert "0 records" in cli(home, "audit", "--verify", check=True).stdout
+    for bad in (["--limit", "-1"], ["--limit", "x"], ["--verdict", "maybe"]):
+        p = cli(home, "audit", *bad)
+        assert p.returncode == 2, (bad, p)
+    assert not home.exists()  # looking created nothing
+
+
 def test_audit_filters_follow_and_verify_head(
     home: Path, make_image: MakeImage
 ) -> None:
@@ -197,6 +211,9 @@ def test_audit_filters_follow_and_verify_head(
     infos = json.loads(cli(home, "audit", "--json", "--verdict", "info", check=True).stdout)
     assert infos and all(r["verdict"] == "info" for r in infos)
     assert cli(home, "audit", "--verdict", "maybe").returncode == 2
+    # The queue's answers are verdicts too: none here, so an empty list, not an error.
+    assert json.loads(cli(home, "audit", "--json", "--verdict", "approved",
+                          check=True).stdout) == []
     head = json.loads(cli(home, "audit", "--verify", "--json", check=True).stdout)
     assert head["ok"] and head["head"] == {"seq": every[-1]["seq"], "hash": every[-1]["hash"]}
     env = {**os.environ, "AGENTLIBOS_HOME": str(home)}

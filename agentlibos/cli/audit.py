@@ -17,13 +17,15 @@ from agentlibos.cli.common import (
     print_json,
     readonly_store,
 )
-from agentlibos.errors import NotFound
-from agentlibos.kernel.audit import AuditRecord
+from agentlibos.kernel.audit import AuditRecord, VerifyResult
 from agentlibos.launcher import Interrupt, signals
 from agentlibos.store import Store
 from agentlibos.ui import printable
 
-VERDICTS: Final = ("allow", "deny", "ask", "info", "error")
+# Every verdict a record can carry: a decision, an answer in the approval queue
+# (docs/approvals.md), lifecycle information, a runtime error.
+VERDICTS: Final = ("allow", "deny", "ask", "approved", "denied", "expired", "answered",
+                   "info", "error")
 FOLLOW_POLL_S: Final = 0.2
 
 
@@ -37,10 +39,20 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     a.add_argument("--pid", type=int, help="only records of this process")
     a.add_argument("--verdict", choices=VERDICTS, help="only records with this verdict")
     a.add_argument("--call", metavar="CALL", help="only this call (a glob: 'fs.*')")
-    a.add_argument("--limit", type=int, help="only the last N records")
+    a.add_argument("--limit", type=_count, help="only the last N records")
     a.add_argument("--follow", "-f", action="store_true",
                    help="keep printing new records as they are appended (Ctrl-C ends)")
     a.add_argument("--verify", action="store_true", help="check the hash chain")
+
+
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, not {text!r}")
+    return n
 
 
 def format_record(r: AuditRecord) -> str:
@@ -84,11 +96,31 @@ def _verify(ns: argparse.Namespace, store: Store) -> int:
     return EXIT_OK if res.ok else EXIT_FAILED
 
 
+def _nothing_yet(ns: argparse.Namespace) -> int:
+    """A home where nothing has run has an empty log, which is a sound chain."""
+    if ns.verify:
+        if ns.json:
+            print_json(VerifyResult(ok=True, count=0).__dict__ | {"head": None})
+        else:
+            print("audit chain OK: 0 records verified")
+    elif ns.json and not ns.follow:
+        print_json([])
+    return EXIT_OK
+
+
 def cmd_audit(ns: argparse.Namespace) -> int:
     paths = paths_of(ns)
     store = readonly_store(paths)
+    if store is None and ns.follow and not ns.verify:
+        interrupt = Interrupt()
+        with signals(interrupt):  # nothing has run yet: follow from the first record
+            while store is None and not interrupt:
+                time.sleep(FOLLOW_POLL_S)
+                store = readonly_store(paths)
+        if store is None:
+            return EXIT_INTERRUPTED
     if store is None:
-        raise NotFound(f"no audit log: nothing has run in {paths.home}")
+        return _nothing_yet(ns)
     try:
         if ns.verify:
             return _verify(ns, store)
