@@ -531,3 +531,19 @@ def test_a_call_too_large_to_send_is_refused_and_the_agent_goes_on_in_step(
     entries = sup.store.journal_entries(rec.pid)
     assert [e.call for e in entries] == ["obj.put", "obj.list", "obj.get"]
     assert [e.seq for e in entries] == [1, 2, 3]
+
+
+def test_evicted_is_shown_only_for_a_live_process() -> None:
+    """A process killed while evicted keeps the store's flag; ps shows it ended, not
+    evicted (the column means "stopped while it waits")."""
+    from agentlibos.kernel.process import ProcessRecord  # noqa: PLC0415
+
+    def rec(state: str) -> ProcessRecord:
+        return ProcessRecord(pid=3, ppid=None, root_pid=3, image="x", image_path="/x",
+                             state=state, cwd="/", args={}, limits={}, policy_id=1,  # type: ignore[arg-type]
+                             evicted=True)
+
+    assert rec("waiting").table_row()["evicted"] is True
+    assert rec("attention").table_row()["evicted"] is True
+    for ended in ("exited", "killed", "failed"):
+        assert rec(ended).table_row()["evicted"] is False

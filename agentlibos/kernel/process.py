@@ -113,7 +113,9 @@ class ProcessRecord:
             "ready_at": self.ready_at,
             "ended_at": self.ended_at,
             "wait": self.wait,
-            "evicted": self.evicted,
+            # Stopped while it waits: said of a live process only (one that ended after
+            # an eviction keeps the column's flag in the store, not in what is shown).
+            "evicted": self.evicted and self.live,
             "tokens": self.tokens,
             "resumes": self.resumes,
             "attention": self.attention,
