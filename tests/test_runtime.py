@@ -547,3 +547,23 @@ def test_evicted_is_shown_only_for_a_live_process() -> None:
     assert rec("attention").table_row()["evicted"] is True
     for ended in ("exited", "killed", "failed"):
         assert rec(ended).table_row()["evicted"] is False
+
+
+def test_sdk_parameters_may_be_given_by_position_as_the_contract_lists_them(
+    sup: Supervisor, make_image: MakeImage
+) -> None:
+    make_image("kid", "def main(ctx, args):\n    return args['n']\n")
+    img = make_image("positional", """
+        def main(ctx, args):
+            ctx.fs.write_text("a.txt", "x", "utf-8", False)
+            ctx.obj.put("a", 1, "int", "self", 0)
+            child = ctx.proc.spawn("kid", {"n": 5}, None, None)
+            return {"text": ctx.fs.read_text("a.txt", "utf-8"),
+                    "get": ctx.obj.get("a", "self"),
+                    "names": [o["name"] for o in ctx.obj.list("self", "a")],
+                    "stat": ctx.obj.stat("a", "self")["type"],
+                    "wait": ctx.proc.wait(child, 30)["result"]}
+    """, caps=["fs:rw:./**", "proc:spawn:kid"])
+    rec = run_proc(sup, img, timeout_s=60)
+    assert rec.exit_reason == "returned", rec.error
+    assert rec.result == {"text": "x", "get": 1, "names": ["a"], "stat": "int", "wait": 5}

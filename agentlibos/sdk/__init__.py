@@ -42,14 +42,14 @@ class Fs(_Family):
         _, blobs = self._c.call("fs.read", args)
         return blobs[0] if blobs else b""
 
-    def read_text(self, path: str, *, encoding: str = "utf-8",
+    def read_text(self, path: str, encoding: str = "utf-8",
                   max_bytes: int | None = None) -> str:
         return self.read_bytes(path, max_bytes=max_bytes).decode(encoding)
 
-    def write_bytes(self, path: str, data: bytes, *, append: bool = False) -> int:
+    def write_bytes(self, path: str, data: bytes, append: bool = False) -> int:
         return int(self._call("fs.write", {"path": path, "append": append}, [bytes(data)])["size"])
 
-    def write_text(self, path: str, text: str, *, encoding: str = "utf-8",
+    def write_text(self, path: str, text: str, encoding: str = "utf-8",
                    append: bool = False) -> int:
         return self.write_bytes(path, text.encode(encoding), append=append)
 
@@ -69,34 +69,34 @@ class Fs(_Family):
     def mkdir(self, path: str, *, parents: bool = False, exist_ok: bool = False) -> None:
         self._call("fs.mkdir", {"path": path, "parents": parents, "exist_ok": exist_ok})
 
-    def delete(self, path: str, *, recursive: bool = False) -> None:
+    def delete(self, path: str, recursive: bool = False) -> None:
         self._call("fs.delete", {"path": path, "recursive": recursive})
 
 
 class Obj(_Family):
     """Typed, versioned Object Memory. ``ns="self"`` is the process's own namespace."""
 
-    def put(self, name: str, value: Any, *, type: str = "json", ns: str = "self",
+    def put(self, name: str, value: Any, type: str = "json", ns: str = "self",
             expect_version: int | None = None) -> dict[str, Any]:
         args: dict[str, Any] = {"name": name, "value": value, "type": type, "ns": ns}
         if expect_version is not None:
             args["expect_version"] = expect_version
         return dict(self._call("obj.put", args))
 
-    def get(self, name: str, *, ns: str = "self") -> Any:
+    def get(self, name: str, ns: str = "self") -> Any:
         return self._call("obj.get", {"name": name, "ns": ns})["value"]
 
-    def get_record(self, name: str, *, ns: str = "self") -> dict[str, Any]:
+    def get_record(self, name: str, ns: str = "self") -> dict[str, Any]:
         """The value with its type, version and times."""
         return dict(self._call("obj.get", {"name": name, "ns": ns}))
 
-    def stat(self, name: str, *, ns: str = "self") -> dict[str, Any]:
+    def stat(self, name: str, ns: str = "self") -> dict[str, Any]:
         return dict(self._call("obj.stat", {"name": name, "ns": ns}))
 
-    def list(self, *, ns: str = "self", prefix: str = "") -> list[dict[str, Any]]:
+    def list(self, ns: str = "self", prefix: str = "") -> list[dict[str, Any]]:
         return list(self._call("obj.list", {"ns": ns, "prefix": prefix}))
 
-    def delete(self, name: str, *, ns: str = "self", expect_version: int | None = None) -> None:
+    def delete(self, name: str, ns: str = "self", expect_version: int | None = None) -> None:
         args: dict[str, Any] = {"name": name, "ns": ns}
         if expect_version is not None:
             args["expect_version"] = expect_version
@@ -111,7 +111,7 @@ class Proc(_Family):
         self._pid = pid
         self._ppid = ppid
 
-    def spawn(self, image: str, *, args: dict[str, Any] | None = None,
+    def spawn(self, image: str, args: dict[str, Any] | None = None,
               caps: list[str] | None = None, cwd: str | None = None) -> int:
         """Start a child; ``caps`` (default: all yours) must lie within your own."""
         req: dict[str, Any] = {"image": image, "args": args or {}}
@@ -121,7 +121,7 @@ class Proc(_Family):
             req["cwd"] = cwd
         return int(self._call("proc.spawn", req)["pid"])
 
-    def wait(self, pid: int, *, timeout: float | None = None) -> dict[str, Any]:
+    def wait(self, pid: int, timeout: float | None = None) -> dict[str, Any]:
         """Block until ``pid`` ends; returns {pid, state, exit_reason, result}."""
         args: dict[str, Any] = {"pid": pid}
         if timeout is not None:
