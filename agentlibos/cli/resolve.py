@@ -16,7 +16,7 @@ from agentlibos.cli.common import (
     readonly_store,
     sandbox_config,
 )
-from agentlibos.cli.resume import root_of
+from agentlibos.cli.resume import held_up, root_of
 from agentlibos.cli.run import report
 from agentlibos.config import Paths
 from agentlibos.errors import Conflict
@@ -63,8 +63,9 @@ def cmd_resolve(ns: argparse.Namespace) -> int:
             return EXIT_OK
         note(f"process {ns.pid} resolved ({action}); serving its tree to its end")
         interrupted = sup.serve()
+        stuck = [] if interrupted else sup.stuck()
         outcome = RunOutcome(ns.pid, sup.record(ns.pid), interrupted=interrupted)
-    return report(paths, outcome, as_json=ns.json)
+    return held_up(ns.pid, outcome, stuck) or report(paths, outcome, as_json=ns.json)
 
 
 def _check_in_attention(paths: Paths, pid: int, *, supervisor_up: bool) -> None:

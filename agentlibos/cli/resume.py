@@ -66,15 +66,21 @@ def cmd_resume(ns: argparse.Namespace) -> int:
         interrupted = sup.serve()
         stuck = [] if interrupted else sup.stuck()
         outcome = RunOutcome(ns.pid, sup.record(ns.pid), interrupted=interrupted)
+    return held_up(ns.pid, outcome, stuck) or report(paths, outcome, as_json=ns.json)
+
+
+def held_up(pid: int, outcome: RunOutcome, stuck: list[int]) -> int | None:
+    """EXIT_FAILED, said on stderr, when ``pid`` or what it waits for needs attention
+    (Embedded.stuck); None otherwise."""
     if outcome.record.get("state") == "attention":
-        err(f"process {ns.pid} needs attention: a crash left an effect unsettled "
-            f"(`agentlibos attention`); answer with `agentlibos resolve {ns.pid} "
+        err(f"process {pid} needs attention: a crash left an effect unsettled "
+            f"(`agentlibos attention`); answer with `agentlibos resolve {pid} "
             "--retry|--skip|--fail`, then resume it again")
         return EXIT_FAILED
     if stuck:
-        err(f"process {ns.pid} waits for {', '.join(map(str, stuck))}, which "
+        err(f"process {pid} waits for {', '.join(map(str, stuck))}, which "
             f"need{'s' if len(stuck) == 1 else ''} attention: a crash left an effect "
             "unsettled (`agentlibos attention`); answer with `agentlibos resolve PID "
             "--retry|--skip|--fail`, then resume it again")
         return EXIT_FAILED
-    return report(paths, outcome, as_json=ns.json)
+    return None
