@@ -123,7 +123,6 @@ def test_bad_images_get_a_one_line_error(
 def test_bad_command_line_input_gets_a_one_line_error(
     home: Path, hello: Path, tmp_path: Path
 ) -> None:
-    assert_one_line_error(cli(home, "audit", "--verify"), "nothing has run")
     assert_one_line_error(cli(home, "run", str(hello), "--arg", "novalue"), "bad --arg")
     assert_one_line_error(cli(home, "run", str(hello), "--arg", "a=1", "--arg", "a=2"),
                           "given twice")
