@@ -278,6 +278,11 @@ def _run_embedded(
     return RunOutcome(pid, sup.store.get_process(pid).public(), interrupted=bool(interrupt))
 
 
+# How often an embedded supervisor serving a resumed tree asks whether only the
+# operator can move it now (Embedded.stuck).
+STUCK_CHECK_S: Final = 0.25
+
+
 class Embedded:
     """A supervisor in this process, for a command that needs one when no daemon is up
     (``checkpoint``, ``restore``, ``resume``, ``resolve``): :func:`embedded_supervisor`."""
@@ -300,7 +305,20 @@ class Embedded:
         operator (:meth:`stuck`), which are then left as a daemon leaves its processes
         (evicted, their waits in the store, for `resolve` and `resume`); True if a
         signal ended it first."""
-        self.sup.run_until(lambda: not self.sup.live or bool(self.stuck()))
+        # stuck() reads every live process's row: asked at most every STUCK_CHECK_S,
+        # not at every turn of the loop, so a large resumed tree is not slowed by it.
+        checked = [0.0]
+
+        def done() -> bool:
+            if not self.sup.live:
+                return True
+            now = time.monotonic()
+            if now - checked[0] < STUCK_CHECK_S:
+                return False
+            checked[0] = now
+            return bool(self.stuck())
+
+        self.sup.run_until(done)
         if self.sup.live:
             self.sup.mode = "serve"  # stop() keeps them
         return bool(self.interrupt)

@@ -102,8 +102,9 @@ def rehearse() -> bool:
         module = importlib.import_module(REHEARSAL_MODULE)
         # Compiled from its source as well: an installed package has its .pyc, an
         # agent's image usually has none.
-        with open(module.__file__ or "", encoding="utf-8") as f:
-            compile(f.read(), REHEARSAL_DIR, "exec")
+        path = module.__file__ or ""
+        with open(path, encoding="utf-8") as f:
+            compile(f.read(), path, "exec")
         Context(Client.__new__(Client), {"pid": 0})
     except Exception:  # noqa: BLE001 - a rehearsal that fails costs the spawn its time, no more
         return False
