@@ -123,16 +123,24 @@ class LocalFs:
         dfd, name = self._parent_fd(real)
         try:
             if append:
+                flags = (os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK
+                         | os.O_CLOEXEC)
                 try:
                     # O_NONBLOCK: see read(); a FIFO with no reader fails with ENXIO.
-                    fd = os.open(name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
-                                 | os.O_NONBLOCK | os.O_CLOEXEC, 0o644, dir_fd=dfd)
+                    try:  # O_EXCL first, to know whether this call made the file
+                        fd = os.open(name, flags | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=dfd)
+                        made = True
+                    except FileExistsError:
+                        fd = os.open(name, flags, dir_fd=dfd)
+                        made = False
                 except OSError as e:
                     if e.errno == errno.ENXIO:
                         raise InvalidArgument(
                             f"cannot append to {real!r}: not a regular file") from None
                     raise _fs_error(e, "cannot append to", real) from None
                 try:
+                    if made:
+                        _give_to_dir_owner(fd, dfd)
                     st = os.fstat(fd)
                     if not stat_mod.S_ISREG(st.st_mode):
                         raise InvalidArgument(f"cannot append to {real!r}: not a regular file")
@@ -154,24 +162,29 @@ class LocalFs:
                 while view:
                     n = os.write(fd, view)
                     view = view[n:]
+                try:
+                    st: os.stat_result | None = os.stat(name, dir_fd=dfd,
+                                                        follow_symlinks=False)
+                except FileNotFoundError:
+                    st = None
+                if st is None:
+                    _give_to_dir_owner(fd, dfd)
+                elif stat_mod.S_ISREG(st.st_mode):
+                    _keep_owner_and_mode(fd, st)
                 os.fsync(fd)
             except OSError as e:
                 os.close(fd)
                 os.unlink(tmp, dir_fd=dfd)
                 raise _fs_error(e, "cannot write", real) from None
             os.close(fd)
-            try:
-                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-                if stat_mod.S_ISDIR(st.st_mode):
-                    os.unlink(tmp, dir_fd=dfd)
-                    raise InvalidArgument(f"cannot write {real!r}: it is a directory")
-                if stat_mod.S_ISREG(st.st_mode) and st.st_nlink > 1:
-                    # rename() would replace only this name, but a write that quietly
-                    # splits a linked file is a surprise either way: refuse like append.
-                    os.unlink(tmp, dir_fd=dfd)
-                    _refuse_hard_linked(st, "write", real)
-            except FileNotFoundError:
-                pass
+            if st is not None and stat_mod.S_ISDIR(st.st_mode):
+                os.unlink(tmp, dir_fd=dfd)
+                raise InvalidArgument(f"cannot write {real!r}: it is a directory")
+            if st is not None and stat_mod.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                # rename() would replace only this name, but a write that quietly
+                # splits a linked file is a surprise either way: refuse like append.
+                os.unlink(tmp, dir_fd=dfd)
+                _refuse_hard_linked(st, "write", real)
             # rename() replaces a symlink at `name` itself rather than following it.
             os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
             return len(data)
@@ -223,6 +236,7 @@ class LocalFs:
         dfd, name = self._parent_fd(real)
         try:
             os.mkdir(name, 0o755, dir_fd=dfd)
+            _give_name_to_dir_owner(name, dfd)
         except FileExistsError:
             st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
             if not (exist_ok and stat_mod.S_ISDIR(st.st_mode)):
@@ -246,6 +260,7 @@ class LocalFs:
                     # Made meanwhile by someone else is fine: the open says what it is.
                     with contextlib.suppress(FileExistsError):
                         os.mkdir(comp, 0o755, dir_fd=fd)
+                        _give_name_to_dir_owner(comp, fd)
                     nfd = os.open(comp, flags, dir_fd=fd)
                 os.close(fd)
                 fd = nfd
@@ -302,6 +317,43 @@ class LocalFs:
             raise _fs_error(e, "cannot delete", real) from None
         finally:
             os.close(dfd)
+
+
+# Ownership. The supervisor usually runs as root, and the files an agent makes or rewrites
+# in a user's tree must stay that user's, with the modes they chose, as a shell command's
+# do (it runs as the cwd's owner): a rewrite goes through a new file and a rename, which
+# would otherwise leave a private 0600 file root-owned and 0644, world-readable.
+
+def _dir_owner(dfd: int) -> tuple[int, int] | None:
+    """Who a new entry of directory ``dfd`` should belong to: its owner, when this is
+    root making it for someone else; None when there is nothing to change."""
+    if os.geteuid() != 0:
+        return None
+    st = os.fstat(dfd)
+    return None if (st.st_uid, st.st_gid) == (0, 0) else (st.st_uid, st.st_gid)
+
+
+def _give_to_dir_owner(fd: int, dfd: int) -> None:
+    owner = _dir_owner(dfd)
+    if owner is not None:
+        os.fchown(fd, *owner)
+
+
+def _give_name_to_dir_owner(name: str, dfd: int) -> None:
+    owner = _dir_owner(dfd)
+    if owner is not None:
+        # Not following: were the new directory swapped for a link meanwhile, only the
+        # link would change hands (in a directory its owner controls anyway).
+        os.chown(name, *owner, dir_fd=dfd, follow_symlinks=False)
+
+
+def _keep_owner_and_mode(fd: int, old: os.stat_result) -> None:
+    """Give the replacement of a regular file its owner and permission bits. Set-id bits
+    are not carried over: an agent's bytes never become a set-id program."""
+    if (old.st_uid, old.st_gid) != (os.geteuid(), os.getegid()):
+        with contextlib.suppress(PermissionError):  # unprivileged: it becomes ours
+            os.fchown(fd, old.st_uid, old.st_gid)
+    os.fchmod(fd, stat_mod.S_IMODE(old.st_mode) & 0o777)
 
 
 def _refuse_hard_linked(st: os.stat_result, what: str, real: str) -> None:
