@@ -163,28 +163,28 @@ class LocalFs:
                     n = os.write(fd, view)
                     view = view[n:]
                 try:
-                    st: os.stat_result | None = os.stat(name, dir_fd=dfd,
-                                                        follow_symlinks=False)
+                    old: os.stat_result | None = os.stat(name, dir_fd=dfd,
+                                                         follow_symlinks=False)
                 except FileNotFoundError:
-                    st = None
-                if st is None:
+                    old = None
+                if old is None:
                     _give_to_dir_owner(fd, dfd)
-                elif stat_mod.S_ISREG(st.st_mode):
-                    _keep_owner_and_mode(fd, st)
+                elif stat_mod.S_ISREG(old.st_mode):
+                    _keep_owner_and_mode(fd, old)
                 os.fsync(fd)
             except OSError as e:
                 os.close(fd)
                 os.unlink(tmp, dir_fd=dfd)
                 raise _fs_error(e, "cannot write", real) from None
             os.close(fd)
-            if st is not None and stat_mod.S_ISDIR(st.st_mode):
+            if old is not None and stat_mod.S_ISDIR(old.st_mode):
                 os.unlink(tmp, dir_fd=dfd)
                 raise InvalidArgument(f"cannot write {real!r}: it is a directory")
-            if st is not None and stat_mod.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            if old is not None and stat_mod.S_ISREG(old.st_mode) and old.st_nlink > 1:
                 # rename() would replace only this name, but a write that quietly
                 # splits a linked file is a surprise either way: refuse like append.
                 os.unlink(tmp, dir_fd=dfd)
-                _refuse_hard_linked(st, "write", real)
+                _refuse_hard_linked(old, "write", real)
             # rename() replaces a symlink at `name` itself rather than following it.
             os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
             return len(data)
