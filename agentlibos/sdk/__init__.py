@@ -16,7 +16,7 @@ import builtins
 import os
 from typing import Any, NoReturn, overload
 
-from agentlibos.errors import NotFound
+from agentlibos.errors import LibOSError, NotFound
 from agentlibos.sdk.client import Client
 
 __all__ = ["Caps", "Clock", "Context", "Events", "Fs", "Human", "Image", "Jit", "Model", "Net",
@@ -156,9 +156,42 @@ class Caps(_Family):
 
 
 class Tools(_Family):
+    def __init__(self, client: Client, image_path: str = "") -> None:
+        super().__init__(client)
+        self._image_path = image_path
+        self._builtins: dict[str, Any] | None = None
+
     def call(self, name: str, args: dict[str, Any] | None = None) -> Any:
-        """Call a tool from this image's tool table (builtin or JIT)."""
-        return self._call("tool.call", {"name": name, "args": args or {}})
+        """Call a tool from this image's tool table (builtin or JIT).
+
+        A builtin takes and returns the same shape as in the agent loop: ``fs.read``
+        ``{path}`` returns the text, ``fs.write`` takes ``{path, text, append?}``,
+        ``net.fetch`` returns the body as ``text`` (docs/models.md); its arguments are
+        checked against its JSON Schema first (InvalidArgument)."""
+        args = {} if args is None else args
+        builtin = self._builtin(name)
+        if builtin is None:  # a JIT tool, or a name the broker will refuse
+            return self._call("tool.call", {"name": name, "args": args})
+        # Lazy: the loop's module imports jsonschema and this package (a cycle).
+        from agentlibos.sdk import agent_loop  # noqa: PLC0415
+
+        agent_loop.check_arguments(name, builtin.parameters, args)
+        return agent_loop.call_tool(self._c.call, name, builtin, args)
+
+    def _builtin(self, name: str) -> Any:
+        if self._builtins is None:
+            self._builtins = {}
+            if self._image_path:
+                from agentlibos.sdk import agent_loop  # noqa: PLC0415 - as in call()
+
+                # The image directory is readable inside the sandbox, as the loop reads it;
+                # the supervisor validated it before the fork.
+                try:
+                    image = agent_loop.load_image(self._image_path, agent_ids=None)
+                except (LibOSError, OSError):
+                    return None
+                self._builtins = agent_loop.builtin_tools(image)
+        return self._builtins.get(name)
 
 
 class Jit(_Family):
@@ -332,7 +365,8 @@ class Context:
         self.obj = Obj(client)
         self.proc = Proc(client, self.pid, self.ppid)
         self.caps = Caps(client)
-        self.tools = Tools(client)
+        self.image_path: str = str(info.get("image_path", ""))
+        self.tools = Tools(client, self.image_path)
         self.jit = Jit(client)
         self.human = Human(client)
         self.events = Events(client)
@@ -341,7 +375,6 @@ class Context:
         self.net = Net(client)
         self.model = Model(client)
         self.image = Image(client, str(info.get("image", "")))
-        self.image_path: str = str(info.get("image_path", ""))
 
     def checkpoint(self, name: str | None = None) -> dict[str, Any]:
         """Mark this point of the run (its journal position, its own objects, its

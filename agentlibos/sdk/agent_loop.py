@@ -23,11 +23,12 @@ from typing import Any, Final
 
 import jsonschema
 
-from agentlibos.errors import LibOSError, LimitExceeded
+from agentlibos.errors import InvalidArgument, LibOSError, LimitExceeded
 from agentlibos.kernel.image import TOOL_NAME_RE, AgentImage, ToolSpec, load_image
 from agentlibos.sdk import Context
 
-__all__ = ["BUILTIN_TOOLS", "BuiltinTool", "LoopTool", "main", "run_loop", "tool_table"]
+__all__ = ["BUILTIN_TOOLS", "BuiltinTool", "LoopTool", "builtin_tools", "call_tool",
+           "check_arguments", "load_image", "main", "run_loop", "tool_table"]
 
 # What one tool result may put into the conversation; the rest is cut, and said so.
 MAX_TOOL_RESULT_CHARS: Final = 32_000
@@ -283,29 +284,50 @@ def run_tool(ctx: Context, table: dict[str, LoopTool], call: dict[str, Any]) -> 
         args = json.loads(raw) if isinstance(raw, str) else raw
     except ValueError as e:
         return f"InvalidArgument: the arguments of {name} are not valid JSON ({e})"
-    if not isinstance(args, dict):
-        return f"InvalidArgument: the arguments of {name} must be a JSON object"
     try:
-        jsonschema.validate(args, tool.parameters)
-    except jsonschema.ValidationError as e:
-        where = "/".join(str(p) for p in e.absolute_path) or "(the arguments)"
-        return (f"InvalidArgument: the arguments of {name} do not match its schema: "
-                f"{e.message} at {where}")
-    except jsonschema.SchemaError as e:
-        return f"InvalidArgument: the schema of {name} is not valid: {e.message}"
-    blobs: list[bytes] = []
-    if tool.builtin is not None:
-        args, blobs = tool.builtin.encode(args)
-    try:
-        result, out_blobs = ctx.syscall("tool.call", {"name": tool.name, "args": args},
-                                        blobs)
+        check_arguments(str(name), tool.parameters, args)
+        result = call_tool(ctx.syscall, tool.name, tool.builtin, args)
     except LibOSError as e:
         return _error(e)
     if tool.builtin is BUILTIN_TOOLS["jit.register"]:
         _offer(table, str(args["name"]), args.get("schema"))
-    if tool.builtin is not None:
-        result = tool.builtin.decode(result, out_blobs)
     return _text(result)
+
+
+def check_arguments(name: str, parameters: dict[str, Any], args: Any) -> None:
+    """Refuse arguments that are not an object matching the tool's JSON Schema
+    (InvalidArgument, saying where), before anything is sent."""
+    if not isinstance(args, dict):
+        raise InvalidArgument(f"the arguments of {name} must be a JSON object")
+    try:
+        jsonschema.validate(args, parameters)
+    except jsonschema.ValidationError as e:
+        where = "/".join(str(p) for p in e.absolute_path) or "(the arguments)"
+        raise InvalidArgument(f"the arguments of {name} do not match its schema: "
+                              f"{e.message} at {where}") from None
+    except jsonschema.SchemaError as e:
+        raise InvalidArgument(f"the schema of {name} is not valid: {e.message}") from None
+
+
+Syscall = Callable[[str, dict[str, Any], list[bytes]], tuple[Any, list[bytes]]]
+
+
+def call_tool(syscall: Syscall, name: str, builtin: BuiltinTool | None,
+              args: dict[str, Any]) -> Any:
+    """One ``tool.call``; a builtin takes and returns its tool shape (``fs.write``
+    ``{path, text}``, ``fs.read`` the text), mapped onto the syscall it wraps. The same
+    for the loop and for ``ctx.tools.call``."""
+    blobs: list[bytes] = []
+    if builtin is not None:
+        args, blobs = builtin.encode(args)
+    result, out_blobs = syscall("tool.call", {"name": name, "args": args}, blobs)
+    return result if builtin is None else builtin.decode(result, out_blobs)
+
+
+def builtin_tools(image: AgentImage) -> dict[str, BuiltinTool]:
+    """The image's builtin tools by their ``[tools]`` names, with their tool shape."""
+    return {t.name: b for t in image.tools
+            if t.kind == "builtin" and (b := BUILTIN_TOOLS.get(t.ref)) is not None}
 
 
 def _offer(table: dict[str, LoopTool], name: str, schema: Any) -> None:

@@ -1,0 +1,86 @@
+"""``ctx.tools.call`` gives builtin tools the shape the contract lists (DESIGN.md,
+"Shapes the checks rely on"): ``fs.read {path}`` returns the text, ``fs.write {path,
+text, append?}`` writes it, ``net.fetch`` returns the body as text -- the same as the
+agent loop offers a model. Before, a builtin called from code got the raw syscall's
+shape: a read returned ``{size, path}`` and a write could not carry its text at all.
+"""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agentlibos.kernel.policy import parse_policy
+from agentlibos.supervisor import Supervisor
+from tests.helpers import MakeImage, run_proc
+
+TOOLS = {"read_file": "builtin:fs.read", "write_file": "builtin:fs.write",
+         "ls": "builtin:fs.list", "fetch": "builtin:net.fetch"}
+# The built-in policy asks a human before a fetch; this test has none to ask.
+ALLOW_NET = parse_policy('allow = ["net:*:*", "fs:*:./**"]\ndefault = "deny"\n', "net.toml")
+
+
+@pytest.fixture
+def server() -> Iterator[int]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"hello from loopback"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield srv.server_address[1]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_builtin_tools_called_from_code_take_and_return_their_tool_shape(
+    sup: Supervisor, make_image: MakeImage, tmp_path: Path, server: int
+) -> None:
+    cwd = tmp_path / "project"
+    cwd.mkdir()
+    (cwd / "notes.txt").write_text("some notes\n")
+    img = make_image("shapes", """
+        from agentlibos.errors import InvalidArgument
+        def main(ctx, args):
+            out = {"read": ctx.tools.call("read_file", {"path": "notes.txt"})}
+            out["wrote"] = ctx.tools.call("write_file", {"path": "out.txt", "text": "one\\n"})
+            ctx.tools.call("write_file", {"path": "out.txt", "text": "two\\n", "append": True})
+            out["back"] = ctx.fs.read_text("out.txt")
+            out["ls"] = sorted(e["name"] for e in ctx.tools.call("ls", {}))
+            got = ctx.tools.call("fetch", {"url": args["url"]})
+            out["fetch"] = [got["status"], got["text"]]
+            try:
+                ctx.tools.call("write_file", {"path": "x.txt"})
+            except InvalidArgument as e:
+                out["missing_text"] = e.message
+            return out
+    """, caps=["fs:rw:./**", f"net:fetch:http://127.0.0.1:{server}/**"], tools=TOOLS)
+    rec = run_proc(sup, img, {"url": f"http://127.0.0.1:{server}/x"}, cwd=cwd,
+                   policy=ALLOW_NET)
+    assert rec.state == "exited", rec.error
+    out = rec.result
+    assert out["read"] == "some notes\n"
+    assert out["back"] == "one\ntwo\n"
+    assert out["ls"] == ["notes.txt", "out.txt"]
+    assert out["fetch"] == [200, "hello from loopback"]
+    assert "text" in out["missing_text"] and "write_file" in out["missing_text"]
+    assert not (cwd / "x.txt").exists()
+    # Still one brokered tool.call each, audited under the tool's name.
+    tools = [a.detail.get("tool") for a in sup.store.audit_records(pid=rec.pid)
+             if a.detail.get("tool")]
+    assert tools.count("write_file") == 2 and tools.count("read_file") == 1
