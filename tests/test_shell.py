@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import signal
 import socket
 import tempfile
 import time
@@ -373,6 +374,23 @@ def test_a_command_past_its_deadline_is_killed_with_everything_it_started(
     assert run["timed_out"] is True and run["stdout"] == "" and run["exit_code"] == -9, run
     assert time.monotonic() - t0 < 20
     assert not _sleepers("sleep 10027") and not _sleepers("sleep 10037")
+
+
+@pytest.mark.privileged
+def test_a_command_that_signals_itself_dies_of_that_signal_under_its_init(
+    shsup: Supervisor, tmp_path: Path, project: Path
+) -> None:
+    # As pid 1 of its namespace the kernel dropped these: `kill -TERM $$` went on and
+    # reported 0, abort() came back as SIGSEGV. An init is pid 1 now, the command pid 2.
+    runs = shell(shsup, tmp_path, [
+        {"argv": ["sh", "-c", "kill -TERM $$; echo still alive"]},
+        {"argv": ["python3", "-c", "import os; os.abort()"]},
+        {"argv": ["python3", "-c", "import os; os.kill(os.getpid(), 9); print('alive')"]},
+        {"argv": ["sh", "-c", "echo $$; exit 3"]},
+    ], cwd=project, caps=["shell:exec:sh", "shell:exec:python3", "fs:read:./**"])
+    assert [r["exit_code"] for r in runs] == [-signal.SIGTERM, -signal.SIGABRT,
+                                              -signal.SIGKILL, 3], runs
+    assert [r["stdout"] for r in runs] == ["", "", "", "2\n"], runs
 
 
 @pytest.mark.privileged

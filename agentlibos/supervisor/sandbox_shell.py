@@ -66,6 +66,13 @@ class Run:
     error: LibOSError | None = None
     layers: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    reported: bytearray = field(default_factory=bytearray)
+    status: int | None = None  # the command's own wait status, from its init
+
+
+# What the report pipe may carry: the start report and the command's status, two short
+# lines. More is garbage (it is our init's, but checked all the same).
+_MAX_REPORT: Final = 1 << 16
 
 
 class SandboxShell:
@@ -159,21 +166,33 @@ class SandboxShell:
             self._read(run, run.out if fd == run.out.fd else run.err)
 
     def _on_report(self, run: Run) -> None:
+        """The report pipe: a line when the command's sandbox is up (or why it is not),
+        then, from its init, a line with the command's own wait status; then EOF."""
         assert run.report is not None
-        try:
-            data = os.read(run.report, 65536)
-        except BlockingIOError:
-            return
+        while True:
+            try:
+                data = os.read(run.report, 65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data or len(run.reported) + len(data) > _MAX_REPORT:
+                break
+            run.reported += data
         self._close(run.report)
         run.report = None
-        if not data:
+        lines = bytes(run.reported).split(b"\n")
+        if not lines[0]:
             return
-        report = parse_report(data)
+        report = parse_report(lines[0])
         run.layers = list(report.get("layers") or [])
         run.missing = list(report.get("missing") or [])
         if not report.get("ok"):
             run.error = Unavailable(f"shell.exec: the command could not be sandboxed: "
                                     f"{report.get('error')}")
+        status = parse_report(lines[1]).get("status") if len(lines) > 1 and lines[1] else None
+        if isinstance(status, int) and not isinstance(status, bool):
+            run.status = status
 
     def _read(self, run: Run, s: _Stream) -> None:
         while s.fd is not None:
@@ -250,6 +269,8 @@ class SandboxShell:
         self._workers.release(run.wid, run.cgroup)
         discard_tree(run.scratch)
         code: int | None = None
+        if run.status is not None:
+            status = run.status  # the command's, not its init's (which exits 0)
         if status is not None:
             code = (os.WEXITSTATUS(status) if os.WIFEXITED(status)
                     else -os.WTERMSIG(status) if os.WIFSIGNALED(status) else None)

@@ -31,12 +31,13 @@ from agentlibos.sdk.runtime import rehearse, run_agent
 START_FAILED_STATUS = 121
 
 
-def _report(fd: int, msg: dict[str, Any]) -> None:
+def _report(fd: int, msg: dict[str, Any], *, keep: bool = False) -> None:
     data = json.dumps(msg).encode()
     try:
-        os.write(fd, data)
+        os.write(fd, data + b"\n" if keep else data)
     finally:
-        os.close(fd)
+        if not keep:
+            os.close(fd)
 
 
 def parse_report(data: bytes) -> dict[str, Any]:
@@ -87,8 +88,11 @@ def _title(spec: dict[str, Any]) -> None:
 
 def _start(spec: dict[str, Any], report_fd: int,
            setup: Callable[[], None], pooled: contain.Pooled | None = None,
-           handed: contain.Handed | None = None) -> contain.Contained:
-    """Set up, contain, enter scratch and report -- or report why not and exit."""
+           handed: contain.Handed | None = None, keep_report: bool = False
+           ) -> contain.Contained:
+    """Set up, contain, enter scratch and report -- or report why not and exit.
+    ``keep_report``: the report is a line and its pipe stays open (a shell command's
+    init reports the command's status on it later)."""
     try:
         setup()
         contained = contain.apply(spec.get("profile", {}),
@@ -97,7 +101,8 @@ def _start(spec: dict[str, Any], report_fd: int,
         # A shell command starts in its caller's libOS cwd (bound at its own path).
         os.chdir(spec.get("cwd") or contained.inside(spec["scratch"]))
         _report(report_fd, {"ok": True, "layers": contained.layers,
-                            "missing": contained.missing, "timings_ms": contained.timings_ms})
+                            "missing": contained.missing, "timings_ms": contained.timings_ms},
+                keep=keep_report)
         return contained
     except BaseException as e:  # noqa: BLE001 - anything here means "did not start"
         try:
@@ -174,12 +179,46 @@ def run_command(spec: dict[str, Any], report_fd: int, stdin_fd: int, stdout_fd: 
         os.dup2(stderr_fd, 2)
         _close_inherited(report_fd)
 
-    _start(spec, report_fd, setup)
+    _start(spec, report_fd, setup, keep_report=True)
+    os.set_inheritable(report_fd, False)
     try:
-        os.execve(spec["exe"], spec["argv"], spec["env"])  # noqa: S606 - argv only
+        command = os.fork()
     except OSError as e:
-        os.write(2, f"{spec['argv'][0]}: cannot run it: {e.strerror}\n".encode())
-    os._exit(EXEC_FAILED_STATUS)
+        os.write(2, f"{spec['argv'][0]}: cannot start it: {e.strerror}\n".encode())
+        os._exit(EXEC_FAILED_STATUS)
+    if command == 0:
+        try:
+            os.execve(spec["exe"], spec["argv"], spec["env"])  # noqa: S606 - argv only
+        except OSError as e:
+            os.write(2, f"{spec['argv'][0]}: cannot run it: {e.strerror}\n".encode())
+        os._exit(EXEC_FAILED_STATUS)
+    _init(command, report_fd)
+
+
+def _init(command: int, report_fd: int) -> NoReturn:
+    """Pid 1 of a shell command's pid namespace, with the command as pid 2.
+
+    The kernel drops every signal a namespace's pid 1 has no handler for when it comes
+    from inside, so a command that was pid 1 itself could not kill or abort itself
+    (``kill -TERM $$`` went on, ``abort()`` became SIGSEGV): this init, like
+    ``docker --init``, reaps what the command leaves and reports the command's own wait
+    status on the start report's pipe. Its exit then ends the namespace, and the kernel
+    kills whatever is left in it.
+    """
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # a supervisor gone: nothing to tell
+    os.closerange(0, 3)
+    while True:
+        try:
+            pid, status = os.wait()
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            os._exit(EXEC_FAILED_STATUS)
+        if pid == command:
+            break
+    with contextlib.suppress(OSError):
+        _report(report_fd, {"status": status})
+    os._exit(0)
 
 
 # An agent's environment, besides HOME and TMPDIR (its scratch directory).
