@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from agentlibos.errors import InvalidArgument, PolicyError
+from agentlibos.kernel.policy import Policy, load_policy, policy_from_table
 from agentlibos.kernel.units import parse_duration, parse_size
 from agentlibos.providers.models import ModelConfig, parse_models
 from agentlibos.providers.net import SecretRule, parse_secrets
@@ -161,7 +162,7 @@ _SUPERVISOR_KEYS: Final[dict[str, tuple[str, str]]] = {
 }
 # Tables the operator's file may hold. Later roadmap items add theirs here.
 SECTIONS: Final = frozenset({"supervisor", "durable", "sandbox", "limits", "jit", "approvals",
-                             "secrets", "models", "providers"})
+                             "secrets", "models", "providers", "policy"})
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,8 @@ class OperatorConfig:
     models: dict[str, ModelConfig] = field(default_factory=dict)
     # [providers]: which provider each effect goes through (providers/registry.py).
     providers: ProviderChoices = field(default_factory=ProviderChoices)
+    # [policy]: the operator's policy for runs given no --policy (None: the built-in one).
+    policy: Policy | None = None
     source: str | None = None  # the file it came from (None: built-in defaults)
 
 
@@ -255,8 +258,30 @@ def parse_operator_config(text: str, source: str) -> OperatorConfig:
         secrets=parse_secrets(data.get("secrets", {}), source),
         models=parse_models(data.get("models", {}), source),
         providers=parse_providers(data.get("providers", {}), source),
+        policy=_policy(data.get("policy"), source),
         source=source,
     )
+
+
+def _policy(table: object, source: str) -> Policy | None:
+    """``[policy]``: a policy's own keys (deny, ask, allow, default), or ``file`` naming a
+    policy file (relative to the config file's directory)."""
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise PolicyError(f"{source}: [policy] must be a table")
+    if "file" not in table:
+        return policy_from_table(table, f"{source} [policy]")
+    if set(table) != {"file"}:
+        raise PolicyError(f"{source}: [policy] takes either file or the policy's own keys "
+                          "(deny, ask, allow, default), not both")
+    name = table["file"]
+    if not isinstance(name, str) or not name:
+        raise PolicyError(f"{source}: [policy] file must be a path")
+    try:
+        return load_policy(Path(source).parent / name)
+    except PolicyError as e:
+        raise PolicyError(f"{source}: [policy] file: {e.message}") from None
 
 
 def _evict_after(table: object, source: str) -> float:

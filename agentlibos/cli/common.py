@@ -12,8 +12,9 @@ import textwrap
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-from agentlibos.config import Paths
+from agentlibos.config import Paths, load_operator_config
 from agentlibos.errors import Unavailable, UsageError
+from agentlibos.kernel.policy import Policy
 from agentlibos.sandbox.profile import SandboxConfig, load_config
 from agentlibos.store import Store, open_store
 from agentlibos.supervisor.control import control_call, ping
@@ -90,6 +91,12 @@ def supervisor_alive(paths: Paths) -> bool:
 def sandbox_config(ns: argparse.Namespace) -> SandboxConfig | None:
     """--config if given; None lets the supervisor read $AGENTLIBOS_HOME/config.toml."""
     return load_config(ns.config) if ns.config else None
+
+
+def config_policy(ns: argparse.Namespace) -> Policy | None:
+    """--config's [policy] if given; None lets the supervisor use its own (the home's
+    config.toml [policy], else the built-in policy)."""
+    return load_operator_config(ns.config).policy if ns.config else None
 
 
 def parse_args_kv(items: Sequence[str]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from agentlibos.cli.common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     add_command,
+    config_policy,
     describe_end,
     err,
     log_path,
@@ -50,7 +51,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="an argument for the entry function (VALUE is JSON or text)")
     r.add_argument("--cwd", help="the process's libOS working directory "
                                  "(default: a fresh $AGENTLIBOS_HOME/work/<pid>)")
-    r.add_argument("--policy", help="operator policy TOML (default: the built-in policy)")
+    r.add_argument("--policy", help="operator policy TOML (default: config.toml's [policy], "
+                                    "else the built-in policy)")
     r.add_argument("--tokens", type=int, metavar="N",
                    help="the model token budget of the whole process tree (over the "
                         "image's [limits] tokens)")
@@ -124,7 +126,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
     paths = paths_of(ns)
     args = parse_args_kv(ns.arg or [])
     image = resolve_image(paths, ns.image)
-    policy = load_policy(ns.policy) if ns.policy else None
+    policy = load_policy(ns.policy) if ns.policy else config_policy(ns)
     if ns.tokens is not None and ns.tokens < 1:
         raise UsageError(f"--tokens must be a whole number >= 1, not {ns.tokens}")
     cwd = None

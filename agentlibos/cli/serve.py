@@ -10,7 +10,15 @@ import time
 from types import FrameType
 from typing import Final
 
-from agentlibos.cli.common import EXIT_OK, add_command, note, paths_of, print_json, sandbox_config
+from agentlibos.cli.common import (
+    EXIT_OK,
+    add_command,
+    config_policy,
+    note,
+    paths_of,
+    print_json,
+    sandbox_config,
+)
 from agentlibos.errors import Conflict, Unavailable
 from agentlibos.launcher import daemon_pid, signals
 from agentlibos.supervisor import Supervisor
@@ -65,7 +73,8 @@ def cmd_serve(ns: argparse.Namespace) -> int:
     if ns.detach:
         return _detach(ns)
     paths = paths_of(ns)
-    sup = Supervisor(paths, mode="daemon", sandbox=sandbox_config(ns))
+    sup = Supervisor(paths, mode="daemon", sandbox=sandbox_config(ns),
+                     policy=config_policy(ns))
     sup.start()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

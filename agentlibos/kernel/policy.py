@@ -14,6 +14,7 @@ happen *now*; both must agree, and deny always wins.
 
 from __future__ import annotations
 
+import json
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -113,6 +114,15 @@ def parse_policy(text: str, source: str) -> Policy:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise PolicyError(f"{source}: not valid TOML: {e}") from None
+    return policy_from_table(data, source, text)
+
+
+def policy_from_table(data: dict[str, Any], source: str, text: str | None = None) -> Policy:
+    """A policy from its keys (a policy file's, or config.toml's ``[policy]`` table);
+    ``text``: its TOML, kept with each process it governs (made from ``data`` if None)."""
+    if text is None:
+        # Arrays of strings and a string: JSON's escapes are TOML's.
+        text = "".join(f"{k} = {json.dumps(v)}\n" for k, v in data.items())
     unknown = set(data) - {"deny", "ask", "allow", "default"}
     if unknown:
         raise PolicyError(

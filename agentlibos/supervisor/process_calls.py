@@ -37,8 +37,9 @@ JOURNAL_REPLY_BYTES = 1 << 20
 
 class ProcessCalls:
     def __init__(self, table: ProcessTable, images: Images, authz: Authz, fs: FileProvider,
-                 waits: Waits) -> None:
+                 waits: Waits, default_policy: Policy = BUILTIN_POLICY) -> None:
         self._table = table
+        self._default_policy = default_policy
         self._images = images
         self._authz = authz
         self._fs = fs
@@ -65,7 +66,7 @@ class ProcessCalls:
         def held(c: str) -> list[CapPattern]:
             return [r.resolved(c) for r in image.requested]
 
-        return self._table.create(image, args, parent=None, policy=policy or BUILTIN_POLICY,
+        return self._table.create(image, args, parent=None, policy=policy or self._default_policy,
                                   cwd=cwd, held=held, ask_mode=ask)
 
     def start_info(self, caller: Caller) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from agentlibos.broker.flow import ByteRate
 from agentlibos.broker.journal import StoreJournal
 from agentlibos.broker.server import Broker
 from agentlibos.config import Paths, SupervisorConfig, operator_config
-from agentlibos.kernel.policy import Policy
+from agentlibos.kernel.policy import BUILTIN_POLICY, Policy
 from agentlibos.providers.base import Providers
 from agentlibos.providers.registry import build_providers
 from agentlibos.sandbox.profile import SandboxConfig
@@ -62,7 +62,7 @@ REFUSAL_SUMMARY_S = 5.0
 class Supervisor:
     def __init__(self, paths: Paths, config: SupervisorConfig | None = None, *,
                  mode: str = "embedded", sandbox: SandboxConfig | None = None,
-                 providers: Providers | None = None) -> None:
+                 providers: Providers | None = None, policy: Policy | None = None) -> None:
         self.paths = paths
         # Not given: $AGENTLIBOS_HOME/config.toml if it exists, else defaults (all layers on).
         operator = operator_config(paths)
@@ -70,6 +70,9 @@ class Supervisor:
         sandbox = sandbox or operator.sandbox
         # Read by the supervisor only, never handed to a sandbox (docs/network.md, models.md).
         self.operator = operator
+        # A run given no --policy: this one (serve/run --config), config.toml's [policy],
+        # or the built-in one.
+        self.default_policy = policy or operator.policy or BUILTIN_POLICY
         self.sandbox = SandboxManager(paths, sandbox)
         self.mode = mode
         self.providers = providers or build_providers(operator.providers)  # docs/providers.md
@@ -125,7 +128,8 @@ class Supervisor:
                                           lambda: self.zygote)
         authz = Authz(store)
         self.waits = waits = Waits(table, loop)
-        self.processes = ProcessCalls(table, Images(store), authz, self.fs, waits)
+        self.processes = ProcessCalls(table, Images(store), authz, self.fs, waits,
+                                      self.default_policy)
         self.dispatcher = dispatcher = Dispatcher(
             store.savepoint, journal=journal,
             on_internal_error=lambda c, call, e: self._on_loop_error(call, e, c.pid, call),
