@@ -154,6 +154,9 @@ def test_detach_prints_the_pid_and_wait_gives_the_result_and_status(
     follower = subprocess.Popen([sys.executable, "-m", "agentlibos", "logs", "-f", "1"],
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
+    json_follower = subprocess.Popen(
+        [sys.executable, "-m", "agentlibos", "logs", "-f", "1", "--json"], env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     (tmp_path / "go").write_text("")
     out, err = finish(waiter)
     assert waiter.returncode == 0, err
@@ -162,6 +165,10 @@ def test_detach_prints_the_pid_and_wait_gives_the_result_and_status(
     logged, err = finish(follower)
     assert follower.returncode == 0, err
     assert logged.splitlines() == ["tick", "done"]
+    logged, err = finish(json_follower)
+    assert json_follower.returncode == 0, err
+    assert [json.loads(ln) for ln in logged.splitlines()] == [
+        {"pid": 1, "line": "tick"}, {"pid": 1, "line": "done"}]
     # An ended process can be waited for again, without a daemon too.
     daemon.send_signal(signal.SIGTERM)
     daemon.wait(20)

@@ -89,11 +89,9 @@ def test_every_command_shows_an_example_in_its_help() -> None:
 
 
 def test_every_command_that_prints_takes_json() -> None:
-    # `logs` prints the agent's own bytes, which are not JSON; every other command that
-    # prints something takes --json.
+    # `logs` too: its JSON carries the agent's bytes as text, escaped.
     for command, parser in _subcommands(build_parser()).items():
-        if command != ("logs",):
-            assert "--json" in parser.format_help(), command
+        assert "--json" in parser.format_help(), command
 
 
 def test_a_bad_flag_exits_2(home: Path) -> None:
@@ -177,6 +175,10 @@ def test_agent_chosen_text_never_reaches_the_terminal_raw(
     assert "log \\x1b[2J line\\rforged" in logs
     raw = cli(home, "logs", "1", "--raw", check=True).stdout
     assert "log \x1b[2J line" in raw  # --raw is for pipes, and says so in --help
+    as_json = cli(home, "logs", "1", "--json", check=True).stdout
+    assert "\x1b" not in as_json and as_json.count("\n") == 1
+    assert json.loads(as_json)["pid"] == 1
+    assert "log \x1b[2J line\rforged" in json.loads(as_json)["log"]
 
 
 @pytest.mark.privileged
