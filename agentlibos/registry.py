@@ -81,12 +81,17 @@ def _check_tree(root: Path) -> None:
             files += 1
             total += st.st_size
         if files > MAX_IMAGE_FILES or total > MAX_IMAGE_BYTES:
-            raise _too_large(root)
+            raise _too_large(root, files, total)
 
 
-def _too_large(root: Path) -> LimitExceeded:
-    return LimitExceeded(f"image {root} is larger than {MAX_IMAGE_FILES} files or "
-                         f"{MAX_IMAGE_BYTES >> 20} MiB")
+def _too_large(root: Path, files: int, total: int) -> LimitExceeded:
+    """Which of the two limits it passed, and by how much it was counted so far."""
+    if files > MAX_IMAGE_FILES:
+        return LimitExceeded(f"image {root} holds more than {MAX_IMAGE_FILES:,} files "
+                             f"(the limit of an image)", limit=MAX_IMAGE_FILES)
+    return LimitExceeded(f"image {root} is larger than {MAX_IMAGE_BYTES >> 20} MiB "
+                         f"(the limit of an image; {total:,} bytes counted so far)",
+                         limit=MAX_IMAGE_BYTES)
 
 
 def _copy_tree(src: Path, dst: Path) -> None:
@@ -132,12 +137,12 @@ def _copy_tree(src: Path, dst: Path) -> None:
                                              "may hold only regular files and directories")
                         files += 1
                         if files > MAX_IMAGE_FILES:
-                            raise _too_large(src)
+                            raise _too_large(src, files, total)
                         with open(out / name, "xb") as w:
                             while chunk := os.read(fd, 1 << 20):
                                 total += len(chunk)
                                 if total > MAX_IMAGE_BYTES:
-                                    raise _too_large(src)
+                                    raise _too_large(src, files, total)
                                 w.write(chunk)
                             os.fchmod(w.fileno(), stat.S_IMODE(fst.st_mode) & 0o777)
                     finally:

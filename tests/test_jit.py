@@ -324,16 +324,20 @@ def test_an_exception_and_malformed_output_are_typed_errors(
             return 1;
           }
           if (args.how === "bigint") return { n: 10n };
+          if (args.how === "function") return () => 1;
           return "fine";
         }
     """)
     out = call_tool(sup, img, [{"how": "throw"}, {"how": "stdout"}, {"how": "bigint"},
-                               {"how": "ok"}])
+                               {"how": "function"}, {"how": "ok"}])
     assert (out[0]["type"], out[0]["code"]) == ("ToolError", "ETOOL")
     assert "RangeError: out of range: 7" in out[0]["message"]
     assert out[1]["type"] == "ToolError" and "not the protocol" in out[1]["message"]
     assert out[2]["type"] == "ToolError"
-    assert out[3] == {"ok": True, "value": "fine"}
+    # Not "wrote something that is not the protocol": it wrote nothing.
+    assert out[3]["type"] == "ToolError" and "returned a function, which is not a JSON " \
+        "value" in out[3]["message"], out[3]
+    assert out[4] == {"ok": True, "value": "fine"}
 
 
 def test_a_memory_blow_up_is_limit_exceeded(sup: Supervisor, make_image: MakeImage) -> None:

@@ -144,7 +144,7 @@ def test_an_agents_output_is_capped_in_its_log_and_says_so(
         assert rec.result == "done", rec.error
         log = log_of(s, rec.pid)
         assert len(log.encode()) < (64 << 10) + 200
-        assert "log truncated at 0.0625 MiB" in log
+        assert "log truncated at 64KiB" in log
         assert s.store.get_process(rec.pid).limits["log_max_bytes"] == 64 << 10
 
 

@@ -84,3 +84,34 @@ def test_builtin_tools_called_from_code_take_and_return_their_tool_shape(
     tools = [a.detail.get("tool") for a in sup.store.audit_records(pid=rec.pid)
              if a.detail.get("tool")]
     assert tools.count("write_file") == 2 and tools.count("read_file") == 1
+
+
+def test_file_sdk_arguments_of_the_wrong_type_are_invalid_arguments(
+    sup: Supervisor, make_image: MakeImage
+) -> None:
+    # Were AttributeError and TypeError, and write_bytes(path, 5) wrote five NUL bytes.
+    img = make_image("types", """
+        from agentlibos.errors import InvalidArgument
+        def main(ctx, args):
+            out = []
+            for call in (lambda: ctx.fs.write_text("a.txt", b"bytes"),
+                         lambda: ctx.fs.write_text("a.txt", None),
+                         lambda: ctx.fs.write_bytes("a.txt", "text"),
+                         lambda: ctx.fs.write_bytes("a.txt", 5)):
+                try:
+                    call()
+                    out.append("written")
+                except InvalidArgument as e:
+                    out.append(e.message)
+            out.append(ctx.fs.exists("a.txt"))
+            return out
+    """, caps=["fs:rw:./**"])
+    rec = run_proc(sup, img)
+    assert rec.state == "exited", rec.error
+    *errors, exists = rec.result
+    assert errors == [
+        "write_text: text must be a str, not bytes (write_bytes takes bytes)",
+        "write_text: text must be a str, not NoneType",
+        "write_bytes: data must be bytes, not str (write_text takes a str)",
+        "write_bytes: data must be bytes, not int (write_text takes a str)"]
+    assert exists is False

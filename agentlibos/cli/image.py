@@ -17,7 +17,7 @@ from agentlibos.cli.common import (
     readonly_store,
     sandbox_config,
 )
-from agentlibos.errors import ImageError, NotFound
+from agentlibos.errors import ImageError, LimitExceeded, NotFound
 from agentlibos.kernel.image import AgentImage, load_image
 from agentlibos.registry import agent_ids, register_image, remove_image
 from agentlibos.sandbox.profile import SandboxConfig, load_config
@@ -76,6 +76,9 @@ def cmd_image_add(ns: argparse.Namespace) -> int:
     store = open_store(paths.db)
     try:
         rec, img = register_image(store, paths.images, ns.dir, ids=agent_ids(config))
+    except LimitExceeded as e:
+        # Past an image's size, file count or depth: bad input, as an invalid image is.
+        raise ImageError(e.message) from None
     except ImageError as e:
         if "compiler" not in e.details:
             raise

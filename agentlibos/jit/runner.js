@@ -187,6 +187,12 @@ async function call(tool, id, args) {
     send({ op: "error", id, error: { type: "MalformedOutput", message: String(e) } });
     return;
   }
+  if (text === undefined) {
+    // JSON.stringify gives undefined, not an error, for a function or a symbol.
+    const message = `the tool returned a ${typeof value}, which is not a JSON value`;
+    send({ op: "error", id, error: { type: "MalformedOutput", message } });
+    return;
+  }
   // Built by hand so the value is serialised once, with the error above if it cannot be.
   const line = enc.encode(`{"op":"return","id":${id},"value":${text}}\n`);
   let off = 0;

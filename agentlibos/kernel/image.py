@@ -205,6 +205,9 @@ def load_image(directory: str | Path, *,
     toml_path = root / "image.toml"
     where = str(toml_path)
     if not root.is_dir():
+        if root.exists():
+            raise ImageError(f"{str(root)!r} is not a directory: an image is a directory "
+                             "holding image.toml and the agent's code")
         raise ImageError(f"image directory {str(root)!r} does not exist")
     try:
         if toml_path.stat().st_size > MAX_IMAGE_TOML_BYTES:

@@ -152,7 +152,8 @@ def _limits(table: object, where: str) -> Limits:
             if "wall" in table else None,
         )
     except (InvalidArgument, TypeError, ValueError) as e:
-        raise PolicyError(f"{where}: {e}") from None
+        msg = str(e)  # parse_size/parse_duration's own message names `where` already
+        raise PolicyError(msg if msg.startswith(where) else f"{where}: {msg}") from None
 
 
 def _tree_quota(table: dict[str, Any], where: str) -> TreeQuota:

@@ -16,7 +16,7 @@ import builtins
 import os
 from typing import Any, NoReturn, overload
 
-from agentlibos.errors import LibOSError, NotFound
+from agentlibos.errors import InvalidArgument, LibOSError, NotFound
 from agentlibos.sdk.client import Client
 
 __all__ = ["Caps", "Clock", "Context", "Events", "Fs", "Human", "Image", "Jit", "Model", "Net",
@@ -47,10 +47,18 @@ class Fs(_Family):
         return self.read_bytes(path, max_bytes=max_bytes).decode(encoding)
 
     def write_bytes(self, path: str, data: bytes, append: bool = False) -> int:
+        # bytes(5) would be five NUL bytes and bytes("x") a TypeError: say what is wrong.
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise InvalidArgument(f"write_bytes: data must be bytes, not "
+                                  f"{type(data).__name__} (write_text takes a str)")
         return int(self._call("fs.write", {"path": path, "append": append}, [bytes(data)])["size"])
 
     def write_text(self, path: str, text: str, encoding: str = "utf-8",
                    append: bool = False) -> int:
+        if not isinstance(text, str):
+            raise InvalidArgument(f"write_text: text must be a str, not {type(text).__name__}"
+                                  + (" (write_bytes takes bytes)" if isinstance(
+                                      text, bytes | bytearray) else ""))
         return self.write_bytes(path, text.encode(encoding), append=append)
 
     def list(self, path: str = ".") -> list[dict[str, Any]]:

@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Final
 
+from agentlibos.kernel.units import format_size
+
 CHUNK: Final = 64 << 10
 
 
@@ -50,7 +52,7 @@ class LogSink:
             self.discarded += len(data)
             if not self.truncated:
                 self.truncated = True
-                self._write(f"\n[agentlibos: log truncated at {self.cap / (1 << 20):g} MiB; "
+                self._write(f"\n[agentlibos: log truncated at {format_size(self.cap)}; "
                             "further output is discarded]\n".encode())
         return True
 

@@ -449,7 +449,9 @@ class SandboxManager:
                                                  parent=self._parent_cgroup(parent_pid))
             except (LibOSError, OSError) as e:
                 if self.config.layer_mode("cgroups") == "required":
-                    raise SandboxError(f"cgroups: {e}") from None
+                    msg = str(e)
+                    raise SandboxError(msg if msg.startswith("cgroups:")
+                                       else f"cgroups: {msg}") from None
                 skipped["cgroups"] = str(e)
         profile = build(tuple(cgroup.procs_files) if cgroup is not None else ())
         if profile.mount is not None:

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from agentlibos.errors import SandboxError
+from agentlibos.kernel.units import format_size
 from agentlibos.sandbox.cgroups import _v1, _v2
 from agentlibos.sandbox.cgroups._common import (
     _V1_KEYS,
@@ -87,6 +88,12 @@ class CgroupManager:
             hint = _why(e)
             if e.errno == errno.EINVAL:
                 hint = "the kernel rejected the value (above an ancestor's limit?)"
+            elif (e.errno == errno.EBUSY and value.isdigit()
+                  and path.endswith(("memory.max", "memory.limit_in_bytes"))):
+                # The process is in its cgroup already (a pooled one, or v1's check): a
+                # limit below what it uses cannot be set, and no agent could run in it.
+                hint = (f"{format_size(int(value))} is below what the process already "
+                        "uses; give [limits] memory a realistic value (tens of MiB)")
             raise SandboxError(f"cgroups: cannot {what}: writing {value!r} to {path}: {hint}",
                                path=path, value=value, errno=e.errno) from e
 
