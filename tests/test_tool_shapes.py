@@ -19,9 +19,10 @@ from agentlibos.supervisor import Supervisor
 from tests.helpers import MakeImage, run_proc
 
 TOOLS = {"read_file": "builtin:fs.read", "write_file": "builtin:fs.write",
-         "ls": "builtin:fs.list", "fetch": "builtin:net.fetch"}
+         "ls": "builtin:fs.list", "fetch": "builtin:net.fetch", "put": "builtin:obj.put"}
 # The built-in policy asks a human before a fetch; this test has none to ask.
-ALLOW_NET = parse_policy('allow = ["net:*:*", "fs:*:./**"]\ndefault = "deny"\n', "net.toml")
+ALLOW_NET = parse_policy('allow = ["net:*:*", "fs:*:./**", "obj:*:*"]\ndefault = "deny"\n',
+                         "net.toml")
 
 
 @pytest.fixture
@@ -64,6 +65,8 @@ def test_builtin_tools_called_from_code_take_and_return_their_tool_shape(
             out["ls"] = sorted(e["name"] for e in ctx.tools.call("ls", {}))
             got = ctx.tools.call("fetch", {"url": args["url"]})
             out["fetch"] = [got["status"], got["text"]]
+            # A builtin whose shape is its syscall's takes every argument the syscall does.
+            out["put"] = ctx.tools.call("put", {"name": "k", "value": 1, "expect_version": 0})
             try:
                 ctx.tools.call("write_file", {"path": "x.txt"})
             except InvalidArgument as e:
@@ -78,6 +81,7 @@ def test_builtin_tools_called_from_code_take_and_return_their_tool_shape(
     assert out["back"] == "one\ntwo\n"
     assert out["ls"] == ["notes.txt", "out.txt"]
     assert out["fetch"] == [200, "hello from loopback"]
+    assert out["put"]["version"] == 1
     assert "text" in out["missing_text"] and "write_file" in out["missing_text"]
     assert not (cwd / "x.txt").exists()
     # Still one brokered tool.call each, audited under the tool's name.

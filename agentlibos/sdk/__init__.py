@@ -174,8 +174,9 @@ class Tools(_Family):
 
         A builtin takes and returns the same shape as in the agent loop: ``fs.read``
         ``{path}`` returns the text, ``fs.write`` takes ``{path, text, append?}``,
-        ``net.fetch`` returns the body as ``text`` (docs/models.md); its arguments are
-        checked against its JSON Schema first (InvalidArgument)."""
+        ``net.fetch`` returns the body as ``text`` (docs/models.md); the arguments of
+        these are checked against their JSON Schema first (InvalidArgument). Any other
+        builtin takes its syscall's own arguments (``obj.put`` with ``ns``...)."""
         args = {} if args is None else args
         builtin = self._builtin(name)
         if builtin is None:  # a JIT tool, or a name the broker will refuse
@@ -183,6 +184,8 @@ class Tools(_Family):
         # Lazy: the loop's module imports jsonschema and this package (a cycle).
         from agentlibos.sdk import agent_loop  # noqa: PLC0415
 
+        if not builtin.reshapes:  # the broker checks the syscall's own arguments
+            return self._call("tool.call", {"name": name, "args": args})
         agent_loop.check_arguments(name, builtin.parameters, args)
         return agent_loop.call_tool(self._c.call, name, builtin, args)
 

@@ -59,6 +59,12 @@ class BuiltinTool:
     encode: Encode = _same
     decode: Decode = _result
 
+    @property
+    def reshapes(self) -> bool:
+        """Whether its tool shape differs from its syscall's (fs.read returns the text...).
+        Code calling one that does not may pass every argument its syscall takes."""
+        return self.encode is not _same or self.decode is not _result
+
 
 def _obj(props: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
     return {"type": "object", "properties": props, "required": list(required),
