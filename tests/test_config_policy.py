@@ -21,7 +21,8 @@ from tests.helpers import MakeImage, run_proc
 
 def test_a_policy_table_is_parsed_like_a_policy_file() -> None:
     cfg = parse_operator_config(
-        '[policy]\ndeny = ["fs:*:**/.env"]\nallow = ["fs:*:./**"]\ndefault = "deny"\n',
+        '[policy]\ndeny = ["fs:*:**/.env"]\nallow = ["fs:*:./**", "fs:read:/data/\U0001f600/**"]\n'
+        'default = "deny"\n',
         "/etc/alos.toml")
     assert cfg.policy is not None
     assert [str(p) for p in cfg.policy.deny] == ["fs:*:**/.env"]

@@ -121,8 +121,9 @@ def policy_from_table(data: dict[str, Any], source: str, text: str | None = None
     """A policy from its keys (a policy file's, or config.toml's ``[policy]`` table);
     ``text``: its TOML, kept with each process it governs (made from ``data`` if None)."""
     if text is None:
-        # Arrays of strings and a string: JSON's escapes are TOML's.
-        text = "".join(f"{k} = {json.dumps(v)}\n" for k, v in data.items())
+        # Arrays of strings and a string: JSON's escapes are TOML's, but for the surrogate
+        # pairs ensure_ascii would write for characters past U+FFFF.
+        text = "".join(f"{k} = {json.dumps(v, ensure_ascii=False)}\n" for k, v in data.items())
     unknown = set(data) - {"deny", "ask", "allow", "default"}
     if unknown:
         raise PolicyError(

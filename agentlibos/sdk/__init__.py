@@ -179,13 +179,13 @@ class Tools(_Family):
         builtin takes its syscall's own arguments (``obj.put`` with ``ns``...)."""
         args = {} if args is None else args
         builtin = self._builtin(name)
-        if builtin is None:  # a JIT tool, or a name the broker will refuse
+        if builtin is None or not builtin.reshapes:
+            # A JIT tool, a builtin whose shape is its syscall's (the broker checks its
+            # arguments), or a name the broker will refuse.
             return self._call("tool.call", {"name": name, "args": args})
         # Lazy: the loop's module imports jsonschema and this package (a cycle).
         from agentlibos.sdk import agent_loop  # noqa: PLC0415
 
-        if not builtin.reshapes:  # the broker checks the syscall's own arguments
-            return self._call("tool.call", {"name": name, "args": args})
         agent_loop.check_arguments(name, builtin.parameters, args)
         return agent_loop.call_tool(self._c.call, name, builtin, args)
 
