@@ -66,15 +66,11 @@ class Supervisor:
         self.paths = paths
         # Not given: $AGENTLIBOS_HOME/config.toml if it exists, else defaults (all layers on).
         operator = operator_config(paths)
-        self.config = config or operator.supervisor
-        sandbox = sandbox or operator.sandbox
+        self.config, sandbox = config or operator.supervisor, sandbox or operator.sandbox
         # Read by the supervisor only, never handed to a sandbox (docs/network.md, models.md).
         self.operator = operator
-        # A run given no --policy: this one (serve/run --config), config.toml's [policy],
-        # or the built-in one.
-        self.default_policy = policy or operator.policy or BUILTIN_POLICY
-        self.sandbox = SandboxManager(paths, sandbox)
-        self.mode = mode
+        self.default_policy = policy or operator.policy or BUILTIN_POLICY  # docs/policy.md
+        self.sandbox, self.mode = SandboxManager(paths, sandbox), mode
         self.providers = providers or build_providers(operator.providers)  # docs/providers.md
         self.fs = self.providers.files
         self._started = False
