@@ -7,50 +7,20 @@ shape: a read returned ``{size, path}`` and a write could not carry its text at 
 
 from __future__ import annotations
 
-import http.server
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from agentlibos.kernel.policy import parse_policy
 from agentlibos.supervisor import Supervisor
 from tests.helpers import MakeImage, run_proc
 
+# The loopback server's fixture, and a policy that lets a fetch through without a human.
+from tests.test_net import ALLOW_NET, _Server, server  # noqa: F401
+
 TOOLS = {"read_file": "builtin:fs.read", "write_file": "builtin:fs.write",
          "ls": "builtin:fs.list", "fetch": "builtin:net.fetch", "put": "builtin:obj.put"}
-# The built-in policy asks a human before a fetch; this test has none to ask.
-ALLOW_NET = parse_policy('allow = ["net:*:*", "fs:*:./**", "obj:*:*"]\ndefault = "deny"\n',
-                         "net.toml")
-
-
-@pytest.fixture
-def server() -> Iterator[int]:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = b"hello from loopback"
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield srv.server_address[1]
-    finally:
-        srv.shutdown()
-        srv.server_close()
 
 
 def test_builtin_tools_called_from_code_take_and_return_their_tool_shape(
-    sup: Supervisor, make_image: MakeImage, tmp_path: Path, server: int
+    sup: Supervisor, make_image: MakeImage, tmp_path: Path, server: _Server  # noqa: F811
 ) -> None:
     cwd = tmp_path / "project"
     cwd.mkdir()
@@ -72,15 +42,15 @@ def test_builtin_tools_called_from_code_take_and_return_their_tool_shape(
             except InvalidArgument as e:
                 out["missing_text"] = e.message
             return out
-    """, caps=["fs:rw:./**", f"net:fetch:http://127.0.0.1:{server}/**"], tools=TOOLS)
-    rec = run_proc(sup, img, {"url": f"http://127.0.0.1:{server}/x"}, cwd=cwd,
+    """, caps=["fs:rw:./**", f"net:fetch:{server.base}/**"], tools=TOOLS)
+    rec = run_proc(sup, img, {"url": f"{server.base}/hello"}, cwd=cwd,
                    policy=ALLOW_NET)
     assert rec.state == "exited", rec.error
     out = rec.result
     assert out["read"] == "some notes\n"
     assert out["back"] == "one\ntwo\n"
     assert out["ls"] == ["notes.txt", "out.txt"]
-    assert out["fetch"] == [200, "hello from loopback"]
+    assert out["fetch"] == [200, "hello, agent"]
     assert out["put"]["version"] == 1
     assert "text" in out["missing_text"] and "write_file" in out["missing_text"]
     assert not (cwd / "x.txt").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import functools
 import json
 import os
 import re
@@ -12,10 +13,10 @@ import textwrap
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-from agentlibos.config import Paths, load_operator_config
+from agentlibos.config import OperatorConfig, Paths, load_operator_config
 from agentlibos.errors import Unavailable, UsageError
 from agentlibos.kernel.policy import Policy
-from agentlibos.sandbox.profile import SandboxConfig, load_config
+from agentlibos.sandbox.profile import SandboxConfig
 from agentlibos.store import Store, open_store
 from agentlibos.supervisor.control import control_call, ping
 from agentlibos.ui import printable
@@ -88,15 +89,21 @@ def supervisor_alive(paths: Paths) -> bool:
     return False
 
 
+@functools.cache
+def _config_file(path: str) -> OperatorConfig:
+    """--config's file, read once per command (its sandbox part and its policy)."""
+    return load_operator_config(path)
+
+
 def sandbox_config(ns: argparse.Namespace) -> SandboxConfig | None:
     """--config if given; None lets the supervisor read $AGENTLIBOS_HOME/config.toml."""
-    return load_config(ns.config) if ns.config else None
+    return _config_file(ns.config).sandbox if ns.config else None
 
 
 def config_policy(ns: argparse.Namespace) -> Policy | None:
     """--config's [policy] if given; None lets the supervisor use its own (the home's
     config.toml [policy], else the built-in policy)."""
-    return load_operator_config(ns.config).policy if ns.config else None
+    return _config_file(ns.config).policy if ns.config else None
 
 
 def parse_args_kv(items: Sequence[str]) -> dict[str, Any]:

@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"agentlibos {__version__}")
     p.add_argument("--home", help="state directory (default: $AGENTLIBOS_HOME or "
                                   "~/.local/state/agentlibos)")
-    p.add_argument("--config", help="operator config TOML: sandbox layers and limits "
+    p.add_argument("--config", help="operator config TOML: sandbox layers, limits and [policy] "
                                     "(default: $AGENTLIBOS_HOME/config.toml if present)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
