@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import zmq
 
@@ -26,8 +26,11 @@ from agentlibos.kernel.image import load_image
 from agentlibos.kernel.policy import Policy
 from agentlibos.sandbox.profile import SandboxConfig
 from agentlibos.store import open_store
-from agentlibos.supervisor import Supervisor, control
+from agentlibos.supervisor import control
 from agentlibos.supervisor.control import control_call, ping
+
+if TYPE_CHECKING:
+    from agentlibos.supervisor import Supervisor
 
 # How often a wait on a daemon checks that the daemon still lives, and how long after
 # asking it to kill a tree we wait for the tree's record before giving up.
@@ -187,6 +190,14 @@ def start_on_daemon(
     return int(control_call(paths.control_endpoint, req)["pid"]), int(info["pid"])
 
 
+def embedded_sup(paths: Paths, sandbox: SandboxConfig | None) -> Supervisor:
+    """A supervisor in this process. Imported here, not at the top: every command
+    imports this module, and most of them never start a supervisor."""
+    from agentlibos.supervisor import Supervisor  # noqa: PLC0415
+
+    return Supervisor(paths, mode="embedded", sandbox=sandbox)
+
+
 def run_image(
     paths: Paths,
     image: str,
@@ -224,7 +235,7 @@ def run_image(
                 if on_start is not None:
                     on_start(pid)
                 return wait_on_daemon(paths, pid, supervisor, interrupt=interrupt)
-            candidate = Supervisor(paths, mode="embedded", sandbox=sandbox)
+            candidate = embedded_sup(paths, sandbox)
             try:
                 candidate.start()
             except Conflict:
@@ -361,7 +372,7 @@ def embedded_supervisor(paths: Paths, *, sandbox: SandboxConfig | None = None,
     or ``serve`` goes on with them later."""
     paths.ensure()
     interrupt = Interrupt()
-    sup = Supervisor(paths, mode="embedded", sandbox=sandbox)
+    sup = embedded_sup(paths, sandbox)
     sup.resume_tree = resume_tree
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -13,7 +13,7 @@ from agentlibos.cli.common import (
     print_json,
 )
 from agentlibos.cli.deciding import decide
-from agentlibos.supervisor.approvals import record_answer
+from agentlibos.supervisor.decisions import record_answer
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -13,7 +13,7 @@ from agentlibos.cli.common import (
     print_json,
 )
 from agentlibos.cli.deciding import decide
-from agentlibos.supervisor.approvals import record_deny
+from agentlibos.supervisor.decisions import record_deny
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -13,7 +13,6 @@ from agentlibos.cli.common import (
     print_json,
     sandbox_config,
 )
-from agentlibos.sandbox import doctor
 from agentlibos.sandbox.profile import load_config
 
 
@@ -26,6 +25,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def cmd_doctor(ns: argparse.Namespace) -> int:
+    # Here, not at the top: the probe imports the whole supervisor, and every command
+    # imports this module to build the parser.
+    from agentlibos.sandbox import doctor  # noqa: PLC0415
+
     config = sandbox_config(ns)
     if config is None:
         cfg = paths_of(ns).home / "config.toml"

@@ -21,7 +21,6 @@ from agentlibos.cli.common import (
 )
 from agentlibos.errors import Conflict, Unavailable
 from agentlibos.launcher import daemon_pid, signals
-from agentlibos.supervisor import Supervisor
 
 # How long `serve --detach` waits for the daemon it started to answer.
 READY_TIMEOUT_S: Final = 30.0
@@ -72,6 +71,8 @@ def _detach(ns: argparse.Namespace) -> int:
 def cmd_serve(ns: argparse.Namespace) -> int:
     if ns.detach:
         return _detach(ns)
+    from agentlibos.supervisor import Supervisor  # noqa: PLC0415 - `serve --detach` never does
+
     paths = paths_of(ns)
     sup = Supervisor(paths, mode="daemon", sandbox=sandbox_config(ns),
                      policy=config_policy(ns))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Iterable
@@ -30,6 +29,8 @@ from agentlibos.errors import LimitExceeded, PolicyError, Timeout, Unavailable
 from agentlibos.kernel.caps import Glob
 
 if TYPE_CHECKING:
+    import ssl  # only for annotations: importing it costs every CLI call ~10 ms
+
     import httpx
 
 __all__ = [

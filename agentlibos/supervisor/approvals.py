@@ -24,12 +24,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentlibos.broker.syscalls import Caller, Pending
-from agentlibos.errors import InvalidArgument, LibOSError, PermissionDenied
+from agentlibos.errors import LibOSError, PermissionDenied
 from agentlibos.kernel.approvals import (
     AskRecord,
     Grant,
     NeedsApproval,
-    check_answer,
     check_question,
     summary_of,
 )
@@ -38,6 +37,7 @@ from agentlibos.kernel.journal import args_digest
 from agentlibos.kernel.text import storable
 from agentlibos.providers.human import HumanChannel
 from agentlibos.store import Store
+from agentlibos.supervisor.decisions import record_answer, record_approve, record_deny
 from agentlibos.supervisor.loop import Loop, Timer
 from agentlibos.supervisor.processes import ProcessTable
 from agentlibos.supervisor.waits import Waits
@@ -52,44 +52,6 @@ class _Waiting:
     marker: Pending  # keeps the process `waiting` on this ask while it is open
     decided: Decided | None  # approvals: run the call again, or refuse it
     timer: Timer | None = None
-
-
-# ---------------------------------------------------------------------- decisions
-# What an answer writes: the decision and its audit record. The supervisor's Approvals
-# then wakes the waiting call; with no supervisor running (`agentlibos approve` while
-# none is up) only these are written, and the process, resumed later, finds its ask
-# decided and honours it (``Approvals.reattach``, ``_question_again``).
-
-# ``by`` names who answered in the audit record when it was not the operator's control
-# channel (a human channel, docs/providers.md).
-
-def record_approve(store: Store, ask_id: int, *, always: bool = False,
-                   by: str | None = None) -> AskRecord:
-    if store.ask_get(ask_id).kind != "approval":
-        raise InvalidArgument(f"{ask_id} is a question: answer it, not approve it")
-    rec = store.ask_decide(ask_id, "approved", always=always)
-    store.append_audit(rec.pid, rec.call, rec.request or "", "approved",
-                       {"approval": ask_id, "always": always, **_by(by)})
-    return rec
-
-
-def record_deny(store: Store, ask_id: int, reason: str | None = None, *,
-                by: str | None = None) -> AskRecord:
-    if store.ask_get(ask_id).kind != "approval":
-        raise InvalidArgument(f"{ask_id} is a question: answer it, not deny it")
-    rec = store.ask_decide(ask_id, "denied", reason=reason)
-    store.append_audit(rec.pid, rec.call, rec.request or "", "denied",
-                       {"approval": ask_id, "reason": reason, **_by(by)})
-    return rec
-
-
-def record_answer(store: Store, ask_id: int, text: str, *, by: str | None = None
-                  ) -> AskRecord:
-    check_answer(store.ask_get(ask_id), text)
-    rec = store.ask_decide(ask_id, "answered", answer=text)
-    store.append_audit(rec.pid, "human.ask", f"human:ask:{rec.topic}", "answered",
-                       {"question": ask_id, "answer": storable(text, 2000), **_by(by)})
-    return rec
 
 
 class Approvals:
@@ -267,10 +229,6 @@ class Approvals:
                 if entry is not None and entry.timer is not None:
                     entry.timer.cancel()
                 self._changed(closed)
-
-
-def _by(who: str | None) -> dict[str, str]:
-    return {} if who is None else {"by": who}
 
 
 class _LoopAnswers:

@@ -4,14 +4,25 @@ Each operation is a function ``op(ctx, request, respond)`` in a module of its ow
 listed in :data:`OPS`; :class:`ControlContext` is all an operation may use.
 """
 
-from agentlibos.supervisor.control.context import ControlContext
-from agentlibos.supervisor.control.ops import OPS, handle
-from agentlibos.supervisor.control.server import (
-    ControlServer,
-    Responder,
-    control_call,
-    ping,
-)
+from typing import TYPE_CHECKING
+
+from agentlibos.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from agentlibos.supervisor.control.context import ControlContext
+    from agentlibos.supervisor.control.ops import OPS, handle
+    from agentlibos.supervisor.control.server import (
+        ControlServer,
+        Responder,
+        control_call,
+        ping,
+    )
 
 __all__ = ["OPS", "ControlContext", "ControlServer", "Responder", "control_call", "handle",
            "ping"]
+
+# Loaded on first use (agentlibos.lazy): a CLI command that only calls a running daemon
+# needs the client half (server.py), not the ops and the supervisor they reach into.
+__getattr__ = lazy_exports(__name__, {
+    "ControlContext": "context", "OPS": "ops", "handle": "ops", "ControlServer": "server",
+    "Responder": "server", "control_call": "server", "ping": "server"})
