@@ -29,6 +29,9 @@ class Answer:
     raw: bytes | None = None  # sent as the body as is (bad JSON, say)
     usage: dict[str, int] | None = None  # default: a fixed small usage
     headers: dict[str, str] = field(default_factory=dict)
+    # A request header whose value the answer repeats (in the content, a tool call's
+    # arguments and the model's name), as a debugging proxy or a parroting model might.
+    echo: str | None = None
 
 
 class FakeOpenAI:
@@ -90,6 +93,12 @@ class FakeOpenAI:
                     self._send(answer.status, json.dumps(err).encode(), answer.headers)
                     return
                 msg: dict[str, Any] = {"role": "assistant", "content": answer.content}
+                model = body.get("model") if isinstance(body, dict) else None
+                if answer.echo is not None:
+                    said = self.headers.get(answer.echo, "")
+                    msg["content"] = f"{answer.content or ''} {said}"
+                    model = f"{model} {said}"
+                    answer.tool_calls = [{"name": "echo", "arguments": {said: said}}]
                 if answer.tool_calls:
                     msg["tool_calls"] = [
                         {"id": f"call_{i}", "type": "function",
@@ -100,7 +109,6 @@ class FakeOpenAI:
                 usage = answer.usage or {"prompt_tokens": 11, "completion_tokens": 5}
                 usage = {**usage, "total_tokens": usage["prompt_tokens"]
                          + usage["completion_tokens"]}
-                model = body.get("model") if isinstance(body, dict) else None
                 out = {"id": "chatcmpl-1", "object": "chat.completion", "model": model,
                        "choices": [{"index": 0, "message": msg,
                                     "finish_reason": "tool_calls" if answer.tool_calls

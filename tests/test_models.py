@@ -209,6 +209,18 @@ def test_401_404_and_bad_json_are_clear_errors_that_never_carry_the_key(
         prov.chat(ModelRequest("m", MSGS))
 
 
+def test_a_key_a_server_echoes_in_a_good_answer_is_redacted(
+        server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, KEY)
+    server.plan.append(Answer(content="your key is", echo="Authorization"))
+    ans = _provider(server, api_key_env=KEY_ENV).chat(ModelRequest("m", MSGS))
+    assert ans.message["content"] == "your key is Bearer [redacted]"
+    call = ans.message["tool_calls"][0]["function"]
+    assert json.loads(call["arguments"]) == {"Bearer [redacted]": "Bearer [redacted]"}
+    assert ans.model == "m Bearer [redacted]"
+    assert KEY not in repr(ans)
+
+
 def test_a_slow_server_times_out(server: FakeOpenAI) -> None:
     server.plan.append(Answer(delay_s=2))
     with pytest.raises(Timeout, match=r"within 0\.3 s"):
@@ -334,11 +346,15 @@ def main(ctx, args):
 """
 
 
+@pytest.mark.parametrize("how", ["a 401", "echoed in a good answer"])
 def test_the_key_reaches_neither_an_agent_nor_the_audit_nor_a_log(
         paths: Paths, server: FakeOpenAI, make_image: MakeImage, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, how: str) -> None:
     monkeypatch.setenv(KEY_ENV, KEY)
-    server.key = KEY + "-not"  # a 401, whose message the agent receives
+    if how == "a 401":
+        server.key = KEY + "-not"  # whose message the agent receives
+    else:
+        server.default = Answer(content="you sent", echo="Authorization")
     sup = _sup_with(paths, _local(server, f'api_key_env = "{KEY_ENV}"\n'))
     try:
         img = make_image("spy", SPY, caps=["model:call:local/*"])
@@ -346,7 +362,7 @@ def test_the_key_reaches_neither_an_agent_nor_the_audit_nor_a_log(
         rec = run_proc(sup, img, {"masked": masked}, cwd=tmp_path)
         assert rec.state == "exited", log_of(sup, rec.pid)
         assert rec.result["found"] == [], rec.result
-        assert "401" in rec.result["seen"][0]
+        assert ("401" if how == "a 401" else "Bearer [redacted]") in rec.result["seen"][0]
         assert server.received[0]["headers"]["Authorization"] == f"Bearer {KEY}"
         audit = json.dumps([a.detail for a in sup.store.audit_records()])
         assert KEY not in audit

@@ -352,7 +352,7 @@ class OpenAIProvider:
             else:
                 status = resp.status_code
                 if status == 200:
-                    return _parse_answer(name, resp, attempt)
+                    return _parse_answer(name, resp, attempt, key)
                 failure = _http_error(name, shown, req.model, resp)
                 if status != 429 and status < 500:
                     raise failure
@@ -420,7 +420,22 @@ def _http_error(name: str, url: str, model: str, resp: httpx.Response) -> LibOSE
                            f"(HTTP {status}){tail}")
 
 
-def _parse_answer(name: str, resp: httpx.Response, attempts: int) -> ModelAnswer:
+def _without_key(value: Any, key: str) -> Any:
+    """``value`` (decoded JSON) with every occurrence of ``key`` in its strings, names
+    included, spelt ``[redacted]``: a server that echoes the Authorization header in a
+    successful answer (a proxy's debug output, a model told to repeat its input) must not
+    hand the key to the agent or the journal, any more than an error may."""
+    if isinstance(value, str):
+        return value.replace(key, "[redacted]")
+    if isinstance(value, list):
+        return [_without_key(v, key) for v in value]
+    if isinstance(value, dict):
+        return {_without_key(k, key): _without_key(v, key) for k, v in value.items()}
+    return value
+
+
+def _parse_answer(name: str, resp: httpx.Response, attempts: int, key: str | None
+                  ) -> ModelAnswer:
     bad = f"model provider {name!r} answered with something that is not a Chat Completion"
     if len(resp.content) > MAX_RESPONSE_BYTES:
         raise Unavailable(f"{bad}: larger than {MAX_RESPONSE_BYTES} bytes")
@@ -428,6 +443,8 @@ def _parse_answer(name: str, resp: httpx.Response, attempts: int) -> ModelAnswer
         data = json.loads(resp.content)
     except (ValueError, UnicodeDecodeError):
         raise Unavailable(f"{bad}: not valid JSON") from None
+    if key:
+        data = _without_key(data, key)
     try:
         msg = data["choices"][0]["message"]
         if not isinstance(msg, dict):
