@@ -22,11 +22,12 @@ from agentlibos.broker.syscalls.shell import (
     check_env,
     check_timeout,
     program_allowed,
+    program_names,
 )
 from agentlibos.config import Paths
 from agentlibos.errors import InvalidArgument
 from agentlibos.kernel.caps import parse_cap
-from agentlibos.kernel.policy import BUILTIN_POLICY, parse_policy
+from agentlibos.kernel.policy import BUILTIN_POLICY, Request, authorize, parse_policy
 from agentlibos.sandbox import seccomp
 from agentlibos.sandbox.namespaces import MountPlan, compile_mounts
 from agentlibos.sandbox.profile import (
@@ -100,6 +101,27 @@ def test_a_bare_name_is_allowed_as_found_on_the_sandbox_path_and_nowhere_else() 
 
 
 # ------------------------------------------------------------ what the command sees
+
+
+def test_policy_rules_see_every_name_of_the_program() -> None:
+    assert program_names("rm", "/usr/bin/rm", "/usr/bin/rm") == ("/usr/bin/rm",)
+    assert program_names("/bin/rm", "/bin/rm", "/usr/bin/rm") == ("/usr/bin/rm", "rm")
+    assert program_names("//usr/bin/rm", "//usr/bin/rm", "/usr/bin/rm") == ("/usr/bin/rm", "rm")
+    assert program_names("python3", "/usr/bin/python3", "/usr/bin/python3.11") == (
+        "/usr/bin/python3", "/usr/bin/python3.11", "python3.11")
+    # Off the PATH a program has no bare name: /srv/x/rm is not the `rm` a rule means.
+    assert program_names("/srv/x/rm", "/srv/x/rm", "/srv/x/rm") == ()
+    deny_rm = parse_policy('deny = ["shell:exec:rm"]\nask = ["shell:exec:python3.11"]\n'
+                           'allow = ["shell:exec:*"]\ndefault = "deny"\n', "p.toml")
+    held = [parse_cap("shell:exec:*")]
+    for given in ("rm", "/bin/rm", "/usr/bin/rm", "/usr/bin/../bin/rm", "//usr/bin/rm"):
+        exe = os.path.normpath(given) if "/" in given else "/usr/bin/rm"
+        request = Request("shell", "exec", given,
+                          aliases=program_names(given, exe, os.path.realpath(exe)))
+        assert authorize(held, deny_rm, request, "/").verdict == "deny", given
+    request = Request("shell", "exec", "python3",
+                      aliases=program_names("python3", "/usr/bin/python3", "/usr/bin/python3.11"))
+    assert authorize(held, deny_rm, request, "/").verdict == "ask"
 
 
 def test_a_capability_contributes_the_directory_before_its_first_wildcard() -> None:
@@ -461,6 +483,22 @@ def test_a_capability_for_git_does_not_run_a_git_elsewhere_or_a_shell(
     ], cwd=project, caps=["shell:exec:git", "fs:rw:./**"])
     assert by_path["error"] == relative["error"] == via_sh["error"] == "PermissionDenied"
     assert real["exit_code"] == 0 and real["stdout"].startswith("git version")
+
+
+@pytest.mark.privileged
+def test_a_policy_deny_of_a_program_holds_whatever_path_names_it(
+    shsup: Supervisor, tmp_path: Path, project: Path
+) -> None:
+    (project / "keep").write_text("x")
+    deny_rm = parse_policy('deny = ["shell:exec:rm"]\nallow = ["shell:*:*", "fs:*:./**"]\n'
+                           'default = "deny"\n', "deny-rm.toml")
+    names = ["rm", "/bin/rm", "/usr/bin/rm", "/usr/bin/../bin/rm", "//usr/bin/rm",
+             "/usr/bin/./rm"]
+    results = shell(shsup, tmp_path, [{"argv": [n, "keep"]} for n in names], cwd=project,
+                    caps=["shell:exec:*", "fs:rw:./**"], policy=deny_rm)
+    assert [r.get("error") for r in results] == ["PermissionDenied"] * len(names), results
+    assert all("denied by policy rule 'shell:exec:rm'" in r["message"] for r in results)
+    assert (project / "keep").exists()
 
 
 @pytest.mark.privileged

@@ -47,7 +47,9 @@ class Request:
     """One concrete thing a syscall wants to do, e.g. ``fs:write:/home/u/proj/out/a.txt``.
 
     ``aliases`` are other names of the same resource (the path as the agent spelled it,
-    before symlinks were resolved); deny rules are checked against every name.
+    before symlinks were resolved; a program's path and its name on PATH); deny and ask
+    rules are checked against every name, capabilities and allow rules against
+    ``resource`` only, so another name can only make a request harder to grant.
     """
 
     kind: str
@@ -177,7 +179,7 @@ def authorize(
             None,
         )
     for pat in pol.ask:
-        if pat.allows(request.kind, request.right, request.resource):
+        if any(pat.allows(request.kind, request.right, n) for n in names):
             return Decision("ask", f"policy rule '{pat}' asks a human for {request}", str(pat))
     for pat in pol.allow:
         if pat.allows(request.kind, request.right, request.resource):

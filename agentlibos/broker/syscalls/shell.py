@@ -117,6 +117,21 @@ def program_allowed(cap: CapPattern, given: str, resolved: str,
     return folder in path.split(":") and cap.allows("shell", "exec", name)
 
 
+def program_names(given: str, resolved: str, real: str, path: str = SHELL_PATH
+                  ) -> tuple[str, ...]:
+    """Every name of the program policy rules must see, besides ``given``: its resolved
+    path, that path with symlinks resolved (``/bin`` is a link to ``/usr/bin`` on most
+    hosts, ``python3`` to ``python3.11``), and the bare name of each that lies in a PATH
+    directory -- so a rule that denies or asks for ``rm`` also covers ``/usr/bin/rm``,
+    ``/bin/rm`` and ``//usr/bin/../bin/rm``, as capabilities already read it. Pure."""
+    names = [resolved, real]
+    for p in (resolved, real):
+        folder, name = os.path.split(p)
+        if folder in path.split(":"):
+            names.append(name)
+    return tuple(dict.fromkeys(n for n in names if n != given))
+
+
 @syscall("shell.exec", argv=Param(list, max_len=MAX_ARGV),
          stdin=Param(str, required=False, max_len=MAX_STDIN),
          timeout=Param(float, required=False, default=60.0),
@@ -130,7 +145,8 @@ def shell_exec(svc: ShellServices, caller: Caller, args: dict[str, Any],
     env = check_env(args["env"])
     stdin = args["stdin"]
     exe = svc.shell.resolve(argv[0], caller.cwd)
-    request = Request("shell", "exec", argv[0], aliases=(exe,))
+    request = Request("shell", "exec", argv[0],
+                      aliases=program_names(argv[0], exe, os.path.realpath(exe)))
     svc.authz.authorize(caller, "shell.exec", request)
     held = [*caller.caps, *caller.approved]
     if not any(program_allowed(c, argv[0], exe) for c in held if c.kind == "shell"):
