@@ -226,6 +226,53 @@ def test_each_kind_of_wait_ends_while_evicted_and_the_process_comes_back_for_it(
     audit_verifies(home)
 
 
+@pytest.mark.parametrize("always", [False, True], ids=["once", "always"])
+def test_a_question_whose_approval_came_while_evicted_is_asked_once_and_answered(
+    evicting_home: Path, tmp_path: Path, make_image: MakeImage, always: bool,
+) -> None:
+    """`human.ask` itself needs an approval here (as under the built-in policy): approved
+    while its process is evicted, the call must run once, when the process is back --
+    one question, no second approval, and the answer wakes it."""
+    home = evicting_home
+    image = make_image("waits", WAITS, caps=["human:ask:*"])
+    policy = tmp_path / "ask-to-ask.toml"
+    policy.write_text('ask = ["human:ask:*"]\nallow = ["obj:*:*"]\ndefault = "deny"\n')
+    daemon = start_daemon(home)
+    try:
+        r = cli(home, "run", "--detach", "--ask", "queue", "--policy", str(policy),
+                str(image), "--arg", "kind=human")
+        assert r.returncode == 0, r.stderr
+        pid = int(r.stdout)
+        evicted(home, pid)
+        assert ps(home)[pid]["wait"].startswith("approval:")
+        [approval] = json.loads(cli(home, "approvals", "--json").stdout)
+        flags = ["--always"] if always else []
+        assert cli(home, "approve", str(approval["id"]), *flags).returncode == 0
+
+        def asked() -> list[dict[str, Any]]:
+            return [a for a in json.loads(cli(home, "approvals", "--json").stdout)
+                    if a["pid"] == pid]
+
+        wait_until(lambda: [a["kind"] for a in asked()] == ["question"], 30, "the question")
+        evicted(home, pid)
+        row = ps(home)[pid]
+        assert (row["state"], row["host_pid"]) == ("waiting", None), row
+        [question] = asked()
+        assert row["wait"] == f"human:{question['id']}", row
+        assert cli(home, "answer", str(question["id"]), "blue").returncode == 0
+        w = cli(home, "wait", str(pid), "--json", timeout=60)
+        out = json.loads(w.stdout)
+        assert (out["exit_reason"], out["result"]["got"]) == ("returned", "blue"), out
+        everything = json.loads(cli(home, "approvals", "--all", "--json").stdout)
+        assert sorted(a["kind"] for a in everything if a["pid"] == pid) == [
+            "approval", "question"]
+        assert daemon.poll() is None
+    finally:
+        stop_process(daemon, 20)
+    journal_consistent(home, pid)
+    audit_verifies(home)
+
+
 def test_an_approval_answered_while_no_supervisor_runs_is_honoured_by_the_next(
     evicting_home: Path, tmp_path: Path, make_image: MakeImage,
 ) -> None:

@@ -136,6 +136,9 @@ class Approvals:
                  ) -> Pending:
         marker = Pending(pid)
         entry = _Waiting(marker, decided)
+        earlier = self._open.get(rec.id)
+        if earlier is not None and earlier.timer is not None:
+            earlier.timer.cancel()  # one timeout per ask, whoever waits on it now
         self._open[rec.id] = entry
         self._waits.suspend(pid, marker, wait, durable={"approval" if decided else "ask":
                                                         rec.id})
@@ -207,6 +210,14 @@ class Approvals:
                 entry.marker.reject(outcome)
             return
         entry.marker.resolve(None)  # no longer waiting on this ask
+        live = self._table.live.get(rec.pid)
+        if live is not None and live.evicted:
+            # No host process to answer. Its wait ended, so it is resumed, and its call,
+            # replayed, finds this ask decided (``reattach``) and runs then -- as after a
+            # restart. Running it now, for nobody, would let a call that waits again (a
+            # `human.ask` approved, now its question) wait twice: once here, once when
+            # the resumed process asks again.
+            return
         entry.decided(outcome)
 
     def _stand(self, rec: AskRecord) -> None:
