@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import builtins
 import os
+from collections.abc import Mapping
 from typing import Any, NoReturn, overload
 
 from agentlibos.errors import InvalidArgument, LibOSError, NotFound
@@ -21,6 +22,16 @@ from agentlibos.sdk.client import Client
 
 __all__ = ["Caps", "Clock", "Context", "Events", "Fs", "Human", "Image", "Jit", "Model", "Net",
            "Obj", "Proc", "Shell", "Tools"]
+
+
+def _listed(call: str, what: str, value: object, of: str) -> list[Any]:
+    """``value`` as a list, if it is a list or tuple; else InvalidArgument. ``list(x)``
+    would take a string for its characters (caps "fs:read:./**" became the capability
+    "f") and a dict for its keys, and the broker's error then named the wrong thing."""
+    if not isinstance(value, list | tuple):
+        raise InvalidArgument(f"{call}: {what} must be a list of {of}, not "
+                              f"{type(value).__name__}")
+    return list(value)
 
 
 class _Family:
@@ -124,7 +135,7 @@ class Proc(_Family):
         """Start a child; ``caps`` (default: all yours) must lie within your own."""
         req: dict[str, Any] = {"image": image, "args": args or {}}
         if caps is not None:
-            req["caps"] = list(caps)
+            req["caps"] = _listed("proc.spawn", "caps", caps, "capability strings")
         if cwd is not None:
             req["cwd"] = cwd
         return int(self._call("proc.spawn", req)["pid"])
@@ -219,7 +230,7 @@ class Jit(_Family):
         if schema is not None:
             args["schema"] = schema
         if caps is not None:
-            args["caps"] = list(caps)
+            args["caps"] = _listed("jit.register", "caps", caps, "capability strings")
         if timeout is not None:
             args["timeout"] = timeout
         return str(self._call("jit.register", args)["version"])
@@ -235,7 +246,7 @@ class Human(_Family):
         of the run that started it."""
         args: dict[str, Any] = {"question": question, "topic": topic}
         if choices is not None:
-            args["choices"] = list(choices)
+            args["choices"] = _listed("human.ask", "choices", choices, "strings")
         return str(self._call("human.ask", args)["answer"])
 
 
@@ -292,10 +303,21 @@ class Net(_Family):
         5xx too; refusals raise PermissionDenied, a slow answer Timeout, a big one
         LimitExceeded."""
         args: dict[str, Any] = {"url": url, "method": method, "timeout": timeout}
+        if headers is not None and not isinstance(headers, Mapping):
+            # dict("ab") is a ValueError, dict([("a", "b")]) a quiet conversion.
+            raise InvalidArgument(f"net.fetch: headers must be a dict of strings, not "
+                                  f"{type(headers).__name__}")
         if headers:
             args["headers"] = dict(headers)
-        blobs = [] if body is None else [
-            body.encode("utf-8") if isinstance(body, str) else bytes(body)]
+        blobs: list[bytes] = []
+        if isinstance(body, str):
+            blobs.append(body.encode("utf-8"))
+        elif isinstance(body, bytes | bytearray | memoryview):
+            blobs.append(bytes(body))
+        elif body is not None:
+            # bytes(5) would send five NUL bytes and bytes([1, 2]) the bytes 1 and 2.
+            raise InvalidArgument(f"net.fetch: body must be bytes or str, not "
+                                  f"{type(body).__name__}")
         result, got = self._c.call("net.fetch", args, blobs)
         data = got[0] if got else b""
         hdrs = dict(result.get("headers") or {})
@@ -326,9 +348,10 @@ class Model(_Family):
         are function schemas. Returns ``{"message": {...}, "usage": {...}}`` in the Chat
         Completions shape, tool calls included. The call reserves ``max_tokens`` plus the
         prompt's size from the tree's token budget first: LimitExceeded if it cannot."""
-        args: dict[str, Any] = {"messages": list(messages)}
+        args: dict[str, Any] = {
+            "messages": _listed("model.chat", "messages", messages, "message objects")}
         if tools is not None:
-            args["tools"] = list(tools)
+            args["tools"] = _listed("model.chat", "tools", tools, "function schemas")
         if model is not None:
             args["model"] = model
         if max_tokens is not None:

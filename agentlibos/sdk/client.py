@@ -11,7 +11,7 @@ import itertools
 import json
 from typing import Any
 
-from agentlibos.errors import ProtocolError, Timeout, from_wire
+from agentlibos.errors import InvalidArgument, ProtocolError, Timeout, from_wire
 from agentlibos.kernel.journal import UNJOURNALED, args_digest
 from agentlibos.protocol.wire import decode_reply, encode_request, size_error
 from agentlibos.protocol.zmtp import Dealer
@@ -47,12 +47,13 @@ class Client:
         """Make one syscall; return ``(result, blobs)`` or raise its typed error."""
         req_id = next(self._ids)
         seq = None if name in UNJOURNALED else self._next_seq
+        # Encoded before the journal is consulted, so a call refused here neither sends
+        # anything nor uses up the journaled answer meant for the call after it.
+        frames = self._encode(req_id, name, args or {}, blobs or [], seq)
         if seq is not None and self._replay:
             local = self._replayed(seq, name, args or {}, blobs or [])
             if local is not None:
                 return local
-        frames = encode_request(req_id, self.pid, name, args or {}, self._token, blobs,
-                                seq=seq)
         too_big = size_error(frames)
         if too_big is not None:
             # Refused here, unnumbered, as the broker would refuse it at its door: the
@@ -76,6 +77,21 @@ class Client:
             if reply.id is None and reply.error is None:
                 raise ProtocolError(f"{name}: malformed error reply")
             raise from_wire(reply.error)
+
+    def _encode(self, req_id: int, name: str, args: dict[str, Any], blobs: list[bytes],
+                seq: int | None) -> list[bytes]:
+        """The request's frames, or InvalidArgument when the caller's arguments are not
+        JSON values (bytes, a set, an object, a cycle, nesting deeper than Python
+        recurses) or a payload is not bytes; the agent's mistake, so nothing is sent."""
+        for blob in blobs:
+            if not isinstance(blob, bytes | bytearray):
+                raise InvalidArgument(f"{name}: payloads must be bytes, not "
+                                      f"{type(blob).__name__}")
+        try:
+            return encode_request(req_id, self.pid, name, args, self._token, blobs,
+                                  seq=seq)
+        except (TypeError, ValueError, RecursionError) as e:
+            raise InvalidArgument(f"{name}: arguments are not JSON: {e}") from None
 
     def load_replay(self, upto: int) -> None:
         """Fetch the journal this resumed process replays (docs/durability.md): its calls
