@@ -127,6 +127,10 @@ def test_a_crash_at_each_barrier_never_repeats_an_effect_and_loses_no_acknowledg
             wait_until(lambda: ps(home)[pid]["state"] == "attention", 20, "attention")
             row = ps(home)[pid]
             assert row["attention"]["call"] == call, row
+            # What it was about to do, in the capability syntax the approval queue uses.
+            assert row["attention"]["request"] == {
+                "append": f"fs:write:{proj}/out.txt", "shell": "shell:exec:sh",
+                "post": f"net:fetch:{http.base}{path}"}[kind], row
             assert row["host_pid"] is None
             assert _effects(proj, http, kind, path) == done_before
             assert not (proj / "done.txt").exists()
@@ -205,7 +209,9 @@ def test_a_crash_before_a_tool_acts_replays_a_jit_tool_and_stops_on_a_builtin(
             journal_consistent(home, pid)
         else:
             wait_until(lambda: ps(home)[pid]["state"] == "attention", 30, "attention")
-            assert ps(home)[pid]["attention"]["call"] == "tool.call"
+            row = ps(home)[pid]
+            assert row["attention"]["call"] == "tool.call", row
+            assert row["attention"]["request"].startswith("jit:invoke:"), row
     finally:
         stop_process(daemon, 20)
     audit_verifies(home)

@@ -292,7 +292,7 @@ class Dispatcher:
                      blobs: list[bytes], *, durable: bool) -> None:
         assert self.journal is not None
         self.journal.intent(caller.pid, seq, call, _digest(call, args, blobs),
-                            once_intent(describe_request(call, args)), durable=durable,
+                            once_intent(describe_request(call, args, caller.cwd)), durable=durable,
                             hold=not durable)
         crash_at("before-effect", call)
 

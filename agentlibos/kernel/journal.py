@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -164,21 +165,25 @@ def parse_intent(result: str | None) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {"effect": "once", "request": None}
 
 
-def describe_request(call: str, args: dict[str, Any]) -> str:
-    """A short line saying what a ``once`` effect was about to do, for `attention`.
+def describe_request(call: str, args: dict[str, Any], cwd: str) -> str:
+    """What a ``once`` effect was about to do, for `attention`: a capability string
+    (``fs:write:/abs/path``, ``shell:exec:git``, ``net:fetch:URL``, ``jit:invoke:NAME``),
+    the shape the approval queue shows.
 
     Not a capability check (the broker's resolved request is decided later, inside the
-    handler): what the agent asked for, in the capability syntax's shape."""
+    handler): what the agent asked for, a relative path resolved against ``cwd``."""
     if call == "shell.exec":
         argv = args.get("argv")
         head = argv[0] if isinstance(argv, list) and argv and isinstance(argv[0], str) else "?"
         return f"shell:exec:{head}"
     if call == "fs.write":
-        return f"fs:write:{args.get('path')}" + (" (append)" if args.get("append") else "")
+        path = args.get("path")
+        where = os.path.normpath(os.path.join(cwd, path)) if isinstance(path, str) else "?"
+        return f"fs:write:{where}"
     if call == "net.fetch":
-        return f"net:fetch:{args.get('url')} ({args.get('method') or 'GET'})"
+        return f"net:fetch:{args.get('url')}"
     if call == "tool.call":
-        return f"tool:call:{args.get('name')}"
+        return f"jit:invoke:{args.get('name')}"
     return call
 
 
