@@ -62,7 +62,10 @@ def limits_text(limits: dict[str, Any]) -> str:
     if limits.get("cpu_max_cores"):
         parts.append(f"cpu={limits['cpu_max_cores']:g}")
     if limits.get("wall_limit_s"):
-        parts.append(f"wall={format_duration(float(limits['wall_limit_s']))}")
+        # A child's wall limit is what was left of its parent's (3599.993...): shown to
+        # the second, as a root's is (1h), or to the millisecond below one second.
+        wall = float(limits["wall_limit_s"])
+        parts.append(f"wall={format_duration(round(wall) if wall >= 1 else round(wall, 3))}")
     return ",".join(parts) or "-"
 
 

@@ -17,6 +17,7 @@ from agentlibos.cli.common import (
     print_json,
     readonly_store,
 )
+from agentlibos.errors import NoSuchProcess
 from agentlibos.kernel.audit import AuditRecord, VerifyResult
 from agentlibos.launcher import Interrupt, signals
 from agentlibos.store import Store
@@ -111,6 +112,8 @@ def _nothing_yet(ns: argparse.Namespace) -> int:
 def cmd_audit(ns: argparse.Namespace) -> int:
     paths = paths_of(ns)
     store = readonly_store(paths)
+    if store is None and ns.pid is not None:
+        raise NoSuchProcess(f"no process {ns.pid}: nothing has run in {paths.home}")
     if store is None and ns.follow and not ns.verify:
         interrupt = Interrupt()
         with signals(interrupt):  # nothing has run yet: follow from the first record
@@ -122,6 +125,8 @@ def cmd_audit(ns: argparse.Namespace) -> int:
     if store is None:
         return _nothing_yet(ns)
     try:
+        if ns.pid is not None:
+            store.get_process(ns.pid)  # NoSuchProcess (exit 2) for a pid never run here
         if ns.verify:
             return _verify(ns, store)
         every = store.audit_records(pid=ns.pid)

@@ -6,12 +6,15 @@ import argparse
 import fcntl
 import functools
 import json
+import logging
+import math
 import os
 import re
 import sys
 import textwrap
+import traceback
 from collections.abc import Callable, Sequence
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 from agentlibos.config import OperatorConfig, Paths, load_operator_config
 from agentlibos.errors import Unavailable, UsageError
@@ -40,6 +43,37 @@ def err(msg: str) -> None:
 def note(msg: str) -> None:
     """A progress line on stderr (stdout stays the command's output)."""
     print(f"agentlibos: {printable(msg)}", file=sys.stderr, flush=True)
+
+
+class _StderrLog(logging.Handler):
+    """What the library logs (a stale cgroup removed, no warm pool, the zygote
+    restarted) as the command's other stderr lines: ``agentlibos: note: ...``, or
+    ``agentlibos: warning: ...`` from ERROR up (the command's own failure is the one
+    ``error:`` line), escaped to one line. A traceback (log.exception: a bug) follows."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)  # as much as Python shows with no handler
+
+    def format(self, record: logging.LogRecord) -> str:
+        kind = "warning" if record.levelno >= logging.ERROR else "note"
+        line = f"agentlibos: {kind}: {printable(record.getMessage())}"
+        if record.exc_info:
+            line += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
+        return line
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            # sys.stderr when the record comes, not when the handler was made.
+            print(self.format(record), file=sys.stderr, flush=True)
+        except Exception:  # noqa: BLE001 - logging's own convention: report, never raise
+            self.handleError(record)
+
+
+def log_to_stderr() -> None:
+    """Route the ``agentlibos`` loggers to stderr in the CLI's form (once per process)."""
+    logger = logging.getLogger("agentlibos")
+    if not any(isinstance(h, _StderrLog) for h in logger.handlers):
+        logger.addHandler(_StderrLog())
 
 
 def print_json(value: Any) -> None:
@@ -117,10 +151,46 @@ def parse_args_kv(items: Sequence[str]) -> dict[str, Any]:
         if key in out:
             raise UsageError(f"--arg {key!r} given twice")
         try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
+            out[key] = parse_json(raw)
+        except NotJSON:
             out[key] = raw
     return out
+
+
+class NotJSON(ValueError):
+    """Text given where JSON is wanted does not parse as JSON; ``str()`` says why."""
+
+
+def _constant(name: str) -> NoReturn:
+    raise NotJSON(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise NotJSON(f"the number {text} is out of range")
+    return value
+
+
+def parse_json(text: str) -> Any:
+    """``text`` as JSON, strictly: every JSON value the user gives goes through here.
+
+    Python's ``json.loads`` also takes ``NaN``, ``Infinity`` and ``-Infinity``, which are
+    not JSON, and reads ``1e999`` as infinity; the broker refuses non-finite numbers
+    (protocol/wire.py), so an agent could never be handed them or send them back. They
+    are not JSON here either. Raises :class:`NotJSON` (also for what ``json`` itself
+    refuses, such as an integer of more than 4300 digits or nesting too deep to parse).
+    """
+    try:
+        return json.loads(text, parse_constant=_constant, parse_float=_finite)
+    except NotJSON:
+        raise
+    except json.JSONDecodeError as e:
+        raise NotJSON(f"{e.msg} at line {e.lineno} column {e.colno}") from None
+    except RecursionError:
+        raise NotJSON("nested too deeply") from None
+    except ValueError as e:  # int() of more digits than Python converts
+        raise NotJSON(str(e)) from None
 
 
 def log_path(paths: Paths, pid: int) -> str:

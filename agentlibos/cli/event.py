@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
-from agentlibos.cli.common import EXIT_OK, add_command, control, note, paths_of, print_json
+from agentlibos.cli.common import (
+    EXIT_OK,
+    NotJSON,
+    add_command,
+    control,
+    note,
+    parse_json,
+    paths_of,
+    print_json,
+)
 from agentlibos.errors import UsageError
 from agentlibos.kernel.approvals import EVENT_NAME_RE
 
@@ -30,10 +38,10 @@ def parse_data(text: str | None) -> Any:
     if text is None:
         return None
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UsageError(f"--data is not JSON ({e.msg} at line {e.lineno} column "
-                         f"{e.colno}); quote text as JSON: --data '\"text\"'") from None
+        return parse_json(text)
+    except NotJSON as e:
+        raise UsageError(f"--data is not JSON ({e}); quote text as JSON: "
+                         "--data '\"text\"'") from None
 
 
 def cmd_event_post(ns: argparse.Namespace) -> int:

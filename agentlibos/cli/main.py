@@ -33,7 +33,14 @@ from agentlibos.cli import (
     serve,
     wait,
 )
-from agentlibos.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, err
+from agentlibos.cli.common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    err,
+    log_to_stderr,
+)
 from agentlibos.errors import InvalidArgument, LibOSError, NotFound
 
 COMMANDS = (run, wait, logs, serve, ps, kill, approvals, approve, deny, answer, event, caps,
@@ -63,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Run one command; every error the user can cause is one line and an exit status."""
+    log_to_stderr()
     parser = build_parser()
     try:
         ns = parser.parse_args(argv)

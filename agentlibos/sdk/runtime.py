@@ -12,7 +12,7 @@ import traceback
 from types import FrameType
 from typing import Any
 
-from agentlibos.errors import LibOSError
+from agentlibos.errors import InvalidArgument, LibOSError, LimitExceeded
 from agentlibos.protocol.zmtp import Dealer
 from agentlibos.sdk import Context
 from agentlibos.sdk.client import Client
@@ -75,7 +75,19 @@ def run_agent(endpoint: str, pid: int, token: bytes, *, dealer: Dealer | None = 
         args: dict[str, Any] = {"status": status, "result": result}
         if error is not None:
             args["error"] = error[:60000]
-        client.call("proc.exit", args, timeout_s=30)
+        try:
+            client.call("proc.exit", args, timeout_s=30)
+        except (InvalidArgument, LimitExceeded) as e:
+            # A report the broker will never take (a non-finite number or a lone
+            # surrogate in the result, nesting too deep, over [supervisor] max_result):
+            # the run failed, and says why. Leaving without a report would count as a
+            # crash, and a crashed process is resumed, only to be refused again.
+            traceback.print_exc()
+            refused = f"its {'result' if status == 'returned' else 'error'} was refused"
+            status = "error"
+            args = {"status": status, "result": None,
+                    "error": f"{refused}: {_describe(e)}"[:60000]}
+            client.call("proc.exit", args, timeout_s=30)
     except BaseException:  # noqa: BLE001 - nothing more can be reported; exit status says it
         traceback.print_exc()
         return 1

@@ -166,8 +166,10 @@ class SandboxManager:
                                         placement=plan)
             mgr.setup()
             with contextlib.suppress(SandboxError):
-                for stale in mgr.cleanup_stale():
-                    log.warning("removed a stale cgroup: %s", stale)
+                stale = mgr.cleanup_stale()
+                if stale:  # one line, however many a dead supervisor left
+                    log.warning("removed %d stale cgroup(s) left by a supervisor that died: %s",
+                                len(stale), ", ".join(map(str, stale)))
             self.cgroups = mgr
             self.cgroup_placement = plan.describe()
         except (LibOSError, OSError) as e:
