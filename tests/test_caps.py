@@ -769,6 +769,12 @@ def test_a_child_capability_within_a_held_one_may_be_handed_on() -> None:
     assert within(cap("shell:exec:git"), held)
 
 
+def test_obj_self_may_always_be_handed_on_it_is_the_receivers_own() -> None:
+    assert within(cap("obj:rw:self"), [])
+    assert within(cap("obj:*:self"), [cap("fs:read:/p/**")])
+    assert not within(cap("obj:read:shared"), [cap("obj:rw:self")])  # self is no other
+
+
 def test_a_child_capability_wider_than_every_held_one_may_not_be_handed_on() -> None:
     held = [cap("fs:read:/p/**"), cap("shell:exec:git")]
     assert not within(cap("fs:write:/p/x"), held)  # more rights

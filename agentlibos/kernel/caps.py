@@ -507,5 +507,9 @@ def attenuate(requested: Sequence[CapPattern], granted: Sequence[CapPattern]) ->
 
 
 def within(child: CapPattern, held: Sequence[CapPattern]) -> bool:
-    """May a holder of ``held`` hand on ``child``? (It must lie within one of them.)"""
+    """May a holder of ``held`` hand on ``child``? It must lie within one of them -- or
+    be ``obj:*:self``, which names the receiver's own namespace: every process has its
+    own, so handing it on gives nothing of the holder's (DESIGN: accepted in a grant)."""
+    if child.kind == "obj" and child.resource == "self":
+        return True
     return any(h.covers(child) for h in held)

@@ -133,11 +133,6 @@ class ProcessCalls:
             c = parse_cap(text).resolved(caller.cwd)
         except PolicyError as e:
             raise InvalidArgument(f"proc.spawn: {e.message}") from None
-        if c.kind == "obj" and c.resource == "self":
-            # Every process has its own `self` (DESIGN: `obj:*:self` in a grant is
-            # accepted and means the holder's own): handing it on gives the child
-            # nothing of the parent's, so it needs nothing the parent holds.
-            return c
         if not within(c, caller.caps):
             self._authz.audit(caller, "proc.spawn", str(c), "deny",
                               {"reason": "not within the parent's capabilities"})

@@ -169,7 +169,7 @@ class SandboxManager:
                 stale = mgr.cleanup_stale()
                 if stale:  # one line, however many a dead supervisor left
                     log.warning("removed %d stale cgroup(s) left by a supervisor that died: %s",
-                                len(stale), ", ".join(map(str, stale)))
+                                len(stale), ", ".join(stale))
             self.cgroups = mgr
             self.cgroup_placement = plan.describe()
         except (LibOSError, OSError) as e:
