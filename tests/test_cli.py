@@ -95,6 +95,8 @@ def test_a_failing_agent_gives_a_nonzero_exit(home: Path, make_image: MakeImage)
         ("bad-kind", ["unknown kind 'disk'"]),
         ("bad-limit", ["[limits] memory", "cannot parse 'lots'"]),
         ("bad-entry", ["entry module 'nowhere' not found"]),
+        ("no-function", ["entry 'agent:mian'", "agent.py defines no function 'mian'"]),
+        ("syntax-error", ["agent.py does not parse", "(line 1)"]),
     ],
 )
 def test_bad_images_get_a_one_line_error(
@@ -114,6 +116,10 @@ def test_bad_images_get_a_one_line_error(
         toml.write_text(toml.read_text() + '[limits]\nmemory = "lots"\n')
     elif setup == "bad-entry":
         toml.write_text(toml.read_text().replace("agent:main", "nowhere:main"))
+    elif setup == "no-function":
+        toml.write_text(toml.read_text().replace("agent:main", "agent:mian"))
+    elif setup == "syntax-error":
+        (d / "agent.py").write_text("def main(ctx, args)\n    return 1\n")
     p = cli(home, "run", str(d))
     assert p.returncode == 2
     assert_one_line_error(p, *needles)

@@ -125,7 +125,8 @@ def test_an_entry_may_be_a_package_or_a_dotted_module(tmp_path: Path) -> None:
              files={"pkg/__init__.py": "", "pkg/sub.py": "def run(ctx, args): pass\n"})
     img = load_image(d)
     assert (img.entry_module, img.entry_function) == ("pkg.sub", "run")
-    d2 = make(tmp_path / "b", minimal(entry="pkg2:run"), files={"pkg2/__init__.py": ""})
+    d2 = make(tmp_path / "b", minimal(entry="pkg2:run"),
+              files={"pkg2/__init__.py": "from pkg2.impl import run\n", "pkg2/impl.py": ""})
     assert load_image(d2).entry_module == "pkg2"
 
 
@@ -249,6 +250,45 @@ def test_an_entry_module_that_does_not_exist_is_refused(tmp_path: Path) -> None:
     msg = refused(d)
     assert "entry module 'missing' not found" in msg
     assert "missing.py" in msg
+
+
+def test_an_entry_function_the_module_cannot_define_is_refused(tmp_path: Path) -> None:
+    d = make(tmp_path, minimal(entry="agent:mian"))
+    assert "entry 'agent:mian': agent.py defines no function 'mian'" in refused(d)
+    # A package's __init__ is what the import system finds before a module of that name.
+    d2 = make(tmp_path / "b", minimal(entry="pkg:run"),
+              files={"pkg/__init__.py": "", "pkg.py": "def run(ctx, args): pass\n"})
+    assert "__init__.py defines no function 'run'" in refused(d2)
+
+
+@pytest.mark.parametrize("source", [
+    "def main(ctx, args): pass\n",
+    "async def main(ctx, args): pass\n",
+    "from helpers import main\n",
+    "from helpers import run as main\n",
+    "import main\n",
+    "main = lambda ctx, args: None\n",
+    "if True:\n    def main(ctx, args): pass\n",
+    "try:\n    from fast import main\nexcept ImportError:\n    main = None\n",
+    "from helpers import *\n",
+    "def __getattr__(name): return lambda ctx, args: None\n",
+    "globals()['main'] = print\n",
+    "import sys\nsetattr(sys.modules[__name__], 'main', print)\n",
+    "def f():\n    global main\n    main = print\nf()\n",
+])
+def test_an_entry_function_that_may_be_defined_is_accepted(
+    tmp_path: Path, source: str
+) -> None:
+    # Nothing of the agent's runs on the host: what is not certainly missing is let
+    # through, to be found (if at all) when the agent starts.
+    d = make(tmp_path, minimal(entry="mod:main"), files={"mod.py": source})
+    assert load_image(d).entry_function == "main"
+
+
+@pytest.mark.parametrize("source", ["def main(ctx, args)\n    pass\n", "x = 1\0\n"])
+def test_an_entry_module_that_does_not_parse_is_refused(tmp_path: Path, source: str) -> None:
+    d = make(tmp_path, minimal(entry="mod:main"), files={"mod.py": source})
+    assert "mod.py does not parse" in refused(d)
 
 
 def test_an_entry_module_that_is_a_directory_without_init_is_refused(tmp_path: Path) -> None:

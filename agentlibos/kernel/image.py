@@ -17,6 +17,7 @@ from typing import Any, Final, Literal, TypeVar
 
 from agentlibos.errors import ImageError, InvalidArgument, PolicyError
 from agentlibos.kernel.caps import CapPattern, parse_cap
+from agentlibos.kernel.entrycheck import entry_problem
 from agentlibos.kernel.schema import check_schema
 from agentlibos.kernel.units import parse_duration, parse_size
 
@@ -348,11 +349,18 @@ def _entry(root: Path, entry: str, where: str) -> tuple[str, str]:
     if not sep or not _IDENT_RE.match(module) or not func.isidentifier():
         raise ImageError(f"{where}: entry {entry!r} must be 'module:function'")
     mod_path = root.joinpath(*module.split("."))
-    if not (mod_path.with_suffix(".py").is_file() or (mod_path / "__init__.py").is_file()):
+    # A package wins over a module of the same name, as in the import system.
+    for source in (mod_path / "__init__.py", mod_path.with_suffix(".py")):
+        if source.is_file():
+            break
+    else:
         raise ImageError(
             f"{where}: entry module {module!r} not found (looked for "
             f"{mod_path.with_suffix('.py').name} in {root})"
         )
+    problem = entry_problem(source, func)
+    if problem is not None:
+        raise ImageError(f"{where}: entry {entry!r}: {problem}")
     return module, func
 
 
