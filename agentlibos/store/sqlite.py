@@ -151,6 +151,7 @@ class SQLiteStore(WaitingTables, DurableTables):
         # Journal entries a deferred turn left with their owner (StoreJournal), taken
         # and written before anything reads the journal: set by the supervisor.
         self.pending_journal: Callable[[], list[JournalEntry]] | None = None
+        self.on_journal_conflict: Callable[[list[tuple[JournalEntry, str]]], None] | None = None
         self._sp_journal: list[JournalEntry] = []  # written inside the open savepoint
         self._sp_mark = 0  # the buffer's length when the current savepoint began
         self.checkpointer = None if readonly else WalCheckpointer(self.path)
@@ -699,20 +700,49 @@ class SQLiteStore(WaitingTables, DurableTables):
             with self.transaction():
                 self._insert_journal(entries)
 
+    _INSERT_JOURNAL: Final = (
+        "INSERT INTO journal (pid, seq, call, digest, status, result, created_at,"
+        " settled_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+
     def _insert_journal(self, entries: list[JournalEntry]) -> None:
         if not entries:
             return
         now = time.time()
+        rows = [(e.pid, e.seq, e.call, e.digest, e.status, e.result, now,
+                 None if e.status == "intent" else now) for e in entries]
+        # A savepoint: executemany runs one statement per row, so a duplicate leaves the
+        # rows before it written; the batch is undone and written again row by row.
+        self._db.execute("SAVEPOINT journal_rows")
         try:
-            self._db.executemany(
-                "INSERT INTO journal (pid, seq, call, digest, status, result, created_at,"
-                " settled_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(e.pid, e.seq, e.call, e.digest, e.status, e.result, now,
-                  None if e.status == "intent" else now) for e in entries])
+            self._db.executemany(self._INSERT_JOURNAL, rows)
         except sqlite3.IntegrityError:
-            for e in entries:  # find which one, for a clear error
-                self.journal_append(e)
-            raise
+            self._db.execute("ROLLBACK TO journal_rows")
+            self._insert_journal_apart(entries, rows)
+        finally:
+            self._db.execute("RELEASE journal_rows")
+
+    def _insert_journal_apart(self, entries: list[JournalEntry],
+                              rows: list[tuple[Any, ...]]) -> None:
+        """Each entry alone: one whose (pid, seq) is taken is a Conflict naming it, or,
+        with ``on_journal_conflict`` set (a supervisor), left out and reported there,
+        so that one process's broken journal does not stop every other's turn."""
+        conflicts: list[tuple[JournalEntry, str]] = []
+        for e, row in zip(entries, rows, strict=True):
+            try:
+                self._db.execute(self._INSERT_JOURNAL, row)
+            except sqlite3.IntegrityError as err:
+                held = self._db.execute("SELECT call FROM journal WHERE pid = ? AND seq = ?",
+                                        (e.pid, e.seq)).fetchone()
+                if held is None:
+                    raise
+                if self.on_journal_conflict is None:
+                    raise Conflict(
+                        f"process {e.pid} already has journal entry {e.seq} ({held[0]}); "
+                        f"cannot record {e.call} there", pid=e.pid, seq=e.seq) from err
+                conflicts.append((e, str(held[0])))
+        if conflicts:
+            assert self.on_journal_conflict is not None
+            self.on_journal_conflict(conflicts)
 
     def _journal_visible(self) -> None:
         """Before reading the journal: write the entries deferred turns left.
@@ -734,27 +764,8 @@ class SQLiteStore(WaitingTables, DurableTables):
 
     def journal_append(self, entry: JournalEntry) -> None:
         """Record one syscall of ``entry.pid``; a second entry at the same seq is a Conflict."""
-        now = time.time()
-        settled_at = None if entry.status == "intent" else now
         with self.transaction():
-            try:
-                self._db.execute(
-                    "INSERT INTO journal (pid, seq, call, digest, status, result, created_at,"
-                    " settled_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (entry.pid, entry.seq, entry.call, entry.digest, entry.status,
-                     entry.result, now, settled_at),
-                )
-            except sqlite3.IntegrityError as e:
-                row = self._db.execute(
-                    "SELECT call FROM journal WHERE pid = ? AND seq = ?", (entry.pid, entry.seq)
-                ).fetchone()
-                if row is None:
-                    raise
-                raise Conflict(
-                    f"process {entry.pid} already has journal entry {entry.seq} "
-                    f"({row[0]}); cannot record {entry.call} there",
-                    pid=entry.pid, seq=entry.seq,
-                ) from e
+            self._insert_journal([entry])
 
     def journal_settle(self, pid: int, seq: int, status: JournalStatus, result: str) -> None:
         """Turn the intent at ``(pid, seq)`` into ``ok`` or ``error`` with its result."""

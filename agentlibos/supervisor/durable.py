@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -62,6 +63,7 @@ class Durable:
         waits.ended_evicted = self.wait_ended
         dispatcher.replay = Replayer(store)
         dispatcher.replay.on_diverged = self._diverged
+        store.on_journal_conflict = self._journal_conflict
 
     # ------------------------------------------------------------------ resuming
 
@@ -149,6 +151,19 @@ class Durable:
                                  {"seq": seq, "detail": detail})
         self._table.terminate(pid, "diverged", f"diverged from its journal: {detail}",
                               grace_s=0)
+
+    def _journal_conflict(self, conflicts: list[tuple[JournalEntry, str]]) -> None:
+        """A turn's journal entries whose place was already taken (a supervisor bug, or
+        the database edited under it): the rest of the turn was written; each such
+        process ends ``diverged`` -- it could not be replayed -- on the next turn, out
+        of the store's commit. Every other process goes on."""
+        first: dict[int, tuple[JournalEntry, str]] = {}
+        for e, held in conflicts:
+            first.setdefault(e.pid, (e, held))
+        for pid, (e, held) in first.items():
+            detail = (f"its journal already holds entry {e.seq} ({held}); "
+                      f"{e.call} could not be recorded there")
+            self._loop.call_later(0, functools.partial(self._diverged, pid, e.seq, detail))
 
     # ------------------------------------------------------------------ eviction
 
