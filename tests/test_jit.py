@@ -143,6 +143,61 @@ def test_a_tool_is_narrowed_to_the_capabilities_it_declares(
     assert (out[1]["ok"], out[1]["code"]) == (False, "EPERM")
 
 
+READS_AND_LISTS = """
+    export default async function (args: { path: string }, libos: Libos): Promise<unknown> {
+      const held = await libos.syscall("cap.list", {});
+      try {
+        return { held, text: await libos.fs.readText(args.path) };
+      } catch (e) {
+        return { held, refused: String(e) };
+      }
+    }
+"""
+
+
+def test_a_tool_declared_with_an_empty_caps_list_holds_nothing(
+    sup: Supervisor, make_image: MakeImage, tmp_path: Path
+) -> None:
+    # `caps = []` is the least-privilege spelling: it was taken as "not narrowed", and the
+    # tool held everything its caller did (audit 4-a, M1). Leaving the key out keeps that.
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "a.txt").write_text("secret")
+    none = tool_image(make_image, "nocaps", READS_AND_LISTS, tool_options=", caps = []")
+    (out,) = call_tool(sup, none, [{"path": "a.txt"}], cwd=proj)
+    assert out["ok"] and out["value"]["held"] == [], out
+    assert "PermissionDenied" in out["value"]["refused"] and "secret" not in str(out)
+    inherit = tool_image(make_image, "inherits", READS_AND_LISTS, tool_options=", timeout = 20")
+    (out,) = call_tool(sup, inherit, [{"path": "a.txt"}], cwd=proj)
+    assert out["value"]["text"] == "secret" and "fs:rw:" + str(proj) + "/**" in out["value"]["held"]
+
+
+REGISTERS_WITH_CAPS = """
+def main(ctx, args):
+    ctx.jit.register("r", args["source"], caps=args["caps"])
+    return ctx.tools.call("r", {"path": "a.txt"})
+"""
+
+
+@pytest.mark.parametrize(("caps", "reads"), [([], False), (None, True)])
+def test_a_tool_registered_with_an_empty_caps_list_holds_nothing(
+    sup: Supervisor, make_image: MakeImage, tmp_path: Path, caps: list[str] | None,
+    reads: bool,
+) -> None:
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "a.txt").write_text("secret")
+    img = make_image("regcaps", REGISTERS_WITH_CAPS, caps=["jit:*:*", "fs:rw:./**"])
+    rec = run_proc(sup, img, {"source": textwrap.dedent(READS_AND_LISTS), "caps": caps},
+                   cwd=proj, timeout_s=90)
+    assert rec.exit_reason == "returned", (rec.error, log_of(sup, rec.pid))
+    assert (rec.result.get("text") == "secret") is reads, rec.result
+    assert (rec.result["held"] == []) is not reads, rec.result
+    reg = next(a for a in sup.store.audit_records(pid=rec.pid)
+               if a.call == "jit.register" and a.verdict == "info")
+    assert reg.detail["caps"] == caps
+
+
 def test_args_are_checked_against_the_schema_before_the_call(
     sup: Supervisor, make_image: MakeImage
 ) -> None:

@@ -126,8 +126,9 @@ class ToolSpec:
     kind: Literal["builtin", "jit"]
     ref: str  # the syscall name for builtins, the path (relative to the image) for jit
     # JIT tools only (the table form in [tools]): capabilities the tool is narrowed to
-    # (empty: the caller's own), a JSON schema its args must match, and a time limit.
-    caps: tuple[str, ...] = ()
+    # (None, the key left out: the caller's own; an empty list: none), a JSON schema its
+    # args must match, and a time limit.
+    caps: tuple[str, ...] | None = None
     schema: dict[str, Any] | None = None
     timeout_s: float | None = None
 
@@ -483,7 +484,11 @@ def _positive(v: _N | None, what: str) -> _N | None:
 def _jit_options(root: Path, name: str, options: dict[str, Any], where: str) -> dict[str, Any]:
     """caps, schema and timeout of a JIT tool's table form, validated."""
     out: dict[str, Any] = {}
-    caps = options.get("caps", [])
+    if "caps" not in options:
+        out["caps"] = None
+        caps: Any = []
+    else:
+        caps = options["caps"]
     if not isinstance(caps, list):
         raise ImageError(f"{where}: tool {name!r}: caps must be a list of capabilities")
     for c in caps:
@@ -491,7 +496,7 @@ def _jit_options(root: Path, name: str, options: dict[str, Any], where: str) -> 
             parse_cap(c)
         except PolicyError as e:
             raise ImageError(f"{where}: tool {name!r}: {e.message}") from None
-    out["caps"] = tuple(caps)
+    out.setdefault("caps", tuple(caps))
     schema = options.get("schema")
     if isinstance(schema, str):  # a JSON file inside the image
         spath = (root / schema).resolve()

@@ -223,7 +223,8 @@ class Jit(_Family):
 
         The source is type-checked offline with ``deno check`` first; code that fails is
         refused with the compiler's message (InvalidArgument). ``caps`` narrows what the
-        tool may do to less than this process holds; ``timeout`` bounds each call.
+        tool may do to less than this process holds (None: all it holds; []: nothing);
+        ``timeout`` bounds each call.
         Returns the registered version (a hash of the source).
         """
         args: dict[str, Any] = {"name": name, "source": source}

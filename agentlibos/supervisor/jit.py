@@ -84,7 +84,8 @@ class ToolDef:
 
     name: str
     path: str  # the .ts module (absolute)
-    caps: tuple[str, ...] = ()  # narrow the caller's capabilities to these (empty: don't)
+    # Narrow the caller's capabilities to these (None: don't; empty: to nothing).
+    caps: tuple[str, ...] | None = None
     schema: dict[str, Any] | None = None
     timeout_s: float | None = None
     version: str = ""  # changes when a registered tool is replaced
@@ -753,7 +754,7 @@ class JitManager:
         """The calling process, marked as acting through this tool, with its capabilities
         narrowed to those the tool declares (never widened)."""
         caps = list(caller.caps)  # its own list: what the tool drops is never the caller's
-        if w.tool.caps:
+        if w.tool.caps is not None:
             declared = [parse_cap(c).resolved(caller.cwd) for c in w.tool.caps]
             caps = attenuate(declared, caller.caps)
         return replace(caller, via_tool=w.tool.name, caps=caps)

@@ -73,7 +73,7 @@ class ToolCalls:
         return self._waits.suspend(caller.pid, pending, f"tool:{tool.name}")
 
     def register(self, caller: Caller, name: str, source: str,
-                 schema: dict[str, Any] | None, caps: tuple[str, ...],
+                 schema: dict[str, Any] | None, caps: tuple[str, ...] | None,
                  timeout_s: float | None) -> Result:
         version = hashlib.sha256(source.encode()).hexdigest()[:16]
         path = self._jit.tool_dir(caller.pid, name) / f"tool-{version}.ts"
@@ -90,7 +90,8 @@ class ToolCalls:
                 self._store.append_audit(pid, "jit.register", f"jit:register:{name}",
                                          "info" if ok else "deny",
                                          {"tool": name, "version": version, "checked": ok,
-                                          "caps": list(caps), "compiler": output[:2000]})
+                                          "caps": None if caps is None else list(caps),
+                                          "compiler": output[:2000]})
             if not ok:
                 pending.reject(InvalidArgument(
                     f"jit.register: {name!r} does not pass `deno check`:\n{output}"))

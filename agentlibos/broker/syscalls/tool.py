@@ -39,7 +39,7 @@ class ToolService(Protocol):
     def find(self, caller: Caller, name: str) -> Any: ...
     def call_jit(self, caller: Caller, tool: Any, args: dict[str, Any]) -> Result: ...
     def register(self, caller: Caller, name: str, source: str,
-                 schema: dict[str, Any] | None, caps: tuple[str, ...],
+                 schema: dict[str, Any] | None, caps: tuple[str, ...] | None,
                  timeout_s: float | None) -> Result: ...
 
 
@@ -96,8 +96,10 @@ def jit_register(
         raise Conflict(f"jit.register: the image already has a tool named {name!r}")
     if args["schema"] is not None:
         check_schema(args["schema"], f"jit.register {name} schema")
-    caps = args["caps"] or []
-    for c in caps:
+    # Absent: the tool runs with the caller's capabilities; a list, even an empty one,
+    # narrows it to those (an empty list: a tool that may make no syscall that needs one).
+    caps = args["caps"]
+    for c in caps or []:
         try:
             parse_cap(c)
         except PolicyError as e:
@@ -105,5 +107,5 @@ def jit_register(
     timeout = args["timeout"]
     if timeout is not None and not 0 < timeout <= 3600:
         raise InvalidArgument("jit.register: timeout must be between 0 and 3600 seconds")
-    return svc.tools.register(caller, name, args["source"], args["schema"], tuple(caps),
-                             timeout)
+    return svc.tools.register(caller, name, args["source"], args["schema"],
+                              None if caps is None else tuple(caps), timeout)
