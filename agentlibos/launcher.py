@@ -27,7 +27,7 @@ from agentlibos.kernel.policy import Policy
 from agentlibos.sandbox.profile import SandboxConfig
 from agentlibos.store import open_store
 from agentlibos.supervisor import control
-from agentlibos.supervisor.control import control_call, ping
+from agentlibos.supervisor.control import control_call, host_pid_alive, ping
 
 if TYPE_CHECKING:
     from agentlibos.supervisor import Supervisor
@@ -100,16 +100,6 @@ def stored_record(paths: Paths, pid: int) -> dict[str, Any]:
         return out
     finally:
         store.close()
-
-
-def host_pid_alive(pid: int) -> bool:
-    """True while ``pid`` is a running (not zombie) host process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    # The state is the first field after the command name, which may hold ')'.
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
 
 
 def wait_on_daemon(
@@ -187,7 +177,17 @@ def start_on_daemon(
     if info is None or (daemon_only and info.get("mode") == "embedded"):
         return None
     req = run_request(image, args, cwd=cwd, policy=policy, ask=ask, tokens=tokens)
-    return int(control_call(paths.control_endpoint, req)["pid"]), int(info["pid"])
+    if info.get("mode") != "embedded":
+        return int(control_call(paths.control_endpoint, req)["pid"]), int(info["pid"])
+    # Another command's supervisor ends with its own tree, and may end between our ping
+    # and our request: then the request went unread, and the caller starts again (its
+    # own supervisor, or the next one). A daemon's end is not retried: it may have
+    # started the process before it died.
+    try:
+        reply = control_call(paths.control_endpoint, req, holder=int(info["pid"]))
+    except Unavailable:
+        return None
+    return int(reply["pid"]), int(info["pid"])
 
 
 def embedded_sup(paths: Paths, sandbox: SandboxConfig | None) -> Supervisor:

@@ -15,14 +15,16 @@ if TYPE_CHECKING:
         ControlServer,
         Responder,
         control_call,
+        host_pid_alive,
         ping,
     )
 
 __all__ = ["OPS", "ControlContext", "ControlServer", "Responder", "control_call", "handle",
-           "ping"]
+           "host_pid_alive", "ping"]
 
 # Loaded on first use (agentlibos.lazy): a CLI command that only calls a running daemon
 # needs the client half (server.py), not the ops and the supervisor they reach into.
 __getattr__ = lazy_exports(__name__, {
     "ControlContext": "context", "OPS": "ops", "handle": "ops", "ControlServer": "server",
-    "Responder": "server", "control_call": "server", "ping": "server"})
+    "Responder": "server", "control_call": "server", "ping": "server",
+    "host_pid_alive": "server"})

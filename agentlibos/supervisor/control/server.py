@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Final
 
 import zmq
@@ -82,18 +84,43 @@ class ControlServer:
                 self.sock.send_multipart(frames, zmq.NOBLOCK)
 
 
+# How often a call to a supervisor whose host pid is known looks whether it still runs.
+HOLDER_CHECK_MS: Final = 200
+
+
+def host_pid_alive(pid: int) -> bool:
+    """True while ``pid`` is a running (not zombie) host process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    # The state is the first field after the command name, which may hold ')'.
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
 def control_call(
-    endpoint: str, request: dict[str, Any], *, timeout_s: float | None = 5.0
+    endpoint: str, request: dict[str, Any], *, timeout_s: float | None = 5.0,
+    holder: int | None = None,
 ) -> dict[str, Any]:
-    """One request to a running supervisor; raises the typed error it answered with."""
+    """One request to a running supervisor; raises the typed error it answered with.
+
+    ``holder``: the supervisor's host pid (from a ping). If it ends before it answers,
+    Unavailable at once rather than a Timeout: the request died with it unread."""
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     sock: zmq.Socket[bytes] = ctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
     try:
         sock.connect(endpoint)
         sock.send(json.dumps(request).encode())
-        if not sock.poll(None if timeout_s is None else int(timeout_s * 1000)):
-            raise Timeout(f"the supervisor did not answer {request.get('op')!r} in {timeout_s} s")
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while not sock.poll(HOLDER_CHECK_MS if holder is not None or deadline is None
+                            else max(0, int((deadline - time.monotonic()) * 1000))):
+            if holder is not None and not host_pid_alive(holder):
+                raise Unavailable(f"the supervisor (pid {holder}) ended before it "
+                                  f"answered {request.get('op')!r}")
+            if deadline is not None and time.monotonic() >= deadline:
+                raise Timeout(f"the supervisor did not answer {request.get('op')!r} "
+                              f"in {timeout_s} s")
         reply = json.loads(sock.recv())
     finally:
         sock.close(0)

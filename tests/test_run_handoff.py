@@ -1,0 +1,76 @@
+"""A foreground `run` handed to another command's embedded supervisor that ends before it
+reads the request: the request died unread, so the run starts elsewhere at once, not
+after a 5 s timeout reported as the agent's failure (audit 4-a, M2: about one in 24
+concurrent runs was lost that way).
+
+The other supervisor is played by a real ROUTER socket on the home's control endpoint
+and a real host process that ends; the launcher's own code does the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+
+from agentlibos.config import Paths
+from agentlibos.errors import Timeout
+from agentlibos.launcher import start_on_daemon
+
+
+def serve_control(paths: Paths, holder: subprocess.Popen[bytes], mode: str,
+                  stop: threading.Event) -> threading.Thread:
+    """Answer pings as a supervisor of ``mode`` run by ``holder``; on 'run', end the
+    holder without answering, as an embedded supervisor whose tree just ended does."""
+    sock = zmq.Context.instance().socket(zmq.ROUTER)
+    sock.bind(paths.control_endpoint)
+
+    def loop() -> None:
+        try:
+            while not stop.is_set():
+                if not sock.poll(50):
+                    continue
+                rid, empty, body = sock.recv_multipart()
+                req = json.loads(body)
+                if req["op"] == "ping":
+                    sock.send_multipart([rid, empty, json.dumps(
+                        {"ok": True, "pid": holder.pid, "mode": mode}).encode()])
+                elif req["op"] == "run":
+                    holder.kill()
+                    holder.wait()
+        finally:
+            sock.close(0)
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize("mode", ["embedded", "serve"])
+def test_a_run_left_unread_by_a_supervisor_that_ended(home: Path, mode: str) -> None:
+    paths = Paths(home)
+    paths.ensure()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    stop = threading.Event()
+    t = serve_control(paths, holder, mode, stop)
+    try:
+        t0 = time.monotonic()
+        if mode == "embedded":
+            # None: nobody took it; run_image then starts its own supervisor.
+            assert start_on_daemon(paths, "img", {}, cwd=None, policy=None) is None
+            assert time.monotonic() - t0 < 2
+        else:
+            # A daemon may have started the process before it died: never sent twice.
+            with pytest.raises(Timeout):
+                start_on_daemon(paths, "img", {}, cwd=None, policy=None)
+    finally:
+        stop.set()
+        t.join(5)
+        holder.kill()
+        holder.wait()
