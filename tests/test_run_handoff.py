@@ -28,7 +28,7 @@ def serve_control(paths: Paths, holder: subprocess.Popen[bytes], mode: str,
                   stop: threading.Event) -> threading.Thread:
     """Answer pings as a supervisor of ``mode`` run by ``holder``; on 'run', end the
     holder without answering, as an embedded supervisor whose tree just ended does."""
-    sock = zmq.Context.instance().socket(zmq.ROUTER)
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.ROUTER)
     sock.bind(paths.control_endpoint)
 
     def loop() -> None:

@@ -284,6 +284,48 @@ def test_kill_stops_a_child_and_its_descendants(
     assert procs[2].ppid == procs[1].pid
 
 
+@pytest.mark.parametrize("held", [["proc:signal:leaf", "proc:wait:leaf"],
+                                  ["proc:signal:children", "proc:wait:children"], []])
+def test_a_grandchild_is_reached_by_its_image_name_as_by_children(
+    sup: Supervisor, make_image: MakeImage, held: list[str]
+) -> None:
+    # proc:signal:leaf reached a `leaf` sibling but not a `leaf` grandchild, which only
+    # `children` reached (audit 4-a, L1): the closer relation had less authority.
+    make_image("leaf", """
+        import time
+        def main(ctx, args):
+            time.sleep(600)
+    """)
+    make_image("mid", """
+        import time
+        def main(ctx, args):
+            ctx.obj.put("leaf", ctx.proc.spawn("leaf"), ns="shared/sync")
+            time.sleep(600)
+    """, caps=["proc:spawn:leaf", "obj:rw:shared/sync"])
+    img = make_image("grandparent", """
+        from agentlibos.errors import NotFound, PermissionDenied
+        def main(ctx, args):
+            ctx.proc.spawn("mid")
+            while True:
+                try:
+                    leaf = ctx.obj.get("leaf", ns="shared/sync")
+                    break
+                except NotFound:
+                    pass
+            try:
+                ctx.proc.kill(leaf)
+                return ctx.proc.wait(leaf)["exit_reason"]
+            except PermissionDenied as e:
+                return e.message
+    """, caps=["proc:spawn:mid", "proc:spawn:leaf", "obj:rw:shared/sync", *held])
+    rec = run_proc(sup, img)
+    assert rec.exit_reason == "returned", rec.error
+    if held:
+        assert rec.result == "killed", rec.result
+    else:
+        assert "proc:signal:children needs a capability" in rec.result, rec.result
+
+
 def test_a_process_ending_stops_its_live_children(
     sup: Supervisor, make_image: MakeImage
 ) -> None:

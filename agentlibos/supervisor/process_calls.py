@@ -157,10 +157,17 @@ class ProcessCalls:
             self._authz.audit(caller, call, f"proc:{right}:{pid}", "allow",
                               {"reason": "own child" if rec.ppid == caller.pid else "itself"})
             return rec
+        by_image = Request("proc", right, rec.image)
         if self._is_descendant(pid, caller.pid):
-            self._authz.authorize(caller, call, Request("proc", right, "children"))
-        else:
-            self._authz.authorize(caller, call, Request("proc", right, rec.image))
+            # A descendant is reached by `children`, or by its image's name as any other
+            # process of the tree is: a holder of proc:signal:sleeper reaches every
+            # sleeper of its tree, its own grandchildren too.
+            children = Request("proc", right, "children")
+            if self._authz.decide(caller, children).verdict == "allow" \
+                    or self._authz.decide(caller, by_image).verdict != "allow":
+                self._authz.authorize(caller, call, children)
+                return rec
+        self._authz.authorize(caller, call, by_image)
         return rec
 
     def _is_descendant(self, pid: int, ancestor: int) -> bool:
