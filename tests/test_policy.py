@@ -159,6 +159,16 @@ def test_deny_beats_a_held_capability_and_an_allow_rule() -> None:
     assert "denied by policy rule 'fs:*:/etc/**'" in d.reason
 
 
+@pytest.mark.parametrize("rule", ["*:*:**/.env", "*:read:**/.env", "*:rw:**/.env",
+                                  "fs:*:**/.env"])
+def test_a_rule_is_quoted_as_the_operator_wrote_it(rule: str) -> None:
+    # "*:*:..." was quoted with every kind's rights spelled out
+    # ('*:ask,call,delete,...:**/.env'), which matches no line of the policy file.
+    d = decide(caps("fs:*:/**"), policy(f'deny = ["{rule}"]\n'), "fs:read:/p/.env")
+    assert d.rule == rule
+    assert f"denied by policy rule '{rule}'" in d.reason
+
+
 def test_deny_beats_ask() -> None:
     pol = policy('deny = ["shell:exec:rm"]\nask = ["shell:exec:*"]\n')
     d = decide(caps("shell:exec:*"), pol, "shell:exec:rm")

@@ -400,8 +400,12 @@ class CapPattern:
         return f"{self.kind}:{format_rights(self.kind, self.rights)}:{self.resource}"
 
 
+_EVERY_RIGHT: Final = frozenset[str]().union(*KIND_RIGHTS.values())
+
+
 def format_rights(kind: str, rights: frozenset[str]) -> str:
-    known = KIND_RIGHTS.get(kind)
+    # A "*"-kind policy pattern's "*" holds every kind's rights: shown as written.
+    known = _EVERY_RIGHT if kind == "*" else KIND_RIGHTS.get(kind)
     if known is not None and rights == known and len(known) > 1:
         return "*"
     if rights == _ALIASES["rw"]:
@@ -434,7 +438,7 @@ def parse_cap(text: object, *, allow_wildcard_kind: bool = False) -> CapPattern:
     if kind == "*":
         if not allow_wildcard_kind:
             raise PolicyError(f"capability {text!r}: kind '*' is only allowed in policy patterns")
-        all_rights: frozenset[str] = frozenset().union(*KIND_RIGHTS.values())
+        all_rights: frozenset[str] = _EVERY_RIGHT
     elif kind in KIND_RIGHTS:
         all_rights = KIND_RIGHTS[kind]
     else:
