@@ -4,6 +4,7 @@ other than the one asked for, found by a contract audit. Real agents, the real b
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from agentlibos.supervisor import Supervisor
@@ -35,12 +36,12 @@ def main(ctx, args):
 
 
 def _try_each(sup: Supervisor, make_image: MakeImage, calls: list[str], *,
-              caps: list[str] | None = None, url: str | None = None
-              ) -> tuple[list[Any], list[str]]:
+              caps: list[str] | None = None, url: str | None = None,
+              cwd: Path | None = None) -> tuple[list[Any], list[str]]:
     """What each call raised, and the calls the broker received (its journal of the
     process holds every call sent, refused ones too), less the two made after them."""
     img = make_image("arg-types", TRY_EACH, caps=caps or [])
-    rec = run_proc(sup, img, {"calls": calls, "url": url}, policy=ALLOW_NET)
+    rec = run_proc(sup, img, {"calls": calls, "url": url}, policy=ALLOW_NET, cwd=cwd)
     assert rec.exit_reason == "returned", log_of(sup, rec.pid)
     assert isinstance(rec.result, list) and len(rec.result) == len(calls) + 2
     *got, version, names = rec.result
@@ -137,3 +138,41 @@ def test_a_string_where_a_list_is_expected_is_refused_naming_the_argument(
     ]
     assert got[6][0] == "PermissionDenied" and got[6][2].startswith("human.ask"), got[6]
     assert sent == ["human.ask"]
+
+
+def test_text_that_cannot_be_decoded_or_encoded_and_negative_counts_are_invalid_arguments(
+    sup: Supervisor, make_image: MakeImage, tmp_path: Path
+) -> None:
+    # Were UnicodeDecodeError, LookupError and UnicodeEncodeError raised in the SDK, and
+    # LimitExceeded ("the read limit is -1") / Conflict ("not the expected -1") from the
+    # broker (audit 4-a, L3).
+    (tmp_path / "bin.dat").write_bytes(b"\xff\xfe\x00")
+    (tmp_path / "notes.txt").write_text("hello")
+    got, sent = _try_each(sup, make_image, [
+        'ctx.fs.read_text("bin.dat")',
+        'ctx.fs.read_text("notes.txt", encoding="bogus")',
+        'ctx.fs.write_text("s.txt", "a" + chr(0xdcff) + "b")',
+        'ctx.fs.write_text("s.txt", "x", encoding=5)',
+        'ctx.fs.read_text("notes.txt", max_bytes=-1)',
+        'ctx.obj.put("x", 1, expect_version=-1)',
+        'ctx.obj.delete("x", expect_version=-1)',
+        'ctx.fs.read_text("bin.dat", encoding="latin-1")',
+    ], caps=["fs:rw:./**"], cwd=tmp_path)
+    assert got == [
+        ["InvalidArgument", "EINVAL", "read_text: bin.dat is not utf-8 text (invalid start "
+                                      "byte at byte 0); read_bytes reads it as it is"],
+        ["InvalidArgument", "EINVAL", "read_text: unknown encoding 'bogus'"],
+        ["InvalidArgument", "EINVAL", "write_text: the text cannot be written as utf-8 "
+                                      "(surrogates not allowed at character 1)"],
+        ["InvalidArgument", "EINVAL", "write_text: unknown encoding 5"],
+        ["InvalidArgument", "EINVAL", "fs.read: argument 'max_bytes' must be at least 0, "
+                                      "not -1"],
+        ["InvalidArgument", "EINVAL", "obj.put: argument 'expect_version' must be at least "
+                                      "0, not -1"],
+        ["InvalidArgument", "EINVAL", "obj.delete: argument 'expect_version' must be at "
+                                      "least 0, not -1"],
+        "returned",
+    ]
+    assert not (tmp_path / "s.txt").exists()
+    # Only what passed the SDK's own checks reached the broker.
+    assert sent == ["fs.read", "fs.read", "obj.put", "obj.delete", "fs.read"], sent

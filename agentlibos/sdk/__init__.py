@@ -13,6 +13,7 @@ call raises the typed error from :mod:`agentlibos.errors`.
 from __future__ import annotations
 
 import builtins
+import codecs
 import os
 from collections.abc import Mapping
 from typing import Any, NoReturn, overload
@@ -32,6 +33,16 @@ def _listed(call: str, what: str, value: object, of: str) -> list[Any]:
         raise InvalidArgument(f"{call}: {what} must be a list of {of}, not "
                               f"{type(value).__name__}")
     return list(value)
+
+
+def _codec(call: str, encoding: object) -> None:
+    """Before anything is sent: an encoding Python does not know is the caller's error."""
+    try:
+        if not isinstance(encoding, str):
+            raise LookupError(encoding)
+        codecs.lookup(encoding)
+    except LookupError:
+        raise InvalidArgument(f"{call}: unknown encoding {encoding!r}") from None
 
 
 class _Family:
@@ -55,7 +66,13 @@ class Fs(_Family):
 
     def read_text(self, path: str, encoding: str = "utf-8",
                   max_bytes: int | None = None) -> str:
-        return self.read_bytes(path, max_bytes=max_bytes).decode(encoding)
+        _codec("read_text", encoding)
+        data = self.read_bytes(path, max_bytes=max_bytes)
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError as e:
+            raise InvalidArgument(f"read_text: {path} is not {encoding} text ({e.reason} at "
+                                  f"byte {e.start}); read_bytes reads it as it is") from None
 
     def write_bytes(self, path: str, data: bytes, append: bool = False) -> int:
         # bytes(5) would be five NUL bytes and bytes("x") a TypeError: say what is wrong.
@@ -70,7 +87,13 @@ class Fs(_Family):
             raise InvalidArgument(f"write_text: text must be a str, not {type(text).__name__}"
                                   + (" (write_bytes takes bytes)" if isinstance(
                                       text, bytes | bytearray) else ""))
-        return self.write_bytes(path, text.encode(encoding), append=append)
+        _codec("write_text", encoding)
+        try:
+            data = text.encode(encoding)
+        except UnicodeEncodeError as e:
+            raise InvalidArgument(f"write_text: the text cannot be written as {encoding} "
+                                  f"({e.reason} at character {e.start})") from None
+        return self.write_bytes(path, data, append=append)
 
     def list(self, path: str = ".") -> list[dict[str, Any]]:
         return list(self._call("fs.list", {"path": path}))

@@ -37,6 +37,7 @@ class Param:
     required: bool = True
     default: Any = None
     max_len: int | None = None  # for str, list and dict
+    minimum: int | None = None  # for int and float
 
     def check(self, call: str, name: str, value: Any) -> Any:
         if value is None:
@@ -62,6 +63,10 @@ class Param:
             # anything as a pid, size or version: refused for every call, here.
             raise InvalidArgument(f"{call}: argument {name!r} is out of range "
                                   "(a 64-bit integer)")
+        if (self.minimum is not None and isinstance(value, int | float)
+                and value < self.minimum):
+            raise InvalidArgument(f"{call}: argument {name!r} must be at least "
+                                  f"{self.minimum}, not {value}")
         if (self.max_len is not None and isinstance(value, str | list | dict)
                 and len(value) > self.max_len):
             raise InvalidArgument(f"{call}: argument {name!r} is longer than {self.max_len}")

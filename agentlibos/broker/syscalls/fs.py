@@ -66,7 +66,7 @@ def _check(svc: FsServices, caller: Caller, call: str, right: str, path: str,
     return r
 
 
-@syscall("fs.read", path=_PATH, max_bytes=Param(int, required=False))
+@syscall("fs.read", path=_PATH, max_bytes=Param(int, required=False, minimum=0))
 def fs_read(svc: FsServices, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Result:
     """Read a whole file; the bytes come back as a blob. Needs fs:read."""
     r = _check(svc, caller, "fs.read", "read", args["path"])

@@ -87,7 +87,7 @@ def _name(call: str, name: str) -> str:
     value=Param(ANY, required=False),
     type=Param(str, required=False, default="json"),
     ns=Param(str, required=False, default="self"),
-    expect_version=Param(int, required=False),
+    expect_version=Param(int, required=False, minimum=0),
 )
 def obj_put(svc: ObjServices, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
     """Store a JSON value under a name; returns its stat (type, version, size)."""
@@ -151,7 +151,7 @@ def obj_list(svc: ObjServices, caller: Caller, args: dict[str, Any], blobs: list
     "obj.delete",
     name=Param(str),
     ns=Param(str, required=False, default="self"),
-    expect_version=Param(int, required=False),
+    expect_version=Param(int, required=False, minimum=0),
 )
 def obj_delete(svc: ObjServices, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
     """Delete an object (optionally only if it is still at ``expect_version``)."""
