@@ -296,6 +296,14 @@ def test_an_entry_module_that_is_a_directory_without_init_is_refused(tmp_path: P
     assert "entry module 'pkg' not found" in refused(d)
 
 
+def test_a_requested_capability_that_can_match_nothing_is_refused_naming_the_file(
+    tmp_path: Path,
+) -> None:
+    d = make(tmp_path, minimal() + '[capabilities]\nrequest = ["obj:rw:Shared/X"]\n')
+    msg = refused(d)
+    assert "image.toml" in msg and "an object namespace is lower-case" in msg
+
+
 def test_an_unknown_builtin_tool_is_refused(tmp_path: Path) -> None:
     d = make(tmp_path, minimal() + '[tools]\nrun = "builtin:shell.teleport"\n')
     msg = refused(d)

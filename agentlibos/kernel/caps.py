@@ -461,6 +461,7 @@ def parse_cap(text: object, *, allow_wildcard_kind: bool = False) -> CapPattern:
             )
     if "\x00" in resource:
         raise PolicyError(f"capability {text!r}: NUL byte in resource")
+    _check_resource(text, kind, resource)
     if kind == "obj" and resource.startswith("self/"):
         raise PolicyError(f"capability {text!r}: 'self' is a whole namespace; it has no parts")
     if kind in ("fs", "*") and resource.count("/**") > _MAX_DOUBLE_STARS:
@@ -471,6 +472,19 @@ def parse_cap(text: object, *, allow_wildcard_kind: bool = False) -> CapPattern:
             f"capability {text!r}: more than {_MAX_DOUBLE_STARS} '/**' segments"
         )
     return _make(kind, frozenset(rights), resource)
+
+
+def _check_resource(text: str, kind: str, resource: str) -> None:
+    """A resource no request of its kind can ever name is a typo, refused where it is
+    written (the image, the policy, the spawn) rather than held and matching nothing."""
+    if resource != resource.strip():
+        raise PolicyError(f"capability {text!r}: white space around its resource (it would "
+                          "match nothing)")
+    if kind == "obj" and any(c.isupper() or c.isspace() for c in resource):
+        raise PolicyError(f"capability {text!r}: an object namespace is lower-case, without "
+                          "spaces (like 'shared/plans')")
+    if kind == "clock" and not _compile_glob(resource, False).match("*"):
+        raise PolicyError(f"capability {text!r}: a clock capability's resource is '*'")
 
 
 def parse_caps(texts: Iterable[object], *, allow_wildcard_kind: bool = False) -> list[CapPattern]:
