@@ -161,6 +161,40 @@ def test_spawn_attenuates_and_a_child_cannot_be_handed_more_than_the_parent_hold
     assert child["result"]["secret"] == "EPERM"  # noqa: S105 - an error code, not a password
 
 
+def test_a_parent_may_share_its_own_namespace_read_only_with_a_child(
+    sup: Supervisor, make_image: MakeImage
+) -> None:
+    # Was "not within the capabilities this process holds": the parent holds its own
+    # namespace as `self`, without a capability naming proc/<its pid> (audit 4-a).
+    make_image("reader", """
+        from agentlibos.errors import PermissionDenied
+        def main(ctx, args):
+            ns = f"proc/{ctx.proc.getppid()}"
+            out = {"plan": ctx.obj.get("plan", ns=ns)}
+            try:
+                ctx.obj.put("plan", "mine now", ns=ns)
+            except PermissionDenied as e:
+                out["write"] = e.code
+            return out
+    """, caps=["obj:rw:proc/*"])
+    parent = make_image("sharer", """
+        from agentlibos.errors import PermissionDenied
+        def main(ctx, args):
+            ctx.obj.put("plan", "step 1")
+            me = ctx.proc.getpid()
+            kid = ctx.proc.spawn("reader", caps=[f"obj:read:proc/{me}"])
+            out = {"child": ctx.proc.wait(kid)["result"]}
+            try:
+                ctx.proc.spawn("reader", caps=[f"obj:read:proc/{me + 1000}"])
+            except PermissionDenied as e:
+                out["other"] = e.code
+            return out
+    """, caps=["proc:spawn:reader"])
+    rec = run_proc(sup, parent)
+    assert rec.exit_reason == "returned", (rec.error, log_of(sup, rec.pid))
+    assert rec.result == {"child": {"plan": "step 1", "write": "EPERM"}, "other": "EPERM"}
+
+
 def test_caps_drop_gives_up_authority_for_good(
     sup: Supervisor, make_image: MakeImage
 ) -> None:
