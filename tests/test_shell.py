@@ -150,6 +150,18 @@ def test_read_caps_are_read_only_write_caps_read_write_and_the_policy_has_its_sa
     assert sorted(rw) == ["/p/out", "/q"]  # a standing approval answers the ask
 
 
+def test_the_default_working_directory_in_the_home_is_bound_and_the_rest_of_the_home_not(
+) -> None:
+    # A run without --cwd works in <home>/work/<pid>: its own files, which every shell
+    # command was refused (audit 4-b, F1: "the process's cwd ... is not readable").
+    caps = [parse_cap(c) for c in ("fs:rw:/h/work/7/**", "fs:read:/h/**", "fs:rw:/h/work/8/**",
+                                   "fs:read:/h/work/7/sub/**")]
+    allow = parse_policy('default = "allow"', "t")
+    ro, rw = shell_paths(caps, [], allow, "/h/work/7", hidden=("/h",), own="/h/work/7")
+    assert (ro, rw) == ([], ["/h/work/7"])
+    assert shell_paths(caps, [], allow, "/h/work/7", hidden=("/h",)) == ([], [])
+
+
 def test_a_write_path_inside_a_read_path_stays_writable_and_reads_inside_writes_merge() -> None:
     caps = [parse_cap(c) for c in ("fs:rw:/p/**", "fs:read:/p/src/**", "fs:read:/r/**",
                                    "fs:read:/r/a/**")]
@@ -293,6 +305,27 @@ def test_git_init_and_commit_work_and_leave_files_the_owner_owns(
     assert "duration_s" in rec.detail
     assert set(rec.detail["layers"]) == {"cgroups", "namespaces", "rlimits", "landlock",
                                          "seccomp"}
+
+
+@pytest.mark.privileged
+def test_a_command_runs_in_the_default_working_directory_and_sees_no_other_part_of_the_home(
+    shsup: Supervisor, tmp_path: Path
+) -> None:
+    home = shsup.paths.home
+    img = write_image(tmp_path / "images", "shdefault", AGENT,
+                      caps=["shell:exec:sh", "fs:rw:./**"])
+    rec = run_proc(shsup, img, {"calls": [{"argv": ["sh", "-c",
+        f"echo hi > made.txt && cat made.txt && pwd; ls {home} {home}/work 2>&1; "
+        f"test -e {home}/state.db && echo LEAK || echo hidden"]}]},
+        policy=POLICY, timeout_s=60)
+    assert rec.exit_reason == "returned", (rec.error, log_of(shsup, rec.pid))
+    (out,) = rec.result
+    work = home / "work" / str(rec.pid)
+    assert out["exit_code"] == 0, out
+    lines = out["stdout"].splitlines()
+    assert lines[:2] == ["hi", str(work)], out
+    assert lines[-1] == "hidden" and "state.db" not in out["stdout"], out
+    assert (work / "made.txt").read_text() == "hi\n"
 
 
 @pytest.mark.privileged

@@ -87,22 +87,26 @@ def _minimal(paths: list[str]) -> list[str]:
 
 
 def shell_paths(caps: Sequence[CapPattern], approved: Sequence[CapPattern],
-                policy: Policy, cwd: str, hidden: Sequence[str] = ()
-                ) -> tuple[list[str], list[str]]:
+                policy: Policy, cwd: str, hidden: Sequence[str] = (),
+                own: str | None = None) -> tuple[list[str], list[str]]:
     """(read-only, read-write) host paths a command of this caller sees. Pure.
 
     Each absolute ``fs`` capability contributes its :func:`cap_root`: read-write when it
     holds write or delete and the policy allows writing there, read-only when it holds
     read and the policy allows reading. ``hidden`` (the runtime's own state) and the
-    paths in ``_NEVER`` are never bound, nor anything that contains them. A read-only
-    path inside a read-write one is dropped (the outer bind covers it).
+    paths in ``_NEVER`` are never bound, nor anything that contains them -- except what
+    lies inside ``own``, the caller's default working directory (``work/<pid>`` in the
+    home), which is the agent's own files. A read-only path inside a read-write one is
+    dropped (the outer bind covers it).
     """
     ro: list[str] = []
     rw: list[str] = []
     for c in (*caps, *approved):
         root = cap_root(c.resource) if c.kind == "fs" else None
         if root is None or any(_inside(h, root) for h in (*hidden, *_NEVER)) or any(
-                _inside(root, n) for n in ("/proc", "/dev", "/sys", *hidden)):
+                _inside(root, n) for n in ("/proc", "/dev", "/sys")):
+            continue
+        if any(_inside(root, h) for h in hidden) and not (own and _inside(root, own)):
             continue
         if c.rights & {"write", "delete"} and _permitted(policy, approved, "write", root, cwd):
             rw.append(root)
@@ -154,8 +158,13 @@ class ShellRunner:
         """The complete request for an authorized call: its view of the user's files
         decided from the caller's capabilities and policy, nothing left to a provider."""
         cwd = caller.cwd
+        work = str(self._paths.work)
+        # A process run without --cwd works in work/<pid> of the home: its own files,
+        # bound as any cwd is; the rest of the home (the store, logs, other processes'
+        # work) stays out of every command's view.
+        own = cwd if _inside(cwd, work) and cwd != work else None
         ro, rw = shell_paths(caller.caps, caller.approved, caller.policy, cwd,
-                             hidden=(str(self._paths.home),))
+                             hidden=(str(self._paths.home),), own=own)
         ro = [p for p in ro if _bindable(p)]
         rw = [p for p in rw if _bindable(p)]
         if not any(_inside(cwd, p) for p in (*ro, *rw)):
