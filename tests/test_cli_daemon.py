@@ -176,6 +176,26 @@ def test_detach_prints_the_pid_and_wait_gives_the_result_and_status(
     assert cli(home, "wait", "2").returncode == 1
 
 
+@pytest.mark.parametrize(("config", "needle"), [
+    ('[durable]\nevict_after = "soon"\n', "[durable] evict_after: cannot parse 'soon'"),
+    ("[approvals]\nbogus = 1\n", "[approvals] takes one key"),
+    ('[sandbox]\ndisable = ["nope"]\n', "[sandbox] disable must list layers"),
+])
+def test_serve_detach_with_a_malformed_config_exits_2_and_starts_nothing(
+    home: Path, config: str, needle: str
+) -> None:
+    # Was exit 1, "the daemon exited with status 2 before answering: ...", where the
+    # foreground `serve` and `doctor` exit 2 on the same file (audit 4-b, F4).
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text(config)
+    for argv in (["serve", "--detach"], ["serve"]):
+        p = cli(home, *argv)
+        assert p.returncode == 2, (argv, p.stderr)
+        assert needle in p.stderr and "config.toml" in p.stderr, p.stderr
+        assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert not (home / "logs" / "serve.log").exists()
+
+
 def test_detach_without_a_daemon_is_refused_with_how_to_start_one(
     home: Path, make_image: MakeImage
 ) -> None:

@@ -19,6 +19,7 @@ from agentlibos.cli.common import (
     print_json,
     sandbox_config,
 )
+from agentlibos.config import operator_config
 from agentlibos.errors import Conflict, Unavailable
 from agentlibos.launcher import daemon_pid, signals
 
@@ -43,6 +44,11 @@ def _detach(ns: argparse.Namespace) -> int:
     running = daemon_pid(paths)
     if running is not None:
         raise Conflict(f"a daemon (pid {running}) already serves {paths.home}")
+    # Read here first, as the daemon will: a malformed config is the caller's error
+    # (exit 2, its one line), not "the daemon exited before answering" (exit 1).
+    operator_config(paths)
+    sandbox_config(ns)
+    config_policy(ns)
     argv = [sys.executable, "-m", "agentlibos", "--home", str(paths.home)]
     if ns.config:
         argv += ["--config", os.path.abspath(ns.config)]
