@@ -127,7 +127,8 @@ def test_a_run_notices_within_seconds_when_its_daemon_is_killed(
     assert time.monotonic() - killed_at < 5
     assert run.returncode == 1
     assert f"the supervisor serving it (pid {daemon.pid}) died" in err
-    assert "died with it" in err and "supervisor-lost" in err
+    assert "died with it" in err and "the next `agentlibos serve`" in err
+    assert "resumes it from its journal" in err and "supervisor-lost" not in err
     assert "Traceback" not in err
     wait_for(lambda: gone(host_pid))
 

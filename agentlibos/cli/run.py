@@ -95,10 +95,11 @@ def report(paths: Paths, outcome: RunOutcome, *, as_json: bool) -> int:
         print(json.dumps(rec.get("result"), indent=2), flush=True)
     log = log_path(paths, outcome.pid)
     if outcome.lost:
-        err(f"{outcome.lost} while pid {outcome.pid} ran; the process tree died with it "
+        err(f"{outcome.lost} while pid {outcome.pid} ran; its host processes died with it "
             f"(agents cannot outlive their supervisor). It is recorded as "
-            f"{rec.get('state')} until a supervisor starts and marks it failed "
-            f"(supervisor-lost); log: {log}")
+            f"{rec.get('state')}: the next `agentlibos serve` (or `agentlibos resume "
+            f"{outcome.pid}`) resumes it from its journal, and `agentlibos wait "
+            f"{outcome.pid}` then waits for its end; log: {log}")
         return EXIT_FAILED
     if outcome.interrupted:
         note(f"interrupted: {describe_end(rec)}; log: {log}")

@@ -33,8 +33,9 @@ def cmd_wait(ns: argparse.Namespace) -> int:
         supervisor = daemon_pid(paths)
         if supervisor is None:
             err(f"pid {ns.pid} is recorded as {rec['state']} but no supervisor is running: "
-                "it died with the one that ran it and will be marked failed "
-                f"(supervisor-lost) when one starts; log: {log_path(paths, ns.pid)}")
+                "its host processes died with the one that ran it; the next `agentlibos "
+                f"serve` (or `agentlibos resume {ns.pid}`) resumes it from its journal; "
+                f"log: {log_path(paths, ns.pid)}")
             return EXIT_FAILED
         interrupt = Interrupt()
         with signals(interrupt):
