@@ -299,3 +299,37 @@ def test_an_approval_answered_while_no_supervisor_runs_is_honoured_by_the_next(
     finally:
         stop_process(daemon, 20)
     audit_verifies(home)
+
+
+def test_an_asks_timeout_counts_from_its_creation_across_eviction_and_a_restart(
+    home: Path, tmp_path: Path, make_image: MakeImage,
+) -> None:
+    # A restart re-armed the whole timeout (an ask expired at 12.2 s of 8), and an ask
+    # that expired while its process was evicted said "was expired: no answer in time"
+    # where a live one said "approval timed out" (audit 4-b, F3).
+    (home / "config.toml").write_text('[durable]\nevict_after = "1s"\n'
+                                      '[approvals]\ntimeout = "4s"\n')
+    image = make_image("waits", WAITS, caps=["fs:rw:./**"])
+    policy = tmp_path / "asking.toml"
+    policy.write_text(ASKING_POLICY)
+    daemon = start_daemon(home)
+    try:
+        r = cli(home, "run", "--detach", "--ask", "queue", "--policy", str(policy),
+                str(image), "--arg", "kind=approval")
+        pid = int(r.stdout)
+        evicted(home, pid)
+        time.sleep(1.0)
+        kill9(daemon)
+        daemon = start_daemon(home)
+        waited = cli(home, "wait", str(pid), "--json", timeout=60)
+        assert waited.stdout, waited.stderr
+        out = json.loads(waited.stdout)
+        listed = cli(home, "approvals", "--all", "--json")
+    finally:
+        stop_process(daemon, 20)
+    assert out["exit_reason"] == "error", out
+    assert "was not answered: approval timed out after 4 s" in out["error"], out
+    assert listed.returncode == 0, listed.stderr
+    (ask,) = [a for a in json.loads(listed.stdout) if a["pid"] == pid]
+    assert ask["state"] == "expired"
+    assert 3.9 < ask["decided_at"] - ask["created_at"] < 5.5, ask

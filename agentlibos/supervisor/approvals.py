@@ -44,6 +44,9 @@ from agentlibos.supervisor.waits import Waits
 
 log = logging.getLogger(__name__)
 
+# The reason an ask expired at the operator's [approvals] timeout (its record says it).
+EXPIRED_REASON = "no answer in time"
+
 Decided = Callable[[Grant | LibOSError], None]
 
 
@@ -100,10 +103,7 @@ class Approvals:
         elif rec.state == "pending":
             self._suspend(pid, rec, f"approval:{ask_id}", decided)
         else:
-            decided(PermissionDenied(
-                f"{rec.call}: {rec.request} was {rec.state}"
-                + (f": {rec.reason}" if rec.reason else ""), request=rec.request,
-                approval=ask_id))
+            decided(self._refusal(rec))
 
     def question(self, caller: Caller, question: str, choices: list[Any] | None,
                  topic: str) -> Pending | dict[str, Any]:
@@ -127,10 +127,21 @@ class Approvals:
         if rec.state == "answered":
             return {"answer": rec.answer, "id": ask_id}
         if rec.state != "pending":
-            raise PermissionDenied(f"human.ask: question {ask_id} was {rec.state}"
-                                   + (f": {rec.reason}" if rec.reason else ""),
-                                   approval=ask_id)
+            raise self._refusal(rec)
         return self._suspend(pid, rec, f"human:{ask_id}", None)
+
+    def _refusal(self, rec: AskRecord) -> PermissionDenied:
+        """What the asking call raises for an ask denied or expired: the same text
+        whether the process heard it live or resumed to find it decided."""
+        what = f"{rec.call}: {rec.request or 'the question'}"
+        if rec.state == "denied":
+            why = f"was denied by the operator{f': {rec.reason}' if rec.reason else ''}"
+        elif rec.state == "expired" and rec.reason == EXPIRED_REASON:
+            after = f" after {self.timeout_s:g} s" if self.timeout_s is not None else ""
+            why = f"was not answered: approval timed out{after}"
+        else:
+            why = f"was {rec.state}{f': {rec.reason}' if rec.reason else ''}"
+        return PermissionDenied(f"{what} {why}", request=rec.request, approval=rec.id)
 
     def _suspend(self, pid: int, rec: AskRecord, wait: str, decided: Decided | None
                  ) -> Pending:
@@ -143,7 +154,10 @@ class Approvals:
         self._waits.suspend(pid, marker, wait, durable={"approval" if decided else "ask":
                                                         rec.id})
         if self.timeout_s is not None:
-            entry.timer = self._loop.call_later(self.timeout_s, lambda: self._expire(rec.id))
+            # From the ask's creation, not from this wait: a resume or a restart goes on
+            # with what is left (an ask must not outlive its timeout by being re-waited).
+            left = max(0.0, rec.created_at + self.timeout_s - time.time())
+            entry.timer = self._loop.call_later(left, lambda: self._expire(rec.id))
         self._changed(rec)
         return marker
 
@@ -173,9 +187,7 @@ class Approvals:
     def deny(self, ask_id: int, reason: str | None = None, *, by: str | None = None
              ) -> AskRecord:
         rec = record_deny(self._store, ask_id, reason, by=by)
-        self._close(rec, PermissionDenied(
-            f"{rec.call}: {rec.request} was denied by the operator"
-            + (f": {reason}" if reason else ""), request=rec.request, approval=ask_id))
+        self._close(rec, self._refusal(rec))
         return rec
 
     def answer(self, ask_id: int, text: str, *, by: str | None = None) -> AskRecord:
@@ -189,14 +201,12 @@ class Approvals:
         return rec
 
     def _expire(self, ask_id: int) -> None:
-        rec = self._store.ask_decide(ask_id, "expired", reason="no answer in time")
+        rec = self._store.ask_decide(ask_id, "expired", reason=EXPIRED_REASON)
         self._store.append_audit(rec.pid, rec.call, rec.request or f"human:{ask_id}",
                                  "expired", {"approval" if rec.kind == "approval"
                                              else "question": ask_id,
                                              "timeout_s": self.timeout_s})
-        self._close(rec, PermissionDenied(
-            f"{rec.call}: {rec.request or 'the question'} was not answered: approval timed "
-            f"out after {self.timeout_s:g} s", approval=ask_id))
+        self._close(rec, self._refusal(rec))
 
     def _close(self, rec: AskRecord, outcome: Grant | LibOSError) -> None:
         self._changed(rec)
