@@ -176,3 +176,16 @@ def test_text_that_cannot_be_decoded_or_encoded_and_negative_counts_are_invalid_
     assert not (tmp_path / "s.txt").exists()
     # Only what passed the SDK's own checks reached the broker.
     assert sent == ["fs.read", "fs.read", "obj.put", "obj.delete", "fs.read"], sent
+
+
+def test_a_topic_that_no_capability_could_name_cleanly_is_an_invalid_argument(
+    sup: Supervisor, make_image: MakeImage
+) -> None:
+    # Were accepted as topics and refused later for want of a matching capability, with
+    # a message that printed the newline (audit 4-b, F7).
+    bad = ["a b", "", "deploy\nx", "dep*", "-lead"]
+    got, sent = _try_each(sup, make_image, [f"ctx.human.ask('q', topic={t!r})" for t in bad])
+    for topic, (kind, code, message) in zip(bad, got, strict=True):
+        assert (kind, code) == ("InvalidArgument", "EINVAL"), (topic, message)
+        assert message.startswith(f"human.ask: topic {topic!r} must be '*' or"), message
+    assert sent == ["human.ask"] * len(bad)
