@@ -273,10 +273,9 @@ def test_a_question_whose_approval_came_while_evicted_is_asked_once_and_answered
     audit_verifies(home)
 
 
-def test_an_approval_answered_while_no_supervisor_runs_is_honoured_by_the_next(
-    evicting_home: Path, tmp_path: Path, make_image: MakeImage,
-) -> None:
-    home = evicting_home
+def _asking_and_evicted(home: Path, tmp_path: Path, make_image: MakeImage
+                        ) -> tuple[subprocess.Popen[str], int]:
+    """A daemon, and a detached agent of it evicted while its write waits for approval."""
     image = make_image("waits", WAITS, caps=["fs:rw:./**"])
     policy = tmp_path / "asking.toml"
     policy.write_text(ASKING_POLICY)
@@ -286,6 +285,18 @@ def test_an_approval_answered_while_no_supervisor_runs_is_honoured_by_the_next(
                 str(image), "--arg", "kind=approval")
         pid = int(r.stdout)
         evicted(home, pid)
+    except BaseException:
+        stop_process(daemon, 20)
+        raise
+    return daemon, pid
+
+
+def test_an_approval_answered_while_no_supervisor_runs_is_honoured_by_the_next(
+    evicting_home: Path, tmp_path: Path, make_image: MakeImage,
+) -> None:
+    home = evicting_home
+    daemon, pid = _asking_and_evicted(home, tmp_path, make_image)
+    try:
         ask = next(a for a in json.loads(cli(home, "approvals", "--json").stdout)
                    if a["pid"] == pid)
         kill9(daemon)
@@ -309,15 +320,8 @@ def test_an_asks_timeout_counts_from_its_creation_across_eviction_and_a_restart(
     # where a live one said "approval timed out" (audit 4-b, F3).
     (home / "config.toml").write_text('[durable]\nevict_after = "1s"\n'
                                       '[approvals]\ntimeout = "4s"\n')
-    image = make_image("waits", WAITS, caps=["fs:rw:./**"])
-    policy = tmp_path / "asking.toml"
-    policy.write_text(ASKING_POLICY)
-    daemon = start_daemon(home)
+    daemon, pid = _asking_and_evicted(home, tmp_path, make_image)
     try:
-        r = cli(home, "run", "--detach", "--ask", "queue", "--policy", str(policy),
-                str(image), "--arg", "kind=approval")
-        pid = int(r.stdout)
-        evicted(home, pid)
         time.sleep(1.0)
         kill9(daemon)
         daemon = start_daemon(home)
