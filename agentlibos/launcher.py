@@ -183,11 +183,14 @@ def start_on_daemon(
     # and our request: then the request went unread, and the caller starts again (its
     # own supervisor, or the next one). A daemon's end is not retried: it may have
     # started the process before it died.
+    holder = int(info["pid"])
     try:
-        reply = control_call(paths.control_endpoint, req, holder=int(info["pid"]))
+        reply = control_call(paths.control_endpoint, req, holder=holder)
     except Unavailable:
+        if host_pid_alive(holder):
+            raise  # its own answer (it could not start the run): the caller's error
         return None
-    return int(reply["pid"]), int(info["pid"])
+    return int(reply["pid"]), holder
 
 
 def embedded_sup(paths: Paths, sandbox: SandboxConfig | None) -> Supervisor:

@@ -20,14 +20,15 @@ import pytest
 import zmq
 
 from agentlibos.config import Paths
-from agentlibos.errors import Timeout
+from agentlibos.errors import Timeout, Unavailable, to_wire
 from agentlibos.launcher import start_on_daemon
 
 
 def serve_control(paths: Paths, holder: subprocess.Popen[bytes], mode: str,
-                  stop: threading.Event) -> threading.Thread:
+                  stop: threading.Event, refuse: bool = False) -> threading.Thread:
     """Answer pings as a supervisor of ``mode`` run by ``holder``; on 'run', end the
-    holder without answering, as an embedded supervisor whose tree just ended does."""
+    holder without answering, as an embedded supervisor whose tree just ended does
+    (``refuse``: answer it with Unavailable and live on)."""
     sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.ROUTER)
     sock.bind(paths.control_endpoint)
 
@@ -41,6 +42,9 @@ def serve_control(paths: Paths, holder: subprocess.Popen[bytes], mode: str,
                 if req["op"] == "ping":
                     sock.send_multipart([rid, empty, json.dumps(
                         {"ok": True, "pid": holder.pid, "mode": mode}).encode()])
+                elif req["op"] == "run" and refuse:
+                    sock.send_multipart([rid, empty, json.dumps({"ok": False, "error": to_wire(
+                        Unavailable("cannot start it now"))}).encode()])
                 elif req["op"] == "run":
                     holder.kill()
                     holder.wait()
@@ -69,6 +73,26 @@ def test_a_run_left_unread_by_a_supervisor_that_ended(home: Path, mode: str) -> 
             # A daemon may have started the process before it died: never sent twice.
             with pytest.raises(Timeout):
                 start_on_daemon(paths, "img", {}, cwd=None, policy=None)
+    finally:
+        stop.set()
+        t.join(5)
+        holder.kill()
+        holder.wait()
+
+
+def test_a_run_refused_by_a_live_embedded_supervisor_is_its_error_not_a_retry(
+    home: Path,
+) -> None:
+    # Its own Unavailable answer is not "it ended unread": retrying would spin on the
+    # lock it holds and end in a misleading "does not answer".
+    paths = Paths(home)
+    paths.ensure()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    stop = threading.Event()
+    t = serve_control(paths, holder, "embedded", stop, refuse=True)
+    try:
+        with pytest.raises(Unavailable, match="cannot start it now"):
+            start_on_daemon(paths, "img", {}, cwd=None, policy=None)
     finally:
         stop.set()
         t.join(5)
