@@ -484,19 +484,15 @@ def _positive(v: _N | None, what: str) -> _N | None:
 def _jit_options(root: Path, name: str, options: dict[str, Any], where: str) -> dict[str, Any]:
     """caps, schema and timeout of a JIT tool's table form, validated."""
     out: dict[str, Any] = {}
-    if "caps" not in options:
-        out["caps"] = None
-        caps: Any = []
-    else:
-        caps = options["caps"]
-    if not isinstance(caps, list):
+    caps = options.get("caps")  # TOML has no null: None is the key left out
+    if caps is not None and not isinstance(caps, list):
         raise ImageError(f"{where}: tool {name!r}: caps must be a list of capabilities")
-    for c in caps:
+    for c in caps or []:
         try:
             parse_cap(c)
         except PolicyError as e:
             raise ImageError(f"{where}: tool {name!r}: {e.message}") from None
-    out.setdefault("caps", tuple(caps))
+    out["caps"] = None if caps is None else tuple(caps)
     schema = options.get("schema")
     if isinstance(schema, str):  # a JSON file inside the image
         spath = (root / schema).resolve()

@@ -763,7 +763,8 @@ class SQLiteStore(WaitingTables, DurableTables):
             self._sp_journal += entries
 
     def journal_append(self, entry: JournalEntry) -> None:
-        """Record one syscall of ``entry.pid``; a second entry at the same seq is a Conflict."""
+        """Record one syscall of ``entry.pid``; a second entry at the same seq is a Conflict
+        (or, with ``on_journal_conflict`` set, reported there)."""
         with self.transaction():
             self._insert_journal([entry])
 

@@ -135,8 +135,8 @@ class ProcessCalls:
             raise InvalidArgument(f"proc.spawn: {e.message}") from None
         # The parent's own namespace is its own to share (obj:read:proc/<its pid>): it
         # holds every right there without a capability, as `self`.
-        own = parse_cap(f"obj:rw:proc/{caller.pid}")
-        if not within(c, caller.caps) and not own.covers(c):
+        if not within(c, caller.caps) and not parse_cap(
+                f"obj:rw:proc/{caller.pid}").covers(c):
             self._authz.audit(caller, "proc.spawn", str(c), "deny",
                               {"reason": "not within the parent's capabilities"})
             raise PermissionDenied(

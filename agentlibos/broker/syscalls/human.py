@@ -36,5 +36,5 @@ def human_ask(
         raise InvalidArgument(f"human.ask: topic {topic!r} must be '*' or 1-128 characters "
                               "of letters, digits and _ . : / -, starting with a letter or "
                               "digit")
-    svc.authz.authorize(caller, "human.ask", Request("human", "ask", args["topic"]))
-    return svc.humans.question(caller, args["question"], args["choices"], args["topic"])
+    svc.authz.authorize(caller, "human.ask", Request("human", "ask", topic))
+    return svc.humans.question(caller, args["question"], args["choices"], topic)
