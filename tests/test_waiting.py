@@ -100,9 +100,18 @@ def test_always_holds_for_the_rest_of_the_process(
     img = make_image("writer3", WRITER, caps=["fs:rw:./**"])
     pid = sup.submit_run(str(img), {"writes": ["a", "b", "c"]}, cwd=str(tmp_path),
                          policy=ASK_WRITES)
-    sup.approvals.approve(_wait_for_ask(sup, pid).id, always=True)
+    ask = _wait_for_ask(sup, pid)
+    sup.approvals.approve(ask.id, always=True)
     assert _finish(sup, pid).result == ["ok", "ok", "ok"]
     assert len([a for a in sup.store.ask_list(pending_only=False) if a.root_pid == pid]) == 1
+    # The effect of the call that asked is linked to its approval, like a one-shot's;
+    # the later ones name the standing approval that let them through.
+    writes = [(r.verdict, r.detail.get("approval"), r.detail.get("approved", ""))
+              for r in sup.store.audit_records(pid=pid) if r.call == "fs.write"]
+    standing = f"always: fs:write:{tmp_path}/out.txt"
+    assert writes == [("ask", ask.id, ""), ("approved", ask.id, ""),
+                      ("allow", ask.id, standing), ("allow", None, standing),
+                      ("allow", None, standing)]
 
 
 def test_deny_mode_refuses_every_ask_at_once(

@@ -42,16 +42,22 @@ class Authz:
         in deny mode, else NeedsApproval (the dispatch suspends the call on the queue)."""
         standing = next((a for a in caller.approved
                          if a.allows(request.kind, request.right, request.resource)), None)
+        grant = caller.grant
+        if grant is not None and grant.covers(request, caller.digest):
+            # The re-run of the very call that asked: its effect names the approval,
+            # also when `--always` made the request standing as well (DESIGN: every
+            # step is linked by the approval id).
+            caller.grant = None  # one shot: a second ask in the same call asks again
+            detail["approval"] = grant.ask_id
+            if standing is not None:
+                detail["approved"] = f"always: {standing}"
+            return Decision("allow", f"{request} was approved "
+                            f"{'for this process' if standing else 'once'} "
+                            f"(approval {grant.ask_id})", d.rule)
         if standing is not None:
             detail["approved"] = f"always: {standing}"
             return Decision("allow", f"{request} was approved for this process: {standing}",
                             str(standing))
-        grant = caller.grant
-        if grant is not None and grant.covers(request, caller.digest):
-            caller.grant = None  # one shot: a second ask in the same call asks again
-            detail["approval"] = grant.ask_id
-            return Decision("allow", f"{request} was approved once (approval {grant.ask_id})",
-                            d.rule)
         if caller.ask_mode == "deny":
             detail["outcome"] = "refused: this run refuses every ask (--ask deny)"
             self._store.append_audit(caller.pid, call, str(request), "ask", detail)
