@@ -176,6 +176,7 @@ def test_a_version_1_database_is_migrated_and_keeps_its_data_and_chain(
         p = s.get_process(1)
         assert (p.image, p.state, p.args, p.root_pid) == ("hello", "exited", {"n": 3}, 1)
         assert s.get_caps(1) == ["fs:read:/w/**"]
+        assert s.process_resume_info(1)["wall_used"] == 0.0  # 0008: no stretch counted
         (rec,) = s.audit_records()
         assert (rec.seq, rec.hash, rec.call) == (1, h, "proc.run")
         res = s.verify_audit()

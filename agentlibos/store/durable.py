@@ -168,13 +168,18 @@ class DurableTables:
 
     def process_resume_info(self, pid: int) -> dict[str, Any]:
         """What a resume rebuilds a process's caller from, beside its record and caps:
-        its policy (source and text), ask mode and standing approvals."""
+        its policy (source and text), ask mode and standing approvals, and the wall-clock
+        seconds its host processes ran so far (``[limits] wall`` counts them all)."""
         row = self._db.execute(
-            "SELECT p.ask_mode, p.approved, pol.source, pol.text FROM processes p "
+            "SELECT p.ask_mode, p.approved, pol.source, pol.text, p.wall_used, p.stretch_at, "
+            "(SELECT MAX(a.ts) FROM audit a WHERE a.pid = p.pid) FROM processes p "
             "JOIN policies pol ON pol.id = p.policy_id WHERE p.pid = ?", (pid,)).fetchone()
         if row is None:
             raise NotFound(f"no process with pid {pid}")
-        ask_mode, approved, source, text = row
+        ask_mode, approved, source, text, wall_used, stretch_at, last_audit = row
+        if stretch_at is not None:  # a stretch a crash cut short: alive at least until
+            wall_used += max(0.0, (last_audit or stretch_at) - stretch_at)  # its last record
         return {"ask_mode": ask_mode or "queue",
                 "approved": json.loads(approved) if approved else [],
-                "policy_source": source, "policy_text": text}
+                "policy_source": source, "policy_text": text,
+                "wall_used": float(wall_used)}

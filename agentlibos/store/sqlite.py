@@ -363,7 +363,8 @@ class SQLiteStore(WaitingTables, DurableTables):
         {
             "host_pid", "state", "exit_reason", "result", "error", "cwd", "layers",
             "missing_layers", "started_at", "ready_at", "ended_at", "limits", "wait",
-            "evicted", "ask_mode", "approved", "resumes", "attention",
+            "evicted", "ask_mode", "approved", "resumes", "attention", "wall_used",
+            "stretch_at",
         }
     )
 

@@ -226,6 +226,7 @@ class Durable:
         live = LiveProcess(caller=caller, token=b"", scratch=self._table.paths.scratch
                            / str(rec.pid), log_path=self._table.paths.logs / f"{rec.pid}.log",
                            limits=rec.limits)
+        live.wall_used, live.started = info["wall_used"], rec.started_at is not None
         self._table.live[rec.pid] = live
         self._table.set_evicted(live, True)
         return live

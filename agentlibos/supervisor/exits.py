@@ -5,6 +5,21 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
+from typing import Protocol
+
+from agentlibos.zygote.child import START_FAILED_STATUS
+
+
+class Ending(Protocol):
+    """What the process table knows of a process when its host process ends."""
+
+    kill_reason: str | None
+    kill_detail: str | None
+    start_error: str | None
+    ready: bool
+    exit_status: str | None
+    exit_error: str | None
+    log_path: Path
 
 
 def describe_status(status: int) -> str:
@@ -30,3 +45,29 @@ def log_tail(path: Path, lines: int) -> list[str]:
     except OSError:
         return []
     return [ln.strip() for ln in text.strip().splitlines()[-lines:] if ln.strip()]
+
+
+def why_ended(live: Ending, status: int | None) -> tuple[str, str | None]:
+    """Its exit reason and error: the supervisor's decision first, then its start,
+    then what the agent said in ``proc.exit``, then its wait status."""
+    if live.kill_reason is not None:
+        return live.kill_reason, live.kill_detail
+    if live.start_error is not None or (
+        status is not None and os.WIFEXITED(status)
+        and os.WEXITSTATUS(status) == START_FAILED_STATUS and not live.ready
+    ):
+        return "start-failed", live.start_error or _last_line(live.log_path)
+    if live.exit_status == "returned":
+        return "returned", None
+    if live.exit_status == "error":
+        return "error", live.exit_error
+    if status is None:
+        return "crashed", "the process ended without a status"
+    return "crashed", f"{describe_status(status)} before reporting a result"
+
+
+def _last_line(log_path: Path) -> str:
+    """Why a process that sent no start report could not start: its log's last line."""
+    tail = log_tail(log_path, 1)
+    return (f"the process could not start: {tail[-1]}" if tail
+            else "the process could not start (no report, empty log)")

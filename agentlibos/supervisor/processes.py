@@ -42,12 +42,12 @@ from agentlibos.kernel.process import ProcessRecord, state_for_reason
 from agentlibos.providers.fs import discard_tree
 from agentlibos.sandbox.profile import ParentBudget, effective_limits
 from agentlibos.store import Store
-from agentlibos.supervisor.exits import describe_status, log_tail
+from agentlibos.supervisor.exits import why_ended
 from agentlibos.supervisor.logs import LogSink
 from agentlibos.supervisor.loop import Loop, Timer
 from agentlibos.supervisor.sandboxing import SandboxManager
 from agentlibos.supervisor.zygote_client import ZygoteEvent, ZygoteHandle
-from agentlibos.zygote.child import START_FAILED_STATUS, parse_report
+from agentlibos.zygote.child import parse_report
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,11 @@ class LiveProcess:
     waits: list[str] = field(default_factory=list)  # what its pending calls wait on
     timers: list[Timer] = field(default_factory=list)
     deadline: float | None = None  # monotonic end of its wall-clock budget
+    # `[limits] wall` counts every stretch on a host process (docs/images.md): the
+    # seconds its earlier ones ran, and when this one began (monotonic).
+    wall_used: float = 0.0
+    stretch_start: float | None = None
+    started: bool = False  # it had a host process before (`started_at` stays the first)
     log: LogSink | None = None  # its stdout/stderr pipe, drained into log_path
     cgroup: Any = None  # agentlibos.sandbox.cgroups.ProcessCgroup, when that layer is on
     # The cgroup its pooled process made before it moved into ``cgroup`` (a nested
@@ -291,9 +296,11 @@ class ProcessTable:
             self.finalize(pid, None)
             return
         wall = eff_limits.wall_limit_s
-        if wall is not None:
-            live.deadline = time.monotonic() + wall
-            live.timers.append(self.loop.call_later(wall, lambda: self.terminate(
+        live.stretch_start = time.monotonic()
+        if wall is not None:  # what its earlier stretches left of it (a resume's)
+            left = max(0.0, wall - live.wall_used)
+            live.deadline = live.stretch_start + left
+            live.timers.append(self.loop.call_later(left, lambda: self.terminate(
                 pid, "wall", f"ran longer than its wall-clock limit of {wall:g} s")))
         live.timers.append(self.loop.call_later(self.config.start_timeout_s,
                                                 lambda: self._start_timeout(pid)))
@@ -345,7 +352,11 @@ class ProcessTable:
             self.loop.add_reader(report_fd, lambda _ev: self._on_report(pid))
             live.log = LogSink(log_fd, live.log_path, self.config.log_max_bytes)
             self.loop.add_reader(log_fd, lambda _ev: self._on_log(pid))
-            self.store.update_process(pid, host_pid=live.host_pid, started_at=time.time())
+            now = time.time()
+            first = {} if live.started else {"started_at": now}
+            live.started = True
+            self.store.update_process(pid, host_pid=live.host_pid, stretch_at=now,
+                                      wall_used=live.wall_used, **first)
             if live.kill_reason is not None:  # killed before it existed
                 self._signal(live, signal.SIGKILL)
             return
@@ -487,7 +498,11 @@ class ProcessTable:
         live.exit_status = live.kill_reason = live.kill_detail = live.start_error = None
         live.accident = False
         self.live[pid] = live
-        self.store.update_process(pid, host_pid=None, evicted=1)
+        if live.stretch_start is not None:
+            live.wall_used += time.monotonic() - live.stretch_start
+            live.stretch_start = None
+        self.store.update_process(pid, host_pid=None, evicted=1, wall_used=live.wall_used,
+                                  stretch_at=None)
 
     def finalize(self, pid: int, status: int | None) -> None:
         """Record how ``pid`` ended, wake its waiters, stop its children, clean up.
@@ -507,7 +522,7 @@ class ProcessTable:
             t.cancel()
         accident = (live.kill_reason is None and live.exit_status is None
                     and live.start_error is None and live.ready) or live.accident
-        reason, error = self._why(live, status)
+        reason, error = why_ended(live, status)
         oom, pids_hit, usage = self.sandbox.verdict(live.cgroup)
         if reason in ("crashed", "error", "killed") and oom:
             mib = (live.limits.get("memory_max_bytes") or 0) / (1 << 20)
@@ -542,23 +557,6 @@ class ProcessTable:
         for hook2 in self.ended_record:
             hook2(pid, record)
 
-    @staticmethod
-    def _why(live: LiveProcess, status: int | None) -> tuple[str, str | None]:
-        if live.kill_reason is not None:
-            return live.kill_reason, live.kill_detail
-        if live.start_error is not None or (
-            status is not None and os.WIFEXITED(status)
-            and os.WEXITSTATUS(status) == START_FAILED_STATUS and not live.ready
-        ):
-            return "start-failed", live.start_error or _last_line(live.log_path)
-        if live.exit_status == "returned":
-            return "returned", None
-        if live.exit_status == "error":
-            return "error", live.exit_error
-        if status is None:
-            return "crashed", "the process ended without a status"
-        return "crashed", f"{describe_status(status)} before reporting a result"
-
     def release_cgroup(self, pid: int, cgroup: Any, attempt: int = 0) -> None:
         """Kill what is left in the cgroup and remove it, retrying without blocking the
         loop while the kernel finishes tearing exited tasks down."""
@@ -592,9 +590,3 @@ class ProcessTable:
             self._close_report(live)
             self._close_log(live)
 
-
-def _last_line(log_path: Path) -> str:
-    """Why a process that sent no start report could not start: its log's last line."""
-    tail = log_tail(log_path, 1)
-    return (f"the process could not start: {tail[-1]}" if tail
-            else "the process could not start (no report, empty log)")
