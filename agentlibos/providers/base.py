@@ -11,12 +11,15 @@ provider changes where effects land, never what an agent may do (docs/providers.
 
 from __future__ import annotations
 
+import functools
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
-from agentlibos.errors import InvalidArgument
+from agentlibos.errors import InvalidArgument, PermissionDenied
 from agentlibos.providers.fs import LocalFs, Resolved
 from agentlibos.providers.human import HumanChannel
 from agentlibos.providers.models import ModelProvider
@@ -39,6 +42,80 @@ class FileProvider(Protocol):
     def mkdir(self, real: str, *, parents: bool, exist_ok: bool) -> None: ...
     def walk(self, real: str, *, limit: int) -> list[str]: ...
     def delete(self, real: str, *, recursive: bool) -> None: ...
+
+
+class StateGuard:
+    """A :class:`FileProvider` that keeps the runtime's own state out of reach.
+
+    ``$AGENTLIBOS_HOME`` holds the database (capabilities, policies, the audit chain),
+    the operator's ``config.toml``, registered images, every agent's log and the
+    control socket. A brokered file call acts as the supervisor, so an agent whose
+    capabilities cover a directory holding the home (the built-in policy's
+    ``fs:*:./**`` with ``--cwd ~``, say) could otherwise rewrite the config that the
+    next supervisor sandboxes by, or the database. Every path that is, or lies under,
+    the home is refused, after symlinks are resolved, whatever the capabilities say --
+    as the shell's view never binds it. One exception: a process whose cwd lies in a
+    ``work/<pid>/`` directory of the home (``run``'s default) reaches that directory,
+    its own working files. A recursive delete of a directory holding the home is
+    refused as well.
+    """
+
+    def __init__(self, inner: FileProvider, home: Path | str) -> None:
+        self.inner = inner
+        self.home = os.path.realpath(home)
+        self._work = os.path.join(self.home, "work") + "/"
+
+    def _inside(self, real: str) -> bool:
+        return real == self.home or real.startswith(self.home + "/")
+
+    @functools.lru_cache(maxsize=1024)  # noqa: B019 - one guard per supervisor, kept
+    def _own_work(self, cwd: str) -> str | None:
+        """The home's ``work/<n>`` directory the cwd lies in, if it does."""
+        real = os.path.realpath(cwd)
+        if not real.startswith(self._work):
+            return None
+        return self._work + real[len(self._work):].split("/", 1)[0]
+
+    def resolve(self, cwd: str, path: str, *, follow_last: bool = True) -> Resolved:
+        r = self.inner.resolve(cwd, path, follow_last=follow_last)
+        if self._inside(r.real):
+            own = self._own_work(cwd)
+            if own is None or not (r.real == own or r.real.startswith(own + "/")):
+                raise PermissionDenied(
+                    f"path {path[:80]!r} lies in the runtime's state directory "
+                    f"({self.home}), which no brokered file call may touch", path=r.real)
+        return r
+
+    def read(self, real: str, max_bytes: int | None) -> bytes:
+        return self.inner.read(real, max_bytes)
+
+    def write(self, real: str, data: bytes, *, append: bool = False) -> int:
+        return self.inner.write(real, data, append=append)
+
+    def stat(self, real: str) -> dict[str, Any]:
+        return self.inner.stat(real)
+
+    def listdir(self, real: str, limit: int) -> list[dict[str, Any]]:
+        return self.inner.listdir(real, limit)
+
+    def mkdir(self, real: str, *, parents: bool, exist_ok: bool) -> None:
+        self.inner.mkdir(real, parents=parents, exist_ok=exist_ok)
+
+    def walk(self, real: str, *, limit: int) -> list[str]:
+        self._refuse_holder(real)
+        return self.inner.walk(real, limit=limit)
+
+    def delete(self, real: str, *, recursive: bool) -> None:
+        if recursive:
+            self._refuse_holder(real)
+        self.inner.delete(real, recursive=recursive)
+
+    def _refuse_holder(self, real: str) -> None:
+        top = real.rstrip("/") + "/"
+        if self.home.startswith(top):
+            raise PermissionDenied(
+                f"{real!r} holds the runtime's state directory ({self.home}), which no "
+                "brokered file call may delete", path=real)
 
 
 class ClockProvider(Protocol):
@@ -78,6 +155,10 @@ class Providers:
     # None: only the durable queue (CLI, console, inline prompt) answers asks.
     human: HumanChannel | None = None
 
+    def guarded_files(self, home: Path) -> FileProvider:
+        """``files`` as the broker uses them: behind :class:`StateGuard` for ``home``."""
+        return StateGuard(self.files, home)
+
     def __post_init__(self) -> None:
         for name in self.models:  # a model is named provider/model: no '/' in a provider
             if not isinstance(name, str) or not name or "/" in name:
@@ -85,4 +166,5 @@ class Providers:
                                       "name (non-empty, without '/')")
 
 
-__all__ = ["ClockProvider", "FileProvider", "FixedClock", "Providers", "SystemClock"]
+__all__ = ["ClockProvider", "FileProvider", "FixedClock", "Providers", "StateGuard",
+           "SystemClock"]

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from agentlibos.broker.syscalls.base import Authorizer, Caller, Param, Reply, Result, syscall
-from agentlibos.errors import InvalidArgument, LibOSError
+from agentlibos.errors import InvalidArgument, LibOSError, PermissionDenied
 from agentlibos.kernel import budgets
 from agentlibos.kernel.budgets import TreeQuota, Usage
 from agentlibos.kernel.policy import Request
@@ -140,7 +140,13 @@ def fs_delete(svc: FsServices, caller: Caller, args: dict[str, Any], blobs: list
     if args["recursive"]:
         # The root being deletable says nothing about what lies below it (a policy may
         # deny **/.env, a capability may cover only *.txt): check every entry first.
-        for path in svc.fs.walk(r.real, limit=MAX_RECURSIVE_DELETE):
+        try:
+            below = svc.fs.walk(r.real, limit=MAX_RECURSIVE_DELETE)
+        except PermissionDenied as e:  # it holds what no call may delete (StateGuard)
+            svc.authz.audit(caller, "fs.delete", f"fs:delete:{storable(r.real, 512)}",
+                            "deny", {"reason": storable(e.message, 1024)})
+            raise
+        for path in below:
             d = svc.authz.decide(caller, Request("fs", "delete", path))
             if not d.allowed:
                 svc.authz.authorize(caller, "fs.delete", Request("fs", "delete", path))
