@@ -38,11 +38,14 @@ INPUT: Final = {
 def run_demo(*, keep: bool = False, as_json: bool = False) -> int:
     """Run the demo; with ``as_json`` print one JSON object instead of the narration."""
     say: Callable[[str], None] = (lambda _text: None) if as_json else print
-    home = Path(tempfile.mkdtemp(prefix="agentlibos-demo-", dir="/tmp"))
+    # The state directory and the project side by side: no file call reaches the
+    # former (providers/base.StateGuard), so it cannot hold the agents' project.
+    base = Path(tempfile.mkdtemp(prefix="agentlibos-demo-", dir="/tmp"))
+    home, project = base / "state", base / "project"
+    home.mkdir()
     summary: dict[str, Any] = {"ok": False, "home": str(home) if keep else None}
     try:
         paths = Paths(home)
-        project = home / "project"
         (project / "input").mkdir(parents=True)
         for name, text in INPUT.items():
             (project / "input" / name).write_text(text)
@@ -99,7 +102,7 @@ def run_demo(*, keep: bool = False, as_json: bool = False) -> int:
         return _end(summary, as_json, 0)
     finally:
         if not keep:
-            discard_tree(home)
+            discard_tree(base)
 
 
 def _audit_verifies(store: Store, summary: dict[str, Any], say: Callable[[str], None]) -> bool:
@@ -143,11 +146,14 @@ LLM_SCRIPT: Final = {"responses": [
 def run_llm_demo(*, keep: bool = False, as_json: bool = False) -> int:
     """An LLM agent (the built-in loop, a scripted model) reads, is refused, answers."""
     say: Callable[[str], None] = (lambda _text: None) if as_json else print
-    home = Path(tempfile.mkdtemp(prefix="agentlibos-demo-llm-", dir="/tmp"))
+    # The state directory and the project side by side: no file call reaches the
+    # former (providers/base.StateGuard), so it cannot hold the agents' project.
+    base = Path(tempfile.mkdtemp(prefix="agentlibos-demo-llm-", dir="/tmp"))
+    home, project = base / "state", base / "project"
+    home.mkdir()
     summary: dict[str, Any] = {"ok": False, "home": str(home) if keep else None}
     try:
         paths = Paths(home)
-        project = home / "project"
         (project / "input").mkdir(parents=True)
         (project / "out").mkdir()
         for name, text in INPUT.items():
@@ -204,4 +210,4 @@ def run_llm_demo(*, keep: bool = False, as_json: bool = False) -> int:
         return _end(summary, as_json, 0)
     finally:
         if not keep:
-            discard_tree(home)
+            discard_tree(base)

@@ -434,15 +434,18 @@ def stack() -> Iterator[Stack]:
     if os.geteuid() != 0:
         pytest.skip("runs agents with every sandbox layer required, which needs root")
     home = Path(tempfile.mkdtemp(prefix="alos-", dir="/tmp"))
+    # The agents' project lies outside the home: no file call reaches the home.
+    work = Path(tempfile.mkdtemp(prefix="alos-work-", dir="/tmp"))
     try:
         writer = write_image(home / "images", "writer", WRITER, caps=["fs:rw:./**"])
         asker = write_image(home / "images", "asker", ASKER, caps=["human:ask:*"])
         policy = home / "ask-writes.toml"
         policy.write_text(POLICY)
         with serving(home), console_for(home) as console:
-            yield Stack(home, console, writer, asker, policy, home / "work-dir")
+            yield Stack(home, console, writer, asker, policy, work / "work-dir")
     finally:
         shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def start_writer(s: Stack, *names: str) -> subprocess.Popen[str]:
