@@ -44,10 +44,14 @@ class Paths:
     """The layout of ``$AGENTLIBOS_HOME`` (docs/operations.md)."""
 
     home: Path
+    # The operator's config file, when one was named (`--config FILE`); None: the
+    # home's config.toml if it exists (operator_config).
+    config: Path | None = None
 
     @staticmethod
-    def from_env(home: str | Path | None = None) -> Paths:
-        return Paths(Path(home).expanduser().resolve() if home else default_home())
+    def from_env(home: str | Path | None = None, config: str | Path | None = None) -> Paths:
+        return Paths(Path(home).expanduser().resolve() if home else default_home(),
+                     Path(config).expanduser().resolve() if config else None)
 
     @property
     def db(self) -> Path:
@@ -320,6 +324,9 @@ def load_operator_config(path: str | Path | None) -> OperatorConfig:
 
 
 def operator_config(paths: Paths) -> OperatorConfig:
-    """``$AGENTLIBOS_HOME/config.toml`` if it exists, else the defaults."""
+    """The named config file (``--config``), else ``$AGENTLIBOS_HOME/config.toml`` if it
+    exists, else the defaults."""
+    if paths.config is not None:
+        return load_operator_config(paths.config)
     cfg = paths.home / "config.toml"
     return load_operator_config(cfg if cfg.exists() else None)

@@ -66,23 +66,27 @@ def test_printable_keeps_newlines_and_tabs_only_when_asked() -> None:
 
 
 def _subcommands(
-    parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()
+    parser: argparse.ArgumentParser, prefix: tuple[str, ...] = (), *, groups: bool = False
 ) -> dict[tuple[str, ...], argparse.ArgumentParser]:
+    """Every command that runs something (and, with ``groups``, `event` and `image`)."""
     out: dict[tuple[str, ...], argparse.ArgumentParser] = {}
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():
                 if any(isinstance(a, argparse._SubParsersAction) for a in sub._actions):
-                    out |= _subcommands(sub, (*prefix, name))
+                    out |= _subcommands(sub, (*prefix, name), groups=groups)
+                    if groups:
+                        out[(*prefix, name)] = sub
                 else:
                     out[(*prefix, name)] = sub
     return out
 
 
 def test_every_command_shows_an_example_in_its_help() -> None:
-    commands = _subcommands(build_parser())
+    commands = _subcommands(build_parser(), groups=True)
     assert {c[0] for c in commands} >= {"run", "serve", "ps", "kill", "image", "audit",
                                          "doctor", "demo", "wait", "logs", "prune"}
+    assert ("event",) in commands and ("image",) in commands
     for command, parser in commands.items():
         example = parser.format_help().partition("\nexample:\n  ")[2]
         assert f"agentlibos {' '.join(command)}" in example, command
@@ -97,6 +101,28 @@ def test_every_command_that_prints_takes_json() -> None:
 def test_a_bad_flag_exits_2(home: Path) -> None:
     assert cli(home, "ps", "--nosuch").returncode == 2
     assert cli(home, "wait").returncode == 2
+
+
+@pytest.mark.parametrize("argv", [
+    ["ps", "--nosuch"], ["audit", "--limit", "-1"], ["resolve", "1"], ["nosuch"], [],
+    ["event"], ["wait", "18446744073709551616"], ["kill", "9223372036854775808"],
+    ["audit", "--pid", "99999999999999999999"], ["logs", "abc"],
+])
+def test_usage_errors_are_one_line_naming_the_command(home: Path, argv: list[str]) -> None:
+    p = cli(home, *argv)
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("agentlibos: error: "), p.stderr
+    assert "Traceback" not in p.stderr
+    if argv:
+        assert lines[0].startswith(f"agentlibos: error: {argv[0]}: ") or argv == ["nosuch"]
+
+
+def test_ids_past_what_the_store_holds_are_refused_at_the_door(home: Path) -> None:
+    big = str(1 << 64)
+    for argv in (["restore", big], ["caps", big], ["approve", big], ["checkpoint", big]):
+        p = cli(home, *argv)
+        assert p.returncode == 2 and len(p.stderr.splitlines()) == 1, (argv, p.stderr)
 
 
 # ---------------------------------------------------------------- AGENTLIBOS_HOME

@@ -283,6 +283,23 @@ def test_ask_deny_refuses_every_ask_at_once(
 
 @pytest.mark.privileged
 @needs_root
+def test_config_names_the_whole_operator_config_not_only_its_policy(
+    home: Path, writer: Path, proj: Path, tmp_path: Path
+) -> None:
+    # `--config` with an [approvals] timeout and a [policy] that asks: both hold for the
+    # embedded supervisor `run` starts; the home's config.toml (none here) plays no part.
+    cfg = tmp_path / "operator.toml"
+    cfg.write_text('[approvals]\ntimeout = "1s"\n\n[policy]\n' + ASKING_POLICY)
+    p = cli(home, "--config", str(cfg), "run", str(writer), "--cwd", str(proj), "--ask",
+            "queue", "--json", timeout=60)
+    assert p.returncode == 0, p.stderr
+    [refused] = result(p.stdout)
+    assert refused.startswith("denied: ") and "approval timed out after 1 s" in refused
+    assert not (proj / "out.txt").exists()
+
+
+@pytest.mark.privileged
+@needs_root
 def test_a_question_with_choices_takes_only_one_of_them(
     home: Path, daemon: subprocess.Popen[str], asker: Path, policy: Path
 ) -> None:

@@ -14,6 +14,7 @@ from agentlibos.cli.common import (
     EXIT_OK,
     add_command,
     paths_of,
+    positive_id,
     print_json,
     readonly_store,
 )
@@ -37,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         agentlibos audit --call 'fs.*' --follow
         agentlibos audit --verify --json     # {"ok", "count", ..., "head": {"seq", "hash"}}
     """)
-    a.add_argument("--pid", type=int, help="only records of this process")
+    a.add_argument("--pid", type=positive_id, help="only records of this process")
     a.add_argument("--verdict", choices=VERDICTS, help="only records with this verdict")
     a.add_argument("--call", metavar="CALL", help="only this call (a glob: 'fs.*')")
     a.add_argument("--limit", type=_count, help="only the last N records")

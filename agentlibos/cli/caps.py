@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from agentlibos.cli.common import EXIT_OK, add_command, control, note, paths_of, print_json
+from agentlibos.cli.common import (
+    EXIT_OK,
+    MAX_ID,
+    add_command,
+    control,
+    note,
+    paths_of,
+    print_json,
+)
 from agentlibos.errors import UsageError
 from agentlibos.ui import printable
 
@@ -32,7 +40,7 @@ def _pid(text: str) -> int:
         pid = int(text)
     except ValueError:
         raise UsageError(f"{text!r} is not a pid (usage: {USAGE})") from None
-    if pid <= 0:
+    if not 0 < pid <= MAX_ID:
         raise UsageError(f"{text!r} is not a pid (usage: {USAGE})")
     return pid
 

@@ -32,6 +32,36 @@ EXIT_INTERRUPTED: Final = 130  # Ctrl-C (SIGINT) or SIGTERM, as a shell reports 
 
 Handler = Callable[[argparse.Namespace], int]
 
+# The largest pid or id the store can hold (SQLite's INTEGER is 64-bit signed).
+MAX_ID: Final = (1 << 63) - 1
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors as one ``agentlibos: error:`` line (docs/cli.md):
+    the command, what is wrong, and where the usage is."""
+
+    def error(self, message: str) -> NoReturn:
+        _usage_error(self.prog, message)
+
+    def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+        # Left-over arguments are found by the top parser: name the command they follow.
+        ns, extra = self.parse_known_args(args, namespace)
+        if extra:
+            words = [w for w in (getattr(ns, "command", None), getattr(ns, "event_command",
+                     None), getattr(ns, "image_command", None)) if w]
+            _usage_error(" ".join([self.prog, *words]),
+                         f"unrecognized arguments: {' '.join(extra)}")
+        return ns
+
+
+def _usage_error(prog: str, message: str) -> NoReturn:
+    command = prog.removeprefix("agentlibos").strip()
+    where = f"{command}: " if command else ""
+    hint = f"`{prog} --help` shows the usage"
+    sys.stderr.write(f"agentlibos: error: {where}{printable(message)} ({hint})\n")
+    sys.exit(EXIT_USAGE)
+
 _ARG_KEY: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
 
@@ -98,7 +128,8 @@ def add_command(
 
 
 def paths_of(ns: argparse.Namespace) -> Paths:
-    return Paths.from_env(ns.home)
+    """--home and --config: every supervisor a command starts reads the named config."""
+    return Paths.from_env(ns.home, getattr(ns, "config", None))
 
 
 def readonly_store(paths: Paths) -> Store | None:
@@ -226,4 +257,6 @@ def positive_id(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    if value > MAX_ID:
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range (at most {MAX_ID})")
     return value

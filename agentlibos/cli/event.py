@@ -21,7 +21,9 @@ from agentlibos.kernel.approvals import EVENT_NAME_RE
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ev = sub.add_parser("event", help="post events that agents wait for",
-                        description="Post events that agents wait for.")
+                        description="Post events that agents wait for.",
+                        epilog="example:\n  agentlibos event post build-done --data '\"ok\"'",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     evsub = ev.add_subparsers(dest="event_command", metavar="SUBCOMMAND", required=True)
     post = add_command(evsub, "post", help="post an event: every agent waiting on NAME wakes",
                        func=cmd_event_post, example="""

@@ -27,7 +27,10 @@ from agentlibos.ui import format_table, limits_text, printable
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     im = sub.add_parser("image", help="register, list and show images",
-                        description="Register, list and show images.")
+                        description="Register, list and show images.",
+                        epilog="example:\n  agentlibos image add ./my-image && agentlibos "
+                               "image ls",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     imsub = im.add_subparsers(dest="image_command", metavar="SUBCOMMAND", required=True)
     ia = add_command(imsub, "add", help="register the image in DIR under its name",
                      func=cmd_image_add, example="""

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from agentlibos.cli.common import EXIT_OK, add_command, note, paths_of, print_json, readonly_store
+from agentlibos.cli.common import (
+    EXIT_OK,
+    add_command,
+    note,
+    paths_of,
+    positive_id,
+    print_json,
+    readonly_store,
+)
 from agentlibos.errors import Conflict, NoSuchProcess
 from agentlibos.supervisor.control import control_call, ping
 
@@ -14,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                     example="""
         agentlibos kill 7        # SIGTERM to 7's tree, SIGKILL after the grace period
     """)
-    k.add_argument("pid", type=int)
+    k.add_argument("pid", type=positive_id)
 
 
 def cmd_kill(ns: argparse.Namespace) -> int:

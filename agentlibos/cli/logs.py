@@ -10,7 +10,14 @@ import sys
 import time
 from typing import BinaryIO, Final
 
-from agentlibos.cli.common import EXIT_INTERRUPTED, EXIT_OK, add_command, paths_of, print_json
+from agentlibos.cli.common import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    add_command,
+    paths_of,
+    positive_id,
+    print_json,
+)
 from agentlibos.errors import NotFound
 from agentlibos.launcher import Interrupt, signals, stored_record
 from agentlibos.ui import printable
@@ -26,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         agentlibos logs -f 7       # follow until the process ends
         agentlibos logs 7 --json   # {"pid": 7, "log": "..."}; with -f a {"pid", "line"} per line
     """)
-    lg.add_argument("pid", type=int)
+    lg.add_argument("pid", type=positive_id)
     lg.add_argument("--follow", "-f", action="store_true",
                     help="keep printing what it writes until the process ends")
     lg.add_argument("--raw", action="store_true",

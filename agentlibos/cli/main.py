@@ -38,6 +38,7 @@ from agentlibos.cli.common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
+    Parser,
     err,
     log_to_stderr,
 )
@@ -49,7 +50,7 @@ COMMANDS = (run, wait, logs, serve, ps, kill, approvals, approve, deny, answer, 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="agentlibos",
         description="Run LLM agents as sandboxed processes behind a capability broker.",
         epilog="exit status: 0 success, 1 the agent or operation failed, 2 bad usage or "
@@ -60,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"agentlibos {__version__}")
     p.add_argument("--home", help="state directory (default: $AGENTLIBOS_HOME or "
                                   "~/.local/state/agentlibos)")
-    p.add_argument("--config", help="operator config TOML: sandbox layers, limits and [policy] "
-                                    "(default: $AGENTLIBOS_HOME/config.toml if present)")
+    p.add_argument("--config", help="the operator's config TOML, all of it, for every "
+                                    "supervisor this command starts (default: "
+                                    "$AGENTLIBOS_HOME/config.toml if present)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
         command.add_parser(sub)

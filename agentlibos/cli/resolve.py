@@ -12,6 +12,7 @@ from agentlibos.cli.common import (
     control,
     note,
     paths_of,
+    positive_id,
     print_json,
     readonly_store,
     sandbox_config,
@@ -38,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                          ("fail", "end the process failed (exit_reason resolved-fail)")):
         how.add_argument(f"--{action}", dest="action", action="store_const", const=action,
                          help=text)
-    p.add_argument("pid", type=int)
+    p.add_argument("pid", type=positive_id)
 
 
 def cmd_resolve(ns: argparse.Namespace) -> int:

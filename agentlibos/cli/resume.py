@@ -11,6 +11,7 @@ from agentlibos.cli.common import (
     control,
     err,
     paths_of,
+    positive_id,
     readonly_store,
     sandbox_config,
 )
@@ -34,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         agentlibos resume 7           # 7's whole tree; prints 7's result like `run`
         agentlibos resume 7 --json    # {"pid", "state", "exit_reason", "result"}
     """)
-    p.add_argument("pid", type=int)
+    p.add_argument("pid", type=positive_id)
 
 
 def root_of(paths: Paths, pid: int) -> int:

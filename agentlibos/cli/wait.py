@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from agentlibos.cli.common import EXIT_FAILED, add_command, err, log_path, paths_of
+from agentlibos.cli.common import (
+    EXIT_FAILED,
+    add_command,
+    err,
+    log_path,
+    paths_of,
+    positive_id,
+)
 from agentlibos.cli.run import report
 from agentlibos.launcher import (
     Interrupt,
@@ -22,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         pid=$(agentlibos run ./my-image --detach) && agentlibos wait "$pid"
         agentlibos wait 7 --json   # {"pid", "state", "exit_reason", "result"}
     """)
-    w.add_argument("pid", type=int)
+    w.add_argument("pid", type=positive_id)
 
 
 def cmd_wait(ns: argparse.Namespace) -> int:

@@ -126,9 +126,10 @@ class DurableTables:
 
     def checkpoint_get(self, ref: str) -> CheckpointRecord:
         """By id (digits) or by name (the most recent checkpoint of that name)."""
-        if ref.isdigit():
-            row = self._db.execute(f"SELECT {_CP_COLS} FROM checkpoints WHERE id = ?",  # noqa: S608
-                                   (int(ref),)).fetchone()
+        if ref.isascii() and ref.isdigit():
+            row = None if int(ref) >= 1 << 63 else self._db.execute(
+                f"SELECT {_CP_COLS} FROM checkpoints WHERE id = ?",  # noqa: S608
+                (int(ref),)).fetchone()
         else:
             row = self._db.execute(
                 f"SELECT {_CP_COLS} FROM checkpoints WHERE name = ? "  # noqa: S608

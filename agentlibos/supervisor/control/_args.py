@@ -11,6 +11,8 @@ def int_field(req: dict[str, Any], name: str) -> int:
     v = req.get(name)
     if not isinstance(v, int) or isinstance(v, bool):
         raise InvalidArgument(f"{req.get('op')}: {name} must be an integer")
+    if not -(1 << 63) <= v < 1 << 63:  # what the store can hold (SQLite's INTEGER)
+        raise InvalidArgument(f"{req.get('op')}: {name} {v} is out of range")
     return v
 
 

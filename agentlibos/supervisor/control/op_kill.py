@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from agentlibos.errors import Conflict, InvalidArgument
+from agentlibos.errors import Conflict
+from agentlibos.supervisor.control._args import int_field
 from agentlibos.supervisor.control.context import ControlContext
 from agentlibos.supervisor.control.server import Responder
 
 
 def kill(ctx: ControlContext, req: dict[str, Any], respond: Responder) -> None:
-    pid = req.get("pid")
-    if not isinstance(pid, int) or isinstance(pid, bool):
-        raise InvalidArgument("kill: pid must be an integer")
+    pid = int_field(req, "pid")
     if pid not in ctx.table.live:
         rec = ctx.store.get_process(pid)
         raise Conflict(f"process {pid} is not running (it is {rec.state})")
