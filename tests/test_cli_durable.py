@@ -177,6 +177,12 @@ def test_prune_drops_ended_journals_but_what_a_checkpoint_replays_and_live_ones(
         assert entries[with_cp["pid"]] == [1, 2, 3]
         assert plain["pid"] not in entries
         assert entries[waiting]  # untouched
+        # The work directory a restore of its checkpoint runs in again stays; the
+        # others' go.
+        work = Paths(home).work
+        assert (work / str(with_cp["pid"])).is_dir()
+        assert str(work / str(with_cp["pid"])) not in pruned[with_cp["pid"]]["removed"]
+        assert not (work / str(plain["pid"])).exists()
         # Nothing left to prune.
         assert [r for r in out_json(cli(home, "prune", "--json"))
                 if r["journal_entries"]] == []

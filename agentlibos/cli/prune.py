@@ -22,7 +22,6 @@ from agentlibos.cli.common import (
     err,
     paths_of,
     print_json,
-    readonly_store,
 )
 from agentlibos.errors import LibOSError
 from agentlibos.store import open_store
@@ -120,9 +119,17 @@ def _name_in(parent_fd: int, st: os.stat_result) -> str:
 
 def cmd_prune(ns: argparse.Namespace) -> int:
     paths = paths_of(ns)
-    store = readonly_store(paths)
+    # Opened to write (a database of an older version is migrated): the prune writes
+    # to it anyway, and only a current one lists checkpoints.
+    store = open_store(paths.db) if paths.db.exists() else None
     try:
-        ended = [r for r in (store.list_processes() if store else []) if not r.live]
+        procs = store.list_processes() if store else []
+        ended = [r for r in procs if not r.live]
+        # A work directory still in use stays: a live process may work in another's
+        # (a restored process keeps its source's cwd), and `restore` of a checkpoint runs
+        # in its source's cwd again.
+        checkpointed = {c.pid for c in store.checkpoint_list()} if store else set()
+        in_use = {Path(r.cwd) for r in procs if r.live or r.pid in checkpointed}
     finally:
         if store is not None:
             store.close()
@@ -133,7 +140,8 @@ def cmd_prune(ns: argparse.Namespace) -> int:
         # logs/<pid>.log and each JIT tool's logs/<pid>.<tool>.log
         targets = [p for p in logs if p.name.startswith(f"{rec.pid}.")]
         work = paths.work / str(rec.pid)
-        if work.is_dir() and Path(rec.cwd) == work:
+        if work.is_dir() and Path(rec.cwd) == work and not any(
+                c == work or work in c.parents for c in in_use):
             targets.append(work)
         removed: list[str] = []
         freed = 0
