@@ -213,15 +213,18 @@ class LocalFs:
             raise _fs_error(e, "cannot list", real) from None
         out: list[dict[str, Any]] = []
         try:
+            # The first ``limit`` names in order, whatever order the directory keeps:
+            # the same directory gives the same listing (a replay compares it).
             with os.scandir(fd) as it:
-                for entry in it:
-                    st = entry.stat(follow_symlinks=False)
-                    out.append(stat_dict(entry.name, st))
-                    if len(out) >= limit:
-                        break
+                names = sorted(entry.name for entry in it)
+            for name in names[:limit]:
+                try:
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # removed since it was listed
+                out.append(stat_dict(name, st))
         finally:
             os.close(fd)
-        out.sort(key=lambda d: str(d["name"]))
         return out
 
     def mkdir(self, real: str, *, parents: bool, exist_ok: bool) -> None:

@@ -95,8 +95,9 @@ class Fs(_Family):
                                   f"({e.reason} at character {e.start})") from None
         return self.write_bytes(path, data, append=append)
 
-    def list(self, path: str = ".") -> list[dict[str, Any]]:
-        return list(self._call("fs.list", {"path": path}))
+    def list(self, path: str = ".", limit: int = 10_000) -> list[dict[str, Any]]:
+        """The first ``limit`` entries (at most 10,000) in name order."""
+        return list(self._call("fs.list", {"path": path, "limit": limit}))
 
     def stat(self, path: str) -> dict[str, Any]:
         return dict(self._call("fs.stat", {"path": path}))
