@@ -115,6 +115,26 @@ def test_ctrl_c_on_an_embedded_run_stops_its_tree_and_says_what_became_of_it(
     assert gone(host_pid)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_to_an_embedded_runs_whole_process_group_is_an_interruption(
+    home: Path, sleeper: Path, sig: signal.Signals
+) -> None:
+    # As `timeout` or a terminal sends it: to every process in the group. The runtime's
+    # own helpers (the zygote) are not the operator's to stop: the run reports the
+    # interruption, not a dead zygote.
+    env = {**os.environ, "AGENTLIBOS_HOME": str(home)}
+    run = subprocess.Popen([sys.executable, "-m", "agentlibos", "run", str(sleeper), "--json"],
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    host_pid = running_host_pid(home)
+    os.killpg(run.pid, sig)
+    out, err = finish(run)
+    assert run.returncode == 130, err
+    assert json.loads(out)["error"] == "interrupted by the operator", (out, err)
+    assert "zygote" not in err, err
+    assert gone(host_pid)
+
+
 def test_a_run_notices_within_seconds_when_its_daemon_is_killed(
     home: Path, sleeper: Path, daemon: subprocess.Popen[str]
 ) -> None:

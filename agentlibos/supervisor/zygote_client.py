@@ -61,6 +61,11 @@ class ZygoteHandle:
             stderr=self.log,
             close_fds=True,
             env=zygote_env(os.environ),
+            # A process group of its own: a signal to the caller's whole group (a
+            # terminal's Ctrl-C, `timeout`) is for the supervisor, which stops its agents
+            # and then the zygote; killing the zygote first turned an interruption into
+            # "the zygote died". It still dies with the supervisor (parent-death signal).
+            process_group=0,
         )
         theirs.close()
         self.sock = ours
