@@ -94,6 +94,40 @@ def test_thousands_of_bad_frames_leave_a_bounded_audit_and_a_working_broker(
     assert rec.result["replies"] <= 1000
 
 
+RECONNECTING_FLOOD = """
+    import json, secrets, zmq
+
+    def main(ctx, args):
+        z = zmq.Context()
+        for i in range(args["n"]):  # a connection of its own for every bad frame
+            s = z.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.connect(ctx.client.endpoint)
+            h = {"id": i + 1, "pid": ctx.pid, "call": "proc.getpid", "args": {}}
+            s.send_multipart([b"ALOS/1", json.dumps(h).encode(), secrets.token_bytes(32)])
+            s.poll(2000)
+            s.close()
+        return ctx.proc.getpid()
+"""
+
+
+def test_a_connection_per_bad_frame_is_still_audited_as_one_sender_and_named(
+    sup: Supervisor, make_image: MakeImage
+) -> None:
+    img = make_image("reflood", RECONNECTING_FLOOD)
+    rec = run_proc(sup, img, {"n": 200}, timeout_s=120)
+    assert rec.state == "exited" and rec.result == rec.pid, rec.error
+    with sup.store.transaction():
+        sup.broker.summarize_refusals()
+    refusals = [r for r in sup.store.audit_records() if r.call in ("auth", "wire")]
+    one_by_one = [r for r in refusals if "suppressed" not in r.detail]
+    # Before, each new connection had an allowance of its own: 200 records.
+    assert len(one_by_one) == 5, len(one_by_one)
+    assert all(r.pid == rec.pid for r in one_by_one)
+    assert len(one_by_one) + sum(r.detail["suppressed"] for r in refusals
+                                 if "suppressed" in r.detail) == 200
+
+
 PIPELINER = """
     import json, zmq
 

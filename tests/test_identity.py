@@ -140,7 +140,11 @@ def test_a_hostile_agent_cannot_act_as_another_process(
     summaries = [r for r in new if r.call == "wire" and "suppressed" in r.detail]
     assert len(auth) + sum(r.detail["suppressed"] for r in summaries) == len(attempts)
     assert len(auth) <= 5 * 2  # the burst allowance (the attacker may reconnect once)
-    assert all(r.verdict == "deny" and r.pid is None for r in auth + summaries)
+    # Named: the attacker's own pid, from the kernel's word on who connected (a summary
+    # written after it ended names its host pid only).
+    assert all(r.verdict == "deny" and r.pid == rec.pid for r in auth)
+    assert all(r.verdict == "deny" and r.pid in (rec.pid, None) and r.detail["host_pid"] > 0
+               for r in summaries)
     acted = {(r.pid, r.call) for r in new if r.pid == vpid}
     assert acted <= {(vpid, "obj.get")}, acted
 

@@ -73,6 +73,14 @@ class RefusalLimiter:
                 p.suppressed = 0
         return out
 
+    def flush(self, peer: bytes) -> int:
+        """The refusals of ``peer`` not yet audited, reset to zero (its last word)."""
+        p = self._peers.get(peer)
+        if p is None:
+            return 0
+        n, p.suppressed = p.suppressed, 0
+        return n
+
     def refused(self, peer: bytes, *, cut: bool = True) -> tuple[bool, int]:
         """Count one refusal: (audit this one?, refusals suppressed to summarise now).
 

@@ -36,8 +36,9 @@ class Door(Protocol):
     """What the broker asks of the process table at the door."""
 
     def authenticate(self, pid: int, token: bytes) -> Caller: ...
-    def on_protocol_error(self, error: LibOSError, routing_id: bytes) -> None: ...
-    def on_refusals_suppressed(self, routing_id: bytes, count: int, cut: bool) -> None: ...
+    # ``peer``: the sender (Router.sender): b"pid:<host pid>", or a routing id.
+    def on_protocol_error(self, error: LibOSError, peer: bytes) -> None: ...
+    def on_refusals_suppressed(self, peer: bytes, count: int, cut: bool) -> None: ...
 
 
 class Broker:
@@ -55,7 +56,11 @@ class Broker:
         self.limits = limits
         self.flow = flow or FlowLimits()
         self.in_flight = InFlight(self.flow)
+        # Bad frames are counted per connection (one is cut off after 1,000, while its
+        # process's other connection goes on working) and audited per sender (five a
+        # minute, then summarised, however many connections it opens).
         self.refusals = RefusalLimiter(self.flow)
+        self.senders = RefusalLimiter(self.flow)
         self._held: dict[int, set[bytes]] = {}  # peers paused at their in-flight bound
         self._turn_bytes = 0
         # Small replies that did not fit a peer's queue, kept in order (bounded).
@@ -115,7 +120,7 @@ class Broker:
 
     def summarize_refusals(self) -> None:
         """Audit one summary per peer for the refusals not audited one by one."""
-        for peer, count, cut in self.refusals.take_summaries():
+        for peer, count, cut in self.senders.take_summaries():
             self.door.on_refusals_suppressed(peer, count, cut)
 
     @property
@@ -210,12 +215,17 @@ class Broker:
     def _refuse(self, routing_id: bytes, req_id: int | None, error: LibOSError,
                 *, cut: bool = True) -> None:
         """Answer a request refused at the door; audit it within the peer's allowance."""
-        audit, summary = self.refusals.refused(routing_id, cut=cut)
+        was_cut = self.refusals.is_cut(routing_id)
+        self.refusals.refused(routing_id, cut=cut)
+        now_cut = self.refusals.is_cut(routing_id)
+        sender = self.router.sender(routing_id)
+        audit, summary = self.senders.refused(sender, cut=False)
+        if now_cut and not was_cut:  # the last word on a connection being cut off
+            summary += self.senders.flush(sender)
         if summary:
-            self.door.on_refusals_suppressed(routing_id, summary,
-                                             self.refusals.is_cut(routing_id))
+            self.door.on_refusals_suppressed(sender, summary, now_cut)
         if audit:
-            self.door.on_protocol_error(error, routing_id)
+            self.door.on_protocol_error(error, sender)
         self.outbox.append([routing_id, *encode_error(req_id, error)])
 
     def _handle(self, frames: list[bytes]) -> None:

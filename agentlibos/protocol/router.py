@@ -98,6 +98,9 @@ class _Peer:
     turn: bool = False  # in the round-robin queue
     writing: bool = False  # EPOLLOUT wanted
     paused: bool = False  # not read until resumed (pause())
+    # Who it is on the host: "pid:<host pid>" of the process that connected (its
+    # SO_PEERCRED), else its routing id. Refusals are counted per sender (sender()).
+    sender: bytes = b""
 
 
 class Router:
@@ -165,6 +168,12 @@ class Router:
 
     def peers(self) -> int:
         return len(self._peers)
+
+    def sender(self, rid: bytes) -> bytes:
+        """Who sent what came with ``rid``: ``b"pid:<host pid>"`` for a process on this
+        host, whatever connection it uses (a new one per frame, say), else ``rid``."""
+        p = self._by_rid.get(rid)
+        return p.sender if p is not None else rid
 
     # --------------------------------------------------------------------- reading
 
@@ -240,6 +249,7 @@ class Router:
             conn.setblocking(False)
             self._next_rid += 1
             p = _Peer(conn, b"\x00" + U64.pack(self._next_rid), now)
+            p.sender = _peer_pid(conn) or p.rid
             self._peers[conn.fileno()] = p
             self._by_rid[p.rid] = p
             self._handshaking.append(p)
@@ -447,6 +457,19 @@ class Router:
 
 class _Broken(Exception):
     """The peer broke the protocol or a limit: it is disconnected."""
+
+
+def _peer_pid(conn: socket.socket) -> bytes | None:
+    """``b"pid:<host pid>"`` of the process that connected a unix socket (the kernel
+    says it, in this supervisor's pid namespace), or None (TCP, or no answer)."""
+    if conn.family != socket.AF_UNIX:
+        return None
+    try:
+        pid = int.from_bytes(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)[:4],
+                             "little", signed=True)
+    except OSError:
+        return None
+    return b"pid:%d" % pid if pid > 0 else None
 
 
 def _socket_type(body: bytes) -> bytes | None:

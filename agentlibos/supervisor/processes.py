@@ -91,8 +91,7 @@ class LiveProcess:
     waits: list[str] = field(default_factory=list)  # what its pending calls wait on
     timers: list[Timer] = field(default_factory=list)
     deadline: float | None = None  # monotonic end of its wall-clock budget
-    # `[limits] wall` counts every stretch on a host process (docs/images.md): the
-    # seconds its earlier ones ran, and when this one began (monotonic).
+    # `[limits] wall` counts every host stretch (images.md): seconds used, this one's start
     wall_used: float = 0.0
     stretch_start: float | None = None
     started: bool = False  # it had a host process before (`started_at` stays the first)
@@ -147,17 +146,26 @@ class ProcessTable:
             )
         return live.caller
 
-    def on_protocol_error(self, error: LibOSError, routing_id: bytes) -> None:
-        self.store.append_audit(None, "auth" if isinstance(error, AuthenticationFailed)
+    def on_protocol_error(self, error: LibOSError, peer: bytes) -> None:
+        pid, detail = self._sender(peer)
+        self.store.append_audit(pid, "auth" if isinstance(error, AuthenticationFailed)
                                 else "wire", "broker", "deny",
-                                {"reason": error.message, "peer": routing_id.hex()})
+                                {"reason": error.message, **detail})
 
-    def on_refusals_suppressed(self, routing_id: bytes, count: int, cut: bool) -> None:
-        self.store.append_audit(None, "wire", "broker", "deny", {
-            "reason": f"{count} more refused frames from this peer were not audited one by "
-                      "one" + ("; the peer is cut off: its frames are now dropped" if cut
-                               else ""),
-            "peer": routing_id.hex(), "suppressed": count, "cut": cut})
+    def on_refusals_suppressed(self, peer: bytes, count: int, cut: bool) -> None:
+        pid, detail = self._sender(peer)
+        self.store.append_audit(pid, "wire", "broker", "deny", {
+            "reason": f"{count} more refused frames from this sender were not audited one "
+            f"by one{'; it is cut off: its frames are now dropped' if cut else ''}",
+            **detail, "suppressed": count, "cut": cut})
+
+    def _sender(self, peer: bytes) -> tuple[int | None, dict[str, Any]]:
+        """The libOS pid of the host process that sent it (if one), and the audit detail."""
+        if not peer.startswith(b"pid:"):
+            return None, {"peer": peer.hex()}
+        host = int(peer[4:])
+        return next((p for p, lv in self.live.items() if lv.host_pid == host), None), {
+            "host_pid": host}
 
     # ---------------------------------------------------------------- queries
 
