@@ -79,21 +79,31 @@ def test_an_agent_covering_the_home_cannot_touch_the_runtimes_state(
     (project / "link").symlink_to(home)  # a symlink into the home is the home
     config_before = (home / "config.toml").read_bytes() if (home / "config.toml").exists() \
         else None
+    (home / "notes").mkdir()  # the user's own, kept in the home: not the runtime's
     pid, out = _run(sup, image, {
         "config": ["write", ".state/config.toml"],
         "db": ["read", ".state/state.db"],
-        "list_home": ["list", ".state"],
+        "wal": ["write", ".state/state.db-journal"],
+        "logs": ["list", ".state/logs"],
+        "images": ["write", ".state/images/x/agent.py"],
         "via_link": ["read", "link/state.db"],
         "delete_all": ["delete", "."],
-        "spawn_in_home": ["spawn", ".state"],
+        "delete_home": ["delete", ".state"],
+        "spawn_in_home": ["spawn", ".state/work"],
         "own_file": ["write", "src/b.txt"],
         "list_project": ["list", "."],
+        "list_home": ["list", ".state"],
+        "notes": ["write", ".state/notes/n.txt"],
     }, cwd=str(project))
     refused = "lies in the runtime's state directory"
-    for name in ("config", "db", "list_home", "via_link", "spawn_in_home"):
+    for name in ("config", "db", "wal", "logs", "images", "via_link", "spawn_in_home"):
         assert out[name].startswith("PermissionDenied") and refused in out[name], (name, out)
-    assert out["delete_all"].startswith("PermissionDenied")
-    assert "holds the runtime's state directory" in out["delete_all"]
+    for name in ("delete_all", "delete_home"):
+        assert out[name].startswith("PermissionDenied"), (name, out)
+        assert "is or holds the runtime's state directory" in out[name]
+    # Names only, and what is not the runtime's stays the capabilities' to decide.
+    assert {"logs", "state.db"} <= set(out["list_home:names"])
+    assert out["notes"] == "ok" and (home / "notes" / "n.txt").exists()
     # The project itself is the agent's: it writes, and sees the home's name only.
     assert out["own_file"] == "ok" and (project / "src" / "b.txt").exists()
     assert ".state" in out["list_project:names"]
@@ -134,9 +144,13 @@ def test_the_guard_checks_the_real_path_and_its_own_work_prefix_exactly(tmp_path
     assert guard.resolve(own, "a.txt").real == f"{own}/a.txt"
     with pytest.raises(PermissionDenied, match="state directory"):
         guard.resolve(own, "../123/a.txt")  # a sibling sharing its digits' prefix
-    with pytest.raises(PermissionDenied):
-        guard.resolve(str(tmp_path), "home")
+    for entry in ("home/config.toml", "home/state.db-wal", "home/run/x", "home/jit"):
+        with pytest.raises(PermissionDenied):
+            guard.resolve(str(tmp_path), entry)
+    assert guard.resolve(str(tmp_path), "home").real == str(home)  # its names: yes
+    assert guard.resolve(str(tmp_path), "home/mine").real == str(home / "mine")
     assert guard.resolve(str(tmp_path), "homework").real == str(tmp_path / "homework")
-    with pytest.raises(PermissionDenied, match="holds the runtime's state"):
-        guard.delete(str(tmp_path), recursive=True)
+    for top in (tmp_path, home):
+        with pytest.raises(PermissionDenied, match="is or holds the runtime's state"):
+            guard.delete(str(top), recursive=True)
     assert home.exists()

@@ -53,20 +53,30 @@ class StateGuard:
     capabilities cover a directory holding the home (the built-in policy's
     ``fs:*:./**`` with ``--cwd ~``, say) could otherwise rewrite the config that the
     next supervisor sandboxes by, or the database. Every path that is, or lies under,
-    the home is refused, after symlinks are resolved, whatever the capabilities say --
-    as the shell's view never binds it. One exception: a process whose cwd lies in a
-    ``work/<pid>/`` directory of the home (``run``'s default) reaches that directory,
-    its own working files. A recursive delete of a directory holding the home is
-    refused as well.
+    one of the runtime's entries of the home (:data:`RUNTIME_ENTRIES`, ``state.db*``)
+    is refused, after symlinks are resolved, whatever the capabilities say -- as the
+    shell's view never binds the home. Anything else a user keeps in the home (a
+    project beside the runtime's files) stays the capabilities' to decide. One
+    exception: a process whose cwd lies in a ``work/<n>/`` directory of the home
+    (``run``'s default) reaches that directory, its own working files. A recursive
+    delete of the home, or of a directory holding it, is refused as well.
     """
+
+    # What the runtime keeps in the home (config.Paths, supervisor/jit.py): its own.
+    RUNTIME_ENTRIES = frozenset({"config.toml", "run", "work", "scratch", "logs", "images",
+                                 "jit"})
 
     def __init__(self, inner: FileProvider, home: Path | str) -> None:
         self.inner = inner
         self.home = os.path.realpath(home)
         self._work = os.path.join(self.home, "work") + "/"
 
-    def _inside(self, real: str) -> bool:
-        return real == self.home or real.startswith(self.home + "/")
+    def _runtimes(self, real: str) -> bool:
+        """Whether ``real`` is, or lies in, one of the runtime's entries of the home."""
+        if not real.startswith(self.home + "/"):
+            return False
+        top = real[len(self.home) + 1:].split("/", 1)[0]
+        return top in self.RUNTIME_ENTRIES or top.startswith("state.db")
 
     @functools.lru_cache(maxsize=1024)  # noqa: B019 - one guard per supervisor, kept
     def _own_work(self, cwd: str) -> str | None:
@@ -78,7 +88,7 @@ class StateGuard:
 
     def resolve(self, cwd: str, path: str, *, follow_last: bool = True) -> Resolved:
         r = self.inner.resolve(cwd, path, follow_last=follow_last)
-        if self._inside(r.real):
+        if self._runtimes(r.real):
             own = self._own_work(cwd)
             if own is None or not (r.real == own or r.real.startswith(own + "/")):
                 raise PermissionDenied(
@@ -112,9 +122,9 @@ class StateGuard:
 
     def _refuse_holder(self, real: str) -> None:
         top = real.rstrip("/") + "/"
-        if self.home.startswith(top):
+        if self.home + "/" == top or self.home.startswith(top):
             raise PermissionDenied(
-                f"{real!r} holds the runtime's state directory ({self.home}), which no "
+                f"{real!r} is or holds the runtime's state directory ({self.home}), which no "
                 "brokered file call may delete", path=real)
 
 
