@@ -6,11 +6,11 @@ import argparse
 
 from agentlibos.cli.common import (
     EXIT_OK,
-    MAX_ID,
     add_command,
     control,
     note,
     paths_of,
+    positive_id,
     print_json,
 )
 from agentlibos.errors import UsageError
@@ -37,12 +37,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def _pid(text: str) -> int:
     try:
-        pid = int(text)
-    except ValueError:
+        return positive_id(text)
+    except argparse.ArgumentTypeError:
         raise UsageError(f"{text!r} is not a pid (usage: {USAGE})") from None
-    if not 0 < pid <= MAX_ID:
-        raise UsageError(f"{text!r} is not a pid (usage: {USAGE})")
-    return pid
 
 
 def cmd_caps(ns: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ from typing import Any, Final, NoReturn
 from agentlibos.config import OperatorConfig, Paths, load_operator_config
 from agentlibos.errors import Unavailable, UsageError
 from agentlibos.kernel.policy import Policy
+from agentlibos.kernel.process import INT64_MAX
 from agentlibos.sandbox.profile import SandboxConfig
 from agentlibos.store import Store, open_store
 from agentlibos.supervisor.control import control_call, ping
@@ -31,9 +32,6 @@ EXIT_USAGE: Final = 2  # bad usage or bad input (argparse uses 2 as well)
 EXIT_INTERRUPTED: Final = 130  # Ctrl-C (SIGINT) or SIGTERM, as a shell reports 128+2
 
 Handler = Callable[[argparse.Namespace], int]
-
-# The largest pid or id the store can hold (SQLite's INTEGER is 64-bit signed).
-MAX_ID: Final = (1 << 63) - 1
 
 
 class Parser(argparse.ArgumentParser):
@@ -257,6 +255,6 @@ def positive_id(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
-    if value > MAX_ID:
-        raise argparse.ArgumentTypeError(f"{text!r} is out of range (at most {MAX_ID})")
+    if value > INT64_MAX:  # past what the store can look up
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range (at most {INT64_MAX})")
     return value

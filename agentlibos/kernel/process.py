@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
+# The range of a SQLite INTEGER, where every pid, id and integer argument the runtime
+# stores must lie: past it the store cannot even look a number up.
+INT64_MIN: Final = -(1 << 63)
+INT64_MAX: Final = (1 << 63) - 1
+
 State = Literal["created", "running", "waiting", "attention", "exited", "killed", "failed"]
 STATES: Final[tuple[State, ...]] = ("created", "running", "waiting", "attention", "exited",
                                     "killed", "failed")

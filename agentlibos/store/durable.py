@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from agentlibos.errors import Conflict, NotFound
 from agentlibos.kernel.journal import JournalEntry
-from agentlibos.kernel.process import LIVE_STATES
+from agentlibos.kernel.process import INT64_MAX, LIVE_STATES
 
 _CP_COLS: Final = "id, name, pid, seq, caps, objects, created_at"
 
@@ -127,7 +127,7 @@ class DurableTables:
     def checkpoint_get(self, ref: str) -> CheckpointRecord:
         """By id (digits) or by name (the most recent checkpoint of that name)."""
         if ref.isascii() and ref.isdigit():
-            row = None if int(ref) >= 1 << 63 else self._db.execute(
+            row = None if int(ref) > INT64_MAX else self._db.execute(
                 f"SELECT {_CP_COLS} FROM checkpoints WHERE id = ?",  # noqa: S608
                 (int(ref),)).fetchone()
         else:

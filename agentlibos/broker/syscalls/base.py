@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from agentlibos.errors import InvalidArgument, LibOSError, UnknownSyscall
 from agentlibos.kernel.policy import DecisionMemo
+from agentlibos.kernel.process import INT64_MAX, INT64_MIN
 
 if TYPE_CHECKING:
     from agentlibos.kernel.approvals import Grant
@@ -27,8 +28,6 @@ class _Any:
 
 
 ANY: Final = _Any
-INT64_MIN: Final = -(1 << 63)
-INT64_MAX: Final = (1 << 63) - 1
 
 
 @dataclass(frozen=True)
