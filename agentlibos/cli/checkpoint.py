@@ -11,7 +11,6 @@ from agentlibos.cli.common import (
     paths_of,
     positive_id,
     print_json,
-    sandbox_config,
 )
 from agentlibos.kernel.journal import check_checkpoint_name
 from agentlibos.launcher import daemon_pid, embedded_supervisor, stored_record
@@ -38,7 +37,7 @@ def cmd_checkpoint(ns: argparse.Namespace) -> int:
     if daemon_pid(paths) is not None:
         cp = control(paths, req)
     else:
-        with embedded_supervisor(paths, sandbox=sandbox_config(ns)) as sup:
+        with embedded_supervisor(paths) as sup:
             cp = sup.call(req)
     if ns.json:
         print_json({k: cp.get(k) for k in ("id", "name", "pid", "seq")})

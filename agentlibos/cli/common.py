@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, Final, NoReturn
 
-from agentlibos.config import OperatorConfig, Paths, load_operator_config
+from agentlibos.config import OperatorConfig, Paths, load_operator_config, operator_config
 from agentlibos.errors import Unavailable, UsageError
 from agentlibos.kernel.policy import Policy
 from agentlibos.kernel.process import INT64_MAX
@@ -158,9 +158,11 @@ def _config_file(path: str) -> OperatorConfig:
     return load_operator_config(path)
 
 
-def sandbox_config(ns: argparse.Namespace) -> SandboxConfig | None:
-    """--config if given; None lets the supervisor read $AGENTLIBOS_HOME/config.toml."""
-    return _config_file(ns.config).sandbox if ns.config else None
+def sandbox_config(ns: argparse.Namespace) -> SandboxConfig:
+    """The sandbox tables of the operator's config this command uses (--config, else
+    $AGENTLIBOS_HOME/config.toml, else the defaults), for a command that reads them
+    itself. A supervisor reads them from ``paths_of(ns)`` on its own."""
+    return operator_config(paths_of(ns)).sandbox
 
 
 def config_policy(ns: argparse.Namespace) -> Policy | None:

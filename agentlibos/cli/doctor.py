@@ -9,11 +9,9 @@ from agentlibos.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
     add_command,
-    paths_of,
     print_json,
     sandbox_config,
 )
-from agentlibos.sandbox.profile import load_config
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -29,11 +27,7 @@ def cmd_doctor(ns: argparse.Namespace) -> int:
     # imports this module to build the parser.
     from agentlibos.sandbox import doctor  # noqa: PLC0415
 
-    config = sandbox_config(ns)
-    if config is None:
-        cfg = paths_of(ns).home / "config.toml"
-        config = load_config(cfg if cfg.exists() else None)
-    report = doctor.run(config)
+    report = doctor.run(sandbox_config(ns))
     if ns.json:
         print_json(dataclasses.asdict(report) | {"ok": report.ok})
     else:

@@ -20,7 +20,6 @@ from agentlibos.cli.common import (
 from agentlibos.errors import ImageError, LimitExceeded, NotFound
 from agentlibos.kernel.image import AgentImage, load_image
 from agentlibos.registry import agent_ids, register_image, remove_image
-from agentlibos.sandbox.profile import SandboxConfig, load_config
 from agentlibos.store import ImageRecord, open_store
 from agentlibos.ui import format_table, limits_text, printable
 
@@ -72,9 +71,6 @@ def cmd_image_add(ns: argparse.Namespace) -> int:
     # Who will read the image is the sandbox config's business: --config, else the
     # supervisor's own $AGENTLIBOS_HOME/config.toml.
     config = sandbox_config(ns)
-    if config is None:
-        home_config = paths.home / "config.toml"
-        config = load_config(home_config) if home_config.exists() else SandboxConfig()
     paths.ensure()
     store = open_store(paths.db)
     try:

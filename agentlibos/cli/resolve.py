@@ -15,7 +15,6 @@ from agentlibos.cli.common import (
     positive_id,
     print_json,
     readonly_store,
-    sandbox_config,
 )
 from agentlibos.cli.resume import held_up, root_of
 from agentlibos.cli.run import report
@@ -57,7 +56,7 @@ def cmd_resolve(ns: argparse.Namespace) -> int:
         _print(ns, reply["pid"], action, str(reply["state"]))
         return EXIT_OK
     tree = None if action == "fail" else root
-    with embedded_supervisor(paths, sandbox=sandbox_config(ns), resume_tree=tree) as sup:
+    with embedded_supervisor(paths, resume_tree=tree) as sup:
         reply = sup.call(req)
         if action == "fail":
             _print(ns, ns.pid, action, str(reply["state"]))

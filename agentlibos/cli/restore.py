@@ -14,7 +14,6 @@ from agentlibos.cli.common import (
     paths_of,
     print_json,
     readonly_store,
-    sandbox_config,
 )
 from agentlibos.cli.run import report
 from agentlibos.errors import NotFound, UsageError
@@ -54,7 +53,7 @@ def cmd_restore(ns: argparse.Namespace) -> int:
     finally:
         if store is not None:
             store.close()
-    with embedded_supervisor(paths, sandbox=sandbox_config(ns)) as sup:
+    with embedded_supervisor(paths) as sup:
         pid = int(sup.call(req)["pid"])
         note(f"restored {ref} as pid {pid} (log: {log_path(paths, pid)})")
         interrupted = sup.serve()

@@ -13,7 +13,6 @@ from agentlibos.cli.common import (
     paths_of,
     positive_id,
     readonly_store,
-    sandbox_config,
 )
 from agentlibos.cli.run import report
 from agentlibos.config import Paths
@@ -63,7 +62,7 @@ def cmd_resume(ns: argparse.Namespace) -> int:
             outcome = wait_on_daemon(paths, ns.pid, supervisor, interrupt=interrupt,
                                      kill_on_interrupt=False)
         return report(paths, outcome, as_json=ns.json)
-    with embedded_supervisor(paths, sandbox=sandbox_config(ns), resume_tree=root) as sup:
+    with embedded_supervisor(paths, resume_tree=root) as sup:
         interrupted = sup.serve()
         stuck = [] if interrupted else sup.stuck()
         outcome = RunOutcome(ns.pid, sup.record(ns.pid), interrupted=interrupted)

@@ -23,7 +23,6 @@ from agentlibos.cli.common import (
     paths_of,
     print_json,
     readonly_store,
-    sandbox_config,
 )
 from agentlibos.config import Paths
 from agentlibos.errors import UsageError
@@ -163,7 +162,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
 
     try:
         outcome = run_image(paths, image, args, cwd=cwd, policy=policy, on_start=on_start,
-                            sandbox=sandbox_config(ns), ask=ask, tokens=ns.tokens)
+                            ask=ask, tokens=ns.tokens)
     finally:
         for prompter in prompters:
             prompter.stop()

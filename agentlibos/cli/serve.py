@@ -13,11 +13,9 @@ from typing import Final
 from agentlibos.cli.common import (
     EXIT_OK,
     add_command,
-    config_policy,
     note,
     paths_of,
     print_json,
-    sandbox_config,
 )
 from agentlibos.config import operator_config
 from agentlibos.errors import Conflict, Unavailable
@@ -47,8 +45,6 @@ def _detach(ns: argparse.Namespace) -> int:
     # Read here first, as the daemon will: a malformed config is the caller's error
     # (exit 2, its one line), not "the daemon exited before answering" (exit 1).
     operator_config(paths)
-    sandbox_config(ns)
-    config_policy(ns)
     argv = [sys.executable, "-m", "agentlibos", "--home", str(paths.home)]
     if ns.config:
         argv += ["--config", os.path.abspath(ns.config)]
@@ -80,8 +76,7 @@ def cmd_serve(ns: argparse.Namespace) -> int:
     from agentlibos.supervisor import Supervisor  # noqa: PLC0415 - `serve --detach` never does
 
     paths = paths_of(ns)
-    sup = Supervisor(paths, mode="daemon", sandbox=sandbox_config(ns),
-                     policy=config_policy(ns))
+    sup = Supervisor(paths, mode="daemon")  # --config: paths_of(ns) names it
     sup.start()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
