@@ -121,8 +121,7 @@ class StateGuard:
         self.inner.delete(real, recursive=recursive)
 
     def _refuse_holder(self, real: str) -> None:
-        top = real.rstrip("/") + "/"
-        if self.home + "/" == top or self.home.startswith(top):
+        if (self.home + "/").startswith(real.rstrip("/") + "/"):  # the home, or above it
             raise PermissionDenied(
                 f"{real!r} is or holds the runtime's state directory ({self.home}), which no "
                 "brokered file call may delete", path=real)

@@ -8,8 +8,10 @@ resumed later, finds its ask decided and honours it (``Approvals.reattach``,
 
 from __future__ import annotations
 
+from typing import Any
+
 from agentlibos.errors import InvalidArgument
-from agentlibos.kernel.approvals import AskRecord, check_answer
+from agentlibos.kernel.approvals import AskRecord, AskState, check_answer
 from agentlibos.kernel.text import storable
 from agentlibos.store import Store
 
@@ -18,21 +20,24 @@ from agentlibos.store import Store
 
 def record_approve(store: Store, ask_id: int, *, always: bool = False,
                    by: str | None = None) -> AskRecord:
-    if store.ask_get(ask_id).kind != "approval":
-        raise InvalidArgument(f"{ask_id} is a question: answer it, not approve it")
-    rec = store.ask_decide(ask_id, "approved", always=always)
-    store.append_audit(rec.pid, rec.call, rec.request or "", "approved",
-                       {"approval": ask_id, "always": always, **_by(by)})
-    return rec
+    return _decide(store, ask_id, "approved", "approve", {"always": always}, by,
+                   always=always)
 
 
 def record_deny(store: Store, ask_id: int, reason: str | None = None, *,
                 by: str | None = None) -> AskRecord:
+    return _decide(store, ask_id, "denied", "deny", {"reason": reason}, by, reason=reason)
+
+
+def _decide(store: Store, ask_id: int, state: AskState, verb: str, detail: dict[str, Any],
+            by: str | None, **decision: Any) -> AskRecord:
+    """An approval approved or denied (``decision``: what ``ask_decide`` records with
+    it), and its audit record linked by the approval id."""
     if store.ask_get(ask_id).kind != "approval":
-        raise InvalidArgument(f"{ask_id} is a question: answer it, not deny it")
-    rec = store.ask_decide(ask_id, "denied", reason=reason)
-    store.append_audit(rec.pid, rec.call, rec.request or "", "denied",
-                       {"approval": ask_id, "reason": reason, **_by(by)})
+        raise InvalidArgument(f"{ask_id} is a question: answer it, not {verb} it")
+    rec = store.ask_decide(ask_id, state, **decision)
+    store.append_audit(rec.pid, rec.call, rec.request or "", state,
+                       {"approval": ask_id, **detail, **_by(by)})
     return rec
 
 
