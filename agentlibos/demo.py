@@ -38,8 +38,8 @@ INPUT: Final = {
 def run_demo(*, keep: bool = False, as_json: bool = False) -> int:
     """Run the demo; with ``as_json`` print one JSON object instead of the narration."""
     say: Callable[[str], None] = (lambda _text: None) if as_json else print
-    # The state directory and the project side by side: no file call reaches the
-    # former (providers/base.StateGuard), so it cannot hold the agents' project.
+    # The state directory and the project side by side, as a user keeps them (the
+    # agents reach the project, never the runtime's files: providers/base.StateGuard).
     base = Path(tempfile.mkdtemp(prefix="agentlibos-demo-", dir="/tmp"))
     home, project = base / "state", base / "project"
     home.mkdir()
@@ -146,8 +146,8 @@ LLM_SCRIPT: Final = {"responses": [
 def run_llm_demo(*, keep: bool = False, as_json: bool = False) -> int:
     """An LLM agent (the built-in loop, a scripted model) reads, is refused, answers."""
     say: Callable[[str], None] = (lambda _text: None) if as_json else print
-    # The state directory and the project side by side: no file call reaches the
-    # former (providers/base.StateGuard), so it cannot hold the agents' project.
+    # The state directory and the project side by side, as a user keeps them (the
+    # agents reach the project, never the runtime's files: providers/base.StateGuard).
     base = Path(tempfile.mkdtemp(prefix="agentlibos-demo-llm-", dir="/tmp"))
     home, project = base / "state", base / "project"
     home.mkdir()

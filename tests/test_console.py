@@ -434,7 +434,7 @@ def stack() -> Iterator[Stack]:
     if os.geteuid() != 0:
         pytest.skip("runs agents with every sandbox layer required, which needs root")
     home = Path(tempfile.mkdtemp(prefix="alos-", dir="/tmp"))
-    # The agents' project lies outside the home: no file call reaches the home.
+    # The agents' project lies beside the home, as a user keeps it.
     work = Path(tempfile.mkdtemp(prefix="alos-work-", dir="/tmp"))
     try:
         writer = write_image(home / "images", "writer", WRITER, caps=["fs:rw:./**"])

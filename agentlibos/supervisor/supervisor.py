@@ -72,7 +72,7 @@ class Supervisor:
         self.default_policy = policy or operator.policy or BUILTIN_POLICY  # docs/policy.md
         self.sandbox, self.mode = SandboxManager(paths, sandbox), mode
         self.providers = providers or build_providers(operator.providers)  # docs/providers.md
-        self.fs = self.providers.guarded_files(paths.home)  # the home is out of reach
+        self.fs = self.providers.guarded_files(paths.home)  # never the runtime's files
         self._started = False
         self.resume_tree: int | None = None  # `agentlibos resume PID`: resume this tree
         self.recovered: dict[str, list[int]] = {}
