@@ -70,6 +70,15 @@ def _check(svc: FsServices, caller: Caller, call: str, right: str, path: str,
     return r
 
 
+def _size(svc: FsServices, real: str) -> int:
+    """How large ``real`` is, to decide whether it is read or listed off the loop; 0 when
+    it cannot be told (the call itself then says what is wrong)."""
+    try:
+        return int(svc.fs.stat(real)["size"])
+    except LibOSError:
+        return 0
+
+
 @syscall("fs.read", path=_PATH, max_bytes=Param(int, required=False, minimum=0))
 def fs_read(svc: FsServices, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Result:
     """Read a whole file; the bytes come back as a blob. Needs fs:read."""
@@ -82,10 +91,7 @@ def fs_read(svc: FsServices, caller: Caller, args: dict[str, Any], blobs: list[b
         return Reply({"size": len(data), "path": real}, [data],
                      [hashlib.sha256(data).hexdigest()] if big else None)
 
-    try:
-        size = int(svc.fs.stat(real)["size"])
-    except LibOSError:
-        size = 0  # the read itself says what is wrong
+    size = _size(svc, real)
     # A large file is read (and hashed, for the journal) off the loop: one agent's 16 MiB
     # reads must not hold every other agent's calls for the time they take.
     return svc.offload(caller.pid, read, size) if size > INLINE_READ_BYTES else read()
@@ -117,10 +123,7 @@ def fs_list(svc: FsServices, caller: Caller, args: dict[str, Any], blobs: list[b
     (at most 10,000) in name order. Needs fs:read."""
     r = _check(svc, caller, "fs.list", "read", args["path"])
     real, limit = r.real, max(1, min(args["limit"], MAX_LIST))
-    try:
-        size = int(svc.fs.stat(real)["size"])
-    except LibOSError:
-        size = 0  # the listing itself says what is wrong
+    size = _size(svc, real)
     if size <= INLINE_LIST_BYTES:
         return svc.fs.listdir(real, limit)
     # A large directory is listed off the loop (a stat of each entry: 10,000 took
