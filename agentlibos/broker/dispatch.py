@@ -30,7 +30,7 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from agentlibos.broker.crashpoints import crash_at
-from agentlibos.broker.replay import Replayer
+from agentlibos.broker.replay import Answer, Replayer
 from agentlibos.broker.syscalls import FAMILY_OF_PREFIX, Caller, Pending, Reply, Result, lookup
 from agentlibos.errors import (
     InternalError,
@@ -46,6 +46,7 @@ from agentlibos.kernel.journal import (
     describe_request,
     effect_kind,
     once_intent,
+    result_digest,
     wait_intent,
 )
 
@@ -176,8 +177,7 @@ class Dispatcher:
                     sink(answer.outcome)  # already journaled (or never to be)
                     return
                 if answer.kind == "recheck":
-                    self._recheck(caller, seq, call, args, blobs, sink,
-                                  answer.expected_digests)
+                    self._recheck(caller, seq, call, args, blobs, sink, answer)
                     return
                 if answer.kind == "resume":
                     caller = replace(caller, resume=answer.resume)
@@ -219,14 +219,17 @@ class Dispatcher:
         self._attempt(caller, call, args, [], sink, seq)
 
     def _recheck(self, caller: Caller, seq: int, call: str, args: dict[str, Any],
-                 blobs: list[bytes], sink: Sink, expected: tuple[str | None, ...]) -> None:
-        """Replay a read whose large answer the journal kept by digest: read again, and
-        the bytes must be the same ones, or the process has diverged."""
+                 blobs: list[bytes], sink: Sink, kept: Answer) -> None:
+        """Replay a read whose answer the journal kept by digest (its large blobs, or all
+        of it: journal_bytes): read again, and the answer must be the same one, or the
+        process has diverged."""
         def check(outcome: Outcome) -> None:
             if isinstance(outcome, Reply):
                 got = tuple(hashlib.sha256(b).hexdigest() for b in outcome.blobs)
-                if got != expected:
-                    detail = (f"call {seq} ({call}) read other bytes than it did the first "
+                if got != kept.expected_digests or (
+                        kept.expected_result is not None
+                        and result_digest(outcome.result)[1] != kept.expected_result):
+                    detail = (f"call {seq} ({call}) read another answer than it did the first "
                               "time")
                     if self.replay is not None and self.replay.on_diverged is not None:
                         self.replay.on_diverged(caller.pid, seq, detail)

@@ -8,6 +8,12 @@ can hand a resumed agent what it got the first time: blobs up to ``INLINE_BLOB_B
 whole (base64), larger ones by size and sha256 only -- keeping every 4 MiB read would
 grow the database by the size of everything agents read, and replay can re-read and
 compare the digest.
+
+What it keeps whole is metered per tree: the ``journal_bytes`` quota (kernel/budgets.py)
+counts every answer over ``JOURNAL_SMALL``, and once a tree has spent it, the answers of
+reads that can be made again (``REREADABLE``) are kept by digest -- the result's and each
+blob's -- so that a loop of reads cannot grow the database without bound. Replay
+(broker/replay.py) makes such a read again and compares.
 """
 
 from __future__ import annotations
@@ -23,15 +29,40 @@ from typing import Any
 from agentlibos.broker.crashpoints import crash_at
 from agentlibos.broker.dispatch import Outcome
 from agentlibos.broker.syscalls import Caller
-from agentlibos.errors import LibOSError, to_wire
-from agentlibos.kernel.journal import JournalEntry, args_digest, effect_kind
+from agentlibos.errors import LibOSError, NoSuchProcess, to_wire
+from agentlibos.kernel.budgets import DEFAULT_JOURNAL_BYTES, journal_charge
+from agentlibos.kernel.journal import (
+    REREADABLE,
+    JournalEntry,
+    args_digest,
+    effect_kind,
+    result_digest,
+)
 from agentlibos.store import Store
 
 INLINE_BLOB_BYTES = 64 << 10
+# Answers up to this many bytes (as the journal keeps them) are neither counted against
+# journal_bytes nor ever kept by digest: about the size of the call's own audit record,
+# and the quota is for the large ones (a small answer's row costs what its call does).
+JOURNAL_SMALL = 1024
 # A loop turn that only served reads may leave its commit to a later turn, for at most
 # this long and this many calls (docs/store.md, "Deferred commits").
 DEFER_MAX_S = 0.002
 DEFER_MAX_CALLS = 256
+
+
+def encode_digest(outcome: Outcome) -> str | None:
+    """The JSON text of a reply kept by digest: its result's and each blob's size and
+    sha256 (None for an error, which is always kept whole)."""
+    if isinstance(outcome, LibOSError):
+        return None
+    size, sha = result_digest(outcome.result)
+    digests: list[str | None] = (list(outcome.digests) if outcome.digests
+                                 else [None] * len(outcome.blobs))
+    return json.dumps({
+        "result_digest": {"size": size, "sha256": sha},
+        "blobs": [{"size": len(b), "sha256": d or hashlib.sha256(b).hexdigest()}
+                  for b, d in zip(outcome.blobs, digests, strict=True)]})
 
 
 def encode_outcome(outcome: Outcome) -> tuple[str, str]:
@@ -49,12 +80,23 @@ def encode_outcome(outcome: Outcome) -> tuple[str, str]:
     return "ok", json.dumps(body, default=str)
 
 
+_Turn = tuple[int, int, int, str, dict[str, Any], list[bytes], Outcome]
+
+
 class StoreJournal:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, journal_bytes: int = DEFAULT_JOURNAL_BYTES) -> None:
         self._store = store
-        # The turn's calls, as (caller pid, seq, call, args, blobs, outcome): the
-        # digests and encodings are made in flush(), after early replies (below) left.
-        self._turn: list[tuple[int, int, str, dict[str, Any], list[bytes], Outcome]] = []
+        # The turn's calls, as (caller pid, its root pid, seq, call, args, blobs, outcome):
+        # the digests and encodings are made in take(), after early replies (below) left.
+        self._turn: list[_Turn] = []
+        # The journal_bytes quota: each tree's meter as of the store plus what take()
+        # charged since (``_charged``, written by flush()), and the trees whose answers
+        # it began to keep by digest, to audit once (``_crossed``: root -> pid, seq, call).
+        self.journal_bytes = journal_bytes
+        self._meter: dict[int, int] = {}
+        self._charged: dict[int, int] = {}
+        self._crossed: dict[int, tuple[int, int, str]] = {}
+        self._warned: set[int] = set()
         # Called in each turn after its last write and before its commit: the broker's
         # early replies to pure reads (Broker.flush_reads).
         self.before_commit: Callable[[], None] | None = None
@@ -142,11 +184,49 @@ class StoreJournal:
             self.intents.update(self._held)
             self._held.clear()
         turn, self._turn = self._turn, []
-        return held + [_entry(*t) for t in turn]
+        return held + [self._metered(*t) for t in turn]
+
+    def _metered(self, pid: int, root: int, seq: int, call: str, args: dict[str, Any],
+                 blobs: list[bytes], outcome: Outcome) -> JournalEntry:
+        """The entry of one call, its answer kept whole and counted against its tree's
+        journal_bytes, or, once the tree has spent them, by digest if it can be read again."""
+        entry = _entry(pid, seq, call, args, blobs, outcome)
+        size = len(entry.result or "")
+        if size <= JOURNAL_SMALL:
+            return entry
+        used = self._meter.get(root)
+        if used is None:
+            used = self._meter[root] = self._store.tree_usage(root).journal_bytes
+        if used + size > self.journal_bytes and call in REREADABLE:
+            text = encode_digest(outcome)
+            if text is not None:
+                if root not in self._warned:
+                    self._crossed.setdefault(root, (pid, seq, call))
+                return JournalEntry(pid=pid, seq=seq, call=call, digest=entry.digest,
+                                    status=entry.status, result=text)
+        self._meter[root] = used + size
+        self._charged[root] = self._charged.get(root, 0) + size
+        return entry
 
     def flush(self) -> None:
-        """Write the turn's entries (inside the turn's transaction, before its commit)."""
+        """Write the turn's entries (inside the turn's transaction, before its commit),
+        and what they charged to their trees' journal_bytes."""
         self._store.journal_append_many(self.take())
+        charged, self._charged = self._charged, {}
+        for root, n in charged.items():
+            with contextlib.suppress(NoSuchProcess):  # a tree whose root was pruned
+                self._store.charge_tree(root, journal_charge(n))
+        crossed, self._crossed = self._crossed, {}
+        for root, (pid, seq, call) in crossed.items():
+            # Once per tree and supervisor: its large reads are kept by digest from now
+            # on, and a resume re-reads them (docs/durability.md).
+            self._warned.add(root)
+            self._store.append_audit(pid, "journal.budget", f"proc:{root}", "info", {
+                "root_pid": root, "seq": seq, "call": call, "limit": self.journal_bytes,
+                "journal_bytes": self._meter.get(root, 0)})
+        # The meters are read again from the store when next needed: no tree's is kept
+        # in memory past the turn that wrote it.
+        self._meter.clear()
 
     def intent(self, pid: int, seq: int, call: str, digest: str, text: str, *,
                durable: bool, hold: bool = False) -> None:
@@ -185,7 +265,7 @@ class StoreJournal:
             self._store.journal_settle(caller.pid, seq, "ok" if status == "ok" else "error",
                                        text)
             return
-        self._turn.append((caller.pid, seq, call, args, blobs, outcome))
+        self._turn.append((caller.pid, caller.root_pid, seq, call, args, blobs, outcome))
 
 
 def _entry(pid: int, seq: int, call: str, args: dict[str, Any], blobs: list[bytes],

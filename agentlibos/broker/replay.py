@@ -8,9 +8,10 @@ past the prefix runs live -- and if the journal holds a *wait intent* there (the
 was suspended when it was evicted or the supervisor died), it runs with that wait's
 state so it waits on for the same thing.
 
-A journaled answer whose blobs were too large to keep (kept by size and sha256) is
-produced again by running the call (a read) and checking the digests: the same bytes,
-or the process has diverged.
+A journaled answer whose blobs were too large to keep (kept by size and sha256), or that
+its tree's journal_bytes kept by digest altogether (broker/journal.py), is produced again
+by running the call (a read) and checking the digests: the same answer, or the process
+has diverged.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class Answer:
     outcome: Reply | LibOSError | None = None
     detail: str = ""
     expected_digests: tuple[str | None, ...] = ()  # "recheck": the kept blobs' sha256
+    expected_result: str | None = None  # "recheck": the result's sha256, if kept by digest
     resume: dict[str, Any] | None = None  # "resume": the wait intent's state
 
 
@@ -143,6 +145,9 @@ class Replayer:
             else:
                 recheck = True
                 kept.append(str(b.get("sha256")))
-        if recheck:
-            return Answer("recheck", expected_digests=tuple(kept))
+        kept_result = doc.get("result_digest")
+        if recheck or isinstance(kept_result, dict):
+            return Answer("recheck", expected_digests=tuple(kept),
+                          expected_result=str(kept_result.get("sha256"))
+                          if isinstance(kept_result, dict) else None)
         return Answer("journaled", Reply(doc.get("result"), blobs))

@@ -6,7 +6,7 @@ bound a tree (with ``obj:rw:*`` it can spread over any number of namespaces), an
 broker writes files as the supervisor, so neither RLIMIT_FSIZE nor the agent's cgroup
 bounds what it writes *through* the broker. These quotas do.
 
-Three amounts, each with the operator's limit (``[limits]`` in config.toml):
+Four amounts, each with the operator's limit (``[limits]`` in config.toml):
 
 ``object_bytes``, ``objects``
     *Held*: what the tree's objects take now. An object is charged to the tree that
@@ -17,11 +17,19 @@ Three amounts, each with the operator's limit (``[limits]`` in config.toml):
     *Spent*: every byte the broker writes for the tree (whole-file writes and appends),
     a meter like a token budget. Deleting a file gives nothing back: the quota bounds
     the disk traffic and growth one tree can cause, whatever it deletes in between.
+``journal_bytes``
+    *Spent*: the bytes of answers over ``JOURNAL_SMALL`` that the journal kept whole for
+    the tree, so that a resumed agent can be told them again (broker/journal.py). Not a
+    refusal: past it, the answers of reads that can be made again (a file, a listing,
+    an object) are kept by size and sha256, as a large file's always are; other answers
+    (a model's, a human's) are kept whole and counted. It bounds how fast a tree can
+    grow the state database by reading, which none of the other three sees.
 
-The rule (:func:`overrun`): a charge is refused when one of its positive parts would
-take the tree's usage above that part's limit. Exactly reaching a limit is allowed. A
-charge that only lowers usage (a delete, a smaller put, a refund) is never refused, so
-a tree above its quota (the operator lowered it) can always get back under.
+The rule (:func:`overrun`, for the first three): a charge is refused when one of its
+positive parts would take the tree's usage above that part's limit. Exactly reaching a
+limit is allowed. A charge that only lowers usage (a delete, a smaller put, a refund) is
+never refused, so a tree above its quota (the operator lowered it) can always get back
+under.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from agentlibos.errors import LimitExceeded
 from agentlibos.kernel.units import format_size
 
 __all__ = [
+    "DEFAULT_JOURNAL_BYTES",
     "DEFAULT_OBJECTS",
     "DEFAULT_OBJECT_BYTES",
     "DEFAULT_WRITE_BYTES",
@@ -42,6 +51,7 @@ __all__ = [
     "Usage",
     "apply",
     "delete_charges",
+    "journal_charge",
     "overrun",
     "put_charges",
     "write_charge",
@@ -51,12 +61,17 @@ __all__ = [
 # fill a host: 256 MiB of objects is four full namespaces (the per-namespace quota is
 # 64 MiB) and is read back into one SQLite database every agent shares; 100,000 objects
 # is ten full namespaces by count; 1 GiB written through the broker is far above what
-# an agent's own work needs and a small part of any disk the runtime is run on.
+# an agent's own work needs and a small part of any disk the runtime is run on; 256 MiB
+# of kept answers is some 4,000 reads of a 64 KiB file, far more than an agent resumed
+# after a crash replays in the usual run, and bounds a loop of reads to that.
 DEFAULT_OBJECT_BYTES: Final = 256 << 20
 DEFAULT_OBJECTS: Final = 100_000
 DEFAULT_WRITE_BYTES: Final = 1 << 30
+DEFAULT_JOURNAL_BYTES: Final = 256 << 20
 
-QUOTA_KEYS: Final = ("object_bytes", "objects", "write_bytes")
+QUOTA_KEYS: Final = ("object_bytes", "objects", "write_bytes", "journal_bytes")
+# The quotas a charge is refused for; journal_bytes changes how answers are kept instead.
+_REFUSING: Final = QUOTA_KEYS[:3]
 
 
 @dataclass(frozen=True)
@@ -66,21 +81,25 @@ class Usage:
     object_bytes: int = 0
     objects: int = 0
     write_bytes: int = 0
+    journal_bytes: int = 0
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(self.object_bytes + other.object_bytes, self.objects + other.objects,
-                     self.write_bytes + other.write_bytes)
+                     self.write_bytes + other.write_bytes,
+                     self.journal_bytes + other.journal_bytes)
 
     def __neg__(self) -> Usage:
-        return Usage(-self.object_bytes, -self.objects, -self.write_bytes)
+        return Usage(-self.object_bytes, -self.objects, -self.write_bytes,
+                     -self.journal_bytes)
 
     def __bool__(self) -> bool:
-        return any((self.object_bytes, self.objects, self.write_bytes))
+        return any((self.object_bytes, self.objects, self.write_bytes, self.journal_bytes))
 
     @property
     def grows(self) -> bool:
         """Some part is positive: a charge that takes something (and may be refused)."""
-        return self.object_bytes > 0 or self.objects > 0 or self.write_bytes > 0
+        return (self.object_bytes > 0 or self.objects > 0 or self.write_bytes > 0
+                or self.journal_bytes > 0)
 
     def to_json(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -88,11 +107,13 @@ class Usage:
 
 @dataclass(frozen=True)
 class TreeQuota:
-    """The operator's per-tree limits (``[limits]`` object_bytes, objects, write_bytes)."""
+    """The operator's per-tree limits (``[limits]`` object_bytes, objects, write_bytes,
+    journal_bytes)."""
 
     object_bytes: int = DEFAULT_OBJECT_BYTES
     objects: int = DEFAULT_OBJECTS
     write_bytes: int = DEFAULT_WRITE_BYTES
+    journal_bytes: int = DEFAULT_JOURNAL_BYTES
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -105,6 +126,7 @@ _SAYS: Final[dict[str, tuple[str, str]]] = {
     "object_bytes": ("holds", " of objects"),
     "objects": ("holds", ""),
     "write_bytes": ("has written", " through the broker"),
+    "journal_bytes": ("has had", " of answers kept in the journal"),
 }
 
 
@@ -143,7 +165,7 @@ class Overrun:
 
 def overrun(root_pid: int, quota: TreeQuota, usage: Usage, charge: Usage) -> Overrun | None:
     """The first quota ``charge`` would break for a tree at ``usage``; None if it fits."""
-    for key in QUOTA_KEYS:
+    for key in _REFUSING:
         add, have, limit = getattr(charge, key), getattr(usage, key), getattr(quota, key)
         if add > 0 and have + add > limit:
             return Overrun(root_pid, key, have, add, limit)
@@ -154,7 +176,8 @@ def apply(usage: Usage, charge: Usage) -> Usage:
     """Usage after ``charge``. Never below zero: an object charged before budgets
     existed may be deleted by a tree that never paid for it."""
     after = usage + charge
-    return Usage(max(0, after.object_bytes), max(0, after.objects), max(0, after.write_bytes))
+    return Usage(max(0, after.object_bytes), max(0, after.objects), max(0, after.write_bytes),
+                 max(0, after.journal_bytes))
 
 
 def put_charges(writer: int, size: int, old_size: int | None,
@@ -180,3 +203,8 @@ def delete_charges(size: int, owner: int | None) -> dict[int, Usage]:
 def write_charge(nbytes: int) -> Usage:
     """The charge of writing ``nbytes`` through the broker (a write or an append)."""
     return Usage(write_bytes=nbytes)
+
+
+def journal_charge(nbytes: int) -> Usage:
+    """The charge of the journal keeping ``nbytes`` of answers whole for a tree."""
+    return Usage(journal_bytes=nbytes)

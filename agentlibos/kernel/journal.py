@@ -74,6 +74,13 @@ def args_digest(call: str, args: dict[str, Any], blobs: Sequence[bytes] = ()) ->
     return hashlib.sha256(canonical_json(doc).encode("utf-8")).hexdigest()
 
 
+def result_digest(result: Any) -> tuple[int, str]:
+    """(size, sha256 hex) of a reply's result as canonical JSON: how a journal that kept
+    an answer by digest (journal_bytes) identifies it, and compares a replayed read's."""
+    text = json.dumps(result, sort_keys=True, separators=(",", ":"), default=str)
+    return len(text), hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 # ------------------------------------------------------------------------ effect kinds
 
 EffectKind = Literal["read", "store", "redo", "once"]
@@ -105,6 +112,13 @@ _KINDS: Final[dict[str, EffectKind]] = {
     "proc.journal": "read", "proc.kill": "store", "proc.spawn": "store", "proc.wait": "read",
     "shell.exec": "once", "tool.call": "once",
 }
+# Reads that, made again, give the same answer unless the world they read changed: past
+# a tree's journal_bytes (kernel/budgets.py), their large answers are kept by digest and
+# a replay makes them again and compares. Not event.wait or proc.wait (they would wait
+# again), not clock.* (another answer each time).
+REREADABLE: Final = frozenset({"fs.read", "fs.list", "fs.stat", "obj.get", "obj.list",
+                               "obj.stat", "cap.list", "proc.children"})
+
 # HTTP methods that are sent again after a crash: the safe ones only. PUT and DELETE are
 # idempotent by the RFC, but servers do not all honour it, and a second send is the
 # operator's call (`resolve --retry`), not ours.

@@ -127,7 +127,7 @@ class SandboxConfig:
     shell_limits: Limits = field(default_factory=lambda: Limits(
         memory_max_bytes=512 << 20, pids_max=64, cpu_max_cores=1.0))
     # Per-tree quotas on what the broker stores and writes for a tree ([limits]
-    # object_bytes, objects, write_bytes; defaults in kernel/budgets.py).
+    # object_bytes, objects, write_bytes, journal_bytes; defaults in kernel/budgets.py).
     tree_quota: TreeQuota = field(default_factory=TreeQuota)
 
     def layer_mode(self, layer: str) -> Literal["required", "optional", "disabled"]:
@@ -157,19 +157,15 @@ def _limits(table: object, where: str) -> Limits:
 
 
 def _tree_quota(table: dict[str, Any], where: str) -> TreeQuota:
-    """[limits] object_bytes and write_bytes (sizes: "256MiB") and objects (a count)."""
+    """[limits] objects (a count) and the *_bytes quotas (sizes: "256MiB")."""
     d = TreeQuota()
     try:
         objects = table.get("objects", d.objects)
         if isinstance(objects, bool) or not isinstance(objects, int) or objects < 0:
             raise InvalidArgument(f"objects: expected a whole number >= 0, got {objects!r}")
-        return TreeQuota(
-            object_bytes=parse_size(table.get("object_bytes", d.object_bytes),
-                                    what="object_bytes"),
-            objects=objects,
-            write_bytes=parse_size(table.get("write_bytes", d.write_bytes),
-                                   what="write_bytes"),
-        )
+        sizes = {k: parse_size(table.get(k, getattr(d, k)), what=k)
+                 for k in QUOTA_KEYS if k != "objects"}
+        return TreeQuota(objects=objects, **sizes)
     except (InvalidArgument, ValueError) as e:
         raise PolicyError(f"{where}: {e}") from None
 

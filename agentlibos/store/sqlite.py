@@ -50,6 +50,7 @@ _WAIT_VERSION: Final = 3  # processes.wait and processes.evicted
 _BUDGETS_VERSION: Final = 4  # objects.root_pid and tree_usage
 _TOKENS_VERSION: Final = 6  # processes.tree_tokens_*
 _DURABLE_VERSION: Final = 7  # processes.resumes, processes.attention, checkpoints
+_JOURNAL_BYTES_VERSION: Final = 9  # processes.tree_journal_bytes
 _BUDGET_COLS_TOKENS: Final = ("tree_tokens_limit, tree_tokens_used, tree_prompt_tokens, "
                       "tree_completion_tokens, tree_model_calls")
 _PROC_COLS_V1: Final = (
@@ -591,9 +592,11 @@ class SQLiteStore(WaitingTables, DurableTables):
         """What the tree rooted at ``root_pid`` holds and has spent (zeros if unknown)."""
         if self.schema_version < _BUDGETS_VERSION:
             return Usage()  # read-only on an older database: nothing was ever charged
+        journal = (", tree_journal_bytes" if self.schema_version >= _JOURNAL_BYTES_VERSION
+                   else "")
         row = self._db.execute(
-            "SELECT tree_object_bytes, tree_objects, tree_write_bytes FROM processes"
-            " WHERE pid = ? AND root_pid = pid", (root_pid,),
+            f"SELECT tree_object_bytes, tree_objects, tree_write_bytes{journal}"  # noqa: S608
+            " FROM processes WHERE pid = ? AND root_pid = pid", (root_pid,),
         ).fetchone()
         return Usage(*(int(v) for v in row)) if row else Usage()
 
@@ -618,8 +621,9 @@ class SQLiteStore(WaitingTables, DurableTables):
             after = budgets.apply(usage, charge)
             cur = self._db.execute(
                 "UPDATE processes SET tree_object_bytes = ?, tree_objects = ?,"
-                " tree_write_bytes = ? WHERE pid = ? AND root_pid = pid",
-                (after.object_bytes, after.objects, after.write_bytes, root_pid),
+                " tree_write_bytes = ?, tree_journal_bytes = ? WHERE pid = ? AND root_pid = pid",
+                (after.object_bytes, after.objects, after.write_bytes, after.journal_bytes,
+                 root_pid),
             )
             if cur.rowcount == 0 and charge.grows:
                 raise NoSuchProcess(f"no process tree with root pid {root_pid} to charge")

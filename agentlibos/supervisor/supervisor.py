@@ -117,7 +117,7 @@ class Supervisor:
 
     def _wire(self) -> None:
         store, loop = self.store, self.loop
-        self.journal = journal = StoreJournal(store)
+        self.journal = journal = StoreJournal(store, self.sandbox.config.tree_quota.journal_bytes)
         loop.set_turn_context(journal.loop_turn, idle=journal.commit_deferred)  # store.md
         loop.on_error = self._on_loop_error
         self.table = table = ProcessTable(self.paths, self.config, store, loop, self.sandbox,
