@@ -28,7 +28,7 @@ from typing import Any
 
 from agentlibos.broker.crashpoints import crash_at
 from agentlibos.broker.dispatch import Outcome
-from agentlibos.broker.syscalls import Caller
+from agentlibos.broker.syscalls import Caller, Reply
 from agentlibos.errors import LibOSError, NoSuchProcess, to_wire
 from agentlibos.kernel.budgets import DEFAULT_JOURNAL_BYTES, journal_charge
 from agentlibos.kernel.journal import (
@@ -45,22 +45,21 @@ INLINE_BLOB_BYTES = 64 << 10
 # journal_bytes nor ever kept by digest: about the size of the call's own audit record,
 # and the quota is for the large ones (a small answer's row costs what its call does).
 JOURNAL_SMALL = 1024
+# Trees whose journal_bytes meter is kept in memory at most (then all are read again).
+_METERS_KEPT = 4096
 # A loop turn that only served reads may leave its commit to a later turn, for at most
 # this long and this many calls (docs/store.md, "Deferred commits").
 DEFER_MAX_S = 0.002
 DEFER_MAX_CALLS = 256
 
 
-def encode_digest(outcome: Outcome) -> str | None:
-    """The JSON text of a reply kept by digest: its result's and each blob's size and
-    sha256 (None for an error, which is always kept whole)."""
-    if isinstance(outcome, LibOSError):
-        return None
-    size, sha = result_digest(outcome.result)
+def encode_digest(outcome: Reply, size: int, sha256: str) -> str:
+    """The JSON text of a reply kept by digest: its result's size and sha256 (as
+    :func:`result_digest` gave them) and each blob's."""
     digests: list[str | None] = (list(outcome.digests) if outcome.digests
                                  else [None] * len(outcome.blobs))
     return json.dumps({
-        "result_digest": {"size": size, "sha256": sha},
+        "result_digest": {"size": size, "sha256": sha256},
         "blobs": [{"size": len(b), "sha256": d or hashlib.sha256(b).hexdigest()}
                   for b, d in zip(outcome.blobs, digests, strict=True)]})
 
@@ -188,25 +187,31 @@ class StoreJournal:
 
     def _metered(self, pid: int, root: int, seq: int, call: str, args: dict[str, Any],
                  blobs: list[bytes], outcome: Outcome) -> JournalEntry:
-        """The entry of one call, its answer kept whole and counted against its tree's
-        journal_bytes, or, once the tree has spent them, by digest if it can be read again."""
+        """The entry of one call: its answer kept whole, and counted against its tree's
+        journal_bytes if over JOURNAL_SMALL; or, once the tree has spent them (the answer
+        that reaches the quota is still kept whole), by digest if it can be read again."""
+        if call in REREADABLE and isinstance(outcome, Reply) and \
+                self._spent(root) >= self.journal_bytes:
+            size, sha = result_digest(outcome.result)  # one encoding of a large answer
+            if size + sum(4 * ((len(b) + 2) // 3) for b in outcome.blobs) > JOURNAL_SMALL:
+                if root not in self._warned:
+                    self._crossed.setdefault(root, (pid, seq, call))
+                return _entry(pid, seq, call, args, blobs, outcome,
+                              encode_digest(outcome, size, sha))
         entry = _entry(pid, seq, call, args, blobs, outcome)
         size = len(entry.result or "")
-        if size <= JOURNAL_SMALL:
-            return entry
+        if size > JOURNAL_SMALL:
+            self._meter[root] = self._spent(root) + size
+            self._charged[root] = self._charged.get(root, 0) + size
+        return entry
+
+    def _spent(self, root: int) -> int:
+        """The tree's journal_bytes meter: read from the store once, then kept here (this
+        journal is its only writer) and written by flush()."""
         used = self._meter.get(root)
         if used is None:
             used = self._meter[root] = self._store.tree_usage(root).journal_bytes
-        if used + size > self.journal_bytes and call in REREADABLE:
-            text = encode_digest(outcome)
-            if text is not None:
-                if root not in self._warned:
-                    self._crossed.setdefault(root, (pid, seq, call))
-                return JournalEntry(pid=pid, seq=seq, call=call, digest=entry.digest,
-                                    status=entry.status, result=text)
-        self._meter[root] = used + size
-        self._charged[root] = self._charged.get(root, 0) + size
-        return entry
+        return used
 
     def flush(self) -> None:
         """Write the turn's entries (inside the turn's transaction, before its commit),
@@ -224,9 +229,8 @@ class StoreJournal:
             self._store.append_audit(pid, "journal.budget", f"proc:{root}", "info", {
                 "root_pid": root, "seq": seq, "call": call, "limit": self.journal_bytes,
                 "journal_bytes": self._meter.get(root, 0)})
-        # The meters are read again from the store when next needed: no tree's is kept
-        # in memory past the turn that wrote it.
-        self._meter.clear()
+        if len(self._meter) > _METERS_KEPT:  # read again from the store when next needed
+            self._meter.clear()
 
     def intent(self, pid: int, seq: int, call: str, digest: str, text: str, *,
                durable: bool, hold: bool = False) -> None:
@@ -269,8 +273,9 @@ class StoreJournal:
 
 
 def _entry(pid: int, seq: int, call: str, args: dict[str, Any], blobs: list[bytes],
-           outcome: Outcome) -> JournalEntry:
-    status, text = encode_outcome(outcome)
+           outcome: Outcome, kept: str | None = None) -> JournalEntry:
+    """``kept``: the answer's JSON text as the journal keeps it, if not whole."""
+    status, text = encode_outcome(outcome) if kept is None else ("ok", kept)
     try:
         digest = args_digest(call, args, blobs)
     except (ValueError, TypeError, RecursionError):
