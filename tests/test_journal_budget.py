@@ -192,3 +192,28 @@ def test_journal_bytes_is_read_from_limits_and_bad_values_name_it() -> None:
     assert parse_config("", "c.toml").tree_quota.journal_bytes == DEFAULT_JOURNAL_BYTES
     with pytest.raises(PolicyError, match="journal_bytes"):
         parse_config('[limits]\njournal_bytes = "lots"\n', "c.toml")
+
+
+def test_ps_json_shows_a_trees_quota_usage_on_its_root(home: Path, make_image: MakeImage,
+                                                       tmp_path: Path) -> None:
+    from tests.test_cli import cli  # noqa: PLC0415 - the CLI test's runner
+
+    (tmp_path / "page.txt").write_text("p" * 5000)
+    img = make_image("user", """
+        def main(ctx, args):
+            ctx.fs.read_text("page.txt")
+            ctx.fs.write_text("out.txt", "w" * 300)
+            ctx.obj.put("o", {"k": "v"})
+            ctx.proc.wait(ctx.proc.spawn("kid"))
+    """, caps=["fs:rw:./**", "obj:rw:self", "proc:spawn:kid", "proc:wait:kid"])
+    make_image("kid", "def main(ctx, args):\n    ctx.fs.write_text('kid.txt', 'k' * 200)\n",
+               caps=["fs:write:./**"])
+    cli(home, "run", str(img), "--cwd", str(tmp_path), check=True)
+    rows = {r["pid"]: r for r in json.loads(cli(home, "ps", "--all", "--json",
+                                                  check=True).stdout)}
+    root, kid = rows[1], rows[2]
+    usage = root["usage"]
+    assert usage["write_bytes"] == 500  # the child's write is charged to the root
+    assert usage["objects"] == 1 and usage["object_bytes"] > 0
+    assert 5000 < usage["journal_bytes"] < 8000  # the page, kept whole (base64)
+    assert kid["usage"] is None

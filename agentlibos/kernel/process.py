@@ -78,6 +78,9 @@ class ProcessRecord:
     # A tree root's model tokens: {limit, used, prompt_tokens, completion_tokens, calls}
     # (kernel/tokens.py); None on other rows and on trees that never had a budget or call.
     tokens: dict[str, Any] | None = None
+    # A tree root's amounts of the tree quotas (kernel/budgets.py): {object_bytes,
+    # objects, write_bytes, journal_bytes}; None on other rows.
+    usage: dict[str, int] | None = None
     resumes: int = 0  # how many times it was resumed after a crash (durable execution)
     # While `attention`: the effect a crash left unsettled, {"seq", "call", "request"}.
     attention: dict[str, Any] | None = None
@@ -122,6 +125,7 @@ class ProcessRecord:
             # an eviction keeps the column's flag in the store, not in what is shown).
             "evicted": self.evicted and self.live,
             "tokens": self.tokens,
+            "usage": self.usage,
             "resumes": self.resumes,
             "attention": self.attention,
         }

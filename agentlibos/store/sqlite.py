@@ -133,6 +133,10 @@ class SQLiteStore(WaitingTables, DurableTables):
                                 else ", NULL, 0, 0, 0, 0")
             self._proc_cols += (", resumes, attention" if self.schema_version >= _DURABLE_VERSION
                                 else ", 0, NULL")
+            self._proc_cols += (", tree_object_bytes, tree_objects, tree_write_bytes"
+                                if self.schema_version >= _BUDGETS_VERSION else ", 0, 0, 0")
+            self._proc_cols += (", tree_journal_bytes"
+                                if self.schema_version >= _JOURNAL_BYTES_VERSION else ", 0")
         except BaseException:
             self._db.close()
             raise
@@ -386,10 +390,11 @@ class SQLiteStore(WaitingTables, DurableTables):
         (pid, ppid, root_pid, host_pid, image, image_path, state, exit_reason, result,
          error, cwd, args, limits, layers, missing, policy_id, created_at, started_at,
          ready_at, ended_at, wait, evicted, t_limit, t_used, t_prompt, t_completion,
-         t_calls, resumes, attention) = row
+         t_calls, resumes, attention, *tree) = row
         tokens = None
         if pid == root_pid and (t_limit is not None or t_calls):
             tokens = TokenUsage(t_limit, t_used, t_prompt, t_completion, t_calls).to_json()
+        usage = Usage(*(int(v) for v in tree)).to_json() if pid == root_pid else None
         return ProcessRecord(
             pid=pid, ppid=ppid, root_pid=root_pid, host_pid=host_pid, image=image,
             image_path=image_path, state=state, exit_reason=exit_reason,
@@ -398,7 +403,7 @@ class SQLiteStore(WaitingTables, DurableTables):
             layers=json.loads(layers), missing_layers=json.loads(missing),
             policy_id=policy_id, created_at=created_at, started_at=started_at,
             ready_at=ready_at, ended_at=ended_at, wait=wait, evicted=bool(evicted),
-            tokens=tokens, resumes=int(resumes or 0),
+            tokens=tokens, usage=usage, resumes=int(resumes or 0),
             attention=json.loads(attention) if attention else None,
         )
 
