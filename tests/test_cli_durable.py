@@ -412,6 +412,65 @@ def test_an_approval_answered_while_no_supervisor_ran_is_honoured_on_resume(
         assert rec["result"].startswith("denied: ")
 
 
+GATED_WAITS_POLICY = """
+ask = ["human:ask:*", "clock:sleep:*"]
+allow = ["fs:*:./**", "obj:*:*", "proc:*:*", "event:*:*", "clock:*:*"]
+default = "deny"
+"""
+
+# A question, then a sleep, each under an `ask` rule: each waits twice, for the approval
+# and then for the human or the clock.
+GATED_WAITER = """
+def main(ctx, args):
+    answer = ctx.human.ask("Deploy?", choices=["yes", "no"])
+    t0 = ctx.clock.now()
+    ctx.clock.sleep(4)
+    return {"answer": answer, "slept": ctx.clock.now() - t0}
+"""
+
+
+def test_a_wait_under_a_used_approval_waits_on_for_the_same_thing_after_a_daemon_crash(
+    home: Path, make_image: MakeImage, tmp_path: Path
+) -> None:
+    img = make_image("gated", GATED_WAITER, caps=["human:ask:*", "clock:sleep:*"])
+    policy = tmp_path / "gated.toml"
+    policy.write_text(GATED_WAITS_POLICY)
+
+    def asks() -> list[dict[str, Any]]:
+        return [a for a in out_json(cli(home, "approvals", "--all", "--json"))
+                if a["pid"] == pid]
+
+    def waits_on(prefix: str) -> str:
+        wait_for(lambda: (ps_row(home, pid)["wait"] or "").startswith(prefix))
+        return str(ps_row(home, pid)["wait"])
+
+    with serving(home) as daemon:
+        pid = detach(home, img, "--policy", str(policy))
+        approval = waits_on("approval:").split(":")[1]
+        assert cli(home, "approve", approval).returncode == 0
+        question = waits_on("human:").split(":")[1]
+        daemon.send_signal(signal.SIGKILL)
+        gone(home, daemon)
+    # Answered while no supervisor runs: honoured when the question is asked again.
+    assert cli(home, "answer", question, "yes").returncode == 0
+    with serving(home) as daemon:
+        approval = waits_on("approval:").split(":")[1]  # the sleep's, not the question's
+        assert cli(home, "approve", approval).returncode == 0
+        sleep = waits_on("sleep:")
+        daemon.send_signal(signal.SIGKILL)
+        gone(home, daemon)
+    with serving(home):
+        rec = out_json(cli(home, "wait", str(pid), "--json"))
+    assert rec["state"] == "exited", rec
+    assert rec["result"]["answer"] == "yes", rec
+    # The sleep kept the deadline it was first given: not 4 s again from the restart.
+    assert 3.5 <= rec["result"]["slept"] < 8, rec
+    # Two approvals in all, and one question: nothing was asked twice.
+    kinds = sorted(a["kind"] for a in asks())
+    assert kinds == ["approval", "approval", "question"], asks()
+    assert sleep.startswith("sleep:")
+
+
 # ------------------------------------------------------------------ bad input
 
 @pytest.mark.parametrize(("argv", "code", "needle"), [

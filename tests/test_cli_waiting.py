@@ -138,7 +138,6 @@ def result(out: str) -> Any:
 # ------------------------------------------------------------------- no agents needed
 
 @pytest.mark.parametrize("argv", [
-    ["approvals"], ["approvals", "--all", "--json"], ["caps", "1"],
     ["caps", "revoke", "1", "fs:read:/tmp/**"], ["event", "post", "build-done"],
 ])
 def test_without_a_supervisor_each_command_says_so_and_how_to_start_one(
@@ -148,6 +147,40 @@ def test_without_a_supervisor_each_command_says_so_and_how_to_start_one(
     assert p.returncode == 1
     assert_one_line_error(p, "no supervisor is running", "agentlibos serve")
     assert p.stdout == ""
+
+
+def test_without_a_supervisor_the_queue_and_caps_are_read_from_the_store(
+    home: Path, make_image: MakeImage
+) -> None:
+    # Nothing has run: the queue is empty, and there is no process 1.
+    p = cli(home, "approvals", "--all", "--json")
+    assert (p.returncode, json.loads(p.stdout)) == (0, []), p.stderr
+    assert "nothing waits for a human" in cli(home, "approvals").stdout
+    assert_one_line_error(cli(home, "caps", "1"), "no process 1")
+    assert cli(home, "caps", "1").returncode == 2
+    # A run that asked and ended: its ask and its capabilities stay readable.
+    img = make_image("asker", """
+        from agentlibos.errors import PermissionDenied
+        def main(ctx, args):
+            try:
+                ctx.fs.write_text("x.txt", "x")
+            except PermissionDenied:
+                return "denied"
+    """, caps=["fs:rw:./**"])
+    policy = home / "ask.toml"
+    policy.write_text('ask = ["fs:write:./**"]\nallow = ["fs:*:./**"]\n')
+    with serving(home):
+        run = cli(home, "run", str(img), "--policy", str(policy), "--detach")
+        assert run.returncode == 0, run.stderr
+        wait_for(lambda: json.loads(cli(home, "approvals", "--json").stdout or "[]") != [])
+        assert cli(home, "deny", "1").returncode == 0
+        assert cli(home, "wait", "1").returncode == 0
+    items = json.loads(cli(home, "approvals", "--all", "--json").stdout)
+    assert [(i["kind"], i["pid"], i["state"]) for i in items] == [("approval", 1, "denied")]
+    assert json.loads(cli(home, "approvals", "--json").stdout) == []
+    caps = cli(home, "caps", "1", "--json")
+    assert caps.returncode == 0 and "read from its store" in caps.stderr
+    assert any(c.startswith("fs:rw:/") for c in json.loads(caps.stdout)), caps.stdout
 
 
 @pytest.mark.parametrize("argv", [

@@ -73,6 +73,7 @@ class ApprovalQueue(Protocol):
                 decided: Callable[[Grant | LibOSError], None]) -> int: ...
     def reattach(self, pid: int, ask_id: int,
                  decided: Callable[[Grant | LibOSError], None]) -> None: ...
+    def regrant(self, pid: int, ask_id: int, digest: str) -> Grant | None: ...
 
 
 class Dispatcher:
@@ -247,6 +248,16 @@ class Dispatcher:
             self.approvals.reattach(caller.pid, ask_id, self._decided(
                 replace(caller, resume=None), call, args, blobs, sink, seq))
             return
+        if seq is not None and caller.resume is not None and "approved" in caller.resume \
+                and caller.grant is None and self.approvals is not None:
+            # Made again after a restart or an eviction while it waited (a question, a
+            # sleep) under a one-shot approval it had used: it runs under that approval
+            # again, not a new ask, so that it waits on for the same thing.
+            grant = self.approvals.regrant(caller.pid, int(caller.resume["approved"]),
+                                           _digest(call, args, blobs))
+            if grant is not None:
+                caller = replace(caller, grant=grant, digest=grant.digest)
+        granted = caller.grant.ask_id if caller.grant is not None else None
         with_turn = False
         if seq is not None and self.journal is not None and \
                 effect_kind(call, args) == "once":
@@ -283,8 +294,13 @@ class Dispatcher:
             self._once_intent(caller, seq, call, args, blobs, durable=False)
         if isinstance(result, Pending):
             if seq is not None and self.journal is not None and result.durable is not None:
+                state = result.durable
+                if granted is not None and caller.grant is None:
+                    # It used its one-shot approval (authz spent it) and now waits: the
+                    # wait's state names the approval, for a restart (above).
+                    state = {**state, "approved": granted}
                 self.journal.intent(caller.pid, seq, call, _digest(call, args, blobs),
-                                    wait_intent(call, args, result.durable), durable=False)
+                                    wait_intent(call, args, state), durable=False)
             result.bind(sink)
         elif isinstance(result, Reply):
             sink(result)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from agentlibos.cli.common import EXIT_OK, add_command, control, paths_of, print_json
+from agentlibos.cli.common import EXIT_OK, add_command, paths_of, print_json, query
 from agentlibos.ui import age_text, format_table
 
 
@@ -45,7 +45,10 @@ def format_items(items: list[dict[str, Any]]) -> str:
 
 
 def cmd_approvals(ns: argparse.Namespace) -> int:
-    reply = control(paths_of(ns), {"op": "approvals", "all": bool(ns.all)})
+    reply = query(paths_of(ns), {"op": "approvals", "all": bool(ns.all)},
+                  lambda store: {"items": [r.public() for r in
+                                           store.ask_list(pending_only=not ns.all)]},
+                  empty={"items": []})
     items: list[dict[str, Any]] = list(reply.get("items") or [])
     if ns.json:
         print_json(items)

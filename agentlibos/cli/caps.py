@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from agentlibos.cli.common import (
     EXIT_OK,
@@ -12,8 +13,10 @@ from agentlibos.cli.common import (
     paths_of,
     positive_id,
     print_json,
+    query,
 )
 from agentlibos.errors import UsageError
+from agentlibos.store import Store
 from agentlibos.ui import printable
 
 USAGE = "caps PID | caps revoke PID CAP"
@@ -51,7 +54,11 @@ def cmd_caps(ns: argparse.Namespace) -> int:
     if len(words) != 1:
         raise UsageError(f"caps takes one pid (usage: {USAGE})")
     pid = _pid(words[0])
-    reply = control(paths_of(ns), {"op": "caps", "pid": pid})
+    def offline(store: Store) -> dict[str, Any]:
+        store.get_process(pid)  # NoSuchProcess when there is none
+        return {"pid": pid, "caps": store.get_caps(pid), "live": False}
+
+    reply = query(paths_of(ns), {"op": "caps", "pid": pid}, offline)
     held = [str(c) for c in reply.get("caps") or []]
     if ns.json:
         print_json(held)

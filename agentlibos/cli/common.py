@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final, NoReturn
 
 from agentlibos.config import OperatorConfig, Paths, load_operator_config, operator_config
-from agentlibos.errors import Unavailable, UsageError
+from agentlibos.errors import NoSuchProcess, Unavailable, UsageError
 from agentlibos.kernel.policy import Policy
 from agentlibos.kernel.process import INT64_MAX
 from agentlibos.sandbox.profile import SandboxConfig
@@ -247,6 +247,28 @@ def control(paths: Paths, request: dict[str, Any]) -> dict[str, Any]:
                           "`agentlibos serve --detach` (or keep an `agentlibos run` going)")
     reply = control_call(paths.control_endpoint, request)
     return {k: v for k, v in reply.items() if k != "ok"}
+
+
+def query(paths: Paths, request: dict[str, Any],
+          offline: Callable[[Store], dict[str, Any]],
+          empty: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A read-only control operation: the supervisor's answer when one runs, else the
+    same read of the store (``offline``), read-only. Where nothing has run yet: ``empty``,
+    or NoSuchProcess when there is no empty answer (a question about a pid)."""
+    if ping(paths.control_endpoint) is not None:
+        return control(paths, request)
+    store = readonly_store(paths)
+    if store is None:
+        if empty is None:
+            raise NoSuchProcess(f"no process {request.get('pid')}: nothing has run in "
+                                f"{paths.home}")
+        return empty
+    try:
+        reply = offline(store)
+    finally:
+        store.close()
+    note(f"no supervisor is running in {paths.home}: read from its store")
+    return reply
 
 
 def positive_id(text: str) -> int:

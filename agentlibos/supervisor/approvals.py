@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentlibos.broker.syscalls import Caller, Pending
-from agentlibos.errors import LibOSError, PermissionDenied
+from agentlibos.errors import LibOSError, NotFound, PermissionDenied
 from agentlibos.kernel.approvals import (
     AskRecord,
     Grant,
@@ -91,6 +91,18 @@ class Approvals:
         self._store.append_audit(caller.pid, call, request, "ask", detail)
         self._suspend(caller.pid, rec, f"approval:{rec.id}", decided)
         return rec.id
+
+    def regrant(self, pid: int, ask_id: int, digest: str) -> Grant | None:
+        """The one-shot grant a call held when it was suspended in a wait, for the same
+        call made again (its wait intent names the approval): only an approval of this
+        process, for these very arguments, that was given; else None (it asks anew)."""
+        try:
+            rec = self._store.ask_get(ask_id)
+        except NotFound:
+            return None
+        if (rec.kind, rec.pid, rec.digest, rec.state) != ("approval", pid, digest, "approved"):
+            return None
+        return Grant(ask_id, rec.request or "", rec.digest)
 
     def reattach(self, pid: int, ask_id: int, decided: Decided) -> None:
         """A resumed process waits on for the ask its call was suspended in; one answered
