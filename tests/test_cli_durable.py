@@ -412,6 +412,32 @@ def test_an_approval_answered_while_no_supervisor_ran_is_honoured_on_resume(
         assert rec["result"].startswith("denied: ")
 
 
+def test_an_answer_given_offline_after_the_approval_timeout_finds_it_expired(
+    home: Path, make_image: MakeImage, tmp_path: Path
+) -> None:
+    img = make_image("writer", WRITER, caps=["fs:rw:./**"])
+    policy = tmp_path / "asking.toml"
+    policy.write_text(ASKING_POLICY)
+    (home / "config.toml").write_text('[approvals]\ntimeout = "2s"\n')
+    with serving(home) as daemon:
+        pid = detach(home, img, "--policy", str(policy))
+        wait_for(lambda: (ps_row(home, pid)["wait"] or "").startswith("approval:"))
+        ask = ps_row(home, pid)["wait"].split(":")[1]
+        daemon.send_signal(signal.SIGKILL)
+        gone(home, daemon)
+    created = next(a for a in out_json(cli(home, "approvals", "--json")))["created_at"]
+    time.sleep(max(0.0, created + 2.2 - time.time()))
+    late = cli(home, "approve", ask)
+    assert late.returncode == 1
+    assert_one_line_error(late, f"approval {ask} is already expired")
+    audit = out_json(cli(home, "audit", "--pid", str(pid), "--json"))
+    assert [r["verdict"] for r in audit if r.get("detail", {}).get("approval") == int(ask)
+            and r["verdict"] in ("approved", "expired")] == ["expired"], audit
+    rec = out_json(cli(home, "resume", str(pid), "--json"))
+    assert rec["result"].startswith("denied: ") and "timed out" in rec["result"], rec
+    assert not (home / "work" / str(pid) / "out.txt").exists()
+
+
 GATED_WAITS_POLICY = """
 ask = ["human:ask:*", "clock:sleep:*"]
 allow = ["fs:*:./**", "obj:*:*", "proc:*:*", "event:*:*", "clock:*:*"]

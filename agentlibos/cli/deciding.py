@@ -10,11 +10,12 @@ from collections.abc import Callable
 from typing import Any
 
 from agentlibos.cli.common import control, note, readonly_store
-from agentlibos.config import Paths
+from agentlibos.config import Paths, operator_config
 from agentlibos.errors import Conflict, NotFound, Unavailable
 from agentlibos.kernel.approvals import AskRecord
 from agentlibos.store import Store, open_store
 from agentlibos.supervisor.control import ping
+from agentlibos.supervisor.decisions import expire_if_late
 from agentlibos.supervisor.lock import lock_home
 
 
@@ -39,6 +40,9 @@ def decide(paths: Paths, request: dict[str, Any],
     try:
         store = open_store(paths.db)
         try:
+            with store.transaction():  # committed whatever the decision meets
+                expire_if_late(store, int(request["id"]),
+                               operator_config(paths).approvals_timeout_s)
             with store.transaction():
                 rec = offline(store)
         finally:

@@ -37,15 +37,19 @@ from agentlibos.kernel.journal import args_digest
 from agentlibos.kernel.text import storable
 from agentlibos.providers.human import HumanChannel
 from agentlibos.store import Store
-from agentlibos.supervisor.decisions import record_answer, record_approve, record_deny
+from agentlibos.supervisor.decisions import (
+    EXPIRED_REASON,
+    record_answer,
+    record_approve,
+    record_deny,
+    record_expire,
+)
 from agentlibos.supervisor.loop import Loop, Timer
 from agentlibos.supervisor.processes import ProcessTable
 from agentlibos.supervisor.waits import Waits
 
 log = logging.getLogger(__name__)
 
-# The reason an ask expired at the operator's [approvals] timeout (its record says it).
-EXPIRED_REASON = "no answer in time"
 
 Decided = Callable[[Grant | LibOSError], None]
 
@@ -213,11 +217,7 @@ class Approvals:
         return rec
 
     def _expire(self, ask_id: int) -> None:
-        rec = self._store.ask_decide(ask_id, "expired", reason=EXPIRED_REASON)
-        self._store.append_audit(rec.pid, rec.call, rec.request or f"human:{ask_id}",
-                                 "expired", {"approval" if rec.kind == "approval"
-                                             else "question": ask_id,
-                                             "timeout_s": self.timeout_s})
+        rec = record_expire(self._store, ask_id, self.timeout_s)
         self._close(rec, self._refusal(rec))
 
     def _close(self, rec: AskRecord, outcome: Grant | LibOSError) -> None:

@@ -8,6 +8,7 @@ resumed later, finds its ask decided and honours it (``Approvals.reattach``,
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from agentlibos.errors import InvalidArgument
@@ -48,6 +49,33 @@ def record_answer(store: Store, ask_id: int, text: str, *, by: str | None = None
     store.append_audit(rec.pid, "human.ask", f"human:ask:{rec.topic}", "answered",
                        {"question": ask_id, "answer": storable(text, 2000), **_by(by)})
     return rec
+
+
+# The reason an ask expired at the operator's [approvals] timeout (its record says it).
+EXPIRED_REASON = "no answer in time"
+
+
+def record_expire(store: Store, ask_id: int, timeout_s: float | None) -> AskRecord:
+    """An ask that had no answer within the operator's ``[approvals] timeout``: expired,
+    with its audit record."""
+    rec = store.ask_decide(ask_id, "expired", reason=EXPIRED_REASON)
+    store.append_audit(rec.pid, rec.call, rec.request or f"human:{ask_id}", "expired",
+                       {"approval" if rec.kind == "approval" else "question": ask_id,
+                        "timeout_s": timeout_s})
+    return rec
+
+
+def expire_if_late(store: Store, ask_id: int, timeout_s: float | None) -> bool:
+    """Expire a pending ask whose timeout has run out while no supervisor ran (one that
+    runs expires it on time): an answer given after it must find it expired, as it would
+    with a supervisor up. True if it expired here."""
+    if timeout_s is None:
+        return False
+    rec = store.ask_get(ask_id)
+    if rec.state != "pending" or time.time() < rec.created_at + timeout_s:
+        return False
+    record_expire(store, ask_id, timeout_s)
+    return True
 
 
 def _by(who: str | None) -> dict[str, str]:
