@@ -331,6 +331,40 @@ def test_an_unsettled_shell_command_waits_for_attention_until_resolved(
     assert_one_line_error(again, f"process {pid}", "not waiting for attention")
 
 
+APPENDER = """
+def main(ctx, args):
+    ctx.fs.write_text("log.txt", "entry", append=True)
+    return "appended"
+"""
+
+
+def test_an_approved_effect_a_crash_cut_off_is_audited_linked_to_its_approval(
+    home: Path, make_image: MakeImage, tmp_path: Path
+) -> None:
+    img = make_image("appender", APPENDER, caps=["fs:rw:./**"])
+    policy = tmp_path / "asking.toml"
+    policy.write_text(ASKING_POLICY)
+    project = tmp_path / "project"
+    project.mkdir()
+    with serving(home, AGENTLIBOS_CRASH_AT="after-effect:fs.write") as daemon:
+        pid = detach(home, img, "--policy", str(policy), "--cwd", str(project))
+        wait_for(lambda: (ps_row(home, pid)["wait"] or "").startswith("approval:"))
+        ask = int(ps_row(home, pid)["wait"].split(":")[1])
+        cli(home, "approve", str(ask))  # the daemon dies at the barrier, after the append
+        gone(home, daemon)
+    assert (project / "log.txt").read_text() == "entry"
+    with serving(home):
+        wait_for(lambda: ps_row(home, pid)["state"] == "attention")
+    audit = out_json(cli(home, "audit", "--pid", str(pid), "--json"))
+    linked = [(r["call"], r["verdict"]) for r in audit
+              if r.get("detail", {}).get("approval") == ask]
+    # ask -> approved -> the effect, whose own record died with the turn: the record of
+    # it as unsettled stands for it, with the same approval id.
+    assert linked[-1] == ("proc.attention", "info"), audit
+    assert ("fs.write", "approved") in linked, audit
+    assert cli(home, "audit", "--verify").returncode == 0
+
+
 SHELLER_PARENT = """
 def main(ctx, args):
     return ctx.proc.wait(ctx.proc.spawn("sheller"))["result"]

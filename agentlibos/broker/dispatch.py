@@ -269,7 +269,7 @@ class Dispatcher:
             later = self.intent_with_turn.get(call)
             with_turn = later is not None and later(caller, args)
             if not with_turn:
-                self._once_intent(caller, seq, call, args, blobs, durable=True)
+                self._once_intent(caller, seq, call, args, blobs, granted, durable=True)
         elif seq is not None and effect_kind(call, args) == "redo":
             crash_at("before-effect", call)
         try:
@@ -291,7 +291,7 @@ class Dispatcher:
                                "the supervisor log has the details"))
             return
         if with_turn and seq is not None:
-            self._once_intent(caller, seq, call, args, blobs, durable=False)
+            self._once_intent(caller, seq, call, args, blobs, granted, durable=False)
         if isinstance(result, Pending):
             if seq is not None and self.journal is not None and result.durable is not None:
                 state = result.durable
@@ -308,11 +308,11 @@ class Dispatcher:
             sink(Reply(result))
 
     def _once_intent(self, caller: Caller, seq: int, call: str, args: dict[str, Any],
-                     blobs: list[bytes], *, durable: bool) -> None:
+                     blobs: list[bytes], approval: int | None, *, durable: bool) -> None:
         assert self.journal is not None
         self.journal.intent(caller.pid, seq, call, _digest(call, args, blobs),
-                            once_intent(describe_request(call, args, caller.cwd)), durable=durable,
-                            hold=not durable)
+                            once_intent(describe_request(call, args, caller.cwd), approval),
+                            durable=durable, hold=not durable)
         crash_at("before-effect", call)
 
     def _ask(self, caller: Caller, call: str, args: dict[str, Any], blobs: list[bytes],

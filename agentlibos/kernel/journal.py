@@ -155,9 +155,13 @@ def effect_kind(call: str, args: dict[str, Any]) -> EffectKind:
 
 # ------------------------------------------------------------------------ intents
 
-def once_intent(request: str | None) -> str:
-    """The result text of a ``once`` intent: what the operator is shown if it never settles."""
-    return json.dumps({"effect": "once", "request": request})
+def once_intent(request: str | None, approval: int | None = None) -> str:
+    """The result text of a ``once`` intent: what the operator is shown if it never settles,
+    and the approval it runs under, if any (the audit links an unsettled effect to it)."""
+    doc: dict[str, Any] = {"effect": "once", "request": request}
+    if approval is not None:
+        doc["approval"] = approval
+    return json.dumps(doc)
 
 
 def wait_intent(call: str, args: dict[str, Any], state: dict[str, Any]) -> str:

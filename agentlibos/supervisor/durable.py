@@ -326,14 +326,17 @@ class Durable:
                 self._store.ask_decide(ask.id, "expired", reason="the supervisor was lost")
 
     def to_attention(self, pid: int, entry: JournalEntry) -> None:
-        request = parse_intent(entry.result).get("request")
-        att = {"seq": entry.seq, "call": entry.call, "request": request}
+        intent = parse_intent(entry.result)
+        att = {"seq": entry.seq, "call": entry.call, "request": intent.get("request")}
         self._store.update_process(pid, state="attention", attention=att, host_pid=None,
                                    evicted=1, wait=None)
+        # The record of an effect a crash cut off (its own record was in the lost turn),
+        # linked to the approval it ran under, as the effect's record would have been.
+        linked = {"approval": intent["approval"]} if "approval" in intent else {}
         self._store.append_audit(pid, "proc.attention", f"proc:{pid}", "info",
-                                 {**att, "reason": "a crash left this effect unsettled: it "
-                                  "may or may not have happened, and it is not one that may "
-                                  "be done twice"})
+                                 {**att, **linked, "reason": "a crash left this effect "
+                                  "unsettled: it may or may not have happened, and it is "
+                                  "not one that may be done twice"})
 
     # ------------------------------------------------------------------ operator
 
