@@ -472,6 +472,22 @@ def test_a_tool_that_fails_the_type_check_is_refused_with_the_compiler_message(
     assert "toUpperCase" in err["message"] and "TS2339" in err["message"]
 
 
+def test_a_tool_written_as_design_shows_it_with_untyped_parameters_passes_the_check(
+    sup: Supervisor, make_image: MakeImage
+) -> None:
+    # DESIGN.md: "a TypeScript module whose default export is `async function (args,
+    # libos)`" -- no types. Strict otherwise: the test above still fails its check.
+    img = make_image("untyped", REGISTER, caps=["jit:*:*"])
+    source = ("export default async function (args, libos) {\n"
+              "  const me = await libos.syscall('proc.getpid', {});\n"
+              "  return { doubled: args.x * 2, me };\n}\n")
+    rec = run_proc(sup, img, {"name": "untyped", "source": source, "args": {"x": 21}},
+                   timeout_s=90)
+    me = {"pid": rec.pid, "ppid": None}
+    assert rec.result == {"registered": True, "call": {"doubled": 42, "me": me}}, \
+        (rec.error, rec.result)
+
+
 def test_registering_without_jit_register_is_refused(
     sup: Supervisor, make_image: MakeImage
 ) -> None:

@@ -8,7 +8,9 @@ Every Deno process -- a tool runner or a type check -- runs with these flags and
 * ``--no-remote``   no http(s) imports;
 * ``--no-npm``      no ``npm:`` specifiers (which would fetch from the registry);
 * ``--cached-only`` nothing may be fetched into the cache either;
-* ``--no-config``   no deno.json/package.json discovered next to the tool.
+* ``--no-config``   no deno.json/package.json discovered next to the tool (a type check
+  names ours instead, ``check.json``: strict, but an untyped parameter is ``any``, so a
+  tool written as DESIGN shows it, ``async function (args, libos)``, passes).
 
 Local modules are another matter: Deno loads statically analysable imports (including a
 literal ``import("/etc/passwd")``, and JSON imports) while building the module graph,
@@ -52,7 +54,11 @@ TYPES: Final = JIT_DIR / "libos.d.ts"
 POOL_ENTRY: Final = JIT_DIR / "pool.js"
 
 FLAGS: Final = ("--no-prompt", "--no-remote", "--no-npm", "--cached-only", "--no-config")
-CHECK_FLAGS: Final = ("--no-remote", "--no-npm", "--no-config", "--quiet")
+# Strict TypeScript, except that parameters left untyped are `any` (not an error): the
+# contract's form is `export default async function (args, libos)`. Our config file,
+# never one found next to the tool; "lock": false, so nothing is written beside it.
+CHECK_CONFIG: Final = JIT_DIR / "check.json"
+CHECK_FLAGS: Final = ("--no-remote", "--no-npm", "--config", str(CHECK_CONFIG), "--quiet")
 # On the host (image add) also: no lock file written into the image, no remote import
 # allowed even by a flag added later, and nothing fetched into the cache.
 HOST_CHECK_FLAGS: Final = (*CHECK_FLAGS, "--no-lock", "--deny-import", "--cached-only")
