@@ -331,6 +331,38 @@ def test_an_unsettled_shell_command_waits_for_attention_until_resolved(
     assert_one_line_error(again, f"process {pid}", "not waiting for attention")
 
 
+
+SLOW_SHELLER = """
+def main(ctx, args):
+    out = ctx.shell.run(["sh", "-c", "echo started > started; sleep 60; echo ended"])
+    return {"exit_code": out["exit_code"], "stdout": out["stdout"].strip()}
+"""
+
+
+def test_a_shell_command_a_daemon_stop_cuts_off_is_left_unsettled_not_answered_killed(
+    home: Path, make_image: MakeImage, tmp_path: Path
+) -> None:
+    # SIGTERM keeps processes to be resumed; the command it kills did not end by itself,
+    # so -9 is no answer to journal: the call is unsettled, as after a crash.
+    img = make_image("slowsh", SLOW_SHELLER, caps=["shell:exec:sh", "fs:rw:./**"])
+    policy = tmp_path / "shell.toml"
+    policy.write_text(SHELL_POLICY)
+    with serving(home) as daemon:
+        pid = detach(home, img, "--policy", str(policy), "--cwd", str(tmp_path))
+        wait_for((tmp_path / "started").exists)
+        assert ps_row(home, pid)["wait"] == "shell:sh"
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0
+    audit = out_json(cli(home, "audit", "--pid", str(pid), "--json"))
+    shell = [r for r in audit if r["call"] == "shell.exec"]
+    assert shell and shell[-1]["detail"]["interrupted"] is True, shell
+    assert ps_row(home, pid)["state"] != "exited"
+    with serving(home):
+        wait_for(lambda: ps_row(home, pid)["state"] == "attention")
+        row = ps_row(home, pid)
+        assert row["attention"]["call"] == "shell.exec", row
+    assert cli(home, "audit", "--verify").returncode == 0
+
 APPENDER = """
 def main(ctx, args):
     ctx.fs.write_text("log.txt", "entry", append=True)

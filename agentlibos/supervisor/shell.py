@@ -138,6 +138,7 @@ class ShellRunner:
         self._paths = paths
         self._store = store
         self._waits = waits
+        self._table = table
         self.provider = provider
         table.ended.append(provider.end_process)
 
@@ -209,6 +210,11 @@ class ShellRunner:
         out_sha, err_sha = res.digests()
         truncated = max(out_total, len(res.stdout)) > MAX_OUTPUT or max(
             err_total, len(res.stderr)) > MAX_OUTPUT
+        # Its process is being stopped to be resumed later (a daemon's SIGTERM): the
+        # command was killed by that stop, it did not end by itself, so its end is no
+        # answer. The call stays unsettled, as after a crash (attention on resume).
+        live = self._table.live.get(req.pid)
+        interrupted = live is not None and (live.evicting or live.evicted)
         self._store.append_audit(
             req.pid, "shell.exec", f"shell:exec:{req.argv[0]}",
             "error" if res.error else "info",
@@ -219,7 +225,10 @@ class ShellRunner:
              "duration_s": round(time.monotonic() - started, 3), "truncated": truncated,
              "stdout_bytes": out_total, "stderr_bytes": err_total,
              "stdout_sha256": out_sha, "stderr_sha256": err_sha,
+             **({"interrupted": True} if interrupted else {}),
              **({"error": res.error.message} if res.error else {})})
+        if interrupted:
+            return
         if res.error is not None:
             pending.reject(res.error)
             return
