@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,8 +39,9 @@ from agentlibos.providers.models import (
 from agentlibos.supervisor import Supervisor
 from agentlibos.supervisor.zygote_client import zygote_env
 from tests.conftest import default_sandbox
-from tests.helpers import MakeImage, log_of, run_proc
+from tests.helpers import MakeImage, log_of, run_proc, start_daemon, stop_process
 from tests.openai_server import Answer, FakeOpenAI
+from tests.test_cli import cli, serving
 
 KEY = "sk-test-4f9a1c0e7b2d4e8f9a0b1c2d3e4f5a6b"
 KEY_ENV = "ALOS_TEST_MODEL_KEY"
@@ -482,3 +484,49 @@ def test_no_interleaving_of_reserves_and_settles_spends_more_than_the_budget(
             p, c = tokens.settle_amount(in_flight.pop(0), p_real, c_real, sent=True)
             used += p + c
         assert used + sum(r.tokens for r in in_flight) <= limit
+
+
+CHATTER = """
+def main(ctx, args):
+    r = ctx.model.chat([{"role": "user", "content": "hi"}], model="local/m")
+    return {"content": r["message"]["content"]}
+"""
+
+
+@pytest.mark.privileged
+def test_a_daemon_stop_does_not_wait_for_a_model_call_and_the_resumed_agent_asks_again(
+    server: FakeOpenAI, home: Path, make_image: MakeImage, tmp_path: Path
+) -> None:
+    # model.chat is `redo`: cut off by SIGTERM, its answer was never given, so the
+    # process asks again once resumed. The stop itself must not wait for the answer.
+    (home / "config.toml").write_text(_local(server))
+    server.plan.append(Answer(content="late", delay_s=60))
+    img = make_image("chatter", CHATTER, caps=["model:call:local/*"])
+    daemon = start_daemon(home)
+    try:
+        r = cli(home, "run", str(img), "--detach")
+        assert r.returncode == 0, r.stderr
+        pid = int(r.stdout)
+        deadline = time.monotonic() + 30
+        while not server.received and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.received, "the model call never reached the server"
+        row = None
+        while time.monotonic() < deadline:  # shown once it lasted 50 ms
+            row = next(p for p in json.loads(cli(home, "ps", "--json").stdout)
+                       if p["pid"] == pid)
+            if row["wait"]:
+                break
+        assert row is not None and row["wait"] == "model:local/m", row
+        assert row["state"] == "waiting", row
+        t0 = time.monotonic()
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(20) == 0
+        assert time.monotonic() - t0 < 10, "the stop waited for the model's answer"
+    finally:
+        stop_process(daemon, 5)
+    server.default = Answer(content="again")
+    with serving(home):
+        rec = json.loads(cli(home, "wait", str(pid), "--json").stdout)
+    assert rec["result"] == {"content": "again"}, (rec, cli(home, "logs", str(pid)).stdout)
+    assert len(server.received) == 2

@@ -46,6 +46,7 @@ from agentlibos.providers.models import (
 )
 from agentlibos.store import Store
 from agentlibos.supervisor.offloop import OffLoop
+from agentlibos.supervisor.waits import Waits
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def prompt_digest(messages: list[Any], tools: list[Any] | None) -> str:
 
 class Models:
     def __init__(self, configs: dict[str, ModelConfig], store: Store, offloop: OffLoop,
-                 root_image: Callable[[int], AgentImage | None], *,
+                 waits: Waits, root_image: Callable[[int], AgentImage | None], *,
                  default_limit: int | None = None,
                  injected: Mapping[str, ModelProvider] | None = None) -> None:
         self._default_limit = default_limit  # the operator's [limits] tokens
@@ -68,6 +69,7 @@ class Models:
         self._providers.update(injected)
         self._store = store
         self._offloop = offloop
+        self._waits = waits
         self._root_image = root_image  # a live tree's root image ([limits] tokens)
         self._reserved: defaultdict[int, int] = defaultdict(int)
 
@@ -119,7 +121,9 @@ class Models:
             self._finish(caller, provider, model, res, digest, started, outcome, pending)
 
         self._offloop.submit(lambda: prov.chat(req), done)
-        return pending
+        # `ps` shows the wait once it lasted SHOW_AFTER_S; it holds the process (a call
+        # in flight is no durable wait: a stop cuts it off, and `redo` asks again).
+        return self._waits.suspend(caller.pid, pending, f"model:{provider}/{model}")
 
     def _finish(self, caller: Caller, provider: str, model: str,
                 res: tokens.Reservation, digest: str, started: float,

@@ -143,7 +143,7 @@ class Supervisor:
         self.events = Events(store, waits, loop)
         self.offloop, op = OffLoop(loop), self.operator
         self.net = Net(authz, waits, loop, self.offloop, self.providers.http, op.secrets)
-        self.models = Models(op.models, store, self.offloop, lambda root: (
+        self.models = Models(op.models, store, self.offloop, waits, lambda root: (
             table.live[root].caller.image if root in table.live else None),
             default_limit=op.default_tokens, injected=self.providers.models)
         self.file_io, rate = OffLoop(loop, max_workers=2), ByteRate()  # large reads' own pool
