@@ -337,3 +337,35 @@ def test_an_asks_timeout_counts_from_its_creation_across_eviction_and_a_restart(
     (ask,) = [a for a in json.loads(listed.stdout) if a["pid"] == pid]
     assert ask["state"] == "expired"
     assert 3.9 < ask["decided_at"] - ask["created_at"] < 5.5, ask
+
+
+TIMED_WAITER = """
+from agentlibos.errors import Timeout
+
+def main(ctx, args):
+    try:
+        return ctx.events.wait("never", timeout=3)
+    except Timeout as e:
+        return {"timeout": str(e)}
+"""
+
+
+def test_an_event_wait_that_times_out_after_a_restart_names_the_timeout_it_was_given(
+    evicting_home: Path, make_image: MakeImage
+) -> None:
+    # Re-armed by the next daemon, the wait has only what is left of its 3 s; its error
+    # still names the 3 s the agent asked for, not the remainder.
+    home = evicting_home
+    img = make_image("timedwaiter", TIMED_WAITER, caps=["event:wait:never"])
+    first = start_daemon(home)
+    try:
+        pid = int(cli(home, "run", str(img), "--detach").stdout)
+        evicted(home, pid)
+    finally:
+        stop_process(first, 20)
+    second = start_daemon(home)
+    try:
+        rec = json.loads(cli(home, "wait", str(pid), "--json").stdout)
+    finally:
+        stop_process(second, 20)
+    assert rec["result"] == {"timeout": "event.wait: no post of 'never' within 3 s"}, rec

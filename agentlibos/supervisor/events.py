@@ -38,6 +38,7 @@ class Events:
         # intent, so a resumed process gets a post made while it was gone.
         after = self._store.event_last_id()
         deadline = None if timeout_s is None else time.time() + timeout_s
+        asked = timeout_s  # what the call asked for, however much of it a resume has left
         if caller.resume is not None:
             after = int(caller.resume.get("after", after))
             deadline = caller.resume.get("deadline")
@@ -50,7 +51,7 @@ class Events:
 
         def expired() -> Timeout:
             self._drop(name, pending)
-            return Timeout(f"event.wait: no post of {name!r} within {timeout_s:g} s")
+            return Timeout(f"event.wait: no post of {name!r} within {asked or 0:g} s")
 
         return self._waits.suspend(caller.pid, pending, f"event:{name}", timeout_s=timeout_s,
                                    on_timeout=expired,
