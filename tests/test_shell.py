@@ -555,6 +555,24 @@ def test_the_built_in_policy_asks_and_an_approval_lets_the_command_run(
 
 
 @pytest.mark.privileged
+def test_a_cwd_no_command_can_run_in_is_refused_before_anyone_is_asked(
+    shsup: Supervisor, tmp_path: Path, project: Path
+) -> None:
+    # The built-in policy asks for shell:exec; approving could not help a command whose
+    # cwd no fs capability lets it see, so nobody is asked.
+    img = write_image(tmp_path / "images", "blind", AGENT, caps=["shell:exec:echo"])
+    pid = shsup.submit_run(str(img), {"calls": [{"argv": ["echo", "x"]}]},
+                           cwd=str(project), policy=BUILTIN_POLICY)
+    assert shsup.run_until(lambda: not shsup.tree_live(pid), 30)
+    [out] = shsup.store.get_process(pid).result
+    assert out["error"] == "PermissionDenied", out
+    assert "is not readable under its fs capabilities" in out["message"]
+    assert [a for a in shsup.store.ask_list() if a.root_pid == pid] == []
+    [rec] = [r for r in shsup.store.audit_records(pid=pid) if r.call == "shell.exec"]
+    assert (rec.verdict, rec.detail["cwd"]) == ("deny", str(project)), rec
+
+
+@pytest.mark.privileged
 def test_a_running_command_suspends_its_call_and_dies_with_its_process(
     shsup: Supervisor, tmp_path: Path, project: Path
 ) -> None:

@@ -154,10 +154,10 @@ class ShellRunner:
         raise NotFound(f"shell.exec: {argv0!r} is not a program on the sandbox's PATH "
                        f"({SHELL_PATH})", program=argv0)
 
-    def plan(self, caller: Caller, argv: list[str], exe: str, stdin: bytes | None,
-             timeout_s: float, env: dict[str, str]) -> ShellRequest:
-        """The complete request for an authorized call: its view of the user's files
-        decided from the caller's capabilities and policy, nothing left to a provider."""
+    def view(self, caller: Caller) -> tuple[list[str], list[str]]:
+        """(read-only, read-write) host paths a command of ``caller`` would see;
+        PermissionDenied when its cwd is not among them (no command can run there) --
+        checked before anyone is asked to approve the call."""
         cwd = caller.cwd
         work = str(self._paths.work)
         # A process run without --cwd works in work/<pid> of the home: its own files,
@@ -172,6 +172,14 @@ class ShellRunner:
             raise PermissionDenied(
                 f"shell.exec: the process's cwd {cwd} is not readable under its fs "
                 "capabilities, so a command cannot run there", cwd=cwd)
+        return ro, rw
+
+    def plan(self, caller: Caller, argv: list[str], exe: str, stdin: bytes | None,
+             timeout_s: float, env: dict[str, str]) -> ShellRequest:
+        """The complete request for an authorized call: its view of the user's files
+        decided from the caller's capabilities and policy, nothing left to a provider."""
+        cwd = caller.cwd
+        ro, rw = self.view(caller)
         try:
             st = os.stat(cwd)
         except OSError as e:

@@ -33,6 +33,7 @@ _FIXED_ENV_PREFIXES: Final = ("LD_",)
 
 class ShellService(Protocol):
     def resolve(self, argv0: str, cwd: str) -> str: ...
+    def view(self, caller: Caller) -> tuple[list[str], list[str]]: ...
     def run(self, caller: Caller, argv: list[str], exe: str, stdin: bytes | None,
             timeout_s: float, env: dict[str, str]) -> Result: ...
 
@@ -145,6 +146,12 @@ def shell_exec(svc: ShellServices, caller: Caller, args: dict[str, Any],
     env = check_env(args["env"])
     stdin = args["stdin"]
     exe = svc.shell.resolve(argv[0], caller.cwd)
+    try:  # a cwd no command can run in: refused before anyone is asked to approve
+        svc.shell.view(caller)
+    except PermissionDenied as e:
+        svc.authz.audit(caller, "shell.exec", f"shell:exec:{argv[0]}", "deny",
+                        {"reason": e.message, "cwd": caller.cwd})
+        raise
     request = Request("shell", "exec", argv[0],
                       aliases=program_names(argv[0], exe, os.path.realpath(exe)))
     svc.authz.authorize(caller, "shell.exec", request)
