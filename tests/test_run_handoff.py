@@ -10,6 +10,7 @@ and a real host process that ends; the launcher's own code does the rest.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -45,7 +46,7 @@ def serve_control(paths: Paths, holder: subprocess.Popen[bytes], mode: str,
                 elif req["op"] == "run" and refuse:
                     sock.send_multipart([rid, empty, json.dumps({"ok": False, "error": to_wire(
                         Unavailable("cannot start it now"))}).encode()])
-                elif req["op"] == "run":
+                else:  # "run", or any other request: it dies with it in hand
                     holder.kill()
                     holder.wait()
         finally:
@@ -98,3 +99,27 @@ def test_a_run_refused_by_a_live_embedded_supervisor_is_its_error_not_a_retry(
         t.join(5)
         holder.kill()
         holder.wait()
+
+
+def test_an_approve_whose_supervisor_dies_with_it_in_hand_says_so_at_once(home: Path) -> None:
+    # Not "did not answer in 5 s": it ended, and the decision may have been recorded.
+    paths = Paths(home)
+    paths.ensure()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    stop = threading.Event()
+    t = serve_control(paths, holder, "serve", stop)
+    try:
+        t0 = time.monotonic()
+        r = subprocess.run([sys.executable, "-m", "agentlibos", "approve", "3"],
+                           env={**os.environ, "AGENTLIBOS_HOME": str(home)},
+                           capture_output=True, text=True, timeout=30, check=False)
+        took = time.monotonic() - t0
+    finally:
+        stop.set()
+        t.join(5)
+        holder.kill()
+        holder.wait()
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert f"the supervisor (pid {holder.pid}) ended before it answered 'approve'" in r.stderr
+    assert "whether it was done is not known" in r.stderr
+    assert took < 4, took

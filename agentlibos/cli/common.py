@@ -242,10 +242,13 @@ def control(paths: Paths, request: dict[str, Any]) -> dict[str, Any]:
     No supervisor answering is an operation failure (exit 1) that says how to start one;
     the supervisor's own refusals come back as the typed errors it raised.
     """
-    if ping(paths.control_endpoint) is None:
+    pong = ping(paths.control_endpoint)
+    if pong is None:
         raise Unavailable(f"no supervisor is running in {paths.home}: start one with "
                           "`agentlibos serve --detach` (or keep an `agentlibos run` going)")
-    reply = control_call(paths.control_endpoint, request)
+    # Its pid: a supervisor that dies with the request in hand is said so at once.
+    holder = pong.get("pid") if isinstance(pong.get("pid"), int) else None
+    reply = control_call(paths.control_endpoint, request, holder=holder)
     return {k: v for k, v in reply.items() if k != "ok"}
 
 

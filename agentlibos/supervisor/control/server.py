@@ -117,7 +117,8 @@ def control_call(
                             else max(0, int((deadline - time.monotonic()) * 1000))):
             if holder is not None and not host_pid_alive(holder):
                 raise Unavailable(f"the supervisor (pid {holder}) ended before it "
-                                  f"answered {request.get('op')!r}")
+                                  f"answered {request.get('op')!r}: whether it was done "
+                                  "is not known (look again once one is serving)")
             if deadline is not None and time.monotonic() >= deadline:
                 raise Timeout(f"the supervisor did not answer {request.get('op')!r} "
                               f"in {timeout_s} s")
