@@ -9,6 +9,12 @@ agents may start their own).
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from agentlibos.config import Paths, SupervisorConfig
@@ -47,3 +53,21 @@ def test_agents_forked_by_the_zygote_draw_different_random_numbers_and_run_threa
     assert len({r["getrandbits"] for r in results}) == len(results)
     for r in results:
         assert r["main"] and r["thread_ran"]
+
+
+def test_a_run_started_in_a_directory_holding_another_agentlibos_uses_its_own_package(
+    tmp_path: Path, make_image: MakeImage, home: Path
+) -> None:
+    # A user runs the README's first command in the source checkout: the cwd holds an
+    # `agentlibos` tree that is not the installed package. The zygote must preload the
+    # package the supervisor runs (the one bound into every sandbox), not the cwd's.
+    shadow = tmp_path / "checkout"
+    (shadow / "agentlibos").mkdir(parents=True)
+    (shadow / "agentlibos" / "__init__.py").write_text(
+        "raise ImportError('the shadow package in the cwd was imported')\n")
+    img = make_image("plain", "def main(ctx, args):\n    return ctx.proc.getpid()\n")
+    r = subprocess.run([str(Path(sys.executable).parent / "agentlibos"), "run", str(img),
+                        "--json"], cwd=shadow, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "AGENTLIBOS_HOME": str(home)}, check=False)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert json.loads(r.stdout)["result"] == 1

@@ -53,7 +53,10 @@ class ZygoteHandle:
         self.log = open(log_path, "ab")  # noqa: SIM115 - lives as long as the zygote
         self.proc = subprocess.Popen(
             # -c rather than -m: runpy warns when the package has imported the module.
-            [sys.executable, "-c", "from agentlibos.zygote.zygote import main; main()",
+            # -P: -c puts the cwd first on sys.path, so started from a source checkout
+            # the zygote would preload that tree, not the package this supervisor runs
+            # (and binds into every sandbox): later imports in an agent then fail.
+            [sys.executable, "-P", "-c", "from agentlibos.zygote.zygote import main; main()",
              str(theirs.fileno()), str(os.getpid())],
             pass_fds=[theirs.fileno()],
             stdin=subprocess.DEVNULL,
