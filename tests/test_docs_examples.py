@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +106,19 @@ def session(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
         yield work, env
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_every_toml_block_is_valid_toml_even_a_reference_not_run() -> None:
+    # A reader copies a reference block too; `image add` would refuse it as not TOML.
+    bad = []
+    for path in DOCS:
+        for b in blocks(path):
+            if b.lang == "toml":
+                try:
+                    tomllib.loads(b.text)
+                except tomllib.TOMLDecodeError as e:
+                    bad.append(f"{b.where()}: {e}")
+    assert bad == []
 
 
 def test_the_extractor_finds_the_examples() -> None:
