@@ -478,13 +478,17 @@ def test_a_tool_written_as_design_shows_it_with_untyped_parameters_passes_the_ch
     # DESIGN.md: "a TypeScript module whose default export is `async function (args,
     # libos)`" -- no types. Strict otherwise: the test above still fails its check.
     img = make_image("untyped", REGISTER, caps=["jit:*:*"])
+    # The idioms of untyped code pass too: a `let` initialised to null and assigned a
+    # string later, a caught error's `.message`.
     source = ("export default async function (args, libos) {\n"
               "  const me = await libos.syscall('proc.getpid', {});\n"
-              "  return { doubled: args.x * 2, me };\n}\n")
+              "  let err = null;\n"
+              "  try { JSON.parse('{'); } catch (e) { err = String(e.message).length > 0; }\n"
+              "  return { doubled: args.x * 2, me, err };\n}\n")
     rec = run_proc(sup, img, {"name": "untyped", "source": source, "args": {"x": 21}},
                    timeout_s=90)
     me = {"pid": rec.pid, "ppid": None}
-    assert rec.result == {"registered": True, "call": {"doubled": 42, "me": me}}, \
+    assert rec.result == {"registered": True, "call": {"doubled": 42, "me": me, "err": True}}, \
         (rec.error, rec.result)
 
 

@@ -9,8 +9,9 @@ Every Deno process -- a tool runner or a type check -- runs with these flags and
 * ``--no-npm``      no ``npm:`` specifiers (which would fetch from the registry);
 * ``--cached-only`` nothing may be fetched into the cache either;
 * ``--no-config``   no deno.json/package.json discovered next to the tool (a type check
-  names ours instead, ``check.json``: strict, but an untyped parameter is ``any``, so a
-  tool written as DESIGN shows it, ``async function (args, libos)``, passes).
+  names ours instead, ``check.json``: TypeScript's defaults, not ``strict``, so a tool
+  written as DESIGN shows it -- ``async function (args, libos)``, ``let err = null``
+  assigned later, ``catch (e) { e.message }`` -- passes, and real type errors fail).
 
 Local modules are another matter: Deno loads statically analysable imports (including a
 literal ``import("/etc/passwd")``, and JSON imports) while building the module graph,
