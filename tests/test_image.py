@@ -87,9 +87,11 @@ def test_a_valid_image_loads_with_its_tools_requested_caps_and_limits(tmp_path: 
     )
     assert img.tool("word_count") == ToolSpec("word_count", "jit", "tools/word_count.ts")
     assert img.tool("nope") is None
-    # "human:ask" is written without a resource in DESIGN.md's example: any topic.
+    # "human:ask" is written without a resource in DESIGN.md's example: any topic. Its
+    # own JIT tool's jit:invoke is implied by the listing.
     assert [str(c) for c in img.requested] == [
         "fs:read:./**", "fs:write:./out/**", "obj:*:self", "human:ask:*",
+        "jit:invoke:word_count",
     ]
     assert img.limits == Limits(
         memory_max_bytes=256 << 20, pids_max=64, cpu_max_cores=1.5, wall_limit_s=600.0

@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from agentlibos.config import Paths, SupervisorConfig
+from agentlibos.kernel.image import load_image
 from agentlibos.kernel.policy import parse_policy
 from agentlibos.sandbox.profile import LAYERS
 from agentlibos.supervisor import Supervisor
@@ -517,11 +518,19 @@ def test_a_policy_can_make_registration_ask_a_human(
     assert "denied by the operator: not today" in rec.result["error"]["message"]
 
 
-def test_calling_a_tool_needs_jit_invoke(sup: Supervisor, make_image: MakeImage) -> None:
+def test_listing_a_tool_requests_its_jit_invoke_and_the_launcher_can_still_withhold_it(
+    sup: Supervisor, make_image: MakeImage
+) -> None:
+    # DESIGN's image lists word_count in [tools] and requests no jit:invoke: the listing
+    # is the request. The grant still cuts it: a policy that denies it is obeyed.
     img = tool_image(make_image, "noinvoke", GOOD, caps=["fs:rw:./**"])
-    out = call_tool(sup, img, [{"a": 1, "b": 2}])
-    assert (out[0]["ok"], out[0]["code"]) == (False, "EPERM")
-    assert "jit:invoke:t" in out[0]["message"]
+    assert call_tool(sup, img, [{"a": 1, "b": 2}]) == [{"ok": True, "value": 3}]
+    assert "jit:invoke:t" in [str(c) for c in load_image(img).requested]
+    rec = run_proc(sup, img, {"tool": "t", "calls": [{"a": 1, "b": 2}]}, timeout_s=90,
+                   policy=parse_policy('deny = ["jit:invoke:*"]\ndefault = "allow"\n', "p"))
+    [out] = rec.result
+    assert (out["ok"], out["code"]) == (False, "EPERM"), out
+    assert "jit:invoke:t" in out["message"]
 
 
 DROPPER_CALLER = """

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
 from agentlibos.errors import ImageError, InvalidArgument, PolicyError
-from agentlibos.kernel.caps import CapPattern, parse_cap
+from agentlibos.kernel.caps import CapPattern, escape, parse_cap
 from agentlibos.kernel.entrycheck import entry_problem
 from agentlibos.kernel.schema import check_schema
 from agentlibos.kernel.units import parse_duration, parse_size
@@ -294,6 +294,12 @@ def load_image(directory: str | Path, *,
             requested.append(parse_cap(c))
         except PolicyError as e:
             raise ImageError(f"{where}: [capabilities] {e.message}") from None
+    # A JIT tool in the image's own table is part of what it asks for: its
+    # `jit:invoke:<name>` is implied, so listing a tool is enough to call it -- then cut
+    # down by the launcher's grant (policy, a parent's caps=) like every request.
+    for t in tools:
+        if t.kind == "jit" and not any(c.allows("jit", "invoke", t.name) for c in requested):
+            requested.append(parse_cap(f"jit:invoke:{escape(t.name)}"))
 
     lim = _table(data, "limits", where)
     _check_keys(lim, {"memory", "pids", "cpu", "wall", "tokens"}, "limits", where)
