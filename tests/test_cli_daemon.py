@@ -217,21 +217,13 @@ def test_serve_detach_with_a_malformed_config_exits_2_and_starts_nothing(
     assert not (home / "logs" / "serve.log").exists()
 
 
-def test_detach_without_a_daemon_is_refused_with_how_to_start_one(
-    home: Path, make_image: MakeImage
-) -> None:
-    img = make_image("quick", "def main(ctx, args):\n    return 1\n")
-    p = cli(home, "run", str(img), "--detach")
-    assert p.returncode == 2
-    assert "agentlibos serve --detach" in p.stderr
-    assert not (home / "state.db").exists() or ps(home) == []
-
-
 def test_detach_is_refused_when_only_a_foreground_run_serves(
     home: Path, make_image: MakeImage, tmp_path: Path
 ) -> None:
     """A foreground `run` embeds a supervisor for its own tree, which ends with it: a
-    detached run is not handed to it (it would hold that command open)."""
+    detached run is not handed to it (it would hold that command open), and no daemon
+    is started for it either: the home is that command's until it ends. (With no
+    supervisor at all, `run --detach` starts a daemon: tests/test_cli_detach.py.)"""
     gated = make_image("gated", GATED, caps=["fs:read:./**"])
     quick = make_image("quick", "def main(ctx, args):\n    return 1\n")
     first = start_run(home, str(gated), "--cwd", str(tmp_path), "--json")
@@ -240,7 +232,9 @@ def test_detach_is_refused_when_only_a_foreground_run_serves(
         p = cli(home, "run", str(quick), "--detach")
         assert p.returncode == 2, p
         assert "needs a running daemon" in p.stderr and "serve --detach" in p.stderr
+        assert f"another command (pid {first.pid})" in p.stderr
         assert [r["pid"] for r in ps(home)] == [1]  # nothing was started
+        assert not (home / "logs" / "serve.log").exists()  # no daemon either
         (tmp_path / "go").write_text("")
         out, _ = first.communicate(timeout=60)
         assert first.returncode == 0 and json.loads(out)["pid"] == 1

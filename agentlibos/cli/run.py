@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from agentlibos.cli.asking import Prompter
 from agentlibos.cli.common import (
@@ -24,9 +25,10 @@ from agentlibos.cli.common import (
     print_json,
     readonly_store,
 )
+from agentlibos.cli.serve import ensure_daemon
 from agentlibos.config import Paths
-from agentlibos.errors import UsageError
-from agentlibos.kernel.policy import load_policy
+from agentlibos.errors import Unavailable, UsageError
+from agentlibos.kernel.policy import Policy, load_policy
 from agentlibos.launcher import (
     ASK_MODES,
     RunOutcome,
@@ -56,8 +58,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="the model token budget of the whole process tree (over the "
                         "image's [limits] tokens)")
     r.add_argument("--detach", "-d", action="store_true",
-                   help="print the pid and return (needs `agentlibos serve`); "
-                        "`agentlibos wait PID` waits")
+                   help="print the pid and return; `agentlibos wait PID` waits. It runs "
+                        "on the daemon, started first (and named on stderr) if none is up")
     r.add_argument("--ask", choices=ASK_MODES,
                    help="how a policy `ask` reaches a human: prompt on this terminal "
                         "(default when stdin and stderr are a terminal), queue for "
@@ -122,6 +124,37 @@ def ask_mode(ns: argparse.Namespace) -> str:
     return "queue"
 
 
+def detach(paths: Paths, ns: argparse.Namespace, image: str, args: dict[str, Any], *,
+           cwd: str | None, policy: Policy | None, ask: str) -> int:
+    """Submit the run to the daemon, started first if none is up, and print its pid.
+
+    Called only once every argument was checked: bad input must leave no daemon behind."""
+    serving = ensure_daemon(paths)
+    if serving.mode == "embedded":
+        # Not handed to it: that supervisor ends with its own command's tree, and a run
+        # given to it would hold that command open until this one ends too.
+        raise UsageError(f"--detach needs a running daemon, and another command (pid "
+                         f"{serving.pid}) serves {paths.home} now: a foreground "
+                         f"`agentlibos run` serves only its own tree; once it has ended, "
+                         f"`run --detach` starts a daemon (so does `agentlibos serve "
+                         f"--detach`)")
+    if serving.started:
+        # A background process nobody asked for by name: say what it is and how to end it.
+        note(f"started daemon {serving.pid} serving {paths.home} (log: {serving.log}; "
+             f"stop it with kill {serving.pid})")
+    started = start_on_daemon(paths, image, args, cwd=cwd, policy=policy, ask=ask,
+                              tokens=ns.tokens, daemon_only=True)
+    if started is None:
+        raise Unavailable(f"the daemon (pid {serving.pid}) serving {paths.home} stopped "
+                          f"before it took the run (log: {paths.logs / 'serve.log'})")
+    pid = started[0]
+    if ns.json:
+        print_json({"pid": pid})
+    else:
+        print(pid, flush=True)
+    return EXIT_OK
+
+
 def cmd_run(ns: argparse.Namespace) -> int:
     paths = paths_of(ns)
     args = parse_args_kv(ns.arg or [])
@@ -136,19 +169,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
             raise UsageError(f"--cwd {ns.cwd!r} is not a directory")
     ask = ask_mode(ns)
     if ns.detach:
-        paths.check()
-        started = start_on_daemon(paths, image, args, cwd=cwd, policy=policy, ask=ask,
-                                  tokens=ns.tokens, daemon_only=True)
-        if started is None:
-            raise UsageError("--detach needs a running daemon (`agentlibos run` in the "
-                             "foreground serves only its own tree): start one with "
-                             "`agentlibos serve --detach`")
-        pid = started[0]
-        if ns.json:
-            print_json({"pid": pid})
-        else:
-            print(pid, flush=True)
-        return EXIT_OK
+        return detach(paths, ns, image, args, cwd=cwd, policy=policy, ask=ask)
 
     prompters: list[Prompter] = []
 

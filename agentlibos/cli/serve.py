@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Final
 
@@ -17,12 +22,30 @@ from agentlibos.cli.common import (
     paths_of,
     print_json,
 )
-from agentlibos.config import operator_config
+from agentlibos.config import Paths, operator_config
 from agentlibos.errors import Conflict, Unavailable
-from agentlibos.launcher import daemon_pid, signals
+from agentlibos.launcher import signals
+from agentlibos.supervisor.control import ping
 
-# How long `serve --detach` waits for the daemon it started to answer.
+# How long `serve --detach` (and `run --detach`, starting one) waits for the daemon it
+# started to answer.
 READY_TIMEOUT_S: Final = 30.0
+
+
+@dataclass(frozen=True)
+class Serving:
+    """The supervisor answering on a home's control socket (:func:`ensure_daemon`)."""
+
+    pid: int
+    # "embedded": another command's supervisor (a foreground `run`), which serves only
+    # its own tree and ends with it; anything else is a daemon.
+    mode: str
+    # The daemon's output, when this call started it; None: it was already serving.
+    log: Path | None = None
+
+    @property
+    def started(self) -> bool:
+        return self.log is not None
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -36,32 +59,81 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                         "$AGENTLIBOS_HOME/logs/serve.log), print its pid once it answers")
 
 
-def _detach(ns: argparse.Namespace) -> int:
-    paths = paths_of(ns)
+def _answering(paths: Paths) -> Serving | None:
+    info = ping(paths.control_endpoint)
+    return None if info is None else Serving(int(info["pid"]), str(info.get("mode")))
+
+
+@contextmanager
+def _starting(paths: Paths) -> Iterator[None]:
+    """Held while one command starts a daemon for ``paths``: two commands that both found
+    none (two `run --detach` at once) would each start one, and the loser's would exit
+    on the supervisor lock while its command waited for it. The second waits here
+    instead, then finds the first's daemon answering. Not the supervisor lock itself:
+    that one the daemon must take, and a probe of it could make the daemon's take fail."""
+    fd = os.open(paths.run / "daemon-start.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held at most READY_TIMEOUT_S by the other one
+        yield
+    finally:
+        os.close(fd)
+
+
+def ensure_daemon(paths: Paths) -> Serving:
+    """The supervisor serving ``paths.home``; if none answers, a daemon started for it
+    (`agentlibos serve` in a new session, output in logs/serve.log), once it answers.
+
+    A supervisor already answering is returned as it is, embedded or not: the caller
+    decides whether it will do. A config the daemon would refuse is refused here first
+    (the caller's error, exit 2); a daemon that exits or does not answer in time is
+    Unavailable, with the last line of its log."""
     paths.ensure()
-    running = daemon_pid(paths)
+    running = _answering(paths)
     if running is not None:
-        raise Conflict(f"a daemon (pid {running}) already serves {paths.home}")
+        return running
     # Read here first, as the daemon will: a malformed config is the caller's error
     # (exit 2, its one line), not "the daemon exited before answering" (exit 1).
     operator_config(paths)
-    argv = [sys.executable, "-m", "agentlibos", "--home", str(paths.home)]
-    if ns.config:
-        argv += ["--config", os.path.abspath(ns.config)]
-    log = paths.logs / "serve.log"
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([*argv, "serve"], stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=out, start_new_session=True)
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while (pid := daemon_pid(paths)) is None:
-        if proc.poll() is not None:
-            tail = log.read_text(errors="replace").strip().splitlines()[-1:]
-            raise Unavailable(f"the daemon exited with status {proc.returncode} before "
-                              f"answering: {tail[0] if tail else 'no output'} (log: {log})")
-        if time.monotonic() > deadline:
-            raise Unavailable(f"the daemon (pid {proc.pid}) did not answer within "
-                              f"{READY_TIMEOUT_S:g} s (log: {log})")
-        time.sleep(0.05)
+    with _starting(paths):
+        running = _answering(paths)  # started by whoever held _starting before us
+        if running is not None:
+            return running
+        # -P: not the cwd first on sys.path (a source checkout's tree would shadow the
+        # package this command runs).
+        argv = [sys.executable, "-P", "-m", "agentlibos", "--home", str(paths.home)]
+        if paths.config is not None:
+            argv += ["--config", str(paths.config)]
+        log = paths.logs / "serve.log"
+        with open(log, "ab") as out:
+            proc = subprocess.Popen([*argv, "serve"], stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=out, start_new_session=True)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            running = _answering(paths)
+            if running is not None and running.pid == proc.pid:
+                return Serving(proc.pid, running.mode, log)
+            if proc.poll() is not None:
+                # It lost the supervisor lock to a command that does not take _starting
+                # (a foreground `run`, `serve`): that one answers now, or soon.
+                if running is not None:
+                    return running
+                tail = log.read_text(errors="replace").strip().splitlines()[-1:]
+                raise Unavailable(f"the daemon exited with status {proc.returncode} before "
+                                  f"answering: {tail[0] if tail else 'no output'} "
+                                  f"(log: {log})")
+            if time.monotonic() > deadline:
+                raise Unavailable(f"the daemon (pid {proc.pid}) did not answer within "
+                                  f"{READY_TIMEOUT_S:g} s (log: {log})")
+            time.sleep(0.05)
+
+
+def _detach(ns: argparse.Namespace) -> int:
+    paths = paths_of(ns)
+    serving = ensure_daemon(paths)
+    if not serving.started:
+        raise Conflict(f"a daemon (pid {serving.pid}) already serves {paths.home}")
+    pid, log = serving.pid, serving.log
     if ns.json:
         print_json({"pid": pid, "home": str(paths.home), "log": str(log)})
     else:
