@@ -164,6 +164,9 @@ _SUPERVISOR_KEYS: Final[dict[str, tuple[str, str]]] = {
     "max_helpers_per_tree": ("max_helpers_per_tree", "int"),
     "pool_size": ("pool_size", "int"),
 }
+# Sizes bounded by what one message header carries (protocol/wire.py max_header_bytes):
+# a larger setting could never be used, so it is refused, not silently capped.
+_ONE_HEADER: Final = {"max_args": 1 << 20, "max_result": 1 << 20}
 # Tables the operator's file may hold. Later roadmap items add theirs here.
 SECTIONS: Final = frozenset({"supervisor", "durable", "sandbox", "limits", "jit", "approvals",
                              "secrets", "models", "providers", "policy"})
@@ -216,6 +219,10 @@ def _supervisor_config(table: object, source: str) -> SupervisorConfig:
                 values[name] = parse_duration(raw, what=what)
             elif kind == "size":
                 values[name] = parse_size(raw, what=what)
+                if key in _ONE_HEADER and values[name] > _ONE_HEADER[key]:
+                    raise InvalidArgument(
+                        f"{what} is at most 1MiB: spawn args and a result travel in one "
+                        f"message header, which is at most that large")
             elif isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
                 values[name] = raw
             else:

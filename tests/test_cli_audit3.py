@@ -74,6 +74,9 @@ def test_an_arg_of_nan_reaches_the_agent_as_text(home: Path, make_image: MakeIma
 @pytest.mark.parametrize(("result", "config", "why"), [
     ("{'x': float('nan')}", "", "a non-finite number (nan)"),
     ("'y' * 5000", '[supervisor]\nmax_result = "1KiB"\n', "exceeds 1024"),
+    # The default 1 MiB, refused by the broker in the same words (not the agent's own
+    # ValueError at a fixed 1 MiB, which no max_result could raise).
+    ("'y' * 2_000_000", "", "exceeds 1048576"),
 ])
 def test_a_result_the_broker_refuses_fails_the_process_once(
     home: Path, make_image: MakeImage, result: str, config: str, why: str

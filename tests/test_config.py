@@ -42,6 +42,9 @@ def test_the_supervisor_table_takes_units() -> None:
     ("[supervisor]\nkill_grace = \"soon\"\n", "kill_grace"),
     ("[supervisr]\n", "unknown section(s) supervisr"),
     ("[supervisor\n", "not valid TOML"),
+    # A result and spawn args travel in one message header: more could never be used.
+    ('[supervisor]\nmax_result = "8MiB"\n', "max_result is at most 1MiB"),
+    ('[supervisor]\nmax_args = "2MiB"\n', "max_args is at most 1MiB"),
 ])
 def test_a_bad_file_is_refused_naming_the_file_once(text: str, words: str) -> None:
     with pytest.raises(PolicyError) as info:

@@ -17,6 +17,9 @@ from agentlibos.protocol.zmtp import Dealer
 from agentlibos.sdk import Context
 from agentlibos.sdk.client import Client
 
+# The most a report can carry: it travels in one message header, at most 1 MiB
+# (protocol/wire.py), which is also the most [supervisor] max_result may be. The
+# operator's max_result, when lower, is the broker's to enforce.
 MAX_RESULT_BYTES = 1 << 20
 
 # rehearse(): a directory of ours that is not a package, holding one module.
@@ -63,8 +66,10 @@ def run_agent(endpoint: str, pid: int, token: bytes, *, dealer: Dealer | None = 
         except (TypeError, ValueError) as e:
             raise TypeError(f"the entry function returned a non-JSON value: {e}") from None
         if len(encoded) > MAX_RESULT_BYTES:
-            raise ValueError(f"the result is {len(encoded)} bytes; the limit is "
-                             f"{MAX_RESULT_BYTES}")
+            # Refused as the broker refuses one over max_result, with the same words.
+            status, result = "error", None
+            error = ("its result was refused: " + _describe(LimitExceeded(
+                f"proc.exit: result of {len(encoded)} bytes exceeds {MAX_RESULT_BYTES}")))
     except SystemExit as e:
         if e.code not in (0, None):
             status, error = "error", f"SystemExit({e.code!r})"
