@@ -1,4 +1,5 @@
-"""``agentlibos caps PID`` and ``caps revoke PID CAP``: what a process holds; take it back."""
+"""``agentlibos caps PID`` and ``caps revoke PID CAP``: what a process holds; take it back
+(through the supervisor, or with none running, in the store a resume reads)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,12 @@ from agentlibos.cli.common import (
     print_json,
     query,
 )
-from agentlibos.errors import UsageError
+from agentlibos.cli.offline import RESUMED_BY, locked_store
+from agentlibos.config import Paths
+from agentlibos.errors import NoSuchProcess, UsageError
 from agentlibos.store import Store
+from agentlibos.supervisor.control import ping
+from agentlibos.supervisor.control.op_caps import revoke as revoke_caps
 from agentlibos.ui import printable
 
 USAGE = "caps PID | caps revoke PID CAP"
@@ -70,7 +75,11 @@ def cmd_caps(ns: argparse.Namespace) -> int:
 
 
 def revoke(ns: argparse.Namespace, pid: int, cap: str) -> int:
-    reply = control(paths_of(ns), {"op": "caps_revoke", "pid": pid, "cap": cap})
+    paths = paths_of(ns)
+    if ping(paths.control_endpoint) is not None:
+        reply = control(paths, {"op": "caps_revoke", "pid": pid, "cap": cap})
+    else:
+        reply = revoke_offline(paths, pid, cap)
     if ns.json:
         print_json(reply)
         return EXIT_OK
@@ -78,3 +87,17 @@ def revoke(ns: argparse.Namespace, pid: int, cap: str) -> int:
     pids = ", ".join(str(c.get("pid")) for c in changed) or str(pid)
     note(f"revoked {cap} from process {pids}")
     return EXIT_OK
+
+
+def revoke_offline(paths: Paths, pid: int, cap: str) -> dict[str, Any]:
+    """With no supervisor running: the same revocation (``op_caps.revoke``, with no live
+    process to narrow) written straight into the store, where a resume reads the
+    capabilities back from."""
+    if not paths.db.exists():
+        raise NoSuchProcess(f"no process {pid}: nothing has run in {paths.home}")
+    with locked_store(paths) as store:
+        cut, changed = revoke_caps(store, pid, cap, {})
+    note(f"no supervisor is running: {cut} is revoked in the store, from process "
+         f"{', '.join(str(c['pid']) for c in changed)}; a resumed process does not hold it "
+         f"({RESUMED_BY})")
+    return {"pid": pid, "cap": cut, "changed": changed, "supervisor": False}

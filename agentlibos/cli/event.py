@@ -1,4 +1,5 @@
-"""``agentlibos event post NAME [--data JSON]``: wake every agent waiting on an event."""
+"""``agentlibos event post NAME [--data JSON]``: wake every agent waiting on an event;
+with no supervisor running, record the post for the waiters to find when resumed."""
 
 from __future__ import annotations
 
@@ -15,8 +16,12 @@ from agentlibos.cli.common import (
     paths_of,
     print_json,
 )
-from agentlibos.errors import UsageError
+from agentlibos.cli.offline import RESUMED_BY, locked_store
+from agentlibos.config import Paths
+from agentlibos.errors import Unavailable, UsageError
 from agentlibos.kernel.approvals import EVENT_NAME_RE
+from agentlibos.supervisor.control import ping
+from agentlibos.supervisor.control.op_event_post import audit_operator_post
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -53,7 +58,11 @@ def cmd_event_post(ns: argparse.Namespace) -> int:
         raise UsageError(f"{ns.name!r} is not a valid event name: 1-128 characters of "
                          "A-Z a-z 0-9 _ . : / -, starting with a letter or a digit")
     data = parse_data(ns.data)  # before anything is sent: bad input changes nothing
-    reply = control(paths_of(ns), {"op": "event_post", "name": ns.name, "data": data})
+    paths = paths_of(ns)
+    if ping(paths.control_endpoint) is not None:
+        reply = control(paths, {"op": "event_post", "name": ns.name, "data": data})
+    else:
+        reply = post_offline(paths, ns.name, data)
     if ns.json:
         print_json(reply)
     else:
@@ -61,3 +70,22 @@ def cmd_event_post(ns: argparse.Namespace) -> int:
         note(f"posted {ns.name} (event {reply.get('id')}); "
              f"{woken} waiter{'' if woken == 1 else 's'} woken")
     return EXIT_OK
+
+
+def post_offline(paths: Paths, name: str, data: Any) -> dict[str, Any]:
+    """With no supervisor running: the post and its audit record, as the supervisor
+    writes them, straight into the store. Nobody is woken now; a waiter (evicted, or
+    left by a supervisor that died) finds the post when it is resumed, because its wait
+    reads the posts made after it began (``Events.wait``)."""
+    if not paths.db.exists():
+        # No store: nothing ever ran here, so no agent waits on it (and a wait begun
+        # later would not see this post). Most likely the wrong home.
+        raise Unavailable(f"no supervisor is running in {paths.home}, and nothing has run "
+                          "there (no agent can be waiting): start one with `agentlibos "
+                          "serve --detach`")
+    with locked_store(paths) as store, store.transaction():
+        rec = store.event_append(name, data, None)
+        audit_operator_post(store, name, rec.id, 0)
+    note(f"no supervisor is running: {name} (event {rec.id}) is recorded in the store; "
+         f"the agents waiting on it get it when they are resumed ({RESUMED_BY})")
+    return {"name": name, "id": rec.id, "woken": 0, "supervisor": False}

@@ -39,6 +39,7 @@ from agentlibos.providers.human import HumanChannel
 from agentlibos.store import Store
 from agentlibos.supervisor.decisions import (
     EXPIRED_REASON,
+    expire_asks_of,
     record_answer,
     record_approve,
     record_deny,
@@ -255,13 +256,11 @@ class Approvals:
 
     def process_ended(self, pid: int) -> None:
         """Asks of a process that ended are closed: nobody is there to be answered."""
-        for rec in self._store.asks_of(pid):
-            if rec.state == "pending":
-                closed = self._store.ask_decide(rec.id, "expired", reason="the process ended")
-                entry = self._open.pop(rec.id, None)
-                if entry is not None and entry.timer is not None:
-                    entry.timer.cancel()
-                self._changed(closed)
+        for closed in expire_asks_of(self._store, pid):
+            entry = self._open.pop(closed.id, None)
+            if entry is not None and entry.timer is not None:
+                entry.timer.cancel()
+            self._changed(closed)
 
 
 class _LoopAnswers:

@@ -78,5 +78,16 @@ def expire_if_late(store: Store, ask_id: int, timeout_s: float | None) -> bool:
     return True
 
 
+# The reason the asks of a process that ended expired (nobody is there to be answered).
+ENDED_REASON = "the process ended"
+
+
+def expire_asks_of(store: Store, pid: int) -> list[AskRecord]:
+    """The pending asks of ``pid``, which has ended, expired: what the supervisor's
+    Approvals does when a process ends, and ``agentlibos kill`` with none running."""
+    return [store.ask_decide(rec.id, "expired", reason=ENDED_REASON)
+            for rec in list(store.asks_of(pid)) if rec.state == "pending"]
+
+
 def _by(who: str | None) -> dict[str, str]:
     return {} if who is None else {"by": who}

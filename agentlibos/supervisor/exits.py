@@ -1,12 +1,16 @@
-"""How a child ended, in words: its wait status, and the last lines of its log."""
+"""How a child ended, in words: its wait status, and the last lines of its log; and the
+record of its end in the store."""
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
+from agentlibos.kernel.process import State, state_for_reason
+from agentlibos.store import Store
 from agentlibos.zygote.child import START_FAILED_STATUS
 
 
@@ -71,3 +75,19 @@ def _last_line(log_path: Path) -> str:
     tail = log_tail(log_path, 1)
     return (f"the process could not start: {tail[-1]}" if tail
             else "the process could not start (no report, empty log)")
+
+
+def record_end(store: Store, pid: int, reason: str, error: str | None, *,
+               result: Any = None, status: int | None = None,
+               usage: dict[str, int] | None = None, pids_limit_hit: bool = False) -> State:
+    """Write how ``pid`` ended: its record and its ``proc.exit`` audit record. The process
+    table's ``finalize`` writes every end through here, and ``agentlibos kill`` with no
+    supervisor running writes the same records a kill on one would have."""
+    state = state_for_reason(reason)
+    store.update_process(pid, state=state, exit_reason=reason, result=result, error=error,
+                         ended_at=time.time(), wait=None)
+    store.append_audit(pid, "proc.exit", f"proc:{pid}", "info",
+                       {"state": state, "exit_reason": reason, "error": error,
+                        "status": status, "usage": usage or {},
+                        "pids_limit_hit": pids_limit_hit})
+    return state

@@ -38,11 +38,11 @@ from agentlibos.errors import (
 from agentlibos.kernel.caps import CapPattern, within
 from agentlibos.kernel.image import AgentImage, Limits
 from agentlibos.kernel.policy import Policy
-from agentlibos.kernel.process import ProcessRecord, state_for_reason
+from agentlibos.kernel.process import ProcessRecord
 from agentlibos.providers.fs import discard_tree
 from agentlibos.sandbox.profile import ParentBudget, effective_limits
 from agentlibos.store import Store
-from agentlibos.supervisor.exits import why_ended
+from agentlibos.supervisor.exits import record_end, why_ended
 from agentlibos.supervisor.logs import LogSink
 from agentlibos.supervisor.loop import Loop, Timer
 from agentlibos.supervisor.sandboxing import SandboxManager
@@ -543,14 +543,9 @@ class ProcessTable:
                 and self.on_accident(pid, live, error):
             self._host_gone(pid, live)
             return
-        state = state_for_reason(reason)
-        result = live.exit_result if reason == "returned" else None
-        self.store.update_process(pid, state=state, exit_reason=reason, result=result,
-                                  error=error, ended_at=time.time(), wait=None)
-        self.store.append_audit(pid, "proc.exit", f"proc:{pid}", "info",
-                                {"state": state, "exit_reason": reason, "error": error,
-                                 "status": status, "usage": usage,
-                                 "pids_limit_hit": pids_hit})
+        record_end(self.store, pid, reason, error, status=status, usage=usage,
+                   pids_limit_hit=pids_hit,
+                   result=live.exit_result if reason == "returned" else None)
         self.release_cgroup(pid, live.cgroup)
         self.release_cgroup(pid, live.pool_leftover)
         self.sandbox.forget(pid)

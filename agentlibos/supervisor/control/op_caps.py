@@ -3,13 +3,18 @@ descendants at once."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from agentlibos.errors import InvalidArgument, NotFound, PolicyError
 from agentlibos.kernel.caps import CapPattern, parse_cap
+from agentlibos.store import Store
 from agentlibos.supervisor.control._args import int_field, str_field
-from agentlibos.supervisor.control.context import ControlContext
-from agentlibos.supervisor.control.server import Responder
+
+if TYPE_CHECKING:  # not at run time: `caps revoke` with no supervisor imports this module
+    from agentlibos.supervisor.control.context import ControlContext
+    from agentlibos.supervisor.control.server import Responder
+    from agentlibos.supervisor.processes import LiveProcess
 
 
 def caps(ctx: ControlContext, req: dict[str, Any], respond: Responder) -> None:
@@ -40,39 +45,54 @@ def caps_revoke(ctx: ControlContext, req: dict[str, Any], respond: Responder) ->
     pid = int_field(req, "pid")
     text = str_field(req, "cap")
     assert text is not None
-    rec = ctx.store.get_process(pid)
+    cut, changed = revoke(ctx.store, pid, text, ctx.table.live)
+    respond({"ok": True, "pid": pid, "cap": cut, "changed": changed})
+
+
+def revoke(store: Store, pid: int, text: str, live: Mapping[int, LiveProcess]
+           ) -> tuple[str, list[dict[str, Any]]]:
+    """Take ``text`` (a capability, resolved against ``pid``'s cwd) and everything it
+    covers from ``pid`` and all its descendants, in one transaction: the resolved
+    capability and ``[{"pid", "caps"}]`` of those that lost something. ``live``: the
+    supervisor's processes, whose callers are narrowed at once; with no supervisor
+    running (`agentlibos caps revoke`) it is empty and only the store changes, which
+    is what a resume rebuilds a caller from."""
+    rec = store.get_process(pid)
     try:
         cut = parse_cap(text).resolved(rec.cwd)
     except PolicyError as e:
         raise InvalidArgument(f"caps revoke: {e.message}") from None
-    tree = [pid, *_descendants(ctx, pid)]
     changed = []
-    with ctx.store.transaction():  # the process and all its descendants, at once
-        for p in tree:
-            live = ctx.table.live.get(p)
-            held = (list(live.caller.caps) if live
-                    else [parse_cap(c) for c in ctx.store.get_caps(p)])
+    with store.transaction():  # the process and all its descendants, at once
+        for p in [pid, *_descendants(store, pid)]:
+            lp = live.get(p)
+            held = list(lp.caller.caps) if lp else [parse_cap(c) for c in store.get_caps(p)]
             kept = _without(held, cut)
             if len(kept) == len(held) and all(a is b for a, b in zip(kept, held, strict=True)):
                 continue
-            if live:
-                live.caller.caps = kept  # its next call that needed it is refused
-                live.caller.approved[:] = _without(live.caller.approved, cut)
-            ctx.store.set_caps(p, [str(k) for k in kept])
-            ctx.store.append_audit(p, "caps.revoke", str(cut), "info",
-                                   {"by": "operator", "held": [str(k) for k in kept]})
-            changed.append({"pid": p, "caps": [str(k) for k in kept]})
+            approved = (lp.caller.approved if lp else
+                        [parse_cap(a) for a in store.process_resume_info(p)["approved"]])
+            approved[:] = _without(approved, cut)  # an --always grant within it goes too
+            if lp:
+                lp.caller.caps = kept  # its next call that needed it is refused
+            held_now = [str(k) for k in kept]
+            store.set_caps(p, held_now)
+            # Its standing approvals too: a resume rebuilds them from the store.
+            store.update_process(p, approved=[str(a) for a in approved])
+            store.append_audit(p, "caps.revoke", str(cut), "info",
+                               {"by": "operator", "held": held_now})
+            changed.append({"pid": p, "caps": held_now})
     if not changed:
         raise NotFound(f"caps revoke: process {pid} and its descendants hold nothing "
                        f"within '{cut}'")
-    respond({"ok": True, "pid": pid, "cap": str(cut), "changed": changed})
+    return str(cut), changed
 
 
-def _descendants(ctx: ControlContext, pid: int) -> list[int]:
+def _descendants(store: Store, pid: int) -> list[int]:
     out: list[int] = []
     frontier = [pid]
     while frontier:
-        kids = [r.pid for p in frontier for r in ctx.store.children(p)]
+        kids = [r.pid for p in frontier for r in store.children(p)]
         out += kids
         frontier = kids
     return out
