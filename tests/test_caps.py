@@ -97,7 +97,7 @@ def test_rw_is_refused_for_a_kind_without_read_and_write() -> None:
     [
         ("disk:read:/a", "unknown kind 'disk'"),
         ("FS:read:/a", "unknown kind 'FS'"),
-        ("fs:exec:/a", "unknown right 'exec' for kind 'fs'"),
+        ("fs:exec:/a", "unknown right 'exec' for kind 'fs' (known: delete, read, rw, write, *)"),
         ("fs:read,exec:/a", "unknown right 'exec'"),
         ("shell:run:git", "unknown right 'run' for kind 'shell'"),
         ("fs:read,:/a", "unknown right ''"),

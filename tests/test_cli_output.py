@@ -177,6 +177,29 @@ def main(ctx, args):
 """
 
 
+INTERLEAVED = """
+import sys
+def main(ctx, args):
+    print("one to stdout")
+    print("two to stderr", file=sys.stderr)
+    print("three to stdout")
+    return "ok"
+"""
+
+
+@pytest.mark.privileged
+@needs_root
+def test_an_agents_stdout_and_stderr_reach_its_log_in_the_order_written(
+    home: Path, make_image: MakeImage
+) -> None:
+    # A block-buffered stdout used to reach the log after stderr, at exit.
+    img = make_image("interleaved", INTERLEAVED)
+    assert cli(home, "run", str(img)).returncode == 0
+    raw = cli(home, "logs", "1", "--raw", check=True).stdout
+    lines = [ln for ln in raw.splitlines() if " to std" in ln]
+    assert lines == ["one to stdout", "two to stderr", "three to stdout"], raw
+
+
 @pytest.mark.privileged
 @needs_root
 def test_agent_chosen_text_never_reaches_the_terminal_raw(

@@ -184,8 +184,10 @@ def test_a_topic_that_no_capability_could_name_cleanly_is_an_invalid_argument(
     # Were accepted as topics and refused later for want of a matching capability, with
     # a message that printed the newline (audit 4-b, F7).
     bad = ["a b", "", "deploy\nx", "dep*", "-lead"]
-    got, sent = _try_each(sup, make_image, [f"ctx.human.ask('q', topic={t!r})" for t in bad])
-    for topic, (kind, code, message) in zip(bad, got, strict=True):
+    calls = [f"ctx.human.ask('q', topic={t!r})" for t in bad]
+    calls.append("ctx.human.ask('q', None, 'a b')")  # by position, as DESIGN writes it
+    got, sent = _try_each(sup, make_image, calls)
+    for topic, (kind, code, message) in zip([*bad, "a b"], got, strict=True):
         assert (kind, code) == ("InvalidArgument", "EINVAL"), (topic, message)
         assert message.startswith(f"human.ask: topic {topic!r} must be '*' or"), message
-    assert sent == ["human.ask"] * len(bad)
+    assert sent == ["human.ask"] * (len(bad) + 1)

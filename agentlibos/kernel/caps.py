@@ -455,9 +455,10 @@ def parse_cap(text: object, *, allow_wildcard_kind: bool = False) -> CapPattern:
         elif r in all_rights:
             rights.add(r)
         else:
+            known = all_rights | {a for a, v in _ALIASES.items() if v <= all_rights}
             raise PolicyError(
                 f"capability {text!r}: unknown right {r!r} for kind {kind!r} "
-                f"(known: {', '.join(sorted(all_rights))})"
+                f"(known: {', '.join(sorted(known))}, *)"
             )
     if "\x00" in resource:
         raise PolicyError(f"capability {text!r}: NUL byte in resource")

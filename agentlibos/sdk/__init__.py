@@ -262,7 +262,7 @@ class Jit(_Family):
 
 
 class Human(_Family):
-    def ask(self, question: str, choices: builtins.list[str] | None = None, *,
+    def ask(self, question: str, choices: builtins.list[str] | None = None,
             topic: str = "*") -> str:
         """Ask the operator and wait for the answer (needs ``human:ask:<topic>``).
 

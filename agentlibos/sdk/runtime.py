@@ -49,6 +49,10 @@ def run_agent(endpoint: str, pid: int, token: bytes, *, dealer: Dealer | None = 
     """Run the agent's entry function; return the process exit status. ``dealer``: a
     connection to the broker made earlier (a pooled process's)."""
     signal.signal(signal.SIGTERM, _on_sigterm)
+    # stdout goes to a file (the process's log), so Python buffers it in blocks while
+    # stderr is line-buffered: the log would show what the agent printed out of order.
+    with contextlib.suppress(AttributeError, ValueError):
+        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     client = Client(endpoint, pid, token, dealer=dealer)
     status, result, error = "returned", None, None
     try:
