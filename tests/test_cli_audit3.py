@@ -5,6 +5,7 @@ limit in `ps` reads like a root's."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -18,7 +19,7 @@ from agentlibos.kernel.units import format_duration
 from agentlibos.sandbox import cgroups
 from agentlibos.ui import limits_text
 from tests.helpers import MakeImage
-from tests.test_cli import assert_one_line_error, cli
+from tests.test_cli import assert_one_line_error, cli, serving
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="runs agents with every sandbox "
                                                            "layer required: needs root")
@@ -202,3 +203,20 @@ def test_ps_shows_a_childs_wall_limit_like_a_roots(home: Path, make_image: MakeI
     assert "wall=10m" in table[1]
     walls = re.findall(r"wall=[^,\s]+", table[2])
     assert walls == [f"wall={format_duration(round(left))}"], table[2]
+
+
+@pytest.mark.privileged
+@needs_root
+@pytest.mark.parametrize("daemon", [False, True])
+def test_an_image_asking_above_the_ceiling_is_bad_input_exit_2(
+    home: Path, make_image: MakeImage, daemon: bool
+) -> None:
+    # Like any other image the operator's host cannot take as written: exit 2, whether
+    # an embedded supervisor or a daemon refused it.
+    img = make_image("greedy", "def main(ctx, args):\n    return 1\n",
+                     limits={"memory": "64GiB"})
+    with serving(home) if daemon else contextlib.nullcontext():
+        p = cli(home, "run", str(img), "--json")
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    assert_one_line_error(p, "the image asks for memory 64GiB, above the ceiling")
+    assert p.stdout == ""

@@ -42,7 +42,7 @@ from agentlibos.cli.common import (
     err,
     log_to_stderr,
 )
-from agentlibos.errors import InvalidArgument, LibOSError, NotFound
+from agentlibos.errors import InvalidArgument, LibOSError, LimitExceeded, NotFound
 
 COMMANDS = (run, wait, logs, serve, ps, kill, approvals, approve, deny, answer, event, caps,
             checkpoint, restore, resume, attention, resolve, image, audit, prune, doctor,
@@ -84,7 +84,11 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         code = EXIT_USAGE
     except LibOSError as e:
         err(e.message)
-        code = EXIT_FAILED
+        # An image that asks for more than the operator's [limits.ceiling] is bad input
+        # as well (its author asks for less, or the operator raises the ceiling); its
+        # details say so, through a daemon's answer too.
+        code = EXIT_USAGE if isinstance(e, LimitExceeded) and "ceiling" in e.details \
+            else EXIT_FAILED
     except KeyboardInterrupt:
         err("interrupted")
         code = EXIT_INTERRUPTED
