@@ -313,6 +313,10 @@ def test_an_unsettled_shell_command_waits_for_attention_until_resolved(
             ps = cli(home, "ps")
             assert "attention" in ps.stdout and "shell:exec:echo" in ps.stdout
             assert out_json(cli(home, "attention", "--json")) == want
+            held = cli(home, "resume", str(pid))  # as `attention` names it, not a dict
+            assert held.returncode == 1
+            assert_one_line_error(held, f"process {pid} is in attention (shell.exec "
+                                  "shell:exec:echo): answer with")
             got = out_json(cli(home, "resolve", str(pid), "--retry", "--json"))
             assert got == {"pid": pid, "action": "retry", "state": "running"}
             rec = out_json(cli(home, "wait", str(pid), "--json"))
@@ -329,7 +333,6 @@ def test_an_unsettled_shell_command_waits_for_attention_until_resolved(
     again = cli(home, "resolve", str(pid), "--retry")
     assert again.returncode == 1
     assert_one_line_error(again, f"process {pid}", "not waiting for attention")
-
 
 
 SLOW_SHELLER = """

@@ -555,18 +555,28 @@ def test_the_built_in_policy_asks_and_an_approval_lets_the_command_run(
 
 
 @pytest.mark.privileged
-def test_a_cwd_no_command_can_run_in_is_refused_before_anyone_is_asked(
-    shsup: Supervisor, tmp_path: Path, project: Path
+@pytest.mark.parametrize(("caps", "policy", "why"), [
+    (["shell:exec:echo"], None, "it holds no fs capability that reads it"),
+    (["shell:exec:echo", "fs:read:./**"], 'allow = ["shell:exec:*"]\ndefault = "ask"\n',
+     "the policy does not allow reading it outright"),
+    (["shell:exec:echo", "fs:rw:/**"], 'default = "allow"\n',
+     "fs:rw:/** would bind /, which is never bound into a command's tree"),
+], ids=["no-cap", "policy-asks", "root"])
+def test_a_cwd_no_command_can_run_in_is_refused_before_anyone_is_asked_saying_why(
+    shsup: Supervisor, tmp_path: Path, project: Path, caps: list[str], policy: str | None,
+    why: str
 ) -> None:
     # The built-in policy asks for shell:exec; approving could not help a command whose
-    # cwd no fs capability lets it see, so nobody is asked.
-    img = write_image(tmp_path / "images", "blind", AGENT, caps=["shell:exec:echo"])
+    # cwd no fs capability lets it see, so nobody is asked; the message names the cause.
+    img = write_image(tmp_path / "images", "blind", AGENT, caps=caps)
     pid = shsup.submit_run(str(img), {"calls": [{"argv": ["echo", "x"]}]},
-                           cwd=str(project), policy=BUILTIN_POLICY)
+                           cwd=str(project),
+                           policy=parse_policy(policy, "p") if policy else BUILTIN_POLICY)
     assert shsup.run_until(lambda: not shsup.tree_live(pid), 30)
     [out] = shsup.store.get_process(pid).result
     assert out["error"] == "PermissionDenied", out
     assert "is not readable under its fs capabilities" in out["message"]
+    assert why in out["message"], out["message"]
     assert [a for a in shsup.store.ask_list() if a.root_pid == pid] == []
     [rec] = [r for r in shsup.store.audit_records(pid=pid) if r.call == "shell.exec"]
     assert (rec.verdict, rec.detail["cwd"]) == ("deny", str(project)), rec

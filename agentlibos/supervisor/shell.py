@@ -171,7 +171,8 @@ class ShellRunner:
         if not any(_inside(cwd, p) for p in (*ro, *rw)):
             raise PermissionDenied(
                 f"shell.exec: the process's cwd {cwd} is not readable under its fs "
-                "capabilities, so a command cannot run there", cwd=cwd)
+                f"capabilities, so a command cannot run there: {_why_unseen(caller)}",
+                cwd=cwd)
         return ro, rw
 
     def plan(self, caller: Caller, argv: list[str], exe: str, stdin: bytes | None,
@@ -248,6 +249,21 @@ class ShellRunner:
             "truncated": truncated,
             "timed_out": res.timed_out,
         })
+
+
+def _why_unseen(caller: Caller) -> str:
+    """Why no bind holds the caller's cwd, in the terms the operator can act on."""
+    cwd = caller.cwd
+    covering = [c for c in (*caller.caps, *caller.approved) if c.kind == "fs"
+                and c.rights & {"read", "write", "delete"} and c.allows("fs", "read", cwd)]
+    if not covering:
+        return "it holds no fs capability that reads it (request fs:read:./** or narrower)"
+    roots = {r for c in covering if (r := cap_root(c.resource)) is not None}
+    if roots and all(r in _NEVER or r == "/" for r in roots):
+        return (f"{covering[0]} would bind {sorted(roots)[0]}, which is never bound into a "
+                "command's tree: grant the directory itself")
+    return ("the policy does not allow reading it outright (a mount is not a call a human "
+            "can approve: `allow` it, e.g. fs:read:./**)")
 
 
 def _bindable(path: str) -> bool:

@@ -9,6 +9,7 @@ from agentlibos.errors import Conflict
 from agentlibos.supervisor.control._args import int_field, str_field
 from agentlibos.supervisor.control.context import ControlContext
 from agentlibos.supervisor.control.server import Responder
+from agentlibos.ui import attention_text
 
 
 def resume(ctx: ControlContext, req: dict[str, Any], respond: Responder) -> None:
@@ -17,7 +18,7 @@ def resume(ctx: ControlContext, req: dict[str, Any], respond: Responder) -> None
     pid = int_field(req, "pid")
     rec = ctx.store.get_process(pid)
     if rec.state == "attention":
-        raise Conflict(f"process {pid} is in attention ({rec.attention}): answer with "
+        raise Conflict(f"process {pid} is in attention ({attention_text(rec)}): answer with "
                        f"`agentlibos resolve {pid} --retry|--skip|--fail`")
     resumed: list[int] = []
     if rec.live:
