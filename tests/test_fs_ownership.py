@@ -110,3 +110,29 @@ def test_an_agents_rewrite_of_a_users_private_file_stays_private(
     assert owner_and_mode(f) == (*USER, 0o600)
     assert owner_and_mode(tree / "out")[:2] == USER
     assert owner_and_mode(tree / "out" / "report.txt")[:2] == USER
+
+
+def test_a_write_into_a_directory_not_made_yet_makes_it_the_users_as_design_shows(
+    sup: Supervisor, make_image: MakeImage, tree: Path
+) -> None:
+    # DESIGN's SDK example writes out/summary.txt with fs:write:./out/** and no mkdir.
+    # The directories are made as mkdir(parents=True) makes them -- the user's -- and a
+    # write the capability does not cover makes nothing.
+    img = make_image("deepwriter", """
+        from agentlibos.errors import PermissionDenied
+        def main(ctx, args):
+            ctx.fs.write_text("out/summary.txt", "whole")
+            ctx.fs.write_text("out/logs/run.log", "line\\n", append=True)
+            try:
+                ctx.fs.write_text("elsewhere/x.txt", "no")
+            except PermissionDenied:
+                return "refused"
+            return "written"
+    """, caps=["fs:read:./**", "fs:write:./out/**"])
+    rec = run_proc(sup, img, cwd=tree)
+    assert (rec.state, rec.result) == ("exited", "refused"), rec.error
+    assert (tree / "out" / "summary.txt").read_text() == "whole"
+    assert (tree / "out" / "logs" / "run.log").read_text() == "line\n"
+    assert owner_and_mode(tree / "out")[:2] == USER
+    assert owner_and_mode(tree / "out" / "logs")[:2] == USER
+    assert not (tree / "elsewhere").exists()

@@ -8,11 +8,12 @@ caller's tree (the ``write_bytes`` quota, kernel/budgets.py) before the file is 
 from __future__ import annotations
 
 import hashlib
+import posixpath
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from agentlibos.broker.syscalls.base import Authorizer, Caller, Param, Reply, Result, syscall
-from agentlibos.errors import InvalidArgument, LibOSError, PermissionDenied
+from agentlibos.errors import InvalidArgument, LibOSError, NotFound, PermissionDenied
 from agentlibos.kernel import budgets
 from agentlibos.kernel.budgets import TreeQuota, Usage
 from agentlibos.kernel.policy import Request
@@ -109,7 +110,14 @@ def fs_write(svc: FsServices, caller: Caller, args: dict[str, Any], blobs: list[
     charge = budgets.write_charge(len(blobs[0]))
     svc.budgets.charge_tree(caller.root_pid, charge, svc.tree_quota)
     try:
-        n = svc.fs.write(r.real, blobs[0], append=args["append"])
+        try:
+            n = svc.fs.write(r.real, blobs[0], append=args["append"])
+        except NotFound:
+            # Its directory does not exist yet (`out/summary.txt` before `out/`): made as
+            # `fs.mkdir(path, parents=True)` makes a path's parents, on the same check
+            # (fs:write of the path itself), then the write.
+            svc.fs.mkdir(posixpath.dirname(r.real), parents=True, exist_ok=True)
+            n = svc.fs.write(r.real, blobs[0], append=args["append"])
     except LibOSError:
         svc.budgets.charge_tree(caller.root_pid, -charge)
         raise
