@@ -191,3 +191,17 @@ def test_a_topic_that_no_capability_could_name_cleanly_is_an_invalid_argument(
         assert (kind, code) == ("InvalidArgument", "EINVAL"), (topic, message)
         assert message.startswith(f"human.ask: topic {topic!r} must be '*' or"), message
     assert sent == ["human.ask"] * (len(bad) + 1)
+
+
+def test_a_required_argument_given_as_null_is_named_so_not_called_missing(
+    sup: Supervisor, make_image: MakeImage
+) -> None:
+    got, sent = _try_each(sup, make_image, [
+        "ctx.fs.read_text(None)",
+        "ctx.syscall('fs.read', {})",
+    ])
+    assert got == [
+        ["InvalidArgument", "EINVAL", "fs.read: argument 'path' must be str, got None"],
+        ["InvalidArgument", "EINVAL", "fs.read: missing required argument 'path'"],
+    ], got
+    assert sent == ["fs.read", "fs.read"], sent

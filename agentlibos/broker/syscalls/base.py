@@ -38,12 +38,16 @@ class Param:
     max_len: int | None = None  # for str, list and dict
     minimum: int | None = None  # for int and float
 
-    def check(self, call: str, name: str, value: Any) -> Any:
+    def check(self, call: str, name: str, value: Any, present: bool = True) -> Any:
+        types = self.type if isinstance(self.type, tuple) else (self.type,)
         if value is None:
+            if self.required and present:  # given, as null (`read_text(None)`)
+                want = ("a value, not null" if _Any in types
+                        else " or ".join(t.__name__ for t in types) + ", got None")
+                raise InvalidArgument(f"{call}: argument {name!r} must be {want}")
             if self.required:
                 raise InvalidArgument(f"{call}: missing required argument {name!r}")
             return self.default
-        types = self.type if isinstance(self.type, tuple) else (self.type,)
         if _Any not in types:
             ok = any(
                 isinstance(value, t) and not (t in (int, float) and isinstance(value, bool))
@@ -200,7 +204,8 @@ class Syscall:
                 f"{self.name}: unknown argument(s) {', '.join(sorted(unknown))} "
                 f"(takes {', '.join(self.params) or 'none'})"
             )
-        return {k: p.check(self.name, k, args.get(k)) for k, p in self.params.items()}
+        return {k: p.check(self.name, k, args.get(k), k in args)
+                for k, p in self.params.items()}
 
 
 REGISTRY: dict[str, Syscall] = {}
