@@ -5,18 +5,17 @@ supervisor ran are honoured)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
 from agentlibos.cli.common import control, note, readonly_store
+from agentlibos.cli.offline import locked_store
 from agentlibos.config import Paths, operator_config
-from agentlibos.errors import Conflict, NotFound, Unavailable
+from agentlibos.errors import NotFound
 from agentlibos.kernel.approvals import AskRecord
-from agentlibos.store import Store, open_store
+from agentlibos.store import Store
 from agentlibos.supervisor.control import ping
 from agentlibos.supervisor.decisions import expire_if_late
-from agentlibos.supervisor.lock import lock_home
 
 
 def decide(paths: Paths, request: dict[str, Any],
@@ -31,24 +30,12 @@ def decide(paths: Paths, request: dict[str, Any],
         raise NotFound(f"no approval or question {request.get('id')}: nothing has run in "
                        f"{paths.home}")
     probe.close()
-    try:
-        fd = lock_home(paths)
-    except Conflict:
-        raise Unavailable(f"a supervisor holds {paths.lock} but does not answer on "
-                          f"{paths.control_endpoint}: it is starting or stopping; try "
-                          "again") from None
-    try:
-        store = open_store(paths.db)
-        try:
-            with store.transaction():  # committed whatever the decision meets
-                expire_if_late(store, int(request["id"]),
-                               operator_config(paths).approvals_timeout_s)
-            with store.transaction():
-                rec = offline(store)
-        finally:
-            store.close()
-    finally:
-        os.close(fd)
+    with locked_store(paths) as store:
+        with store.transaction():  # committed whatever the decision meets
+            expire_if_late(store, int(request["id"]),
+                           operator_config(paths).approvals_timeout_s)
+        with store.transaction():
+            rec = offline(store)
     note(f"no supervisor is running: {rec.kind} {rec.id} is {rec.state} in the store, "
          f"and process {rec.pid} honours it when it is resumed (`agentlibos resume "
          f"{rec.pid}`, or `agentlibos serve`)")
