@@ -76,8 +76,8 @@ def cmd_caps(ns: argparse.Namespace) -> int:
 
 def revoke(ns: argparse.Namespace, pid: int, cap: str) -> int:
     paths = paths_of(ns)
-    if ping(paths.control_endpoint) is not None:
-        reply = control(paths, {"op": "caps_revoke", "pid": pid, "cap": cap})
+    if (pong := ping(paths.control_endpoint)) is not None:
+        reply = control(paths, {"op": "caps_revoke", "pid": pid, "cap": cap}, pong)
     else:
         reply = revoke_offline(paths, pid, cap)
     if ns.json:

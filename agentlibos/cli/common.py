@@ -236,13 +236,15 @@ def describe_end(rec: dict[str, Any]) -> str:
     return text
 
 
-def control(paths: Paths, request: dict[str, Any]) -> dict[str, Any]:
+def control(paths: Paths, request: dict[str, Any],
+            pong: dict[str, Any] | None = None) -> dict[str, Any]:
     """One control operation on the supervisor serving ``paths``; its reply without ``ok``.
 
     No supervisor answering is an operation failure (exit 1) that says how to start one;
     the supervisor's own refusals come back as the typed errors it raised.
     """
-    pong = ping(paths.control_endpoint)
+    if pong is None:  # the caller's own ping, when it made one, is not made again
+        pong = ping(paths.control_endpoint)
     if pong is None:
         raise Unavailable(f"no supervisor is running in {paths.home}: start one with "
                           "`agentlibos serve --detach` (or keep an `agentlibos run` going)")
@@ -258,8 +260,8 @@ def query(paths: Paths, request: dict[str, Any],
     """A read-only control operation: the supervisor's answer when one runs, else the
     same read of the store (``offline``), read-only. Where nothing has run yet: ``empty``,
     or NoSuchProcess when there is no empty answer (a question about a pid)."""
-    if ping(paths.control_endpoint) is not None:
-        return control(paths, request)
+    if (pong := ping(paths.control_endpoint)) is not None:
+        return control(paths, request, pong)
     store = readonly_store(paths)
     if store is None:
         if empty is None:

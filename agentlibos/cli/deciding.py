@@ -23,8 +23,8 @@ def decide(paths: Paths, request: dict[str, Any],
     """The control operation ``request``, or with no supervisor up ``offline(store)``
     under the home's lock (so none starts meanwhile): the decision and its audit record
     in one transaction. Replies ``{"id", "state", ...}`` either way."""
-    if ping(paths.control_endpoint) is not None:
-        return control(paths, request)
+    if (pong := ping(paths.control_endpoint)) is not None:
+        return control(paths, request, pong)
     probe = readonly_store(paths)
     if probe is None:
         raise NotFound(f"no approval or question {request.get('id')}: nothing has run in "

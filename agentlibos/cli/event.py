@@ -59,8 +59,8 @@ def cmd_event_post(ns: argparse.Namespace) -> int:
                          "A-Z a-z 0-9 _ . : / -, starting with a letter or a digit")
     data = parse_data(ns.data)  # before anything is sent: bad input changes nothing
     paths = paths_of(ns)
-    if ping(paths.control_endpoint) is not None:
-        reply = control(paths, {"op": "event_post", "name": ns.name, "data": data})
+    if (pong := ping(paths.control_endpoint)) is not None:
+        reply = control(paths, {"op": "event_post", "name": ns.name, "data": data}, pong)
     else:
         reply = post_offline(paths, ns.name, data)
     if ns.json:

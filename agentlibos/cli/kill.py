@@ -9,6 +9,7 @@ import argparse
 from agentlibos.cli.common import (
     EXIT_OK,
     add_command,
+    control,
     note,
     paths_of,
     positive_id,
@@ -18,7 +19,7 @@ from agentlibos.cli.offline import locked_store
 from agentlibos.config import Paths
 from agentlibos.errors import Conflict, NoSuchProcess
 from agentlibos.store import Store
-from agentlibos.supervisor.control import control_call, ping
+from agentlibos.supervisor.control import ping
 from agentlibos.supervisor.decisions import expire_asks_of
 
 
@@ -32,7 +33,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def cmd_kill(ns: argparse.Namespace) -> int:
     paths = paths_of(ns)
-    if ping(paths.control_endpoint) is None:
+    pong = ping(paths.control_endpoint)
+    if pong is None:
         killed = kill_offline(paths, ns.pid)
         more = killed[:-1]
         also = f" with its descendants {', '.join(map(str, more))}" if more else ""
@@ -42,7 +44,7 @@ def cmd_kill(ns: argparse.Namespace) -> int:
             print_json({"pid": ns.pid, "stopping": True, "killed": killed,
                         "supervisor": False})
         return EXIT_OK
-    control_call(paths.control_endpoint, {"op": "kill", "pid": ns.pid})
+    control(paths, {"op": "kill", "pid": ns.pid}, pong)
     if ns.json:
         print_json({"pid": ns.pid, "stopping": True})
     else:

@@ -259,7 +259,7 @@ def _why_unseen(caller: Caller) -> str:
     if not covering:
         return "it holds no fs capability that reads it (request fs:read:./** or narrower)"
     roots = {r for c in covering if (r := cap_root(c.resource)) is not None}
-    if roots and all(r in _NEVER or r == "/" for r in roots):
+    if roots and all(r in _NEVER for r in roots):
         return (f"{covering[0]} would bind {sorted(roots)[0]}, which is never bound into a "
                 "command's tree: grant the directory itself")
     return ("the policy does not allow reading it outright (a mount is not a call a human "
