@@ -145,6 +145,28 @@ def test_a_question_waits_for_an_answer_among_its_choices(
     assert _finish(sup, pid).result == "yes"
 
 
+def test_deny_declines_a_question_and_its_call_fails_with_the_reason(
+    sup: Supervisor, make_image: MakeImage
+) -> None:
+    img = make_image("asker2", """
+        def main(ctx, args):
+            from agentlibos.errors import PermissionDenied
+            try:
+                return ctx.human.ask("Which database do I drop?", topic="ops")
+            except PermissionDenied as e:
+                return "refused: " + str(e)
+    """, caps=["human:ask:ops"])
+    pid = sup.submit_run(str(img), {}, policy=ASK_WRITES)
+    q = _wait_for_ask(sup, pid)
+    assert sup.approvals.deny(q.id, "not a question for an agent").state == "denied"
+    assert _finish(sup, pid).result == ("refused: human.ask: the question was denied by the "
+                                        "operator: not a question for an agent")
+    denied = [(r.call, r.request, r.detail) for r in sup.store.audit_records(pid=pid)
+              if r.verdict == "denied"]
+    assert denied == [("human.ask", "human:ask:ops",
+                       {"question": q.id, "reason": "not a question for an agent"})]
+
+
 def test_an_event_post_wakes_every_waiter_with_its_payload(
     sup: Supervisor, make_image: MakeImage
 ) -> None:

@@ -17,7 +17,8 @@ from agentlibos.supervisor.decisions import record_deny
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = add_command(sub, "deny", help="deny a pending request", func=cmd_deny, example="""
+    p = add_command(sub, "deny", help="deny a pending request, or decline a question",
+                    func=cmd_deny, example="""
         agentlibos deny 12 --reason "no writes outside out/"
     """)
     p.add_argument("id", type=positive_id, help="the approval id (`agentlibos approvals`)")

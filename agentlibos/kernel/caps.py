@@ -344,6 +344,10 @@ class CapPattern:
     rights: frozenset[str]
     resource: str
     glob: Glob = field(repr=False, compare=False)
+    # The rights as written when that was an alias ("rw", "*") that ``format_rights``
+    # alone cannot tell apart: ``obj:rw:self`` and ``obj:*:self`` hold the same rights,
+    # and ``caps`` shows each as its image or grant wrote it.
+    spelled: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def is_path(self) -> bool:
@@ -368,7 +372,7 @@ class CapPattern:
         joined = os.path.join(escape(base), self.resource)
         # normpath collapses "./" and "a/../" lexically; glob tokens are plain characters.
         absolute = os.path.normpath(joined)
-        return _make(self.kind, self.rights, absolute)
+        return _make(self.kind, self.rights, absolute, self.spelled)
 
     def allows(self, kind: str, right: str, resource: str) -> bool:
         """Does this pattern allow one concrete request?"""
@@ -394,10 +398,12 @@ class CapPattern:
         return self._glob_for(other.kind).covers(other.glob)
 
     def narrowed(self, rights: frozenset[str]) -> CapPattern:
-        return _make(self.kind, rights, self.resource)
+        return _make(self.kind, rights, self.resource,
+                     self.spelled if rights == self.rights else None)
 
     def __str__(self) -> str:
-        return f"{self.kind}:{format_rights(self.kind, self.rights)}:{self.resource}"
+        rights = self.spelled or format_rights(self.kind, self.rights)
+        return f"{self.kind}:{rights}:{self.resource}"
 
 
 _EVERY_RIGHT: Final = frozenset[str]().union(*KIND_RIGHTS.values())
@@ -413,8 +419,9 @@ def format_rights(kind: str, rights: frozenset[str]) -> str:
     return ",".join(sorted(rights))
 
 
-def _make(kind: str, rights: frozenset[str], resource: str) -> CapPattern:
-    return CapPattern(kind, rights, resource, _compile_glob(resource, kind == "fs"))
+def _make(kind: str, rights: frozenset[str], resource: str, spelled: str | None = None
+          ) -> CapPattern:
+    return CapPattern(kind, rights, resource, _compile_glob(resource, kind == "fs"), spelled)
 
 
 @lru_cache(maxsize=4096)
@@ -472,7 +479,9 @@ def parse_cap(text: object, *, allow_wildcard_kind: bool = False) -> CapPattern:
         raise PolicyError(
             f"capability {text!r}: more than {_MAX_DOUBLE_STARS} '/**' segments"
         )
-    return _make(kind, frozenset(rights), resource)
+    written, canonical = rights_text.strip(), format_rights(kind, frozenset(rights))
+    spelled = written if {written, canonical} == {"*", "rw"} else None
+    return _make(kind, frozenset(rights), resource, spelled)
 
 
 def _check_resource(text: str, kind: str, resource: str) -> None:
@@ -484,6 +493,11 @@ def _check_resource(text: str, kind: str, resource: str) -> None:
     if kind == "obj" and any(c.isupper() or c.isspace() for c in resource):
         raise PolicyError(f"capability {text!r}: an object namespace is lower-case, without "
                           "spaces (like 'shared/plans')")
+    if kind in ("human", "event") and any(c.isspace() or not c.isprintable()
+                                          for c in resource):
+        # Topics and event names are 1-128 of [A-Za-z0-9_.:/-] (the calls refuse others).
+        what = "a topic" if kind == "human" else "an event name"
+        raise PolicyError(f"capability {text!r}: {what} has no spaces or control characters")
     if kind == "clock" and not _compile_glob(resource, False).match("*"):
         raise PolicyError(f"capability {text!r}: a clock capability's resource is '*'")
 

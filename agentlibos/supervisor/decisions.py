@@ -27,6 +27,14 @@ def record_approve(store: Store, ask_id: int, *, always: bool = False,
 
 def record_deny(store: Store, ask_id: int, reason: str | None = None, *,
                 by: str | None = None) -> AskRecord:
+    """An approval refused -- or a question declined: its ``human.ask`` fails with
+    PermissionDenied carrying the reason, as a denied call does (an operator may not
+    want to answer what an agent asks, and must not have to let it wait forever)."""
+    if store.ask_get(ask_id).kind == "question":
+        rec = store.ask_decide(ask_id, "denied", reason=reason)
+        store.append_audit(rec.pid, "human.ask", f"human:ask:{rec.topic}", "denied",
+                           {"question": ask_id, "reason": reason, **_by(by)})
+        return rec
     return _decide(store, ask_id, "denied", "deny", {"reason": reason}, by, reason=reason)
 
 
