@@ -413,8 +413,13 @@ ask = ["fs:write:**"]
 allow = ["fs:read:**", "human:ask:*"]
 """
 ASKER = """
+from agentlibos.errors import PermissionDenied
+
 def main(ctx, args):
-    return {"answer": ctx.human.ask(args["question"], choices=["staging", "production"])}
+    try:
+        return {"answer": ctx.human.ask(args["question"], choices=["staging", "production"])}
+    except PermissionDenied as e:
+        return {"declined": str(e)}
 """
 
 
@@ -565,6 +570,17 @@ def test_a_question_is_answered_with_a_click_on_one_of_its_choices(
     screenshot(browser, tmp_path, "console-question.png")
     choices[1].click()
     assert result_of(run) == {"answer": "production"}
+
+    # A question the operator will not answer is declined, with a reason.
+    run = start(stack, stack.asker, "question=Drop the prod database?")
+    card = until(browser, lambda d: next(
+        (c for c in d.find_elements(By.CSS_SELECTOR, '#queue .card[data-kind="question"]')
+         if c.find_element(By.CSS_SELECTOR, ".question").text == "Drop the prod database?"),
+        None))
+    card.find_element(By.CSS_SELECTOR, "input.reason").send_keys("ask the DBA")
+    card.find_element(By.CSS_SELECTOR, "button.decline").click()
+    assert result_of(run) == {"declined": "human.ask: the question was denied by the "
+                                          "operator: ask the DBA"}
 
 
 class _EvilSite(http.server.BaseHTTPRequestHandler):

@@ -103,6 +103,19 @@ function approvalCard(item) {
   return el("div", {class: "actions"}, approve, always, reason, deny);
 }
 
+// A question the operator will not answer is declined: its human.ask fails with
+// PermissionDenied carrying the reason (the same "deny" as an approval's).
+function declineBox(item) {
+  const reason = el("input", {type: "text", class: "reason", placeholder: "reason (optional)",
+                              maxLength: 4000});
+  const decline = el("button", {class: "deny decline", type: "button",
+                                title: "do not answer: the agent's question fails"},
+                     "Decline");
+  decline.addEventListener("click", () =>
+    change("deny", {id: item.id, reason: reason.value || null}));
+  return el("div", {class: "actions"}, reason, decline);
+}
+
 function questionCard(item) {
   if (Array.isArray(item.choices) && item.choices.length) {
     const box = el("div", {class: "actions"});
@@ -111,7 +124,7 @@ function questionCard(item) {
       b.addEventListener("click", () => change("answer", {id: item.id, text: String(choice)}));
       box.append(b);
     }
-    return box;
+    return el("div", {}, box, declineBox(item));
   }
   const input = el("input", {type: "text", class: "answer-text", placeholder: "your answer",
                              maxLength: 4000});
@@ -119,7 +132,7 @@ function questionCard(item) {
   const go = () => { if (input.value.trim()) change("answer", {id: item.id, text: input.value}); };
   send.addEventListener("click", go);
   input.addEventListener("keydown", (e) => { if (e.key === "Enter") go(); });
-  return el("div", {class: "actions"}, input, send);
+  return el("div", {}, el("div", {class: "actions"}, input, send), declineBox(item));
 }
 
 function card(item) {
