@@ -645,3 +645,27 @@ def test_sdk_parameters_may_be_given_by_position_as_the_contract_lists_them(
     rec = run_proc(sup, img, timeout_s=60)
     assert rec.exit_reason == "returned", rec.error
     assert rec.result == {"text": "x", "get": 1, "names": ["a"], "stat": "int", "wait": 5}
+
+
+def test_each_process_started_before_it_was_ready_even_from_the_warm_pool(
+    sup: Supervisor, make_image: MakeImage
+) -> None:
+    # A pooled process answers its first syscall over the broker while the zygote's
+    # "spawned" news of it may still be queued: the first of the two is its start.
+    make_image("quick", """
+        def main(ctx, args):
+            return ctx.pid
+    """)
+    img = make_image("spawner", """
+        def main(ctx, args):
+            kids = [ctx.proc.spawn("quick") for _ in range(12)]
+            return [ctx.proc.wait(k)["state"] for k in kids]
+    """, caps=["proc:spawn:quick", "proc:wait:quick"])
+    roots = [sup.submit_run(str(img), {}) for _ in range(3)]
+    assert sup.run_until(lambda: not any(sup.tree_live(p) for p in roots), 60)
+    pids = roots + [c.pid for r in roots for c in sup.store.children(r)]
+    assert len(pids) == 39
+    for p in pids:
+        rec = sup.store.get_process(p)
+        assert rec.state == "exited", rec.error
+        assert rec.created_at <= (rec.started_at or 0) <= (rec.ready_at or 0), rec

@@ -330,7 +330,11 @@ class ProcessTable:
         live = self.live[pid]
         if not live.ready:
             live.ready = True
-            self.store.update_process(pid, state="running", ready_at=time.time())
+            # A pooled one may answer before the zygote's "spawned" is read: its start too.
+            now = time.time()
+            first = {} if live.started else {"started_at": now}
+            live.started = True
+            self.store.update_process(pid, state="running", ready_at=now, **first)
             self.sandbox.on_ready(pid, self.loop.call_later)  # its parent's spare cgroup
 
     # ---------------------------------------------------------------- the zygote's news
