@@ -223,6 +223,18 @@ def test_a_key_a_server_echoes_in_a_good_answer_is_redacted(
     assert KEY not in repr(ans)
 
 
+@pytest.mark.parametrize("placeholder", ["a", "none"])
+def test_a_local_servers_placeholder_key_garbles_neither_the_answer_nor_its_usage(
+        server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch, placeholder: str) -> None:
+    # Local servers take any key; "a" is in "usage" and "assistant", "none" in prose.
+    monkeypatch.setenv(KEY_ENV, placeholder)
+    server.plan.append(Answer(content="none of these is a problem",
+                              usage={"prompt_tokens": 3, "completion_tokens": 5}))
+    ans = _provider(server, api_key_env=KEY_ENV).chat(ModelRequest("m", MSGS))
+    assert ans.message["content"] == "none of these is a problem"
+    assert (ans.prompt_tokens, ans.completion_tokens) == (3, 5)
+
+
 def test_a_slow_server_times_out(server: FakeOpenAI) -> None:
     server.plan.append(Answer(delay_s=2))
     with pytest.raises(Timeout, match=r"within 0\.3 s"):

@@ -317,8 +317,9 @@ class OpenAIProvider:
         try:
             return self._chat(req, key)
         except LibOSError as e:
-            if key:  # whatever a server echoes back never carries the key onward
-                e.message = e.message.replace(key, "[redacted]")
+            secret = _scrubbed(key)
+            if secret:  # whatever a server echoes back never carries the key onward
+                e.message = e.message.replace(secret, "[redacted]")
                 e.args = (e.message,)
             raise
 
@@ -421,17 +422,29 @@ def _http_error(name: str, url: str, model: str, resp: httpx.Response) -> LibOSE
 
 
 def _without_key(value: Any, key: str) -> Any:
-    """``value`` (decoded JSON) with every occurrence of ``key`` in its strings, names
-    included, spelt ``[redacted]``: a server that echoes the Authorization header in a
-    successful answer (a proxy's debug output, a model told to repeat its input) must not
-    hand the key to the agent or the journal, any more than an error may."""
+    """``value`` (decoded JSON) with every occurrence of ``key`` in its strings spelt
+    ``[redacted]``: a server that echoes the Authorization header in a successful answer
+    (a proxy's debug output, a model told to repeat its input) must not hand the key to
+    the agent or the journal, any more than an error may. Member names are left as they
+    are: they are the protocol's ("choices", "usage"), none of them reaches the agent
+    (a tool call's arguments are a JSON *string*, scrubbed as one), and a key that is a
+    substring of one would otherwise unmake the answer."""
     if isinstance(value, str):
         return value.replace(key, "[redacted]")
     if isinstance(value, list):
         return [_without_key(v, key) for v in value]
     if isinstance(value, dict):
-        return {_without_key(k, key): _without_key(v, key) for k, v in value.items()}
+        return {k: _without_key(v, key) for k, v in value.items()}
     return value
+
+
+# A key shorter than this is a local server's placeholder ("x", "none", "ollama"), not a
+# secret: scrubbing it from answers would garble the model's text ("[redacted] of these").
+MIN_REDACTED_KEY: Final = 8
+
+
+def _scrubbed(key: str | None) -> str | None:
+    return key if key is not None and len(key) >= MIN_REDACTED_KEY else None
 
 
 def _parse_answer(name: str, resp: httpx.Response, attempts: int, key: str | None
@@ -443,8 +456,9 @@ def _parse_answer(name: str, resp: httpx.Response, attempts: int, key: str | Non
         data = json.loads(resp.content)
     except (ValueError, UnicodeDecodeError):
         raise Unavailable(f"{bad}: not valid JSON") from None
-    if key:
-        data = _without_key(data, key)
+    secret = _scrubbed(key)
+    if secret:
+        data = _without_key(data, secret)
     try:
         msg = data["choices"][0]["message"]
         if not isinstance(msg, dict):
