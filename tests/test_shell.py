@@ -583,6 +583,22 @@ def test_a_cwd_no_command_can_run_in_is_refused_before_anyone_is_asked_saying_wh
 
 
 @pytest.mark.privileged
+def test_a_cwd_in_the_runtime_home_is_refused_as_such_not_as_a_policy_matter(
+    shsup: Supervisor, tmp_path: Path
+) -> None:
+    inside = shsup.paths.home / "logs"  # the home's own, never in a command's view
+    img = write_image(tmp_path / "images", "homer", AGENT,
+                      caps=["shell:exec:echo", "fs:read:./**"])
+    pid = shsup.submit_run(str(img), {"calls": [{"argv": ["echo", "x"]}]}, cwd=str(inside),
+                           policy=POLICY)
+    assert shsup.run_until(lambda: not shsup.tree_live(pid), 30)
+    [out] = shsup.store.get_process(pid).result
+    assert out["error"] == "PermissionDenied", out
+    assert f"it lies in the runtime's home {shsup.paths.home}" in out["message"], out
+    assert "policy" not in out["message"]
+
+
+@pytest.mark.privileged
 def test_a_running_command_suspends_its_call_and_dies_with_its_process(
     shsup: Supervisor, tmp_path: Path, project: Path
 ) -> None:

@@ -171,7 +171,8 @@ class ShellRunner:
         if not any(_inside(cwd, p) for p in (*ro, *rw)):
             raise PermissionDenied(
                 f"shell.exec: the process's cwd {cwd} is not readable under its fs "
-                f"capabilities, so a command cannot run there: {_why_unseen(caller)}",
+                f"capabilities, so a command cannot run there: "
+                f"{_why_unseen(caller, str(self._paths.home), own)}",
                 cwd=cwd)
         return ro, rw
 
@@ -251,9 +252,14 @@ class ShellRunner:
         })
 
 
-def _why_unseen(caller: Caller) -> str:
+def _why_unseen(caller: Caller, home: str, own: str | None) -> str:
     """Why no bind holds the caller's cwd, in the terms the operator can act on."""
     cwd = caller.cwd
+    if _inside(cwd, home) and own is None:
+        return (f"it lies in the runtime's home {home}, which no command sees (only a "
+                "process's own work/PID is bound): run it from another directory")
+    if not _bindable(cwd):
+        return "it is a symbolic link or does not exist (a command's tree binds real paths)"
     covering = [c for c in (*caller.caps, *caller.approved) if c.kind == "fs"
                 and c.rights & {"read", "write", "delete"} and c.allows("fs", "read", cwd)]
     if not covering:
