@@ -133,6 +133,21 @@ def detach(home: Path, image: Path, *args: str) -> int:
     return int(out_json(cli(home, "run", str(image), "--detach", "--json", *args))["pid"])
 
 
+def detach_into_crash(home: Path, daemon: subprocess.Popen[str], image: Path,
+                      *args: str) -> int:
+    """`run --detach` to a daemon set to die at the process's first effect, and wait for
+    that death. The process can get there before the daemon's answer has left it (ZeroMQ
+    sends from its own thread, which a kill -9 ends too): then the CLI says the daemon
+    ended before it answered, and the pid is the one root the store holds."""
+    got = cli(home, "run", str(image), "--detach", "--json", *args)
+    gone(home, daemon)
+    if got.returncode == 0:
+        return int(json.loads(got.stdout)["pid"])
+    assert_one_line_error(got, "ended before it answered 'run'")
+    (row,) = [r for r in out_json(cli(home, "ps", "--all", "--json")) if r["ppid"] is None]
+    return int(row["pid"])
+
+
 # ------------------------------------------------------------------ checkpoint, restore
 
 def test_restore_of_a_checkpoint_the_agent_made_replays_to_it_then_runs_live(
@@ -300,8 +315,9 @@ def test_an_unsettled_shell_command_waits_for_attention_until_resolved(
     policy.write_text(SHELL_POLICY)
     with serving(home, AGENTLIBOS_CRASH_AT="before-effect:shell.exec") as daemon:
         # Its cwd outside the state directory, which a shell command never sees.
-        pid = detach(home, img, "--policy", str(policy), "--cwd", str(tmp_path))
-        gone(home, daemon)  # it died at the barrier: the intent is on disk, echo never ran
+        # It died at the barrier: the intent is on disk, echo never ran.
+        pid = detach_into_crash(home, daemon, img, "--policy", str(policy), "--cwd",
+                                str(tmp_path))
     want = [{"pid": pid, "call": "shell.exec", "request": "shell:exec:echo"}]
     assert out_json(cli(home, "attention", "--json")) == want
     text = cli(home, "attention")
@@ -418,8 +434,9 @@ def test_resume_of_a_tree_held_up_by_attention_says_so_and_exits_1(
     policy = tmp_path / "shell.toml"
     policy.write_text(SHELL_POLICY)
     with serving(home, AGENTLIBOS_CRASH_AT="before-effect:shell.exec") as daemon:
-        pid = detach(home, parent, "--policy", str(policy), "--cwd", str(tmp_path))
-        gone(home, daemon)  # its child died at the barrier, with the daemon
+        # Its child died at the barrier, with the daemon.
+        pid = detach_into_crash(home, daemon, parent, "--policy", str(policy), "--cwd",
+                                str(tmp_path))
     child = next(r["pid"] for r in out_json(cli(home, "attention", "--json")))
 
     started = time.monotonic()

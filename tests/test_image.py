@@ -90,7 +90,7 @@ def test_a_valid_image_loads_with_its_tools_requested_caps_and_limits(tmp_path: 
     # "human:ask" is written without a resource in DESIGN.md's example: any topic. Its
     # own JIT tool's jit:invoke is implied by the listing.
     assert [str(c) for c in img.requested] == [
-        "fs:read:./**", "fs:write:./out/**", "obj:*:self", "human:ask:*",
+        "fs:read:./**", "fs:write:./out/**", "obj:rw:self", "human:ask:*",
         "jit:invoke:word_count",
     ]
     assert img.limits == Limits(
