@@ -422,6 +422,17 @@ def test_an_exception_in_the_entry_function_is_reason_error(
                                                        "ValueError: bad input 42")
 
 
+def test_an_entry_that_is_not_a_function_is_an_error_naming_it(
+    sup: Supervisor, make_image: MakeImage
+) -> None:
+    # `main = 5` passes the static check (the name is defined); its start says what it is.
+    img = make_image("notfunc", "main = 5\n")
+    rec = run_proc(sup, img)
+    assert (rec.state, rec.exit_reason) == ("failed", "error")
+    assert rec.error == ("TypeError: the image's entry agent:main is not a function "
+                         "(its type is 'int')")
+
+
 def test_a_non_json_result_is_an_error_not_a_crash(
     sup: Supervisor, make_image: MakeImage
 ) -> None:

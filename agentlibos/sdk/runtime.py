@@ -64,6 +64,10 @@ def run_agent(endpoint: str, pid: int, token: bytes, *, dealer: Dealer | None = 
         ctx = Context(client, info)
         module = importlib.import_module(info["entry_module"])
         entry = getattr(module, info["entry_function"])
+        if not callable(entry):  # said plainly, not as "'int' object is not callable"
+            raise TypeError(f"the image's entry {info['entry_module']}:"
+                            f"{info['entry_function']} is not a function (its type is "
+                            f"{type(entry).__name__!r})")
         result = entry(ctx, info.get("args") or {})
         try:
             encoded = json.dumps(result)
