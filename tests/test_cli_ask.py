@@ -208,6 +208,22 @@ def test_a_question_is_answered_on_the_terminal_and_only_with_one_of_its_choices
     assert t.result() == "blue"
 
 
+def test_a_question_declined_on_the_terminal_fails_the_ask_with_the_reason(
+    home: Path, terminals: list[Terminal], asker: Path, policy: Path
+) -> None:
+    t = open_run(terminals, home, str(asker), "--policy", str(policy), "--json")
+    shown = t.expect("answer: ")
+    assert "!decline [reason] declines it" in shown
+    t.type("!decline not today\n")
+    t.expect("declined")
+    assert t.finish() == 1, t.text
+    assert "the question was denied by the operator: not today" in t.text
+    audit = json.loads(cli(home, "audit", "--json").stdout)
+    assert [(r["call"], r["verdict"], r["detail"].get("reason")) for r in audit
+            if r["call"] == "human.ask" and r["verdict"] == "denied"] == [
+        ("human.ask", "denied", "not today")]
+
+
 def test_an_item_answered_from_another_terminal_leaves_the_prompt(
     home: Path, terminals: list[Terminal], writer: Path, policy: Path, proj: Path
 ) -> None:

@@ -28,6 +28,9 @@ from agentlibos.ui import printable
 POLL_S: Final = 0.2  # how often the queue is looked at while nothing is on screen
 RECHECK_S: Final = 1.0  # how often an item on screen is checked for an answer from elsewhere
 CALL_TIMEOUT_S: Final = 2.0
+# Typed as the answer to a question, declines it (as `agentlibos deny ID` does). An answer
+# that must begin with this word is given with `agentlibos answer` instead.
+DECLINE: Final = "!decline"
 
 
 class _Gone(Exception):
@@ -131,11 +134,16 @@ class Prompter:
         choices = item.get("choices")
         if choices:
             text += "  choices:  " + " | ".join(printable(c) for c in choices) + "\n"
-        self._say(text)
+        self._say(text + f"  ({DECLINE} [reason] declines it)\n")
         while True:
             answer = self._read(item, "  answer: ")
             if not answer:
                 continue
+            word, _, reason = answer.partition(" ")
+            if word == DECLINE:  # the agent's human.ask fails with PermissionDenied
+                self._call({"op": "deny", "id": item["id"], "reason": reason.strip() or None})
+                self._say("  declined\n")
+                return
             try:
                 self._call({"op": "answer", "id": item["id"], "text": answer})
             except InvalidArgument as e:  # not one of the choices: say so and ask again
