@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from agentlibos.broker.crashpoints import CRASH_STATUS
 from agentlibos.config import Paths
 from agentlibos.store import SQLiteStore
 from tests.helpers import stop_process
@@ -53,6 +54,23 @@ def ps(home: Path) -> dict[int, dict[str, Any]]:
     p = cli(home, "ps", "--all", "--json")
     assert p.returncode == 0, p.stderr
     return {int(r["pid"]): r for r in json.loads(p.stdout or "[]")}
+
+
+def detach_into_crash(home: Path, crashing: subprocess.Popen[str], *run_args: str,
+                      timeout_s: float = 60) -> int:
+    """`run --detach` to a daemon set to die at a barrier of the process's, then wait for
+    that death (exit CRASH_STATUS); the process's pid.
+
+    The process can reach the barrier before the daemon's answer has left it (ZeroMQ
+    sends from its own thread, which the kill -9 the barrier stands for ends too): the
+    CLI then says the daemon ended before it answered, and the pid is that of the newest
+    root process in the store."""
+    r = cli(home, "run", "--detach", "--json", *run_args)
+    assert crashing.wait(timeout_s) == CRASH_STATUS
+    if r.returncode == 0:
+        return int(json.loads(r.stdout)["pid"])
+    assert "ended before it answered 'run'" in r.stderr, r.stderr
+    return max(pid for pid, row in ps(home).items() if row["ppid"] is None)
 
 
 def audit_verifies(home: Path) -> None:

@@ -19,6 +19,7 @@ import pytest
 from agentlibos.cli.common import supervisor_alive
 from agentlibos.config import Paths
 from agentlibos.supervisor import Supervisor
+from tests.durable_helpers import detach_into_crash
 from tests.helpers import MakeImage
 from tests.test_cli import assert_one_line_error, cli, serving, wait_for
 
@@ -131,21 +132,6 @@ def gone(home: Path, proc: subprocess.Popen[str]) -> None:
 
 def detach(home: Path, image: Path, *args: str) -> int:
     return int(out_json(cli(home, "run", str(image), "--detach", "--json", *args))["pid"])
-
-
-def detach_into_crash(home: Path, daemon: subprocess.Popen[str], image: Path,
-                      *args: str) -> int:
-    """`run --detach` to a daemon set to die at the process's first effect, and wait for
-    that death. The process can get there before the daemon's answer has left it (ZeroMQ
-    sends from its own thread, which a kill -9 ends too): then the CLI says the daemon
-    ended before it answered, and the pid is the one root the store holds."""
-    got = cli(home, "run", str(image), "--detach", "--json", *args)
-    gone(home, daemon)
-    if got.returncode == 0:
-        return int(json.loads(got.stdout)["pid"])
-    assert_one_line_error(got, "ended before it answered 'run'")
-    (row,) = [r for r in out_json(cli(home, "ps", "--all", "--json")) if r["ppid"] is None]
-    return int(row["pid"])
 
 
 # ------------------------------------------------------------------ checkpoint, restore
@@ -316,8 +302,9 @@ def test_an_unsettled_shell_command_waits_for_attention_until_resolved(
     with serving(home, AGENTLIBOS_CRASH_AT="before-effect:shell.exec") as daemon:
         # Its cwd outside the state directory, which a shell command never sees.
         # It died at the barrier: the intent is on disk, echo never ran.
-        pid = detach_into_crash(home, daemon, img, "--policy", str(policy), "--cwd",
+        pid = detach_into_crash(home, daemon, str(img), "--policy", str(policy), "--cwd",
                                 str(tmp_path))
+        gone(home, daemon)
     want = [{"pid": pid, "call": "shell.exec", "request": "shell:exec:echo"}]
     assert out_json(cli(home, "attention", "--json")) == want
     text = cli(home, "attention")
@@ -435,8 +422,9 @@ def test_resume_of_a_tree_held_up_by_attention_says_so_and_exits_1(
     policy.write_text(SHELL_POLICY)
     with serving(home, AGENTLIBOS_CRASH_AT="before-effect:shell.exec") as daemon:
         # Its child died at the barrier, with the daemon.
-        pid = detach_into_crash(home, daemon, parent, "--policy", str(policy), "--cwd",
-                                str(tmp_path))
+        pid = detach_into_crash(home, daemon, str(parent), "--policy", str(policy),
+                                "--cwd", str(tmp_path))
+        gone(home, daemon)
     child = next(r["pid"] for r in out_json(cli(home, "attention", "--json")))
 
     started = time.monotonic()

@@ -16,13 +16,13 @@ from typing import Any
 
 import pytest
 
-from agentlibos.broker.crashpoints import CRASH_STATUS
 from tests.durable_helpers import (
     ALLOW_ALL,
     CountingServer,
     audit_verifies,
     cli,
     counting_server,
+    detach_into_crash,
     journal_consistent,
     object_version,
     ps,
@@ -102,11 +102,9 @@ def test_a_crash_at_each_barrier_never_repeats_an_effect_and_loses_no_acknowledg
     path = f"/{barrier}/{kind}"
     crashing = start_daemon(home, AGENTLIBOS_CRASH_AT=f"{barrier}:{call}")
     try:
-        r = cli(home, "run", "--detach", str(agent_image), "--cwd", str(proj), "--policy",
-                str(policy), "--arg", f"kind={kind}", "--arg", f"url={http.base}{path}")
-        assert r.returncode == 0, r.stderr
-        pid = int(r.stdout.strip())
-        assert crashing.wait(30) == CRASH_STATUS
+        pid = detach_into_crash(home, crashing, str(agent_image), "--cwd", str(proj),
+                                "--policy", str(policy), "--arg", f"kind={kind}",
+                                "--arg", f"url={http.base}{path}", timeout_s=30)
     finally:
         stop_process(crashing, 5)
 
@@ -192,11 +190,8 @@ def test_a_crash_before_a_tool_acts_replays_a_jit_tool_and_stops_on_a_builtin(
     policy.write_text(ALLOW_ALL.replace('"human:*:*"]', '"human:*:*", "jit:*:*"]'))
     crashing = start_daemon(home, AGENTLIBOS_CRASH_AT="before-effect:tool.call")
     try:
-        r = cli(home, "run", "--detach", str(img), "--policy", str(policy),
-                "--arg", f"tool={tool}")
-        assert r.returncode == 0, r.stderr
-        pid = int(r.stdout.strip())
-        assert crashing.wait(60) == CRASH_STATUS
+        pid = detach_into_crash(home, crashing, str(img), "--policy", str(policy),
+                                "--arg", f"tool={tool}")
     finally:
         stop_process(crashing, 5)
     daemon = start_daemon(home)
