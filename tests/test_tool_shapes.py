@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from agentlibos.supervisor import Supervisor
 from tests.helpers import MakeImage, run_proc
 
@@ -89,3 +91,24 @@ def test_file_sdk_arguments_of_the_wrong_type_are_invalid_arguments(
         "write_bytes: data must be bytes, not str (write_text takes a str)",
         "write_bytes: data must be bytes, not int (write_text takes a str)"]
     assert exists is False
+
+
+@pytest.mark.deno
+@pytest.mark.privileged
+def test_a_jit_tool_call_from_code_does_not_load_the_builtin_shapes(
+    sup: Supervisor, make_image: MakeImage
+) -> None:
+    # The shapes need the agent loop's module (jsonschema) and the image read again: a
+    # JIT tool's call took ~45 ms longer when its first call paid for them.
+    img = make_image("jitonly", """
+        import sys
+        def main(ctx, args):
+            n = ctx.tools.call("double", {"n": 21})
+            before = "agentlibos.sdk.agent_loop" in sys.modules
+            ctx.tools.call("put", {"name": "k", "value": n})
+            return [n, before, "agentlibos.sdk.agent_loop" in sys.modules]
+    """, caps=["obj:rw:self"], tools={"double": "jit:tools/double.ts", "put": "builtin:obj.put"},
+        files={"tools/double.ts": "export default function (args: { n: number }): number {\n"
+                                  "  return args.n * 2;\n}\n"})
+    rec = run_proc(sup, img)
+    assert (rec.state, rec.result) == ("exited", [42, False, True]), rec.error

@@ -78,6 +78,7 @@ class ProcessCalls:
             "image_path": str(img.path), "entry_module": img.entry_module,
             "entry_function": img.entry_function, "args": rec.args, "cwd": caller.cwd,
             "tools": [t.name for t in img.tools],
+            "builtin_tools": [t.name for t in img.tools if t.kind == "builtin"],
             # How many calls replay from the journal (a resumed or restored process).
             "replay": self._store.journal_settled_seq(caller.pid),
         }
