@@ -405,6 +405,26 @@ def test_event_post_wakes_the_waiter_with_its_data_and_bad_input_changes_nothing
 
 @pytest.mark.privileged
 @needs_root
+def test_a_run_holds_its_request_less_what_its_policy_refuses_in_all_of_it(
+    home: Path, make_image: MakeImage, tmp_path: Path
+) -> None:
+    # DESIGN: held = the image's request ∩ what the policy grants.
+    img = make_image("wanting", """
+        def main(ctx, args):
+            return ctx.caps.list()
+    """, caps=["fs:read:/etc/**", "net:fetch:*", "shell:exec:*", "fs:rw:./**"])
+    policy = tmp_path / "strict.toml"
+    policy.write_text('deny = ["fs:*:/etc/**", "net:*:*"]\nallow = ["fs:read:./**"]\n'
+                      'default = "deny"\n')
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    run = cli(home, "run", str(img), "--policy", str(policy), "--cwd", str(proj), "--json")
+    assert run.returncode == 0, run.stderr
+    rec = json.loads(run.stdout)
+    assert rec["result"] == [f"fs:read:{proj}/**"]
+    assert json.loads(cli(home, "caps", str(rec["pid"]), "--json").stdout) == rec["result"]
+
+
 def test_caps_shows_a_live_process_capabilities_and_revoke_takes_one_at_once(
     home: Path, daemon: subprocess.Popen[str], make_image: MakeImage, proj: Path
 ) -> None:

@@ -15,6 +15,7 @@ from agentlibos.kernel.policy import (
     Policy,
     Request,
     authorize,
+    granted,
     load_policy,
     parse_policy,
 )
@@ -382,3 +383,46 @@ def test_the_memo_is_bounded() -> None:
     for i in range(DecisionMemo.LIMIT * 3):
         memo.decide(held, ALLOW_ALL, _req(f"fs:read:{CWD}/f{i}"), CWD)
         assert len(memo._seen) <= DecisionMemo.LIMIT
+
+
+# ====================================================== held = request ∩ policy (run)
+
+def held_under(pol_text: str, *request: str) -> list[str]:
+    return [str(c) for c in granted(policy(pol_text), [parse_cap(r) for r in request], CWD)]
+
+
+def test_what_the_policy_refuses_in_all_of_a_capability_is_not_held() -> None:
+    pol = ('deny = ["fs:*:/etc/**", "net:*:*"]\nallow = ["fs:read:./**"]\n'
+           'default = "deny"\n')
+    assert held_under(pol, "fs:read:/etc/**", "net:fetch:*", "shell:exec:*", "fs:rw:./**",
+                      "obj:rw:self") == [f"fs:read:{CWD}/**", "obj:rw:self"]
+
+
+def test_a_capability_the_policy_may_allow_or_ask_for_somewhere_is_kept_whole() -> None:
+    # Default ask (the built-in policy's): nothing is refused everywhere.
+    assert held_under('deny = ["fs:*:/etc/**"]\n', "fs:rw:./**", "shell:exec:git",
+                      "fs:read:/**") == [f"fs:rw:{CWD}/**", "shell:exec:git", "fs:read:/**"]
+    # Default deny: a rule that may match part of it keeps it (the call decides).
+    pol = 'ask = ["shell:exec:git*"]\nallow = ["fs:*:./out/**"]\ndefault = "deny"\n'
+    assert held_under(pol, "shell:exec:*", "fs:rw:./**", "fs:read:/srv/**") == [
+        "shell:exec:*", f"fs:rw:{CWD}/**"]
+    # A wildcard-kind rule, and globs whose beginnings do not part, may overlap.
+    pol = 'allow = ["*:read:*.txt"]\ndefault = "deny"\n'
+    assert held_under(pol, "obj:read:notes*", "net:fetch:*") == ["obj:read:notes*"]
+
+
+def test_a_deny_rule_covering_only_part_of_a_capability_leaves_it_held() -> None:
+    pol = 'deny = ["fs:*:**/.env", "fs:write:/etc/**"]\n'
+    assert held_under(pol, "fs:rw:./**", "fs:rw:/etc/**") == [
+        f"fs:rw:{CWD}/**", "fs:read:/etc/**"]
+
+
+def test_dropping_what_is_refused_everywhere_changes_no_decision() -> None:
+    # The same calls get the same verdicts with the full request and the granted part.
+    pol = policy('deny = ["fs:*:/etc/**"]\nask = ["net:fetch:https://*"]\n'
+                 'allow = ["fs:read:./**"]\ndefault = "deny"\n')
+    request = caps("fs:rw:./**", "fs:read:/etc/**", "net:fetch:*", "shell:exec:*")
+    held = granted(pol, request, CWD)
+    for req in (f"fs:read:{CWD}/a", f"fs:write:{CWD}/a", "fs:read:/etc/passwd",
+                "net:fetch:https://x.org/", "net:fetch:http://x.org/", "shell:exec:ls"):
+        assert decide(request, pol, req).verdict == decide(held, pol, req).verdict, req

@@ -326,6 +326,18 @@ class Glob:
             any(_covers_plain(p, c, self.paths) for p in self._alts) for c in other._alts
         )
 
+    def may_overlap(self, other: Glob) -> bool:
+        """Could some string match both? False only when it certainly cannot: neither
+        covers the other and their literal beginnings part ("/etc/..." and "/home/...")."""
+        if self.covers(other) or other.covers(self):
+            return True
+        mine, theirs = self.literal_prefix(), other.literal_prefix()
+        return mine.startswith(theirs) or theirs.startswith(mine)
+
+    def literal_prefix(self) -> str:
+        """The characters every string this glob matches begins with."""
+        return _common_prefix([_literal_run(alt) for alt in self._alts])
+
 
 # ---------------------------------------------------------------------- capability
 
@@ -396,6 +408,12 @@ class CapPattern:
         if not other.rights <= self.rights:
             return False
         return self._glob_for(other.kind).covers(other.glob)
+
+    def may_overlap(self, other: CapPattern) -> bool:
+        """Could one request be allowed by both (conservative: True unless certainly not)?"""
+        if self.kind not in ("*", other.kind) or not self.rights & other.rights:
+            return False
+        return self._glob_for(other.kind).may_overlap(other.glob)
 
     def narrowed(self, rights: frozenset[str]) -> CapPattern:
         return _make(self.kind, rights, self.resource,

@@ -159,6 +159,36 @@ def load_policy(path: str | Path) -> Policy:
 BUILTIN_POLICY: Final[Policy] = parse_policy(BUILTIN_POLICY_TOML, "<built-in>")
 
 
+def granted(policy: Policy, requested: Sequence[CapPattern], cwd: str) -> list[CapPattern]:
+    """What a root process holds: its image's request ∩ what the policy grants (DESIGN).
+
+    A policy grants by pattern and per call (allow, ask, deny), so the intersection kept
+    here is the part of it that can be computed exactly and safely: each requested
+    capability, resolved against ``cwd``, less every right the policy refuses in *all*
+    of it -- a deny rule covers it, or the default is deny and no ask or allow rule can
+    match any of it. Whatever is dropped would have been refused at every call anyway;
+    ``caps`` now shows it as not held. ``obj:...:self`` is always kept (every process
+    has its own namespace)."""
+    pol = policy.resolved_for(cwd)
+    held: list[CapPattern] = []
+    for cap in (c.resolved(cwd) for c in requested):
+        if cap.kind == "obj" and cap.resource == "self":
+            held.append(cap)
+            continue
+        kept = frozenset(r for r in cap.rights
+                         if not _refused_in_all(pol, cap.narrowed(frozenset({r}))))
+        if kept:
+            held.append(cap if kept == cap.rights else cap.narrowed(kept))
+    return held
+
+
+def _refused_in_all(pol: Policy, cap: CapPattern) -> bool:
+    if any(rule.covers(cap) for rule in pol.deny):
+        return True
+    return pol.default == "deny" and not any(rule.may_overlap(cap)
+                                             for rule in (*pol.ask, *pol.allow))
+
+
 def authorize(
     held: Sequence[CapPattern], policy: Policy, request: Request, cwd: str
 ) -> Decision:

@@ -25,7 +25,7 @@ from agentlibos.errors import (
 )
 from agentlibos.kernel.approvals import ASK_MODES
 from agentlibos.kernel.caps import CapPattern, attenuate, parse_cap, within
-from agentlibos.kernel.policy import BUILTIN_POLICY, Policy, Request
+from agentlibos.kernel.policy import BUILTIN_POLICY, Policy, Request, granted
 from agentlibos.kernel.process import ProcessRecord
 from agentlibos.providers.base import FileProvider
 from agentlibos.supervisor.images import Images
@@ -50,7 +50,7 @@ class ProcessCalls:
 
     def submit_run(self, image_ref: str, args: dict[str, Any], *, cwd: str | None = None,
                    policy: Policy | None = None, ask: str = "queue") -> int:
-        """Start a root process (``agentlibos run``): held = image request, policy decides.
+        """Start a root process (``agentlibos run``): held = image request ∩ policy.
 
         ``ask`` is how the tree's `ask` decisions reach a human: ``queue`` and ``prompt``
         wait in the queue (a prompting CLI answers there), ``deny`` refuses at once."""
@@ -63,10 +63,12 @@ class ProcessCalls:
                 raise InvalidArgument(f"--cwd {cwd!r} is not a directory")
             cwd = real
 
-        def held(c: str) -> list[CapPattern]:
-            return [r.resolved(c) for r in image.requested]
+        policy = policy or self._default_policy
 
-        return self._table.create(image, args, parent=None, policy=policy or self._default_policy,
+        def held(c: str) -> list[CapPattern]:
+            return granted(policy, image.requested, c)
+
+        return self._table.create(image, args, parent=None, policy=policy,
                                   cwd=cwd, held=held, ask_mode=ask)
 
     def start_info(self, caller: Caller) -> dict[str, Any]:
