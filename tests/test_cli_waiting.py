@@ -298,6 +298,11 @@ def test_approve_always_lets_identical_calls_through_for_the_process_life(
     assert run.returncode == 0, err
     assert result(out) == ["written"] * 3
     assert [it["id"] for it in items(home, "--all")] == [first["id"]]
+    # The process held it for the rest of its life: `caps` shows it with what it held.
+    pid = str(first["pid"])
+    held = json.loads(cli(home, "caps", pid, "--json", check=True).stdout)
+    assert held[-1] == first["request"] == f"fs:write:{proj}/out.txt", held
+    assert f"{first['request']}  (approved --always)" in cli(home, "caps", pid).stdout
 
 
 @pytest.mark.privileged

@@ -61,14 +61,19 @@ def cmd_caps(ns: argparse.Namespace) -> int:
     pid = _pid(words[0])
     def offline(store: Store) -> dict[str, Any]:
         store.get_process(pid)  # NoSuchProcess when there is none
-        return {"pid": pid, "caps": store.get_caps(pid), "live": False}
+        return {"pid": pid, "caps": store.get_caps(pid), "live": False,
+                "approved": store.process_resume_info(pid)["approved"]}
 
     reply = query(paths_of(ns), {"op": "caps", "pid": pid}, offline)
     held = [str(c) for c in reply.get("caps") or []]
+    # What `approve --always` granted it is held too, for the rest of its life.
+    always = [a for a in map(str, reply.get("approved") or []) if a not in held]
     if ns.json:
-        print_json(held)
-    elif held:
-        print("\n".join(printable(c) for c in held), flush=True)
+        print_json(held + always)
+    elif held or always:
+        print("\n".join([*(printable(c) for c in held),
+                         *(f"{printable(a)}  (approved --always)" for a in always)]),
+              flush=True)
     else:
         note(f"process {pid} holds no capabilities")
     return EXIT_OK

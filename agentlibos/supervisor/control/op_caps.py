@@ -22,7 +22,12 @@ def caps(ctx: ControlContext, req: dict[str, Any], respond: Responder) -> None:
     ctx.store.get_process(pid)  # NoSuchProcess when there is none
     live = ctx.table.live.get(pid)
     held = [str(c) for c in live.caller.caps] if live else ctx.store.get_caps(pid)
-    respond({"ok": True, "pid": pid, "caps": held, "live": live is not None})
+    # `approve --always` grants: held for the process's life (DESIGN), kept apart from
+    # its capabilities (an ask rule no longer stops them), shown with them by `caps`.
+    approved = ([str(a) for a in live.caller.approved] if live
+                else ctx.store.process_resume_info(pid)["approved"])
+    respond({"ok": True, "pid": pid, "caps": held, "approved": approved,
+             "live": live is not None})
 
 
 def _without(held: list[CapPattern], cut: CapPattern) -> list[CapPattern]:
