@@ -498,6 +498,24 @@ def test_no_interleaving_of_reserves_and_settles_spends_more_than_the_budget(
         assert used + sum(r.tokens for r in in_flight) <= limit
 
 
+def test_a_scripted_answer_has_the_chat_completions_finish_reason(
+        paths: Paths, make_image: MakeImage, tmp_path: Path) -> None:
+    script = tmp_path / "s.json"
+    script.write_text(json.dumps({"responses": [
+        {"content": "one"}, {"tool_calls": [{"name": "t", "arguments": {}}]}]}))
+    sup = _sup_with(paths, f'[models.script]\nkind = "scripted"\nscript = "{script}"\n')
+    try:
+        img = make_image("twice", """
+            def main(ctx, args):
+                return [ctx.model.chat([{"role": "user", "content": "hi"}],
+                                       model="script/any")["finish_reason"] for _ in "12"]
+        """, caps=["model:call:script/*"])
+        rec = run_proc(sup, img, cwd=tmp_path)
+        assert (rec.state, rec.result) == ("exited", ["stop", "tool_calls"]), rec.error
+    finally:
+        sup.stop()
+
+
 CHATTER = """
 def main(ctx, args):
     r = ctx.model.chat([{"role": "user", "content": "hi"}], model="local/m")

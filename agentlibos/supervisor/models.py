@@ -161,7 +161,8 @@ class Models:
         if isinstance(outcome, ModelAnswer):
             pending.resolve({"message": outcome.message, "usage": detail["usage"],
                              "model": f"{provider}/{model}",
-                             "finish_reason": outcome.extra.get("finish_reason")})
+                             "finish_reason": outcome.extra.get("finish_reason")
+                             or _finish_reason(outcome.message)})
         else:
             assert error is not None
             pending.reject(error)
@@ -195,3 +196,8 @@ class Models:
     def close(self) -> None:
         for prov in self._providers.values():
             prov.close()
+
+
+def _finish_reason(message: dict[str, Any]) -> str:
+    """Chat Completions' reason, for a provider that gives none (the scripted one)."""
+    return "tool_calls" if message.get("tool_calls") else "stop"
