@@ -177,19 +177,17 @@ def start_on_daemon(
     if info is None or (daemon_only and info.get("mode") == "embedded"):
         return None
     req = run_request(image, args, cwd=cwd, policy=policy, ask=ask, tokens=tokens)
-    if info.get("mode") != "embedded":  # a daemon that dies with it in hand: said at once
-        return (int(control_call(paths.control_endpoint, req, holder=int(info["pid"]))["pid"]),
-                int(info["pid"]))
-    # Another command's supervisor ends with its own tree, and may end between our ping
-    # and our request: then the request went unread, and the caller starts again (its
-    # own supervisor, or the next one). A daemon's end is not retried: it may have
-    # started the process before it died.
+    # Its pid: a supervisor that dies with the request in hand is said so at once.
     holder = int(info["pid"])
     try:
         reply = control_call(paths.control_endpoint, req, holder=holder)
     except Unavailable:
-        if host_pid_alive(holder):
-            raise  # its own answer (it could not start the run): the caller's error
+        # Another command's supervisor ends with its own tree, and may end between our
+        # ping and our request: then the request went unread, and the caller starts
+        # again (its own supervisor, or the next one). A daemon's end is not retried: it
+        # may have started the process before it died.
+        if info.get("mode") != "embedded" or host_pid_alive(holder):
+            raise  # or its own answer (it could not start the run): the caller's error
         return None
     return int(reply["pid"]), holder
 

@@ -22,6 +22,7 @@ from agentlibos.errors import NoSuchProcess, UsageError
 from agentlibos.store import Store
 from agentlibos.supervisor.control import ping
 from agentlibos.supervisor.control.op_caps import revoke as revoke_caps
+from agentlibos.supervisor.control.op_caps import stored_caps
 from agentlibos.ui import printable
 
 USAGE = "caps PID | caps revoke PID CAP"
@@ -61,8 +62,7 @@ def cmd_caps(ns: argparse.Namespace) -> int:
     pid = _pid(words[0])
     def offline(store: Store) -> dict[str, Any]:
         store.get_process(pid)  # NoSuchProcess when there is none
-        return {"pid": pid, "caps": store.get_caps(pid), "live": False,
-                "approved": store.process_resume_info(pid)["approved"]}
+        return {"pid": pid, **stored_caps(store, pid), "live": False}
 
     reply = query(paths_of(ns), {"op": "caps", "pid": pid}, offline)
     held = [str(c) for c in reply.get("caps") or []]

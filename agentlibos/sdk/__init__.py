@@ -435,7 +435,7 @@ class Context:
         self.image_path: str = str(info.get("image_path", ""))
         builtins_ = info.get("builtin_tools")
         self.tools = Tools(client, self.image_path,
-                           list(builtins_) if isinstance(builtins_, list) else None)
+                           builtins_ if isinstance(builtins_, list) else None)
         self.jit = Jit(client)
         self.human = Human(client)
         self.events = Events(client)

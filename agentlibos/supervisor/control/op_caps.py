@@ -21,13 +21,18 @@ def caps(ctx: ControlContext, req: dict[str, Any], respond: Responder) -> None:
     pid = int_field(req, "pid")
     ctx.store.get_process(pid)  # NoSuchProcess when there is none
     live = ctx.table.live.get(pid)
-    held = [str(c) for c in live.caller.caps] if live else ctx.store.get_caps(pid)
-    # `approve --always` grants: held for the process's life (DESIGN), kept apart from
-    # its capabilities (an ask rule no longer stops them), shown with them by `caps`.
-    approved = ([str(a) for a in live.caller.approved] if live
-                else ctx.store.process_resume_info(pid)["approved"])
-    respond({"ok": True, "pid": pid, "caps": held, "approved": approved,
-             "live": live is not None})
+    view = ({"caps": [str(c) for c in live.caller.caps],
+             "approved": [str(a) for a in live.caller.approved]} if live
+            else stored_caps(ctx.store, pid))
+    respond({"ok": True, "pid": pid, **view, "live": live is not None})
+
+
+def stored_caps(store: Store, pid: int) -> dict[str, list[str]]:
+    """What the store says ``pid`` holds: its capabilities and its `approve --always`
+    grants (held for the process's life, DESIGN; kept apart from its capabilities
+    because an ask rule no longer stops them, and shown with them by `caps`)."""
+    return {"caps": store.get_caps(pid),
+            "approved": store.process_resume_info(pid)["approved"]}
 
 
 def _without(held: list[CapPattern], cut: CapPattern) -> list[CapPattern]:
