@@ -444,6 +444,11 @@ def _make(kind: str, rights: frozenset[str], resource: str, spelled: str | None 
 
 @lru_cache(maxsize=4096)
 def _compile_glob(resource: str, paths: bool) -> Glob:
+    if paths and resource == "*":
+        # A bare "*" is "anywhere" for a path too (docs/capabilities.md): as a path glob
+        # it would match one name without a "/", i.e. no absolute path at all, so
+        # deny = ["*:*:*"] would let every file write through and fs:rw:* grant nothing.
+        resource = "**"
     return Glob.compile(resource, paths=paths)
 
 
