@@ -270,7 +270,9 @@ def test_queue_approve_once_then_an_identical_call_asks_again_and_deny_carries_t
     again = cli(home, "deny", str(first["id"]))
     assert again.returncode == 1
     assert_one_line_error(again)
-    cli(home, "deny", str(second["id"]), "--reason", "no, not the config", check=True)
+    denied_line = cli(home, "deny", str(second["id"]), "--reason", "no, not the config",
+                      check=True).stderr
+    assert f"approval {second['id']} denied" in denied_line
 
     out, err = finish(run)
     assert run.returncode == 0, err
@@ -364,6 +366,13 @@ def test_a_question_with_choices_takes_only_one_of_them(
     twice = cli(home, "answer", str(q["id"]), "red")
     assert twice.returncode != 0
     assert_one_line_error(twice)
+    # deny declines a question, and says so in those words.
+    run2 = start_run(home, str(asker), "--policy", str(policy), "--json")
+    q2 = next_item(home, 2)
+    declined = cli(home, "deny", str(q2["id"]), check=True)
+    assert f"question {q2['id']} declined" in declined.stderr
+    _out2, err2 = finish(run2)
+    assert run2.returncode == 1, err2
 
 
 @pytest.mark.privileged

@@ -175,7 +175,7 @@ def test_a_bare_star_is_anywhere_for_a_path_in_a_deny_rule(rule: str) -> None:
     # As a path glob "*" would match one name without a "/" -- no absolute path -- so
     # "deny everything" let every file write through (docs/capabilities.md: anywhere).
     pol = policy(f'deny = ["{rule}"]\ndefault = "allow"\n')
-    for path in (f"{CWD}/a.txt", "/tmp/outside/x.txt", "/"):
+    for path in (f"{CWD}/a.txt", "/srv/outside/x.txt", "/"):
         d = decide(caps("fs:*:/**"), pol, f"fs:write:{path}")
         assert (d.verdict, d.rule) == ("deny", rule), path
 
@@ -183,14 +183,14 @@ def test_a_bare_star_is_anywhere_for_a_path_in_a_deny_rule(rule: str) -> None:
 @pytest.mark.parametrize("rule", ["*:*:*", "fs:*:*"])
 def test_a_bare_star_is_anywhere_for_a_path_in_an_allow_rule(rule: str) -> None:
     pol = policy(f'allow = ["{rule}"]\ndefault = "deny"\n')
-    d = decide(caps("fs:*:/**"), pol, "fs:write:/tmp/outside/x.txt")
+    d = decide(caps("fs:*:/**"), pol, "fs:write:/srv/outside/x.txt")
     assert d.verdict == "allow"
 
 
 def test_a_held_fs_capability_on_a_bare_star_covers_every_path() -> None:
     held = caps("fs:rw:*")
     assert str(held[0]) == "fs:rw:*"  # left as written, as "**" is
-    assert decide(held, ALLOW_ALL, "fs:write:/tmp/outside/x.txt").verdict == "allow"
+    assert decide(held, ALLOW_ALL, "fs:write:/srv/outside/x.txt").verdict == "allow"
     assert parse_cap("fs:rw:*").covers(parse_cap("fs:read:/a/b/c"))
     assert not parse_cap("fs:read:/a/*").covers(parse_cap("fs:read:/a/b/c"))  # still one name
 

@@ -125,6 +125,25 @@ def test_deny_mode_refuses_every_ask_at_once(
     assert not _pending(sup, pid)
 
 
+def test_deny_mode_refuses_a_question_at_once_rather_than_queue_it(
+    sup: Supervisor, make_image: MakeImage
+) -> None:
+    img = make_image("asker0", """
+        from agentlibos.errors import PermissionDenied
+        def main(ctx, args):
+            try:
+                return ctx.human.ask("Ship it?", choices=["yes", "no"])
+            except PermissionDenied as e:
+                return "refused: " + str(e)
+    """, caps=["human:ask:*"])
+    pol = parse_policy('allow = ["human:ask:*"]\n', "t.toml")
+    pid = sup.submit_run(str(img), {}, policy=pol, ask="deny")
+    done = _finish(sup, pid)
+    assert done.result.startswith("refused: ") and "--ask deny" in done.result
+    assert not _pending(sup, pid)
+    assert not [a for a in sup.store.ask_list(pending_only=False) if a.root_pid == pid]
+
+
 def test_a_question_waits_for_an_answer_among_its_choices(
     sup: Supervisor, make_image: MakeImage
 ) -> None:

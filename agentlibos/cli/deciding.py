@@ -39,7 +39,8 @@ def decide(paths: Paths, request: dict[str, Any],
     note(f"no supervisor is running: {rec.kind} {rec.id} is {rec.state} in the store, "
          f"and process {rec.pid} honours it when it is resumed (`agentlibos resume "
          f"{rec.pid}`, or `agentlibos serve`)")
-    out: dict[str, Any] = {"id": rec.id, "state": rec.state, "supervisor": False}
+    out: dict[str, Any] = {"id": rec.id, "kind": rec.kind, "state": rec.state,
+                           "supervisor": False}
     if rec.kind == "approval" and rec.state == "approved":
         out["always"] = rec.always
     return out

@@ -31,5 +31,7 @@ def cmd_deny(ns: argparse.Namespace) -> int:
     if ns.json:
         print_json(reply)
     else:
-        note(f"approval {ns.id} denied")
+        # Deny also declines a question (docs/approvals.md): say which it was.
+        question = reply.get("kind") == "question"
+        note(f"question {ns.id} declined" if question else f"approval {ns.id} denied")
     return EXIT_OK

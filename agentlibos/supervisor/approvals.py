@@ -127,6 +127,15 @@ class Approvals:
         if caller.resume and "ask" in caller.resume:
             return self._question_again(caller.pid, int(caller.resume["ask"]))
         checked = check_question(question, choices)
+        if caller.ask_mode == "deny":
+            # No human will answer (CI, batch): refused at once, as an approval would be,
+            # rather than a question in a queue nobody reads (docs/approvals.md).
+            self._store.append_audit(caller.pid, "human.ask", f"human:ask:{topic}", "ask", {
+                "summary": storable(question.splitlines()[0] if question.strip() else
+                                    question, 200),
+                "outcome": "refused: this run refuses every ask (--ask deny)"})
+            raise PermissionDenied("human.ask: this run refuses every ask (--ask deny), so "
+                                   "no one will answer the question", topic=topic)
         rec = self._store.ask_create(AskRecord(
             id=0, kind="question", pid=caller.pid, root_pid=caller.root_pid,
             image=caller.image.name, call="human.ask", question=question, choices=checked,

@@ -11,4 +11,4 @@ from agentlibos.supervisor.control.server import Responder
 
 def deny(ctx: ControlContext, req: dict[str, Any], respond: Responder) -> None:
     rec = ctx.approvals.deny(int_field(req, "id"), str_field(req, "reason", optional=True))
-    respond({"ok": True, "id": rec.id, "state": rec.state})
+    respond({"ok": True, "id": rec.id, "kind": rec.kind, "state": rec.state})
