@@ -539,7 +539,7 @@ def test_the_built_in_policy_asks_and_an_approval_lets_the_command_run(
     shsup: Supervisor, tmp_path: Path, project: Path
 ) -> None:
     img = write_image(tmp_path / "images", "asker", AGENT, caps=["shell:exec:echo", "fs:rw:./**"])
-    pid = shsup.submit_run(str(img), {"calls": [{"argv": ["echo", "approved"]}]},
+    pid = shsup.submit_run(str(img), {"calls": [{"argv": ["echo", "approved", "a b\nc"]}]},
                            cwd=str(project), policy=BUILTIN_POLICY)
 
     def asks() -> list[Any]:
@@ -548,10 +548,34 @@ def test_the_built_in_policy_asks_and_an_approval_lets_the_command_run(
     assert shsup.run_until(lambda: bool(asks()), 20)
     [ask] = asks()
     assert ask.request == "shell:exec:echo"
+    # The human sees the command itself, on one line, not only its digest.
+    assert ask.summary == "shell.exec wants to run: echo approved 'a b\\nc'"
     assert shsup.store.get_process(pid).wait == f"approval:{ask.id}"
     shsup.approvals.approve(ask.id)
     assert shsup.run_until(lambda: not shsup.tree_live(pid), 30)
-    assert shsup.store.get_process(pid).result[0]["stdout"] == "approved\n"
+    assert shsup.store.get_process(pid).result[0]["stdout"] == "approved a b\nc\n"
+
+
+@pytest.mark.privileged
+def test_an_ask_made_inside_a_builtin_tool_names_the_tools_own_call(
+    shsup: Supervisor, tmp_path: Path, project: Path
+) -> None:
+    img = write_image(tmp_path / "images", "tool-asker", """
+        from agentlibos.errors import PermissionDenied
+        def main(ctx, args):
+            try:
+                return ctx.tools.call("sh", {"argv": ["echo", "hi"]})
+            except PermissionDenied as e:
+                return str(e)
+    """, caps=["shell:exec:echo", "fs:rw:./**"], tools={"sh": "builtin:shell.exec"})
+    pid = shsup.submit_run(str(img), {}, cwd=str(project), policy=BUILTIN_POLICY)
+    assert shsup.run_until(lambda: any(a.root_pid == pid for a in shsup.store.ask_list()), 20)
+    [ask] = [a for a in shsup.store.ask_list() if a.root_pid == pid]
+    assert (ask.call, ask.summary) == ("shell.exec", "shell.exec wants to run: echo hi")
+    shsup.approvals.deny(ask.id, "not today")
+    assert shsup.run_until(lambda: not shsup.tree_live(pid), 30)
+    assert shsup.store.get_process(pid).result == (
+        "shell.exec: shell:exec:echo was denied by the operator: not today")
 
 
 @pytest.mark.privileged

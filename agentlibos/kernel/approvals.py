@@ -16,12 +16,14 @@ from __future__ import annotations
 import json
 import math
 import re
+import shlex
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
 from agentlibos.errors import InvalidArgument
 from agentlibos.kernel.policy import Decision, Request
+from agentlibos.kernel.text import storable
 
 AskKind = Literal["approval", "question"]
 AskState = Literal["pending", "approved", "denied", "expired", "answered"]
@@ -107,14 +109,28 @@ class EventRecord:
 
 
 def summary_of(call: str, request: Request, args: dict[str, Any], blobs: list[bytes]) -> str:
-    """One line a human can judge: what the call will do, with its size."""
+    """One line a human can judge: what the call will do, with its size -- for a command
+    the command itself, for a request its method (the digest alone would have a human
+    approve `sh -c ...` blind). ``args`` may be a builtin tool's call (``tool.call``),
+    whose own arguments are under ``args``."""
+    nested = args.get("args")
+    inner: dict[str, Any] = nested if isinstance(nested, dict) else args
     size = sum(len(b) for b in blobs)
     extra = ""
-    if call == "fs.write":
-        extra = (f" ({'append ' if args.get('append') else ''}{size} bytes)")
-    elif blobs:
-        extra = f" ({size} bytes)"
-    text = f"{call} wants {request.right} on {request.kind} {request.resource}{extra}"
+    argv = inner.get("argv")
+    if request.kind == "shell" and isinstance(argv, list) and all(
+            isinstance(a, str) for a in argv):
+        text = f"{call} wants to run: {shlex.join(argv)}"
+    else:
+        if call == "fs.write":
+            extra = (f" ({'append ' if inner.get('append') else ''}{size} bytes)")
+        elif request.kind == "net" and isinstance(inner.get("method"), str):
+            extra = f" ({inner['method'].upper()})"
+        elif blobs:
+            extra = f" ({size} bytes)"
+        text = f"{call} wants {request.right} on {request.kind} {request.resource}{extra}"
+    # One line: a control character (an argv's newline) is shown escaped.
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in storable(text, 4096))
     return text if len(text) <= MAX_SUMMARY else text[: MAX_SUMMARY - 3] + "..."
 
 

@@ -82,6 +82,9 @@ class Approvals:
     def request(self, caller: Caller, call: str, args: dict[str, Any], blobs: list[bytes],
                 need: NeedsApproval, digest: str, decided: Decided) -> int:
         request = str(need.request)
+        # The call that asked: a builtin tool's own (shell.exec, not the tool.call that
+        # ran it), as its effect's audit record and a missing capability's error name it.
+        call = need.call
         rec = self._store.ask_create(AskRecord(
             id=0, kind="approval", pid=caller.pid, root_pid=caller.root_pid,
             image=caller.image.name, call=call, request=request, digest=digest,
