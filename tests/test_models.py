@@ -179,6 +179,19 @@ def test_the_openai_client_returns_tool_calls_and_usage(server: FakeOpenAI) -> N
     assert server.received[0]["body"]["max_tokens"] == 50
 
 
+def test_content_given_as_text_parts_is_their_text_and_other_parts_are_refused(
+        server: FakeOpenAI) -> None:
+    def raw(content: Any) -> Answer:
+        return Answer(raw=json.dumps({"choices": [{"message": {
+            "role": "assistant", "content": content}, "finish_reason": "stop"}]}).encode())
+
+    server.plan.append(raw([{"type": "text", "text": "multi"}, {"type": "text", "text": "part"}]))
+    assert _provider(server).chat(ModelRequest("m", MSGS)).message["content"] == "multipart"
+    server.plan.append(raw([{"type": "image_url", "image_url": {"url": "x"}}]))
+    with pytest.raises(Unavailable, match=r"message\.content is not text"):
+        _provider(server).chat(ModelRequest("m", MSGS))
+
+
 def test_5xx_and_429_are_retried_with_backoff_then_succeed(server: FakeOpenAI) -> None:
     server.plan.extend([Answer(status=503), Answer(status=429,
                                                    headers={"Retry-After": "0"}), Answer()])

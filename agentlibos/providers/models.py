@@ -447,6 +447,17 @@ def _scrubbed(key: str | None) -> str | None:
     return key if key is not None and len(key) >= MIN_REDACTED_KEY else None
 
 
+def _content_text(content: Any) -> Any:
+    """Content given as a list of parts (some compatible servers answer so):
+    ``[{"type": "text", "text": ...}, ...]`` is its text parts joined; a list with any
+    other part (an image, audio) is left as it is, and refused as not text."""
+    if isinstance(content, list) and all(
+            isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+            for p in content):
+        return "".join(p["text"] for p in content)
+    return content
+
+
 def _parse_answer(name: str, resp: httpx.Response, attempts: int, key: str | None
                   ) -> ModelAnswer:
     bad = f"model provider {name!r} answered with something that is not a Chat Completion"
@@ -465,7 +476,7 @@ def _parse_answer(name: str, resp: httpx.Response, attempts: int, key: str | Non
             raise TypeError
     except (KeyError, IndexError, TypeError):
         raise Unavailable(f"{bad}: no choices[0].message") from None
-    content = msg.get("content")
+    content = _content_text(msg.get("content"))
     if content is not None and not isinstance(content, str):
         raise Unavailable(f"{bad}: message.content is not text")
     message: dict[str, Any] = {"role": "assistant", "content": content}
