@@ -292,7 +292,7 @@ def test_image_add_and_show_print_json_and_unknown_names_exit_2(
     home: Path, make_image: MakeImage
 ) -> None:
     img = make_image("shown", "def main(ctx, args):\n    return 1\n", caps=["fs:read:./**"],
-                     limits={"memory": "64MiB"})
+                     limits={"memory": "64MiB", "tokens": 5000})
     added = json.loads(cli(home, "image", "add", str(img), "--json", check=True).stdout)
     assert (added["name"], added["path"]) == ("shown", str(home / "images/shown"))
     shown = json.loads(cli(home, "image", "show", "shown", "--json", check=True).stdout)
@@ -300,7 +300,7 @@ def test_image_add_and_show_print_json_and_unknown_names_exit_2(
     assert shown["requested"] == ["fs:read:./**"]
     assert shown["limits"]["memory_max_bytes"] == 64 << 20
     text = cli(home, "image", "show", "shown", check=True).stdout
-    assert "mem=64MiB" in text and "fs:read:./**" in text
+    assert "mem=64MiB,tokens=5000" in text and "fs:read:./**" in text
     assert cli(home, "image", "show", "nosuch").returncode == 2
     assert cli(home, "run", "nosuch").returncode == 2
     assert cli(home, "run", "./nosuch").returncode == 2

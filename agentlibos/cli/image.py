@@ -133,7 +133,9 @@ def cmd_image_show(ns: argparse.Namespace) -> int:
         ("description", info["description"] or "-"), ("path", info["path"]),
         ("registered", registered), ("entry", info["entry"]),
         ("requests", " ".join(info["requested"]) or "-"),
-        ("limits", limits_text(info["limits"])),
+        ("limits", ",".join(t for t in (limits_text(info["limits"]), (
+            f"tokens={info['limits']['tokens']}" if info["limits"].get("tokens") else "-"))
+            if t != "-") or "-"),
         ("tools", " ".join(f"{k}={v}" for k, v in info["tools"].items()) or "-"),
     ]
     for key, value in lines:
