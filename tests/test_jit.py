@@ -409,6 +409,22 @@ def test_a_memory_blow_up_is_limit_exceeded(sup: Supervisor, make_image: MakeIma
     assert "ran out of memory" in out[0]["message"]
 
 
+def test_a_heap_blow_up_is_limit_exceeded_not_a_crash(sup: Supervisor,
+                                                      make_image: MakeImage) -> None:
+    img = tool_image(make_image, "heaphog", """
+        export default function (args: Record<string, never>, libos: Libos): number {
+          const keep: string[] = [];
+          for (;;) keep.push("y".repeat(1e6) + keep.length);
+        }
+    """)
+    out = call_tool(sup, img, [{}])
+    # Strings live in V8's heap: V8 stops at --max-old-space-size (a trap, with a C stack
+    # trace in the log), before the cgroup's limit; the caller hears the same limit.
+    assert (out[0]["ok"], out[0]["type"], out[0]["code"]) == (False, "LimitExceeded", "ELIMIT")
+    assert "ran out of memory (its JavaScript heap reached V8's limit" in out[0]["message"]
+    assert "stack trace" not in out[0]["message"]
+
+
 def test_tools_die_with_their_process_and_are_not_shared_between_processes(
     sup: Supervisor, make_image: MakeImage
 ) -> None:

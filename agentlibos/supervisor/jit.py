@@ -76,6 +76,8 @@ MAX_LINE: Final = 48 << 20  # one protocol message, base64 blobs included
 MAX_RESULT_BYTES: Final = 1 << 20
 READ_CHUNK: Final = 1 << 20
 START_TIMEOUT_S: Final = 30.0
+# What V8 writes when a tool's heap reaches --max-old-space-size, before it traps.
+V8_OUT_OF_MEMORY: Final = "Fatal JavaScript out of memory"
 
 
 @dataclass(frozen=True)
@@ -533,13 +535,20 @@ class JitManager:
         if w.kind == "pooled" and w.error is None:
             self._pool_failures += 1  # it died by itself before anyone used it
         if w.error is None:
+            tail = log_tail(w.log_path, 40)  # V8's message comes before its stack trace
             if oom:
                 w.error = LimitExceeded(
                     f"tool {w.tool.name} ran out of memory (limit "
                     f"{(self.sandbox.config.tool_limits.memory_max_bytes or 0) / (1 << 20):g} MiB)")
+            elif any(V8_OUT_OF_MEMORY in line for line in tail):
+                # V8 stopped itself at its heap limit (a trap, not the kernel's OOM kill):
+                # the same limit to the caller, not a crash with a C stack trace.
+                w.error = LimitExceeded(
+                    f"tool {w.tool.name} ran out of memory (its JavaScript heap reached "
+                    f"V8's limit of {self.sandbox.config.tool_heap_mb} MiB)")
             else:
                 w.error = ToolError(f"tool {w.tool.name} {describe_status(status)}: "
-                                    f"{' | '.join(log_tail(w.log_path, 6)) or '(empty log)'}")
+                                    f"{' | '.join(tail[-6:]) or '(empty log)'}")
         self._drop(w, w.error)
 
     def spawn_failed(self, wid: int, error: str) -> None:
