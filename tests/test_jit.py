@@ -168,6 +168,9 @@ def test_a_tool_declared_with_an_empty_caps_list_holds_nothing(
     (out,) = call_tool(sup, none, [{"path": "a.txt"}], cwd=proj)
     assert out["ok"] and out["value"]["held"] == [], out
     assert "PermissionDenied" in out["value"]["refused"] and "secret" not in str(out)
+    # Whose capability was missing: the tool's declared set, not the process's.
+    assert "does not hold through tool t, which acts only with the caps its [tools] entry " \
+        "declares (none)" in out["value"]["refused"], out
     inherit = tool_image(make_image, "inherits", READS_AND_LISTS, tool_options=", timeout = 20")
     (out,) = call_tool(sup, inherit, [{"path": "a.txt"}], cwd=proj)
     assert out["value"]["text"] == "secret" and "fs:rw:" + str(proj) + "/**" in out["value"]["held"]

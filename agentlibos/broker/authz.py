@@ -34,7 +34,13 @@ class Authz:
             d = self._settle_ask(caller, call, request, d, detail)
         self._store.append_audit(caller.pid, call, str(request), d.verdict, detail)
         if d.verdict == "deny":
-            raise PermissionDenied(f"{call}: {d.reason}", request=str(request), rule=d.rule)
+            reason = d.reason
+            if d.rule is None and caller.tool_caps is not None:
+                # Missing from the tool's narrowed set, which may be why: say whose.
+                declared = ", ".join(caller.tool_caps) or "none"
+                reason += (f" through tool {caller.via_tool}, which acts only with the caps "
+                           f"its [tools] entry declares ({declared})")
+            raise PermissionDenied(f"{call}: {reason}", request=str(request), rule=d.rule)
 
     def _settle_ask(self, caller: Caller, call: str, request: Request, d: Decision,
                     detail: dict[str, Any]) -> Decision:

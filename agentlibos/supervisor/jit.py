@@ -763,10 +763,11 @@ class JitManager:
         """The calling process, marked as acting through this tool, with its capabilities
         narrowed to those the tool declares (never widened)."""
         caps = list(caller.caps)  # its own list: what the tool drops is never the caller's
-        if w.tool.caps is not None:
-            declared = [parse_cap(c).resolved(caller.cwd) for c in w.tool.caps]
-            caps = attenuate(declared, caller.caps)
-        return replace(caller, via_tool=w.tool.name, caps=caps)
+        if w.tool.caps is None:
+            return replace(caller, via_tool=w.tool.name, caps=caps)
+        declared = [parse_cap(c).resolved(caller.cwd) for c in w.tool.caps]
+        return replace(caller, via_tool=w.tool.name, caps=attenuate(declared, caller.caps),
+                       tool_caps=tuple(str(c) for c in declared))
 
     # ------------------------------------------------------------------- ending them
 

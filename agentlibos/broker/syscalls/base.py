@@ -91,6 +91,9 @@ class Caller:
     policy: Policy
     # Set when the call arrives through a tool (JIT or builtin); audited with each check.
     via_tool: str | None = None
+    # The capabilities that tool declares in image.toml (`caps = [...]`), when it
+    # declares any: ``caps`` is then the process's narrowed to them, and a refusal says so.
+    tool_caps: tuple[str, ...] | None = None
     # How this process's tree asks a human: "prompt" and "queue" wait in the queue (the
     # CLI of a prompting run answers there), "deny" refuses every ask at once.
     ask_mode: str = "queue"
