@@ -73,6 +73,9 @@ class RunOutcome:
     record: dict[str, Any]  # the public record (run --json); its last known state
     interrupted: bool = False  # the operator pressed Ctrl-C (or sent SIGTERM)
     lost: str | None = None  # why the supervisor serving it is gone, if it is
+    # The processes in attention that hold it up (Embedded.stuck): an embedded supervisor
+    # stopped for the operator, leaving them for `resolve` and `resume`.
+    stuck: tuple[int, ...] = ()
 
     @property
     def returned(self) -> bool:
@@ -282,13 +285,18 @@ def _run_embedded(
     if on_start is not None:
         on_start(pid)
     # Serve until this tree is done and nobody else (a `run` that found us via the
-    # control socket) still has a live process here; a signal stops the loop.
-    sup.run_until(lambda: not sup.live)
+    # control socket) still has a live process here, or until every one left waits for
+    # the operator (a crash cut off an effect: `resolve`); a signal stops the loop.
+    here = Embedded(sup, interrupt)
+    here.serve()
+    stuck = () if interrupt or not sup.live else tuple(here.stuck())
     if interrupt:
+        sup.mode = "embedded"  # what was left is stopped, not kept
         for p in list(sup.live):
             sup.terminate(p, "killed", "interrupted by the operator")
         sup.settle(timeout_s=sup.config.kill_grace_s + 5)
-    return RunOutcome(pid, sup.store.get_process(pid).public(), interrupted=bool(interrupt))
+    return RunOutcome(pid, sup.store.get_process(pid).public(), interrupted=bool(interrupt),
+                      stuck=stuck)
 
 
 # How often an embedded supervisor serving a resumed tree asks whether only the
@@ -341,7 +349,7 @@ class Embedded:
         move on its own. Stuck: a process in attention (only `agentlibos resolve` moves
         it), or one waiting for a stuck child (proc.wait)."""
         attention = self.sup.recovered.get("attention") or []
-        if not attention:
+        if not attention and not self.sup.durable.cut_offs:
             return []  # the cheap answer for every turn of a tree with none
         recs = {p: self.sup.store.get_process(p) for p in self.sup.live}
 

@@ -331,7 +331,11 @@ def test_an_unsettled_shell_command_waits_for_attention_until_resolved(
     else:
         got = out_json(cli(home, "resolve", str(pid), "--fail", "--json"))
         assert got == {"pid": pid, "action": "fail", "state": "failed"}
-        assert ps_row(home, pid)["exit_reason"] == "resolved-fail"
+        row = ps_row(home, pid)
+        assert row["exit_reason"] == "resolved-fail"
+        # Said in words, not as the attention record's Python repr.
+        assert "(shell.exec, shell:exec:echo), which a crash left unsettled" in row["error"]
+        assert "{" not in row["error"]
     assert out_json(cli(home, "attention", "--json")) == []
     again = cli(home, "resolve", str(pid), "--retry")
     assert again.returncode == 1
@@ -429,13 +433,14 @@ def test_resume_of_a_tree_held_up_by_attention_says_so_and_exits_1(
 
     started = time.monotonic()
     own = cli(home, "resume", str(child), "--json", timeout=60)
-    assert own.returncode == 1 and own.stdout == "", own
+    # --json prints the record as it was left, as for any other end of the command.
+    assert own.returncode == 1 and json.loads(own.stdout)["state"] == "attention", own
     # (Notes about what the killed daemon left, the stale cgroups it removed, go first.)
     last = own.stderr.strip().splitlines()[-1]
     assert last.startswith("agentlibos: error: ") and f"process {child} needs attention" in last
     assert f"resolve {child}" in last
     held = cli(home, "resume", str(pid), "--json", timeout=60)
-    assert held.returncode == 1 and held.stdout == "", held
+    assert held.returncode == 1 and json.loads(held.stdout)["state"] == "waiting", held
     last = held.stderr.strip().splitlines()[-1]
     assert f"process {pid} waits for {child}, which needs attention" in last, last
     assert time.monotonic() - started < 30, "resume waited for what cannot move"

@@ -16,8 +16,8 @@ from agentlibos.cli.common import (
     print_json,
     readonly_store,
 )
-from agentlibos.cli.resume import held_up, root_of
-from agentlibos.cli.run import report
+from agentlibos.cli.resume import root_of
+from agentlibos.cli.run import held_up, report
 from agentlibos.config import Paths
 from agentlibos.errors import Conflict
 from agentlibos.launcher import RunOutcome, daemon_pid, embedded_supervisor
@@ -63,9 +63,11 @@ def cmd_resolve(ns: argparse.Namespace) -> int:
             return EXIT_OK
         note(f"process {ns.pid} resolved ({action}); serving its tree to its end")
         interrupted = sup.serve()
-        stuck = [] if interrupted else sup.stuck()
-        outcome = RunOutcome(ns.pid, sup.record(ns.pid), interrupted=interrupted)
-    return held_up(ns.pid, outcome, stuck) or report(paths, outcome, as_json=ns.json)
+        stuck = () if interrupted else tuple(sup.stuck())
+        outcome = RunOutcome(ns.pid, sup.record(ns.pid), interrupted=interrupted,
+                             stuck=stuck)
+    return held_up(ns.pid, outcome, as_json=ns.json) or report(paths, outcome,
+                                                              as_json=ns.json)
 
 
 def _check_in_attention(paths: Paths, pid: int, *, supervisor_up: bool) -> None:

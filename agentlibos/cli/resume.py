@@ -6,15 +6,13 @@ from __future__ import annotations
 import argparse
 
 from agentlibos.cli.common import (
-    EXIT_FAILED,
     add_command,
     control,
-    err,
     paths_of,
     positive_id,
     readonly_store,
 )
-from agentlibos.cli.run import report
+from agentlibos.cli.run import held_up, report
 from agentlibos.config import Paths
 from agentlibos.errors import NoSuchProcess
 from agentlibos.launcher import (
@@ -64,23 +62,8 @@ def cmd_resume(ns: argparse.Namespace) -> int:
         return report(paths, outcome, as_json=ns.json)
     with embedded_supervisor(paths, resume_tree=root) as sup:
         interrupted = sup.serve()
-        stuck = [] if interrupted else sup.stuck()
-        outcome = RunOutcome(ns.pid, sup.record(ns.pid), interrupted=interrupted)
-    return held_up(ns.pid, outcome, stuck) or report(paths, outcome, as_json=ns.json)
-
-
-def held_up(pid: int, outcome: RunOutcome, stuck: list[int]) -> int | None:
-    """EXIT_FAILED, said on stderr, when ``pid`` or what it waits for needs attention
-    (Embedded.stuck); None otherwise."""
-    if outcome.record.get("state") == "attention":
-        err(f"process {pid} needs attention: a crash left an effect unsettled "
-            f"(`agentlibos attention`); answer with `agentlibos resolve {pid} "
-            "--retry|--skip|--fail`, then resume it again")
-        return EXIT_FAILED
-    if stuck:
-        err(f"process {pid} waits for {', '.join(map(str, stuck))}, which "
-            f"need{'s' if len(stuck) == 1 else ''} attention: a crash left an effect "
-            "unsettled (`agentlibos attention`); answer with `agentlibos resolve PID "
-            "--retry|--skip|--fail`, then resume it again")
-        return EXIT_FAILED
-    return None
+        stuck = () if interrupted else tuple(sup.stuck())
+        outcome = RunOutcome(ns.pid, sup.record(ns.pid), interrupted=interrupted,
+                             stuck=stuck)
+    return held_up(ns.pid, outcome, as_json=ns.json) or report(paths, outcome,
+                                                              as_json=ns.json)

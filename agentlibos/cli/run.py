@@ -83,14 +83,39 @@ def resolve_image(paths: Paths, ref: str) -> str:
                      f"./{ref}")
 
 
-def report(paths: Paths, outcome: RunOutcome, *, as_json: bool) -> int:
-    """Print what became of a process this command started or waited for; its exit status."""
-    rec = outcome.record
+def _public(rec: dict[str, Any]) -> dict[str, Any]:
+    """The record as `run --json` prints it."""
     public = {k: rec.get(k) for k in ("pid", "state", "exit_reason", "result")}
     if rec.get("error") is not None:
         public["error"] = rec["error"]
+    return public
+
+
+def held_up(pid: int, outcome: RunOutcome, *, as_json: bool) -> int | None:
+    """EXIT_FAILED, said on stderr, when ``pid`` or what it waits for needs attention
+    (an embedded supervisor stopped for the operator: Embedded.stuck); None otherwise."""
+    stuck, attention = outcome.stuck, outcome.record.get("state") == "attention"
+    if not attention and not stuck:
+        return None
     if as_json:
-        print_json(public)
+        print_json(_public(outcome.record))
+    if attention:
+        err(f"process {pid} needs attention: a crash left an effect unsettled "
+            f"(`agentlibos attention`); answer with `agentlibos resolve {pid} "
+            "--retry|--skip|--fail`, then resume it again")
+    else:
+        err(f"process {pid} waits for {', '.join(map(str, stuck))}, which "
+            f"need{'s' if len(stuck) == 1 else ''} attention: a crash left an effect "
+            "unsettled (`agentlibos attention`); answer with `agentlibos resolve PID "
+            "--retry|--skip|--fail`, then resume it again")
+    return EXIT_FAILED
+
+
+def report(paths: Paths, outcome: RunOutcome, *, as_json: bool) -> int:
+    """Print what became of a process this command started or waited for; its exit status."""
+    rec = outcome.record
+    if as_json:
+        print_json(_public(rec))
     elif outcome.returned:
         # The result as JSON: json.dumps escapes every control character in it.
         print(json.dumps(rec.get("result"), indent=2), flush=True)
@@ -187,4 +212,5 @@ def cmd_run(ns: argparse.Namespace) -> int:
     finally:
         for prompter in prompters:
             prompter.stop()
-    return report(paths, outcome, as_json=ns.json)
+    return held_up(outcome.pid, outcome, as_json=ns.json) or report(paths, outcome,
+                                                                   as_json=ns.json)

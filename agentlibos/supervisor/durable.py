@@ -61,6 +61,13 @@ class Durable:
         table.on_accident = self._on_accident
         waits.all_durable = self.waiting
         waits.ended_evicted = self.wait_ended
+        waits.effect_cut_off = self._cut_off
+        self._stopping = False  # stop_all(keep=True): the next supervisor settles
+        self.cut_offs = 0  # processes _cut_off put in attention (launcher: Embedded.stuck)
+        # Crashed with a call in flight: resumed when it settles (wait_ended), and that
+        # resume counts against max_resumes as the crash's own.
+        self._crashed: set[int] = set()
+        table.ended.append(self._crashed.discard)
         dispatcher.replay = Replayer(store)
         dispatcher.replay.on_diverged = self._diverged
         store.on_journal_conflict = self._journal_conflict
@@ -75,8 +82,11 @@ class Durable:
     def _on_accident(self, pid: int, live: LiveProcess, error: str | None) -> bool:
         lc = live.caller.image.lifecycle
         resumes = self._store.get_process(pid).resumes
-        if lc.on_crash != "resume" or resumes >= lc.max_resumes or self._hosts_children(pid):
+        if lc.on_crash != "resume" or resumes >= lc.max_resumes:
             return False
+        # Children running (their cgroups nest in its own) die with its cgroup when it
+        # is released (_host_gone): an accident of theirs too, each resumed by its own
+        # image's lifecycle; its proc.wait, replayed or in flight, hears their real end.
         self._store.append_audit(pid, "proc.crash", f"proc:{pid}", "info",
                                  {"error": error, "resumes": resumes,
                                   "outcome": "resuming by replay"})
@@ -85,7 +95,26 @@ class Durable:
         # its end resumes the process (wait_ended), which replays up to its answer.
         if not live.waits:
             self._loop.call_later(0, lambda: self.resume(pid, why="crash"))
+        else:
+            self._crashed.add(pid)
         return True
+
+    def _cut_off(self, pid: int) -> None:
+        """A ``once`` effect in flight (a shell command) was killed with the host
+        process of ``pid``, after an accident: the process stops in ``attention`` now,
+        as a restart would put it there, rather than wait on a command that no longer
+        runs. At a daemon's stop the next supervisor does that (recover)."""
+        live = self._table.live.get(pid)
+        if self._stopping or live is None or not live.evicted:
+            return
+        entry = next((e for e in self._store.journal_intents()
+                      if e.pid == pid and parse_intent(e.result).get("effect") == "once"),
+                     None)
+        if entry is not None:
+            self.to_attention(pid, entry)
+            self.cut_offs += 1
+        elif not live.waits:  # unjournaled (a raw client): nothing to settle; it resumes
+            self._resume_soon(pid, "crash")
 
     def resume(self, pid: int, *, why: str) -> None:
         """Start ``pid``'s host process again; its calls replay the journal.
@@ -97,6 +126,8 @@ class Durable:
         live = self._table.live.get(pid)
         if live is None or not live.evicted:
             return
+        if self._store.get_process(pid).state == "attention":
+            return  # only `resolve` starts it again (it sets the state first)
         if self._queue or not self._may_start():
             self._queue.append((pid, why))
             self._arm_pump()
@@ -125,6 +156,15 @@ class Durable:
             self._arm_pump()
 
     def _start(self, pid: int, live: LiveProcess, why: str) -> None:
+        image_dir = live.caller.image.path
+        if not image_dir.is_dir():
+            # Removed while it waited: nothing to start again; its waiters are told.
+            self._table.terminate(pid, "start-failed", f"cannot start it again: its image "
+                                  f"directory {image_dir} no longer exists", grace_s=0)
+            return
+        if pid in self._crashed:
+            self._crashed.discard(pid)
+            why = "crash"
         self._starting.add(pid)
         self._table.set_evicted(live, False)
         replayed = self._dispatcher.begin_replay(pid)
@@ -204,6 +244,7 @@ class Durable:
         """At the supervisor's stop: ``keep`` stops every host process as an eviction
         (each process stays as it is, to be resumed by the next supervisor); otherwise
         every process is killed."""
+        self._stopping = keep
         for pid, live in list(self._table.live.items()):
             if not keep:
                 self._table.terminate(pid, "killed", "the supervisor is stopping", grace_s=0)
@@ -356,8 +397,10 @@ class Durable:
             if pid not in self._table.live:
                 self.rebuild(rec)
             # Ended through the table, so whoever waits for it (its parent) is told.
-            self._table.terminate(pid, "resolved-fail",
-                                  f"the operator failed it at {rec.attention}", grace_s=0)
+            att = rec.attention
+            self._table.terminate(pid, "resolved-fail", (
+                f"the operator failed it at call {seq} ({att.get('call')}, "
+                f"{att.get('request')}), which a crash left unsettled"), grace_s=0)
             return self._store.get_process(pid)
         if action == "retry":
             self._store.journal_drop_intent(pid, seq)

@@ -463,8 +463,11 @@ class SandboxManager:
                     profile.mount))
             except SandboxError as e:
                 if self.config.layer_mode("namespaces") == "required":
-                    if cgroup is not None:
-                        cgroup.remove(timeout_s=0)
+                    if cgroup is not None and cgroup.name != adopt:
+                        # Not a pooled process's (it is still in it, and goes back to
+                        # the pool); a failed removal must not hide why it failed.
+                        with contextlib.suppress(LibOSError, OSError):
+                            cgroup.remove(timeout_s=0)
                     raise
                 skipped["namespaces"] = e.message
         return Prepared(dataclasses.replace(profile, skipped=skipped).to_json(), cgroup)

@@ -199,30 +199,32 @@ class ShellRunner:
         early: list[ShellResult] = []
         suspended = False
 
+        wait = f"shell:{storable(argv[0], 80)}"
+
         def done(result: ShellResult) -> None:
             if suspended:
-                self._finish(req, pending, started, result)
+                self._finish(req, pending, started, result, wait)
             else:  # answered before start returned: no wait to show
                 early.append(result)
 
         self.provider.start(req, done)
         if early:
-            self._finish(req, pending, started, early[0])
+            self._finish(req, pending, started, early[0], wait)
             return pending
         suspended = True
-        return self._waits.suspend(caller.pid, pending, f"shell:{storable(argv[0], 80)}")
+        return self._waits.suspend(caller.pid, pending, wait)
 
     def _finish(self, req: ShellRequest, pending: Pending, started: float,
-                res: ShellResult) -> None:
+                res: ShellResult, wait: str) -> None:
         if pending.done:
             return  # a provider that answered twice: the first answer stands
         out_total, err_total = res.totals()
         out_sha, err_sha = res.digests()
         truncated = max(out_total, len(res.stdout)) > MAX_OUTPUT or max(
             err_total, len(res.stderr)) > MAX_OUTPUT
-        # Its process is being stopped to be resumed later (a daemon's SIGTERM): the
-        # command was killed by that stop, it did not end by itself, so its end is no
-        # answer. The call stays unsettled, as after a crash (attention on resume).
+        # Its host process was stopped (a daemon's SIGTERM, to be resumed later) or died
+        # (a crash): the command was killed with it, it did not end by itself, so its
+        # end is no answer. The call stays unsettled: attention (docs/durability.md).
         live = self._table.live.get(req.pid)
         interrupted = live is not None and (live.evicting or live.evicted)
         self._store.append_audit(
@@ -238,6 +240,7 @@ class ShellRunner:
              **({"interrupted": True} if interrupted else {}),
              **({"error": res.error.message} if res.error else {})})
         if interrupted:
+            self._waits.cut_off(req.pid, pending, wait)
             return
         if res.error is not None:
             pending.reject(res.error)

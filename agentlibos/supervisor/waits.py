@@ -35,6 +35,9 @@ class Waits:
         # a process is durable (it may be evicted), and when an evicted one's waits end.
         self.all_durable: Callable[[int], None] | None = None
         self.ended_evicted: Callable[[int], None] | None = None
+        # Told (pid) when an effect in flight was killed with its process's host process
+        # (cut_off): durable execution decides what becomes of the process.
+        self.effect_cut_off: Callable[[int], None] | None = None
         # Processes whose current wait the store does not show yet (SHOW_AFTER_S).
         self._unshown: dict[int, Timer] = {}
 
@@ -93,6 +96,23 @@ class Waits:
 
         pending.on_done = resume
         return pending
+
+    def cut_off(self, pid: int, pending: Pending, wait: str) -> None:
+        """The effect ``pending`` waits on was killed with the host process of ``pid``
+        (its cgroup nests in the process's): whether it did its work is not known, so
+        the call gets no answer -- none would be true, and a journaled one would be
+        replayed -- and ``effect_cut_off`` settles the process instead."""
+        pending.on_done = None
+        lv = self._table.live.get(pid)
+        if lv is not None and wait in lv.waits:
+            lv.waits.remove(wait)
+            if not lv.waits:
+                lv.waiting_since = None
+                unshown = self._unshown.pop(pid, None)
+                if unshown is not None:
+                    unshown.cancel()
+        if self.effect_cut_off is not None:
+            self.effect_cut_off(pid)
 
     def _show(self, pid: int) -> None:
         """The store shows ``pid`` waiting on its oldest suspended call (if it still
