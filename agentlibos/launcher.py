@@ -348,8 +348,7 @@ class Embedded:
         """The processes in attention that hold up every live one here, or [] if any can
         move on its own. Stuck: a process in attention (only `agentlibos resolve` moves
         it), or one waiting for a stuck child (proc.wait)."""
-        attention = self.sup.recovered.get("attention") or []
-        if not attention and not self.sup.durable.cut_offs:
+        if not self.sup.durable.attention:
             return []  # the cheap answer for every turn of a tree with none
         recs = {p: self.sup.store.get_process(p) for p in self.sup.live}
 

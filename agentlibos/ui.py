@@ -69,6 +69,12 @@ def limits_text(limits: dict[str, Any]) -> str:
     return ",".join(parts) or "-"
 
 
+def joined_limits(*texts: str) -> str:
+    """Limit texts for one column (``limits_text``, a token limit): those that say
+    something, joined; ``-`` if none does."""
+    return ",".join(t for t in texts if t != "-") or "-"
+
+
 def layers_text(rec: ProcessRecord) -> str:
     text = ",".join(rec.layers) or "none"
     if rec.missing_layers:
@@ -137,8 +143,8 @@ def format_ps(recs: list[ProcessRecord], *, tree: bool, now: float | None = None
         rows.append((str(r.pid), "-" if r.ppid is None else str(r.ppid), image, state_text(r),
                      r.exit_reason or "-", wait_of(r) or attention_text(r) or "-",
                      age_text(r.started_at or r.created_at, now),
-                     ",".join(t for t in (limits_text(r.limits), tokens_text(r.tokens))
-                              if t != "-") or "-", layers_text(r)))
+                     joined_limits(limits_text(r.limits), tokens_text(r.tokens)),
+                     layers_text(r)))
     return format_table(rows)
 
 

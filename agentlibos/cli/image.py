@@ -21,7 +21,7 @@ from agentlibos.errors import ImageError, LimitExceeded, NotFound
 from agentlibos.kernel.image import AgentImage, load_image
 from agentlibos.registry import agent_ids, register_image, remove_image
 from agentlibos.store import ImageRecord, open_store
-from agentlibos.ui import format_table, limits_text, printable
+from agentlibos.ui import format_table, joined_limits, limits_text, printable
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -133,9 +133,8 @@ def cmd_image_show(ns: argparse.Namespace) -> int:
         ("description", info["description"] or "-"), ("path", info["path"]),
         ("registered", registered), ("entry", info["entry"]),
         ("requests", " ".join(info["requested"]) or "-"),
-        ("limits", ",".join(t for t in (limits_text(info["limits"]), (
-            f"tokens={info['limits']['tokens']}" if info["limits"].get("tokens") else "-"))
-            if t != "-") or "-"),
+        ("limits", joined_limits(limits_text(info["limits"]), (
+            f"tokens={info['limits']['tokens']}" if info["limits"].get("tokens") else "-"))),
         ("tools", " ".join(f"{k}={v}" for k, v in info["tools"].items()) or "-"),
     ]
     for key, value in lines:

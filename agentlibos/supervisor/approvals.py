@@ -130,12 +130,12 @@ class Approvals:
         if caller.resume and "ask" in caller.resume:
             return self._question_again(caller.pid, int(caller.resume["ask"]))
         checked = check_question(question, choices)
+        summary = storable(question.splitlines()[0] if question.strip() else question, 200)
         if caller.ask_mode == "deny":
             # No human will answer (CI, batch): refused at once, as an approval would be,
             # rather than a question in a queue nobody reads (docs/approvals.md).
             self._store.append_audit(caller.pid, "human.ask", f"human:ask:{topic}", "ask", {
-                "summary": storable(question.splitlines()[0] if question.strip() else
-                                    question, 200),
+                "summary": summary,
                 "outcome": "refused: this run refuses every ask (--ask deny)"})
             raise PermissionDenied("human.ask: this run refuses every ask (--ask deny), so "
                                    "no one will answer the question", topic=topic)
@@ -145,7 +145,7 @@ class Approvals:
             topic=topic, digest=args_digest("human.ask", {"question": question,
                                                           "choices": checked,
                                                           "topic": topic}),
-            summary=storable(question.splitlines()[0] if question.strip() else question, 200),
+            summary=summary,
             created_at=time.time()))
         self._store.append_audit(caller.pid, "human.ask", f"human:ask:{topic}", "ask",
                                  {"question": rec.id, "summary": rec.summary})

@@ -63,7 +63,10 @@ class Durable:
         waits.ended_evicted = self.wait_ended
         waits.effect_cut_off = self._cut_off
         self._stopping = False  # stop_all(keep=True): the next supervisor settles
-        self.cut_offs = 0  # processes _cut_off put in attention (launcher: Embedded.stuck)
+        # Processes in attention (to_attention): only `resolve` takes one out and starts
+        # it again (launcher: Embedded.stuck asks whether any is held up by them).
+        self.attention: set[int] = set()
+        table.ended.append(self.attention.discard)
         # Crashed with a call in flight: resumed when it settles (wait_ended), and that
         # resume counts against max_resumes as the crash's own.
         self._crashed: set[int] = set()
@@ -112,7 +115,6 @@ class Durable:
                      None)
         if entry is not None:
             self.to_attention(pid, entry)
-            self.cut_offs += 1
         elif not live.waits:  # unjournaled (a raw client): nothing to settle; it resumes
             self._resume_soon(pid, "crash")
 
@@ -126,8 +128,8 @@ class Durable:
         live = self._table.live.get(pid)
         if live is None or not live.evicted:
             return
-        if self._store.get_process(pid).state == "attention":
-            return  # only `resolve` starts it again (it sets the state first)
+        if pid in self.attention:
+            return  # only `resolve` starts it again (it takes it out first)
         if self._queue or not self._may_start():
             self._queue.append((pid, why))
             self._arm_pump()
@@ -318,6 +320,7 @@ class Durable:
                 if rec.state != "attention":
                     assert intent is not None
                     self.to_attention(pid, intent)
+                self.attention.add(pid)
                 out["attention"].append(pid)
                 if resume(rec):  # in the table (no host process), so a parent's
                     with contextlib.suppress(LibOSError):  # proc.wait waits for it
@@ -369,6 +372,7 @@ class Durable:
     def to_attention(self, pid: int, entry: JournalEntry) -> None:
         intent = parse_intent(entry.result)
         att = {"seq": entry.seq, "call": entry.call, "request": intent.get("request")}
+        self.attention.add(pid)
         self._store.update_process(pid, state="attention", attention=att, host_pid=None,
                                    evicted=1, wait=None)
         # The record of an effect a crash cut off (its own record was in the lost turn),
@@ -391,6 +395,7 @@ class Durable:
         seq = int(rec.attention["seq"])
         self._store.append_audit(pid, "proc.resolve", f"proc:{pid}", "info",
                                  {**rec.attention, "action": action})
+        self.attention.discard(pid)
         if action == "fail":
             self._journal.intents.discard((pid, seq))
             self._store.update_process(pid, attention=None, evicted=0)

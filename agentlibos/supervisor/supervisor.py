@@ -75,7 +75,6 @@ class Supervisor:
         self.fs = self.providers.guarded_files(paths.home)  # never the runtime's files
         self._started = False
         self.resume_tree: int | None = None  # `agentlibos resume PID`: resume this tree
-        self.recovered: dict[str, list[int]] = {}
         self._stop_requested = False
         self._lock_fd: int | None = None
         self.loop: Loop
@@ -102,7 +101,7 @@ class Supervisor:
             self._wire()  # binds the broker's socket, which the pool's template names
             self.zygote.send_pool(self.sandbox.pool_template(self.config.pool_size))
             with self.journal.turn():  # what the last supervisor left (docs/durability.md)
-                self.recovered = self.durable.recover(self.mode != "embedded", self.resume_tree)
+                self.durable.recover(self.mode != "embedded", self.resume_tree)
         except BaseException:
             self.loop.close()
             self._unlock()

@@ -22,7 +22,7 @@ from typing import Any, Final
 from agentlibos.broker.syscalls import Pending
 from agentlibos.errors import LibOSError
 from agentlibos.supervisor.loop import Loop, Timer
-from agentlibos.supervisor.processes import ProcessTable
+from agentlibos.supervisor.processes import LiveProcess, ProcessTable
 
 SHOW_AFTER_S: Final = 0.05
 
@@ -76,20 +76,8 @@ class Waits:
         def resume() -> None:
             if timer is not None:
                 timer.cancel()
-            lv = self._table.live.get(pid)
-            if lv is not None and wait in lv.waits:
-                lv.waits.remove(wait)
-                if durable is not None:
-                    lv.durable_waits -= 1
-                if lv.waits:
-                    if pid not in self._unshown:
-                        store.update_process(pid, wait=lv.waits[0])
-                    return
-                lv.waiting_since = None
-                unshown = self._unshown.pop(pid, None)
-                if unshown is not None:
-                    unshown.cancel()  # over before anyone was told it began
-                    return
+            lv = self._end(pid, wait, durable=durable is not None)
+            if lv is not None:
                 store.update_process(pid, state="running", wait=None)
                 if lv.evicted and self.ended_evicted is not None:
                     self.ended_evicted(pid)
@@ -97,20 +85,33 @@ class Waits:
         pending.on_done = resume
         return pending
 
+    def _end(self, pid: int, wait: str, *, durable: bool) -> LiveProcess | None:
+        """Take ``wait`` off ``pid``'s waits (the store shown the next one, if any). The
+        process when that was its last wait and the store shows it waiting, else None."""
+        lv = self._table.live.get(pid)
+        if lv is None or wait not in lv.waits:
+            return None
+        lv.waits.remove(wait)
+        if durable:
+            lv.durable_waits -= 1
+        if lv.waits:
+            if pid not in self._unshown:
+                self._table.store.update_process(pid, wait=lv.waits[0])
+            return None
+        lv.waiting_since = None
+        unshown = self._unshown.pop(pid, None)
+        if unshown is not None:
+            unshown.cancel()  # over before anyone was told it began
+            return None
+        return lv
+
     def cut_off(self, pid: int, pending: Pending, wait: str) -> None:
         """The effect ``pending`` waits on was killed with the host process of ``pid``
         (its cgroup nests in the process's): whether it did its work is not known, so
         the call gets no answer -- none would be true, and a journaled one would be
-        replayed -- and ``effect_cut_off`` settles the process instead."""
+        replayed -- and ``effect_cut_off`` settles the process instead (its state too)."""
         pending.on_done = None
-        lv = self._table.live.get(pid)
-        if lv is not None and wait in lv.waits:
-            lv.waits.remove(wait)
-            if not lv.waits:
-                lv.waiting_since = None
-                unshown = self._unshown.pop(pid, None)
-                if unshown is not None:
-                    unshown.cancel()
+        self._end(pid, wait, durable=False)  # the wait of an effect is never durable
         if self.effect_cut_off is not None:
             self.effect_cut_off(pid)
 
