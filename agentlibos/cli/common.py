@@ -177,8 +177,8 @@ def parse_args_kv(items: Sequence[str]) -> dict[str, Any]:
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not _ARG_KEY.match(key):
-            raise UsageError(f"bad --arg {item!r}: expected KEY=VALUE with KEY like 'n' or "
-                             "'max_words'")
+            raise UsageError(f"bad --arg {item!r}: expected KEY=VALUE, KEY an ASCII letter "
+                             "or _ then letters, digits, _, . or - (like 'n' or 'max_words')")
         if key in out:
             raise UsageError(f"--arg {key!r} given twice")
         try:

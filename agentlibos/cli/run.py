@@ -22,11 +22,12 @@ from agentlibos.cli.common import (
     note,
     parse_args_kv,
     paths_of,
+    positive_id,
     print_json,
     readonly_store,
 )
 from agentlibos.cli.serve import ensure_daemon
-from agentlibos.config import Paths
+from agentlibos.config import Paths, operator_config
 from agentlibos.errors import Unavailable, UsageError
 from agentlibos.kernel.policy import Policy, load_policy
 from agentlibos.launcher import (
@@ -54,7 +55,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                                  "(default: a fresh $AGENTLIBOS_HOME/work/<pid>)")
     r.add_argument("--policy", help="operator policy TOML (default: config.toml's [policy], "
                                     "else the built-in policy)")
-    r.add_argument("--tokens", type=int, metavar="N",
+    r.add_argument("--tokens", type=positive_id, metavar="N",
                    help="the model token budget of the whole process tree (over the "
                         "image's [limits] tokens)")
     r.add_argument("--detach", "-d", action="store_true",
@@ -68,6 +69,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def resolve_image(paths: Paths, ref: str) -> str:
     """A directory (validated) or a registered name; anything else is bad input (exit 2)."""
+    if not ref:
+        raise UsageError("the image '' names nothing: give a directory or a registered name")
     image = resolve_image_arg(ref)
     if image != ref or Path(image).is_absolute():
         return image
@@ -180,15 +183,26 @@ def detach(paths: Paths, ns: argparse.Namespace, image: str, args: dict[str, Any
     return EXIT_OK
 
 
+def check_args_size(paths: Paths, args: dict[str, Any]) -> None:
+    """Refuse --arg values the supervisor would refuse, before a daemon is started."""
+    limit = operator_config(paths).supervisor.max_args_bytes
+    size = len(json.dumps(args))
+    if size > limit:
+        raise UsageError(f"the --arg values make {size} bytes of args, more than the "
+                         f"{limit} the supervisor accepts ([supervisor] max_args in "
+                         "config.toml)")
+
+
 def cmd_run(ns: argparse.Namespace) -> int:
     paths = paths_of(ns)
     args = parse_args_kv(ns.arg or [])
     image = resolve_image(paths, ns.image)
     policy = load_policy(ns.policy) if ns.policy else config_policy(ns)
-    if ns.tokens is not None and ns.tokens < 1:
-        raise UsageError(f"--tokens must be a whole number >= 1, not {ns.tokens}")
+    check_args_size(paths, args)
     cwd = None
     if ns.cwd is not None:
+        if not ns.cwd:
+            raise UsageError("--cwd '' names no directory")
         cwd = os.path.realpath(ns.cwd)
         if not os.path.isdir(cwd):
             raise UsageError(f"--cwd {ns.cwd!r} is not a directory")

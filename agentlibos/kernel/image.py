@@ -19,7 +19,7 @@ from agentlibos.errors import ImageError, InvalidArgument, PolicyError
 from agentlibos.kernel.caps import CapPattern, escape, parse_cap
 from agentlibos.kernel.entrycheck import entry_problem
 from agentlibos.kernel.schema import check_schema
-from agentlibos.kernel.units import parse_duration, parse_size
+from agentlibos.kernel.units import parse_cores, parse_duration, parse_size
 
 # \Z, not $: "$" also matches before a trailing newline, so "x\n" would pass.
 NAME_RE: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}\Z")
@@ -310,7 +310,8 @@ def load_image(directory: str | Path, *,
                 "[limits] memory",
             ),
             pids_max=_positive_int(lim.get("pids"), "[limits] pids"),
-            cpu_max_cores=_positive_float(lim.get("cpu"), "[limits] cpu"),
+            cpu_max_cores=parse_cores(lim["cpu"], what="[limits] cpu") if "cpu" in lim
+            else None,
             wall_limit_s=_positive(
                 parse_duration(lim["wall"], what="[limits] wall") if "wall" in lim else None,
                 "[limits] wall",
@@ -529,11 +530,3 @@ def _positive_int(v: object, what: str) -> int | None:
     if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
         raise InvalidArgument(f"{what} must be a positive integer, got {v!r}")
     return v
-
-
-def _positive_float(v: object, what: str) -> float | None:
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
-        raise InvalidArgument(f"{what} must be a positive number, got {v!r}")
-    return float(v)

@@ -38,6 +38,12 @@ _DURATION_UNITS: Final[dict[str, float]] = {
 }
 
 MAX_DURATION_S: Final = 100 * 365 * 86400.0
+# The kernel refuses a CPU quota under 1 ms per 100 ms period (EINVAL), so a smaller
+# share could never be enforced: refused where it is written, not at the spawn.
+MIN_CPU_CORES: Final = 0.01
+MAX_CPU_CORES: Final = 1_000_000.0
+# What the store's integers (SQLite: signed 64 bits) can hold.
+MAX_SIZE_BYTES: Final = (1 << 63) - 1
 
 _NUMBER_UNIT = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
 
@@ -49,6 +55,8 @@ def parse_size(value: object, *, what: str = "size") -> int:
     if isinstance(value, int):
         if value < 0:
             raise InvalidArgument(f"{what}: must not be negative, got {value}")
+        if value > MAX_SIZE_BYTES:
+            raise InvalidArgument(f"{what}: {value} is more than 8 EiB")
         return value
     if not isinstance(value, str):
         raise InvalidArgument(f"{what}: expected a size like '256MiB', got {value!r}")
@@ -59,7 +67,20 @@ def parse_size(value: object, *, what: str = "size") -> int:
         )
     # Fraction, not float: "2.01MB" must be 2010000 bytes, not 2009999, and a
     # 400-digit number must not overflow a float.
-    return int(Fraction(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+    n = int(Fraction(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+    if n > MAX_SIZE_BYTES:
+        raise InvalidArgument(f"{what}: {value!r} is more than 8 EiB")
+    return n
+
+
+def parse_cores(value: object, *, what: str = "cpu") -> float:
+    """A number of CPU cores (``1``, ``0.5``) that a cgroup can enforce."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidArgument(f"{what} must be a number of cores like 0.5 or 2, got {value!r}")
+    if not math.isfinite(value) or not MIN_CPU_CORES <= value <= MAX_CPU_CORES:
+        raise InvalidArgument(f"{what} must be from {MIN_CPU_CORES} to {MAX_CPU_CORES:g} "
+                              f"cores (the kernel enforces no smaller share), got {value!r}")
+    return float(value)
 
 
 def parse_duration(value: object, *, what: str = "duration") -> float:

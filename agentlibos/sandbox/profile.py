@@ -20,7 +20,13 @@ import agentlibos
 from agentlibos.errors import InvalidArgument, LimitExceeded, PolicyError
 from agentlibos.kernel.budgets import QUOTA_KEYS, TreeQuota
 from agentlibos.kernel.image import Limits
-from agentlibos.kernel.units import format_duration, format_size, parse_duration, parse_size
+from agentlibos.kernel.units import (
+    format_duration,
+    format_size,
+    parse_cores,
+    parse_duration,
+    parse_size,
+)
 from agentlibos.sandbox.namespaces import BROKER_INSIDE, SCRATCH_INSIDE, MountPlan
 
 # The layers, in the order contain.apply applies them. no_new_privs and dropping
@@ -146,14 +152,21 @@ def _limits(table: object, where: str) -> Limits:
         return Limits(
             memory_max_bytes=parse_size(table["memory"], what=f"{where} memory")
             if "memory" in table else None,
-            pids_max=int(table["pids"]) if "pids" in table else None,
-            cpu_max_cores=float(table["cpu"]) if "cpu" in table else None,
+            pids_max=_pids(table["pids"], f"{where} pids") if "pids" in table else None,
+            cpu_max_cores=parse_cores(table["cpu"], what=f"{where} cpu")
+            if "cpu" in table else None,
             wall_limit_s=parse_duration(table["wall"], what=f"{where} wall")
             if "wall" in table else None,
         )
     except (InvalidArgument, TypeError, ValueError) as e:
         msg = str(e)  # parse_size/parse_duration's own message names `where` already
         raise PolicyError(msg if msg.startswith(where) else f"{where}: {msg}") from None
+
+
+def _pids(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidArgument(f"{what} must be a whole number >= 1, got {value!r}")
+    return value
 
 
 def _tree_quota(table: dict[str, Any], where: str) -> TreeQuota:

@@ -33,7 +33,6 @@ from agentlibos.errors import (
     LibOSError,
     LimitExceeded,
     SandboxError,
-    Unavailable,
 )
 from agentlibos.kernel.caps import CapPattern, within
 from agentlibos.kernel.image import AgentImage, Limits
@@ -299,8 +298,9 @@ class ProcessTable:
                     "pool_cgroup": prepared.pool_cgroup,  # which one, when the pool has cgroups
                     **prepared.assignment(),  # what the descriptors sent with it are
                 }, fds=prepared.fds)
-        except (Unavailable, SandboxError) as e:
-            live.start_error = str(e)
+        except Exception as e:  # noqa: BLE001 - whatever it was, the process ends (no row
+            # left `created` for good); an unexpected kind is named in its start error
+            live.start_error = str(e) if isinstance(e, LibOSError) else f"{type(e).__name__}: {e}"
             self.finalize(pid, None)
             return
         wall = eff_limits.wall_limit_s

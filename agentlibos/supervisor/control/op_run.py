@@ -6,6 +6,7 @@ from typing import Any
 
 from agentlibos.errors import InvalidArgument
 from agentlibos.kernel.policy import parse_policy
+from agentlibos.kernel.process import INT64_MAX
 from agentlibos.supervisor.control.context import ControlContext
 from agentlibos.supervisor.control.server import Responder
 
@@ -26,8 +27,8 @@ def run(ctx: ControlContext, req: dict[str, Any], respond: Responder) -> None:
         raise InvalidArgument("run: ask must be a string")
     tokens = req.get("tokens")
     if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int)
-                               or tokens < 1):
-        raise InvalidArgument("run: tokens must be a whole number >= 1")
+                               or not 1 <= tokens <= INT64_MAX):
+        raise InvalidArgument(f"run: tokens must be a whole number from 1 to {INT64_MAX}")
     pid = ctx.processes.submit_run(str(req["image"]), args, cwd=cwd, policy=policy, ask=ask)
     if tokens is not None:  # in this turn: the tree's first model call comes after it
         ctx.store.tokens_set_limit(pid, tokens)
