@@ -678,3 +678,43 @@ def test_wal_checkpoints_run_on_their_own_thread_and_stop_with_the_store(tmp_pat
     assert store.verify_audit().ok
     store.close()
     assert not any(t.name == "alos-wal-checkpoint" for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("assignment", [
+    "detail = '[]'",
+    "detail = 'not json {'",
+    "detail = x'00ff'",
+    "ts = 'abc'",
+    "pid = 'x'",
+    "call = 7",
+])
+def test_a_row_edited_into_other_types_still_lists_and_fails_verify(
+    store: SQLiteStore, db: Path, assignment: str
+) -> None:
+    append(store, 4)
+    tamper(db, f"UPDATE audit SET {assignment} WHERE seq = 2")  # noqa: S608
+    again = reopened(db)
+    recs = again.audit_records()
+    assert [r.seq for r in recs] == [1, 2, 3, 4]
+    assert "unreadable" in recs[1].detail or recs[1].call == "7"
+    json.dumps([r.public() for r in recs], allow_nan=False)  # --json can print them
+    res = again.verify_audit()
+    assert (res.ok, res.first_bad_seq) == (False, 2)
+    assert res.problem == "record 2 was modified: its hash does not match"
+
+
+def test_an_unreadable_head_fails_verify_saying_so(store: SQLiteStore, db: Path) -> None:
+    append(store, 3)
+    tamper(db, "UPDATE meta SET value = 'x' WHERE key = 'audit_head'")
+    res = reopened(db).verify_audit()
+    assert not res.ok
+    assert res.problem is not None and "head ('x') is unreadable" in res.problem
+
+
+def test_a_head_whose_hash_was_changed_is_named_as_such(store: SQLiteStore, db: Path) -> None:
+    append(store, 3)
+    tamper(db, "UPDATE meta SET value = '3:" + "a" * 64 + "' WHERE key = 'audit_head'")
+    res = reopened(db).verify_audit()
+    assert (res.ok, res.first_bad_seq) == (False, 3)
+    assert res.problem is not None and res.problem.startswith(
+        "the head's hash does not match record 3's")

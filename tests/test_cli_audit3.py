@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import re
+import sqlite3
 import time
 from pathlib import Path
 
@@ -220,3 +221,27 @@ def test_an_image_asking_above_the_ceiling_is_bad_input_exit_2(
     assert p.returncode == 2, (p.stdout, p.stderr)
     assert_one_line_error(p, "the image asks for memory 64GiB, above the ceiling")
     assert p.stdout == ""
+
+
+def test_audit_lists_and_verify_reports_a_tampered_log_without_a_traceback(
+    home: Path, make_image: MakeImage
+) -> None:
+    img = make_image("one", "def main(ctx, args):\n    return 1\n")
+    assert cli(home, "run", str(img)).returncode == 0
+    db = sqlite3.connect(home / "state.db")
+    try:
+        db.execute("UPDATE audit SET detail = 'not json {', ts = 'abc' WHERE seq = 2")
+        db.execute("UPDATE meta SET value = 'x' WHERE key = 'audit_head'")
+        db.commit()
+    finally:
+        db.close()
+    for args in (["audit"], ["audit", "--json"]):
+        proc = cli(home, *args)
+        assert proc.returncode == 0, proc.stderr
+        assert "Traceback" not in proc.stderr
+    listed = json.loads(cli(home, "audit", "--json").stdout)
+    assert listed[1]["detail"]["unreadable"] == {"detail": "not json {", "ts": "abc"}
+    proc = cli(home, "audit", "--verify", "--json")
+    assert proc.returncode == 1, proc.stderr
+    res = json.loads(proc.stdout)
+    assert (res["ok"], res["first_bad_seq"]) == (False, 2)

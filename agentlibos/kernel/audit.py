@@ -75,6 +75,20 @@ def record_hash(
     return h.hexdigest()
 
 
+def _rehash(seq: int, ts: object, pid: object, call: object, request: object,
+            verdict: object, detail_json: object, prev: object) -> str | None:
+    """``record_hash`` of a stored row, which may have been edited into other types (a
+    text ``ts``, a blob ``detail``): such a row cannot hash equal, it was modified."""
+    if not (isinstance(ts, float) and (pid is None or isinstance(pid, int))
+            and all(isinstance(f, str) for f in (call, request, verdict, detail_json, prev))):
+        return None
+    return record_hash(seq, ts, pid, str(call), str(request), str(verdict), str(detail_json),
+                       str(prev))
+
+
+NO_HEAD: Final = "the chain has records but no head"
+
+
 @dataclass(frozen=True)
 class VerifyResult:
     ok: bool
@@ -109,7 +123,7 @@ def verify_chain(
             return VerifyResult(
                 False, count, seq, f"record {seq} does not link to the record before it"
             )
-        if record_hash(seq, ts, pid, call, request, verdict, detail_json, prev) != h:
+        if _rehash(seq, ts, pid, call, request, verdict, detail_json, prev) != h:
             return VerifyResult(
                 False, count, seq, f"record {seq} was modified: its hash does not match"
             )
@@ -118,7 +132,7 @@ def verify_chain(
     last_seq = expected_seq - 1
     if head is not None:
         head_seq, head_hash = head
-        if head_seq != last_seq or head_hash != prev_hash:
+        if head_seq != last_seq:
             return VerifyResult(
                 False,
                 count,
@@ -126,6 +140,12 @@ def verify_chain(
                 f"the chain ends at record {last_seq} but its head says {head_seq}: "
                 "records were removed from the end or the head was altered",
             )
+        if head_hash != prev_hash:
+            return VerifyResult(
+                False, count, last_seq,
+                f"the head's hash does not match record {last_seq}'s: the head was altered, "
+                f"or record {last_seq} was replaced together with its hash",
+            )
     elif count:
-        return VerifyResult(False, count, last_seq, "the chain has records but no head")
+        return VerifyResult(False, count, last_seq, NO_HEAD)
     return VerifyResult(True, count)

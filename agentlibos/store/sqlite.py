@@ -17,6 +17,7 @@ store arrives and the sections can be shared.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +27,14 @@ from typing import TYPE_CHECKING, Any, Final
 
 from agentlibos.errors import Conflict, LibOSError, LimitExceeded, NoSuchProcess, NotFound
 from agentlibos.kernel import budgets
-from agentlibos.kernel.audit import GENESIS, AuditRecord, VerifyResult, record_hash, verify_chain
+from agentlibos.kernel.audit import (
+    GENESIS,
+    NO_HEAD,
+    AuditRecord,
+    VerifyResult,
+    record_hash,
+    verify_chain,
+)
 from agentlibos.kernel.budgets import TreeQuota, Usage
 from agentlibos.kernel.journal import SETTLED, JournalEntry, JournalStatus
 from agentlibos.kernel.process import ProcessRecord, State
@@ -894,25 +902,53 @@ class SQLiteStore(WaitingTables, DurableTables):
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
-        return [
-            AuditRecord(s, ts, p, c, r, v, json.loads(d), prev, h)
-            for s, ts, p, c, r, v, d, prev, h in self._db.execute(sql, params)
-        ]
+        return [_audit_record(*row) for row in self._db.execute(sql, params)]
 
     def verify_audit(self) -> VerifyResult:
         self._audit_visible()
         row = self._db.execute("SELECT value FROM meta WHERE key = 'audit_head'").fetchone()
         head: tuple[int, str] | None = None
+        unreadable = None
         if row:
             seq_s, _, h = str(row[0]).partition(":")
-            head = (int(seq_s), h)
+            try:
+                head = (int(seq_s), h)
+            except ValueError:
+                unreadable = str(row[0])
         # Ordered by rowid (= seq, an INTEGER PRIMARY KEY): a record moved to another
         # seq shows up as a broken link.
         cur = self._db.execute(
             "SELECT seq, ts, pid, call, request, verdict, detail, prev, hash FROM audit "
             "ORDER BY seq"
         )
-        return verify_chain(cur, head)
+        res = verify_chain(cur, head)
+        if unreadable is None or (not res.ok and res.problem != NO_HEAD):
+            return res
+        return VerifyResult(False, res.count, res.count or None,
+                            f"the chain's head ({unreadable[:40]!r}) is unreadable: it was "
+                            "altered")
+
+
+def _audit_record(seq: int, ts: Any, pid: Any, call: Any, request: Any, verdict: Any,
+                  detail: Any, prev: Any, h: Any) -> AuditRecord:
+    """A row as a record. A row edited behind the store's back (`audit --verify` says
+    which) still lists: what does not parse is shown as found, under ``unreadable``."""
+    bad: dict[str, Any] = {}
+    try:
+        value = json.loads(detail)
+    except (TypeError, ValueError):
+        value = None
+    if not isinstance(value, dict):
+        bad["detail"], value = detail, {}
+    if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
+        bad["ts"], ts = ts, 0.0
+    if pid is not None and (isinstance(pid, bool) or not isinstance(pid, int)):
+        bad["pid"], pid = pid, None
+    if bad:
+        value = {**value, "unreadable": {k: v if isinstance(v, str | int | float) else repr(v)
+                                         for k, v in bad.items()}}
+    call, request, verdict, prev, h = (str(x) for x in (call, request, verdict, prev, h))
+    return AuditRecord(seq, float(ts), pid, call, request, verdict, value, prev, h)
 
 
 if TYPE_CHECKING:
