@@ -225,6 +225,7 @@ def install_image(store: Store, staged: Staged, *, by_pid: int | None = None,
     audit it as ``call``. Runs where the store may be written (the loop, or the CLI)."""
     image, final, staging = staged.image, staged.final, staged.staging
     try:
+        _refuse_in_use(store, staged.name, str(final), "replace")
         old = None
         if final.exists():
             old = final.parent / f".{staged.name}.old.{time.monotonic_ns()}"
@@ -257,6 +258,18 @@ def register_image(store: Store, images_dir: Path, source: str | Path, *,
                          ids=ids)
 
 
+def _refuse_in_use(store: Store, name: str, path: str, what: str) -> None:
+    """Conflict while a live process (running, waiting, evicted) runs the registry's copy
+    at ``path``: it would lose its code under it, or be resumed with other code (and
+    diverge from its journal)."""
+    users = [p.pid for p in store.list_processes(live_only=True) if p.image_path == path]
+    if users:
+        raise Conflict(f"image {name!r} is in use by process(es) "
+                       f"{', '.join(map(str, users))}: cannot {what} it under them; stop "
+                       f"them first (`agentlibos kill PID`) or register it under another "
+                       f"name", pids=users)
+
+
 def remove_image(store: Store, images_dir: Path, name: str, *,
                  by_pid: int | None = None) -> ImageRecord:
     """Forget the image registered as ``name`` and delete the registry's copy of it.
@@ -274,12 +287,7 @@ def remove_image(store: Store, images_dir: Path, name: str, *,
         rec = store.get_image(name)
         if rec is None:
             raise NotFound(f"no image named {name!r} is registered (`agentlibos image ls`)")
-        users = [p.pid for p in store.list_processes(live_only=True)
-                 if p.image_path == rec.path]
-        if users:
-            raise Conflict(f"image {name!r} is in use by process(es) "
-                           f"{', '.join(map(str, users))}; stop them first "
-                           f"(`agentlibos kill PID`)", pids=users)
+        _refuse_in_use(store, name, rec.path, "remove")
         store.delete_image(name)
         store.append_audit(by_pid, "image.rm", f"image:register:{name}", "info",
                            {"path": rec.path, "version": rec.version})

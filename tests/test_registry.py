@@ -187,9 +187,15 @@ def test_rm_refuses_an_image_a_live_process_runs(
     proc = store.create_process(ProcessRecord(
         pid=0, ppid=None, root_pid=0, image="busy", image_path=rec.path, state="waiting",
         cwd=str(tmp_path), args={}, limits={}, policy_id=store.policy_id("test", "")))
-    with pytest.raises(Conflict, match=rf"in use by process\(es\) {proc.pid}; stop them"):
+    with pytest.raises(Conflict, match=rf"in use by process\(es\) {proc.pid}: cannot remove"):
         remove_image(store, images_dir, "busy")
     assert store.get_image("busy") is not None and Path(rec.path).is_dir()
+    # Nor replaced: a resumed process would run other code and diverge from its journal.
+    newer = make_image("busy", HELLO.replace("return", "x = 1\n    return"))
+    with pytest.raises(Conflict, match=rf"in use by process\(es\) {proc.pid}: cannot replace"):
+        register_image(store, images_dir, newer)
+    assert (Path(rec.path) / "agent.py").read_text() == textwrap.dedent(HELLO)
+    assert leftovers(images_dir) == ["busy"]
     store.update_process(proc.pid, state="exited", exit_reason="returned")
     remove_image(store, images_dir, "busy")
     assert store.get_image("busy") is None
