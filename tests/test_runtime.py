@@ -445,6 +445,22 @@ def test_a_non_json_result_is_an_error_not_a_crash(
     assert rec.error is not None and "non-JSON" in rec.error
 
 
+def test_a_result_of_up_to_1_mib_is_kept_and_a_larger_one_refused_by_its_size(
+    sup: Supervisor, make_image: MakeImage
+) -> None:
+    # 1 MiB is the result's limit, not the message's: the call's envelope has room.
+    img = make_image("big", """
+        def main(ctx, args):
+            return {"x": "a" * args["n"]}
+    """)
+    rec = run_proc(sup, img, {"n": (1 << 20) - 10})  # {"x": "..."}: exactly 1 MiB
+    assert rec.exit_reason == "returned", rec.error
+    assert len(rec.result["x"]) == (1 << 20) - 10
+    rec = run_proc(sup, img, {"n": 1 << 20})
+    assert rec.exit_reason == "error"
+    assert rec.error is not None and f"result of {(1 << 20) + 9} bytes exceeds" in rec.error
+
+
 def test_exit_ends_the_process_with_a_result(sup: Supervisor, make_image: MakeImage) -> None:
     img = make_image("exiter", """
         def main(ctx, args):
@@ -600,7 +616,7 @@ def test_a_call_too_large_to_send_is_refused_and_the_agent_goes_on_in_step(
         def main(ctx, args):
             refused = []
             for attempt in (lambda: ctx.obj.put("big", "x" * (2 << 20)),
-                            lambda: ctx.client.call("clock.now", {"pad": "z" * 1_100_000}),
+                            lambda: ctx.client.call("clock.now", {"pad": "z" * 1_200_000}),
                             lambda: ctx.fs.write_bytes("b.bin", b"y" * (40 << 20))):
                 try:
                     attempt()
@@ -613,7 +629,7 @@ def test_a_call_too_large_to_send_is_refused_and_the_agent_goes_on_in_step(
     assert rec.exit_reason == "returned", rec.error
     assert len(rec.result["refused"]) == 3, rec.result
     assert rec.result["refused"][0].startswith("obj.put: header of"), rec.result
-    assert "exceeds 1048576" in rec.result["refused"][0]
+    assert "exceeds 1114112" in rec.result["refused"][0]
     assert rec.result["refused"][2].startswith("fs.write: blob of"), rec.result
     assert rec.result["get"] == "ok"
     # The journal holds the calls that were sent, numbered 1, 2, 3 with no gap.

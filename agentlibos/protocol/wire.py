@@ -50,7 +50,9 @@ TOKEN_BYTES: Final[int] = 32
 
 @dataclass(frozen=True)
 class WireLimits:
-    max_header_bytes: int = 1 << 20
+    # 1 MiB (the most args, a result or an object may take) and room for the call's
+    # envelope around it, so a value of exactly the documented size fits in one message.
+    max_header_bytes: int = (1 << 20) + (64 << 10)
     max_blob_bytes: int = 32 << 20
     max_total_bytes: int = 48 << 20
     max_blobs: int = 4
