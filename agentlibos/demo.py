@@ -35,6 +35,13 @@ INPUT: Final = {
 }
 
 
+
+def _shown(text: str, base: Path) -> str:
+    """Paths relative to the demo's temporary directory, so the output is the same on
+    every run: its project, its state, and anything else under it."""
+    return (text.replace(str(base / "project"), "<project>")
+            .replace(str(base / "state"), "<state>").replace(str(base), "<demo>"))
+
 def run_demo(*, keep: bool = False, as_json: bool = False) -> int:
     """Run the demo; with ``as_json`` print one JSON object instead of the narration."""
     say: Callable[[str], None] = (lambda _text: None) if as_json else print
@@ -85,9 +92,7 @@ def run_demo(*, keep: bool = False, as_json: bool = False) -> int:
             for a in denials[:2]:
                 # Paths shown relative to the demo's temporary directories, so the
                 # output is the same on every run.
-                request = a.request.replace(str(project), "<project>").replace(str(home),
-                                                                               "<state>")
-                say(printable(f"  pid {a.pid} {a.call} {request}"))
+                say(printable(f"  pid {a.pid} {a.call} {_shown(a.request, base)}"))
             obj = store.get_object("proc/1", "summary")
             say(f"object proc/1/summary ({obj.type}, v{obj.version}): "
                 f"{json.dumps(obj.value['children'], sort_keys=True)}")
@@ -173,7 +178,7 @@ def run_llm_demo(*, keep: bool = False, as_json: bool = False) -> int:
             records = store.audit_records(pid=int(rec["pid"]))
             for a in records:
                 tool = a.detail.get("tool")
-                where = a.request.replace(str(project), "<project>")
+                where = _shown(a.request, base)
                 if a.call == "model.chat" and a.verdict == "info":
                     u = a.detail.get("usage", {})
                     say(f"  model  {a.detail.get('model')}: {u.get('total_tokens')} tokens, "
@@ -181,9 +186,9 @@ def run_llm_demo(*, keep: bool = False, as_json: bool = False) -> int:
                 elif tool and a.verdict in ("allow", "deny"):
                     say(printable(f"  tool   {tool}: {a.call} {where} -> {a.verdict}"))
                     if a.verdict == "deny":
-                        say(printable(f"         the model reads: PermissionDenied: "
-                                      f"{a.call}: {a.detail.get('reason')}"
-                                      .replace(str(project), "<project>")))
+                        say(printable("         the model reads: PermissionDenied: "
+                                      + _shown(f"{a.call}: {a.detail.get('reason')}",
+                                               base)))
             say("")
             result = rec.get("result") or {}
             if rec.get("exit_reason") != "returned":

@@ -210,6 +210,10 @@ def test_demo_runs_end_to_end(home: Path) -> None:
     assert "reviewer (fs:read only) tried to write and was refused" in p.stdout
     assert "audit chain verified" in p.stdout
     assert "demo-coordinator" in p.stdout and "└ demo-worker" in p.stdout
+    # The same on every run (docs/cli.md): no temporary directory's name in it.
+    assert "agentlibos-demo-" not in p.stdout and "<demo>/outside.txt" in p.stdout
+    again = cli(home, "demo", timeout=120)
+    assert again.stdout == p.stdout
 
 
 @contextlib.contextmanager
