@@ -1,3 +1,3 @@
-from agentlibos.cli import main
+from agentlibos.entry import main
 
 main()

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -332,3 +333,26 @@ def test_a_config_error_names_the_file_once(home: Path, tmp_path: Path) -> None:
         p = cli(home, *argv)
         assert p.returncode == 2, p.stderr
         assert p.stderr.count("config.toml") == 1, p.stderr
+
+
+def test_ctrl_c_while_the_command_line_still_loads_is_130_without_a_traceback(
+    home: Path
+) -> None:
+    # The interrupt is raised from inside the import of the command line's modules, where
+    # a real Ctrl-C in a command's first ~0.2 s lands; the console script's own entry.
+    code = textwrap.dedent("""
+        import importlib.abc, sys
+        class Interrupt(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name == "agentlibos.cli.common":
+                    raise KeyboardInterrupt
+                return None
+        sys.meta_path.insert(0, Interrupt())
+        from agentlibos.entry import main
+        main(["ps"])
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "AGENTLIBOS_HOME": str(home)}, timeout=60,
+                          check=False)
+    assert proc.returncode == 130
+    assert proc.stderr == "agentlibos: error: interrupted\n"
