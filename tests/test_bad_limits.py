@@ -16,8 +16,8 @@ from agentlibos.kernel.units import parse_size
 from agentlibos.supervisor import Supervisor
 from tests.conftest import default_sandbox
 from tests.helpers import MakeImage, write_image
-from tests.test_durable_inflight import ALLOW
 from tests.test_cli import assert_one_line_error, cli
+from tests.test_durable_inflight import ALLOW
 
 
 @pytest.mark.parametrize("cpu", ["0.005", "nan", "inf", "0", "-1", "true", '"1"'])

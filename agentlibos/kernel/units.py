@@ -73,6 +73,13 @@ def parse_size(value: object, *, what: str = "size") -> int:
     return n
 
 
+def parse_count(value: object, *, what: str = "count") -> int:
+    """A whole number >= 1 (a TOML integer, not a bool or a string)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidArgument(f"{what} must be a whole number >= 1, got {value!r}")
+    return value
+
+
 def parse_cores(value: object, *, what: str = "cpu") -> float:
     """A number of CPU cores (``1``, ``0.5``) that a cgroup can enforce."""
     if isinstance(value, bool) or not isinstance(value, int | float):

@@ -18,15 +18,9 @@ from typing import Any, Final, Literal
 
 import agentlibos
 from agentlibos.errors import InvalidArgument, LimitExceeded, PolicyError
+from agentlibos.kernel import units
 from agentlibos.kernel.budgets import QUOTA_KEYS, TreeQuota
 from agentlibos.kernel.image import Limits
-from agentlibos.kernel.units import (
-    format_duration,
-    format_size,
-    parse_cores,
-    parse_duration,
-    parse_size,
-)
 from agentlibos.sandbox.namespaces import BROKER_INSIDE, SCRATCH_INSIDE, MountPlan
 
 # The layers, in the order contain.apply applies them. no_new_privs and dropping
@@ -79,9 +73,9 @@ class LimitAboveCeiling(LimitExceeded):
 
 def _show(limit: str, value: float) -> str:
     if limit == "memory":
-        return format_size(int(value))
+        return units.format_size(int(value))
     if limit == "wall":
-        return format_duration(value)
+        return units.format_duration(value)
     if limit == "cpu":
         return f"{value:g} cores"
     return f"{value:g}"
@@ -150,23 +144,18 @@ def _limits(table: object, where: str) -> Limits:
         raise PolicyError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
     try:
         return Limits(
-            memory_max_bytes=parse_size(table["memory"], what=f"{where} memory")
+            memory_max_bytes=units.parse_size(table["memory"], what=f"{where} memory")
             if "memory" in table else None,
-            pids_max=_pids(table["pids"], f"{where} pids") if "pids" in table else None,
-            cpu_max_cores=parse_cores(table["cpu"], what=f"{where} cpu")
+            pids_max=units.parse_count(table["pids"], what=f"{where} pids")
+            if "pids" in table else None,
+            cpu_max_cores=units.parse_cores(table["cpu"], what=f"{where} cpu")
             if "cpu" in table else None,
-            wall_limit_s=parse_duration(table["wall"], what=f"{where} wall")
+            wall_limit_s=units.parse_duration(table["wall"], what=f"{where} wall")
             if "wall" in table else None,
         )
     except (InvalidArgument, TypeError, ValueError) as e:
         msg = str(e)  # parse_size/parse_duration's own message names `where` already
         raise PolicyError(msg if msg.startswith(where) else f"{where}: {msg}") from None
-
-
-def _pids(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidArgument(f"{what} must be a whole number >= 1, got {value!r}")
-    return value
 
 
 def _tree_quota(table: dict[str, Any], where: str) -> TreeQuota:
@@ -176,7 +165,7 @@ def _tree_quota(table: dict[str, Any], where: str) -> TreeQuota:
         objects = table.get("objects", d.objects)
         if isinstance(objects, bool) or not isinstance(objects, int) or objects < 0:
             raise InvalidArgument(f"objects: expected a whole number >= 0, got {objects!r}")
-        sizes = {k: parse_size(table.get(k, getattr(d, k)), what=k)
+        sizes = {k: units.parse_size(table.get(k, getattr(d, k)), what=k)
                  for k in QUOTA_KEYS if k != "objects"}
         return TreeQuota(objects=objects, **sizes)
     except (InvalidArgument, ValueError) as e:
@@ -258,18 +247,18 @@ def sandbox_config_from(data: dict[str, Any], source: str) -> SandboxConfig:
             default_limits=default_limits,
             ceiling_limits=ceiling,
             nofile=int(sb.get("nofile", defaults.nofile)),
-            fsize_bytes=parse_size(sb.get("fsize", defaults.fsize_bytes), what="fsize"),
+            fsize_bytes=units.parse_size(sb.get("fsize", defaults.fsize_bytes), what="fsize"),
             agent_uid=None if uid in (None, -1) else int(uid),
             agent_gid=None if gid in (None, -1) else int(gid),
             user_namespace=userns,
             read_only_paths=tuple(str(p) for p in sb.get("read_only_paths", [])),
             cgroup_root=_cgroup_root(sb.get("cgroup_root")),
             tool_limits=tool_limits,
-            tool_heap_mb=parse_size(jit.get("heap", defaults.tool_heap_mb << 20),
+            tool_heap_mb=units.parse_size(jit.get("heap", defaults.tool_heap_mb << 20),
                                     what="[jit] heap") >> 20,
-            tool_timeout_s=parse_duration(jit.get("timeout", defaults.tool_timeout_s),
+            tool_timeout_s=units.parse_duration(jit.get("timeout", defaults.tool_timeout_s),
                                           what="[jit] timeout"),
-            tool_idle_s=parse_duration(jit.get("idle", defaults.tool_idle_s),
+            tool_idle_s=units.parse_duration(jit.get("idle", defaults.tool_idle_s),
                                        what="[jit] idle"),
             tree_quota=tree_quota,
         )
