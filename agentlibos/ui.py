@@ -10,6 +10,7 @@ control characters itself); every text output goes through :func:`printable`.
 
 from __future__ import annotations
 
+import json
 import time
 import unicodedata
 from typing import Any, Final
@@ -51,6 +52,23 @@ def printable(value: object, *, keep_newlines: bool = False) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+def json_text(value: Any, *, indent: int | None = None) -> str:
+    """``value`` as JSON for a person: letters of any script as themselves (``"Zürich"``,
+    not ``"Z\\u00fcrich"``), and every character :func:`printable` escapes as a JSON
+    escape, so it is still valid JSON and safe on a terminal."""
+    text = json.dumps(value, indent=indent, ensure_ascii=False, default=str)
+    if text.isascii():
+        return text
+    # A raw newline is the indent's (json escapes those inside strings).
+    return "".join(_json_escape(ch) if ch != "\n"
+                   and unicodedata.category(ch) in _UNSAFE_CATEGORIES else ch for ch in text)
+
+
+def _json_escape(ch: str) -> str:
+    # Structural JSON is ASCII, so such a character is inside a string: \u form is exact.
+    return json.dumps(ch)[1:-1]
 
 
 def limits_text(limits: dict[str, Any]) -> str:

@@ -356,3 +356,18 @@ def test_ctrl_c_while_the_command_line_still_loads_is_130_without_a_traceback(
                           check=False)
     assert proc.returncode == 130
     assert proc.stderr == "agentlibos: error: interrupted\n"
+
+
+def test_a_result_in_text_mode_keeps_letters_and_escapes_control_and_format_characters(
+    home: Path, make_image: MakeImage
+) -> None:
+    img = make_image("intl", r"""
+        def main(ctx, args):
+            return {"city": "Zürich", "jp": "日本", "tricks": "\u202e\x85\x1b[2J\u2028\ue000"}
+    """)
+    proc = cli(home, "run", str(img))
+    assert proc.returncode == 0, proc.stderr
+    assert "Zürich" in proc.stdout and "日本" in proc.stdout
+    assert all(c.isprintable() or c in "\n " for c in proc.stdout)
+    assert json.loads(proc.stdout) == {"city": "Zürich", "jp": "日本",
+                                       "tricks": "\u202e\x85\x1b[2J\u2028\ue000"}

@@ -37,7 +37,7 @@ from agentlibos.launcher import (
     run_image,
     start_on_daemon,
 )
-from agentlibos.ui import printable
+from agentlibos.ui import json_text, printable
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -120,8 +120,8 @@ def report(paths: Paths, outcome: RunOutcome, *, as_json: bool) -> int:
     if as_json:
         print_json(_public(rec))
     elif outcome.returned:
-        # The result as JSON: json.dumps escapes every control character in it.
-        print(json.dumps(rec.get("result"), indent=2), flush=True)
+        # The result as JSON, readable: its control and format characters escaped.
+        print(json_text(rec.get("result"), indent=2), flush=True)
     log = log_path(paths, outcome.pid)
     if outcome.lost:
         err(f"{outcome.lost} while pid {outcome.pid} ran; its host processes died with it "
