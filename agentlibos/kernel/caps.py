@@ -521,6 +521,14 @@ def _check_resource(text: str, kind: str, resource: str) -> None:
         # Topics and event names are 1-128 of [A-Za-z0-9_.:/-] (the calls refuse others).
         what = "a topic" if kind == "human" else "an event name"
         raise PolicyError(f"capability {text!r}: {what} has no spaces or control characters")
+    if kind in ("fs", "*") and resource.startswith("/") and any(
+            part in (".", "..") for part in resource.split("/")):
+        # A path glob matches real paths, which never hold these, so such a capability
+        # would match nothing as written -- but whatever normalises it (a shell command's
+        # bind root) would read "/p/src/.." as "/p": a child handed it would get more than
+        # its parent's "/p/src/**". Refused: write the path it means.
+        raise PolicyError(f"capability {text!r}: '.' or '..' in an absolute path (write the "
+                          "path it means)")
     if kind == "clock" and not _compile_glob(resource, False).match("*"):
         raise PolicyError(f"capability {text!r}: a clock capability's resource is '*'")
 

@@ -179,6 +179,11 @@ class MountPlan:
     # Precomputed by the supervisor (compile_mounts): what to create and how to remount,
     # so the child runs a short list of syscalls instead of stat-ing its way there.
     ops: MountOps | None = None
+    # Sources the child opens without following a symbolic link in any component, then
+    # binds by that descriptor: the user's paths a shell command sees. Their parents are
+    # writable by agents, and a path checked in the supervisor could be swapped for a
+    # link to anywhere (/etc) before the child's mount(2) -- which follows links -- ran.
+    strict: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -190,6 +195,7 @@ class MountPlan:
             "tmp_dir": self.tmp_dir,
             "hostname": self.hostname,
             "moved": [list(m) for m in self.moved],
+            "strict": list(self.strict),
             "ops": None if self.ops is None else {
                 "dirs": list(self.ops.dirs), "files": list(self.ops.files),
                 "binds": [list(b) for b in self.ops.binds]},
@@ -224,11 +230,41 @@ class MountPlan:
             hostname=str(d.get("hostname", "agentlibos")),
             moved=tuple((str(a), str(b)) for a, b in moved),
             ops=compiled,
+            strict=strs("strict"),
         )
 
     def inside(self, host_path: str) -> str:
         """Where ``host_path`` (bound into the tree) is seen from inside it."""
         return dict(self.moved).get(host_path, host_path)
+
+
+# Not a mount flag (those are 32 bits): marks a MountOps bind of a ``strict`` source.
+STRICT_SOURCE: Final = 1 << 40
+
+
+def open_no_symlinks(path: str) -> int:
+    """An O_PATH descriptor of the absolute ``path``, reached one component at a time
+    without following a symbolic link (where one is found: SandboxError, ELOOP). The
+    descriptor is what a bind then mounts: what was checked is what is bound."""
+    fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in (p for p in path.split("/") if p):
+            if part in (".", ".."):
+                raise SandboxError(f"namespaces: cannot bind {path}: not a plain path")
+            nfd = os.open(part, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+            if stat_mod.S_ISLNK(os.fstat(fd).st_mode):
+                raise SandboxError(f"namespaces: cannot bind {path}: a symbolic link took "
+                                   "the place of a directory in it", errno=40)
+    except OSError as e:
+        os.close(fd)
+        raise SandboxError(f"namespaces: cannot bind {path}: {e.strerror}",
+                           errno=e.errno) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _mount(source: str | None, target: str, fstype: str | None, flags: int,
@@ -298,7 +334,8 @@ def compile_mounts(plan: MountPlan) -> MountPlan:
                 dirs.append(target)
         else:
             files.append(target)
-        binds.append((path, target, flags | (MS_RDONLY if read_only else 0)))
+        strict = STRICT_SOURCE if path in plan.strict else 0
+        binds.append((path, target, flags | strict | (MS_RDONLY if read_only else 0)))
     # A bind whose target lies inside another's must come after it, or the outer one
     # would hide it: a shell command's project under /tmp sits inside its private /tmp,
     # a writable out/ inside a read-only project. Depth first, stably, is enough.
@@ -310,7 +347,7 @@ def compile_mounts(plan: MountPlan) -> MountPlan:
         parents(link)
     return MountPlan(plan.new_root, plan.ro_binds, plan.rw_binds, plan.dev_nodes,
                      plan.symlinks, plan.tmp_dir, plan.hostname, plan.moved,
-                     MountOps(tuple(dirs), tuple(files), tuple(binds)))
+                     MountOps(tuple(dirs), tuple(files), tuple(binds)), plan.strict)
 
 
 def build_mount_tree(plan: MountPlan) -> None:
@@ -365,8 +402,15 @@ def _populate(plan: MountPlan) -> None:
     assert plan.ops is not None
     _make_points(plan.ops, root, MountOps((), (), ()))
     for path, target, flags in plan.ops.binds:
-        _mount(path, root + target, None, MS_BIND | MS_REC)
-        _mount(None, root + target, None, flags)
+        if flags & STRICT_SOURCE:
+            fd = open_no_symlinks(path)
+            try:
+                _mount(f"/proc/self/fd/{fd}", root + target, None, MS_BIND | MS_REC)
+            finally:
+                os.close(fd)
+        else:
+            _mount(path, root + target, None, MS_BIND | MS_REC)
+        _mount(None, root + target, None, flags & ~STRICT_SOURCE)
     for node in plan.dev_nodes:
         # Device nodes need a mount without nodev: the bind keeps devtmpfs's flags.
         _mount(node, root + node, None, MS_BIND)

@@ -538,6 +538,7 @@ def build_shell_profile(
         moved=((scratch, SHELL_TMP),),
         writable=read_write,
         agent_ids=run_as,
+        strict=(*read_only, *read_write),
     )
 
 
@@ -555,6 +556,7 @@ def _assemble(
     moved: tuple[tuple[str, str], ...] = (),
     writable: tuple[str, ...] = (),  # more rw binds Landlock lets it write (shell)
     agent_ids: tuple[int, int] | None = None,  # the uid/gid to run as (default: config)
+    strict: tuple[str, ...] = (),  # binds of the user's paths (MountPlan.strict)
 ) -> SandboxProfile:
     modes: dict[str, str] = {layer: config.layer_mode(layer) for layer in LAYERS}
     userns = config.user_namespace == "always" or (
@@ -571,6 +573,7 @@ def _assemble(
         symlinks=view.symlinks,
         tmp_dir=dict(moved).get(scratch, scratch),
         moved=moved,
+        strict=strict,
     )
     # In a user namespace only the supervisor's own id is mapped (to 0 inside): there is
     # no other uid to become, and root inside is the unprivileged supervisor outside.

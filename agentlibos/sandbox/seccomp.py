@@ -595,6 +595,47 @@ _ALLOW_DENO: Final[tuple[Rule, ...]] = (
 # refuses it refuses too -- no namespaces, mounts, ptrace, io_uring, non-UNIX sockets,
 # setsid/setpgid (a command must not leave the process group killed at its deadline).
 # Which programs exist is what its mount tree shows and Landlock allows to execute.
+# A command runs as the owner of its cwd, which may be root (a root-owned project).
+# A set-id bit it put on a file would outlive it on the host, where no nosuid applies:
+# `cp /usr/bin/python3 . && chmod u+s` would leave a root shell for any local user.
+# Every call that sets a file's mode refuses S_ISUID and S_ISGID; the mode argument is a
+# umode_t, so the mask tests only those bits. (mkdir ignores them: the kernel keeps only
+# S_ISVTX from its mode.) openat2 takes its mode in a struct the filter cannot read: it
+# is refused with ENOSYS, which callers answer by falling back to openat.
+_SETID: Final = 0o6000
+_CREATES: Final = os.O_CREAT | (os.O_TMPFILE & ~os.O_DIRECTORY)
+_MODE_ARG: Final = (("chmod", 1), ("fchmod", 1), ("fchmodat", 2), ("creat", 1))
+_OPEN_ARGS: Final = (("open", 1, 2), ("openat", 2, 3))  # (syscall, flags, mode)
+_SETID_WHY: Final = "a set-id bit on a file, which would outlive the command on the host"
+_SHELL_MODES: Final[tuple[Rule, ...]] = (
+    *(r for name, arg in _MODE_ARG for bit in (0o4000, 0o2000)
+      for r in _deny(_SETID_WHY, name, checks=(_masked(arg, bit, bit),))),
+    *(r for name, flags, mode in _OPEN_ARGS for bit in (0o4000, 0o2000)
+      for create in (os.O_CREAT, _CREATES & ~os.O_CREAT)
+      for r in _deny(_SETID_WHY, name, checks=(_masked(flags, create, create),
+                                               _masked(mode, bit, bit)))),
+    *(r for name in ("mknod", "mknodat") for bit in (0o4000, 0o2000)
+      for r in _deny(_SETID_WHY, name, checks=(_masked(1 if name == "mknod" else 2, bit,
+                                                       bit),))),
+    *_deny("openat2's mode is in a struct the filter cannot read (set-id bits)",
+           "openat2", err=_errno.ENOSYS),
+    # The allowlist's side of the same rule: these calls only without set-id bits.
+    *(r for name, arg in _MODE_ARG
+      for r in _allow("changing a mode, without set-id bits", name,
+                      checks=(_masked(arg, _SETID, 0),))),
+    *(r for name, flags, mode in _OPEN_ARGS
+      for r in (*_allow("opening without creating", name,
+                        checks=(_masked(flags, _CREATES, 0),)),
+                *_allow("creating a file, without set-id bits", name,
+                        checks=(_masked(mode, _SETID, 0),)))),
+    *(r for name, arg in (("mknod", 1), ("mknodat", 2)) for kind in (_S_IFIFO, _S_IFREG, 0)
+      for r in _allow("os.mkfifo and plain files by mknod, without set-id bits", name,
+                      checks=(_masked(arg, _S_IFMT | _SETID, kind),))),
+)
+# What _ALLOW_PYTHON allows of those outright is left out of the shell variant's allows.
+_MODE_SYSCALLS: Final = frozenset({"chmod", "fchmod", "fchmodat", "creat", "open", "openat",
+                                   "openat2", "mknod", "mknodat"})
+
 _ALLOW_SHELL: Final[tuple[Rule, ...]] = (
     *_allow("running programs: the command itself and whatever it starts (git's "
             "helpers, make's recipes); which files can be executed is Landlock's and the "
@@ -648,7 +689,10 @@ _VARIANTS: Final[dict[str, _Variant]] = {
                      _ALLOW_PYTHON + _ALLOW_FCNTL_AGENT + _ALLOW_POOL,
                      "a pooled process waiting for its assignment: the agent variant "
                      "plus the assignment's own steps; the agent filter is stacked on it"),
-    "shell": _Variant(_DENY_COMMON, _ALLOW_PYTHON + _ALLOW_SHELL + _ALLOW_FLOCK,
+    "shell": _Variant(_DENY_COMMON + tuple(r for r in _SHELL_MODES if r.verdict != ALLOW),
+                      tuple(r for r in _ALLOW_PYTHON if r.syscall not in _MODE_SYSCALLS)
+                      + tuple(r for r in _SHELL_MODES if r.verdict == ALLOW)
+                      + _ALLOW_SHELL + _ALLOW_FLOCK,
                       "a shell.exec command: any program its mount tree holds, forking "
                       "and exec'ing, with the agent's other refusals"),
 }

@@ -22,11 +22,12 @@ from typing import Final
 from agentlibos.broker.syscalls import Caller, Pending, Result
 from agentlibos.broker.syscalls.shell import SHELL_PATH
 from agentlibos.config import Paths
-from agentlibos.errors import NotFound, PermissionDenied
+from agentlibos.errors import NotFound, PermissionDenied, SandboxError
 from agentlibos.kernel.caps import CapPattern, escape, parse_cap
 from agentlibos.kernel.policy import Policy, Request, authorize
 from agentlibos.kernel.text import storable
 from agentlibos.providers.shell import MAX_OUTPUT, ShellProvider, ShellRequest, ShellResult
+from agentlibos.sandbox.namespaces import open_no_symlinks
 from agentlibos.sandbox.profile import SHELL_TMP
 from agentlibos.store import Store
 from agentlibos.supervisor.processes import ProcessTable
@@ -182,10 +183,17 @@ class ShellRunner:
         decided from the caller's capabilities and policy, nothing left to a provider."""
         cwd = caller.cwd
         ro, rw = self.view(caller)
+        # Its owner, as the command's bind will find it: reached without following a
+        # link (a link raced into the path would otherwise lend its target's owner).
         try:
-            st = os.stat(cwd)
-        except OSError as e:
-            raise NotFound(f"shell.exec: the process's cwd {cwd}: {e.strerror}") from None
+            fd = open_no_symlinks(cwd)
+        except SandboxError as e:
+            raise NotFound(f"shell.exec: the process's cwd {cwd}: "
+                           f"{e.message.rpartition(': ')[2]}") from None
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
         return ShellRequest(
             caller.pid, tuple(argv), exe, cwd, stdin or b"", timeout_s,
             {"PATH": SHELL_PATH, "HOME": SHELL_TMP, "LANG": "C.UTF-8", **env},
@@ -278,4 +286,7 @@ def _why_unseen(caller: Caller, home: str, own: str | None) -> str:
 def _bindable(path: str) -> bool:
     """Exists, and names itself: a symlink as a bind root would show what it points to
     (anywhere on the host) under a name the capability was granted for."""
-    return os.path.lexists(path) and os.path.realpath(path) == path
+    try:
+        return os.path.lexists(path) and os.path.realpath(path) == path
+    except OSError:  # a component changed under realpath (EINVAL): an agent racing it
+        return False
