@@ -15,7 +15,7 @@ from agentlibos.broker.authz import Authz
 from agentlibos.broker.dispatch import Dispatcher
 from agentlibos.broker.flow import ByteRate
 from agentlibos.broker.syscalls import Caller, Pending, Reply, Result
-from agentlibos.errors import InternalError, LibOSError
+from agentlibos.errors import InternalError, LibOSError, NoSuchProcess
 from agentlibos.kernel.budgets import TreeQuota
 from agentlibos.providers.base import FileProvider
 from agentlibos.store import ObjectQuota, Store
@@ -68,6 +68,12 @@ class ObjView:
     objects: Store
     object_quota: ObjectQuota
     tree_quota: TreeQuota
+
+    def tree_of(self, pid: int) -> int | None:
+        try:
+            return self.objects.get_process(pid).root_pid
+        except NoSuchProcess:
+            return None
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import re
 from typing import Any, Final, Protocol
 
 from agentlibos.broker.syscalls.base import ANY, Authorizer, Caller, Param, syscall
-from agentlibos.errors import InvalidArgument, LimitExceeded
+from agentlibos.errors import InvalidArgument, LimitExceeded, NoSuchProcess
 from agentlibos.kernel.budgets import TreeQuota
 from agentlibos.kernel.policy import Request
 from agentlibos.kernel.text import is_text
@@ -34,6 +34,9 @@ class ObjServices(Protocol):
     def object_quota(self) -> ObjectQuota: ...
     @property
     def tree_quota(self) -> TreeQuota: ...
+    def tree_of(self, pid: int) -> int | None:
+        """The root pid of process ``pid``'s tree; None if there is no such process."""
+        ...
 
 
 NS_RE: Final = re.compile(r"^[a-z0-9_][a-z0-9_.-]*(/[a-z0-9_][a-z0-9_.-]*)*$")
@@ -70,6 +73,19 @@ def _ns(svc: ObjServices, caller: Caller, call: str, ns: str, right: str) -> str
             f"{call}: namespace {ns!r} must be 'self' or lower-case path segments like "
             "'shared/plans'"
         )
+    head, _, rest = ns.partition("/")
+    if head == "self":
+        raise InvalidArgument(f"{call}: 'self' is a whole namespace; it has no parts ({ns!r})")
+    if head == "proc":
+        # A process's namespace is its memory: reachable from its own tree only, as the
+        # process itself is (other trees are invisible, not even their pids leak); and
+        # only once the process exists, so no one fills a future pid's memory ahead.
+        pid = rest.partition("/")[0]
+        if not pid.isdigit() or len(pid) > 18:
+            raise InvalidArgument(f"{call}: namespace {ns!r}: 'proc/' is followed by a pid")
+        if svc.tree_of(int(pid)) != caller.root_pid:
+            raise NoSuchProcess(f"{call}: namespace {ns!r}: no process {pid} in this "
+                                "process tree")
     svc.authz.authorize(caller, call, Request("obj", right, ns))
     return ns
 
