@@ -17,6 +17,9 @@ Pure bookkeeping, no sockets, so each rule is unit-tested on its own:
   ``max_backlog_bytes`` per peer (small refusals in a burst are all answered) and any
   reply that does not fit is dropped -- the peer that does not read pays, not the
   supervisor's memory.
+* **Connections** are bounded per agent (``connections_per_agent``, counted by its
+  cgroup, so a process and everything it forks share them; the SDK needs one), and so
+  are the bytes its half-sent messages hold (protocol/router.py).
 * **Refusals** (bad frames, wrong tokens) are audited ``audit_burst`` times per peer per
   ``window_s``; the rest are counted and summarised in one record. A peer that sends
   ``cut_after`` bad frames is cut: its frames are dropped unread, unanswered, unaudited.
@@ -40,6 +43,7 @@ class FlowLimits:
     audit_burst: int = 5
     window_s: float = 60.0
     cut_after: int = 1000
+    connections_per_agent: int = 4
 
 
 @dataclass

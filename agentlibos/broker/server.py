@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import resource
 from collections.abc import Callable
 from typing import Protocol
 
@@ -30,6 +31,43 @@ from agentlibos.protocol.wire import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def max_peers() -> int:
+    """A quarter of the descriptors this process may hold (its hard limit: the
+    supervisor raises its soft one to it), at least 64."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY or hard > 1 << 20:
+        hard = 1 << 20
+    return max(64, hard // 4)
+
+
+def _cgroup2_of(pid: str) -> bytes | None:
+    try:
+        with open(f"/proc/{pid}/cgroup", "rb") as f:
+            text = f.read(8192)
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(b"0::"):
+            return line[3:]
+    return None
+
+
+def own_cgroup() -> bytes | None:
+    return _cgroup2_of("self")
+
+
+def cgroup_owner(own: bytes | None) -> Callable[[int], bytes]:
+    """The router's owner of a connection: the connecting process's cgroup v2 (an
+    agent's, shared with all it forks), or its pid where that cgroup says nothing (the
+    supervisor's own, or none: agents without a cgroup of their own)."""
+    def owner(pid: int) -> bytes:
+        cg = _cgroup2_of(str(pid))
+        if cg is None or cg in (b"/", own):
+            return b"pid:%d" % pid
+        return b"cg:" + cg
+    return owner
 
 
 class Door(Protocol):
@@ -79,11 +117,20 @@ class Broker:
         #   while its process is at its in-flight bound (_handle): a flooding process
         #   waits in its own socket (its memory, not ours) instead of being read and
         #   refused one by one on the loop every other agent shares.
+        # - connections are counted and bounded per agent (its cgroup: an agent and all
+        #   it forks share one), as are the bytes its half-sent messages hold; and in
+        #   all to a quarter of the descriptors (the rest are the processes' pipes and
+        #   pidfds, FDS_PER_HOST_PROCESS), so a process opening connections without end
+        #   can never take the supervisor to EMFILE, where libzmq's control socket
+        #   would abort it.
         self.router = Router(endpoint, max_frame=limits.zmq_maxmsgsize,
                              max_message=2 * limits.zmq_maxmsgsize,
                              max_queued=self.flow.reply_queue_messages,
                              max_queued_bytes=self.flow.reply_queue_bytes,
-                             max_inbox=self.flow.request_queue_messages)
+                             max_inbox=self.flow.request_queue_messages,
+                             max_peers=max_peers(),
+                             max_peers_per_owner=self.flow.connections_per_agent,
+                             owner_of=cgroup_owner(own_cgroup()))
         self.outbox: list[list[bytes]] = []
         # The outbox's replies to pure reads and the handshake (EARLY_ANSWER), by id,
         # which may leave before the turn's COMMIT statement: see flush_reads().

@@ -23,7 +23,18 @@ libzmq's alike -- and it keeps the guards the broker set on libzmq's socket:
   ROUTER_MANDATORY and SNDHWM), one to a peer that is gone is dropped (EHOSTUNREACH);
 * a peer can be paused (:meth:`Router.pause`): not read at all until resumed;
 * a connection that has not finished its handshake within ``handshake_s`` is closed
-  (libzmq's HANDSHAKE_IVL), and at most ``max_peers`` are open at once.
+  (libzmq's HANDSHAKE_IVL), and at most ``max_peers`` are open at once;
+* peers are grouped by *owner* (``owner_of``: the broker's is the connecting process's
+  cgroup, one per agent and whatever it forks): an owner may hold ``max_peers_per_owner``
+  connections, and what its connections have buffered of unfinished messages together
+  is bounded by ``owner_bytes``: past it, a connection of that owner that would be read
+  is closed instead (one connection alone is bounded by ``max_message``, which always
+  fits). One process opening thousands of connections, or holding a huge half-sent
+  message on each, costs the supervisor one owner's bounds, never its file descriptors
+  or its memory;
+* a failed accept (EMFILE) takes the connection off the backlog and closes it, with a
+  descriptor kept in reserve for that, instead of leaving it there to wake the loop
+  again at once.
 
 Everything a peer sends is untrusted: the broker authenticates every request by its pid
 and token, and a peer that breaks the protocol is disconnected, never answered.
@@ -38,6 +49,7 @@ import os
 import select
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -62,6 +74,10 @@ log = logging.getLogger(__name__)
 
 # A large frame is read in pieces up to this size: not 64 KiB at a time.
 _BIG_READ: Final = 4 << 20
+# Before READY a peer sends only its greeting and commands this small.
+_HANDSHAKE_FRAME: Final = 4096
+# A failed accept is logged at most once in this many seconds (with how many failed).
+_ACCEPT_LOG_S: Final = 10.0
 # One sendmsg hands the kernel at most this much: a nonblocking send to a peer that
 # reads as fast as it is written goes on copying while there is room, so one sendmsg
 # of a 16 MiB buffer held the loop (and every other agent) for its whole copy.
@@ -101,6 +117,12 @@ class _Peer:
     # Who it is on the host: "pid:<host pid>" of the process that connected (its
     # SO_PEERCRED), else its routing id. Refusals are counted per sender (sender()).
     sender: bytes = b""
+    owner: bytes = b""  # whose bounds it counts against (Router owner_of)
+
+
+def pid_owner(pid: int) -> bytes:
+    """The default owner of a connection: the process that connected."""
+    return b"pid:%d" % pid
 
 
 class Router:
@@ -108,13 +130,24 @@ class Router:
                  max_frames: int = 64,
                  max_queued: int = 4, max_queued_bytes: int = 1 << 20,
                  max_inbox: int = 16, max_peers: int = 65536,
-                 handshake_s: float = 30.0) -> None:
+                 handshake_s: float = 30.0, max_peers_per_owner: int = 8,
+                 owner_bytes: int | None = None,
+                 owner_of: Callable[[int], bytes] = pid_owner) -> None:
         self.endpoint = endpoint
         address = ipc_address(endpoint)
         self._path = None if address.startswith("\0") else address  # abstract: no file
         self.max_frame, self.max_frames, self.max_queued = max_frame, max_frames, max_queued
         self.max_message, self.max_queued_bytes = max_message, max_queued_bytes
         self.max_peers, self.handshake_s, self.max_inbox = max_peers, handshake_s, max_inbox
+        self.max_peers_per_owner, self._owner_of = max_peers_per_owner, owner_of
+        # One message of the largest size, and what one read may add, always fits: a
+        # single connection is never closed for its own message.
+        self.owner_bytes = owner_bytes if owner_bytes is not None else (
+            max_message + 2 * _BIG_READ)
+        self._by_owner: dict[bytes, set[_Peer]] = {}
+        self._refused_accepts = 0
+        self._accept_logged = 0.0
+        self._spare: int | None = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self._listen = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM
                                      | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
         self._ep = select.epoll()
@@ -160,6 +193,9 @@ class Router:
     def close(self) -> None:
         for p in list(self._peers.values()):
             self._drop(p)
+        if self._spare is not None:
+            os.close(self._spare)
+            self._spare = None
         self._listen.close()
         self._ep.close()
         if self._path is not None:
@@ -240,21 +276,55 @@ class Router:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:  # EMFILE and the like: keep serving who is connected
-                log.warning("cannot accept a connection to the broker: %s", e)
+                self._refuse_accept(e)
                 return
-            if len(self._peers) >= self.max_peers:
+            pid = _peer_pid(conn)
+            owner = self._owner_of(pid) if pid is not None else b"rid"
+            mine = self._by_owner.setdefault(owner, set())
+            if len(self._peers) >= self.max_peers or len(mine) >= self.max_peers_per_owner:
                 conn.close()
                 self.disconnected += 1
                 continue
             conn.setblocking(False)
             self._next_rid += 1
             p = _Peer(conn, b"\x00" + U64.pack(self._next_rid), now)
-            p.sender = _peer_pid(conn) or p.rid
+            p.sender = b"pid:%d" % pid if pid is not None else p.rid
+            p.owner = owner
+            mine.add(p)
             self._peers[conn.fileno()] = p
             self._by_rid[p.rid] = p
             self._handshaking.append(p)
             self._ep.register(conn.fileno(), select.EPOLLIN)
             self._push(p, [memoryview(GREETING)])
+
+    def _refuse_accept(self, e: OSError) -> None:
+        """Out of descriptors: take the waiting connections off the backlog and close
+        them (the spare descriptor makes room for one at a time), so the listening
+        socket stops waking the loop; say so at most every _ACCEPT_LOG_S."""
+        refused = 0
+        while self._spare is not None and refused < 256:
+            os.close(self._spare)
+            try:
+                conn, _addr = self._listen.accept()
+                conn.close()
+                refused += 1
+            except OSError:
+                break
+            finally:
+                try:
+                    self._spare = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    self._spare = None
+        self._refused_accepts += refused
+        self.disconnected += refused
+        now = time.monotonic()
+        if now - self._accept_logged >= _ACCEPT_LOG_S:
+            self._accept_logged = now
+            log.warning("cannot accept connections to the broker (%s): %d refused so far",
+                        e.strerror, self._refused_accepts)
+
+    def _owned_bytes(self, owner: bytes) -> int:
+        return sum(len(q.buf) + q.frames_bytes for q in self._by_owner.get(owner, ()))
 
     def _read(self, p: _Peer) -> None:
         """Parse what is buffered; if that gives nothing, one read from the socket."""
@@ -262,6 +332,10 @@ class Router:
             self._parse_or_drop(p)
             if p.inbox:
                 return
+        if p.state == 2 and self._owned_bytes(p.owner) >= self.owner_bytes:
+            self._disconnect(p, f"its owner's connections hold {self.owner_bytes} bytes "
+                                "of unfinished messages")
+            return
         want = CHUNK
         if p.state == 2 and len(p.buf) >= 9 and p.buf[0] & LONG:
             want = max(CHUNK, min(_BIG_READ, 9 + U64.unpack_from(p.buf, 1)[0] - len(p.buf)))
@@ -307,6 +381,8 @@ class Router:
             if header is None:
                 break
             flags, start, size = header
+            if p.state != 2 and size > _HANDSHAKE_FRAME:
+                raise _Broken(f"a frame of {size} bytes before its READY")
             if size > self.max_frame:
                 raise _Broken(f"a frame of {size} bytes, over the limit of {self.max_frame}")
             if p.frames_bytes + size > self.max_message:
@@ -453,15 +529,21 @@ class Router:
         p.inbox.clear()
         p.out.clear()
         p.buf = bytearray()
+        p.frames, p.frames_bytes = [], 0
+        mine = self._by_owner.get(p.owner)
+        if mine is not None:
+            mine.discard(p)
+            if not mine:
+                del self._by_owner[p.owner]
 
 
 class _Broken(Exception):
     """The peer broke the protocol or a limit: it is disconnected."""
 
 
-def _peer_pid(conn: socket.socket) -> bytes | None:
-    """``b"pid:<host pid>"`` of the process that connected a unix socket (the kernel
-    says it, in this supervisor's pid namespace), or None (TCP, or no answer)."""
+def _peer_pid(conn: socket.socket) -> int | None:
+    """The host pid of the process that connected a unix socket (the kernel says it, in
+    this supervisor's pid namespace), or None (TCP, or no answer)."""
     if conn.family != socket.AF_UNIX:
         return None
     try:
@@ -469,7 +551,7 @@ def _peer_pid(conn: socket.socket) -> bytes | None:
                              "little", signed=True)
     except OSError:
         return None
-    return b"pid:%d" % pid if pid > 0 else None
+    return pid if pid > 0 else None
 
 
 def _socket_type(body: bytes) -> bytes | None:

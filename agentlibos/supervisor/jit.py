@@ -75,6 +75,11 @@ log = logging.getLogger(__name__)
 MAX_LINE: Final = 48 << 20  # one protocol message, base64 blobs included
 MAX_RESULT_BYTES: Final = 1 << 20
 READ_CHUNK: Final = 1 << 20
+# A tool's own syscalls are flow-controlled as an agent's are (broker/flow.py): at most
+# this many in flight, and none taken while this much of its replies waits unread in
+# its stdin; meanwhile its stdout is not read, so a flood waits in its own pipe.
+TOOL_IN_FLIGHT: Final = 4
+TOOL_UNREAD_BYTES: Final = 1 << 20
 START_TIMEOUT_S: Final = 30.0
 # What V8 writes when a tool's heap reaches --max-old-space-size, before it traps.
 V8_OUT_OF_MEMORY: Final = "Fatal JavaScript out of memory"
@@ -133,6 +138,8 @@ class Worker:
     kind: str = "run"
     contain: dict[str, Any] | None = None  # a pooled worker's start report, until assigned
     from_pool: bool = False  # started ahead, then assigned (or still waiting)
+    syscalls: int = 0  # its own syscalls in flight (TOOL_IN_FLIGHT)
+    paused: bool = False  # stdout not read: at its bounds (_busy)
     # Its load was sent and its first call right behind it; its "ready" is still to come.
     loading: bool = False
     root: int = 0  # the process tree it counts against
@@ -597,9 +604,25 @@ class JitManager:
              "missing": report.get("missing"), "error": report.get("error"),
              "timings_ms": report.get("timings_ms"), "pooled": w.from_pool})
 
+    def _busy(self, w: Worker) -> bool:
+        return w.syscalls >= TOOL_IN_FLIGHT or len(w.outbuf) > TOOL_UNREAD_BYTES
+
+    def _pace(self, w: Worker) -> None:
+        """Read its stdout or not, as its bounds say; lines already read are handled
+        first when it may go on."""
+        if w.stdout is None or w.state == "dead":
+            return
+        if not self._busy(w) and w.paused:
+            w.paused = False
+            self.loop.add_reader(w.stdout, self._reader(w.stdout))
+            self._lines(w)
+        elif self._busy(w) and not w.paused:
+            w.paused = True
+            self.loop.remove_reader(w.stdout)
+
     def _on_stdout(self, w: Worker) -> None:
         assert w.stdout is not None
-        while True:
+        while len(w.inbuf) <= MAX_LINE:  # a writer that never stops: lines first
             try:
                 chunk = os.read(w.stdout, READ_CHUNK)
             except BlockingIOError:
@@ -622,14 +645,18 @@ class JitManager:
         if w.kind == "check":
             w.inbuf.clear()  # `deno check` says nothing on stdout worth keeping
             return
-        while w.state != "dead":
+        self._lines(w)
+
+    def _lines(self, w: Worker) -> None:
+        while w.state != "dead" and not self._busy(w):
             nl = w.inbuf.find(b"\n")
             if nl < 0:
-                return
+                break
             line = bytes(w.inbuf[:nl])
             del w.inbuf[: nl + 1]
             if line.strip():
                 self._message(w, line)
+        self._pace(w)
 
     def _send(self, w: Worker, msg: dict[str, Any]) -> None:
         if w.state == "dead" or w.stdin is None:
@@ -649,6 +676,8 @@ class JitManager:
                 w.outbuf.clear()
                 break
             del w.outbuf[:n]
+        if w.paused:
+            self._pace(w)
         # Wait for room only while something is waiting to be written.
         want = zmq.POLLOUT if w.outbuf else 0
         registered = w.stdin in self.fds
@@ -734,7 +763,10 @@ class JitManager:
         req_id = msg.get("id")
         name, params = msg.get("name"), msg.get("params") or {}
 
+        w.syscalls += 1  # answered once, whichever way: answer() counts it back
+
         def answer(outcome: Reply | LibOSError) -> None:
+            w.syscalls -= 1
             if isinstance(outcome, LibOSError):
                 self._send(w, {"op": "result", "id": req_id, "ok": False,
                                "error": to_wire(outcome)})
