@@ -118,9 +118,15 @@ def summary_of(call: str, request: Request, args: dict[str, Any], blobs: list[by
     size = sum(len(b) for b in blobs)
     extra = ""
     argv = inner.get("argv")
+    question = inner.get("question")
     if request.kind == "shell" and isinstance(argv, list) and all(
             isinstance(a, str) for a in argv):
         text = f"{call} wants to run: {shlex.join(argv)}"
+    elif request.kind == "human" and isinstance(question, str):
+        # Asking a human is what is approved: show what it would ask.
+        choices = inner.get("choices")
+        shown = f" [{' / '.join(map(str, choices))}]" if isinstance(choices, list) else ""
+        text = f"{call} wants to ask: {question}{shown}"
     else:
         if call == "fs.write":
             extra = (f" ({'append ' if inner.get('append') else ''}{size} bytes)")
