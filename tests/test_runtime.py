@@ -696,3 +696,19 @@ def test_each_process_started_before_it_was_ready_even_from_the_warm_pool(
         rec = sup.store.get_process(p)
         assert rec.state == "exited", rec.error
         assert rec.created_at <= (rec.started_at or 0) <= (rec.ready_at or 0), rec
+
+
+def test_spawn_with_its_own_cwd_named_needs_no_read_capability_on_it(
+    sup: Supervisor, make_image: MakeImage, tmp_path: Path
+) -> None:
+    make_image("kid", "def main(ctx, args):\n    return ctx.fs.list('src')\n",
+               caps=["fs:read:./src/**"])
+    parent = make_image("parent", """
+        def main(ctx, args):
+            return [ctx.proc.wait(ctx.proc.spawn("kid", cwd=c))["exit_reason"]
+                    for c in (None, ".")]
+    """, caps=["fs:read:./src/**", "proc:spawn:kid", "proc:wait:*"])
+    (tmp_path / "src").mkdir()
+    rec = run_proc(sup, parent, cwd=tmp_path)
+    assert rec.exit_reason == "returned", rec.error
+    assert rec.result == ["returned", "returned"]

@@ -109,13 +109,13 @@ class ProcessCalls:
         img = self._images.resolve(image, near=caller.image)
         self._table.check_tree_limits(caller)
         child_cwd = caller.cwd
-        if cwd is not None:
-            r = self._fs.resolve(caller.cwd, cwd)
-            self._authz.authorize(caller, "proc.spawn", Request("fs", "read", r.real,
-                                                                r.aliases))
-            if not self._is_dir(r.real):
+        where = None if cwd is None else self._fs.resolve(caller.cwd, cwd)
+        if where is not None and where.real != caller.cwd:  # its own: the default, no check
+            self._authz.authorize(caller, "proc.spawn", Request("fs", "read", where.real,
+                                                                where.aliases))
+            if not self._is_dir(where.real):
                 raise InvalidArgument(f"proc.spawn: cwd {cwd!r} is not a directory")
-            child_cwd = r.real
+            child_cwd = where.real
         handed = list(caller.caps) if caps is None else [
             self._handable(caller, text) for text in caps]
 
