@@ -64,3 +64,27 @@ def test_a_large_directory_is_listed_off_the_loop_and_a_small_one_on_it(
     pid = sup.submit_run(str(image), {"limit": 3}, cwd=str(tmp_path))
     assert sup.run_until(lambda: not sup.tree_live(pid), 60)
     assert sup.store.get_process(pid).result == {"big": big[:3], "small": small[:3]}
+
+
+def test_a_limit_outside_1_to_10000_is_refused_not_clamped(
+    sup: Supervisor, make_image: MakeImage, tmp_path: Path
+) -> None:
+    image = make_image("limits", """
+        from agentlibos.errors import InvalidArgument
+        def main(ctx, args):
+            out = {}
+            for limit in (0, -5, 10_001, 20_000, 1):
+                try:
+                    out[str(limit)] = len(ctx.fs.list(".", limit=limit))
+                except InvalidArgument as e:
+                    out[str(limit)] = e.message
+            return out
+    """, caps=["fs:read:./**"])
+    (tmp_path / "a").touch()
+    pid = sup.submit_run(str(image), {}, cwd=str(tmp_path))
+    assert sup.run_until(lambda: not sup.tree_live(pid), 60)
+    rec = sup.store.get_process(pid)
+    assert rec.exit_reason == "returned", rec.error
+    for bad in ("0", "-5", "10001", "20000"):
+        assert rec.result[bad] == f"fs.list: limit must be from 1 to 10000, not {bad}"
+    assert rec.result["1"] == 1

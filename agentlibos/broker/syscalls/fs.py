@@ -129,8 +129,13 @@ def fs_write(svc: FsServices, caller: Caller, args: dict[str, Any], blobs: list[
 def fs_list(svc: FsServices, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Any:
     """List a directory: name, type, size, mtime, mode of each entry, the first ``limit``
     (at most 10,000) in name order. Needs fs:read."""
+    limit = args["limit"]
+    if not 1 <= limit <= MAX_LIST:
+        # Not clamped: a caller comparing len() with the limit it gave would take a
+        # clamped list for the whole directory.
+        raise InvalidArgument(f"fs.list: limit must be from 1 to {MAX_LIST}, not {limit}")
     r = _check(svc, caller, "fs.list", "read", args["path"])
-    real, limit = r.real, max(1, min(args["limit"], MAX_LIST))
+    real = r.real
     size = _size(svc, real)
     if size <= INLINE_LIST_BYTES:
         return svc.fs.listdir(real, limit)
