@@ -276,6 +276,10 @@ def test_queue_approve_once_then_an_identical_call_asks_again_and_deny_carries_t
 
     out, err = finish(run)
     assert run.returncode == 0, err
+    # The run said, once each, what waited and how to answer it.
+    assert err.count(f"waits on approval {first['id']}:") == 1, err
+    assert f"agentlibos approve {first['id']} [--always] | agentlibos deny" in err
+    assert err.count(f"waits on approval {second['id']}:") <= 1, err  # if it was seen
     written, denied = result(out)
     assert written == "written"
     assert denied.startswith("denied: ") and "no, not the config" in denied

@@ -26,6 +26,7 @@ from agentlibos.supervisor.control import control_call
 from agentlibos.ui import printable
 
 POLL_S: Final = 0.2  # how often the queue is looked at while nothing is on screen
+NOTIFY_POLL_S: Final = 0.5  # how often `--ask queue` looks for new items to mention
 RECHECK_S: Final = 1.0  # how often an item on screen is checked for an answer from elsewhere
 CALL_TIMEOUT_S: Final = 2.0
 # Typed as the answer to a question, declines it (as `agentlibos deny ID` does). An answer
@@ -187,3 +188,30 @@ class Prompter:
                 checked = time.monotonic()
                 if not self._still_pending(int(item["id"])):
                     raise _Gone
+
+
+class Notifier(Prompter):
+    """``run --ask queue``: says on stderr, once each, what of this tree waits in the
+    queue and the command that answers it -- so a run waiting on an operator does not
+    look hung. It answers nothing itself."""
+
+    def _main(self) -> None:
+        seen: set[int] = set()
+        while not self._stop.is_set():
+            try:
+                for item in self._pending():
+                    if item["id"] not in seen:
+                        seen.add(item["id"])
+                        self._say(self._note(item))
+            except LibOSError:
+                pass  # the supervisor is busy or going away; the run's wait says which
+            self._stop.wait(NOTIFY_POLL_S)
+
+    def _note(self, item: dict[str, Any]) -> str:
+        n = item.get("id")
+        if item.get("kind") == "question":
+            return (self._header(item, "waits on question").lstrip("\n")
+                    + f"  answer it: agentlibos answer {n} TEXT (or deny {n})\n")
+        return (self._header(item, "waits on approval").lstrip("\n")
+                + f"  request: {printable(item.get('request'))}\n"
+                + f"  answer it: agentlibos approve {n} [--always] | agentlibos deny {n}\n")

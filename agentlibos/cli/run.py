@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agentlibos.cli.asking import Prompter
+from agentlibos.cli.asking import Notifier, Prompter
 from agentlibos.cli.common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -215,8 +215,8 @@ def cmd_run(ns: argparse.Namespace) -> int:
     def on_start(pid: int) -> None:
         print(f"agentlibos: started pid {pid} (log: {printable(log_path(paths, pid))})",
               file=sys.stderr, flush=True)
-        if ask == "prompt":
-            prompter = Prompter(paths, pid)
+        if ask in ("prompt", "queue"):
+            prompter = (Prompter if ask == "prompt" else Notifier)(paths, pid)
             prompters.append(prompter)
             prompter.start()
 
