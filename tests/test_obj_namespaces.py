@@ -69,3 +69,25 @@ def test_a_child_reaches_its_parents_namespace_and_the_parent_its_childs(
     rec = run_proc(sup, parent, policy=BUILTIN_POLICY)
     assert rec.exit_reason == "returned", rec.error
     assert rec.result == ["the parent's plan", "from the kid"]
+
+
+def test_a_values_limit_is_its_utf8_size_not_its_escaped_size(
+    sup: Supervisor, make_image: MakeImage
+) -> None:
+    img = make_image("intl", """
+        from agentlibos.errors import LimitExceeded
+        def main(ctx, args):
+            cjk = "日本語" * 110_000            # 990,000 bytes of UTF-8
+            emoji = "😀" * 250_000              # 1,000,000 bytes
+            out = [ctx.obj.put("cjk", cjk)["size"], ctx.obj.put("emoji", emoji)["size"],
+                   ctx.obj.get("cjk") == cjk, ctx.obj.get("emoji") == emoji]
+            try:
+                ctx.obj.put("over", "日" * 350_000)  # 1,050,000 bytes
+            except LimitExceeded as e:
+                out.append(e.message)
+            return out
+    """)
+    rec = run_proc(sup, img, policy=BUILTIN_POLICY)
+    assert rec.exit_reason == "returned", rec.error
+    assert rec.result == [990_002, 1_000_002, True, True,
+                          "obj.put: value of 1050002 bytes exceeds 1048576"]

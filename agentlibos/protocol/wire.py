@@ -291,7 +291,14 @@ def decode_request(frames: list[bytes], limits: WireLimits = DEFAULT_LIMITS) -> 
 
 # One encoder for every header: json.dumps with any option builds a new JSONEncoder per
 # call (~1 us of a round trip, on both ends); encode() keeps no state between calls.
-_COMPACT = json.JSONEncoder(separators=(",", ":"))
+# UTF-8, not \u escapes: a value's size limit is its size (CJK text took 6 bytes a
+# character, an emoji 12). A lone surrogate, which UTF-8 cannot hold, goes as its JSON
+# escape (backslashreplace writes exactly that), for the receiver to refuse as not text.
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "backslashreplace")
 
 
 def encode_request(
@@ -301,12 +308,12 @@ def encode_request(
     fields: dict[str, Any] = {"id": req_id, "pid": pid, "call": call, "args": args}
     if seq is not None:
         fields["seq"] = seq
-    header = _COMPACT.encode(fields).encode()
+    header = _utf8(_COMPACT.encode(fields))
     return [MAGIC, header, token, *(blobs or [])]
 
 
 def encode_ok(req_id: int, result: Any, blobs: list[bytes] | None = None) -> list[bytes]:
-    header = _COMPACT.encode({"id": req_id, "ok": True, "result": result}).encode()
+    header = _utf8(_COMPACT.encode({"id": req_id, "ok": True, "result": result}))
     return [MAGIC, header, *(blobs or [])]
 
 

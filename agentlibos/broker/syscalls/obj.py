@@ -119,11 +119,11 @@ def obj_put(svc: ObjServices, caller: Caller, args: dict[str, Any], blobs: list[
         raise InvalidArgument(
             f"obj.put: value for {name!r} is a {type(value).__name__}, not a {type_}"
         )
-    value_json = json.dumps(value, separators=(",", ":"))
-    if len(value_json) > MAX_VALUE_BYTES:
-        raise LimitExceeded(
-            f"obj.put: value of {len(value_json)} bytes exceeds {MAX_VALUE_BYTES}"
-        )
+    # Its size is its UTF-8 size, as stored (not 6 bytes for each CJK character).
+    value_json = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    size = len(value_json.encode())
+    if size > MAX_VALUE_BYTES:
+        raise LimitExceeded(f"obj.put: value of {size} bytes exceeds {MAX_VALUE_BYTES}")
     ns = _ns(svc, caller, "obj.put", args["ns"], "write")
     # Charged to the caller's tree, whichever namespace it writes: the per-namespace
     # quota alone let one tree spread without bound over namespaces it may write.
