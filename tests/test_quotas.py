@@ -484,3 +484,29 @@ def test_whole_file_writes_count_too_and_a_failed_write_is_not_charged(
     r = rec.result
     assert (r["writes"], r["quota"], r["usage"]) == (5, "write_bytes", 5 * 200 * 1024)
     assert r["failed"] not in (None, "LimitExceeded", "InternalError")
+
+
+def test_checkpoints_copying_an_agents_objects_are_charged_to_its_tree(
+    qsup: Supervisor, make_image: MakeImage
+) -> None:
+    img = make_image("cpbomb", """
+        from agentlibos.errors import LimitExceeded
+        def main(ctx, args):
+            ctx.obj.put("big", "x" * 600_000)
+            made = 0
+            for _ in range(50):
+                try:
+                    ctx.checkpoint()
+                except LimitExceeded as e:
+                    return {"made": made, "message": e.message}
+                made += 1
+            return {"made": made}
+    """)
+    pid = qsup.submit_run(str(img), {})
+    assert qsup.run_until(lambda: not qsup.tree_live(pid), 60)
+    rec = qsup.store.get_process(pid)
+    assert rec.exit_reason == "returned", rec.error
+    # 2 MiB of object bytes: the object itself and two copies of it, not fifty.
+    assert rec.result["made"] == 2, rec.result
+    assert rec.result["message"].startswith("proc.checkpoint: a checkpoint of "), rec.result
+    assert len(qsup.store.checkpoint_list(pid)) == 2

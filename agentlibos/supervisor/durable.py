@@ -30,7 +30,8 @@ from agentlibos.broker.dispatch import Dispatcher, Outcome
 from agentlibos.broker.journal import StoreJournal
 from agentlibos.broker.replay import Replayer
 from agentlibos.broker.syscalls import Caller
-from agentlibos.errors import Conflict, InvalidArgument, LibOSError, PolicyError
+from agentlibos.errors import Conflict, InvalidArgument, LibOSError, LimitExceeded, PolicyError
+from agentlibos.kernel.budgets import TreeQuota, Usage
 from agentlibos.kernel.caps import CapPattern, parse_cap, within
 from agentlibos.kernel.image import AgentImage, Limits, load_image
 from agentlibos.kernel.journal import JournalEntry, parse_intent
@@ -43,13 +44,17 @@ from agentlibos.supervisor.waits import Waits
 
 log = logging.getLogger(__name__)
 
+CHECKPOINT_BYTES = 256  # what a checkpoint's row costs beyond its objects and caps
+
 MAX_STARTING = 64  # resumed processes starting at once (see resume)
 
 
 class Durable:
     def __init__(self, table: ProcessTable, store: Store, loop: Loop, dispatcher: Dispatcher,
-                 journal: StoreJournal, waits: Waits, *, evict_after_s: float | None) -> None:
+                 journal: StoreJournal, waits: Waits, *, evict_after_s: float | None,
+                 tree_quota: TreeQuota | None = None) -> None:
         self._table = table
+        self._tree_quota = tree_quota or TreeQuota()
         self._store = store
         self._loop = loop
         self._dispatcher = dispatcher
@@ -427,8 +432,20 @@ class Durable:
         objects and its capabilities."""
         rec = self._store.get_process(pid)
         at = self._store.journal_settled_seq(pid) if seq is None else seq
-        cp = self._store.checkpoint_create(name, pid, at, self._store.get_caps(pid),
-                                           self._store.objects_of_ns(f"proc/{pid}"))
+        caps, objects = self._store.get_caps(pid), self._store.objects_of_ns(f"proc/{pid}")
+        # A copy of its objects, kept as long as the tree: charged to the tree as objects
+        # are (one object, their bytes), so checkpoints cannot grow the store without end.
+        size = CHECKPOINT_BYTES + sum(len(c) for c in caps) + sum(
+            len(o["name"]) + len(o["value"].encode()) for o in objects)
+        with self._store.transaction():
+            try:
+                self._store.charge_tree(rec.root_pid, Usage(object_bytes=size, objects=1),
+                                        self._tree_quota)
+            except LimitExceeded as e:
+                raise LimitExceeded(f"proc.checkpoint: a checkpoint of {size} bytes (a copy "
+                                    f"of its objects) does not fit: {e.message}",
+                                    **e.details) from None
+            cp = self._store.checkpoint_create(name, pid, at, caps, objects)
         self._store.append_audit(pid, "proc.checkpoint", f"proc:{pid}", "info",
                                  {**cp.public(), "image": rec.image})
         return cp

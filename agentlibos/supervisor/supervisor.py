@@ -130,8 +130,9 @@ class Supervisor:
             on_internal_error=lambda c, call, e: self._on_loop_error(call, e, c.pid, call),
             on_refused=authz.refused)
         table.ended.append(dispatcher.forget)
-        self.durable = Durable(table, store, loop, dispatcher, journal, waits,
-                               evict_after_s=self.operator.evict_after_s)  # durability.md
+        self.durable = Durable(table, store, loop, dispatcher, journal, waits,  # durability.md
+                               evict_after_s=self.operator.evict_after_s,
+                               tree_quota=self.sandbox.config.tree_quota)
         self.workers = workers = Workers(self.sandbox, lambda: self.zygote, table)
         self.jit = JitManager(self.paths, store, loop, self.sandbox, workers, dispatcher,
                               max_per_tree=self.config.max_helpers_per_tree,
