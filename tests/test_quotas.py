@@ -510,3 +510,27 @@ def test_checkpoints_copying_an_agents_objects_are_charged_to_its_tree(
     assert rec.result["made"] == 2, rec.result
     assert rec.result["message"].startswith("proc.checkpoint: a checkpoint of "), rec.result
     assert len(qsup.store.checkpoint_list(pid)) == 2
+
+
+def test_event_posts_are_charged_to_the_posters_tree_as_writes(
+    qsup: Supervisor, make_image: MakeImage
+) -> None:
+    img = make_image("evbomb", """
+        from agentlibos.errors import LimitExceeded
+        def main(ctx, args):
+            posted = 0
+            for _ in range(20):
+                try:
+                    ctx.events.post("flood", "x" * 300_000)
+                except LimitExceeded as e:
+                    return {"posted": posted, "message": e.message}
+                posted += 1
+            return {"posted": posted}
+    """, caps=["event:post:*"])
+    pid = qsup.submit_run(str(img), {})
+    assert qsup.run_until(lambda: not qsup.tree_live(pid), 60)
+    rec = qsup.store.get_process(pid)
+    assert rec.exit_reason == "returned", rec.error
+    assert rec.result["posted"] == 3, rec.result  # 1 MiB of writes: three 300 kB posts
+    assert rec.result["message"].startswith("event.post: a post of 300007 bytes"), rec.result
+    assert qsup.store.event_last_id() == 3  # the refused one left nothing

@@ -15,8 +15,8 @@ from agentlibos.broker.authz import Authz
 from agentlibos.broker.dispatch import Dispatcher
 from agentlibos.broker.flow import ByteRate
 from agentlibos.broker.syscalls import Caller, Pending, Reply, Result
-from agentlibos.errors import InternalError, LibOSError, NoSuchProcess
-from agentlibos.kernel.budgets import TreeQuota
+from agentlibos.errors import InternalError, LibOSError, LimitExceeded, NoSuchProcess
+from agentlibos.kernel.budgets import TreeQuota, Usage
 from agentlibos.providers.base import FileProvider
 from agentlibos.store import ObjectQuota, Store
 from agentlibos.supervisor.approvals import Approvals
@@ -108,6 +108,15 @@ class HumanView:
 class EventView:
     authz: Authz
     events: Events
+    store: Store
+    tree_quota: TreeQuota
+
+    def charge(self, caller: Caller, size: int) -> None:
+        try:
+            self.store.charge_tree(caller.root_pid, Usage(write_bytes=size), self.tree_quota)
+        except LimitExceeded as e:
+            raise LimitExceeded(f"event.post: a post of {size} bytes: {e.message}",
+                                **e.details) from None
 
 
 @dataclass(frozen=True)
@@ -155,7 +164,7 @@ def wire_syscalls(dispatcher: Dispatcher, *, authz: Authz, fs: FileProvider, fil
     dispatcher.add_services("tool", ToolView(authz, tools, dispatcher))
     dispatcher.intent_with_turn["tool.call"] = tools.acts_through_the_broker
     dispatcher.add_services("human", HumanView(authz, approvals))
-    dispatcher.add_services("event", EventView(authz, events))
+    dispatcher.add_services("event", EventView(authz, events, store, tree_quota))
     dispatcher.add_services("clock", ClockView(authz, clock))
     dispatcher.add_services("shell", ShellView(authz, shell))
     dispatcher.add_services("net", NetView(authz, net))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Protocol
 
 from agentlibos.broker.syscalls.base import ANY, Authorizer, Caller, Param, Result, syscall
@@ -21,6 +22,10 @@ class EventServices(Protocol):
     def authz(self) -> Authorizer: ...
     @property
     def events(self) -> EventBus: ...
+    def charge(self, caller: Caller, size: int) -> None:
+        """Charge a post's bytes to the caller's tree (its write_bytes quota): every post
+        stays in the store, for waiters that resume later. LimitExceeded past it."""
+        ...
 
 
 @syscall("event.wait", name=_NAME, timeout=Param(float, required=False))
@@ -40,5 +45,6 @@ def event_post(
     """Post ``name`` with a JSON payload, waking every waiter (needs event:post:<name>)."""
     name = check_event_name(args["name"], "event.post")
     svc.authz.authorize(caller, "event.post", Request("event", "post", name))
+    svc.charge(caller, len(name) + len(json.dumps(args["payload"], ensure_ascii=False).encode()))
     rec, woken = svc.events.post(name, args["payload"], caller.pid)
     return {"id": rec.id, "name": name, "woken": woken}
