@@ -316,6 +316,9 @@ def test_kill_stops_a_child_and_its_descendants(
     procs = sup.store.list_processes()
     assert [p.state for p in procs] == ["exited", "killed", "killed"]
     assert procs[2].ppid == procs[1].pid
+    # A stop is one line in the killed agent's log, not the SDK's stack.
+    log = log_of(sup, procs[1].pid)
+    assert "agentlibos: terminated by the supervisor" in log and "Traceback" not in log
 
 
 @pytest.mark.parametrize("held", [["proc:signal:leaf", "proc:wait:leaf"],

@@ -70,7 +70,7 @@ def run_agent(endpoint: str, pid: int, token: bytes, *, dealer: Dealer | None = 
                             f"{type(entry).__name__!r})")
         result = entry(ctx, info.get("args") or {})
         try:
-            encoded = json.dumps(result)
+            encoded = json.dumps(result, ensure_ascii=False).encode("utf-8", "backslashreplace")
         except (TypeError, ValueError) as e:
             raise TypeError(f"the entry function returned a non-JSON value: {e}") from None
         if len(encoded) > MAX_RESULT_BYTES:
@@ -82,7 +82,11 @@ def run_agent(endpoint: str, pid: int, token: bytes, *, dealer: Dealer | None = 
         if e.code not in (0, None):
             status, error = "error", f"SystemExit({e.code!r})"
     except BaseException as e:  # noqa: BLE001 - the agent's failure is reported, not re-raised
-        traceback.print_exc()
+        if isinstance(e, Terminated):  # a stop, not a bug: its stack says nothing
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once is enough: report, leave
+            print(f"agentlibos: {e}", file=sys.stderr)
+        else:
+            traceback.print_exc()
         status, result, error = "error", None, _describe(e)
     try:
         args: dict[str, Any] = {"status": status, "result": result}
@@ -101,8 +105,9 @@ def run_agent(endpoint: str, pid: int, token: bytes, *, dealer: Dealer | None = 
             args = {"status": status, "result": None,
                     "error": f"{refused}: {_describe(e)}"[:60000]}
             client.call("proc.exit", args, timeout_s=30)
-    except BaseException:  # noqa: BLE001 - nothing more can be reported; exit status says it
-        traceback.print_exc()
+    except BaseException as e:  # noqa: BLE001 - nothing more can be reported; exit status says it
+        if not isinstance(e, Terminated):
+            traceback.print_exc()
         return 1
     finally:
         sys.stdout.flush()

@@ -213,7 +213,7 @@ class ProcessCalls:
 
     def exit(self, caller: Caller, status: str, result: Any, error: str | None) -> None:
         limit = self._table.config.max_result_bytes
-        encoded = json.dumps(result)
+        encoded = json.dumps(result, ensure_ascii=False).encode()  # its UTF-8 size
         if len(encoded) > limit:
             raise LimitExceeded(f"proc.exit: result of {len(encoded)} bytes exceeds {limit}")
         live = self._table.live[caller.pid]
