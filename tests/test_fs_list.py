@@ -88,3 +88,33 @@ def test_a_limit_outside_1_to_10000_is_refused_not_clamped(
     for bad in ("0", "-5", "10001", "20000"):
         assert rec.result[bad] == f"fs.list: limit must be from 1 to 10000, not {bad}"
     assert rec.result["1"] == 1
+
+
+def test_a_file_named_with_a_trailing_slash_is_refused_by_read_and_write(
+    sup: Supervisor, make_image: MakeImage, tmp_path: Path
+) -> None:
+    image = make_image("slash", """
+        from agentlibos.errors import InvalidArgument
+        def main(ctx, args):
+            out = []
+            for call in (lambda: ctx.fs.read_text("afile/"),
+                         lambda: ctx.fs.write_text("afile/", "x"),
+                         lambda: ctx.fs.write_text("new/", "x")):
+                try:
+                    call()
+                    out.append("done")
+                except InvalidArgument as e:
+                    out.append(e.message)
+            return out + [ctx.fs.read_text("afile")]
+    """, caps=["fs:rw:./**"])
+    (tmp_path / "afile").write_text("regular file\\n")
+    pid = sup.submit_run(str(image), {}, cwd=str(tmp_path))
+    assert sup.run_until(lambda: not sup.tree_live(pid), 60)
+    rec = sup.store.get_process(pid)
+    assert rec.exit_reason == "returned", rec.error
+    assert rec.result == [
+        "fs.read: 'afile/' ends with '/': it names a directory, not a file",
+        "fs.write: 'afile/' ends with '/': it names a directory, not a file",
+        "fs.write: 'new/' ends with '/': it names a directory, not a file",
+        "regular file\\n"]
+    assert not (tmp_path / "new").exists()

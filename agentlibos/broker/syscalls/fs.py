@@ -71,6 +71,15 @@ def _check(svc: FsServices, caller: Caller, call: str, right: str, path: str,
     return r
 
 
+def _a_file(call: str, path: str) -> str:
+    """A path with a trailing slash names a directory (a file's is ENOTDIR in POSIX,
+    where realpath would quietly drop it): never what a read or a write takes."""
+    if path.endswith("/"):
+        raise InvalidArgument(f"{call}: {path!r} ends with '/': it names a directory, "
+                              "not a file")
+    return path
+
+
 def _size(svc: FsServices, real: str) -> int:
     """How large ``real`` is, to decide whether it is read or listed off the loop; 0 when
     it cannot be told (the call itself then says what is wrong)."""
@@ -83,7 +92,7 @@ def _size(svc: FsServices, real: str) -> int:
 @syscall("fs.read", path=_PATH, max_bytes=Param(int, required=False, minimum=0))
 def fs_read(svc: FsServices, caller: Caller, args: dict[str, Any], blobs: list[bytes]) -> Result:
     """Read a whole file; the bytes come back as a blob. Needs fs:read."""
-    r = _check(svc, caller, "fs.read", "read", args["path"])
+    r = _check(svc, caller, "fs.read", "read", _a_file("fs.read", args["path"]))
     real, limit = r.real, args["max_bytes"]
 
     def read() -> Reply:
@@ -103,7 +112,7 @@ def fs_write(svc: FsServices, caller: Caller, args: dict[str, Any], blobs: list[
     """Write (atomically replace) or append to a file from the first blob. Needs fs:write."""
     if len(blobs) != 1:
         raise InvalidArgument("fs.write: needs exactly one data blob")
-    r = _check(svc, caller, "fs.write", "write", args["path"])
+    r = _check(svc, caller, "fs.write", "write", _a_file("fs.write", args["path"]))
     # Charged before the effect: a write that would break the tree's quota is refused
     # with the file untouched. A write that fails after the charge gives it back (the
     # provider writes nothing, or replaces atomically, when it raises a typed error).
