@@ -715,3 +715,26 @@ def test_spawn_with_its_own_cwd_named_needs_no_read_capability_on_it(
     rec = run_proc(sup, parent, cwd=tmp_path)
     assert rec.exit_reason == "returned", rec.error
     assert rec.result == ["returned", "returned"]
+
+
+def test_a_refusal_says_when_the_image_asked_for_it_and_the_policy_did_not_grant_it(
+    sup: Supervisor, make_image: MakeImage, tmp_path: Path
+) -> None:
+    img = make_image("asked", """
+        from agentlibos.errors import PermissionDenied
+        def main(ctx, args):
+            out = []
+            for path in ("/etc/hostname", "/etc/passwd"):
+                try:
+                    ctx.fs.read_text(path)
+                except PermissionDenied as e:
+                    out.append(e.message)
+            return out
+    """, caps=["fs:read:/etc/hostname"])
+    policy = parse_policy('allow = ["fs:read:./**"]\ndefault = "deny"\n', "strict.toml")
+    rec = run_proc(sup, img, cwd=tmp_path, policy=policy)
+    assert rec.exit_reason == "returned", rec.error
+    asked, not_asked = rec.result
+    assert "its image asks for 'fs:read:/etc/hostname', but the run's policy did not " \
+           "grant it" in asked
+    assert "its image asks" not in not_asked and "does not hold" in not_asked

@@ -40,6 +40,8 @@ class Authz:
                 declared = ", ".join(caller.tool_caps) or "none"
                 reason += (f" through tool {caller.via_tool}, which acts only with the caps "
                            f"its [tools] entry declares ({declared})")
+            elif d.rule is None:
+                reason += _why_not_held(caller, request)
             raise PermissionDenied(f"{call}: {reason}", request=str(request), rule=d.rule)
 
     def _settle_ask(self, caller: Caller, call: str, request: Request, d: Decision,
@@ -82,3 +84,17 @@ class Authz:
         if caller.via_tool:
             detail = {**detail, "tool": caller.via_tool}
         self._store.append_audit(caller.pid, call, request, verdict, detail)
+
+
+def _why_not_held(caller: Caller, request: Request) -> str:
+    """Where the image asks for what was missing, why the process does not hold it: its
+    launcher (the run's policy, or its parent at spawn) did not grant it, or it was
+    dropped or revoked since -- the image.toml alone would not tell its reader."""
+    asked = [c for c in caller.image.requested
+             if c.resolved(caller.cwd).allows(request.kind, request.right, request.resource)]
+    if not asked:
+        return ""
+    by = "its parent did not hand it on at spawn" if caller.ppid is not None else \
+        "the run's policy did not grant it"
+    return (f" (its image asks for '{asked[0]}', but {by}, or it was dropped or revoked "
+            "since: `agentlibos caps PID` shows what it holds)")
