@@ -248,6 +248,9 @@ def test_a_cross_site_or_forged_post_is_refused_before_it_reaches_the_supervisor
                                      body=body)
         assert status == 403, (headers, reply)
         assert json.loads(reply)["ok"] is False
+        # The error has the shape every other answer's has.
+        assert set(json.loads(reply)["error"]) == {"type", "code", "message", "details"}
+        assert json.loads(reply)["error"]["code"] == "EPERM"
     # A rebinding attacker's Host name is not ours, whatever else is right.
     status, _, _ = c.request("POST", "/api/approve", body=body, headers={
         **json_type, "Cookie": cookie, "Origin": "http://evil.example:1", "X-CSRF-Token": csrf,
@@ -271,7 +274,8 @@ def test_a_change_with_a_malformed_body_is_refused_with_a_reason(
     for path, body in [("/api/approve", {"id": "1"}), ("/api/approve", {"id": True}),
                        ("/api/approve", {"id": 1, "always": "yes"}),
                        ("/api/deny", {"id": 1, "reason": 7}), ("/api/answer", {"id": 1}),
-                       ("/api/answer", {"id": 1, "text": "  "})]:
+                       ("/api/answer", {"id": 1, "text": "  "}),
+                       ("/api/approve", {"id": 1, "alway": True})]:  # a typo acts not
         status, _, reply = c.request("POST", path, headers=headers,
                                      body=json.dumps(body).encode())
         assert status == 400, (path, body, reply)

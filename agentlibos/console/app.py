@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agentlibos.console.guard import COOKIE, CSRF_HEADER, SAFE_METHODS, Guard, Refusal, Session
 from agentlibos.console.link import ControlLink
-from agentlibos.errors import InvalidArgument, LibOSError, to_wire
+from agentlibos.errors import InvalidArgument, LibOSError, PermissionDenied, ProtocolError, to_wire
 
 # The supervisor's error codes as HTTP statuses; anything else is 500 with the message.
 STATUS_OF_CODE: Final = {
@@ -113,8 +113,9 @@ class GuardMiddleware:
 
 
 def _refusal(r: Refusal) -> Response:
-    return JSONResponse({"ok": False, "error": {"code": "EPERM" if r.status == 403 else "EPROTO",
-                                                "message": r.reason}}, status_code=r.status)
+    # The same error shape as every other answer (to_wire's: type, code, message, details).
+    e = PermissionDenied(r.reason) if r.status == 403 else ProtocolError(r.reason)
+    return JSONResponse({"ok": False, "error": to_wire(e)}, status_code=r.status)
 
 
 def _error(e: LibOSError) -> Response:
@@ -190,8 +191,17 @@ async def _json_body(request: Request) -> dict[str, Any]:
     return data
 
 
+_FIELDS: Final = {"approve": {"id", "always"}, "deny": {"id", "reason"},
+                  "answer": {"id", "text"}}
+
+
 def _change_request(op: str, body: dict[str, Any]) -> dict[str, Any]:
-    """The control request for ``op``, its fields checked by type (not just presence)."""
+    """The control request for ``op``, its fields checked by type (not just presence);
+    a field it does not take is refused, not ignored (a typo would act otherwise)."""
+    unknown = set(body) - _FIELDS[op]
+    if unknown:
+        raise InvalidArgument(f"{op} takes {', '.join(sorted(_FIELDS[op]))}; not "
+                              f"{', '.join(sorted(map(str, unknown)))}")
     rid = body.get("id")
     if not isinstance(rid, int) or isinstance(rid, bool) or rid < 1:
         raise InvalidArgument("'id' must be a positive integer")

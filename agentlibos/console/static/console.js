@@ -74,7 +74,8 @@ async function change(op, body) {
     return;
   }
   if (reply.ok) {
-    flash("#" + body.id + ": " + text(reply.state || op));
+    flash("#" + body.id + ": " + text(reply.state || op) +
+          (body.always ? " for the rest of the process's life" : op === "approve" ? " once" : ""));
   } else {
     flash(op + " #" + body.id + " refused: " + text(reply.error && reply.error.message), true);
   }
