@@ -132,7 +132,7 @@ def test_two_detached_runs_racing_in_a_fresh_home_land_on_one_daemon(
     (["./nosuch"], None, "nosuch"),
     (["nosuch"], None, "no image named 'nosuch'"),
     (["IMG", "--arg", "novalue"], None, "bad --arg 'novalue'"),
-    (["IMG", "--tokens", "0"], None, "--tokens must be"),
+    (["IMG", "--tokens", "0"], None, "--tokens: '0' is not a positive number"),
     (["IMG", "--cwd", "/nonexistent/dir"], None, "--cwd"),
     (["IMG", "--ask", "prompt"], None, "--ask prompt"),
     (["IMG"], "[approvals]\nbogus = 1\n", "[approvals] takes one key"),
