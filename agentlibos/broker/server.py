@@ -58,13 +58,14 @@ def own_cgroup() -> bytes | None:
     return _cgroup2_of("self")
 
 
-def cgroup_owner(own: bytes | None) -> Callable[[int], bytes]:
+def cgroup_owner(own: Callable[[], bytes | None] = own_cgroup) -> Callable[[int], bytes]:
     """The router's owner of a connection: the connecting process's cgroup v2 (an
     agent's, shared with all it forks), or its pid where that cgroup says nothing (the
-    supervisor's own, or none: agents without a cgroup of their own)."""
+    supervisor's own -- asked each time: it moves into a leaf of its group after it
+    starts -- or none: agents without a cgroup of their own)."""
     def owner(pid: int) -> bytes:
         cg = _cgroup2_of(str(pid))
-        if cg is None or cg in (b"/", own):
+        if cg is None or cg in (b"/", own()):
             return b"pid:%d" % pid
         return b"cg:" + cg
     return owner
@@ -130,7 +131,7 @@ class Broker:
                              max_inbox=self.flow.request_queue_messages,
                              max_peers=max_peers(),
                              max_peers_per_owner=self.flow.connections_per_agent,
-                             owner_of=cgroup_owner(own_cgroup()))
+                             owner_of=cgroup_owner())
         self.outbox: list[list[bytes]] = []
         # The outbox's replies to pure reads and the handshake (EARLY_ANSWER), by id,
         # which may leave before the turn's COMMIT statement: see flush_reads().
