@@ -280,8 +280,8 @@ class Router:
                 return
             pid = _peer_pid(conn)
             owner = self._owner_of(pid) if pid is not None else b"rid"
-            mine = self._by_owner.setdefault(owner, set())
-            if len(self._peers) >= self.max_peers or len(mine) >= self.max_peers_per_owner:
+            if (len(self._peers) >= self.max_peers
+                    or len(self._by_owner.get(owner, ())) >= self.max_peers_per_owner):
                 conn.close()
                 self.disconnected += 1
                 continue
@@ -290,7 +290,7 @@ class Router:
             p = _Peer(conn, b"\x00" + U64.pack(self._next_rid), now)
             p.sender = b"pid:%d" % pid if pid is not None else p.rid
             p.owner = owner
-            mine.add(p)
+            self._by_owner.setdefault(owner, set()).add(p)
             self._peers[conn.fileno()] = p
             self._by_rid[p.rid] = p
             self._handshaking.append(p)
@@ -302,6 +302,9 @@ class Router:
         them (the spare descriptor makes room for one at a time), so the listening
         socket stops waking the loop; say so at most every _ACCEPT_LOG_S."""
         refused = 0
+        if self._spare is None:  # lost at a refusal before: room may have come since
+            with contextlib.suppress(OSError):
+                self._spare = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         while self._spare is not None and refused < 256:
             os.close(self._spare)
             try:
