@@ -19,7 +19,7 @@ from agentlibos.errors import ImageError, InvalidArgument, PolicyError
 from agentlibos.kernel.caps import CapPattern, escape, parse_cap
 from agentlibos.kernel.entrycheck import entry_problem
 from agentlibos.kernel.schema import check_schema
-from agentlibos.kernel.units import parse_cores, parse_duration, parse_size
+from agentlibos.kernel.units import parse_cores, parse_count, parse_duration, parse_size
 
 # \Z, not $: "$" also matches before a trailing newline, so "x\n" would pass.
 NAME_RE: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}\Z")
@@ -309,14 +309,16 @@ def load_image(directory: str | Path, *,
                 parse_size(lim["memory"], what="[limits] memory") if "memory" in lim else None,
                 "[limits] memory",
             ),
-            pids_max=_positive_int(lim.get("pids"), "[limits] pids"),
+            pids_max=parse_count(lim["pids"], what="[limits] pids") if "pids" in lim
+            else None,
             cpu_max_cores=parse_cores(lim["cpu"], what="[limits] cpu") if "cpu" in lim
             else None,
             wall_limit_s=_positive(
                 parse_duration(lim["wall"], what="[limits] wall") if "wall" in lim else None,
                 "[limits] wall",
             ),
-            tokens=_positive_int(lim.get("tokens"), "[limits] tokens"),
+            tokens=parse_count(lim["tokens"], what="[limits] tokens") if "tokens" in lim
+            else None,
         )
     except InvalidArgument as e:
         raise ImageError(f"{where}: {e.message}") from None
@@ -522,11 +524,3 @@ def _jit_options(root: Path, name: str, options: dict[str, Any], where: str) -> 
         except InvalidArgument as e:
             raise ImageError(f"{where}: tool {name!r}: {e.message}") from None
     return out
-
-
-def _positive_int(v: object, what: str) -> int | None:
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-        raise InvalidArgument(f"{what} must be a positive integer, got {v!r}")
-    return v

@@ -76,7 +76,7 @@ def parse_size(value: object, *, what: str = "size") -> int:
 def parse_count(value: object, *, what: str = "count") -> int:
     """A whole number >= 1 (a TOML integer, not a bool or a string)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidArgument(f"{what} must be a whole number >= 1, got {value!r}")
+        raise InvalidArgument(f"{what} must be a positive integer, got {value!r}")
     return value
 
 

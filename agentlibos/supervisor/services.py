@@ -15,8 +15,8 @@ from agentlibos.broker.authz import Authz
 from agentlibos.broker.dispatch import Dispatcher
 from agentlibos.broker.flow import ByteRate
 from agentlibos.broker.syscalls import Caller, Pending, Reply, Result
-from agentlibos.errors import InternalError, LibOSError, LimitExceeded, NoSuchProcess
-from agentlibos.kernel.budgets import TreeQuota, Usage
+from agentlibos.errors import InternalError, LibOSError, NoSuchProcess
+from agentlibos.kernel.budgets import TreeQuota
 from agentlibos.providers.base import FileProvider
 from agentlibos.store import ObjectQuota, Store
 from agentlibos.supervisor.approvals import Approvals
@@ -108,15 +108,8 @@ class HumanView:
 class EventView:
     authz: Authz
     events: Events
-    store: Store
+    budgets: Store
     tree_quota: TreeQuota
-
-    def charge(self, caller: Caller, size: int) -> None:
-        try:
-            self.store.charge_tree(caller.root_pid, Usage(write_bytes=size), self.tree_quota)
-        except LimitExceeded as e:
-            raise LimitExceeded(f"event.post: a post of {size} bytes: {e.message}",
-                                **e.details) from None
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,11 @@ import json
 from typing import Any, Protocol
 
 from agentlibos.broker.syscalls.base import ANY, Authorizer, Caller, Param, Result, syscall
+from agentlibos.broker.syscalls.fs import TreeBudgets
+from agentlibos.errors import LimitExceeded
+from agentlibos.kernel import budgets
 from agentlibos.kernel.approvals import EventRecord, check_event_name
+from agentlibos.kernel.budgets import TreeQuota
 from agentlibos.kernel.policy import Request
 
 _NAME = Param(str, max_len=128)
@@ -22,10 +26,10 @@ class EventServices(Protocol):
     def authz(self) -> Authorizer: ...
     @property
     def events(self) -> EventBus: ...
-    def charge(self, caller: Caller, size: int) -> None:
-        """Charge a post's bytes to the caller's tree (its write_bytes quota): every post
-        stays in the store, for waiters that resume later. LimitExceeded past it."""
-        ...
+    @property
+    def budgets(self) -> TreeBudgets: ...
+    @property
+    def tree_quota(self) -> TreeQuota: ...
 
 
 @syscall("event.wait", name=_NAME, timeout=Param(float, required=False))
@@ -45,6 +49,13 @@ def event_post(
     """Post ``name`` with a JSON payload, waking every waiter (needs event:post:<name>)."""
     name = check_event_name(args["name"], "event.post")
     svc.authz.authorize(caller, "event.post", Request("event", "post", name))
-    svc.charge(caller, len(name) + len(json.dumps(args["payload"], ensure_ascii=False).encode()))
+    # Every post stays in the store (for waiters resumed later): charged to the poster's
+    # tree as a write through the broker is.
+    size = len(name) + len(json.dumps(args["payload"], ensure_ascii=False).encode())
+    try:
+        svc.budgets.charge_tree(caller.root_pid, budgets.write_charge(size), svc.tree_quota)
+    except LimitExceeded as e:
+        raise LimitExceeded(f"event.post: a post of {size} bytes: {e.message}",
+                            **e.details) from None
     rec, woken = svc.events.post(name, args["payload"], caller.pid)
     return {"id": rec.id, "name": name, "woken": woken}
