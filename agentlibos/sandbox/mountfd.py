@@ -64,7 +64,7 @@ def _setattr(fd: int, attr: _MountAttr, flags: int) -> None:
          ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)))
 
 
-def clone_bind(source: str, remount_flags: int) -> int:
+def clone_bind(source: str, remount_flags: int, *, at: int | None = None) -> int:
     """A detached copy of the mount tree at ``source`` with the flags a bind remount
     with ``remount_flags`` (MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC) would give its top
     mount -- what ``mount --rbind`` then ``mount -o remount,bind`` makes on the cold
@@ -73,10 +73,18 @@ def clone_bind(source: str, remount_flags: int) -> int:
     Every mount in the copy is made private first: a clone stays in its source's peer
     group, and a mount the host later made inside the image would otherwise appear in
     the agent's view (the cold path makes its whole tree private for the same reason).
+
+    ``at``: a descriptor of ``source`` already opened (namespaces.open_no_symlinks, for a
+    strict source): that is cloned, and ``source`` only names it in errors.
     """
     try:
-        fd = _sys(SYS_OPEN_TREE, ctypes.c_int(AT_FDCWD), os.fsencode(source),
-                  ctypes.c_uint(OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE))
+        if at is None:
+            fd = _sys(SYS_OPEN_TREE, ctypes.c_int(AT_FDCWD), os.fsencode(source),
+                      ctypes.c_uint(OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE))
+        else:
+            fd = _sys(SYS_OPEN_TREE, ctypes.c_int(at), b"",
+                      ctypes.c_uint(OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE
+                                    | AT_EMPTY_PATH))
     except OSError as e:
         raise SandboxError(f"namespaces: cannot clone {source}: {e.strerror}",
                            errno=e.errno) from None

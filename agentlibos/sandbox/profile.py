@@ -40,9 +40,8 @@ CEILING_WALL_S: Final = 24 * 3600.0
 
 def default_ceiling(host_memory_bytes: int | None, host_cores: int | None) -> Limits:
     """The built-in ceiling for a host with this much RAM and these many cores. Pure."""
-    memory = CEILING_MEMORY_BYTES
-    if host_memory_bytes:
-        memory = min(memory, max(host_memory_bytes // 2, 64 << 20))
+    memory = (min(CEILING_MEMORY_BYTES, max(host_memory_bytes // 2, 64 << 20))
+              if host_memory_bytes else CEILING_MEMORY_BYTES)
     return Limits(memory_max_bytes=memory, pids_max=CEILING_PIDS,
                   cpu_max_cores=float(host_cores) if host_cores else None,
                   wall_limit_s=CEILING_WALL_S)
@@ -448,6 +447,7 @@ def build_profile(
         # Inside its tree an agent finds its scratch and the broker at fixed places:
         # nothing it sees names the host's $AGENTLIBOS_HOME.
         moved=((scratch, SCRATCH_INSIDE), (broker_socket, BROKER_INSIDE)),
+        strict=(image_dir,),  # a sibling image's, agent-writable: bound link-free
     )
 
 

@@ -306,7 +306,15 @@ class SandboxManager:
         done = namespaces.MountPlan.from_json(self.pool["base"]["mount"])
         try:
             for source, target, flags in namespaces.agent_binds(plan, done):
-                prepared.mount_fds.append(mountfd.clone_bind(source, flags))
+                # A strict source is reached without following a link, as the cold
+                # path's child binds it: a link swapped in since the check is not cloned.
+                at = (namespaces.open_no_symlinks(source)
+                      if flags & namespaces.STRICT_SOURCE else None)
+                try:
+                    prepared.mount_fds.append(mountfd.clone_bind(source, flags, at=at))
+                finally:
+                    if at is not None:
+                        os.close(at)
                 prepared.mount_targets.append(target)
         except BaseException:
             prepared.close()
