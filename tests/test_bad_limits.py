@@ -4,6 +4,7 @@ would leave a process record behind."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -127,3 +128,19 @@ def test_a_launch_that_fails_unexpectedly_ends_the_process_instead_of_leaving_it
         assert rec.error is not None and "ValueError: a bug" in rec.error
     finally:
         sup.stop()
+
+
+def test_args_count_utf8_bytes_as_results_and_objects_do(home: Path, make_image: MakeImage) -> None:
+    # 200,000 CJK characters: 600 kB of UTF-8, 1.2 MB as \u escapes. Counted in UTF-8
+    # (as a result or an object is), they fit the 1 MiB; twice as many do not.
+    img = make_image("echo", "def main(ctx, args):\n    return sum(map(len, args.values()))\n")
+
+    def cjk(n: int) -> list[str]:  # an argv string holds at most 128 KiB
+        return [a for i in range(n) for a in ("--arg", f"k{i}=" + "漢" * 40_000)]
+
+    proc = cli(home, "run", str(img), *cjk(5), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["result"] == 200_000
+    proc = cli(home, "run", str(img), *cjk(10))
+    assert proc.returncode == 2, proc.stderr
+    assert_one_line_error(proc, "--arg", "max_args")

@@ -456,12 +456,13 @@ def test_a_result_of_up_to_1_mib_is_kept_and_a_larger_one_refused_by_its_size(
         def main(ctx, args):
             return {"x": "a" * args["n"]}
     """)
-    rec = run_proc(sup, img, {"n": (1 << 20) - 10})  # {"x": "..."}: exactly 1 MiB
+    # {"x":"..."}, compact, as every value's size is counted: exactly 1 MiB
+    rec = run_proc(sup, img, {"n": (1 << 20) - 8})
     assert rec.exit_reason == "returned", rec.error
-    assert len(rec.result["x"]) == (1 << 20) - 10
+    assert len(rec.result["x"]) == (1 << 20) - 8
     rec = run_proc(sup, img, {"n": 1 << 20})
     assert rec.exit_reason == "error"
-    assert rec.error is not None and f"result of {(1 << 20) + 9} bytes exceeds" in rec.error
+    assert rec.error is not None and f"result of {(1 << 20) + 8} bytes exceeds" in rec.error
 
 
 def test_exit_ends_the_process_with_a_result(sup: Supervisor, make_image: MakeImage) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -30,6 +29,7 @@ from agentlibos.cli.serve import ensure_daemon
 from agentlibos.config import Paths, operator_config
 from agentlibos.errors import Unavailable, UsageError
 from agentlibos.kernel.policy import Policy, load_policy
+from agentlibos.kernel.text import json_size
 from agentlibos.launcher import (
     ASK_MODES,
     RunOutcome,
@@ -186,7 +186,7 @@ def detach(paths: Paths, ns: argparse.Namespace, image: str, args: dict[str, Any
 def check_args_size(paths: Paths, args: dict[str, Any]) -> None:
     """Refuse --arg values the supervisor would refuse, before a daemon is started."""
     limit = operator_config(paths).supervisor.max_args_bytes
-    size = len(json.dumps(args))
+    size = json_size(args)
     if size > limit:
         raise UsageError(f"the --arg values make {size} bytes of args, more than the "
                          f"{limit} the supervisor accepts ([supervisor] max_args in "

@@ -15,10 +15,11 @@ marker saying how much was cut.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Final
 
-__all__ = ["MAX_DEPTH", "MAX_TEXT_CHARS", "is_text", "storable", "storable_json"]
+__all__ = ["MAX_DEPTH", "MAX_TEXT_CHARS", "is_text", "json_size", "storable", "storable_json"]
 
 MAX_TEXT_CHARS: Final = 64 * 1024
 # Deeper than this, a value is replaced by a marker: json.dumps and sqlite3 adapters
@@ -26,6 +27,17 @@ MAX_TEXT_CHARS: Final = 64 * 1024
 MAX_DEPTH: Final = 100
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
 _DEEP_MARKER: Final = "[nested too deeply]"
+
+
+_COMPACT: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def json_size(value: Any) -> int:
+    """The size of a JSON value as it is sent and stored: compact, UTF-8. Every limit on
+    a value's size (args, results, objects, event payloads) counts this, so a CJK
+    character is 3 bytes, not the 6 of its ``\\u`` escape. A lone surrogate counts as the
+    escape the wire sends it as. Raises TypeError/ValueError for what is not JSON."""
+    return len(_COMPACT.encode(value).encode("utf-8", "backslashreplace"))
 
 
 def is_text(s: str) -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 import os
 import signal
 import sys
@@ -13,6 +12,7 @@ from types import FrameType
 from typing import Any
 
 from agentlibos.errors import InvalidArgument, LibOSError, LimitExceeded
+from agentlibos.kernel.text import json_size
 from agentlibos.protocol.zmtp import Dealer
 from agentlibos.sdk import Context
 from agentlibos.sdk.client import Client
@@ -70,14 +70,14 @@ def run_agent(endpoint: str, pid: int, token: bytes, *, dealer: Dealer | None = 
                             f"{type(entry).__name__!r})")
         result = entry(ctx, info.get("args") or {})
         try:
-            encoded = json.dumps(result, ensure_ascii=False).encode("utf-8", "backslashreplace")
+            size = json_size(result)
         except (TypeError, ValueError) as e:
             raise TypeError(f"the entry function returned a non-JSON value: {e}") from None
-        if len(encoded) > MAX_RESULT_BYTES:
+        if size > MAX_RESULT_BYTES:
             # Refused as the broker refuses one over max_result, with the same words.
             status, result = "error", None
             error = ("its result was refused: " + _describe(LimitExceeded(
-                f"proc.exit: result of {len(encoded)} bytes exceeds {MAX_RESULT_BYTES}")))
+                f"proc.exit: result of {size} bytes exceeds {MAX_RESULT_BYTES}")))
     except SystemExit as e:
         if e.code not in (0, None):
             status, error = "error", f"SystemExit({e.code!r})"

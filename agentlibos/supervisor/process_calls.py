@@ -6,7 +6,6 @@ the process table; authority is checked through ``broker.authz`` like every call
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any
@@ -27,6 +26,7 @@ from agentlibos.kernel.approvals import ASK_MODES
 from agentlibos.kernel.caps import CapPattern, attenuate, parse_cap, within
 from agentlibos.kernel.policy import BUILTIN_POLICY, Policy, Request, granted
 from agentlibos.kernel.process import ProcessRecord
+from agentlibos.kernel.text import json_size
 from agentlibos.providers.base import FileProvider
 from agentlibos.supervisor.images import Images
 from agentlibos.supervisor.processes import ProcessTable
@@ -213,9 +213,9 @@ class ProcessCalls:
 
     def exit(self, caller: Caller, status: str, result: Any, error: str | None) -> None:
         limit = self._table.config.max_result_bytes
-        encoded = json.dumps(result, ensure_ascii=False).encode()  # its UTF-8 size
-        if len(encoded) > limit:
-            raise LimitExceeded(f"proc.exit: result of {len(encoded)} bytes exceeds {limit}")
+        size = json_size(result)
+        if size > limit:
+            raise LimitExceeded(f"proc.exit: result of {size} bytes exceeds {limit}")
         live = self._table.live[caller.pid]
         live.exit_status, live.exit_result, live.exit_error = status, result, error
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import json
 import logging
 import os
 import resource
@@ -38,6 +37,7 @@ from agentlibos.kernel.caps import CapPattern, within
 from agentlibos.kernel.image import AgentImage, Limits
 from agentlibos.kernel.policy import Policy
 from agentlibos.kernel.process import ProcessRecord
+from agentlibos.kernel.text import json_size
 from agentlibos.providers.fs import discard_tree
 from agentlibos.sandbox.profile import ParentBudget, effective_limits
 from agentlibos.store import Store
@@ -225,10 +225,9 @@ class ProcessTable:
                 f"the supervisor runs {self.host_slots} host processes, as many as its file "
                 "descriptor limit (RLIMIT_NOFILE) allows; try again when some have ended "
                 "or been evicted")
-        args_json = json.dumps(args)
-        if len(args_json) > self.config.max_args_bytes:
-            raise LimitExceeded(f"args of {len(args_json)} bytes exceed "
-                                f"{self.config.max_args_bytes}")
+        size = json_size(args)
+        if size > self.config.max_args_bytes:
+            raise LimitExceeded(f"args of {size} bytes exceed {self.config.max_args_bytes}")
         # Limits compose: a child's lie within its parent's (and its wall within what the
         # parent has left); an image above the operator's ceiling is refused here.
         eff_limits = effective_limits(image.limits, self.sandbox.config,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, Protocol
 
 from agentlibos.broker.syscalls.base import ANY, Authorizer, Caller, Param, Result, syscall
@@ -12,6 +11,7 @@ from agentlibos.kernel import budgets
 from agentlibos.kernel.approvals import EventRecord, check_event_name
 from agentlibos.kernel.budgets import TreeQuota
 from agentlibos.kernel.policy import Request
+from agentlibos.kernel.text import json_size
 
 _NAME = Param(str, max_len=128)
 
@@ -51,7 +51,7 @@ def event_post(
     svc.authz.authorize(caller, "event.post", Request("event", "post", name))
     # Every post stays in the store (for waiters resumed later): charged to the poster's
     # tree as a write through the broker is.
-    size = len(name) + len(json.dumps(args["payload"], ensure_ascii=False).encode())
+    size = len(name) + json_size(args["payload"])
     try:
         svc.budgets.charge_tree(caller.root_pid, budgets.write_charge(size), svc.tree_quota)
     except LimitExceeded as e:
