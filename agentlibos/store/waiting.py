@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from agentlibos.errors import Conflict, NotFound
 from agentlibos.kernel.approvals import AskRecord, EventRecord
+from agentlibos.kernel.journal import parse_intent
 
 _ASK_COLS: Final = ("id, kind, pid, root_pid, image, call, request, question, choices, topic, "
                     "digest, summary, state, always, answer, reason, created_at, decided_at")
@@ -110,3 +111,28 @@ class WaitingTables:
             return None
         return EventRecord(id=row[0], name=row[1], payload=json.loads(row[2]),
                            posted_by=row[3], posted_at=row[4])
+
+    def events_prune(self) -> int:
+        """Remove the posts no waiter can still be given; how many went.
+
+        A waiter in the supervisor's memory is woken by the post itself, not from this
+        table: only a wait armed again from its journal (a resumed or evicted process)
+        reads posts here, those after its cursor. So every post at or before the oldest
+        cursor of an unsettled ``event.wait`` of a live process goes, all of them when
+        none waits -- but the newest, whose id is the next waiter's cursor."""
+        floor: int | None = None
+        for (text,) in self._db.execute(
+                "SELECT j.result FROM journal j JOIN processes p ON p.pid = j.pid "
+                "WHERE j.status = 'intent' AND j.call = 'event.wait' "
+                "AND p.state IN ('created', 'running', 'waiting', 'attention')"):
+            state = parse_intent(text).get("state")
+            after = state.get("after") if isinstance(state, dict) else None
+            if not isinstance(after, int):
+                return 0  # a cursor that cannot be read: keep every post
+            floor = after if floor is None else min(floor, after)
+        cut = self.event_last_id() - 1
+        if floor is not None:
+            cut = min(cut, floor)
+        if cut <= 0:
+            return 0
+        return self._write("DELETE FROM events WHERE id <= ?", (cut,)).rowcount

@@ -3,8 +3,9 @@
 ``event.wait(name)`` returns the payload of the next post of ``name`` after the call
 began; ``event.post`` (an agent) or ``agentlibos event post`` (the operator) wakes every
 waiter at once. ``clock.sleep(s)`` ends at its deadline (kept with the wait, so ``ps``
-shows ``sleep:ISO-TIME``). Every post is a row in the store; every wait is a suspended
-call, the same mechanism as ``proc.wait`` and approvals.
+shows ``sleep:ISO-TIME``). Every post is a row in the store, kept while a waiter armed
+again from its journal may still be given it; every wait is a suspended call, the same
+mechanism as ``proc.wait`` and approvals.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import os
 import time
 from collections import defaultdict
-from typing import Any
+from typing import Any, Final
 
 from agentlibos.broker.syscalls import Caller, Pending
 from agentlibos.errors import Timeout
@@ -22,6 +23,10 @@ from agentlibos.store import Store
 from agentlibos.supervisor.loop import Loop, check_delay
 from agentlibos.supervisor.waits import Waits
 
+# Posts between two prunes of the table (store.events_prune): its size stays bounded
+# by what live waiters may still be given, at one indexed query per this many posts.
+PRUNE_EVERY: Final = 1024
+
 
 class Events:
     def __init__(self, store: Store, waits: Waits, loop: Loop) -> None:
@@ -29,6 +34,7 @@ class Events:
         self._waits = waits
         self._loop = loop
         self._waiters: defaultdict[str, list[Pending]] = defaultdict(list)
+        self._posts = 0  # since the last prune
 
     def wait(self, caller: Caller, name: str, timeout_s: float | None) -> Pending | Any:
         check_event_name(name, "event.wait")
@@ -61,6 +67,10 @@ class Events:
         """Record the post and wake every waiter of ``name``; returns it and how many."""
         check_event_name(name, "event.post")
         rec = self._store.event_append(name, payload, by)
+        self._posts += 1
+        if self._posts >= PRUNE_EVERY:
+            self._posts = 0
+            self._store.events_prune()
         waiters = self._waiters.pop(name, [])
         for pending in waiters:
             pending.resolve(rec.public())
