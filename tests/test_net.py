@@ -195,6 +195,39 @@ def test_loopback_is_refused_unless_a_capability_names_the_host(
     assert got[0]["status"] == 200
 
 
+SPAWNER = """
+def main(ctx, args):
+    kid = ctx.proc.spawn("fetcher", args={"requests": args["requests"]}, caps=args["hand"])
+    return ctx.proc.wait(kid)["result"]
+"""
+
+
+@pytest.mark.parametrize("parent_cap, reached", [
+    ("net:fetch:*", False),  # names no host: it cannot hand on the naming
+    ("net:fetch:http://127.0.0.1:{port}/**", True),
+])
+def test_a_parent_cannot_hand_on_the_naming_of_a_host_it_does_not_name_itself(
+    sup: Supervisor, make_image: MakeImage, server: _Server, parent_cap: str, reached: bool
+) -> None:
+    # The child is handed a capability naming loopback, which lies within the parent's
+    # `net:fetch:*`: without the lineage check, the parent reached the host's own
+    # services through it (an image it registers and spawns would do the same).
+    named = f"net:fetch:http://127.0.0.1:{server.port}/**"
+    make_image("fetcher", FETCH, caps=[named])
+    img = make_image("spawner", SPAWNER, caps=[parent_cap.format(port=server.port),
+                                               "proc:spawn:fetcher", "proc:wait:*"])
+    rec = run_proc(sup, img, {"requests": [{"url": f"{server.base}/hello"}],
+                              "hand": [named]}, policy=ALLOW_NET)
+    assert rec.exit_reason == "returned", log_of(sup, rec.pid)
+    [got] = rec.result
+    if reached:
+        assert got["status"] == 200, got
+    else:
+        assert got.startswith("PermissionDenied: net.fetch: 127.0.0.1 resolves to "
+                              "127.0.0.1, a loopback address"), got
+        assert server.seen == []
+
+
 def test_a_name_that_resolves_to_loopback_is_refused_unless_named(
     sup: Supervisor, make_image: MakeImage, server: _Server
 ) -> None:

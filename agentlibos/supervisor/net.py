@@ -5,8 +5,8 @@ One fetch is a chain of hops (the URL, then each redirect, at most
 
 1. *on the loop*: the hop's URL is authorized like a new call (the first by the handler,
    each redirect here: capability, policy, audit); the operator's secrets that match it
-   are read; whether a held capability *names the host* is decided
-   (:func:`names_host`, pure);
+   are read; whether a held capability *names the host* is decided, for the process and
+   each of its ancestors (:func:`names_host`, pure; :func:`names_host_in_lineage`);
 2. *off the loop* (``OffLoop``): the host is resolved and every address checked
    (:func:`address_refusal`, pure): loopback, private, link-local, metadata, unspecified
    and multicast addresses are refused unless the host was named; the request goes to
@@ -35,7 +35,7 @@ from agentlibos.broker.syscalls import Authorizer, Caller, Pending
 from agentlibos.broker.syscalls.net import FetchLimits, FetchSpec, Url, canonical_url
 from agentlibos.errors import InternalError, LibOSError, PermissionDenied, Timeout, Unavailable
 from agentlibos.kernel.approvals import NeedsApproval
-from agentlibos.kernel.caps import CapPattern
+from agentlibos.kernel.caps import CapPattern, parse_caps
 from agentlibos.kernel.policy import Request
 from agentlibos.kernel.text import storable
 from agentlibos.providers.net import (
@@ -47,11 +47,12 @@ from agentlibos.providers.net import (
     redact,
     resolve,
 )
+from agentlibos.store import Store
 from agentlibos.supervisor.loop import Loop
 from agentlibos.supervisor.offloop import OffLoop
 from agentlibos.supervisor.waits import Waits
 
-__all__ = ["Net", "address_refusal", "named_host", "names_host"]
+__all__ = ["Net", "address_refusal", "named_host", "names_host", "names_host_in_lineage"]
 
 REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 # The loop's own timer fires this long after the call's timeout, in case a worker is
@@ -128,6 +129,26 @@ def names_host(caps: Sequence[CapPattern], url: Url) -> bool:
                and named_host(c.resource) == url.host for c in caps)
 
 
+def names_host_in_lineage(store: Store, caller: Caller, url: Url) -> bool:
+    """:func:`names_host` for ``caller`` and every ancestor up to its tree's root.
+
+    Naming a host is not a right a process can hand on without holding it: a parent
+    holding ``net:fetch:*`` (which names no host) may give a child
+    ``net:fetch:http://127.0.0.1:8080/**`` -- it lies within its own -- and so could
+    reach the host's own services through the child, or through an image it registers
+    and spawns. So every ancestor must hold a capability naming the host too: in the
+    end the root's, which is its image's request within the operator's policy."""
+    if not names_host(caller.caps, url):
+        return False
+    pid, depth = caller.ppid, 0
+    while pid is not None and depth < 256:  # a tree is far shallower ([supervisor] max_depth)
+        held = parse_caps(c for c in store.get_caps(pid) if c.startswith("net:"))
+        if not names_host(held, url):
+            return False
+        pid, depth = store.get_process(pid).ppid, depth + 1
+    return pid is None
+
+
 def _redirect_method(status: int, method: str) -> str:
     # 303 always becomes GET; 301/302 turn a POST into GET, as every browser does;
     # 307/308 repeat the request as it was.
@@ -157,7 +178,7 @@ class Net:
     def __init__(self, authz: Authorizer, waits: Waits, loop: Loop, offloop: OffLoop,
                  client: HttpClient, secrets: Sequence[SecretRule] = (),
                  limits: FetchLimits | None = None, *, resolver: Resolver = resolve,
-                 environ: Mapping[str, str] = os.environ) -> None:
+                 environ: Mapping[str, str] = os.environ, store: Store | None = None) -> None:
         self._authz = authz
         self._waits = waits
         self._loop = loop
@@ -167,6 +188,7 @@ class Net:
         self._limits = limits or FetchLimits()
         self._resolver = resolver
         self._environ = environ
+        self._store = store  # for the lineage of a host's naming (names_host_in_lineage)
 
     @property
     def limits(self) -> FetchLimits:
@@ -214,8 +236,13 @@ class Net:
             agent.append(("Accept-Encoding", "identity"))
         job = partial(_exchange, self._client, self._resolver, f.url, f.method,
                       tuple(agent + headers), f.body, f.deadline,
-                      self._limits.max_response_bytes, names_host(f.caller.caps, f.url))
+                      self._limits.max_response_bytes, self._named(f))
         self._offloop.submit(job, partial(self._hop_done, f, values))
+
+    def _named(self, f: _Fetch) -> bool:
+        if self._store is None:  # no lineage to read (a Net tested alone)
+            return names_host(f.caller.caps, f.url)
+        return names_host_in_lineage(self._store, f.caller, f.url)
 
     def _hop_done(self, f: _Fetch, secrets: tuple[bytes, ...],
                   outcome: HttpResponse | BaseException) -> None:

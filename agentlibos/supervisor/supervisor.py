@@ -140,9 +140,9 @@ class Supervisor:
         table.ended.append(self.jit.end_process)
         self.approvals = Approvals(store, table, waits, loop, self.operator.approvals_timeout_s,
                                    self.providers.human)
-        self.events = Events(store, waits, loop)
-        self.offloop, op = OffLoop(loop), self.operator
-        self.net = Net(authz, waits, loop, self.offloop, self.providers.http, op.secrets)
+        self.events, self.offloop, op = Events(store, waits, loop), OffLoop(loop), self.operator
+        self.net = Net(authz, waits, loop, self.offloop, self.providers.http, op.secrets,
+                       store=store)
         self.models = Models(op.models, store, self.offloop, waits, lambda root: (
             table.live[root].caller.image if root in table.live else None),
             default_limit=op.default_tokens, injected=self.providers.models)
