@@ -35,7 +35,7 @@ EVENT_NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")
 MAX_SLEEP_S: Final = 10 * 365 * 86400.0
 MAX_QUESTION: Final = 4096
 MAX_CHOICES: Final = 32
-MAX_SUMMARY: Final = 200
+MAX_SUMMARY: Final = 600
 
 
 class NeedsApproval(Exception):
@@ -108,11 +108,53 @@ class EventRecord:
                 "posted_by": self.posted_by, "posted_at": self.posted_at}
 
 
+def _head(text: str, n: int = 120) -> str:
+    """The start of an agent-given text, quoted, saying how much more there is."""
+    shown = shlex.quote(text[:n])
+    return shown if len(text) <= n else f"{shown}... [{len(text) - n} more characters]"
+
+
+def _what_runs(inner: dict[str, Any], argv: list[str]) -> str:
+    """A command as it will run: its environment first (``env K=V ...``, what a shell
+    would type), the argv, then its stdin. A variable like GIT_CONFIG_* or LD_* changes
+    what a program does as much as its arguments: a human shown only ``git status``
+    would approve a hook they never saw."""
+    env = inner.get("env")
+    pre = ""
+    if isinstance(env, dict) and env:
+        pre = "env " + " ".join(shlex.quote(f"{k}={v}") for k, v in env.items()) + " "
+    text = pre + shlex.join(argv)
+    stdin = inner.get("stdin")
+    if isinstance(stdin, str) and stdin:
+        text += f" <<< {_head(stdin)}"
+    return text
+
+
+def _net_extra(inner: dict[str, Any], blobs: list[bytes]) -> str:
+    """A request's method, the names of the headers it sets and what its body holds."""
+    parts = [inner["method"].upper()]
+    headers = inner.get("headers")
+    if isinstance(headers, dict) and headers:
+        parts.append("headers " + ", ".join(map(str, headers)))
+    body = inner.get("body")
+    if isinstance(body, str) and body:
+        parts.append(f"body {_head(body)}")
+    elif blobs:
+        parts.append(f"body of {sum(len(b) for b in blobs)} bytes")
+    return f" ({'; '.join(parts)})"
+
+
+# A run of blanks longer than this is shown as its count: padding must not push what
+# follows it out of sight (`echo docs<200 spaces>; curl ...`).
+_BLANKS: Final = re.compile(r"[ \t]{4,}")
+
+
 def summary_of(call: str, request: Request, args: dict[str, Any], blobs: list[bytes]) -> str:
     """One line a human can judge: what the call will do, with its size -- for a command
-    the command itself, for a request its method (the digest alone would have a human
-    approve `sh -c ...` blind). ``args`` may be a builtin tool's call (``tool.call``),
-    whose own arguments are under ``args``."""
+    the command itself with its environment and stdin, for a request its method, headers
+    and body (the digest alone would have a human approve `sh -c ...` blind). Nothing
+    is cut silently: what does not fit says how much is missing. ``args`` may be a
+    builtin tool's call (``tool.call``), whose own arguments are under ``args``."""
     nested = args.get("args")
     inner: dict[str, Any] = nested if isinstance(nested, dict) else args
     size = sum(len(b) for b in blobs)
@@ -121,7 +163,7 @@ def summary_of(call: str, request: Request, args: dict[str, Any], blobs: list[by
     question = inner.get("question")
     if request.kind == "shell" and isinstance(argv, list) and all(
             isinstance(a, str) for a in argv):
-        text = f"{call} wants to run: {shlex.join(argv)}"
+        text = f"{call} wants to run: {_what_runs(inner, argv)}"
     elif request.kind == "human" and isinstance(question, str):
         # Asking a human is what is approved: show what it would ask.
         choices = inner.get("choices")
@@ -131,13 +173,17 @@ def summary_of(call: str, request: Request, args: dict[str, Any], blobs: list[by
         if call == "fs.write":
             extra = (f" ({'append ' if inner.get('append') else ''}{size} bytes)")
         elif request.kind == "net" and isinstance(inner.get("method"), str):
-            extra = f" ({inner['method'].upper()})"
+            extra = _net_extra(inner, blobs)
         elif blobs:
             extra = f" ({size} bytes)"
         text = f"{call} wants {request.right} on {request.kind} {request.resource}{extra}"
+    text = _BLANKS.sub(lambda m: f" [{len(m.group())} blanks] ", storable(text, 8192))
     # One line: a control character (an argv's newline) is shown escaped.
-    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in storable(text, 4096))
-    return text if len(text) <= MAX_SUMMARY else text[: MAX_SUMMARY - 3] + "..."
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    if len(text) <= MAX_SUMMARY:
+        return text
+    cut = f"... [{len(text) - (MAX_SUMMARY - 40)} more characters not shown]"
+    return text[: MAX_SUMMARY - 40] + cut
 
 
 def check_event_name(name: str, what: str) -> str:
