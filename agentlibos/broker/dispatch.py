@@ -36,11 +36,13 @@ from agentlibos.errors import (
     InternalError,
     InvalidArgument,
     LibOSError,
+    LimitExceeded,
     PermissionDenied,
     ProtocolError,
 )
 from agentlibos.kernel.approvals import Grant, NeedsApproval
 from agentlibos.kernel.journal import (
+    REFUSED_WHEN_SPENT,
     SEQ_AWARE,
     args_digest,
     describe_request,
@@ -63,6 +65,7 @@ class Journal(Protocol):
     def intent(self, pid: int, seq: int, call: str, digest: str, text: str, *,
                durable: bool, hold: bool = False) -> None: ...
     def tool_acts(self) -> None: ...
+    def spent(self, root: int) -> int | None: ...
 
 
 class ApprovalQueue(Protocol):
@@ -183,6 +186,13 @@ class Dispatcher:
                 if answer.kind == "resume":
                     caller = replace(caller, resume=answer.resume)
             journal = self.journal
+            if refused is None and call in REFUSED_WHEN_SPENT:
+                quota = journal.spent(caller.root_pid)
+                if quota is not None:
+                    refused = LimitExceeded(
+                        f"{call}: this tree has spent its journal_bytes ({quota} bytes), and "
+                        "this answer could not be made again on a resume, so it is not "
+                        "given ([limits] journal_bytes)")
             outer = sink
             acts = effect_kind(call, args) in ("redo", "once")
 

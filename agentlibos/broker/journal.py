@@ -205,6 +205,10 @@ class StoreJournal:
             self._charged[root] = self._charged.get(root, 0) + size
         return entry
 
+    def spent(self, root: int) -> int | None:
+        """The tree's journal_bytes quota when it has spent it, else None."""
+        return self.journal_bytes if self._spent(root) >= self.journal_bytes else None
+
     def _spent(self, root: int) -> int:
         """The tree's journal_bytes meter: read from the store once, then kept here (this
         journal is its only writer) and written by flush()."""

@@ -119,6 +119,11 @@ _KINDS: Final[dict[str, EffectKind]] = {
 REREADABLE: Final = frozenset({"fs.read", "fs.list", "fs.stat", "obj.get", "obj.list",
                                "obj.stat", "cap.list", "proc.children"})
 
+# Calls that act on nothing and whose answers cannot be made again on a resume: once a
+# tree has spent its journal_bytes they are refused rather than kept whole (a loop of
+# `clock.random(4096)`, which needs no capability, grew the journal by 45 MB a second).
+REFUSED_WHEN_SPENT: Final = frozenset({"clock.random"})
+
 # HTTP methods that are sent again after a crash: the safe ones only. PUT and DELETE are
 # idempotent by the RFC, but servers do not all honour it, and a second send is the
 # operator's call (`resolve --retry`), not ours.
