@@ -278,3 +278,38 @@ def test_revoking_a_capability_takes_it_from_the_process_and_its_descendants(
     with pytest.raises(NotFound):
         op_caps.caps_revoke(sup.control_ctx, {"op": "caps_revoke", "pid": pid,
                                               "cap": "fs:read:./**"}, replies.append)
+
+
+def test_revoking_takes_the_right_from_a_capability_that_only_overlaps_the_revoked_one(
+    sup: Supervisor, make_image: MakeImage, tmp_path: Path
+) -> None:
+    # `*.txt` neither covers nor lies within `secret*`, but both allow secret.txt: the
+    # read of it went on after `secret*` was revoked. Now a capability that may meet
+    # the revoked one loses the revoked right; one that cannot (`docs/*`) keeps it.
+    (tmp_path / "docs").mkdir()
+    for name in ("secret.txt", "docs/notes.md"):
+        (tmp_path / name).write_text(name)
+    img = make_image("overlap", """
+        from agentlibos.errors import PermissionDenied
+        def main(ctx, args):
+            ctx.events.wait("revoked")
+            out = {}
+            for name in ("secret.txt", "docs/notes.md"):
+                try:
+                    out[name] = ctx.fs.read_text(name)
+                except PermissionDenied:
+                    out[name] = "refused"
+            return out
+    """, caps=["fs:read:./*.txt", "fs:read:./secret*", "fs:read:./docs/*",
+               "event:wait:revoked"])
+    pid = sup.submit_run(str(img), {}, cwd=str(tmp_path))
+    assert sup.run_until(lambda: sup.store.get_process(pid).wait == "event:revoked", 20)
+    replies: list[dict[str, Any]] = []
+    op_caps.caps_revoke(sup.control_ctx, {"op": "caps_revoke", "pid": pid,
+                                          "cap": f"fs:read:{tmp_path}/secret*"},
+                        replies.append)
+    assert replies[0]["changed"][0]["caps"] == [f"fs:read:{tmp_path}/docs/*",
+                                                "event:wait:revoked"], replies
+    sup.events.post("revoked", None, None)
+    assert _finish(sup, pid).result == {"secret.txt": "refused",
+                                        "docs/notes.md": "docs/notes.md"}

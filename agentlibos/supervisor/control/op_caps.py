@@ -35,14 +35,24 @@ def stored_caps(store: Store, pid: int) -> dict[str, list[str]]:
             "approved": store.process_resume_info(pid)["approved"]}
 
 
+def _meets(h: CapPattern, cut: CapPattern) -> bool:
+    """Could a request be allowed by both? Exactly for a literal ``cut`` (the common
+    case: one path, one host); otherwise conservatively (Glob.may_overlap)."""
+    if cut.glob.covers(h.glob) or h.glob.covers(cut.glob):
+        return True
+    if cut.glob.literal_prefix() == cut.resource:
+        return h.glob.match(cut.resource)
+    return h.glob.may_overlap(cut.glob)
+
+
 def _without(held: list[CapPattern], cut: CapPattern) -> list[CapPattern]:
-    """``held`` less everything ``cut`` covers. A held capability broader than ``cut``
-    loses the revoked rights altogether (a glob cannot say "all but this"): revocation
-    fails safe, towards less authority."""
+    """``held`` less everything ``cut`` covers. A held capability broader than ``cut``,
+    or one that merely overlaps it (``fs:read:./*.txt`` against ``./secret*``), loses
+    the revoked rights altogether (a glob cannot say "all but this"): revocation fails
+    safe, towards less authority."""
     kept: list[CapPattern] = []
     for h in held:
-        if h.kind != cut.kind or not (h.rights & cut.rights) or not (
-                cut.glob.covers(h.glob) or h.glob.covers(cut.glob)):
+        if h.kind != cut.kind or not (h.rights & cut.rights) or not _meets(h, cut):
             kept.append(h)
             continue
         rest = h.rights - cut.rights
