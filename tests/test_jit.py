@@ -18,6 +18,7 @@ from agentlibos.kernel.image import load_image
 from agentlibos.kernel.policy import parse_policy
 from agentlibos.sandbox.profile import LAYERS
 from agentlibos.supervisor import Supervisor
+from agentlibos.supervisor.control import op_caps
 from tests.conftest import default_sandbox
 from tests.helpers import MakeImage, log_of, run_proc
 
@@ -612,3 +613,47 @@ def test_a_tree_holds_at_most_its_bound_of_tool_processes(
         # t0 was stopped to make room for t2 (two at a time), so its second call starts
         # a fresh process.
         assert starts == ["t0", "t1", "t2", "t0"]
+
+
+def test_a_capability_revoked_while_a_tool_runs_is_gone_from_its_next_syscall(
+    sup: Supervisor, make_image: MakeImage, tmp_path: Path
+) -> None:
+    # The tool's caller was its process narrowed when the call was queued: a revoke
+    # mid-call left the tool reading for as long as it ran (up to an hour).
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "secret.txt").write_text("SECRET")
+    img = tool_image(make_image, "looper", """
+        export default async function (_a: unknown, libos: Libos): Promise<unknown> {
+          let reads = 0;
+          for (let i = 0; i < 600; i++) {
+            try {
+              await libos.fs.readText("secret.txt");
+              reads++;
+            } catch (e) {
+              return { reads, refused: (e as { name: string }).name };
+            }
+            await new Promise((r) => setTimeout(r, 50));
+          }
+          return { reads, refused: null };
+        }
+    """, caps=["jit:*:*", "fs:read:./**"])
+    pid = sup.submit_run(str(img), {"tool": "t", "calls": [{}]}, cwd=str(proj))
+
+    def tool_reads() -> int:
+        return sum(1 for a in sup.store.audit_records()
+                   if a.call == "fs.read" and a.detail.get("tool") == "t")
+
+    assert sup.run_until(lambda: tool_reads() >= 2, 60), log_of(sup, pid)
+    replies: list[dict[str, Any]] = []
+    op_caps.caps_revoke(sup.control_ctx, {"op": "caps_revoke", "pid": pid,
+                                          "cap": "fs:read:./**"}, replies.append)
+    assert replies and replies[0]["ok"], replies
+    after = tool_reads()
+    assert sup.run_until(lambda: not sup.tree_live(pid), 60)
+    rec = sup.store.get_process(pid)
+    assert rec.exit_reason == "returned", (rec.error, log_of(sup, pid))
+    [out] = rec.result
+    assert out["ok"] and out["value"]["refused"] == "PermissionDenied", out
+    # At most the read already on its way when the revoke came.
+    assert out["value"]["reads"] <= after + 1, (out, after)

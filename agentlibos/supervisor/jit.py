@@ -103,6 +103,7 @@ class Call:
     args: dict[str, Any]
     pending: Pending
     caller: Caller  # the calling process, narrowed to the tool's capabilities
+    held: object = None  # the process's capabilities ``caller`` was narrowed from
     started: float = 0.0
     deadline: float = 0.0  # monotonic; past it, the worker is killed (_check_deadline)
 
@@ -201,7 +202,7 @@ class JitManager:
             w = self._start_pooled(caller.pid, tool) or self._start(caller.pid, tool)
             w.root = caller.root_pid
         pending = Pending(caller.pid)
-        w.queue.append(Call(args, pending, self._as_tool(w, caller)))
+        w.queue.append(Call(args, pending, self._as_tool(w, caller), caller.caps))
         self._next(w)
         return pending
 
@@ -789,7 +790,19 @@ class JitManager:
             return
         # The tool acts as its calling process narrowed to the tool's capabilities; its
         # calls are part of the journaled tool.call, so they carry no sequence number.
-        self.dispatcher.submit(w.current.caller, name, params, blobs, answer)
+        self.dispatcher.submit(self._tool_caller(w), name, params, blobs, answer)
+
+    def _tool_caller(self, w: Worker) -> Caller:
+        """The tool's caller for its next syscall, from what its process holds *now*: a
+        capability revoked while the tool runs (`caps revoke`) is gone from its next
+        call, as from the process's own (a tool may run for an hour)."""
+        call = w.current
+        assert call is not None
+        held = self.helpers.caps_of(call.caller.pid)
+        if held is not None and held is not call.held:
+            call.caller = self._as_tool(w, replace(call.caller, caps=held))
+            call.held = held
+        return call.caller
 
     def _as_tool(self, w: Worker, caller: Caller) -> Caller:
         """The calling process, marked as acting through this tool, with its capabilities

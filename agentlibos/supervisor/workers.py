@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from agentlibos.errors import LibOSError
+from agentlibos.kernel.caps import CapPattern
 from agentlibos.supervisor.processes import ProcessTable
 from agentlibos.supervisor.sandboxing import Prepared, SandboxManager
 from agentlibos.supervisor.zygote_client import ZygoteEvent, ZygoteHandle
@@ -39,6 +40,11 @@ class Workers:
         self._table = table
         self._ids = itertools.count(1)
         self._owners: dict[int, WorkerOwner] = {}
+
+    def caps_of(self, pid: int) -> Sequence[CapPattern] | None:
+        """What live process ``pid`` holds now (replaced, never edited, on a revoke)."""
+        live = self._table.live.get(pid)
+        return None if live is None else live.caller.caps
 
     def new_id(self) -> int:
         return -next(self._ids)
