@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from agentlibos.broker.syscalls.model import check_messages
 from agentlibos.config import Paths, parse_operator_config
 from agentlibos.errors import (
     InvalidArgument,
@@ -573,3 +574,22 @@ def test_a_daemon_stop_does_not_wait_for_a_model_call_and_the_resumed_agent_asks
         rec = json.loads(cli(home, "wait", str(pid), "--json").stdout)
     assert rec["result"] == {"content": "again"}, (rec, cli(home, "logs", str(pid)).stdout)
     assert len(server.received) == 2
+
+
+def test_only_text_reaches_a_provider_and_a_models_extra_keys_are_dropped() -> None:
+    # An image part names a URL the provider fetches (a way out without `net`) and costs
+    # tokens its bytes do not bound: 20 of them spent 30,000 tokens of a 5,000 budget.
+    part = {"type": "image_url", "image_url": {"url": "https://x.example/p.png?d=SECRET"}}
+    with pytest.raises(InvalidArgument, match=r"messages\[0\]\.content\[1\] must be a text"):
+        check_messages([{"role": "user", "content": [{"type": "text", "text": "a"}, part]}])
+    with pytest.raises(InvalidArgument, match="must be a text part"):
+        check_messages([{"role": "user", "content": [{"type": "text", "text": "a",
+                                                       "image_url": "u"}]}])
+    got = check_messages([
+        {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+        {"role": "assistant", "content": None, "refusal": None, "annotations": [],
+         "tool_calls": [{"id": "c1"}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "ok", "extra": {"url": "u"}}])
+    assert got == [{"role": "user", "content": [{"type": "text", "text": "hi"}]},
+                   {"role": "assistant", "content": None, "tool_calls": [{"id": "c1"}]},
+                   {"role": "tool", "tool_call_id": "c1", "content": "ok"}]

@@ -33,10 +33,20 @@ class ModelServices(Protocol):
     def models(self) -> ModelService: ...
 
 
+# What a message may carry to a provider. Anything else a model's own message holds
+# (`refusal`, `annotations`, `audio`...) is dropped, so an agent loop may append the
+# message it got back as it came.
+MESSAGE_KEYS: Final = frozenset({"role", "content", "name", "tool_calls", "tool_call_id"})
+
+
 def check_messages(messages: list[Any]) -> list[dict[str, Any]]:
-    """Chat Completions messages: objects with a known ``role``; content text or absent."""
+    """Chat Completions messages: objects with a known ``role``; content text, a list of
+    text parts, or absent. Only text goes to a provider: an image, audio or file part
+    names a URL the provider fetches (a way out that needs no ``net`` capability) and
+    costs tokens no byte count bounds (the budget's reservation would not hold)."""
     if not messages:
         raise InvalidArgument("model.chat: messages must not be empty")
+    out = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or m.get("role") not in ROLES:
             raise InvalidArgument(f"model.chat: messages[{i}] must be an object with a role "
@@ -44,7 +54,16 @@ def check_messages(messages: list[Any]) -> list[dict[str, Any]]:
         content = m.get("content")
         if content is not None and not isinstance(content, str | list):
             raise InvalidArgument(f"model.chat: messages[{i}].content must be text")
-    return messages
+        if isinstance(content, list):
+            for j, part in enumerate(content):
+                if not (isinstance(part, dict) and part.get("type") == "text"
+                        and isinstance(part.get("text"), str) and set(part) <= {"type", "text"}):
+                    raise InvalidArgument(
+                        f"model.chat: messages[{i}].content[{j}] must be a text part "
+                        '({"type": "text", "text": ...}); images, audio and files are not '
+                        "sent to providers")
+        out.append({k: v for k, v in m.items() if k in MESSAGE_KEYS})
+    return out
 
 
 def check_tools(tools: list[Any] | None) -> list[dict[str, Any]] | None:
