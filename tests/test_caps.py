@@ -843,3 +843,23 @@ def test_an_alias_as_written_survives_resolving_and_an_unchanged_narrowing() -> 
     assert str(held.narrowed(frozenset({"read"}))) == "obj:read:self"
     assert held == cap("obj:*:self")  # the same capability, whatever its spelling
     assert str(cap("fs:rw:./out/**").resolved("/p")) == "fs:rw:/p/out/**"
+
+
+def test_a_host_written_in_a_url_glob_matches_the_host_alone() -> None:
+    # In a URL glob `*` crosses `/`: `https://*.github.com/**` matched
+    # `https://evil.com/.github.com/x`, and a parent could hand on that URL's capability.
+    gh = cap("net:fetch:https://*.github.com/**")
+    assert gh.allows("net", "fetch", "https://api.github.com/repos/x")
+    assert not gh.allows("net", "fetch", "https://evil.com/.github.com/x")
+    assert not gh.allows("net", "fetch", "https://evil.com/a.github.com/")
+    assert not within(cap("net:fetch:https://evil.com/.github.com/**"), [gh])
+    assert not within(cap("net:fetch:https://evil*"), [gh])
+    assert within(cap("net:fetch:https://api.github.com/**"), [gh])
+    # A host with a port, a glob with no host part of its own, a policy pattern.
+    assert cap("net:fetch:http://127.0.0.1:8080/**").allows(
+        "net", "fetch", "http://127.0.0.1:8080/a/b")
+    assert not cap("net:fetch:http://127.0.0.1:8080/**").allows(
+        "net", "fetch", "http://127.0.0.2/127.0.0.1:8080/")
+    for wide in ("net:fetch:*", "net:fetch:https://*", "net:fetch:https://**"):
+        assert cap(wide).allows("net", "fetch", "https://evil.com/.github.com/x"), wide
+    assert pat("*:*:**").allows("net", "fetch", "https://a.b/c")

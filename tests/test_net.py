@@ -25,7 +25,7 @@ from agentlibos.config import Paths, parse_operator_config
 from agentlibos.errors import InvalidArgument, PermissionDenied, PolicyError, Unavailable
 from agentlibos.kernel.caps import parse_caps
 from agentlibos.kernel.policy import parse_policy
-from agentlibos.providers.net import HttpRequest, HttpResponse, HttpxClient
+from agentlibos.providers.net import HttpRequest, HttpResponse, HttpxClient, SecretRule
 from agentlibos.supervisor import Supervisor
 from agentlibos.supervisor.net import _exchange, address_refusal, named_host, names_host
 from tests.conftest import default_sandbox
@@ -652,3 +652,9 @@ def test_https_goes_to_the_checked_address_with_the_name_for_sni_and_the_certifi
         assert len(server.seen) == 1
     finally:
         client.close()
+
+
+def test_a_secret_rules_host_matches_the_requests_host_alone() -> None:
+    rule = SecretRule("api", "http://*.example.com/**", "Authorization", "TOKEN")
+    assert rule.matches("http://api.example.com/v1")
+    assert not rule.matches("http://127.0.0.1:8080/.example.com/")

@@ -392,6 +392,7 @@ class CapPattern:
             self.kind in ("*", kind)
             and right in self.rights
             and self._glob_for(kind).match(resource)
+            and (kind != "net" or url_host_within(self.resource, resource))
         )
 
     def _glob_for(self, kind: str) -> Glob:
@@ -406,6 +407,9 @@ class CapPattern:
         if self.kind not in ("*", other.kind):
             return False
         if not other.rights <= self.rights:
+            return False
+        if other.kind == "net" and not url_host_within(self.resource, other.resource,
+                                                        covers=True):
             return False
         return self._glob_for(other.kind).covers(other.glob)
 
@@ -440,6 +444,33 @@ def format_rights(kind: str, rights: frozenset[str]) -> str:
 def _make(kind: str, rights: frozenset[str], resource: str, spelled: str | None = None
           ) -> CapPattern:
     return CapPattern(kind, rights, resource, _compile_glob(resource, kind == "fs"), spelled)
+
+
+def _host_part(url_glob: str) -> str | None:
+    """The host[:port] of a URL or URL glob, or None when it has none of its own (no
+    ``scheme://``, or no ``/`` after the host: ``https://*`` runs to the end)."""
+    _, sep, rest = url_glob.partition("://")
+    if not sep or "/" not in rest:
+        return None
+    return rest.split("/", 1)[0]
+
+
+def url_host_within(pattern: str, other: str, *, covers: bool = False) -> bool:
+    """Does ``pattern``'s host part match ``other``'s host on its own? In a URL glob
+    ``*`` matches ``/`` too, so ``https://*.github.com/**`` matched
+    ``https://evil.com/.github.com/x``: a host written in a pattern is matched against
+    the host alone. ``covers``: ``other`` is a glob, which must lie within it (a glob
+    whose host runs to its end, ``https://evil*``, lies within no host part)."""
+    mine = _host_part(pattern)
+    if mine is None:
+        return True
+    theirs = _host_part(other)
+    if theirs is None:
+        if not covers:
+            return True  # not a URL with a host (refused elsewhere): the full glob decides
+        theirs = other.partition("://")[2] or other
+    glob = _compile_glob(mine, False)
+    return glob.covers(_compile_glob(theirs, False)) if covers else glob.match(theirs)
 
 
 @lru_cache(maxsize=4096)

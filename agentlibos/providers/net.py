@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from agentlibos.errors import LimitExceeded, PolicyError, Timeout, Unavailable
-from agentlibos.kernel.caps import Glob
+from agentlibos.kernel.caps import Glob, url_host_within
 
 if TYPE_CHECKING:
     import ssl  # only for annotations: importing it costs every CLI call ~10 ms
@@ -235,13 +235,15 @@ class SecretRule:
     """
 
     name: str
-    match: str  # a URL glob, with net capability semantics ('*' crosses '/')
+    match: str  # a URL glob, with net capability semantics ('*' crosses '/', not a host)
     header: str
     value_env: str
     prefix: str = ""
 
     def matches(self, url: str) -> bool:
-        return _secret_glob(self.match).match(url)
+        # The host written in the rule matches the URL's host alone (`*` would cross `/`:
+        # `http://*.example.com/**` sent the credential to `http://evil/.example.com/`).
+        return _secret_glob(self.match).match(url) and url_host_within(self.match, url)
 
 
 def _secret_glob(pattern: str) -> Glob:
