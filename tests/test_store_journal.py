@@ -247,3 +247,18 @@ def test_open_store_gives_a_store_that_journals(tmp_path: Path) -> None:
         assert s.journal_last_seq(1) == 1
     finally:
         s.close()
+
+
+def test_a_checkpoint_name_two_processes_used_must_be_given_as_an_id(
+        store: SQLiteStore) -> None:
+    # Names are any process's to choose: a name alone restored the newest of them, which
+    # an agent could plant to be restored in place of the operator's own.
+    first = store.checkpoint_create("before-deploy", 1, 3, [], [])
+    again = store.checkpoint_create("before-deploy", 1, 5, [], [])
+    assert store.checkpoint_get("before-deploy").id == again.id  # one process: its newest
+    planted = store.checkpoint_create("before-deploy", 2, 1, [], [])
+    with pytest.raises(Conflict, match=r"used by more than one process: give the id") as e:
+        store.checkpoint_get("before-deploy")
+    assert f"{first.id} (process 1)" in e.value.message
+    assert f"{planted.id} (process 2)" in e.value.message
+    assert store.checkpoint_get(str(first.id)).seq == 3

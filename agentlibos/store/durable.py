@@ -134,6 +134,16 @@ class DurableTables:
             row = self._db.execute(
                 f"SELECT {_CP_COLS} FROM checkpoints WHERE name = ? "  # noqa: S608
                 "ORDER BY id DESC LIMIT 1", (ref,)).fetchone()
+            # Names are any process's to choose: where another process's checkpoint has
+            # the same name, a name alone would restore whichever came last -- maybe an
+            # agent's, planted to be restored in the operator's stead.
+            others = [] if row is None else self._db.execute(
+                "SELECT id, pid FROM checkpoints WHERE name = ? AND pid != ? ORDER BY id",
+                (ref, row[2])).fetchall()  # row: id, name, pid, ...
+            if others:
+                ids = ", ".join(f"{i} (process {p})" for i, p in [*others, (row[0], row[2])])
+                raise Conflict(f"checkpoint name {ref!r} is used by more than one process: "
+                               f"give the id ({ids})")
         if row is None:
             raise NotFound(f"no checkpoint {ref!r} (give its id or its name)")
         return _cp(row)
