@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agentlibos.errors import Conflict, NotFound, PermissionDenied, to_wire
+from agentlibos.errors import Conflict, InvalidArgument, NotFound, PermissionDenied, to_wire
 from agentlibos.kernel.journal import JournalEntry, JournalStatus, args_digest
 from agentlibos.store import SQLiteStore, Store, open_store
 
@@ -257,7 +257,7 @@ def test_a_checkpoint_name_two_processes_used_must_be_given_as_an_id(
     again = store.checkpoint_create("before-deploy", 1, 5, [], [])
     assert store.checkpoint_get("before-deploy").id == again.id  # one process: its newest
     planted = store.checkpoint_create("before-deploy", 2, 1, [], [])
-    with pytest.raises(Conflict, match=r"used by more than one process: give the id") as e:
+    with pytest.raises(InvalidArgument, match=r"used by more than one process: give the id") as e:
         store.checkpoint_get("before-deploy")
     assert f"{first.id} (process 1)" in e.value.message
     assert f"{planted.id} (process 2)" in e.value.message

@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from agentlibos.errors import Conflict, NotFound
+from agentlibos.errors import Conflict, InvalidArgument, NotFound
 from agentlibos.kernel.journal import JournalEntry
 from agentlibos.kernel.process import INT64_MAX, LIVE_STATES
 
@@ -142,7 +142,7 @@ class DurableTables:
                 (ref, row[2])).fetchall()  # row: id, name, pid, ...
             if others:
                 ids = ", ".join(f"{i} (process {p})" for i, p in [*others, (row[0], row[2])])
-                raise Conflict(f"checkpoint name {ref!r} is used by more than one process: "
+                raise InvalidArgument(f"checkpoint name {ref!r} is used by more than one process: "
                                f"give the id ({ids})")
         if row is None:
             raise NotFound(f"no checkpoint {ref!r} (give its id or its name)")
