@@ -10,7 +10,9 @@ Glob semantics
   A resource not starting with ``/`` is relative to a base directory (the holder's or
   granter's cwd) and is made absolute by :meth:`CapPattern.resolved` at grant time;
   ``*``, ``**`` and patterns starting with ``**/`` mean "anywhere" and stay as they are.
-* every other kind: ``*`` and ``**`` match any string, ``?`` one character.
+* every other kind: ``*`` and ``**`` match any string, ``?`` one character -- but a
+  host written in a ``net`` URL glob (between ``://`` and the next ``/``) is matched
+  against the request's host alone (:func:`url_host_within`).
 * a policy pattern of kind ``*`` takes the semantics of the request's kind.
 * in every kind a backslash makes the next character literal (``\\*`` is a star, ``\\\\``
   a backslash). :meth:`CapPattern.resolved` escapes the base directory this way, so a
@@ -25,6 +27,9 @@ Containment (:func:`covers`) is decided token by token and is *sound but conserv
 when it says a pattern lies within another, every string the first matches is matched
 by the second; it may say no to some exotic pairs that are in fact contained, which
 only ever withholds authority.
+
+Long because the syntax, its matching and its containment are one piece: a change to
+one (the URL host rule) must be read beside the other two to stay sound.
 """
 
 from __future__ import annotations
