@@ -35,13 +35,16 @@ class ShellRequest:
     pid: int  # the calling AgentProcess
     argv: tuple[str, ...]
     exe: str  # argv[0] resolved on the sandbox's PATH, as the capability check saw it
-    cwd: str  # the caller's libOS cwd, a host path
+    cwd: str  # where it runs: the caller's libOS cwd (a host path), or its private /tmp
     stdin: bytes
     timeout_s: float
     env: Mapping[str, str]  # complete: PATH, HOME, LANG and the call's own variables
     read_only: tuple[str, ...]  # host paths the command may read (and nothing else)
     read_write: tuple[str, ...]  # host paths it may also write
     run_as: tuple[int, int]  # uid, gid: the owner of the cwd
+    # Why the command runs in its private /tmp rather than ``cwd`` (no bind holds the
+    # cwd: the caller may not read it); empty when it runs in its cwd.
+    unseen: str = ""
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from typing import Final
 from agentlibos.broker.syscalls import Caller, Pending, Result
 from agentlibos.broker.syscalls.shell import SHELL_PATH
 from agentlibos.config import Paths
-from agentlibos.errors import NotFound, PermissionDenied, SandboxError
+from agentlibos.errors import NotFound, SandboxError
 from agentlibos.kernel.caps import CapPattern, escape, parse_cap
 from agentlibos.kernel.policy import Policy, Request, authorize
 from agentlibos.kernel.text import storable
@@ -156,25 +156,17 @@ class ShellRunner:
                        f"({SHELL_PATH})", program=argv0)
 
     def view(self, caller: Caller) -> tuple[list[str], list[str]]:
-        """(read-only, read-write) host paths a command of ``caller`` would see;
-        PermissionDenied when its cwd is not among them (no command can run there) --
-        checked before anyone is asked to approve the call."""
+        """(read-only, read-write) host paths a command of ``caller`` would see."""
         cwd = caller.cwd
         work = str(self._paths.work)
         # A process run without --cwd works in work/<pid> of the home: its own files,
         # bound as any cwd is; the rest of the home (the store, logs, other processes'
         # work) stays out of every command's view.
-        own = cwd if _inside(cwd, work) and cwd != work else None
+        own = _own(cwd, work)
         ro, rw = shell_paths(caller.caps, caller.approved, caller.policy, cwd,
                              hidden=(str(self._paths.home),), own=own)
         ro = [p for p in ro if _bindable(p)]
         rw = [p for p in rw if _bindable(p)]
-        if not any(_inside(cwd, p) for p in (*ro, *rw)):
-            raise PermissionDenied(
-                f"shell.exec: the process's cwd {cwd} is not readable under its fs "
-                f"capabilities, so a command cannot run there: "
-                f"{_why_unseen(caller, str(self._paths.home), own)}",
-                cwd=cwd)
         return ro, rw
 
     def plan(self, caller: Caller, argv: list[str], exe: str, stdin: bytes | None,
@@ -183,6 +175,12 @@ class ShellRunner:
         decided from the caller's capabilities and policy, nothing left to a provider."""
         cwd = caller.cwd
         ro, rw = self.view(caller)
+        # A cwd no bind holds (the caller may not read it): the command runs in its own
+        # private /tmp, where nothing of the user's files exists, rather than not at all
+        # -- `shell:exec` is what a command needs (DESIGN); what it sees is the fs caps'.
+        unseen = "" if any(_inside(cwd, p) for p in (*ro, *rw)) else (
+            f"{cwd}: " + _why_unseen(caller, str(self._paths.home),
+                                     _own(cwd, str(self._paths.work))))
         # Its owner, as the command's bind will find it: reached without following a
         # link (a link raced into the path would otherwise lend its target's owner).
         try:
@@ -195,9 +193,9 @@ class ShellRunner:
         finally:
             os.close(fd)
         return ShellRequest(
-            caller.pid, tuple(argv), exe, cwd, stdin or b"", timeout_s,
-            {"PATH": SHELL_PATH, "HOME": SHELL_TMP, "LANG": "C.UTF-8", **env},
-            tuple(ro), tuple(rw), (st.st_uid, st.st_gid))
+            caller.pid, tuple(argv), exe, SHELL_TMP if unseen else cwd, stdin or b"",
+            timeout_s, {"PATH": SHELL_PATH, "HOME": SHELL_TMP, "LANG": "C.UTF-8", **env},
+            tuple(ro), tuple(rw), (st.st_uid, st.st_gid), unseen)
 
     def run(self, caller: Caller, argv: list[str], exe: str, stdin: bytes | None,
             timeout_s: float, env: dict[str, str]) -> Result:
@@ -241,6 +239,7 @@ class ShellRunner:
             {**res.detail,
              "argv": [storable(a, 1024) for a in req.argv[:64]], "argc": len(req.argv),
              "exe": req.exe, "cwd": req.cwd, "uid": req.run_as[0],
+             **({"cwd_unseen": req.unseen} if req.unseen else {}),
              "exit_code": res.exit_code, "timed_out": res.timed_out,
              "duration_s": round(time.monotonic() - started, 3), "truncated": truncated,
              "stdout_bytes": out_total, "stderr_bytes": err_total,
@@ -261,6 +260,11 @@ class ShellRunner:
             "truncated": truncated,
             "timed_out": res.timed_out,
         })
+
+
+def _own(cwd: str, work: str) -> str | None:
+    """The cwd when it is a process's own work/<pid> of the home, else None."""
+    return cwd if _inside(cwd, work) and cwd != work else None
 
 
 def _why_unseen(caller: Caller, home: str, own: str | None) -> str:
