@@ -217,7 +217,7 @@ def test_the_output_limit_is_the_runtimes_whatever_a_shell_provider_returns(
     finally:
         sup.stop()
     assert rec.exit_reason == "returned", rec.error
-    assert rec.result["truncated"] is True and rec.result["xs"] == MAX_OUTPUT
+    assert rec.result["truncated"] is True and MAX_OUTPUT - 200 < rec.result["xs"] < MAX_OUTPUT
     assert "output truncated" in rec.result["tail"]
 
 

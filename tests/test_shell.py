@@ -195,9 +195,16 @@ def test_a_bind_inside_another_is_made_after_it(tmp_path: Path) -> None:
     assert [t for _, t, _ in plan.ops.binds] == [SHELL_TMP, str(proj), str(proj / "out")]
 
 
-def test_output_past_the_limit_is_cut_and_says_so() -> None:
+def test_output_past_the_limit_is_cut_and_says_so_within_the_limit() -> None:
     assert output_text(b"abc", 3) == "abc"
-    assert output_text(b"ab", 10).startswith("ab\n[agentlibos: output truncated: 10 bytes")
+    assert output_text(b"ab", 10) == ("ab\n[agentlibos: output truncated: 10 bytes written, "
+                                      "the first 2 kept]")
+    # "each output up to 1 MiB, then truncated and said so": the marker included.
+    for data in (b"x" * MAX_OUTPUT, "\u20ac".encode() * (MAX_OUTPUT // 3)):
+        text = output_text(data, 10_000_000)
+        assert len(text.encode()) <= MAX_OUTPUT, len(text.encode())
+        kept = int(text.rpartition("the first ")[2].split()[0])
+        assert MAX_OUTPUT - 200 < kept < MAX_OUTPUT
 
 
 # ------------------------------------------------------------------------- seccomp
@@ -464,8 +471,10 @@ def test_ten_megabytes_of_output_are_cut_at_one_mebibyte_and_said_so(
         {"argv": ["python3", "-c", "import sys; sys.stdout.write('x' * 10_000_000)"]}],
         cwd=project, caps=["shell:exec:python3", "fs:read:./**"], code=measure)
     assert run["exit_code"] == 0 and run["truncated"] is True, run
-    assert run["stdout"][:2] == [MAX_OUTPUT, ["x"]]
-    assert "10000000 bytes written" in run["stdout"][2]
+    kept, chars, marker = run["stdout"]
+    assert chars == ["x"] and MAX_OUTPUT - 200 < kept < MAX_OUTPUT, run["stdout"]
+    assert kept + len(marker) + len("\n[agentlibos: output truncated") <= MAX_OUTPUT
+    assert f"10000000 bytes written, the first {kept} kept" in marker
     assert audits(shsup)[-1].detail["stdout_bytes"] == 10_000_000
 
 

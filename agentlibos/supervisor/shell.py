@@ -119,13 +119,18 @@ def shell_paths(caps: Sequence[CapPattern], approved: Sequence[CapPattern],
 
 
 def output_text(data: bytes, total: int) -> str:
-    """A stream as the agent gets it: UTF-8 (invalid bytes replaced), and a marker when
-    more than :data:`MAX_OUTPUT` bytes were written."""
-    text = data.decode("utf-8", "replace")
-    if total > len(data):
-        text += (f"\n[agentlibos: output truncated: {total} bytes written, the first "
-                 f"{len(data)} kept]")
-    return text
+    """A stream as the agent gets it: UTF-8 (invalid bytes replaced) and, when more
+    than it keeps was written, a marker saying so -- all of it within
+    :data:`MAX_OUTPUT` bytes ("each output up to 1 MiB, then truncated and said so")."""
+    if total <= len(data) <= MAX_OUTPUT:
+        return data.decode("utf-8", "replace")
+
+    def marker(kept: int) -> str:
+        return f"\n[agentlibos: output truncated: {total} bytes written, the first {kept} kept]"
+
+    # Room for the marker, and for a character cut in two becoming U+FFFD (3 bytes).
+    keep = data[:MAX_OUTPUT - len(marker(MAX_OUTPUT).encode()) - 8]
+    return keep.decode("utf-8", "replace") + marker(len(keep))
 
 
 # ----------------------------------------------------------------------- the call
