@@ -84,6 +84,8 @@ def limits_text(limits: dict[str, Any]) -> str:
         # the second, as a root's is (1h), or to the millisecond below one second.
         wall = float(limits["wall_limit_s"])
         parts.append(f"wall={format_duration(round(wall) if wall >= 1 else round(wall, 3))}")
+    if limits.get("log_max_bytes"):  # `logs PID` keeps this much (DESIGN: "the cap in ps")
+        parts.append(f"log={format_size(int(limits['log_max_bytes']))}")
     return ",".join(parts) or "-"
 
 

@@ -186,6 +186,8 @@ def test_a_wall_limit_shows_to_the_second_in_the_units_a_root_uses() -> None:
     assert limits_text({"wall_limit_s": 3599.9931169030006}) == "wall=1h"
     assert limits_text({"wall_limit_s": 599.4}) == "wall=599s"
     assert limits_text({"wall_limit_s": 0.25}) == "wall=0.25s"
+    # `logs PID` is capped per process, and ps shows the cap (DESIGN).
+    assert limits_text({"wall_limit_s": 3600.0, "log_max_bytes": 8 << 20}) == "wall=1h,log=8MiB"
 
 
 @pytest.mark.privileged
