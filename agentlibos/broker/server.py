@@ -20,7 +20,7 @@ from agentlibos.broker.flow import FlowLimits, InFlight, RefusalLimiter
 from agentlibos.broker.syscalls import Caller
 from agentlibos.errors import AuthenticationFailed, LibOSError, LimitExceeded
 from agentlibos.kernel.journal import EARLY_ANSWER, effect_kind
-from agentlibos.protocol.router import Full, Router
+from agentlibos.protocol.router import Full, Router, pid_owner
 from agentlibos.protocol.wire import (
     DEFAULT_LIMITS,
     WireError,
@@ -66,7 +66,7 @@ def cgroup_owner(own: Callable[[], bytes | None] = own_cgroup) -> Callable[[int]
     def owner(pid: int) -> bytes:
         cg = _cgroup2_of(str(pid))
         if cg is None or cg in (b"/", own()):
-            return b"pid:%d" % pid
+            return pid_owner(pid)
         return b"cg:" + cg
     return owner
 

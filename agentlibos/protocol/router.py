@@ -121,7 +121,8 @@ class _Peer:
 
 
 def pid_owner(pid: int) -> bytes:
-    """The default owner of a connection: the process that connected."""
+    """A connection's process as the router names it (its sender, and its owner by
+    default: the process that connected)."""
     return b"pid:%d" % pid
 
 
@@ -288,7 +289,7 @@ class Router:
             conn.setblocking(False)
             self._next_rid += 1
             p = _Peer(conn, b"\x00" + U64.pack(self._next_rid), now)
-            p.sender = b"pid:%d" % pid if pid is not None else p.rid
+            p.sender = pid_owner(pid) if pid is not None else p.rid
             p.owner = owner
             self._by_owner.setdefault(owner, set()).add(p)
             self._peers[conn.fileno()] = p

@@ -160,32 +160,24 @@ class ShellRunner:
         raise NotFound(f"shell.exec: {argv0!r} is not a program on the sandbox's PATH "
                        f"({SHELL_PATH})", program=argv0)
 
-    def view(self, caller: Caller) -> tuple[list[str], list[str]]:
-        """(read-only, read-write) host paths a command of ``caller`` would see."""
-        cwd = caller.cwd
-        work = str(self._paths.work)
-        # A process run without --cwd works in work/<pid> of the home: its own files,
-        # bound as any cwd is; the rest of the home (the store, logs, other processes'
-        # work) stays out of every command's view.
-        own = _own(cwd, work)
-        ro, rw = shell_paths(caller.caps, caller.approved, caller.policy, cwd,
-                             hidden=(str(self._paths.home),), own=own)
-        ro = [p for p in ro if _bindable(p)]
-        rw = [p for p in rw if _bindable(p)]
-        return ro, rw
-
     def plan(self, caller: Caller, argv: list[str], exe: str, stdin: bytes | None,
              timeout_s: float, env: dict[str, str]) -> ShellRequest:
         """The complete request for an authorized call: its view of the user's files
         decided from the caller's capabilities and policy, nothing left to a provider."""
-        cwd = caller.cwd
-        ro, rw = self.view(caller)
+        cwd, home = caller.cwd, str(self._paths.home)
+        # A process run without --cwd works in work/<pid> of the home: its own files,
+        # bound as any cwd is; the rest of the home (the store, logs, other processes'
+        # work) stays out of every command's view.
+        own = _own(cwd, str(self._paths.work))
+        ro, rw = shell_paths(caller.caps, caller.approved, caller.policy, cwd,
+                             hidden=(home,), own=own)
+        ro = [p for p in ro if _bindable(p)]
+        rw = [p for p in rw if _bindable(p)]
         # A cwd no bind holds (the caller may not read it): the command runs in its own
         # private /tmp, where nothing of the user's files exists, rather than not at all
         # -- `shell:exec` is what a command needs (DESIGN); what it sees is the fs caps'.
         unseen = "" if any(_inside(cwd, p) for p in (*ro, *rw)) else (
-            f"{cwd}: " + _why_unseen(caller, str(self._paths.home),
-                                     _own(cwd, str(self._paths.work))))
+            f"{cwd}: " + _why_unseen(caller, home, own))
         # Its owner, as the command's bind will find it: reached without following a
         # link (a link raced into the path would otherwise lend its target's owner).
         try:
